@@ -1,0 +1,6 @@
+//! The IO shell: sockets, timers, disk. Everything here drives a pure core from
+//! `crate::transport` (and, later, Raft, gossip and the orchestrator) with real time,
+//! real randomness and real sockets.
+
+pub mod keyfile;
+pub mod transport;
