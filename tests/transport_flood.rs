@@ -92,7 +92,8 @@ fn flood(target: SocketAddr, target_key: PeerKey, seen: Arc<Mutex<Vec<Vec<u8>>>>
 
 #[test]
 fn valid_exchange_completes_during_flood() {
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false)); // the attacker's
+    let relay_stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(Mutex::new(Vec::new()));
     let flood_sent = Arc::new(AtomicU64::new(0));
 
@@ -118,7 +119,7 @@ fn valid_exchange_completes_during_flood() {
     let relay_addr = relay_sock.local_addr().unwrap();
     let a_addr = a.local_addr().unwrap();
     let relay_thread = {
-        let (seen, stop) = (seen.clone(), stop.clone());
+        let (seen, stop) = (seen.clone(), relay_stop.clone());
         thread::spawn(move || relay(relay_sock, a_addr, b_addr, seen, stop))
     };
     a.endpoint_mut().set_peer(b_key, relay_addr, [0; 32]).unwrap();
@@ -170,9 +171,10 @@ fn valid_exchange_completes_during_flood() {
         a.send(b_key, b"stop").unwrap();
         smol::block_on(a.flush()).unwrap();
     }
-    stop.store(true, Ordering::Relaxed);
+    relay_stop.store(true, Ordering::Relaxed);
     let _ = relay_thread.join();
-    let bs = if b_thread.is_finished() { Some(b_thread.join().unwrap()) } else { None };
+    assert!(b_thread.is_finished(), "B never got the stop message");
+    let bs = Some(b_thread.join().unwrap());
     let flooded = flood_sent.load(Ordering::Relaxed);
     eprintln!("flood datagrams sent: {flooded}, resends by A: {resends}, B stats: {bs:?}");
     assert!(flooded > 1000, "the attacker actually flooded");
