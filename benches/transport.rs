@@ -10,6 +10,8 @@
 //! Each figure is the best of several rounds: these machines are noisy, and the best
 //! round is the one least disturbed.
 
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)] // test code
+
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -133,21 +135,27 @@ fn throughput(msg_len: usize, total_bytes: usize) -> Throughput {
     while b.poll_event().is_some() {}
 
     // Seal + frame: send, then take the datagrams as the driver would and drop them.
-    let seal = timed(n, || (), |()| {
-        a.send(now, kb, &msg).unwrap();
-        let mut bytes = 0;
-        while let Some(t) = a.poll_transmit() {
-            bytes += t.data.len();
-        }
-        bytes
-    });
+    let seal = timed(
+        n,
+        || (),
+        |()| {
+            a.send(now, kb, &msg).unwrap();
+            let mut bytes = 0;
+            while let Some(t) = a.poll_transmit() {
+                bytes += t.data.len();
+            }
+            bytes
+        },
+    );
     // Open + reassemble: a message's datagrams are made untimed, then handled timed.
     let mut policy = admit;
     let open = timed(
         n,
         || {
             a.send(now, kb, &msg).unwrap();
-            std::iter::from_fn(|| a.poll_transmit()).map(|t| t.data).collect::<Vec<_>>()
+            std::iter::from_fn(|| a.poll_transmit())
+                .map(|t| t.data)
+                .collect::<Vec<_>>()
         },
         |mut datagrams| {
             let mut got = 0;
@@ -172,14 +180,15 @@ fn throughput(msg_len: usize, total_bytes: usize) -> Throughput {
         buf.chunks_mut(chunk_len)
             .map(|c| {
                 counter += 1;
-                aead.encrypt_in_place_detached(&nonce(counter), &[], c).unwrap()
+                aead.encrypt_in_place_detached(&nonce(counter), &[], c)
+                    .unwrap()
             })
             .collect::<Vec<_>>()
     };
     let raw_seal = timed(n, || (), |()| seal_raw(chunk, &mut buf));
     let raw_seal_one_call = timed(n, || (), |()| seal_raw(msg_len, &mut buf));
     let aead = ChaCha20Poly1305::new(&[7u8; 32].into());
-    let mut raw_open_with = |chunk_len: usize| {
+    let raw_open_with = |chunk_len: usize| {
         timed(
             n,
             || {
@@ -187,13 +196,17 @@ fn throughput(msg_len: usize, total_bytes: usize) -> Throughput {
                 let tags: Vec<_> = sealed
                     .chunks_mut(chunk_len)
                     .enumerate()
-                    .map(|(i, c)| aead.encrypt_in_place_detached(&nonce(i as u64), &[], c).unwrap())
+                    .map(|(i, c)| {
+                        aead.encrypt_in_place_detached(&nonce(i as u64), &[], c)
+                            .unwrap()
+                    })
                     .collect();
                 (sealed, tags)
             },
             |(mut sealed, tags)| {
                 for ((i, c), tag) in sealed.chunks_mut(chunk_len).enumerate().zip(&tags) {
-                    aead.decrypt_in_place_detached(&nonce(i as u64), &[], c, tag).unwrap();
+                    aead.decrypt_in_place_detached(&nonce(i as u64), &[], c, tag)
+                        .unwrap();
                 }
                 sealed
             },
@@ -214,7 +227,10 @@ fn throughput(msg_len: usize, total_bytes: usize) -> Throughput {
 
 fn main() {
     // `cargo bench` passes --bench; a filter argument is not supported and not needed.
-    println!("BENCH transport_handshakes {:.0} handshakes/s", handshakes_per_sec());
+    println!(
+        "BENCH transport_handshakes {:.0} handshakes/s",
+        handshakes_per_sec()
+    );
     for (label, len, total) in [("1k", 1024usize, 32 << 20), ("64k", 64 * 1024, 128 << 20)] {
         let t = throughput(len, total);
         let line = |name: &str, v: f64, unit: &str| println!("BENCH {name}_{label} {v:.3} {unit}");
@@ -225,8 +241,16 @@ fn main() {
         line("raw_aead_open", t.raw_open, "MiB/s");
         line("transport_open_ratio", t.open / t.raw_open, "ratio");
         line("raw_aead_seal_one_call", t.raw_seal_one_call, "MiB/s");
-        line("transport_seal_ratio_vs_one_call", t.seal / t.raw_seal_one_call, "ratio");
+        line(
+            "transport_seal_ratio_vs_one_call",
+            t.seal / t.raw_seal_one_call,
+            "ratio",
+        );
         line("raw_aead_open_one_call", t.raw_open_one_call, "MiB/s");
-        line("transport_open_ratio_vs_one_call", t.open / t.raw_open_one_call, "ratio");
+        line(
+            "transport_open_ratio_vs_one_call",
+            t.open / t.raw_open_one_call,
+            "ratio",
+        );
     }
 }

@@ -3,6 +3,8 @@
 //! through swarmlet's datagram framing (indexes, MACs), so what is checked is the real
 //! handshake and the real session crypto the endpoint uses.
 
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)] // test code
+
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -27,7 +29,9 @@ fn snow_builder(local_secret: &[u8; 32]) -> snow::Builder<'static> {
 }
 
 fn snow_public(secret: &[u8; 32]) -> PeerKey {
-    PeerKey(swarmlet::transport::noise::public_of(&x25519_secret(secret)))
+    PeerKey(swarmlet::transport::noise::public_of(&x25519_secret(
+        secret,
+    )))
 }
 
 fn x25519_secret(secret: &[u8; 32]) -> x25519_dalek::StaticSecret {
@@ -103,12 +107,18 @@ fn swarmlet_initiator_with_snow_responder() {
     // Our queued message now leaves as transport data; snow decrypts it.
     let snow_tx = snow_hs.into_stateless_transport_mode().unwrap();
     let data = ours.poll_transmit().unwrap();
-    assert_eq!(u32::from_le_bytes(data.data[2..6].try_into().unwrap()), snow_index);
+    assert_eq!(
+        u32::from_le_bytes(data.data[2..6].try_into().unwrap()),
+        snow_index
+    );
     let mut plain = vec![0u8; 2048];
     let n = snow_tx
         .read_message(counter_of(&data.data), &data.data[14..], &mut plain)
         .unwrap();
-    assert_eq!(plain[..n], fragment_plaintext(0, b"hello from swarmlet")[..]);
+    assert_eq!(
+        plain[..n],
+        fragment_plaintext(0, b"hello from swarmlet")[..]
+    );
 
     // And snow writes to us.
     let mut sealed = vec![0u8; 2048];
@@ -180,7 +190,10 @@ fn snow_initiator_with_swarmlet_responder() {
     assert_eq!(resp.dest, snow_addr);
     assert!(wire::mac1_valid(&resp.data, &wire::mac1_key(&snow_key.0)));
     let our_index = u32::from_le_bytes(resp.data[2..6].try_into().unwrap());
-    assert_eq!(u32::from_le_bytes(resp.data[6..10].try_into().unwrap()), snow_index);
+    assert_eq!(
+        u32::from_le_bytes(resp.data[6..10].try_into().unwrap()),
+        snow_index
+    );
     let mut payload = [0u8; 64];
     let n = snow_hs
         .read_message(&resp.data[10..10 + RESPONSE_NOISE_LEN], &mut payload)
@@ -207,7 +220,10 @@ fn snow_initiator_with_swarmlet_responder() {
 
     ours.send(now, snow_key, b"hi snow").unwrap();
     let out = ours.poll_transmit().unwrap();
-    assert_eq!(u32::from_le_bytes(out.data[2..6].try_into().unwrap()), snow_index);
+    assert_eq!(
+        u32::from_le_bytes(out.data[2..6].try_into().unwrap()),
+        snow_index
+    );
     let mut plain = vec![0u8; 2048];
     let n = snow_tx
         .read_message(counter_of(&out.data), &out.data[14..], &mut plain)
@@ -227,7 +243,9 @@ fn snow_with_wrong_psk_is_refused_by_swarmlet() {
         .build_initiator()
         .unwrap();
     let mut noise = [0u8; 256];
-    let n = snow_hs.write_message(&1u64.to_be_bytes(), &mut noise).unwrap();
+    let n = snow_hs
+        .write_message(&1u64.to_be_bytes(), &mut noise)
+        .unwrap();
     let mut init = wire::init_header(9);
     init.extend_from_slice(&noise[..n]);
     wire::reserve_macs(&mut init);

@@ -7,6 +7,8 @@
 //!   attacker (127.0.0.2) --junk, replays, forged handshakes--> B
 //! ```
 
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)] // test code
+
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,11 +26,20 @@ const FLOOD_MAX_DATAGRAMS: u64 = 300_000;
 const FLOOD_MAX_TIME: Duration = Duration::from_secs(20);
 const MESSAGES: usize = 30;
 
-fn relay(sock: UdpSocket, a: SocketAddr, b: SocketAddr, seen: Arc<Mutex<Vec<Vec<u8>>>>, stop: Arc<AtomicBool>) {
-    sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+fn relay(
+    sock: UdpSocket,
+    a: SocketAddr,
+    b: SocketAddr,
+    seen: Arc<Mutex<Vec<Vec<u8>>>>,
+    stop: Arc<AtomicBool>,
+) {
+    sock.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
     let mut buf = [0u8; 2048];
     while !stop.load(Ordering::Relaxed) {
-        let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
+        let Ok((n, from)) = sock.recv_from(&mut buf) else {
+            continue;
+        };
         if from == a {
             let mut s = seen.lock().unwrap();
             if s.len() < 10_000 {
@@ -41,13 +52,22 @@ fn relay(sock: UdpSocket, a: SocketAddr, b: SocketAddr, seen: Arc<Mutex<Vec<Vec<
     }
 }
 
-fn flood(target: SocketAddr, target_key: PeerKey, seen: Arc<Mutex<Vec<Vec<u8>>>>, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) {
+fn flood(
+    target: SocketAddr,
+    target_key: PeerKey,
+    seen: Arc<Mutex<Vec<Vec<u8>>>>,
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+) {
     let sock = UdpSocket::bind("127.0.0.2:0").unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(0xF100D);
     let started = Instant::now();
     let mac1_key = wire::mac1_key(&target_key.0);
     let mut n = 0u64;
-    while !stop.load(Ordering::Relaxed) && n < FLOOD_MAX_DATAGRAMS && started.elapsed() < FLOOD_MAX_TIME {
+    while !stop.load(Ordering::Relaxed)
+        && n < FLOOD_MAX_DATAGRAMS
+        && started.elapsed() < FLOOD_MAX_TIME
+    {
         let d: Vec<u8> = match n % 4 {
             0 => {
                 let mut d = vec![0u8; 1 + rng.next_u32() as usize % 1400];
@@ -122,7 +142,9 @@ fn valid_exchange_completes_during_flood() {
         let (seen, stop) = (seen.clone(), relay_stop.clone());
         thread::spawn(move || relay(relay_sock, a_addr, b_addr, seen, stop))
     };
-    a.endpoint_mut().set_peer(b_key, relay_addr, [0; 32]).unwrap();
+    a.endpoint_mut()
+        .set_peer(b_key, relay_addr, [0; 32])
+        .unwrap();
 
     let mut attacker = None;
     let mut deny = |_: &PeerKey, _: SocketAddr| None;
@@ -136,7 +158,8 @@ fn valid_exchange_completes_during_flood() {
                 a.send(b_key, &msg).unwrap();
                 let wait = async {
                     loop {
-                        if let Event::Message { data, .. } = a.next_event(&mut deny).await.unwrap() {
+                        if let Event::Message { data, .. } = a.next_event(&mut deny).await.unwrap()
+                        {
                             if data == msg {
                                 return true;
                             }
@@ -155,7 +178,9 @@ fn valid_exchange_completes_during_flood() {
             if i == 2 {
                 // Some valid traffic has been recorded; unleash the attacker.
                 let (seen, stop, sent) = (seen.clone(), stop.clone(), flood_sent.clone());
-                attacker = Some(thread::spawn(move || flood(b_addr, b_key, seen, stop, sent)));
+                attacker = Some(thread::spawn(move || {
+                    flood(b_addr, b_key, seen, stop, sent)
+                }));
                 thread::sleep(Duration::from_millis(300));
             }
         }
@@ -181,9 +206,16 @@ fn valid_exchange_completes_during_flood() {
     if let Some(s) = bs {
         assert!(s.replayed > 0, "replays were seen and refused");
         assert!(s.malformed + s.bad_version > 0, "junk was seen and refused");
-        assert!(s.cookie_replies_sent > 0, "load was detected and cookies demanded");
+        assert!(
+            s.cookie_replies_sent > 0,
+            "load was detected and cookies demanded"
+        );
         // DH work on forged initiations is bounded by the load threshold, far below
         // what the attacker sent.
-        assert!(s.handshake_failed < flooded / 8, "{} DH failures", s.handshake_failed);
+        assert!(
+            s.handshake_failed < flooded / 8,
+            "{} DH failures",
+            s.handshake_failed
+        );
     }
 }

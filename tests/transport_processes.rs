@@ -1,6 +1,8 @@
 //! Two real processes over real loopback sockets: `debug transport listen` and
 //! `debug transport send`, as a user would run them.
 
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)] // test code
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
@@ -21,7 +23,14 @@ impl Listener {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let mut child = Command::new(BIN)
-            .args(["debug", "transport", "listen", "--listen", "127.0.0.1:0", "--key"])
+            .args([
+                "debug",
+                "transport",
+                "listen",
+                "--listen",
+                "127.0.0.1:0",
+                "--key",
+            ])
             .arg(dir.join("listener.key"))
             .args(extra)
             .stdout(Stdio::piped())
@@ -57,24 +66,65 @@ impl Drop for Listener {
 }
 
 fn send(args: &[&str]) -> Output {
-    Command::new(BIN).args(["debug", "transport", "send"]).args(args).output().unwrap()
+    Command::new(BIN)
+        .args(["debug", "transport", "send"])
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 #[test]
 fn two_processes_exchange_messages_with_echo() {
     let l = Listener::start("echo", &["--echo", "--count", "4"]);
     let out = send(&[
-        "--to", &l.addr, "--peer-key", &l.key, "--size", "200000", "--count", "3", "--expect-echo",
+        "--to",
+        &l.addr,
+        "--peer-key",
+        &l.key,
+        "--size",
+        "200000",
+        "--count",
+        "3",
+        "--expect-echo",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("sent 3 message(s), 600000 bytes") && stdout.contains("every echo verified"), "{stdout}");
-    let out = send(&["--to", &l.addr, "--peer-key", &l.key, "--message", "plain text"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("sent 3 message(s), 600000 bytes")
+            && stdout.contains("every echo verified"),
+        "{stdout}"
+    );
+    let out = send(&[
+        "--to",
+        &l.addr,
+        "--peer-key",
+        &l.key,
+        "--message",
+        "plain text",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rest = l.rest();
-    assert_eq!(rest.iter().filter(|l| l.contains("200000 bytes")).count(), 3, "{rest:?}");
-    assert!(rest.iter().any(|l| l.contains("10 bytes \"plain text\"")), "{rest:?}");
-    assert!(rest.last().unwrap().starts_with("done: 4 messages"), "{rest:?}");
+    assert_eq!(
+        rest.iter().filter(|l| l.contains("200000 bytes")).count(),
+        3,
+        "{rest:?}"
+    );
+    assert!(
+        rest.iter().any(|l| l.contains("10 bytes \"plain text\"")),
+        "{rest:?}"
+    );
+    assert!(
+        rest.last().unwrap().starts_with("done: 4 messages"),
+        "{rest:?}"
+    );
 }
 
 #[test]
@@ -84,8 +134,21 @@ fn psk_must_match() {
     let wrong = send(&["--to", &l.addr, "--peer-key", &l.key, "--timeout-secs", "2"]);
     assert_eq!(wrong.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("no answer from"));
-    let right = send(&["--to", &l.addr, "--peer-key", &l.key, "--psk", &psk, "--message", "ok"]);
-    assert!(right.status.success(), "{}", String::from_utf8_lossy(&right.stderr));
+    let right = send(&[
+        "--to",
+        &l.addr,
+        "--peer-key",
+        &l.key,
+        "--psk",
+        &psk,
+        "--message",
+        "ok",
+    ]);
+    assert!(
+        right.status.success(),
+        "{}",
+        String::from_utf8_lossy(&right.stderr)
+    );
     let rest = l.rest();
     assert!(rest.iter().any(|l| l.contains("\"ok\"")), "{rest:?}");
 }
@@ -94,11 +157,42 @@ fn psk_must_match() {
 fn bad_flags_name_the_culprit() {
     let key = "ab".repeat(32);
     for (args, needle) in [
-        (vec!["--to", "127.0.0.1:9", "--peer-key", "xyz"], "--peer-key"),
-        (vec!["--to", "127.0.0.1:9", "--peer-key", &key, "--psk", "00"], "--psk"),
-        (vec!["--to", "127.0.0.1:9", "--peer-key", &key, "--size", "2000000"], "--size"),
-        (vec!["--to", "127.0.0.1:9", "--peer-key", &key, "--size", "1", "--message", "x"], "--message"),
-        (vec!["--to", "127.0.0.1:9", "--peer-key", &key, "--count", "0"], "--count"),
+        (
+            vec!["--to", "127.0.0.1:9", "--peer-key", "xyz"],
+            "--peer-key",
+        ),
+        (
+            vec!["--to", "127.0.0.1:9", "--peer-key", &key, "--psk", "00"],
+            "--psk",
+        ),
+        (
+            vec![
+                "--to",
+                "127.0.0.1:9",
+                "--peer-key",
+                &key,
+                "--size",
+                "2000000",
+            ],
+            "--size",
+        ),
+        (
+            vec![
+                "--to",
+                "127.0.0.1:9",
+                "--peer-key",
+                &key,
+                "--size",
+                "1",
+                "--message",
+                "x",
+            ],
+            "--message",
+        ),
+        (
+            vec!["--to", "127.0.0.1:9", "--peer-key", &key, "--count", "0"],
+            "--count",
+        ),
         (vec!["--to", "not-an-addr", "--peer-key", &key], "--to"),
     ] {
         let out = send(&args);
@@ -118,12 +212,22 @@ fn listener_refuses_a_world_readable_key_file() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = Command::new(BIN)
-        .args(["debug", "transport", "listen", "--listen", "127.0.0.1:0", "--key"])
+        .args([
+            "debug",
+            "transport",
+            "listen",
+            "--listen",
+            "127.0.0.1:0",
+            "--key",
+        ])
         .arg(&key)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(key.to_str().unwrap()) && err.contains("chmod 600"), "{err}");
+    assert!(
+        err.contains(key.to_str().unwrap()) && err.contains("chmod 600"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -140,6 +140,12 @@ fn resolve_psk(psk: Option<&str>) -> anyhow::Result<Psk> {
     }
 }
 
+/// A recognisable test message: bytes 0..251 repeating (251 is prime, so the pattern
+/// does not line up with fragment boundaries).
+fn pattern(len: usize) -> Vec<u8> {
+    (0..=250u8).cycle().take(len).collect()
+}
+
 fn preview(data: &[u8]) -> String {
     match std::str::from_utf8(data) {
         Ok(s) if data.len() <= 80 && !s.chars().any(char::is_control) => format!("{s:?}"),
@@ -163,21 +169,32 @@ fn listen(args: TransportListen) -> anyhow::Result<ExitCode> {
             match driver.next_event(&mut policy).await? {
                 Event::Message { peer, data } => {
                     received += 1;
-                    println!("message from {} {} bytes {}", peer.short(), data.len(), preview(&data));
+                    println!(
+                        "message from {} {} bytes {}",
+                        peer.short(),
+                        data.len(),
+                        preview(&data)
+                    );
                     if args.echo {
                         driver.send(peer, &data)?;
                     }
                 }
                 Event::Connected { peer } => println!("session with {}", peer.short()),
                 Event::Unreachable { peer, dropped } => {
-                    println!("peer {} unreachable, {dropped} messages dropped", peer.short());
+                    println!(
+                        "peer {} unreachable, {dropped} messages dropped",
+                        peer.short()
+                    );
                 }
             }
             io::stdout().flush()?;
         }
         driver.flush().await?;
         let s = driver.stats();
-        println!("done: {received} messages, {} datagrams dropped", s.dropped());
+        println!(
+            "done: {received} messages, {} datagrams dropped",
+            s.dropped()
+        );
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -199,7 +216,9 @@ impl SendPlan {
             .map_err(|e| UsageError(format!("--peer-key: {e}")))?;
         let message = match (&args.message, args.size) {
             (Some(_), Some(_)) => {
-                return Err(UsageError("--message and --size cannot be used together".into()).into())
+                return Err(
+                    UsageError("--message and --size cannot be used together".into()).into(),
+                )
             }
             (_, Some(n)) if n > MAX_MESSAGE_SIZE => {
                 return Err(UsageError(format!(
@@ -207,7 +226,7 @@ impl SendPlan {
                 ))
                 .into())
             }
-            (_, Some(n)) => (0..n).map(|i| (i % 251) as u8).collect(),
+            (_, Some(n)) => pattern(n),
             (Some(m), None) => m.clone().into_bytes(),
             (None, None) => b"hello".to_vec(),
         };
@@ -266,7 +285,11 @@ fn run_sender(driver: &mut Driver, plan: &SendPlan) -> anyhow::Result<String> {
                         break;
                     }
                     Event::Unreachable { .. } => {
-                        anyhow::bail!("{} ({}) did not answer the handshake", plan.to, plan.peer.short())
+                        anyhow::bail!(
+                            "{} ({}) did not answer the handshake",
+                            plan.to,
+                            plan.peer.short()
+                        )
                     }
                     _ => {}
                 }
@@ -286,7 +309,11 @@ fn run_sender(driver: &mut Driver, plan: &SendPlan) -> anyhow::Result<String> {
     smol::block_on(smol::future::or(work, deadline))?;
     let ms = start.elapsed().as_secs_f64() * 1000.0;
     let bytes = plan.count * plan.message.len() as u64;
-    let echoed = if plan.expect_echo { ", every echo verified" } else { "" };
+    let echoed = if plan.expect_echo {
+        ", every echo verified"
+    } else {
+        ""
+    };
     Ok(format!(
         "sent {} message(s), {bytes} bytes, to {} in {ms:.1} ms{echoed}",
         plan.count, plan.to
@@ -299,7 +326,14 @@ fn demo() -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let sizes = [0usize, 64 * 1024, MAX_MESSAGE_SIZE];
     let mut child = Command::new(std::env::current_exe()?)
-        .args(["debug", "transport", "listen", "--listen", "127.0.0.1:0", "--echo"])
+        .args([
+            "debug",
+            "transport",
+            "listen",
+            "--listen",
+            "127.0.0.1:0",
+            "--echo",
+        ])
         .arg("--key")
         .arg(dir.join("listener.key"))
         .args(["--count", &sizes.len().to_string()])
@@ -318,17 +352,26 @@ fn demo() -> anyhow::Result<ExitCode> {
 fn demo_with(child: &mut std::process::Child, sizes: &[usize]) -> anyhow::Result<ExitCode> {
     let stdout = child.stdout.take().context("listener has no stdout")?;
     let mut lines = io::BufReader::new(stdout).lines();
-    let first = lines.next().context("listener exited before printing its address")??;
+    let first = lines
+        .next()
+        .context("listener exited before printing its address")??;
     let mut words = first.split_whitespace().skip(1);
     let (Some(addr), Some(key)) = (words.next(), words.next()) else {
         anyhow::bail!("unexpected first line from listener: {first:?}");
     };
-    println!("listener process {} on {addr}, static key {key}", child.id());
+    println!(
+        "listener process {} on {addr}, static key {key}",
+        child.id()
+    );
     let mut driver = Driver::bind("127.0.0.1:0".parse()?, os_random()?, Config::default())?;
     let peer = PeerKey::from_hex(key)?;
     let to: SocketAddr = addr.parse()?;
     driver.endpoint_mut().set_peer(peer, to, [0; 32])?;
-    println!("sender on {}, static key {}", driver.local_addr()?, driver.public_key());
+    println!(
+        "sender on {}, static key {}",
+        driver.local_addr()?,
+        driver.public_key()
+    );
     for &size in sizes {
         let plan = SendPlan {
             to,
@@ -337,7 +380,7 @@ fn demo_with(child: &mut std::process::Child, sizes: &[usize]) -> anyhow::Result
             message: if size == 0 {
                 b"hello over Noise IKpsk2".to_vec()
             } else {
-                (0..size).map(|i| (i % 251) as u8).collect()
+                pattern(size)
             },
             count: 1,
             expect_echo: true,
@@ -351,7 +394,10 @@ fn demo_with(child: &mut std::process::Child, sizes: &[usize]) -> anyhow::Result
     let s = driver.stats();
     println!(
         "sender stats: {} datagrams sent, {} received, {} handshake(s), {} dropped",
-        s.datagrams_sent, s.datagrams_received, s.handshakes_completed, s.dropped()
+        s.datagrams_sent,
+        s.datagrams_received,
+        s.handshakes_completed,
+        s.dropped()
     );
     Ok(ExitCode::SUCCESS)
 }

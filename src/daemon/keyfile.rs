@@ -68,7 +68,8 @@ mod tests {
     use super::*;
 
     fn tmp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("swarmlet-keyfile-{}-{name}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("swarmlet-keyfile-{}-{name}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         dir.join("sub").join("node.key")
     }
@@ -77,8 +78,15 @@ mod tests {
     fn creates_then_reads_back() {
         let p = tmp("create");
         assert_eq!(load_or_create(&p, [7; 32]).unwrap(), [7; 32]);
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(load_or_create(&p, [8; 32]).unwrap(), [7; 32], "existing key kept");
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            load_or_create(&p, [8; 32]).unwrap(),
+            [7; 32],
+            "existing key kept"
+        );
         fs::remove_dir_all(p.parent().unwrap().parent().unwrap()).unwrap();
     }
 
@@ -89,7 +97,10 @@ mod tests {
         fs::write(&p, b"short").unwrap();
         fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
         let e = load_or_create(&p, [0; 32]).unwrap_err().to_string();
-        assert!(e.contains("expected 32 bytes, found 5") && e.contains("node.key"), "{e}");
+        assert!(
+            e.contains("expected 32 bytes, found 5") && e.contains("node.key"),
+            "{e}"
+        );
         fs::write(&p, [1u8; 32]).unwrap();
         fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
         let e = load_or_create(&p, [0; 32]).unwrap_err().to_string();

@@ -191,8 +191,10 @@ mod tests {
     #[test]
     fn two_drivers_exchange_over_loopback() {
         smol::block_on(async {
-            let mut a = Driver::bind("127.0.0.1:0".parse().unwrap(), [1; 32], Config::default()).unwrap();
-            let mut b = Driver::bind("127.0.0.1:0".parse().unwrap(), [2; 32], Config::default()).unwrap();
+            let mut a =
+                Driver::bind("127.0.0.1:0".parse().unwrap(), [1; 32], Config::default()).unwrap();
+            let mut b =
+                Driver::bind("127.0.0.1:0".parse().unwrap(), [2; 32], Config::default()).unwrap();
             let (ka, kb) = (a.public_key(), b.public_key());
             let b_addr = b.local_addr().unwrap();
             a.endpoint_mut().set_peer(kb, b_addr, [0; 32]).unwrap();
@@ -216,7 +218,7 @@ mod tests {
                 Timer::after(Duration::from_secs(10)).await;
                 panic!("no message within 10 s");
             };
-            let (peer, data) = smol::future::or(smol::future::or(b_task, async { a_task.await }), timeout).await;
+            let (peer, data) = smol::future::or(smol::future::or(b_task, a_task), timeout).await;
             assert_eq!(peer, ka);
             assert!(data == big);
         });

@@ -69,7 +69,8 @@ pub fn hkdf3(ck: &Hash, ikm: &[u8]) -> (Hash, Hash, Hash) {
 /// Keyed BLAKE2s with a 128-bit output: `mac1`, `mac2` and cookies.
 pub fn mac16(key: &[u8], parts: &[&[u8]]) -> Mac16 {
     // Every caller passes a 16- or 32-byte key, which BLAKE2s always accepts.
-    let mut m = <Blake2sMac<U16> as blake2::digest::KeyInit>::new_from_slice(key).expect("invariant: key is at most 32 bytes");
+    let mut m = <Blake2sMac<U16> as blake2::digest::KeyInit>::new_from_slice(key)
+        .expect("invariant: key is at most 32 bytes");
     for p in parts {
         m.update(p);
     }
@@ -122,7 +123,9 @@ impl Cipher {
             return false;
         }
         let tag = Tag::from_slice(tag);
-        self.0.decrypt_in_place_detached(&nonce(n), ad, buf, tag).is_ok()
+        self.0
+            .decrypt_in_place_detached(&nonce(n), ad, buf, tag)
+            .is_ok()
     }
 
     /// Seals `plain` and returns ciphertext with the tag appended.

@@ -210,9 +210,20 @@ mod tests {
         let c = CookieChecker::new(key, [9u8; 32], now);
         let a = addr("127.0.0.1:1000");
         let sealed = c.seal_reply(a, &[1; 16], &[2; 24]);
-        assert_eq!(open_cookie(&key, &[1; 16], &[2; 24], &sealed), Some(c.cookie_for(a)));
-        assert_eq!(open_cookie(&key, &[3; 16], &[2; 24], &sealed), None, "other mac1");
-        assert_eq!(open_cookie(&[5; 32], &[1; 16], &[2; 24], &sealed), None, "other key");
+        assert_eq!(
+            open_cookie(&key, &[1; 16], &[2; 24], &sealed),
+            Some(c.cookie_for(a))
+        );
+        assert_eq!(
+            open_cookie(&key, &[3; 16], &[2; 24], &sealed),
+            None,
+            "other mac1"
+        );
+        assert_eq!(
+            open_cookie(&[5; 32], &[1; 16], &[2; 24], &sealed),
+            None,
+            "other key"
+        );
         assert_ne!(c.cookie_for(a), c.cookie_for(addr("127.0.0.1:1001")));
         assert_ne!(c.cookie_for(a), c.cookie_for(addr("127.0.0.2:1000")));
     }
@@ -238,7 +249,10 @@ mod tests {
         }
         assert!(m.record(t, 3), "fourth in a second trips it");
         assert!(m.record(t + Duration::from_millis(500), 3));
-        assert!(!m.record(t + Duration::from_millis(1600), 3), "lingers one second");
+        assert!(
+            !m.record(t + Duration::from_millis(1600), 3),
+            "lingers one second"
+        );
     }
 
     #[test]
@@ -250,7 +264,10 @@ mod tests {
             assert!(r.allow(t, ip), "burst {i}");
         }
         assert!(!r.allow(t, ip));
-        assert!(r.allow(t, "10.0.0.2".parse().unwrap()), "other IPs unaffected");
+        assert!(
+            r.allow(t, "10.0.0.2".parse().unwrap()),
+            "other IPs unaffected"
+        );
         let later = t + Duration::from_nanos(NANOS_PER_TOKEN);
         assert!(r.allow(later, ip), "one token after 1/rate seconds");
         assert!(!r.allow(later, ip));

@@ -414,7 +414,13 @@ impl Endpoint {
     /// `wall_nanos` is the wall-clock time at `now` (nanoseconds since the Unix epoch); it
     /// seeds the handshake timestamps that let peers refuse replayed initiations, so it
     /// must not go backwards across restarts by more than the restart took.
-    pub fn new(cfg: Config, secret: [u8; 32], rng_seed: [u8; 32], now: Instant, wall_nanos: u64) -> Self {
+    pub fn new(
+        cfg: Config,
+        secret: [u8; 32],
+        rng_seed: [u8; 32],
+        now: Instant,
+        wall_nanos: u64,
+    ) -> Self {
         let secret = StaticSecret::from(secret);
         let public = PeerKey(noise::public_of(&secret));
         let mut rng = ChaCha20Rng::from_seed(rng_seed);
@@ -516,13 +522,28 @@ impl Endpoint {
         if data.len() > MAX_MESSAGE_SIZE {
             return Err(SendError::TooLarge(data.len()));
         }
-        let p = self.peers.get_mut(&peer).ok_or(SendError::UnknownPeer(peer))?;
+        let p = self
+            .peers
+            .get_mut(&peer)
+            .ok_or(SendError::UnknownPeer(peer))?;
         let datagrams = data.len().div_ceil(wire::FRAGMENT_PAYLOAD).max(1) as u64;
-        let usable = p.current.as_ref().is_some_and(|s| s.can_send(now, &self.cfg, datagrams));
+        let usable = p
+            .current
+            .as_ref()
+            .is_some_and(|s| s.can_send(now, &self.cfg, datagrams));
         if usable {
-            send_message(p, now, &self.cfg, data, &mut self.transmits, &mut self.stats);
+            send_message(
+                p,
+                now,
+                &self.cfg,
+                data,
+                &mut self.transmits,
+                &mut self.stats,
+            );
             let rekey = p.pending.is_none()
-                && p.current.as_ref().is_some_and(|s| s.wants_rekey(now, &self.cfg));
+                && p.current
+                    .as_ref()
+                    .is_some_and(|s| s.wants_rekey(now, &self.cfg));
             if rekey {
                 self.start_handshake(now, peer);
             }
@@ -594,10 +615,18 @@ impl Endpoint {
     }
 
     fn expire_sessions(&mut self, now: Instant, key: PeerKey) {
-        let Some(p) = self.peers.get_mut(&key) else { return };
+        let Some(p) = self.peers.get_mut(&key) else {
+            return;
+        };
         let grace_over = p.previous_until.is_some_and(|t| t <= now);
-        for (slot, force) in [(Slot::Current, false), (Slot::Previous, grace_over), (Slot::Next, false)] {
-            let expired = p.session_mut(slot).is_some_and(|s| now >= s.expires(&self.cfg));
+        for (slot, force) in [
+            (Slot::Current, false),
+            (Slot::Previous, grace_over),
+            (Slot::Next, false),
+        ] {
+            let expired = p
+                .session_mut(slot)
+                .is_some_and(|s| now >= s.expires(&self.cfg));
             if expired || force {
                 let gone = match slot {
                     Slot::Current => p.current.take(),
@@ -616,7 +645,9 @@ impl Endpoint {
 
     fn peer_timers(&mut self, now: Instant, key: PeerKey) {
         let cfg = &self.cfg;
-        let Some(p) = self.peers.get_mut(&key) else { return };
+        let Some(p) = self.peers.get_mut(&key) else {
+            return;
+        };
         if p.due(Timer::Retry, now) {
             p.disarm(Timer::Retry);
             let since = p.attempts_since.unwrap_or(now);
@@ -629,12 +660,15 @@ impl Endpoint {
                 p.queue.clear();
                 p.queued_bytes = 0;
                 self.stats.handshake_gave_up += 1;
-                self.events.push_back(Event::Unreachable { peer: key, dropped });
+                self.events
+                    .push_back(Event::Unreachable { peer: key, dropped });
             } else {
                 self.start_handshake(now, key);
             }
         }
-        let Some(p) = self.peers.get_mut(&key) else { return };
+        let Some(p) = self.peers.get_mut(&key) else {
+            return;
+        };
         if p.due(Timer::Keepalive, now) {
             p.disarm(Timer::Keepalive);
             send_keepalive(p, now, &self.cfg, &mut self.transmits, &mut self.stats);
@@ -660,7 +694,10 @@ impl Endpoint {
             self.stats.mac1_invalid += 1;
             return false;
         }
-        if !self.load.record(now, self.cfg.under_load_handshakes_per_sec) {
+        if !self
+            .load
+            .record(now, self.cfg.under_load_handshakes_per_sec)
+        {
             return true;
         }
         if self.cookies.needs_rotation(now) {
@@ -716,7 +753,11 @@ impl Endpoint {
             self.peers.insert(key, Peer::new(&key, None, psk));
         }
         // The payload length is fixed by the datagram length check.
-        let ts = u64::from_be_bytes(resp.payload[..8].try_into().expect("invariant: fixed length"));
+        let ts = u64::from_be_bytes(
+            resp.payload[..8]
+                .try_into()
+                .expect("invariant: fixed length"),
+        );
         let local = self.new_index(key);
         let mut ephemeral = [0u8; 32];
         self.rng.fill_bytes(&mut ephemeral);
@@ -738,19 +779,32 @@ impl Endpoint {
         wire::reserve_macs(&mut pkt);
         wire::seal_macs(&mut pkt, &p.mac1_key, p.fresh_cookie(now));
         p.last_mac1 = Some((local, wire::mac1_of(&pkt)));
-        if let Some(old) = p.next.replace(Session::new(local, sender, &keys, now, false)) {
+        if let Some(old) = p
+            .next
+            .replace(Session::new(local, sender, &keys, now, false))
+        {
             self.index.remove(&old.local_index);
         }
         self.stats.handshakes_responded += 1;
         self.push(from, pkt);
     }
 
-    fn on_response(&mut self, now: Instant, from: SocketAddr, sender: u32, receiver: u32, msg: &[u8]) {
+    fn on_response(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        sender: u32,
+        receiver: u32,
+        msg: &[u8],
+    ) {
         let Some(&key) = self.index.get(&receiver) else {
             self.stats.unknown_index += 1;
             return;
         };
-        let p = self.peers.get_mut(&key).expect("invariant: indexed peers exist");
+        let p = self
+            .peers
+            .get_mut(&key)
+            .expect("invariant: indexed peers exist");
         let Some(pending) = p.pending.as_ref().filter(|h| h.local_index == receiver) else {
             self.stats.unknown_index += 1;
             return;
@@ -780,7 +834,10 @@ impl Endpoint {
             self.stats.unknown_index += 1;
             return;
         };
-        let p = self.peers.get_mut(key).expect("invariant: indexed peers exist");
+        let p = self
+            .peers
+            .get_mut(key)
+            .expect("invariant: indexed peers exist");
         let Some((_, mac1)) = p.last_mac1.filter(|(i, _)| *i == receiver) else {
             self.stats.unknown_index += 1;
             return;
@@ -794,13 +851,23 @@ impl Endpoint {
         }
     }
 
-    fn on_data(&mut self, now: Instant, from: SocketAddr, d: &mut [u8], receiver: u32, counter: u64) {
+    fn on_data(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        d: &mut [u8],
+        receiver: u32,
+        counter: u64,
+    ) {
         let Some(&key) = self.index.get(&receiver) else {
             self.stats.unknown_index += 1;
             return;
         };
         let cfg = &self.cfg;
-        let p = self.peers.get_mut(&key).expect("invariant: indexed peers exist");
+        let p = self
+            .peers
+            .get_mut(&key)
+            .expect("invariant: indexed peers exist");
         let Some(slot) = p.slot_of(receiver) else {
             self.stats.unknown_index += 1; // a pending handshake's index
             return;
@@ -824,7 +891,9 @@ impl Endpoint {
         let rekey_due = slot == Slot::Current
             && s.initiator
             && now.duration_since(s.created)
-                >= cfg.reject_after_time.saturating_sub(cfg.keepalive_timeout + cfg.handshake_retry);
+                >= cfg
+                    .reject_after_time
+                    .saturating_sub(cfg.keepalive_timeout + cfg.handshake_retry);
         p.addr = Some(from);
         p.disarm(Timer::ReplyExpected);
         if slot == Slot::Next {
@@ -863,10 +932,18 @@ impl Endpoint {
         let ts = self.timestamp(now);
         let mut ephemeral = [0u8; 32];
         self.rng.fill_bytes(&mut ephemeral);
-        let jitter_ms = self.rng.next_u64() % (self.cfg.handshake_retry.as_millis() as u64 / 3 + 1);
+        let retry_ms = u64::try_from(self.cfg.handshake_retry.as_millis()).unwrap_or(u64::MAX);
+        let jitter_ms = self.rng.next_u64() % (retry_ms / 3 + 1);
         let p = self.peers.get_mut(&key).expect("invariant: checked above");
         let mut pkt = wire::init_header(local);
-        let hs = match Initiator::start(&self.secret, &key.0, &p.psk, ephemeral, &ts.to_be_bytes(), &mut pkt) {
+        let hs = match Initiator::start(
+            &self.secret,
+            &key.0,
+            &p.psk,
+            ephemeral,
+            &ts.to_be_bytes(),
+            &mut pkt,
+        ) {
             Ok(hs) => hs,
             Err(_) => {
                 // The peer's static key is a low-order point: no handshake can succeed.
@@ -878,11 +955,17 @@ impl Endpoint {
         wire::reserve_macs(&mut pkt);
         wire::seal_macs(&mut pkt, &p.mac1_key, p.fresh_cookie(now));
         p.last_mac1 = Some((local, wire::mac1_of(&pkt)));
-        if let Some(old) = p.pending.replace(Pending { hs, local_index: local }) {
+        if let Some(old) = p.pending.replace(Pending {
+            hs,
+            local_index: local,
+        }) {
             self.index.remove(&old.local_index);
         }
         p.attempts_since.get_or_insert(now);
-        p.arm(Timer::Retry, now + self.cfg.handshake_retry + Duration::from_millis(jitter_ms));
+        p.arm(
+            Timer::Retry,
+            now + self.cfg.handshake_retry + Duration::from_millis(jitter_ms),
+        );
         self.stats.handshakes_initiated += 1;
         self.push(addr, pkt);
     }
@@ -901,7 +984,10 @@ impl Endpoint {
 
     fn timestamp(&mut self, now: Instant) -> u64 {
         let since = u64::try_from(now.duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
-        let t = self.wall_nanos_at_epoch.saturating_add(since).max(self.last_timestamp + 1);
+        let t = self
+            .wall_nanos_at_epoch
+            .saturating_add(since)
+            .max(self.last_timestamp + 1);
         self.last_timestamp = t;
         t
     }
@@ -932,7 +1018,14 @@ fn install_current(
     p.current = Some(s);
 }
 
-fn send_message(p: &mut Peer, now: Instant, cfg: &Config, data: &[u8], out: &mut VecDeque<Transmit>, stats: &mut Stats) {
+fn send_message(
+    p: &mut Peer,
+    now: Instant,
+    cfg: &Config,
+    data: &[u8],
+    out: &mut VecDeque<Transmit>,
+    stats: &mut Stats,
+) {
     let (Some(s), Some(dest)) = (p.current.as_mut(), p.addr) else {
         return;
     };
@@ -948,10 +1041,19 @@ fn send_message(p: &mut Peer, now: Instant, cfg: &Config, data: &[u8], out: &mut
     });
     stats.messages_sent += 1;
     p.disarm(Timer::Keepalive);
-    p.arm_if_idle(Timer::ReplyExpected, now + cfg.keepalive_timeout + cfg.handshake_retry);
+    p.arm_if_idle(
+        Timer::ReplyExpected,
+        now + cfg.keepalive_timeout + cfg.handshake_retry,
+    );
 }
 
-fn send_keepalive(p: &mut Peer, now: Instant, cfg: &Config, out: &mut VecDeque<Transmit>, stats: &mut Stats) {
+fn send_keepalive(
+    p: &mut Peer,
+    now: Instant,
+    cfg: &Config,
+    out: &mut VecDeque<Transmit>,
+    stats: &mut Stats,
+) {
     let (Some(s), Some(dest)) = (p.current.as_mut(), p.addr) else {
         return;
     };
@@ -964,7 +1066,13 @@ fn send_keepalive(p: &mut Peer, now: Instant, cfg: &Config, out: &mut VecDeque<T
     out.push_back(Transmit { dest, data: pkt });
 }
 
-fn flush_queue(p: &mut Peer, now: Instant, cfg: &Config, out: &mut VecDeque<Transmit>, stats: &mut Stats) {
+fn flush_queue(
+    p: &mut Peer,
+    now: Instant,
+    cfg: &Config,
+    out: &mut VecDeque<Transmit>,
+    stats: &mut Stats,
+) {
     while let Some(msg) = p.queue.pop_front() {
         p.queued_bytes -= msg.len();
         let n = msg.len().div_ceil(wire::FRAGMENT_PAYLOAD).max(1) as u64;

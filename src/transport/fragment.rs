@@ -113,7 +113,10 @@ impl<K: Ord + Copy> Reassembler<K> {
                 },
             );
         }
-        let p = self.partials.get_mut(&key).expect("invariant: inserted above");
+        let p = self
+            .partials
+            .get_mut(&key)
+            .expect("invariant: inserted above");
         if p.count != f.count {
             self.remove(&key);
             return Err(FragmentError::Malformed);
@@ -198,9 +201,7 @@ impl<K: Ord + Copy> Reassembler<K> {
         }
     }
 
-    fn oldest<'a>(
-        it: impl Iterator<Item = (&'a (K, u32), &'a Partial)>,
-    ) -> Option<(K, u32)>
+    fn oldest<'a>(it: impl Iterator<Item = (&'a (K, u32), &'a Partial)>) -> Option<(K, u32)>
     where
         K: 'a,
     {
@@ -231,11 +232,18 @@ mod tests {
 
     fn frags(msg_id: u32, data: &[u8]) -> Vec<(u32, u16, u16, Vec<u8>)> {
         let mut v = Vec::new();
-        split(msg_id, data, |f| v.push((f.msg_id, f.index, f.count, f.bytes.to_vec())));
+        split(msg_id, data, |f| {
+            v.push((f.msg_id, f.index, f.count, f.bytes.to_vec()))
+        });
         v
     }
 
-    fn feed(r: &mut Reassembler<u8>, now: Instant, peer: u8, f: &(u32, u16, u16, Vec<u8>)) -> Result<Option<Vec<u8>>, FragmentError> {
+    fn feed(
+        r: &mut Reassembler<u8>,
+        now: Instant,
+        peer: u8,
+        f: &(u32, u16, u16, Vec<u8>),
+    ) -> Result<Option<Vec<u8>>, FragmentError> {
         r.insert(
             now,
             peer,
@@ -330,7 +338,15 @@ mod tests {
         let big = data(MAX_MESSAGE_SIZE);
         for peer in 0..20u8 {
             let fs = frags(1, &big);
-            assert_eq!(feed(&mut r, t0 + Duration::from_millis(u64::from(peer)), peer, &fs[0]), Ok(None));
+            assert_eq!(
+                feed(
+                    &mut r,
+                    t0 + Duration::from_millis(u64::from(peer)),
+                    peer,
+                    &fs[0]
+                ),
+                Ok(None)
+            );
             assert!(r.reserved_bytes() <= MAX_REASSEMBLY_BYTES);
         }
         assert!(r.stats.evicted >= 12);
@@ -353,7 +369,10 @@ mod tests {
             count: 3,
             bytes: &[0; 10],
         };
-        assert_eq!(r.insert(now, 1, short_middle), Err(FragmentError::Malformed));
+        assert_eq!(
+            r.insert(now, 1, short_middle),
+            Err(FragmentError::Malformed)
+        );
         let long_last = Fragment {
             msg_id: 1,
             index: 0,
@@ -369,7 +388,11 @@ mod tests {
             bytes: &[0; FRAGMENT_PAYLOAD],
         };
         assert_eq!(r.insert(now, 1, a), Ok(None));
-        let b = Fragment { count: 4, index: 1, ..a };
+        let b = Fragment {
+            count: 4,
+            index: 1,
+            ..a
+        };
         assert_eq!(r.insert(now, 1, b), Err(FragmentError::Malformed));
         assert_eq!(r.reserved_bytes(), 0);
     }

@@ -164,7 +164,9 @@ impl Initiator {
             return Err(NoiseError::Length);
         }
         let mut sym = self.sym.clone();
-        let re: [u8; KEY_LEN] = msg[..KEY_LEN].try_into().expect("invariant: length checked");
+        let re: [u8; KEY_LEN] = msg[..KEY_LEN]
+            .try_into()
+            .expect("invariant: length checked");
         sym.mix_ephemeral(&re);
         sym.mix_dh(&self.e, &re)?;
         sym.mix_dh(&self.s, &re)?;
@@ -192,7 +194,9 @@ impl Responder {
             return Err(NoiseError::Length);
         }
         let mut sym = Symmetric::new(&public_key(local));
-        let re: [u8; KEY_LEN] = msg[..KEY_LEN].try_into().expect("invariant: length checked");
+        let re: [u8; KEY_LEN] = msg[..KEY_LEN]
+            .try_into()
+            .expect("invariant: length checked");
         sym.mix_ephemeral(&re);
         sym.mix_dh(local, &re)?;
         let s_end = KEY_LEN + KEY_LEN + TAG_LEN;
@@ -282,7 +286,10 @@ mod tests {
         let other = StaticSecret::from([3u8; 32]);
         let mut m1 = Vec::new();
         Initiator::start(&i, &public_of(&r), &[0; 32], [7u8; 32], b"", &mut m1).unwrap();
-        assert_eq!(Responder::read(&other, &m1).err(), Some(NoiseError::Decrypt));
+        assert_eq!(
+            Responder::read(&other, &m1).err(),
+            Some(NoiseError::Decrypt)
+        );
     }
 
     #[test]
@@ -293,7 +300,10 @@ mod tests {
         for byte in 0..m1.len() {
             let mut bad = m1.clone();
             bad[byte] ^= 0x10;
-            assert!(Responder::read(&r, &bad).is_err(), "flip in byte {byte} accepted");
+            assert!(
+                Responder::read(&r, &bad).is_err(),
+                "flip in byte {byte} accepted"
+            );
         }
         assert_eq!(
             Responder::read(&r, &m1[..init_len(0) - 1]).err(),
@@ -323,6 +333,9 @@ mod tests {
         let (_, r) = pair();
         let mut m1 = vec![0u8; init_len(0)];
         m1[0] = 0; // all-zero point is low order
-        assert_eq!(Responder::read(&r, &m1).err(), Some(NoiseError::LowOrderPoint));
+        assert_eq!(
+            Responder::read(&r, &m1).err(),
+            Some(NoiseError::LowOrderPoint)
+        );
     }
 }

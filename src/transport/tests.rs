@@ -55,9 +55,20 @@ fn key_of(i: usize) -> [u8; 32] {
 impl Pair {
     fn new(cfg: Config, seed: u64) -> Pair {
         let now = Instant::now();
-        let addrs: [SocketAddr; 2] = ["10.0.0.1:2377".parse().unwrap(), "10.0.0.2:2377".parse().unwrap()];
+        let addrs: [SocketAddr; 2] = [
+            "10.0.0.1:2377".parse().unwrap(),
+            "10.0.0.2:2377".parse().unwrap(),
+        ];
         let mut eps: Vec<Endpoint> = (0..2)
-            .map(|i| Endpoint::new(cfg.clone(), key_of(i), [i as u8 + 10; 32], now, 1_000_000 + i as u64))
+            .map(|i| {
+                Endpoint::new(
+                    cfg.clone(),
+                    key_of(i),
+                    [i as u8 + 10; 32],
+                    now,
+                    1_000_000 + i as u64,
+                )
+            })
             .collect();
         let pk: Vec<PeerKey> = eps.iter().map(|e| e.public_key()).collect();
         eps[A].set_peer(pk[B], addrs[B], PSK).unwrap();
@@ -91,13 +102,20 @@ impl Pair {
             let mut wire_time = Duration::ZERO;
             while let Some(t) = self.eps[i].poll_transmit() {
                 wire_time += Duration::from_micros(10);
-                assert!(t.data.len() <= wire::MAX_DATAGRAM, "oversized datagram sent");
+                assert!(
+                    t.data.len() <= wire::MAX_DATAGRAM,
+                    "oversized datagram sent"
+                );
                 self.sent[i].push(t.data.clone());
                 let to = if t.dest == self.addrs[A] { A } else { B };
                 if self.mute[i] || self.roll(self.faults.loss) {
                     continue;
                 }
-                let copies = if self.roll(self.faults.duplicate) { 2 } else { 1 };
+                let copies = if self.roll(self.faults.duplicate) {
+                    2
+                } else {
+                    1
+                };
                 for _ in 0..copies {
                     let mut delay = Duration::from_millis(1) + wire_time;
                     if self.roll(self.faults.reorder) {
@@ -133,12 +151,19 @@ impl Pair {
             self.collect();
             let next_delivery = self.inflight.iter().map(|f| (f.at, f.seq)).min();
             let next_timer = self.eps.iter().filter_map(|e| e.poll_timeout()).min();
-            let next = [next_delivery.map(|x| x.0), next_timer].into_iter().flatten().min();
+            let next = [next_delivery.map(|x| x.0), next_timer]
+                .into_iter()
+                .flatten()
+                .min();
             match next {
                 Some(t) if t <= end => {
                     self.now = self.now.max(t);
                     if let Some((at, seq)) = next_delivery.filter(|(at, _)| *at <= t) {
-                        let pos = self.inflight.iter().position(|f| f.at == at && f.seq == seq).unwrap();
+                        let pos = self
+                            .inflight
+                            .iter()
+                            .position(|f| f.at == at && f.seq == seq)
+                            .unwrap();
                         let f = self.inflight.swap_remove(pos);
                         self.deliver(f.to, f.from, f.data);
                     } else {
@@ -189,7 +214,10 @@ fn handshake_then_messages_both_ways() {
     p.run_for(Duration::from_millis(50));
     assert_eq!(p.messages(B), vec![b"hello".to_vec()]);
     assert!(p.eps[A].is_connected(&p.key(B)));
-    assert!(p.eps[B].is_connected(&p.key(A)), "keepalive or data confirmed the session");
+    assert!(
+        p.eps[B].is_connected(&p.key(A)),
+        "keepalive or data confirmed the session"
+    );
     let big = payload(1, MAX_MESSAGE_SIZE);
     p.send(B, &big).unwrap();
     p.send(B, b"").unwrap();
@@ -215,10 +243,16 @@ fn queued_messages_flush_in_order_after_handshake() {
 #[test]
 fn send_limits() {
     let mut p = Pair::new(Config::default(), 3);
-    assert_eq!(p.send(A, &vec![0; MAX_MESSAGE_SIZE + 1]), Err(SendError::TooLarge(MAX_MESSAGE_SIZE + 1)));
+    assert_eq!(
+        p.send(A, &vec![0; MAX_MESSAGE_SIZE + 1]),
+        Err(SendError::TooLarge(MAX_MESSAGE_SIZE + 1))
+    );
     let stranger = PeerKey([9; 32]);
     let now = p.now;
-    assert_eq!(p.eps[A].send(now, stranger, b"x"), Err(SendError::UnknownPeer(stranger)));
+    assert_eq!(
+        p.eps[A].send(now, stranger, b"x"),
+        Err(SendError::UnknownPeer(stranger))
+    );
     p.mute[A] = true;
     for _ in 0..MAX_QUEUED_MESSAGES_PER_PEER {
         p.send(A, b"x").unwrap();
@@ -247,8 +281,17 @@ fn unanswered_handshakes_give_up_and_report() {
     p.send(A, b"1").unwrap();
     p.send(A, b"2").unwrap();
     p.run_for(cfg.handshake_attempt_time + Duration::from_secs(2));
-    let gave_up: Vec<_> = p.events[A].iter().filter(|e| matches!(e, Event::Unreachable { .. })).collect();
-    assert_eq!(gave_up, vec![&Event::Unreachable { peer: p.key(B), dropped: 2 }]);
+    let gave_up: Vec<_> = p.events[A]
+        .iter()
+        .filter(|e| matches!(e, Event::Unreachable { .. }))
+        .collect();
+    assert_eq!(
+        gave_up,
+        vec![&Event::Unreachable {
+            peer: p.key(B),
+            dropped: 2
+        }]
+    );
     assert_eq!(p.eps[A].stats().handshake_gave_up, 1);
     assert_eq!(p.eps[A].poll_timeout(), None, "nothing left to do");
 }
@@ -259,7 +302,11 @@ fn replayed_and_forged_data_is_rejected() {
     p.send(A, b"one").unwrap();
     p.run_for(Duration::from_millis(20));
     assert_eq!(p.messages(B).len(), 1);
-    let data: Vec<Vec<u8>> = p.sent[A].iter().filter(|d| d[1] == wire::TYPE_DATA).cloned().collect();
+    let data: Vec<Vec<u8>> = p.sent[A]
+        .iter()
+        .filter(|d| d[1] == wire::TYPE_DATA)
+        .cloned()
+        .collect();
     let from = p.addrs[A];
     for d in &data {
         p.deliver(B, from, d.clone());
@@ -277,7 +324,11 @@ fn replayed_and_forged_data_is_rejected() {
         bad[byte] ^= 0x40;
         p.deliver(B, from, bad);
     }
-    assert_eq!(p.eps[B].stats().auth_failed, 3, "body, tag and counter flips");
+    assert_eq!(
+        p.eps[B].stats().auth_failed,
+        3,
+        "body, tag and counter flips"
+    );
     let mut bad = fresh.clone();
     bad[3] ^= 1;
     p.deliver(B, from, bad);
@@ -306,7 +357,10 @@ fn policy_refusal_means_no_session() {
     p.run_for(Duration::from_secs(3));
     assert!(p.messages(B).is_empty());
     assert!(!p.eps[A].is_connected(&p.key(B)));
-    assert!(p.eps[B].stats().handshake_denied >= 2, "each retry is refused");
+    assert!(
+        p.eps[B].stats().handshake_denied >= 2,
+        "each retry is refused"
+    );
     assert_eq!(p.eps[B].stats().handshakes_responded, 0);
 }
 
@@ -326,7 +380,11 @@ fn psk_mismatch_fails_the_handshake() {
 fn initiation_for_another_key_fails_mac1() {
     let mut p = Pair::new(Config::default(), 9);
     // A believes B has a different key: B cannot even check mac1, so does no DH.
-    let wrong = PeerKey(Endpoint::new(Config::default(), [42; 32], [0; 32], p.now, 0).public_key().0);
+    let wrong = PeerKey(
+        Endpoint::new(Config::default(), [42; 32], [0; 32], p.now, 0)
+            .public_key()
+            .0,
+    );
     let addr = p.addrs[B];
     p.eps[A].set_peer(wrong, addr, PSK).unwrap();
     let now = p.now;
@@ -341,7 +399,11 @@ fn replayed_initiation_is_refused_and_harmless() {
     let mut p = Pair::new(Config::default(), 10);
     p.send(A, b"x").unwrap();
     p.run_for(Duration::from_millis(20));
-    let init = p.sent[A].iter().find(|d| d[1] == wire::TYPE_INIT).unwrap().clone();
+    let init = p.sent[A]
+        .iter()
+        .find(|d| d[1] == wire::TYPE_INIT)
+        .unwrap()
+        .clone();
     let from = p.addrs[A];
     p.deliver(B, from, init);
     assert_eq!(p.eps[B].stats().handshake_replayed, 1);
@@ -362,7 +424,10 @@ fn under_load_cookie_round_trip_then_handshake() {
     assert_eq!(p.messages(B), vec![b"cookie please".to_vec()]);
     assert!(p.eps[B].stats().cookie_replies_sent >= 1);
     assert!(p.eps[A].stats().cookies_received >= 1);
-    assert!(p.eps[A].stats().handshakes_initiated >= 2, "first try bounced, retry carried mac2");
+    assert!(
+        p.eps[A].stats().handshakes_initiated >= 2,
+        "first try bounced, retry carried mac2"
+    );
 }
 
 #[test]
@@ -403,7 +468,12 @@ fn rekey_by_message_count_switches_without_loss() {
     }
     p.run_for(Duration::from_millis(100));
     let got = p.messages(B);
-    assert!(got == expect, "all {} in order, got {}", expect.len(), got.len());
+    assert!(
+        got == expect,
+        "all {} in order, got {}",
+        expect.len(),
+        got.len()
+    );
     let s = p.eps[A].stats();
     assert!(s.handshakes_completed >= 5, "rekeyed repeatedly: {s:?}");
     assert_eq!(s.dropped() + p.eps[B].stats().dropped(), 0);
@@ -503,7 +573,9 @@ fn fragments_survive_duplication_and_reordering() {
         duplicate: 100,
         reorder: 300,
     };
-    let msgs: Vec<Vec<u8>> = (0..20).map(|i| payload(i, 64 * 1024 + i as usize)).collect();
+    let msgs: Vec<Vec<u8>> = (0..20)
+        .map(|i| payload(i, 64 * 1024 + i as usize))
+        .collect();
     for m in &msgs {
         p.send(A, m).unwrap();
     }
@@ -512,8 +584,16 @@ fn fragments_survive_duplication_and_reordering() {
     got.sort();
     let mut want = msgs.clone();
     want.sort();
-    assert!(got == want, "every message exactly once: got {} of {}", got.len(), want.len());
-    assert!(p.eps[B].stats().replayed > 0, "duplicates were seen and dropped");
+    assert!(
+        got == want,
+        "every message exactly once: got {} of {}",
+        got.len(),
+        want.len()
+    );
+    assert!(
+        p.eps[B].stats().replayed > 0,
+        "duplicates were seen and dropped"
+    );
 }
 
 #[test]
@@ -534,9 +614,16 @@ fn fragment_loss_drops_whole_messages_never_corrupts() {
     }
     p.run_for(Duration::from_secs(5));
     let got = p.messages(B);
-    assert!(!got.is_empty() && got.len() < msgs.len(), "some but not all: {}", got.len());
+    assert!(
+        !got.is_empty() && got.len() < msgs.len(),
+        "some but not all: {}",
+        got.len()
+    );
     for g in &got {
-        assert!(msgs.contains(g), "a delivered message is always one that was sent");
+        assert!(
+            msgs.contains(g),
+            "a delivered message is always one that was sent"
+        );
     }
     let s = p.eps[B].stats();
     assert!(s.reassembly_timed_out + s.reassembly_evicted > 0);
@@ -579,12 +666,20 @@ fn garbage_and_mutations_never_panic() {
 fn same_seed_same_bytes() {
     let run = || {
         let mut p = Pair::new(Config::default(), 22);
-        p.faults = Faults { loss: 50, duplicate: 50, reorder: 200 };
+        p.faults = Faults {
+            loss: 50,
+            duplicate: 50,
+            reorder: 200,
+        };
         for i in 0..5 {
             p.send(A, &payload(i, 10_000)).unwrap();
         }
         p.run_for(Duration::from_secs(3));
         p.sent
     };
-    assert_eq!(run(), run(), "the core is deterministic given its seed and inputs");
+    assert_eq!(
+        run(),
+        run(),
+        "the core is deterministic given its seed and inputs"
+    );
 }

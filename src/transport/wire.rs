@@ -89,7 +89,11 @@ pub enum Packet<'a> {
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("invariant: caller checked length"))
+    u32::from_le_bytes(
+        b[at..at + 4]
+            .try_into()
+            .expect("invariant: caller checked length"),
+    )
 }
 
 /// Classifies a datagram by its header and length. Does no cryptography.
@@ -103,7 +107,13 @@ pub fn parse(d: &[u8]) -> Result<Packet<'_>, WireError> {
     if d[0] != VERSION {
         return Err(WireError::Version(d[0]));
     }
-    let exact = |n: usize| if d.len() == n { Ok(()) } else { Err(WireError::Length) };
+    let exact = |n: usize| {
+        if d.len() == n {
+            Ok(())
+        } else {
+            Err(WireError::Length)
+        }
+    };
     match d[1] {
         TYPE_INIT => {
             exact(INIT_LEN)?;
@@ -181,7 +191,9 @@ pub fn mac2_valid(d: &[u8], cookie: &Mac16) -> bool {
 
 pub fn mac1_of(d: &[u8]) -> Mac16 {
     let off = mac1_offset(d);
-    d[off..off + MAC_LEN].try_into().expect("invariant: handshake length checked")
+    d[off..off + MAC_LEN]
+        .try_into()
+        .expect("invariant: handshake length checked")
 }
 
 pub fn init_header(sender: u32) -> Vec<u8> {
@@ -278,7 +290,7 @@ mod tests {
         assert_eq!(RESPONSE_LEN, 90);
         assert_eq!(COOKIE_LEN, 62);
         assert_eq!(FRAGMENT_PAYLOAD, 1232 - 30 - 9);
-        assert!(DATA_MIN_LEN + FRAGMENT_HEADER_LEN + FRAGMENT_PAYLOAD <= MAX_DATAGRAM);
+        const { assert!(DATA_MIN_LEN + FRAGMENT_HEADER_LEN + FRAGMENT_PAYLOAD <= MAX_DATAGRAM) };
     }
 
     #[test]

@@ -1,0 +1,11 @@
+//! swarmlet: Docker Swarm mode as one small static binary for edge and ARM hosts.
+//!
+//! The library holds everything; `src/main.rs` only dispatches. See ARCHITECTURE.md for
+//! which modules are pure cores and which touch the OS.
+
+// Tests may unwrap and cast freely; the lints guard the code that ships.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::cast_possible_truncation))]
+
+pub mod cli;
+pub mod daemon;
+pub mod transport;
