@@ -581,7 +581,7 @@ impl Endpoint {
             Err(_) => self.stats.malformed += 1,
             Ok(Packet::Init { sender, noise }) => {
                 if self.admit_handshake(now, from, data, sender) {
-                    self.on_init(now, from, data, sender, noise, policy);
+                    self.on_init(now, from, sender, noise, policy);
                 }
             }
             Ok(Packet::Response {
@@ -724,7 +724,6 @@ impl Endpoint {
         &mut self,
         now: Instant,
         from: SocketAddr,
-        _d: &[u8],
         sender: u32,
         noise_msg: &[u8],
         policy: &mut dyn PeerPolicy,

@@ -683,3 +683,83 @@ fn same_seed_same_bytes() {
         "the core is deterministic given its seed and inputs"
     );
 }
+
+#[test]
+fn peer_table_limit_refuses_new_peers() {
+    use super::endpoint::{PeerError, MAX_PEERS};
+    let mut p = Pair::new(Config::default(), 23);
+    // B already knows A; fill the rest of its table with strangers.
+    let addr = p.addrs[A];
+    for i in 1..MAX_PEERS as u32 {
+        let mut k = [0u8; 32];
+        k[..4].copy_from_slice(&i.to_le_bytes());
+        k[31] = 0xEE;
+        p.eps[B].set_peer(PeerKey(k), addr, PSK).unwrap();
+    }
+    assert_eq!(
+        p.eps[B].set_peer(PeerKey([0xFF; 32]), addr, PSK),
+        Err(PeerError::TableFull)
+    );
+    // A known peer still gets in; a new one is refused before any state is kept.
+    p.send(A, b"known").unwrap();
+    p.run_for(Duration::from_millis(20));
+    assert_eq!(p.messages(B), vec![b"known".to_vec()]);
+    let now = p.now;
+    let mut c = Endpoint::new(Config::default(), [77; 32], [78; 32], now, 5);
+    let kb = p.key(B);
+    c.set_peer(kb, p.addrs[B], PSK).unwrap();
+    c.send(now, kb, b"stranger").unwrap();
+    let mut init = c.poll_transmit().unwrap().data;
+    let from: SocketAddr = "10.0.0.9:2377".parse().unwrap();
+    let mut admit = |_: &PeerKey, _: SocketAddr| Some(PSK);
+    p.eps[B].handle_datagram(now, from, &mut init, &mut admit);
+    assert_eq!(p.eps[B].stats().peer_table_full, 1);
+    assert!(p.eps[B].poll_transmit().is_none(), "no response sent");
+}
+
+#[test]
+fn queued_bytes_limit() {
+    use super::endpoint::MAX_QUEUED_BYTES_PER_PEER;
+    let mut p = Pair::new(Config::default(), 24);
+    p.mute[A] = true;
+    let big = vec![1u8; MAX_MESSAGE_SIZE];
+    for _ in 0..MAX_QUEUED_BYTES_PER_PEER / MAX_MESSAGE_SIZE {
+        p.send(A, &big).unwrap();
+    }
+    assert_eq!(
+        p.send(A, b"one byte more"),
+        Err(SendError::QueueFull(p.key(B)))
+    );
+}
+
+#[test]
+fn under_load_a_single_ip_is_rate_limited() {
+    use super::dos::HANDSHAKE_BURST_PER_IP;
+    let cfg = Config {
+        under_load_handshakes_per_sec: 0,
+        ..Config::default()
+    };
+    let mut p = Pair::new(cfg, 25);
+    p.send(A, b"x").unwrap();
+    p.run_for(Duration::from_secs(3));
+    assert_eq!(p.messages(B), vec![b"x".to_vec()]);
+    // Replay the last initiation (it carries a valid mac2 for A's address) many times.
+    let init = p.sent[A]
+        .iter()
+        .rev()
+        .find(|d| d[1] == wire::TYPE_INIT)
+        .unwrap()
+        .clone();
+    let from = p.addrs[A];
+    let before = p.eps[B].stats();
+    for _ in 0..20 {
+        p.deliver(B, from, init.clone());
+    }
+    let s = p.eps[B].stats();
+    let passed = (s.handshake_replayed - before.handshake_replayed) as u64;
+    assert!(
+        passed <= HANDSHAKE_BURST_PER_IP,
+        "{passed} got past the limiter"
+    );
+    assert!(s.rate_limited - before.rate_limited >= 20 - HANDSHAKE_BURST_PER_IP);
+}
