@@ -756,7 +756,7 @@ fn under_load_a_single_ip_is_rate_limited() {
         p.deliver(B, from, init.clone());
     }
     let s = p.eps[B].stats();
-    let passed = (s.handshake_replayed - before.handshake_replayed) as u64;
+    let passed = s.handshake_replayed - before.handshake_replayed;
     assert!(
         passed <= HANDSHAKE_BURST_PER_IP,
         "{passed} got past the limiter"
