@@ -1,0 +1,90 @@
+# swarmlet tasks. `just` lists them; `./bootstrap.sh deps` installs what they need.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# Architectures `cross-build` knows; cross/README.md says how to add one.
+arches := "aarch64 x86_64"
+
+# The binary must fit small edge boxes: `just size` fails above this (8 MiB).
+max_size_bytes := "8388608"
+
+# List the recipes.
+default:
+    @just --list
+
+# Release build for this host.
+build:
+    cargo build --release
+
+# All unit and integration tests, with cargo-nextest.
+test:
+    cargo nextest run --workspace --all-targets
+
+# Formatting and clippy, warnings denied.
+lint:
+    cargo fmt --check
+    cargo clippy --all-targets -- -D warnings
+
+# Transport throughput and handshake benchmarks.
+bench:
+    cargo bench --bench transport
+
+# Run every cargo-fuzz target in fuzz/ for SECONDS each, on stable via RUSTC_BOOTSTRAP.
+fuzz SECONDS="30":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+    # cargo-fuzz passes nightly-only flags (-Zsanitizer=address); RUSTC_BOOTSTRAP lets the
+    # stable toolchain accept them, so no nightly toolchain is needed.
+    export RUSTC_BOOTSTRAP=1
+    targets=$(cargo fuzz list --fuzz-dir fuzz)
+    if [ -z "$targets" ]; then echo "no fuzz targets in fuzz/" >&2; exit 1; fi
+    for target in $targets; do
+        echo "== fuzz $target for {{SECONDS}} s"
+        cargo fuzz run --fuzz-dir fuzz "$target" -- -max_total_time={{SECONDS}}
+    done
+
+# Static, stripped musl binaries at target/<triple>/release/swarmlet (ARCH: aarch64, x86_64; empty: both).
+cross-build ARCH="":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    requested="{{ARCH}}"
+    for arch in ${requested:-{{arches}}}; do
+        case "$arch" in
+            aarch64|x86_64) ;;
+            *) echo "cross-build: unknown arch '$arch' (known: {{arches}})" >&2; exit 2 ;;
+        esac
+        triple="$arch-unknown-linux-musl"
+        cargo build --release --target "$triple" --config cross/config.toml
+        bin="target/$triple/release/swarmlet"
+        # A dynamically linked result would not run on the target boxes: fail here, not there.
+        # (x86_64 musl links static-pie, aarch64 plain static; both need no loader.)
+        if ! file "$bin" | grep -Eq 'statically linked|static-pie linked'; then
+            echo "cross-build: $bin is not statically linked: $(file -b "$bin")" >&2
+            exit 1
+        fi
+        echo "$bin: $(file -b "$bin")"
+    done
+
+# Size of each arch's stripped binary; fails if any is above 8 MiB.
+size:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    # A no-op when the binaries are up to date; never reports a stale size.
+    just cross-build >/dev/null
+    status=0
+    for arch in {{arches}}; do
+        bin="target/$arch-unknown-linux-musl/release/swarmlet"
+        bytes=$(stat -c %s "$bin")
+        mib=$(awk -v b="$bytes" 'BEGIN { printf "%.2f", b / 1048576 }')
+        echo "$bin $bytes bytes ($mib MiB)"
+        if [ "$bytes" -gt {{max_size_bytes}} ]; then
+            echo "size: $bin is above 8 MiB" >&2
+            status=1
+        fi
+    done
+    exit "$status"
+
+# The encrypted transport between two endpoints on loopback.
+demo:
+    cargo run --release -- debug transport demo

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian 12 machine (with Rust installed by rustup) and run swarmlet's demo or
+# tests. Safe to run again: everything already installed is skipped.
+#
+#   ./bootstrap.sh demo   install what is needed, then `just demo`
+#   ./bootstrap.sh test   install what is needed, then `just test`
+#   ./bootstrap.sh deps   install what is needed, nothing else
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+# Debian packages: clang/lld/llvm (llvm-ar) compile C dependencies for the musl targets,
+# qemu-user-static runs the aarch64 binary, busybox-static is the test containers' userland,
+# iproute2/nftables for the networking tests, file to check that binaries are static.
+APT_PACKAGES=(clang lld llvm qemu-user-static busybox-static iproute2 nftables file)
+RUST_TARGETS=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl)
+
+log() { echo "bootstrap: $*" >&2; }
+
+die() {
+    log "$*"
+    exit 1
+}
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null; then
+        sudo "$@"
+    else
+        die "need root to run: $*"
+    fi
+}
+
+install_apt_packages() {
+    local missing=()
+    local pkg
+    for pkg in "${APT_PACKAGES[@]}"; do
+        # dpkg-query prints "install ok installed" only for fully installed packages.
+        if [ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" != "install ok installed" ]; then
+            missing+=("$pkg")
+        fi
+    done
+    if [ "${#missing[@]}" -eq 0 ]; then
+        return
+    fi
+    log "installing Debian packages: ${missing[*]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        "${missing[@]}"
+}
+
+install_rust_targets() {
+    local installed missing=()
+    local target
+    installed=$(rustup target list --installed)
+    for target in "${RUST_TARGETS[@]}"; do
+        grep -qx "$target" <<<"$installed" || missing+=("$target")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        log "adding Rust targets: ${missing[*]}"
+        rustup target add "${missing[@]}"
+    fi
+}
+
+install_cargo_tool() {
+    local command=$1 crate=$2
+    if ! command -v "$command" >/dev/null; then
+        log "installing $crate (cargo install, takes a few minutes)"
+        cargo install "$crate" --locked
+    fi
+}
+
+deps() {
+    # rustup and cargo install put tools here; a non-login shell may not have it on PATH yet.
+    export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+    if ! command -v cargo >/dev/null || ! command -v rustup >/dev/null; then
+        die "cargo and rustup are needed: install Rust from https://rustup.rs first"
+    fi
+    install_apt_packages
+    install_rust_targets
+    install_cargo_tool just just
+    install_cargo_tool cargo-nextest cargo-nextest
+}
+
+usage() {
+    echo "usage: $0 demo|test|deps" >&2
+    exit 2
+}
+
+[ "$#" -eq 1 ] || usage
+case "$1" in
+    demo | test | deps) ;;
+    *) usage ;;
+esac
+# Called on its own, not in an && list, so that set -e stays in force inside it.
+deps
+case "$1" in
+    demo) exec just demo ;;
+    test) exec just test ;;
+esac

@@ -1,0 +1,430 @@
+//! `swarmlet service ...`: replicated and global services (managers only).
+//!
+//! Durations (`--update-delay 10s`), sizes (`--limit-memory 64M`) and specs such as
+//! `--publish 80:80/tcp` stay strings here; the resolve step parses them and names the flag
+//! when one is wrong.
+
+use std::process::ExitCode;
+
+use argh::{FromArgValue, FromArgs};
+
+use super::{not_implemented, Global};
+
+#[derive(FromArgs, Debug, PartialEq)]
+#[argh(subcommand, name = "service")]
+/// Manage services (managers only).
+pub struct ServiceCommand {
+    #[argh(subcommand)]
+    pub command: ServiceSubcommand,
+}
+
+#[derive(FromArgs, Debug, PartialEq)]
+#[argh(subcommand)]
+pub enum ServiceSubcommand {
+    Create(ServiceCreate),
+    Ls(ServiceLs),
+    Ps(ServicePs),
+    Inspect(ServiceInspect),
+    Scale(ServiceScale),
+    Update(ServiceUpdate),
+    Rollback(ServiceRollback),
+    Rm(ServiceRm),
+    Logs(ServiceLogs),
+}
+
+/// How many tasks a service runs.
+#[derive(FromArgValue, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// --replicas tasks spread over the eligible nodes
+    Replicated,
+    /// one task on every eligible node
+    Global,
+}
+
+/// When a task's container is restarted.
+#[derive(FromArgValue, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartCondition {
+    None,
+    #[argh(name = "on-failure")]
+    OnFailure,
+    Any,
+}
+
+/// What a rolling update does when a new task fails.
+#[derive(FromArgValue, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureAction {
+    Pause,
+    Continue,
+}
+
+/// How a service's name resolves inside its networks.
+#[derive(FromArgValue, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointMode {
+    /// one virtual IP, load-balanced by IPVS
+    Vip,
+    /// DNS round robin over the task IPs
+    Dnsrr,
+}
+
+#[derive(FromArgs, Debug, PartialEq)]
+#[argh(subcommand, name = "create")]
+/// Create a service.
+pub struct ServiceCreate {
+    /// service name (default: generated)
+    #[argh(option)]
+    pub name: Option<String>,
+
+    /// replicated or global (default replicated)
+    #[argh(option)]
+    pub mode: Option<Mode>,
+
+    /// number of tasks in replicated mode (default 1)
+    #[argh(option)]
+    pub replicas: Option<u64>,
+
+    /// overlay network to attach to (repeatable)
+    #[argh(option)]
+    pub network: Vec<String>,
+
+    /// publish a port on every node, PUBLISHED:TARGET[/tcp|/udp] (repeatable)
+    #[argh(option, short = 'p')]
+    pub publish: Vec<String>,
+
+    /// placement constraint, e.g. node.role==worker or node.labels.storage==ssd (repeatable)
+    #[argh(option)]
+    pub constraint: Vec<String>,
+
+    /// environment variable, KEY=VALUE (repeatable)
+    #[argh(option, short = 'e')]
+    pub env: Vec<String>,
+
+    /// service label, KEY=VALUE (repeatable)
+    #[argh(option, short = 'l')]
+    pub label: Vec<String>,
+
+    /// container label, KEY=VALUE (repeatable)
+    #[argh(option)]
+    pub container_label: Vec<String>,
+
+    /// mount, type=bind|volume|tmpfs,source=..,target=..[,readonly] (repeatable)
+    #[argh(option)]
+    pub mount: Vec<String>,
+
+    /// working directory inside the container
+    #[argh(option, short = 'w')]
+    pub workdir: Option<String>,
+
+    /// user inside the container, NAME|UID[:GID]
+    #[argh(option, short = 'u')]
+    pub user: Option<String>,
+
+    /// vip or dnsrr (default vip)
+    #[argh(option)]
+    pub endpoint_mode: Option<EndpointMode>,
+
+    /// none, on-failure or any (default any)
+    #[argh(option)]
+    pub restart_condition: Option<RestartCondition>,
+
+    /// wait between restarts, e.g. 5s (default 5s)
+    #[argh(option)]
+    pub restart_delay: Option<String>,
+
+    /// give up after this many restarts (default: never)
+    #[argh(option)]
+    pub restart_max_attempts: Option<u64>,
+
+    /// window in which restarts are counted, e.g. 1m
+    #[argh(option)]
+    pub restart_window: Option<String>,
+
+    /// tasks updated at once in a rolling update (default 1; 0 = all)
+    #[argh(option)]
+    pub update_parallelism: Option<u64>,
+
+    /// wait between update batches, e.g. 10s (default 0s)
+    #[argh(option)]
+    pub update_delay: Option<String>,
+
+    /// pause or continue when an updated task fails (default pause)
+    #[argh(option)]
+    pub update_failure_action: Option<FailureAction>,
+
+    /// time between SIGTERM and SIGKILL when a task stops, e.g. 10s (default 10s)
+    #[argh(option)]
+    pub stop_grace_period: Option<String>,
+
+    /// CPU limit per task, e.g. 0.5
+    #[argh(option)]
+    pub limit_cpu: Option<String>,
+
+    /// memory limit per task, e.g. 64M
+    #[argh(option)]
+    pub limit_memory: Option<String>,
+
+    /// CPU a node must have free to run a task, e.g. 0.25
+    #[argh(option)]
+    pub reserve_cpu: Option<String>,
+
+    /// memory a node must have free to run a task, e.g. 32M
+    #[argh(option)]
+    pub reserve_memory: Option<String>,
+
+    /// image reference, e.g. nginx:1.25
+    #[argh(positional)]
+    pub image: String,
+
+    /// command and arguments for the container (everything after IMAGE)
+    #[argh(positional, greedy)]
+    pub args: Vec<String>,
+}
+
+#[derive(FromArgs, Debug, PartialEq)]
+#[argh(subcommand, name = "ls")]
+/// List services with their running/desired task counts.
+pub struct ServiceLs {
+    /// print service ids only
+    #[argh(switch, short = 'q')]
+    pub quiet: bool,
+
+    /// filter, KEY=VALUE: id, name, label (repeatable)
+    #[argh(option, short = 'f')]
+    pub filter: Vec<String>,
+}
+
+#[derive(FromArgs, Debug, PartialEq)]
+#[argh(subcommand, name = "ps")]
+/// List the tasks of a service.
+pub struct ServicePs {
+    /// filter, KEY=VALUE: id, name, node, desired-state (repeatable)
+    #[argh(option, short = 'f')]
+    pub filter: Vec<String>,
+
+    /// do not map ids to names
+    #[argh(switch)]
+    pub no_resolve: bool,
+
+    /// service id or name
+    #[argh(positional)]
+    pub service: String,
+}
+
+#[derive(FromArgs, Debug, PartialEq)]
+#[argh(subcommand, name = "inspect")]
+/// Show details of services.
+pub struct ServiceInspect {
+    /// human-readable output instead of JSON
+    #[argh(switch)]
+    pub pretty: bool,
+
+    /// service ids or names
+    #[argh(positional)]
+    pub services: Vec<String>,
+}
+
+#[derive(FromArgs, Debug, PartialEq)]
+#[argh(subcommand, name = "scale")]
+/// Set the replica count of replicated services.
+pub struct ServiceScale {
+    /// SERVICE=REPLICAS pairs
+    #[argh(positional)]
+    pub scales: Vec<String>,
+}
+
+#[derive(FromArgs, Debug, PartialEq)]
+#[argh(subcommand, name = "update")]
+/// Change a service; tasks are replaced by a rolling update.
+pub struct ServiceUpdate {
+    /// new image reference
+    #[argh(option)]
+    pub image: Option<String>,
+
+    /// new command and arguments, one shell-quoted string
+    #[argh(option)]
+    pub args: Option<String>,
+
+    /// number of tasks in replicated mode
+    #[argh(option)]
+    pub replicas: Option<u64>,
+
+    /// add or replace an environment variable, KEY=VALUE (repeatable)
+    #[argh(option)]
+    pub env_add: Vec<String>,
+
+    /// remove an environment variable, KEY (repeatable)
+    #[argh(option)]
+    pub env_rm: Vec<String>,
+
+    /// add or replace a service label, KEY=VALUE (repeatable)
+    #[argh(option)]
+    pub label_add: Vec<String>,
+
+    /// remove a service label, KEY (repeatable)
+    #[argh(option)]
+    pub label_rm: Vec<String>,
+
+    /// add or replace a container label, KEY=VALUE (repeatable)
+    #[argh(option)]
+    pub container_label_add: Vec<String>,
+
+    /// remove a container label, KEY (repeatable)
+    #[argh(option)]
+    pub container_label_rm: Vec<String>,
+
+    /// add a placement constraint (repeatable)
+    #[argh(option)]
+    pub constraint_add: Vec<String>,
+
+    /// remove a placement constraint (repeatable)
+    #[argh(option)]
+    pub constraint_rm: Vec<String>,
+
+    /// add a published port, PUBLISHED:TARGET[/tcp|/udp] (repeatable)
+    #[argh(option)]
+    pub publish_add: Vec<String>,
+
+    /// remove a published port, PUBLISHED[/tcp|/udp] (repeatable)
+    #[argh(option)]
+    pub publish_rm: Vec<String>,
+
+    /// attach to an overlay network (repeatable)
+    #[argh(option)]
+    pub network_add: Vec<String>,
+
+    /// detach from an overlay network (repeatable)
+    #[argh(option)]
+    pub network_rm: Vec<String>,
+
+    /// add a mount, type=..,source=..,target=.. (repeatable)
+    #[argh(option)]
+    pub mount_add: Vec<String>,
+
+    /// remove a mount by its target path (repeatable)
+    #[argh(option)]
+    pub mount_rm: Vec<String>,
+
+    /// working directory inside the container
+    #[argh(option, short = 'w')]
+    pub workdir: Option<String>,
+
+    /// user inside the container, NAME|UID[:GID]
+    #[argh(option, short = 'u')]
+    pub user: Option<String>,
+
+    /// vip or dnsrr
+    #[argh(option)]
+    pub endpoint_mode: Option<EndpointMode>,
+
+    /// none, on-failure or any
+    #[argh(option)]
+    pub restart_condition: Option<RestartCondition>,
+
+    /// wait between restarts, e.g. 5s
+    #[argh(option)]
+    pub restart_delay: Option<String>,
+
+    /// give up after this many restarts
+    #[argh(option)]
+    pub restart_max_attempts: Option<u64>,
+
+    /// window in which restarts are counted, e.g. 1m
+    #[argh(option)]
+    pub restart_window: Option<String>,
+
+    /// tasks updated at once (0 = all)
+    #[argh(option)]
+    pub update_parallelism: Option<u64>,
+
+    /// wait between update batches, e.g. 10s
+    #[argh(option)]
+    pub update_delay: Option<String>,
+
+    /// pause or continue when an updated task fails
+    #[argh(option)]
+    pub update_failure_action: Option<FailureAction>,
+
+    /// time between SIGTERM and SIGKILL when a task stops, e.g. 10s
+    #[argh(option)]
+    pub stop_grace_period: Option<String>,
+
+    /// CPU limit per task, e.g. 0.5
+    #[argh(option)]
+    pub limit_cpu: Option<String>,
+
+    /// memory limit per task, e.g. 64M
+    #[argh(option)]
+    pub limit_memory: Option<String>,
+
+    /// CPU a node must have free to run a task
+    #[argh(option)]
+    pub reserve_cpu: Option<String>,
+
+    /// memory a node must have free to run a task
+    #[argh(option)]
+    pub reserve_memory: Option<String>,
+
+    /// replace tasks even if nothing changed
+    #[argh(switch)]
+    pub force: bool,
+
+    /// service id or name
+    #[argh(positional)]
+    pub service: String,
+}
+
+#[derive(FromArgs, Debug, PartialEq)]
+#[argh(subcommand, name = "rollback")]
+/// Go back to a service's previous spec, by a rolling update.
+pub struct ServiceRollback {
+    /// service id or name
+    #[argh(positional)]
+    pub service: String,
+}
+
+#[derive(FromArgs, Debug, PartialEq)]
+#[argh(subcommand, name = "rm")]
+/// Remove services and their tasks.
+pub struct ServiceRm {
+    /// service ids or names
+    #[argh(positional)]
+    pub services: Vec<String>,
+}
+
+#[derive(FromArgs, Debug, PartialEq)]
+#[argh(subcommand, name = "logs")]
+/// Print the logs of all tasks of a service.
+pub struct ServiceLogs {
+    /// keep streaming new lines
+    #[argh(switch, short = 'f')]
+    pub follow: bool,
+
+    /// lines from the end of each task's log (default all)
+    #[argh(option)]
+    pub tail: Option<u64>,
+
+    /// only lines since this time, RFC 3339 or relative (e.g. 10m)
+    #[argh(option)]
+    pub since: Option<String>,
+
+    /// prefix each line with its timestamp
+    #[argh(switch, short = 't')]
+    pub timestamps: bool,
+
+    /// service id or name
+    #[argh(positional)]
+    pub service: String,
+}
+
+pub fn run(_global: &Global, cmd: ServiceCommand) -> anyhow::Result<ExitCode> {
+    match cmd.command {
+        ServiceSubcommand::Create(_) => not_implemented("service create"),
+        ServiceSubcommand::Ls(_) => not_implemented("service ls"),
+        ServiceSubcommand::Ps(_) => not_implemented("service ps"),
+        ServiceSubcommand::Inspect(_) => not_implemented("service inspect"),
+        ServiceSubcommand::Scale(_) => not_implemented("service scale"),
+        ServiceSubcommand::Update(_) => not_implemented("service update"),
+        ServiceSubcommand::Rollback(_) => not_implemented("service rollback"),
+        ServiceSubcommand::Rm(_) => not_implemented("service rm"),
+        ServiceSubcommand::Logs(_) => not_implemented("service logs"),
+    }
+}

@@ -1,0 +1,59 @@
+//! The `swarmlet` binary's contract with scripts: version, exit codes, and where output goes.
+
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)] // test code
+
+use std::process::{Command, Output};
+
+fn swarmlet(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_swarmlet"))
+        .args(args)
+        .output()
+        .expect("the swarmlet binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn version_prints_package_version() {
+    let out = swarmlet(&["--version"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        format!("swarmlet {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn unimplemented_command_exits_2_and_says_so() {
+    let out = swarmlet(&["service", "ls"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty(), "stdout: {}", text(&out.stdout));
+    assert_eq!(
+        text(&out.stderr),
+        "swarmlet: service ls: not implemented yet\n"
+    );
+}
+
+#[test]
+fn unknown_flag_is_a_usage_error_naming_the_flag() {
+    let out = swarmlet(&["service", "ls", "--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty(), "stdout: {}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("--no-such-flag"),
+        "stderr: {}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn help_goes_to_stdout_and_lists_commands() {
+    let out = swarmlet(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = text(&out.stdout);
+    for command in ["init", "join", "service", "node", "network", "debug"] {
+        assert!(help.contains(command), "--help lacks {command}: {help}");
+    }
+}
