@@ -31,7 +31,11 @@ impl Log {
     /// our own making, never something a peer can cause (callers validate input).
     fn check(&self) {
         for (i, e) in self.entries.iter().enumerate() {
-            assert_eq!(e.index.0, self.snapshot.index.0 + 1 + i as u64, "log not contiguous");
+            assert_eq!(
+                e.index.0,
+                self.snapshot.index.0 + 1 + i as u64,
+                "log not contiguous"
+            );
         }
     }
 
@@ -96,13 +100,20 @@ impl Log {
     }
 
     pub fn append(&mut self, e: Entry) {
-        assert_eq!(e.index, self.last_index().next(), "append must extend the log");
+        assert_eq!(
+            e.index,
+            self.last_index().next(),
+            "append must extend the log"
+        );
         self.entries.push_back(e);
     }
 
     /// Removes the entries at `from` and after.
     pub fn truncate_from(&mut self, from: Index) {
-        assert!(from > self.snapshot.index, "cannot truncate into the snapshot");
+        assert!(
+            from > self.snapshot.index,
+            "cannot truncate into the snapshot"
+        );
         let keep = usize::try_from(from.0 - self.first_index().0).unwrap_or(usize::MAX);
         self.entries.truncate(keep);
     }
@@ -110,7 +121,11 @@ impl Log {
     /// Forgets entries up to `meta.index`, which a snapshot now covers.
     pub fn compact(&mut self, meta: SnapshotMeta) {
         assert!(meta.index <= self.last_index(), "compacting past the log");
-        assert_eq!(self.term_at(meta.index), Some(meta.term), "snapshot term mismatch");
+        assert_eq!(
+            self.term_at(meta.index),
+            Some(meta.term),
+            "snapshot term mismatch"
+        );
         while self.entries.front().is_some_and(|e| e.index <= meta.index) {
             self.entries.pop_front();
         }

@@ -7,6 +7,8 @@ pub mod types;
 
 #[cfg(test)]
 mod sim;
+#[cfg(test)]
+mod tests;
 
 pub use node::{Config, ProposeError, Raft, ReadState, Ready, Role, Status};
 pub use types::{

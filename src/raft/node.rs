@@ -422,7 +422,10 @@ impl Raft {
     pub fn read_index(&mut self, ctx: u64) {
         let result = self.start_read(ctx);
         if let Err(e) = result {
-            self.ready.reads.push(ReadState { ctx, result: Err(e) });
+            self.ready.reads.push(ReadState {
+                ctx,
+                result: Err(e),
+            });
         }
     }
 
@@ -439,7 +442,12 @@ impl Raft {
         l.transfer = Some((to, deadline));
         let caught_up = l.progress.get(&to).is_some_and(|p| p.matched == last);
         if caught_up {
-            self.send(to, Message::TimeoutNow { term: self.hard.term });
+            self.send(
+                to,
+                Message::TimeoutNow {
+                    term: self.hard.term,
+                },
+            );
         } else {
             self.send_append(to, false);
         }
@@ -453,7 +461,10 @@ impl Raft {
         if index <= self.log.snapshot().index {
             return;
         }
-        let term = self.log.term_at(index).expect("invariant: applied entries are in the log");
+        let term = self
+            .log
+            .term_at(index)
+            .expect("invariant: applied entries are in the log");
         let membership = self.membership_at(index);
         let meta = SnapshotMeta {
             index,
@@ -528,7 +539,9 @@ impl Raft {
                 last_index,
                 last_term,
             } => self.on_pre_vote(now, from, term, last_index, last_term),
-            Message::PreVoteResp { term, granted } => self.on_pre_vote_resp(now, from, term, granted),
+            Message::PreVoteResp { term, granted } => {
+                self.on_pre_vote_resp(now, from, term, granted)
+            }
             Message::Vote {
                 last_index,
                 last_term,
@@ -651,10 +664,19 @@ impl Raft {
     }
 
     fn count_voters(&self, ids: &BTreeSet<NodeId>) -> usize {
-        ids.iter().filter(|id| self.membership.is_voter(**id)).count()
+        ids.iter()
+            .filter(|id| self.membership.is_voter(**id))
+            .count()
     }
 
-    fn on_pre_vote(&mut self, now: Instant, from: NodeId, term: Term, last_index: Index, last_term: Term) {
+    fn on_pre_vote(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        term: Term,
+        last_index: Index,
+        last_term: Term,
+    ) {
         let granted = term > self.hard.term
             && !self.in_lease(now)
             && self.log.is_up_to_date(last_index, last_term);
@@ -673,7 +695,8 @@ impl Raft {
 
     fn on_vote(&mut self, now: Instant, from: NodeId, last_index: Index, last_term: Term) {
         let free = self.hard.vote.is_none_or(|v| v == from);
-        let granted = free && self.leader.is_none() && self.log.is_up_to_date(last_index, last_term);
+        let granted =
+            free && self.leader.is_none() && self.log.is_up_to_date(last_index, last_term);
         if granted {
             self.hard.vote = Some(from);
             self.ready.hard_state = Some(self.hard);
@@ -789,7 +812,11 @@ impl Raft {
     /// Adds progress for new members and drops it for removed ones.
     fn sync_progress(&mut self) {
         let next = self.log.last_index().next();
-        let members: BTreeSet<NodeId> = self.membership.members().filter(|i| *i != self.id).collect();
+        let members: BTreeSet<NodeId> = self
+            .membership
+            .members()
+            .filter(|i| *i != self.id)
+            .collect();
         if let State::Leader(l) = &mut self.state {
             l.progress.retain(|id, _| members.contains(id));
             for id in members {
@@ -807,7 +834,9 @@ impl Raft {
     }
 
     fn leader_tick(&mut self, now: Instant) {
-        let State::Leader(l) = &mut self.state else { return };
+        let State::Leader(l) = &mut self.state else {
+            return;
+        };
         if let Some((_, deadline)) = l.transfer {
             if now >= deadline {
                 l.transfer = None; // the target did not take over in time: carry on
@@ -831,7 +860,9 @@ impl Raft {
                 return;
             }
         }
-        let State::Leader(l) = &mut self.state else { return };
+        let State::Leader(l) = &mut self.state else {
+            return;
+        };
         if now >= l.heartbeat_at {
             l.heartbeat_at = now + self.cfg.heartbeat_interval;
             let last = self.log.last_index();
@@ -872,13 +903,21 @@ impl Raft {
     fn send_append(&mut self, to: NodeId, heartbeat: bool) {
         let term = self.hard.term;
         let commit = self.commit;
-        let State::Leader(l) = &mut self.state else { return };
+        let State::Leader(l) = &mut self.state else {
+            return;
+        };
         let round = l.round;
-        let Some(p) = l.progress.get_mut(&to) else { return };
+        let Some(p) = l.progress.get_mut(&to) else {
+            return;
+        };
         if let Flow::Snapshot { offset, waiting } = p.flow {
             if !waiting || heartbeat {
-                let Some(out) = self.outgoing.as_ref() else { return };
-                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(out.data.len());
+                let Some(out) = self.outgoing.as_ref() else {
+                    return;
+                };
+                let start = usize::try_from(offset)
+                    .unwrap_or(usize::MAX)
+                    .min(out.data.len());
                 let end = (start + self.cfg.snapshot_chunk_bytes).min(out.data.len());
                 let msg = Message::Snapshot {
                     term,
@@ -888,7 +927,10 @@ impl Raft {
                     done: end == out.data.len(),
                     round,
                 };
-                p.flow = Flow::Snapshot { offset, waiting: true };
+                p.flow = Flow::Snapshot {
+                    offset,
+                    waiting: true,
+                };
                 self.ready.messages.push(Envelope { to, msg });
             }
             return;
@@ -909,7 +951,8 @@ impl Raft {
             Flow::Snapshot { .. } => false,
         };
         let entries = if can_send_entries {
-            self.log.slice(p.next, self.cfg.max_batch_entries, self.cfg.max_batch_bytes)
+            self.log
+                .slice(p.next, self.cfg.max_batch_entries, self.cfg.max_batch_bytes)
         } else {
             Vec::new()
         };
@@ -922,7 +965,9 @@ impl Raft {
         } else {
             p.next.prev()
         };
-        let Some(prev_term) = self.log.term_at(prev_index) else { return };
+        let Some(prev_term) = self.log.term_at(prev_index) else {
+            return;
+        };
         if let Some(last) = entries.last() {
             match &mut p.flow {
                 Flow::Replicate => {
@@ -947,8 +992,12 @@ impl Raft {
 
     fn on_append_resp(&mut self, from: NodeId, index: Index, success: bool, round: u64) {
         let last = self.log.last_index();
-        let State::Leader(l) = &mut self.state else { return };
-        let Some(p) = l.progress.get_mut(&from) else { return };
+        let State::Leader(l) = &mut self.state else {
+            return;
+        };
+        let Some(p) = l.progress.get_mut(&from) else {
+            return;
+        };
         p.active = true;
         p.round = p.round.max(round);
         if success {
@@ -972,19 +1021,34 @@ impl Raft {
             p.flow = Flow::Probe { waiting: false };
             p.inflight = 0;
         }
-        let transfer_ready =
-            l.transfer.is_some_and(|(t, _)| t == from) && p.matched == last;
+        let transfer_ready = l.transfer.is_some_and(|(t, _)| t == from) && p.matched == last;
         self.maybe_commit();
         self.confirm_reads();
         if transfer_ready {
-            self.send(from, Message::TimeoutNow { term: self.hard.term });
+            self.send(
+                from,
+                Message::TimeoutNow {
+                    term: self.hard.term,
+                },
+            );
         }
         self.send_append(from, false);
     }
 
-    fn on_snapshot_resp(&mut self, from: NodeId, offset: u64, done: bool, index: Index, round: u64) {
-        let State::Leader(l) = &mut self.state else { return };
-        let Some(p) = l.progress.get_mut(&from) else { return };
+    fn on_snapshot_resp(
+        &mut self,
+        from: NodeId,
+        offset: u64,
+        done: bool,
+        index: Index,
+        round: u64,
+    ) {
+        let State::Leader(l) = &mut self.state else {
+            return;
+        };
+        let Some(p) = l.progress.get_mut(&from) else {
+            return;
+        };
         p.active = true;
         p.round = p.round.max(round);
         if let Flow::Snapshot { .. } = p.flow {
@@ -1008,7 +1072,9 @@ impl Raft {
 
     /// Commits the highest index a majority of voters hold, if it is from our term.
     fn maybe_commit(&mut self) {
-        let State::Leader(l) = &self.state else { return };
+        let State::Leader(l) = &self.state else {
+            return;
+        };
         let mut matched: Vec<Index> = l
             .progress
             .iter()
@@ -1050,7 +1116,11 @@ impl Raft {
         }
         let index = commit.max(l.term_start);
         if solo && quorum == 1 {
-            l.reads.push_back(PendingRead { ctx, index, round: 0 });
+            l.reads.push_back(PendingRead {
+                ctx,
+                index,
+                round: 0,
+            });
         } else {
             l.round += 1;
             l.reads.push_back(PendingRead {
@@ -1067,7 +1137,9 @@ impl Raft {
     /// Releases reads whose heartbeat round a majority acknowledged and whose index is
     /// committed.
     fn confirm_reads(&mut self) {
-        let State::Leader(l) = &mut self.state else { return };
+        let State::Leader(l) = &mut self.state else {
+            return;
+        };
         while let Some(r) = l.reads.front() {
             let acks = l
                 .progress
@@ -1141,7 +1213,10 @@ impl Raft {
             let hint = if prev_index > self.log.last_index() {
                 self.log.last_index()
             } else {
-                self.log.first_of_term_at(prev_index).prev().max(self.commit)
+                self.log
+                    .first_of_term_at(prev_index)
+                    .prev()
+                    .max(self.commit)
             };
             let msg = reply(hint, false);
             self.send(from, msg);
@@ -1285,7 +1360,13 @@ impl Raft {
     }
 
     fn broadcast_voters(&mut self, msg: Message) {
-        let voters: Vec<NodeId> = self.membership.voters.iter().copied().filter(|v| *v != self.id).collect();
+        let voters: Vec<NodeId> = self
+            .membership
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| *v != self.id)
+            .collect();
         for v in voters {
             self.send(v, msg.clone());
         }

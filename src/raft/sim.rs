@@ -20,7 +20,9 @@ use stateright::semantics::register::{Register, RegisterOp, RegisterRet};
 use stateright::semantics::{ConsistencyTester, LinearizabilityTester};
 
 use super::node::{Config, Raft, Ready, Role};
-use super::types::{Entry, HardState, Index, Membership, Message, NodeId, Payload, Snapshot, SnapshotMeta, Term};
+use super::types::{
+    Entry, HardState, Index, Membership, Message, NodeId, Payload, Snapshot, SnapshotMeta, Term,
+};
 
 /// What a crashed node finds on disk.
 #[derive(Clone, Default)]
@@ -54,8 +56,17 @@ struct InFlight {
 
 #[derive(Clone, Copy, Debug)]
 enum Pending {
-    Write { node: NodeId, index: Index, term: Term, value: u64 },
-    Read { node: NodeId, ctx: u64, index: Option<Index> },
+    Write {
+        node: NodeId,
+        index: Index,
+        term: Term,
+        value: u64,
+    },
+    Read {
+        node: NodeId,
+        ctx: u64,
+        index: Option<Index>,
+    },
 }
 
 struct Client {
@@ -103,23 +114,41 @@ impl Sim {
                 term: Term(1),
                 membership: Membership::new(ids.iter().copied()),
             },
-            data: postcard::to_allocvec(&Machine { value: 0, applied: 1 }).unwrap(),
+            data: postcard::to_allocvec(&Machine {
+                value: 0,
+                applied: 1,
+            })
+            .unwrap(),
         };
         let cfg = Config::default();
         let mut map = BTreeMap::new();
         for id in &ids {
             let disk = Disk {
-                hard: HardState { term: Term(1), vote: None },
+                hard: HardState {
+                    term: Term(1),
+                    vote: None,
+                },
                 snapshot: Some(snapshot.clone()),
                 entries: vec![],
             };
-            let raft = Raft::restore(*id, cfg.clone(), disk.hard, snapshot.clone(), vec![], now, rng.next_u64());
+            let raft = Raft::restore(
+                *id,
+                cfg.clone(),
+                disk.hard,
+                snapshot.clone(),
+                vec![],
+                now,
+                rng.next_u64(),
+            );
             map.insert(
                 *id,
                 Node {
                     raft: Some(raft),
                     disk,
-                    machine: Machine { value: 0, applied: 1 },
+                    machine: Machine {
+                        value: 0,
+                        applied: 1,
+                    },
                     seed_counter: 0,
                 },
             );
@@ -141,7 +170,12 @@ impl Sim {
             leaders: BTreeMap::new(),
             committed: BTreeMap::new(),
             applied: BTreeMap::new(),
-            clients: (0..3).map(|t| Client { thread: t, pending: None }).collect(),
+            clients: (0..3)
+                .map(|t| Client {
+                    thread: t,
+                    pending: None,
+                })
+                .collect(),
             next_thread: 3,
             next_value: 1,
             history: LinearizabilityTester::new(Register(0)),
@@ -171,14 +205,28 @@ impl Sim {
                 None => eprintln!("{id:?}: down"),
             }
         }
-        eprintln!("committed: {:?}", self.committed.values().map(|e| (e.index.0, e.term.0)).collect::<Vec<_>>());
-        panic!("raft simulation violation with SIM_SEED={}: {what}", self.seed)
+        eprintln!(
+            "committed: {:?}",
+            self.committed
+                .values()
+                .map(|e| (e.index.0, e.term.0))
+                .collect::<Vec<_>>()
+        );
+        panic!(
+            "raft simulation violation with SIM_SEED={}: {what}",
+            self.seed
+        )
     }
 
     /// Delivers every output of `id`'s core: persist, send, apply.
     fn process_ready(&mut self, id: NodeId) {
         loop {
-            let Some(ready) = self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut()).and_then(Raft::take_ready) else {
+            let Some(ready) = self
+                .nodes
+                .get_mut(&id)
+                .and_then(|n| n.raft.as_mut())
+                .and_then(Raft::take_ready)
+            else {
                 return;
             };
             self.persist(id, &ready);
@@ -205,7 +253,12 @@ impl Sim {
         }
         for e in &ready.append {
             if let Some(last) = disk.entries.last() {
-                assert_eq!(last.index.next(), e.index, "seed {}: appended entries must be contiguous", self.seed);
+                assert_eq!(
+                    last.index.next(),
+                    e.index,
+                    "seed {}: appended entries must be contiguous",
+                    self.seed
+                );
             }
             disk.entries.push(e.clone());
         }
@@ -218,7 +271,10 @@ impl Sim {
         for e in committed {
             let node = self.nodes.get_mut(&id).unwrap();
             if e.index.0 != node.machine.applied + 1 {
-                let msg = format!("{id:?} applied {:?} after {}", e.index, node.machine.applied);
+                let msg = format!(
+                    "{id:?} applied {:?} after {}",
+                    e.index, node.machine.applied
+                );
                 self.fail(msg);
             }
             node.machine.applied = e.index.0;
@@ -242,14 +298,21 @@ impl Sim {
     fn maybe_compact(&mut self, id: NodeId) {
         let every = self.compact_every;
         let node = self.nodes.get_mut(&id).unwrap();
-        let Some(raft) = node.raft.as_mut() else { return };
+        let Some(raft) = node.raft.as_mut() else {
+            return;
+        };
         if raft.log_len() > every && !raft.has_unapplied() {
             let index = Index(node.machine.applied);
             let data = postcard::to_allocvec(&node.machine).unwrap();
             raft.compact(index, data.clone());
             // The shell writes the snapshot and drops the WAL before it.
             let status = raft.status();
-            let term = node.disk.entries.iter().find(|e| e.index == index).map(|e| e.term);
+            let term = node
+                .disk
+                .entries
+                .iter()
+                .find(|e| e.index == index)
+                .map(|e| e.term);
             if let Some(term) = term {
                 node.disk.snapshot = Some(Snapshot {
                     meta: SnapshotMeta {
@@ -268,7 +331,11 @@ impl Sim {
         if self.cut.contains(&(from, to)) || per_mille(&mut self.rng, self.loss) {
             return;
         }
-        let copies = if per_mille(&mut self.rng, self.dup) { 2 } else { 1 };
+        let copies = if per_mille(&mut self.rng, self.dup) {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
             let delay = Duration::from_micros(100 + u64::from(self.rng.next_u32() % 3000));
             self.seq += 1;
@@ -318,14 +385,26 @@ impl Sim {
             }
             let node = self.leader_hint();
             let thread = self.clients[c].thread;
-            let Some(raft) = self.nodes.get_mut(&node).and_then(|n| n.raft.as_mut()) else { continue };
+            let Some(raft) = self.nodes.get_mut(&node).and_then(|n| n.raft.as_mut()) else {
+                continue;
+            };
             if self.rng.next_u32() % 2 == 0 {
                 let value = self.next_value;
                 let term = raft.status().term;
                 if let Ok(index) = raft.propose(value.to_le_bytes().to_vec()) {
                     self.next_value += 1;
-                    self.history.on_invoke(thread, RegisterOp::Write(value)).unwrap();
-                    self.clients[c].pending = Some((Pending::Write { node, index, term, value }, self.now));
+                    self.history
+                        .on_invoke(thread, RegisterOp::Write(value))
+                        .unwrap();
+                    self.clients[c].pending = Some((
+                        Pending::Write {
+                            node,
+                            index,
+                            term,
+                            value,
+                        },
+                        self.now,
+                    ));
                 }
             } else if raft.role() == Role::Leader {
                 // Reads refused on the spot are simply retried; only accepted ones enter
@@ -333,7 +412,14 @@ impl Sim {
                 let ctx = thread;
                 raft.read_index(ctx);
                 self.history.on_invoke(thread, RegisterOp::Read).unwrap();
-                self.clients[c].pending = Some((Pending::Read { node, ctx, index: None }, self.now));
+                self.clients[c].pending = Some((
+                    Pending::Read {
+                        node,
+                        ctx,
+                        index: None,
+                    },
+                    self.now,
+                ));
             }
             self.process_ready(node);
         }
@@ -341,11 +427,22 @@ impl Sim {
 
     fn complete_writes(&mut self, id: NodeId, e: &Entry) {
         for c in 0..self.clients.len() {
-            if let Some((Pending::Write { node, index, term, value }, _)) = self.clients[c].pending {
+            if let Some((
+                Pending::Write {
+                    node,
+                    index,
+                    term,
+                    value,
+                },
+                _,
+            )) = self.clients[c].pending
+            {
                 if node == id && index == e.index {
                     if e.term == term {
                         let thread = self.clients[c].thread;
-                        self.history.on_return(thread, RegisterRet::WriteOk).unwrap();
+                        self.history
+                            .on_return(thread, RegisterRet::WriteOk)
+                            .unwrap();
                         self.ops_completed += 1;
                         self.clients[c].pending = None;
                     }
@@ -358,14 +455,26 @@ impl Sim {
     fn finish_reads(&mut self, id: NodeId, reads: &[super::node::ReadState]) {
         for r in reads {
             for c in 0..self.clients.len() {
-                if let Some((Pending::Read { node, ctx, index: None }, started)) = self.clients[c].pending {
+                if let Some((
+                    Pending::Read {
+                        node,
+                        ctx,
+                        index: None,
+                    },
+                    started,
+                )) = self.clients[c].pending
+                {
                     if node == id && ctx == r.ctx {
-                        match r.result {
-                            Ok(index) => {
-                                self.clients[c].pending = Some((Pending::Read { node, ctx, index: Some(index) }, started));
-                            }
-                            // A refused read had no effect; leaving it open is harmless.
-                            Err(_) => {}
+                        // A refused read had no effect; leaving it open is harmless.
+                        if let Ok(index) = r.result {
+                            self.clients[c].pending = Some((
+                                Pending::Read {
+                                    node,
+                                    ctx,
+                                    index: Some(index),
+                                },
+                                started,
+                            ));
                         }
                     }
                 }
@@ -376,12 +485,24 @@ impl Sim {
 
     fn serve_reads(&mut self) {
         for c in 0..self.clients.len() {
-            if let Some((Pending::Read { node, index: Some(index), .. }, _)) = self.clients[c].pending {
-                let Some(n) = self.nodes.get(&node) else { continue };
+            if let Some((
+                Pending::Read {
+                    node,
+                    index: Some(index),
+                    ..
+                },
+                _,
+            )) = self.clients[c].pending
+            {
+                let Some(n) = self.nodes.get(&node) else {
+                    continue;
+                };
                 if n.raft.is_some() && n.machine.applied >= index.0 {
                     let value = n.machine.value;
                     let thread = self.clients[c].thread;
-                    self.history.on_return(thread, RegisterRet::ReadOk(value)).unwrap();
+                    self.history
+                        .on_return(thread, RegisterRet::ReadOk(value))
+                        .unwrap();
                     self.ops_completed += 1;
                     self.clients[c].pending = None;
                 }
@@ -411,9 +532,21 @@ impl Sim {
             return;
         }
         node.seed_counter += 1;
-        let snap = node.disk.snapshot.clone().expect("every node starts with a snapshot");
+        let snap = node
+            .disk
+            .snapshot
+            .clone()
+            .expect("every node starts with a snapshot");
         node.machine = postcard::from_bytes(&snap.data).unwrap();
-        let raft = Raft::restore(id, cfg, node.disk.hard, snap, node.disk.entries.clone(), now, seed);
+        let raft = Raft::restore(
+            id,
+            cfg,
+            node.disk.hard,
+            snap,
+            node.disk.entries.clone(),
+            now,
+            seed,
+        );
         node.raft = Some(raft);
     }
 
@@ -481,7 +614,8 @@ impl Sim {
                 if let Some(e) = r.log_entry(i) {
                     match self.committed.get(&i) {
                         Some(c) if c != e => {
-                            let msg = format!("{id:?} has {e:?} at committed {i:?}, which was {c:?}");
+                            let msg =
+                                format!("{id:?} has {e:?} at committed {i:?}, which was {c:?}");
                             self.fail(msg);
                         }
                         Some(_) => {}
@@ -528,7 +662,11 @@ impl Sim {
             }
             self.now = self.now.max(t);
             if let Some((at, seq)) = delivery.filter(|(at, _)| *at <= self.now) {
-                let pos = self.net.iter().position(|f| f.at == at && f.seq == seq).unwrap();
+                let pos = self
+                    .net
+                    .iter()
+                    .position(|f| f.at == at && f.seq == seq)
+                    .unwrap();
                 let f = self.net.swap_remove(pos);
                 if let Some(r) = self.nodes.get_mut(&f.to).and_then(|n| n.raft.as_mut()) {
                     r.step(self.now, f.from, f.msg);
@@ -546,7 +684,8 @@ impl Sim {
                     self.client_turn();
                 }
             } else if self.now >= next_chaos {
-                next_chaos = self.now + Duration::from_millis(300 + u64::from(self.rng.next_u32() % 2000));
+                next_chaos =
+                    self.now + Duration::from_millis(300 + u64::from(self.rng.next_u32() % 2000));
                 if faults {
                     self.chaos();
                 }
@@ -595,8 +734,14 @@ fn seeds(default: u64) -> Vec<u64> {
     if let Ok(s) = std::env::var("SIM_SEED") {
         return vec![s.parse().expect("SIM_SEED must be a number")];
     }
-    let n = std::env::var("SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(default);
-    let base = std::env::var("SIM_SEED_BASE").ok().and_then(|s| s.parse().ok()).unwrap_or(0u64);
+    let n = std::env::var("SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default);
+    let base = std::env::var("SIM_SEED_BASE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0u64);
     (base..base + n).collect()
 }
 
@@ -631,7 +776,17 @@ fn calm_cluster_elects_once_and_serves() {
     sim.clients_active = false;
     sim.run(Duration::from_secs(1), false);
     sim.check_converged();
-    assert_eq!(sim.leaders.len(), 1, "one election, no churn: {:?}", sim.leaders);
+    assert_eq!(
+        sim.leaders.len(),
+        1,
+        "one election, no churn: {:?}",
+        sim.leaders
+    );
     let pending: Vec<_> = sim.clients.iter().map(|c| c.pending).collect();
-    assert!(sim.ops_completed > 50, "{} ops, pending {pending:?}, threads {}", sim.ops_completed, sim.next_thread);
+    assert!(
+        sim.ops_completed > 50,
+        "{} ops, pending {pending:?}, threads {}",
+        sim.ops_completed,
+        sim.next_thread
+    );
 }

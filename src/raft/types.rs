@@ -11,15 +11,11 @@ use serde::{Deserialize, Serialize};
 pub struct NodeId(pub u64);
 
 /// A Raft term.
-#[derive(
-    Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Term(pub u64);
 
 /// A position in the replicated log; the first entry is 1, 0 means "before the log".
-#[derive(
-    Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Index(pub u64);
 
 impl fmt::Debug for NodeId {
@@ -219,7 +215,10 @@ pub enum Message {
         last_index: Index,
         last_term: Term,
     },
-    PreVoteResp { term: Term, granted: bool },
+    PreVoteResp {
+        term: Term,
+        granted: bool,
+    },
     Vote {
         term: Term,
         last_index: Index,
@@ -227,7 +226,10 @@ pub enum Message {
         /// Sent on a leader's request (leadership transfer): voters skip the lease check.
         transfer: bool,
     },
-    VoteResp { term: Term, granted: bool },
+    VoteResp {
+        term: Term,
+        granted: bool,
+    },
     Append {
         term: Term,
         prev_index: Index,
@@ -263,7 +265,9 @@ pub enum Message {
         round: u64,
     },
     /// From a leader handing over: start an election now.
-    TimeoutNow { term: Term },
+    TimeoutNow {
+        term: Term,
+    },
 }
 
 impl Message {
@@ -300,7 +304,10 @@ mod tests {
         assert_eq!(m.quorum(), 1);
         let m = m.apply(&ConfigChange::AddLearner(b)).unwrap();
         assert!(m.contains(b) && !m.is_voter(b));
-        assert_eq!(m.apply(&ConfigChange::AddLearner(b)), Err(ConfigError::AlreadyMember(b)));
+        assert_eq!(
+            m.apply(&ConfigChange::AddLearner(b)),
+            Err(ConfigError::AlreadyMember(b))
+        );
         let m = m.apply(&ConfigChange::AddVoter(b)).unwrap();
         assert!(m.is_voter(b) && m.learners.is_empty());
         assert_eq!(m.quorum(), 2);
@@ -308,12 +315,24 @@ mod tests {
         assert_eq!(m.quorum(), 2);
         let m = m.apply(&ConfigChange::Demote(c)).unwrap();
         assert!(m.learners.contains(&c));
-        assert_eq!(m.apply(&ConfigChange::Demote(c)), Err(ConfigError::NotVoter(c)));
+        assert_eq!(
+            m.apply(&ConfigChange::Demote(c)),
+            Err(ConfigError::NotVoter(c))
+        );
         let m = m.apply(&ConfigChange::Remove(c)).unwrap();
         let m = m.apply(&ConfigChange::Remove(b)).unwrap();
-        assert_eq!(m.apply(&ConfigChange::Remove(a)), Err(ConfigError::LastVoter(a)));
-        assert_eq!(m.apply(&ConfigChange::Demote(a)), Err(ConfigError::LastVoter(a)));
-        assert_eq!(m.apply(&ConfigChange::Remove(b)), Err(ConfigError::NotMember(b)));
+        assert_eq!(
+            m.apply(&ConfigChange::Remove(a)),
+            Err(ConfigError::LastVoter(a))
+        );
+        assert_eq!(
+            m.apply(&ConfigChange::Demote(a)),
+            Err(ConfigError::LastVoter(a))
+        );
+        assert_eq!(
+            m.apply(&ConfigChange::Remove(b)),
+            Err(ConfigError::NotMember(b))
+        );
     }
 
     #[test]
