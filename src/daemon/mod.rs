@@ -4,3 +4,4 @@
 
 pub mod keyfile;
 pub mod transport;
+pub mod wal;

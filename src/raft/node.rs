@@ -318,6 +318,11 @@ impl Raft {
         self.id
     }
 
+    /// The term and vote as they must be on disk.
+    pub fn hard_state(&self) -> HardState {
+        self.hard
+    }
+
     pub fn status(&self) -> Status {
         Status {
             id: self.id,
