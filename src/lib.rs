@@ -8,5 +8,6 @@
 
 pub mod cli;
 pub mod daemon;
+pub mod gossip;
 pub mod raft;
 pub mod transport;

@@ -1,0 +1,362 @@
+//! Gossip on a virtual clock and a seeded lossy network.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+
+use super::{Config, Event, Gossip, Message, Status};
+use crate::raft::NodeId;
+
+struct InFlight {
+    at: Instant,
+    seq: u64,
+    from: NodeId,
+    to: NodeId,
+    msg: Message,
+}
+
+pub(crate) struct Cluster {
+    pub now: Instant,
+    pub nodes: BTreeMap<NodeId, Gossip>,
+    pub down: Vec<NodeId>,
+    /// Directed links that drop everything.
+    pub cut: Vec<(NodeId, NodeId)>,
+    /// Per-mille loss on every message.
+    pub loss: u32,
+    rng: ChaCha8Rng,
+    net: Vec<InFlight>,
+    seq: u64,
+    pub events: Vec<(Instant, NodeId, Event)>,
+    pub messages: u64,
+}
+
+impl Cluster {
+    pub fn new(n: u64, seed: u64, cfg: &Config) -> Cluster {
+        let now = Instant::now();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut nodes = BTreeMap::new();
+        for i in 1..=n {
+            let meta = format!("node-{i}").into_bytes();
+            nodes.insert(
+                NodeId(i),
+                Gossip::new(cfg.clone(), NodeId(i), meta, now, rng.next_u64()),
+            );
+        }
+        for i in 2..=n {
+            nodes.get_mut(&NodeId(i)).unwrap().join(NodeId(1));
+        }
+        Cluster {
+            now,
+            nodes,
+            down: vec![],
+            cut: vec![],
+            loss: 0,
+            rng,
+            net: vec![],
+            seq: 0,
+            events: vec![],
+            messages: 0,
+        }
+    }
+
+    fn drain(&mut self, id: NodeId) {
+        let Some(g) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        let mut out = Vec::new();
+        while let Some(t) = g.poll_transmit() {
+            out.push(t);
+        }
+        while let Some(e) = g.poll_event() {
+            self.events.push((self.now, id, e));
+        }
+        for (to, msg) in out {
+            self.messages += 1;
+            if self.down.contains(&id) || self.cut.contains(&(id, to)) {
+                continue;
+            }
+            if self.loss > 0 && self.rng.next_u32() % 1000 < self.loss {
+                continue;
+            }
+            let delay = Duration::from_micros(200 + u64::from(self.rng.next_u32() % 1500));
+            self.seq += 1;
+            self.net.push(InFlight {
+                at: self.now + delay,
+                seq: self.seq,
+                from: id,
+                to,
+                msg,
+            });
+        }
+    }
+
+    pub fn run(&mut self, d: Duration) {
+        let end = self.now + d;
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in &ids {
+            self.drain(*id);
+        }
+        loop {
+            let timer = self
+                .nodes
+                .iter()
+                .filter(|(id, _)| !self.down.contains(id))
+                .map(|(id, g)| (g.poll_timeout(), *id))
+                .min();
+            let delivery = self.net.iter().map(|f| (f.at, f.seq)).min();
+            let t = [timer.map(|x| x.0), delivery.map(|x| x.0)]
+                .into_iter()
+                .flatten()
+                .min();
+            let Some(t) = t.filter(|t| *t <= end) else {
+                break;
+            };
+            self.now = self.now.max(t);
+            if let Some((at, seq)) = delivery.filter(|(at, _)| *at <= self.now) {
+                let pos = self
+                    .net
+                    .iter()
+                    .position(|f| f.at == at && f.seq == seq)
+                    .unwrap();
+                let f = self.net.swap_remove(pos);
+                if !self.down.contains(&f.to) {
+                    if let Some(g) = self.nodes.get_mut(&f.to) {
+                        g.handle_message(self.now, f.from, f.msg);
+                    }
+                    self.drain(f.to);
+                }
+            } else if let Some((_, id)) = timer {
+                let now = self.now;
+                self.nodes.get_mut(&id).unwrap().handle_timeout(now);
+                self.drain(id);
+            }
+        }
+        self.now = end;
+    }
+
+    pub fn view(&self, of: NodeId, about: NodeId) -> Option<Status> {
+        self.nodes[&of].status_of(about)
+    }
+
+    /// When each live node first saw `id` dead.
+    pub fn dead_times(&self, id: NodeId) -> BTreeMap<NodeId, Instant> {
+        let mut m = BTreeMap::new();
+        for (t, by, e) in &self.events {
+            if *e == (Event::Dead { id }) {
+                m.entry(*by).or_insert(*t);
+            }
+        }
+        m
+    }
+
+    pub fn false_deaths(&self, excluding: &[NodeId]) -> usize {
+        self.events
+            .iter()
+            .filter(|(_, _, e)| matches!(e, Event::Dead { id } if !excluding.contains(id)))
+            .count()
+    }
+}
+
+fn all_alive(c: &Cluster) -> bool {
+    c.nodes.keys().all(|a| {
+        c.nodes
+            .keys()
+            .filter(|b| *b != a)
+            .all(|b| c.view(*a, *b) == Some(Status::Alive))
+    })
+}
+
+#[test]
+fn members_discover_each_other_through_one_seed() {
+    let mut c = Cluster::new(8, 1, &Config::default());
+    c.run(Duration::from_secs(3));
+    assert!(all_alive(&c));
+    assert_eq!(c.nodes[&NodeId(5)].meta_of(NodeId(2)), Some(&b"node-2"[..]));
+}
+
+#[test]
+fn a_dead_node_is_detected_by_everyone_within_three_seconds() {
+    for seed in 0..10 {
+        let mut c = Cluster::new(5, seed, &Config::default());
+        c.run(Duration::from_secs(3));
+        let killed_at = c.now;
+        c.down.push(NodeId(3));
+        c.run(Duration::from_secs(5));
+        let dead = c.dead_times(NodeId(3));
+        assert_eq!(
+            dead.len(),
+            4,
+            "seed {seed}: every survivor declared it dead: {dead:?}"
+        );
+        let worst = dead
+            .values()
+            .map(|t| t.duration_since(killed_at))
+            .max()
+            .unwrap();
+        assert!(worst <= Duration::from_secs(3), "seed {seed}: {worst:?}");
+        assert_eq!(c.false_deaths(&[NodeId(3)]), 0, "seed {seed}");
+    }
+}
+
+#[test]
+fn a_suspected_node_refutes_and_stays_alive() {
+    let mut c = Cluster::new(5, 7, &Config::default());
+    c.run(Duration::from_secs(3));
+    // Node 4 hears nothing for a moment: it misses pings and gets suspected.
+    for i in 1..=5 {
+        c.cut.push((NodeId(i), NodeId(4)));
+    }
+    c.run(Duration::from_millis(400));
+    c.cut.clear();
+    c.run(Duration::from_secs(5));
+    assert!(all_alive(&c));
+    assert_eq!(c.false_deaths(&[]), 0, "{:?}", c.events);
+}
+
+#[test]
+fn a_node_that_cannot_hear_doubts_itself_first() {
+    let mut c = Cluster::new(5, 9, &Config::default());
+    c.run(Duration::from_secs(3));
+    for i in 1..=5 {
+        c.cut.push((NodeId(i), NodeId(2)));
+    }
+    c.run(Duration::from_secs(2));
+    assert!(
+        c.nodes[&NodeId(2)].local_health() > 0,
+        "its own health multiplier rose"
+    );
+    assert_eq!(c.nodes[&NodeId(1)].local_health(), 0);
+}
+
+#[test]
+fn a_healed_partition_converges() {
+    let mut c = Cluster::new(6, 11, &Config::default());
+    c.run(Duration::from_secs(3));
+    let (l, r): (Vec<u64>, Vec<u64>) = ((1..=3).collect(), (4..=6).collect());
+    for a in &l {
+        for b in &r {
+            c.cut.push((NodeId(*a), NodeId(*b)));
+            c.cut.push((NodeId(*b), NodeId(*a)));
+        }
+    }
+    c.run(Duration::from_secs(10));
+    assert_eq!(c.view(NodeId(1), NodeId(5)), Some(Status::Dead));
+    c.cut.clear();
+    c.run(Duration::from_secs(25));
+    assert!(
+        all_alive(&c),
+        "after the heal every node sees every other alive"
+    );
+}
+
+#[test]
+fn restart_rejoins_by_refuting_its_death() {
+    let cfg = Config::default();
+    let mut c = Cluster::new(4, 13, &cfg);
+    c.run(Duration::from_secs(3));
+    c.down.push(NodeId(4));
+    c.run(Duration::from_secs(5));
+    assert_eq!(c.view(NodeId(1), NodeId(4)), Some(Status::Dead));
+    // A fresh process: incarnation 0 again, joins through a seed.
+    c.down.clear();
+    let now = c.now;
+    let mut g = Gossip::new(cfg, NodeId(4), b"node-4".to_vec(), now, 99);
+    g.join(NodeId(1));
+    c.nodes.insert(NodeId(4), g);
+    c.run(Duration::from_secs(3));
+    assert!(all_alive(&c));
+}
+
+#[test]
+fn graceful_leave_is_not_a_failure() {
+    let mut c = Cluster::new(4, 15, &Config::default());
+    c.run(Duration::from_secs(3));
+    c.nodes.get_mut(&NodeId(2)).unwrap().leave();
+    c.run(Duration::from_millis(50));
+    c.down.push(NodeId(2));
+    c.run(Duration::from_secs(5));
+    assert_eq!(c.view(NodeId(1), NodeId(2)), Some(Status::Left));
+    assert_eq!(c.false_deaths(&[]), 0);
+}
+
+#[test]
+fn metadata_changes_spread() {
+    let mut c = Cluster::new(5, 17, &Config::default());
+    c.run(Duration::from_secs(3));
+    c.nodes
+        .get_mut(&NodeId(3))
+        .unwrap()
+        .set_meta(b"drain".to_vec());
+    c.run(Duration::from_secs(2));
+    for i in [1, 2, 4, 5] {
+        assert_eq!(
+            c.nodes[&NodeId(i)].meta_of(NodeId(3)),
+            Some(&b"drain"[..]),
+            "node {i}"
+        );
+    }
+}
+
+#[test]
+fn no_false_positives_at_one_percent_loss() {
+    let mut c = Cluster::new(20, 19, &Config::default());
+    c.loss = 10;
+    c.run(Duration::from_secs(600));
+    assert_eq!(c.false_deaths(&[]), 0);
+}
+
+#[test]
+fn hostile_messages_are_bounded() {
+    let now = Instant::now();
+    let mut g = Gossip::new(Config::default(), NodeId(1), vec![], now, 1);
+    let huge = super::Update {
+        id: NodeId(9),
+        incarnation: 1,
+        status: Status::Alive,
+        from: NodeId(9),
+        meta: vec![0; super::MAX_META + 1],
+    };
+    g.handle_message(
+        now,
+        NodeId(9),
+        Message::Sync {
+            members: vec![huge],
+            reply: false,
+        },
+    );
+    assert_eq!(g.status_of(NodeId(9)), None, "oversized metadata refused");
+    for i in 0..(super::MAX_RELAYS as u32 + 10) {
+        g.handle_message(
+            now,
+            NodeId(2),
+            Message::PingReq {
+                seq: i,
+                target: NodeId(3),
+                updates: vec![],
+            },
+        );
+    }
+    let pings = std::iter::from_fn(|| g.poll_transmit())
+        .filter(|(to, m)| *to == NodeId(3) && matches!(m, Message::Ping { .. }))
+        .count();
+    assert_eq!(pings, super::MAX_RELAYS);
+    // Accusations against ourselves are refuted, never accepted.
+    let accuse = super::Update {
+        id: NodeId(1),
+        incarnation: 5,
+        status: Status::Dead,
+        from: NodeId(2),
+        meta: vec![],
+    };
+    g.handle_message(
+        now,
+        NodeId(2),
+        Message::Ping {
+            seq: 1,
+            updates: vec![accuse],
+        },
+    );
+    assert_eq!(g.incarnation, 6);
+}
