@@ -7,6 +7,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::cast_possible_truncation))]
 
 pub mod cli;
+pub mod cluster;
 pub mod daemon;
 pub mod gossip;
 pub mod raft;

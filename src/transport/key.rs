@@ -3,7 +3,9 @@
 use std::fmt;
 
 /// A node's static X25519 public key: its identity on the wire.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct PeerKey(pub [u8; 32]);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
