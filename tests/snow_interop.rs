@@ -58,6 +58,13 @@ fn data_datagram(receiver: u32, counter: u64, sealed: &[u8]) -> Vec<u8> {
     d
 }
 
+/// swarmlet's initiation payload: timestamp, then the PSK id (0: member).
+fn init_payload(ts: u64) -> Vec<u8> {
+    let mut p = ts.to_be_bytes().to_vec();
+    p.push(0);
+    p
+}
+
 fn counter_of(d: &[u8]) -> u64 {
     u64::from_le_bytes(d[6..14].try_into().unwrap())
 }
@@ -87,7 +94,7 @@ fn swarmlet_initiator_with_snow_responder() {
     let n = snow_hs
         .read_message(&init.data[6..6 + INIT_NOISE_LEN], &mut payload)
         .unwrap();
-    assert_eq!(n, 8, "timestamp payload");
+    assert_eq!(n, 9, "timestamp and PSK id");
     assert_eq!(snow_hs.get_remote_static().unwrap(), &our_key.0);
 
     // snow's response, framed for us.
@@ -169,7 +176,7 @@ fn snow_initiator_with_swarmlet_responder() {
         .unwrap();
     let mut noise = [0u8; 256];
     let n = snow_hs
-        .write_message(&1_000u64.to_be_bytes(), &mut noise)
+        .write_message(&init_payload(1_000), &mut noise)
         .unwrap();
     assert_eq!(n, INIT_NOISE_LEN);
     let snow_index = 0x0a0b_0c0d;
@@ -243,9 +250,7 @@ fn snow_with_wrong_psk_is_refused_by_swarmlet() {
         .build_initiator()
         .unwrap();
     let mut noise = [0u8; 256];
-    let n = snow_hs
-        .write_message(&1u64.to_be_bytes(), &mut noise)
-        .unwrap();
+    let n = snow_hs.write_message(&init_payload(1), &mut noise).unwrap();
     let mut init = wire::init_header(9);
     init.extend_from_slice(&noise[..n]);
     wire::reserve_macs(&mut init);

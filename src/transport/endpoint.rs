@@ -91,11 +91,31 @@ impl Default for Config {
     }
 }
 
+/// Which pre-shared key a handshake uses, named by the initiator in its initiation so
+/// the responder can pick the same one: 0 for members; the layer above assigns others
+/// (join tokens).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PskId(pub u8);
+
+impl PskId {
+    pub const MEMBER: PskId = PskId(0);
+}
+
 /// Decides which static keys may talk to us, and with which pre-shared key. Asked for
 /// every handshake initiation, so a node removed from the cluster is refused at its next
 /// rekey (and at once if the layer above also calls [`Endpoint::remove_peer`]).
 pub trait PeerPolicy {
     fn admit(&mut self, peer: &PeerKey, from: SocketAddr) -> Option<Psk>;
+
+    /// Like `admit`, for an initiation that names PSK `id`. By default only members'
+    /// handshakes (id 0) are considered.
+    fn admit_with(&mut self, peer: &PeerKey, from: SocketAddr, id: PskId) -> Option<Psk> {
+        if id == PskId::MEMBER {
+            self.admit(peer, from)
+        } else {
+            None
+        }
+    }
 }
 
 impl<F: FnMut(&PeerKey, SocketAddr) -> Option<Psk>> PeerPolicy for F {
@@ -200,6 +220,7 @@ impl Stats {
 }
 
 struct Session {
+    psk_id: PskId,
     local_index: u32,
     remote_index: u32,
     send: Cipher,
@@ -211,8 +232,16 @@ struct Session {
 }
 
 impl Session {
-    fn new(local: u32, remote: u32, keys: &TransportKeys, now: Instant, initiator: bool) -> Self {
+    fn new(
+        local: u32,
+        remote: u32,
+        keys: &TransportKeys,
+        now: Instant,
+        initiator: bool,
+        psk_id: PskId,
+    ) -> Self {
         Session {
+            psk_id,
             local_index: local,
             remote_index: remote,
             send: Cipher::new(&keys.send),
@@ -255,6 +284,7 @@ impl Session {
 struct Pending {
     hs: Initiator,
     local_index: u32,
+    psk_id: PskId,
 }
 
 #[derive(Clone, Copy)]
@@ -280,6 +310,7 @@ enum Slot {
 struct Peer {
     addr: Option<SocketAddr>,
     psk: Psk,
+    psk_id: PskId,
     /// Keys `mac1` of datagrams we send to this peer.
     mac1_key: Hash,
     /// Opens this peer's cookie replies.
@@ -310,6 +341,7 @@ impl Peer {
         Peer {
             addr,
             psk,
+            psk_id: PskId::MEMBER,
             mac1_key: wire::mac1_key(&key.0),
             cookie_key: wire::cookie_key(&key.0),
             pending: None,
@@ -461,18 +493,33 @@ impl Endpoint {
     /// Adds `peer` or updates its address and pre-shared key (used for handshakes we
     /// start; the policy supplies it for handshakes the peer starts).
     pub fn set_peer(&mut self, peer: PeerKey, addr: SocketAddr, psk: Psk) -> Result<(), PeerError> {
+        self.set_peer_with(peer, addr, psk, PskId::MEMBER)
+    }
+
+    /// Like `set_peer`, naming which PSK our initiations use (a join token's, say).
+    /// Existing sessions stay; the next handshake uses the new key.
+    pub fn set_peer_with(
+        &mut self,
+        peer: PeerKey,
+        addr: SocketAddr,
+        psk: Psk,
+        id: PskId,
+    ) -> Result<(), PeerError> {
         if peer == self.public {
             return Err(PeerError::Ourselves);
         }
         if let Some(p) = self.peers.get_mut(&peer) {
             p.addr = Some(addr);
             p.psk = psk;
+            p.psk_id = id;
             return Ok(());
         }
         if self.peers.len() >= MAX_PEERS {
             return Err(PeerError::TableFull);
         }
-        self.peers.insert(peer, Peer::new(&peer, Some(addr), psk));
+        let mut p = Peer::new(&peer, Some(addr), psk);
+        p.psk_id = id;
+        self.peers.insert(peer, p);
         Ok(())
     }
 
@@ -493,6 +540,15 @@ impl Endpoint {
     /// Whether a session with `peer` is established.
     pub fn is_connected(&self, peer: &PeerKey) -> bool {
         self.peers.get(peer).is_some_and(|p| p.current.is_some())
+    }
+
+    /// Which PSK the session currently in use with `peer` was made with: how the layer
+    /// above tells a joiner (token PSK) from a member.
+    pub fn session_psk_id(&self, peer: &PeerKey) -> Option<PskId> {
+        self.peers
+            .get(peer)
+            .and_then(|p| p.current.as_ref())
+            .map(|s| s.psk_id)
     }
 
     /// The address `peer` was last heard from (or set to).
@@ -740,7 +796,14 @@ impl Endpoint {
             self.stats.handshake_denied += 1;
             return;
         }
-        let Some(psk) = policy.admit(&key, from) else {
+        // The payload length is fixed by the datagram length check.
+        let ts = u64::from_be_bytes(
+            resp.payload[..wire::TIMESTAMP_LEN]
+                .try_into()
+                .expect("invariant: fixed length"),
+        );
+        let psk_id = PskId(resp.payload[wire::TIMESTAMP_LEN]);
+        let Some(psk) = policy.admit_with(&key, from, psk_id) else {
             self.stats.handshake_denied += 1;
             return;
         };
@@ -751,12 +814,6 @@ impl Endpoint {
             }
             self.peers.insert(key, Peer::new(&key, None, psk));
         }
-        // The payload length is fixed by the datagram length check.
-        let ts = u64::from_be_bytes(
-            resp.payload[..8]
-                .try_into()
-                .expect("invariant: fixed length"),
-        );
         let local = self.new_index(key);
         let mut ephemeral = [0u8; 32];
         self.rng.fill_bytes(&mut ephemeral);
@@ -780,7 +837,7 @@ impl Endpoint {
         p.last_mac1 = Some((local, wire::mac1_of(&pkt)));
         if let Some(old) = p
             .next
-            .replace(Session::new(local, sender, &keys, now, false))
+            .replace(Session::new(local, sender, &keys, now, false, psk_id))
         {
             self.index.remove(&old.local_index);
         }
@@ -812,11 +869,12 @@ impl Endpoint {
             self.stats.handshake_failed += 1;
             return;
         };
+        let psk_id = pending.psk_id;
         p.pending = None;
         p.attempts_since = None;
         p.disarm(Timer::Retry);
         p.addr = Some(from);
-        let session = Session::new(receiver, sender, &keys, now, true);
+        let session = Session::new(receiver, sender, &keys, now, true, psk_id);
         install_current(p, session, now, &self.cfg, &mut self.index);
         self.stats.handshakes_completed += 1;
         self.events.push_back(Event::Connected { peer: key });
@@ -935,14 +993,11 @@ impl Endpoint {
         let jitter_ms = self.rng.next_u64() % (retry_ms / 3 + 1);
         let p = self.peers.get_mut(&key).expect("invariant: checked above");
         let mut pkt = wire::init_header(local);
-        let hs = match Initiator::start(
-            &self.secret,
-            &key.0,
-            &p.psk,
-            ephemeral,
-            &ts.to_be_bytes(),
-            &mut pkt,
-        ) {
+        let mut payload = [0u8; wire::INIT_PAYLOAD_LEN];
+        payload[..wire::TIMESTAMP_LEN].copy_from_slice(&ts.to_be_bytes());
+        payload[wire::TIMESTAMP_LEN] = p.psk_id.0;
+        let hs = match Initiator::start(&self.secret, &key.0, &p.psk, ephemeral, &payload, &mut pkt)
+        {
             Ok(hs) => hs,
             Err(_) => {
                 // The peer's static key is a low-order point: no handshake can succeed.
@@ -957,6 +1012,7 @@ impl Endpoint {
         if let Some(old) = p.pending.replace(Pending {
             hs,
             local_index: local,
+            psk_id: p.psk_id,
         }) {
             self.index.remove(&old.local_index);
         }

@@ -26,7 +26,9 @@ pub mod wire;
 #[cfg(test)]
 mod tests;
 
-pub use endpoint::{Config, Endpoint, Event, PeerError, PeerPolicy, SendError, Stats, Transmit};
+pub use endpoint::{
+    Config, Endpoint, Event, PeerError, PeerPolicy, PskId, SendError, Stats, Transmit,
+};
 pub use fragment::MAX_MESSAGE_SIZE;
 pub use key::PeerKey;
 pub use noise::Psk;

@@ -763,3 +763,52 @@ fn under_load_a_single_ip_is_rate_limited() {
     );
     assert!(s.rate_limited - before.rate_limited >= 20 - HANDSHAKE_BURST_PER_IP);
 }
+
+#[test]
+fn psk_ids_select_the_join_key_and_are_reported() {
+    use super::endpoint::{PeerPolicy, PskId};
+    struct Join;
+    impl PeerPolicy for Join {
+        fn admit(&mut self, _: &PeerKey, _: SocketAddr) -> Option<Psk> {
+            None // strangers are not members
+        }
+        fn admit_with(&mut self, _: &PeerKey, _: SocketAddr, id: PskId) -> Option<Psk> {
+            (id == PskId(1)).then_some([0x77; 32])
+        }
+    }
+    let now = Instant::now();
+    let mut joiner = Endpoint::new(Config::default(), [1; 32], [2; 32], now, 10);
+    let mut manager = Endpoint::new(Config::default(), [3; 32], [4; 32], now, 10);
+    let (kj, km) = (joiner.public_key(), manager.public_key());
+    let (aj, am): (SocketAddr, SocketAddr) =
+        ("10.0.0.1:1".parse().unwrap(), "10.0.0.2:2".parse().unwrap());
+    joiner.set_peer_with(km, am, [0x77; 32], PskId(1)).unwrap();
+    joiner.send(now, km, b"join please").unwrap();
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        while let Some(mut t) = joiner.poll_transmit() {
+            manager.handle_datagram(now, aj, &mut t.data, &mut Join);
+        }
+        while let Some(mut t) = manager.poll_transmit() {
+            let mut deny = |_: &PeerKey, _: SocketAddr| None;
+            joiner.handle_datagram(now, am, &mut t.data, &mut deny);
+        }
+        while let Some(e) = manager.poll_event() {
+            got.push(e);
+        }
+    }
+    assert!(got.contains(&Event::Message {
+        peer: kj,
+        data: b"join please".to_vec()
+    }));
+    assert_eq!(manager.session_psk_id(&kj), Some(PskId(1)));
+    assert_eq!(joiner.session_psk_id(&km), Some(PskId(1)));
+    // A closure policy only ever admits members (id 0).
+    let mut other = Endpoint::new(Config::default(), [5; 32], [6; 32], now, 10);
+    other.set_peer_with(km, am, [0x77; 32], PskId(1)).unwrap();
+    other.send(now, km, b"x").unwrap();
+    let mut init = other.poll_transmit().unwrap().data;
+    let mut members_only = |_: &PeerKey, _: SocketAddr| Some(PSK);
+    manager.handle_datagram(now, aj, &mut init, &mut members_only);
+    assert_eq!(manager.stats().handshake_denied, 1);
+}

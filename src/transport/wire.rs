@@ -2,7 +2,7 @@
 //! is fixed-size except for data. Integers are little-endian.
 //!
 //! ```text
-//! initiation  (142): ver type sender:u32 | noise msg1 (32 e, 48 s, 24 ts) | mac1:16 mac2:16
+//! initiation  (143): ver type sender:u32 | noise msg1 (32 e, 48 s, 25 ts+psk id) | mac1 mac2
 //! response     (90): ver type sender:u32 receiver:u32 | noise msg2 (32 e, 16) | mac1 mac2
 //! cookie reply (62): ver type receiver:u32 nonce:24 sealed-cookie:32
 //! data      (>= 30): ver type receiver:u32 counter:u64 | sealed inner | tag:16
@@ -29,9 +29,12 @@ pub const TYPE_DATA: u8 = 4;
 /// (40) and UDP (8) headers, so nothing is ever fragmented by IP on any path.
 pub const MAX_DATAGRAM: usize = 1280 - 40 - 8;
 
-/// The initiation payload is the sender's handshake timestamp.
+/// The initiation payload: the sender's handshake timestamp (8 bytes, big-endian) and
+/// the id of the pre-shared key it used (1 byte), so the responder knows which PSK to
+/// answer with (a member's, or a join token's).
 pub const TIMESTAMP_LEN: usize = 8;
-pub const INIT_NOISE_LEN: usize = noise::init_len(TIMESTAMP_LEN);
+pub const INIT_PAYLOAD_LEN: usize = TIMESTAMP_LEN + 1;
+pub const INIT_NOISE_LEN: usize = noise::init_len(INIT_PAYLOAD_LEN);
 pub const RESPONSE_NOISE_LEN: usize = noise::response_len(0);
 pub const INIT_LEN: usize = 6 + INIT_NOISE_LEN + 2 * MAC_LEN;
 pub const RESPONSE_LEN: usize = 10 + RESPONSE_NOISE_LEN + 2 * MAC_LEN;
@@ -286,7 +289,7 @@ mod tests {
 
     #[test]
     fn sizes_fit_the_minimum_mtu() {
-        assert_eq!(INIT_LEN, 142);
+        assert_eq!(INIT_LEN, 143);
         assert_eq!(RESPONSE_LEN, 90);
         assert_eq!(COOKIE_LEN, 62);
         assert_eq!(FRAGMENT_PAYLOAD, 1232 - 30 - 9);
