@@ -6,6 +6,7 @@
 // Tests may unwrap and cast freely; the lints guard the code that ships.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::cast_possible_truncation))]
 
+pub mod api;
 pub mod cli;
 pub mod cluster;
 pub mod daemon;

@@ -5,7 +5,10 @@ use std::process::ExitCode;
 
 use argh::{FromArgValue, FromArgs};
 
-use super::{not_implemented, Global};
+use super::{call, not_implemented, parse_addr, Global, UsageError};
+use crate::api::{Request, Response};
+use crate::cluster::token::{JoinToken, TokenRole as ClusterTokenRole};
+use crate::daemon::node::DaemonConfig;
 
 #[derive(FromArgs, Debug, PartialEq)]
 #[argh(subcommand, name = "daemon")]
@@ -18,6 +21,22 @@ pub struct DaemonCommand {
     /// log level: error, warn, info, debug or trace (default info)
     #[argh(option)]
     pub log_level: Option<String>,
+
+    /// address the cluster port listens on once in a swarm (default 0.0.0.0:2377)
+    #[argh(option)]
+    pub listen_addr: Option<String>,
+
+    /// address other nodes reach this one at, IP[:PORT]
+    #[argh(option)]
+    pub advertise_addr: Option<String>,
+
+    /// node label, KEY=VALUE (repeatable)
+    #[argh(option)]
+    pub label: Vec<String>,
+
+    /// name shown in `node ls` (default: the system hostname)
+    #[argh(option)]
+    pub hostname: Option<String>,
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
@@ -99,20 +118,137 @@ pub struct LeaveCommand {
     pub force: bool,
 }
 
-pub fn daemon(_global: &Global, _cmd: DaemonCommand) -> anyhow::Result<ExitCode> {
-    not_implemented("daemon")
+/// Parses `KEY=VALUE` for a flag.
+pub fn parse_label(flag: &str, s: &str) -> Result<(String, String), UsageError> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(UsageError(format!("{flag}: expected KEY=VALUE, got {s:?}"))),
+    }
 }
 
-pub fn init(_global: &Global, _cmd: InitCommand) -> anyhow::Result<ExitCode> {
-    not_implemented("init")
+fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
-pub fn join(_global: &Global, _cmd: JoinCommand) -> anyhow::Result<ExitCode> {
-    not_implemented("join")
+pub fn daemon(global: &Global, cmd: DaemonCommand) -> anyhow::Result<ExitCode> {
+    if let Some(l) = &cmd.log_level {
+        if !["error", "warn", "info", "debug", "trace"].contains(&l.as_str()) {
+            return Err(UsageError(format!("--log-level: unknown level {l:?}")).into());
+        }
+    }
+    let cfg = DaemonConfig {
+        data_dir: cmd
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(super::DEFAULT_DATA_DIR)),
+        socket: global.socket.clone(),
+        listen: cmd
+            .listen_addr
+            .as_deref()
+            .map(|a| parse_addr("--listen-addr", a))
+            .transpose()?,
+        advertise: cmd
+            .advertise_addr
+            .as_deref()
+            .map(|a| parse_addr("--advertise-addr", a))
+            .transpose()?,
+        hostname: cmd.hostname.unwrap_or_else(system_hostname),
+        labels: cmd
+            .label
+            .iter()
+            .map(|l| parse_label("--label", l))
+            .collect::<Result<_, _>>()?,
+    };
+    crate::daemon::node::run(cfg)?;
+    Ok(ExitCode::SUCCESS)
 }
 
-pub fn join_token(_global: &Global, _cmd: JoinTokenCommand) -> anyhow::Result<ExitCode> {
-    not_implemented("join-token")
+fn done(r: Response) -> anyhow::Result<ExitCode> {
+    match r {
+        Response::Done(text) | Response::Token(text) => {
+            if !text.is_empty() {
+                println!("{text}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        other => Err(anyhow::anyhow!(
+            "unexpected answer from the daemon: {other:?}"
+        )),
+    }
+}
+
+pub fn init(global: &Global, cmd: InitCommand) -> anyhow::Result<ExitCode> {
+    if cmd.force_new_cluster {
+        return not_implemented("init --force-new-cluster");
+    }
+    let listen = cmd
+        .listen_addr
+        .as_deref()
+        .map(|a| parse_addr("--listen-addr", a))
+        .transpose()?;
+    let advertise = cmd
+        .advertise_addr
+        .as_deref()
+        .map(|a| parse_addr("--advertise-addr", a))
+        .transpose()?;
+    done(call(global, &Request::Init { listen, advertise })?)
+}
+
+pub fn join(global: &Global, cmd: JoinCommand) -> anyhow::Result<ExitCode> {
+    JoinToken::parse(&cmd.token).map_err(|e| UsageError(format!("TOKEN: {e}")))?;
+    let manager = parse_addr("ADDR", &cmd.addr)?;
+    let listen = cmd
+        .listen_addr
+        .as_deref()
+        .map(|a| parse_addr("--listen-addr", a))
+        .transpose()?;
+    let advertise = cmd
+        .advertise_addr
+        .as_deref()
+        .map(|a| parse_addr("--advertise-addr", a))
+        .transpose()?;
+    done(call(
+        global,
+        &Request::Join {
+            token: cmd.token,
+            manager,
+            listen,
+            advertise,
+        },
+    )?)
+}
+
+pub fn join_token(global: &Global, cmd: JoinTokenCommand) -> anyhow::Result<ExitCode> {
+    let role = match cmd.role {
+        TokenRole::Worker => ClusterTokenRole::Worker,
+        TokenRole::Manager => ClusterTokenRole::Manager,
+    };
+    if cmd.rotate {
+        done(call(global, &Request::JoinToken { role, rotate: true })?)?;
+    }
+    let Response::Token(token) = call(
+        global,
+        &Request::JoinToken {
+            role,
+            rotate: false,
+        },
+    )?
+    else {
+        return Err(anyhow::anyhow!("unexpected answer from the daemon"));
+    };
+    if cmd.quiet {
+        println!("{token}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let addr = match call(global, &Request::Info)? {
+        Response::Info(i) => i.advertise.map(|a| a.to_string()).unwrap_or_default(),
+        _ => String::new(),
+    };
+    println!("To add a {role} to this swarm, run the following command:\n\n    swarmlet join {token} {addr}\n");
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn leave(_global: &Global, _cmd: LeaveCommand) -> anyhow::Result<ExitCode> {

@@ -25,6 +25,30 @@ pub mod service;
 /// Where the daemon listens for its local clients unless `--socket` says otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/swarmlet/swarmlet.sock";
 
+/// Sends one request to the local daemon; a refusal becomes an error (exit 1).
+pub fn call(global: &Global, req: &crate::api::Request) -> anyhow::Result<crate::api::Response> {
+    match crate::api::call(&global.socket, req)? {
+        crate::api::Response::Error(e) => Err(anyhow::anyhow!(e)),
+        r => Ok(r),
+    }
+}
+
+/// Parses `ADDR[:PORT]` for a flag, the port defaulting to the cluster port.
+pub fn parse_addr(flag: &str, s: &str) -> Result<std::net::SocketAddr, UsageError> {
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Ok(std::net::SocketAddr::new(
+            ip,
+            crate::daemon::node::DEFAULT_PORT,
+        ));
+    }
+    Err(UsageError(format!(
+        "{flag}: {s:?} is not an IP address or IP:PORT (interface names are not supported yet)"
+    )))
+}
+
 /// Where the daemon keeps its state unless `--data-dir` says otherwise.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/swarmlet";
 
@@ -60,6 +84,7 @@ impl Global {
         let socket = args
             .socket
             .clone()
+            .or_else(|| std::env::var_os(crate::api::SOCKET_ENV).map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
         Global { socket }
     }

@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use argh::{FromArgValue, FromArgs};
 
-use super::{not_implemented, Global};
+use super::{call, not_implemented, Global, UsageError};
+use crate::api::{NodeView, Request, Response};
+use crate::cluster::{Availability as ClusterAvailability, NodeRole};
 
 #[derive(FromArgs, Debug, PartialEq)]
 #[argh(subcommand, name = "node")]
@@ -37,6 +39,10 @@ pub struct NodeLs {
     /// filter, KEY=VALUE: id, name, label, role, membership (repeatable)
     #[argh(option, short = 'f')]
     pub filter: Vec<String>,
+
+    /// output format: table (default) or json
+    #[argh(option)]
+    pub format: Option<String>,
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
@@ -143,14 +149,237 @@ pub struct NodeRm {
     pub nodes: Vec<String>,
 }
 
-pub fn run(_global: &Global, cmd: NodeCommand) -> anyhow::Result<ExitCode> {
+pub fn run(global: &Global, cmd: NodeCommand) -> anyhow::Result<ExitCode> {
     match cmd.command {
-        NodeSubcommand::Ls(_) => not_implemented("node ls"),
-        NodeSubcommand::Inspect(_) => not_implemented("node inspect"),
+        NodeSubcommand::Ls(c) => ls(global, c),
+        NodeSubcommand::Inspect(c) => inspect(global, c),
         NodeSubcommand::Ps(_) => not_implemented("node ps"),
         NodeSubcommand::Promote(_) => not_implemented("node promote"),
         NodeSubcommand::Demote(_) => not_implemented("node demote"),
-        NodeSubcommand::Update(_) => not_implemented("node update"),
+        NodeSubcommand::Update(c) => update(global, c),
         NodeSubcommand::Rm(_) => not_implemented("node rm"),
+    }
+}
+
+fn nodes(global: &Global, req: &Request) -> anyhow::Result<Vec<NodeView>> {
+    match call(global, req)? {
+        Response::Nodes(n) => Ok(n),
+        other => Err(anyhow::anyhow!(
+            "unexpected answer from the daemon: {other:?}"
+        )),
+    }
+}
+
+fn ls(global: &Global, c: NodeLs) -> anyhow::Result<ExitCode> {
+    if !c.filter.is_empty() {
+        return not_implemented("node ls --filter");
+    }
+    let json = match c.format.as_deref() {
+        None | Some("table") => false,
+        Some("json") => true,
+        Some(other) => {
+            return Err(
+                UsageError(format!("--format: expected table or json, got {other:?}")).into(),
+            )
+        }
+    };
+    let list = nodes(global, &Request::NodeList)?;
+    if c.quiet {
+        for n in &list {
+            println!("{}", n.id);
+        }
+    } else if json {
+        for n in &list {
+            println!("{}", node_json(n));
+        }
+    } else {
+        print!("{}", render_table(&list));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn inspect(global: &Global, c: NodeInspect) -> anyhow::Result<ExitCode> {
+    if c.nodes.is_empty() {
+        return Err(UsageError("node inspect: name at least one node (or self)".into()).into());
+    }
+    let list = nodes(global, &Request::NodeInspect { nodes: c.nodes })?;
+    if c.pretty {
+        for n in &list {
+            println!("ID:\t\t{}\nHostname:\t{}\nAddress:\t{}\nRole:\t\t{}\nStatus:\t\t{}\nAvailability:\t{}", n.id, n.hostname, n.addr, role_str(n), n.status, n.availability);
+            if let Some(m) = &n.manager_status {
+                println!("Manager Status:\t{m}");
+            }
+            for (k, v) in &n.labels {
+                println!("Label:\t\t{k}={v}");
+            }
+            println!("Public key:\t{}", n.key);
+        }
+    } else {
+        println!(
+            "[{}]",
+            list.iter().map(node_json).collect::<Vec<_>>().join(",\n")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn update(global: &Global, c: NodeUpdate) -> anyhow::Result<ExitCode> {
+    if c.role.is_some() {
+        return not_implemented("node update --role");
+    }
+    let label_add = c
+        .label_add
+        .iter()
+        .map(|l| super::cluster::parse_label("--label-add", l))
+        .collect::<Result<Vec<_>, _>>()?;
+    let availability = c.availability.map(|a| match a {
+        Availability::Active => ClusterAvailability::Active,
+        Availability::Pause => ClusterAvailability::Pause,
+        Availability::Drain => ClusterAvailability::Drain,
+    });
+    match call(
+        global,
+        &Request::NodeUpdate {
+            node: c.node,
+            availability,
+            label_add,
+            label_rm: c.label_rm,
+        },
+    )? {
+        Response::Done(id) => println!("{id}"),
+        other => {
+            return Err(anyhow::anyhow!(
+                "unexpected answer from the daemon: {other:?}"
+            ))
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn role_str(n: &NodeView) -> &'static str {
+    match n.role {
+        NodeRole::Manager => "manager",
+        NodeRole::Worker => "worker",
+    }
+}
+
+fn json_str(s: &str) -> String {
+    let mut o = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+/// One node as a JSON object (hand-written: the CLI needs no JSON library for this).
+pub fn node_json(n: &NodeView) -> String {
+    let labels: Vec<String> = n
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{}:{}", json_str(k), json_str(v)))
+        .collect();
+    format!(
+        "{{\"ID\":{},\"Hostname\":{},\"Address\":{},\"Role\":{},\"Status\":{},\"Availability\":{},\"ManagerStatus\":{},\"Labels\":{{{}}},\"Self\":{},\"PublicKey\":{}}}",
+        json_str(&n.id.to_string()),
+        json_str(&n.hostname),
+        json_str(&n.addr.to_string()),
+        json_str(role_str(n)),
+        json_str(&n.status.to_string()),
+        json_str(&n.availability.to_string()),
+        n.manager_status.as_deref().map_or("null".to_string(), json_str),
+        labels.join(","),
+        n.is_self,
+        json_str(&n.key),
+    )
+}
+
+/// `node ls` as Docker prints it: the local node's id marked with `*`.
+pub fn render_table(list: &[NodeView]) -> String {
+    let rows: Vec<[String; 5]> = list
+        .iter()
+        .map(|n| {
+            [
+                format!("{}{}", n.id, if n.is_self { " *" } else { "" }),
+                n.hostname.clone(),
+                n.status.to_string(),
+                n.availability.to_string(),
+                n.manager_status.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let head = ["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS"];
+    let mut w = head.map(str::len);
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.len());
+        }
+    }
+    let line = |cells: &[&str]| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<width$}   ", width = w[i]));
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(&head);
+    for r in &rows {
+        out.push_str(&line(&r.each_ref().map(String::as_str)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::NodeStatus;
+    use crate::raft::NodeId;
+
+    fn view(id: u64, host: &str, me: bool, ms: Option<&str>) -> NodeView {
+        NodeView {
+            id: NodeId(id),
+            key: "ab".repeat(32),
+            hostname: host.into(),
+            addr: "10.0.0.1:2377".parse().unwrap(),
+            role: if ms.is_some() {
+                NodeRole::Manager
+            } else {
+                NodeRole::Worker
+            },
+            status: NodeStatus::Ready,
+            availability: ClusterAvailability::Active,
+            manager_status: ms.map(String::from),
+            labels: vec![("zone".into(), "a\"b".into())],
+            is_self: me,
+        }
+    }
+
+    #[test]
+    fn table_marks_self_and_aligns() {
+        let t = render_table(&[
+            view(1, "pi-1", true, Some("Leader")),
+            view(0xabc, "worker-long-name", false, None),
+        ]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("ID"));
+        assert!(lines[1].contains("0000000000000001 *") && lines[1].ends_with("Leader"));
+        assert_eq!(lines[0].find("HOSTNAME"), lines[1].find("pi-1"));
+        assert_eq!(lines[0].find("STATUS"), lines[2].find("Ready"));
+    }
+
+    #[test]
+    fn json_escapes() {
+        let j = node_json(&view(1, "pi", true, None));
+        assert!(j.contains(r#""zone":"a\"b""#), "{j}");
+        assert!(j.contains(r#""ManagerStatus":null"#));
     }
 }

@@ -3,5 +3,6 @@
 //! real randomness and real sockets.
 
 pub mod keyfile;
+pub mod node;
 pub mod transport;
 pub mod wal;

@@ -75,6 +75,10 @@ impl Driver {
         self.endpoint.public_key()
     }
 
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
     pub fn endpoint_mut(&mut self) -> &mut Endpoint {
         &mut self.endpoint
     }
@@ -138,6 +142,49 @@ impl Driver {
                 Err(_) => {} // e.g. an ICMP error surfaced on the socket: nothing to do
             }
         }
+    }
+
+    /// One turn of a bigger loop: waits for a datagram, the endpoint's next deadline,
+    /// the caller's `deadline`, or `other`, and handles the first two itself. Returns
+    /// `other`'s output if it finished. Events are left in the endpoint for the caller.
+    pub async fn turn<T>(
+        &mut self,
+        policy: &mut dyn PeerPolicy,
+        deadline: Option<Instant>,
+        other: impl std::future::Future<Output = T>,
+    ) -> io::Result<Option<T>> {
+        self.flush().await?;
+        let at = match (self.endpoint.poll_timeout(), deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        enum Woke<T> {
+            Datagram(io::Result<(usize, SocketAddr)>),
+            Timer,
+            Other(T),
+        }
+        let recv = async { Woke::Datagram(self.socket.recv_from(&mut self.buf).await) };
+        let timer = async {
+            match at {
+                Some(at) => Timer::at(at).await,
+                None => std::future::pending().await,
+            };
+            Woke::Timer
+        };
+        let other = async { Woke::Other(other.await) };
+        match smol::future::or(other, smol::future::or(recv, timer)).await {
+            Woke::Datagram(Ok((n, from))) => {
+                self.endpoint
+                    .handle_datagram(Instant::now(), from, &mut self.buf[..n], policy);
+                self.drain_ready(policy)?;
+            }
+            Woke::Datagram(Err(e)) if is_fatal(&e) => return Err(e),
+            Woke::Datagram(Err(_)) => {}
+            Woke::Timer => self.endpoint.handle_timeout(Instant::now()),
+            Woke::Other(t) => return Ok(Some(t)),
+        }
+        self.flush().await?;
+        Ok(None)
     }
 
     /// Takes datagrams that are already waiting, without blocking, up to the bound.

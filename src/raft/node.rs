@@ -87,7 +87,10 @@ pub enum Role {
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProposeError {
-    #[error("not the leader (leader is {0:?})")]
+    #[error("{}", match .0 {
+        Some(l) => format!("this manager is not the leader (node {l} is)"),
+        None => "no leader is elected right now; try again in a moment".to_string(),
+    })]
     NotLeader(Option<NodeId>),
     #[error("leadership transfer in progress")]
     Transferring,
@@ -404,6 +407,14 @@ impl Raft {
             if self.can_campaign() {
                 self.campaign(now, false);
             }
+        }
+    }
+
+    /// Starts an election now instead of waiting for the timer (a fresh single-node
+    /// cluster, or an operator's nudge). Does nothing if this node may not campaign.
+    pub fn campaign_now(&mut self, now: Instant) {
+        if self.can_campaign() && self.role() != Role::Leader {
+            self.campaign(now, false);
         }
     }
 

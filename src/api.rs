@@ -1,0 +1,206 @@
+//! What the CLI and the local daemon say to each other over the unix socket.
+//!
+//! Framing: a 4-byte little-endian length, then a version byte and a postcard-encoded
+//! [`Request`] or [`Response`]. One request per connection. The socket is created mode
+//! 0600 in a root-owned directory: only root can drive the daemon, as with dockerd.
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::token::TokenRole;
+use crate::cluster::{Availability, NodeRole, NodeStatus};
+use crate::raft::NodeId;
+
+/// Format version of API frames.
+const API_VERSION: u8 = 1;
+/// Largest frame either side accepts: a `node ls` of thousands of nodes fits.
+pub const MAX_FRAME: usize = 16 << 20;
+/// How long the CLI waits for an answer (a Raft commit or a join takes well under this).
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Environment variable that overrides the socket path, as DOCKER_HOST does.
+pub const SOCKET_ENV: &str = "SWARMLET_SOCKET";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    Info,
+    Init {
+        listen: Option<SocketAddr>,
+        advertise: Option<SocketAddr>,
+    },
+    Join {
+        token: String,
+        manager: SocketAddr,
+        listen: Option<SocketAddr>,
+        advertise: Option<SocketAddr>,
+    },
+    JoinToken {
+        role: TokenRole,
+        rotate: bool,
+    },
+    Leave {
+        force: bool,
+    },
+    NodeList,
+    NodeInspect {
+        nodes: Vec<String>,
+    },
+    NodeSetRole {
+        nodes: Vec<String>,
+        role: NodeRole,
+    },
+    NodeUpdate {
+        node: String,
+        availability: Option<Availability>,
+        label_add: Vec<(String, String)>,
+        label_rm: Vec<String>,
+    },
+    NodeRemove {
+        nodes: Vec<String>,
+        force: bool,
+    },
+}
+
+/// How a node looks in `node ls` and `node inspect`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub id: NodeId,
+    pub key: String,
+    pub hostname: String,
+    pub addr: SocketAddr,
+    pub role: NodeRole,
+    pub status: NodeStatus,
+    pub availability: Availability,
+    /// For managers: "Leader", "Reachable" or "Unreachable".
+    pub manager_status: Option<String>,
+    pub labels: Vec<(String, String)>,
+    /// Whether this is the node that answered.
+    pub is_self: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InfoView {
+    pub node_id: NodeId,
+    pub key: String,
+    /// None until `init` or `join`.
+    pub cluster_id: Option<String>,
+    pub role: Option<NodeRole>,
+    pub leader: Option<NodeId>,
+    pub listen: Option<SocketAddr>,
+    pub advertise: Option<SocketAddr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    Done(String),
+    Error(String),
+    Info(InfoView),
+    Nodes(Vec<NodeView>),
+    Token(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
+    TooLarge(usize),
+    #[error("unknown API version {0} (is the daemon the same swarmlet version?)")]
+    Version(u8),
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut body = vec![API_VERSION];
+    body.extend(postcard::to_allocvec(v).expect("invariant: API types serialise"));
+    let mut out = (u32::try_from(body.len()).unwrap_or(u32::MAX))
+        .to_le_bytes()
+        .to_vec();
+    out.extend(body);
+    out
+}
+
+/// Decodes a frame body (after the length).
+pub fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, FrameError> {
+    match body.first() {
+        Some(&API_VERSION) => {
+            postcard::from_bytes(&body[1..]).map_err(|e| FrameError::Malformed(e.to_string()))
+        }
+        Some(&v) => Err(FrameError::Version(v)),
+        None => Err(FrameError::Malformed("empty frame".into())),
+    }
+}
+
+/// Checks a frame length read off the wire.
+pub fn frame_len(header: [u8; 4]) -> Result<usize, FrameError> {
+    let len = u32::from_le_bytes(header) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    Ok(len)
+}
+
+/// Blocking client call: what the CLI does.
+pub fn call(socket: &Path, req: &Request) -> Result<Response, CallError> {
+    let mut s =
+        std::os::unix::net::UnixStream::connect(socket).map_err(|e| CallError::Connect {
+            path: socket.display().to_string(),
+            source: e,
+        })?;
+    s.set_read_timeout(Some(CLIENT_TIMEOUT))
+        .map_err(FrameError::from)?;
+    s.write_all(&encode(req)).map_err(FrameError::from)?;
+    let mut header = [0u8; 4];
+    s.read_exact(&mut header).map_err(FrameError::from)?;
+    let len = frame_len(header)?;
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).map_err(FrameError::from)?;
+    Ok(decode(&body)?)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("cannot reach the swarmlet daemon at {path}: {source} (is `swarmlet daemon` running? set --socket or {SOCKET_ENV} to use another)")]
+    Connect { path: String, source: io::Error },
+    #[error("talking to the daemon: {0}")]
+    Frame(#[from] FrameError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_reject_bad_input() {
+        let r = Request::NodeUpdate {
+            node: "pi-1".into(),
+            availability: Some(Availability::Drain),
+            label_add: vec![("zone".into(), "a".into())],
+            label_rm: vec![],
+        };
+        let f = encode(&r);
+        let len = frame_len(f[..4].try_into().unwrap()).unwrap();
+        assert_eq!(len, f.len() - 4);
+        assert_eq!(decode::<Request>(&f[4..]).unwrap(), r);
+        assert!(matches!(
+            frame_len((MAX_FRAME as u32 + 1).to_le_bytes()),
+            Err(FrameError::TooLarge(_))
+        ));
+        assert!(matches!(
+            decode::<Request>(&[9, 0]),
+            Err(FrameError::Version(9))
+        ));
+        assert!(matches!(
+            decode::<Request>(&[]),
+            Err(FrameError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode::<Request>(&[API_VERSION, 250, 250]),
+            Err(FrameError::Malformed(_))
+        ));
+    }
+}

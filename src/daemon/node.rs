@@ -1,0 +1,1178 @@
+//! The daemon: one thread, one loop. It owns the transport socket, the unix API socket,
+//! and, once this node is in a cluster, Raft (managers), the write-ahead log and gossip.
+//!
+//! Each turn: wait for a datagram, an API request or the earliest timer of any core;
+//! feed it in; then drain every core's outputs (Raft's in the order its docs demand:
+//! persist, send, apply). Work per turn is bounded by the cores' own batch limits.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context};
+use serde::{Deserialize, Serialize};
+use smol::channel::{Receiver, Sender};
+
+use crate::api::{self, InfoView, NodeView, Request, Response};
+use crate::cluster::token::{join_psk, JoinToken, TokenRole};
+use crate::cluster::{
+    self, Availability, ClusterState, Command, NodeRecord, NodeRole, NodeStatus, Tokens,
+};
+use crate::daemon::keyfile;
+use crate::daemon::transport::{os_random, Driver};
+use crate::daemon::wal::Wal;
+use crate::gossip::{self, Gossip};
+use crate::raft::{self, ConfigChange, Index, NodeId, Payload, Raft, Role, Snapshot};
+use crate::transport::{self, Event as TEvent, PeerKey, PeerPolicy, Psk, PskId};
+
+/// API requests queued for the loop; more wait in their connection tasks.
+const API_QUEUE: usize = 64;
+/// Format version of the membership file.
+const MEMBERSHIP_VERSION: u8 = 1;
+/// Default cluster port.
+pub const DEFAULT_PORT: u16 = 2377;
+/// PSK ids of join handshakes.
+const PSK_WORKER: PskId = PskId(1);
+const PSK_MANAGER: PskId = PskId(2);
+/// Members use no pre-shared key: their static keys, checked against the cluster state,
+/// are what admits them.
+const MEMBER_PSK: Psk = [0; 32];
+
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub data_dir: PathBuf,
+    pub socket: PathBuf,
+    pub listen: Option<SocketAddr>,
+    pub advertise: Option<SocketAddr>,
+    pub hostname: String,
+    pub labels: Vec<(String, String)>,
+}
+
+/// What a node remembers about its cluster between restarts.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Membership {
+    cluster_id: [u8; 16],
+    role: NodeRole,
+    listen: SocketAddr,
+    advertise: SocketAddr,
+    /// Managers as last known: where a restarted node looks for its cluster.
+    managers: Vec<(NodeId, PeerKey, SocketAddr)>,
+}
+
+/// Messages between daemons, inside the encrypted transport.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum PeerMsg {
+    Raft(raft::Message),
+    Gossip(gossip::Message),
+    JoinRequest {
+        role: TokenRole,
+        hostname: String,
+        advertise: SocketAddr,
+        labels: Vec<(String, String)>,
+    },
+    JoinAccepted {
+        cluster_id: [u8; 16],
+        role: NodeRole,
+        managers: Vec<(NodeId, PeerKey, SocketAddr)>,
+    },
+    JoinRefused(String),
+}
+
+/// What gossip carries about each node, so any member can address any other.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct GossipMeta {
+    key: PeerKey,
+    addr: SocketAddr,
+}
+
+const PEER_MSG_VERSION: u8 = 1;
+
+fn encode_peer(m: &PeerMsg) -> Vec<u8> {
+    let mut v = vec![PEER_MSG_VERSION];
+    v.extend(postcard::to_allocvec(m).expect("invariant: peer messages serialise"));
+    v
+}
+
+fn decode_peer(b: &[u8]) -> Option<PeerMsg> {
+    match b.split_first() {
+        Some((&PEER_MSG_VERSION, rest)) => postcard::from_bytes(rest).ok(),
+        _ => None,
+    }
+}
+
+/// A join waiting for its AddNode to commit.
+struct PendingJoin {
+    key: PeerKey,
+    role: NodeRole,
+}
+
+/// An API reply waiting for a Raft commit.
+struct PendingReply {
+    reply: Sender<Response>,
+    ok: String,
+}
+
+struct Node {
+    cfg: DaemonConfig,
+    secret: [u8; 32],
+    key: PeerKey,
+    id: NodeId,
+    membership: Option<Membership>,
+    driver: Option<Driver>,
+    raft: Option<Raft>,
+    wal: Option<Wal>,
+    cluster: Option<ClusterState>,
+    gossip: Option<Gossip>,
+    /// Peers we know how to reach (NodeId -> key, address).
+    peers: BTreeMap<NodeId, (PeerKey, SocketAddr)>,
+    joins: BTreeMap<Index, PendingJoin>,
+    replies: BTreeMap<Index, PendingReply>,
+    /// A `join` this node is waiting on: where to answer the CLI.
+    joining: Option<(Sender<Response>, PeerKey, NodeRole)>,
+}
+
+/// Decides who may talk to us: current members with no PSK, joiners with a token's.
+struct Policy<'a> {
+    cluster: Option<&'a ClusterState>,
+    known: &'a BTreeMap<NodeId, (PeerKey, SocketAddr)>,
+}
+
+impl PeerPolicy for Policy<'_> {
+    fn admit(&mut self, peer: &PeerKey, _: std::net::SocketAddr) -> Option<Psk> {
+        let member = match self.cluster {
+            Some(c) => c.node_by_key(peer).is_some(),
+            None => self.known.values().any(|(k, _)| k == peer),
+        };
+        member.then_some(MEMBER_PSK)
+    }
+
+    fn admit_with(&mut self, peer: &PeerKey, from: SocketAddr, id: PskId) -> Option<Psk> {
+        let c = self.cluster?;
+        match id {
+            PskId::MEMBER => self.admit(peer, from),
+            PSK_WORKER => Some(join_psk(TokenRole::Worker, &c.tokens.worker)),
+            PSK_MANAGER => Some(join_psk(TokenRole::Manager, &c.tokens.manager)),
+            _ => None,
+        }
+    }
+}
+
+/// Runs the daemon until it fails. Holds an exclusive lock on the data directory.
+pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
+    fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
+    fs::set_permissions(&cfg.data_dir, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot set permissions of {}", cfg.data_dir.display()))?;
+    let lock_path = cfg.data_dir.join("lock");
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+        |_| {
+            anyhow!(
+                "another swarmlet daemon is already running on data dir {}",
+                cfg.data_dir.display()
+            )
+        },
+    )?;
+    let secret = keyfile::load_or_create(&cfg.data_dir.join("node.key"), os_random()?)?;
+    let key = PeerKey(transport::noise::public_of(
+        &x25519_dalek::StaticSecret::from(secret),
+    ));
+    let id = cluster::node_id(&key);
+    let membership = load_membership(&cfg.data_dir)?;
+    let listener = bind_api_socket(&cfg.socket)?;
+    let mut node = Node {
+        cfg,
+        secret,
+        key,
+        id,
+        membership,
+        driver: None,
+        raft: None,
+        wal: None,
+        cluster: None,
+        gossip: None,
+        peers: BTreeMap::new(),
+        joins: BTreeMap::new(),
+        replies: BTreeMap::new(),
+        joining: None,
+    };
+    let ex = smol::LocalExecutor::new();
+    let (tx, rx) = smol::channel::bounded(API_QUEUE);
+    smol::block_on(ex.run(async {
+        ex.spawn(accept_loop(listener, tx)).detach();
+        if node.membership.is_some() {
+            node.resume()?;
+        }
+        eprintln!("swarmlet: daemon ready, node {} key {}", node.id, node.key);
+        notify_systemd_ready();
+        node.run(rx).await
+    }))?;
+    drop(lock);
+    Ok(())
+}
+
+fn notify_systemd_ready() {
+    // Type=notify units set NOTIFY_SOCKET; a plain run has none and this is a no-op.
+    if let Some(path) = std::env::var_os("NOTIFY_SOCKET") {
+        if let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() {
+            let _ = sock.send_to(b"READY=1", PathBuf::from(path));
+        }
+    }
+}
+
+fn bind_api_socket(path: &Path) -> anyhow::Result<smol::net::unix::UnixListener> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        bail!("socket {} is in use by a running daemon", path.display());
+    }
+    let _ = fs::remove_file(path);
+    let l = smol::net::unix::UnixListener::bind(path)
+        .with_context(|| format!("cannot bind {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", path.display()))?;
+    Ok(l)
+}
+
+async fn accept_loop(
+    listener: smol::net::unix::UnixListener,
+    tx: Sender<(Request, Sender<Response>)>,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let tx = tx.clone();
+        smol::spawn(async move {
+            let _ = serve_conn(stream, tx).await;
+        })
+        .detach();
+    }
+}
+
+async fn serve_conn(
+    mut s: smol::net::unix::UnixStream,
+    tx: Sender<(Request, Sender<Response>)>,
+) -> anyhow::Result<()> {
+    use smol::io::{AsyncReadExt, AsyncWriteExt};
+    let mut header = [0u8; 4];
+    s.read_exact(&mut header).await?;
+    let len = api::frame_len(header)?;
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await?;
+    let resp = match api::decode::<Request>(&body) {
+        Ok(req) => {
+            let (rtx, rrx) = smol::channel::bounded(1);
+            tx.send((req, rtx)).await?;
+            rrx.recv()
+                .await
+                .unwrap_or(Response::Error("daemon dropped the request".into()))
+        }
+        Err(e) => Response::Error(format!("bad request: {e}")),
+    };
+    s.write_all(&api::encode(&resp)).await?;
+    Ok(())
+}
+
+fn load_membership(dir: &Path) -> anyhow::Result<Option<Membership>> {
+    let p = dir.join("membership");
+    match fs::read(&p) {
+        Ok(b) => match b.split_first() {
+            Some((&MEMBERSHIP_VERSION, rest)) => Ok(Some(
+                postcard::from_bytes(rest).map_err(|e| anyhow!("{}: damaged: {e}", p.display()))?,
+            )),
+            _ => bail!("{}: unknown format", p.display()),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
+    }
+}
+
+fn save_membership(dir: &Path, m: &Membership) -> anyhow::Result<()> {
+    let p = dir.join("membership");
+    let tmp = dir.join("membership.tmp");
+    let mut b = vec![MEMBERSHIP_VERSION];
+    b.extend(postcard::to_allocvec(m)?);
+    fs::write(&tmp, &b).with_context(|| format!("cannot write {}", tmp.display()))?;
+    fs::File::open(&tmp)?.sync_all()?;
+    fs::rename(&tmp, &p).with_context(|| format!("cannot write {}", p.display()))?;
+    fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// A seed for a core's RNG. The OS failing to give randomness is not worth dying for
+/// here: these seeds only spread timers and probe orders.
+fn random_seed() -> u64 {
+    os_random().map_or(0x5eed, |r| {
+        u64::from_le_bytes([r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]])
+    })
+}
+
+fn default_listen(l: Option<SocketAddr>) -> SocketAddr {
+    l.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)))
+}
+
+impl Node {
+    fn raft_dir(&self) -> PathBuf {
+        self.cfg.data_dir.join("raft")
+    }
+
+    fn start_transport(&mut self, listen: SocketAddr) -> anyhow::Result<()> {
+        let d = Driver::bind(listen, self.secret, transport::Config::default())
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        self.driver = Some(d);
+        Ok(())
+    }
+
+    fn start_gossip(&mut self, advertise: SocketAddr) {
+        let meta = postcard::to_allocvec(&GossipMeta {
+            key: self.key,
+            addr: advertise,
+        })
+        .expect("invariant: meta serialises");
+        let seed = u64::from_le_bytes(
+            os_random()
+                .map(|r| r[..8].try_into().unwrap_or([0; 8]))
+                .unwrap_or([0; 8]),
+        );
+        let mut g = Gossip::new(
+            gossip::Config::default(),
+            self.id,
+            meta,
+            Instant::now(),
+            seed,
+        );
+        for (id, (k, _)) in &self.peers {
+            if *k != self.key {
+                g.join(*id);
+            }
+        }
+        self.gossip = Some(g);
+    }
+
+    /// Restarts from the data dir: no token needed.
+    fn resume(&mut self) -> anyhow::Result<()> {
+        let m = self.membership.clone().expect("invariant: caller checked");
+        self.start_transport(m.listen)?;
+        for (id, k, a) in &m.managers {
+            if *id != self.id {
+                self.peers.insert(*id, (*k, *a));
+                self.set_member_peer(*k, *a);
+            }
+        }
+        if m.role == NodeRole::Manager {
+            let (wal, rec) = Wal::open(&self.raft_dir())?;
+            let snap = rec.snapshot.unwrap_or(Snapshot {
+                meta: Default::default(),
+                data: vec![],
+            });
+            if !snap.data.is_empty() {
+                self.cluster = Some(
+                    ClusterState::decode(&snap.data)
+                        .context("raft snapshot holds no cluster state")?,
+                );
+            }
+            let seed = random_seed();
+            self.raft = Some(Raft::restore(
+                self.id,
+                raft::Config::default(),
+                rec.hard,
+                snap,
+                rec.entries,
+                Instant::now(),
+                seed,
+            ));
+            self.wal = Some(wal);
+        }
+        self.start_gossip(m.advertise);
+        Ok(())
+    }
+
+    fn set_member_peer(&mut self, key: PeerKey, addr: SocketAddr) {
+        if let Some(d) = self.driver.as_mut() {
+            let _ = d.endpoint_mut().set_peer(key, addr, MEMBER_PSK);
+        }
+    }
+
+    async fn run(&mut self, rx: Receiver<(Request, Sender<Response>)>) -> anyhow::Result<()> {
+        loop {
+            self.drain().await?;
+            let deadline = self.next_deadline();
+            let got = match self.driver.as_mut() {
+                Some(d) => {
+                    let mut policy = Policy {
+                        cluster: self.cluster.as_ref(),
+                        known: &self.peers,
+                    };
+                    d.turn(&mut policy, deadline, rx.recv()).await?
+                }
+                None => {
+                    let timer = async {
+                        match deadline {
+                            Some(at) => {
+                                async_io::Timer::at(at).await;
+                            }
+                            None => std::future::pending::<()>().await,
+                        }
+                        None
+                    };
+                    smol::future::or(async { Some(rx.recv().await) }, timer).await
+                }
+            };
+            if let Some(Ok((req, reply))) = got {
+                self.on_api(req, reply);
+            }
+            self.fire_timers(Instant::now());
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let r = self.raft.as_ref().map(Raft::poll_timeout);
+        let g = self.gossip.as_ref().map(Gossip::poll_timeout);
+        [r, g].into_iter().flatten().min()
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        if let Some(r) = self.raft.as_mut() {
+            if r.poll_timeout() <= now {
+                r.handle_timeout(now);
+            }
+        }
+        if let Some(g) = self.gossip.as_mut() {
+            if g.poll_timeout() <= now {
+                g.handle_timeout(now);
+            }
+        }
+    }
+
+    /// Drains every core until none has output left.
+    async fn drain(&mut self) -> anyhow::Result<()> {
+        loop {
+            let mut progress = false;
+            if let Some(d) = self.driver.as_mut() {
+                let mut events = Vec::new();
+                while let Some(e) = d.endpoint_mut().poll_event() {
+                    events.push(e);
+                }
+                for e in events {
+                    progress = true;
+                    self.on_transport(e);
+                }
+            }
+            progress |= self.drain_raft()?;
+            progress |= self.drain_gossip();
+            if !progress {
+                break;
+            }
+        }
+        if let Some(d) = self.driver.as_mut() {
+            d.flush().await?;
+        }
+        Ok(())
+    }
+
+    fn send_to(&mut self, id: NodeId, msg: &PeerMsg) {
+        let Some((key, _)) = self.peers.get(&id).copied() else {
+            return;
+        };
+        self.send_key(key, msg);
+    }
+
+    fn send_key(&mut self, key: PeerKey, msg: &PeerMsg) {
+        if let Some(d) = self.driver.as_mut() {
+            let _ = d.send(key, &encode_peer(msg));
+        }
+    }
+
+    fn on_transport(&mut self, e: TEvent) {
+        let TEvent::Message { peer, data } = e else {
+            return;
+        };
+        let Some(msg) = decode_peer(&data) else {
+            return;
+        };
+        let now = Instant::now();
+        let from = cluster::node_id(&peer);
+        match msg {
+            PeerMsg::Raft(m) => {
+                if let Some(r) = self.raft.as_mut() {
+                    r.step(now, from, m);
+                }
+            }
+            PeerMsg::Gossip(m) => {
+                if let Some(g) = self.gossip.as_mut() {
+                    g.handle_message(now, from, m);
+                }
+            }
+            PeerMsg::JoinRequest {
+                role,
+                hostname,
+                advertise,
+                labels,
+            } => self.on_join_request(peer, role, hostname, advertise, labels),
+            PeerMsg::JoinAccepted {
+                cluster_id,
+                role,
+                managers,
+            } => self.on_join_accepted(peer, cluster_id, role, managers),
+            PeerMsg::JoinRefused(why) => {
+                if let Some((reply, _, _)) = self.joining.take() {
+                    let _ = reply.try_send(Response::Error(format!("join refused: {why}")));
+                }
+            }
+        }
+    }
+
+    fn on_join_request(
+        &mut self,
+        peer: PeerKey,
+        role: TokenRole,
+        hostname: String,
+        advertise: SocketAddr,
+        labels: Vec<(String, String)>,
+    ) {
+        let Some(d) = self.driver.as_ref() else {
+            return;
+        };
+        let psk_id = d.endpoint().session_psk_id(&peer);
+        let expected = match role {
+            TokenRole::Worker => PSK_WORKER,
+            TokenRole::Manager => PSK_MANAGER,
+        };
+        let refuse = |n: &mut Node, why: String| n.send_key(peer, &PeerMsg::JoinRefused(why));
+        if psk_id != Some(expected) {
+            return refuse(
+                self,
+                "the join token does not match the role asked for".into(),
+            );
+        }
+        let Some(raft) = self.raft.as_mut() else {
+            return refuse(self, "this node is not a manager".into());
+        };
+        if raft.role() != Role::Leader {
+            return refuse(
+                self,
+                "this manager is not the leader; join through the leader's address (forwarding lands with the next change)".into(),
+            );
+        }
+        let id = cluster::node_id(&peer);
+        let node_role = match role {
+            TokenRole::Worker => NodeRole::Worker,
+            TokenRole::Manager => NodeRole::Manager,
+        };
+        let record = NodeRecord {
+            id,
+            key: peer,
+            addr: advertise,
+            hostname,
+            role: node_role,
+            availability: Availability::Active,
+            labels: labels.into_iter().collect(),
+            status: NodeStatus::Ready,
+        };
+        let cmd = Command::AddNode(record);
+        if let Some(c) = self.cluster.as_ref() {
+            if let Err(e) = c.validate(&cmd) {
+                return refuse(self, e.to_string());
+            }
+        }
+        match raft.propose(cmd.encode()) {
+            Ok(index) => {
+                self.joins.insert(
+                    index,
+                    PendingJoin {
+                        key: peer,
+                        role: node_role,
+                    },
+                );
+            }
+            Err(e) => refuse(self, e.to_string()),
+        }
+    }
+
+    fn on_join_accepted(
+        &mut self,
+        from: PeerKey,
+        cluster_id: [u8; 16],
+        role: NodeRole,
+        managers: Vec<(NodeId, PeerKey, SocketAddr)>,
+    ) {
+        let Some((reply, expected, _)) = self.joining.take() else {
+            return;
+        };
+        if from != expected {
+            self.joining = Some((reply, expected, role));
+            return;
+        }
+        let listen = self
+            .driver
+            .as_ref()
+            .and_then(|d| d.local_addr().ok())
+            .unwrap_or_else(|| default_listen(None));
+        let advertise = self.cfg.advertise.unwrap_or(listen);
+        let m = Membership {
+            cluster_id,
+            role,
+            listen,
+            advertise,
+            managers: managers.clone(),
+        };
+        if let Err(e) = save_membership(&self.cfg.data_dir, &m) {
+            let _ = reply.try_send(Response::Error(format!(
+                "joined, but cannot save membership: {e:#}"
+            )));
+            return;
+        }
+        self.membership = Some(m);
+        for (id, k, a) in managers {
+            if id != self.id {
+                self.peers.insert(id, (k, a));
+                self.set_member_peer(k, a);
+            }
+        }
+        if role == NodeRole::Manager {
+            match Wal::open(&self.raft_dir()) {
+                Ok((wal, rec)) => {
+                    let snap = rec.snapshot.unwrap_or(Snapshot {
+                        meta: Default::default(),
+                        data: vec![],
+                    });
+                    let seed = random_seed();
+                    self.raft = Some(Raft::restore(
+                        self.id,
+                        raft::Config::default(),
+                        rec.hard,
+                        snap,
+                        rec.entries,
+                        Instant::now(),
+                        seed,
+                    ));
+                    self.wal = Some(wal);
+                }
+                Err(e) => {
+                    let _ = reply.try_send(Response::Error(format!(
+                        "joined, but cannot open the raft log: {e}"
+                    )));
+                    return;
+                }
+            }
+        }
+        self.start_gossip(advertise);
+        let _ = reply.try_send(Response::Done(format!(
+            "This node joined a swarm as a {}.",
+            role_name(role)
+        )));
+    }
+
+    fn drain_raft(&mut self) -> anyhow::Result<bool> {
+        let Some(raft) = self.raft.as_mut() else {
+            return Ok(false);
+        };
+        let Some(ready) = raft.take_ready() else {
+            return Ok(false);
+        };
+        let hard = raft.hard_state();
+        let wal = self.wal.as_mut().expect("invariant: managers have a WAL");
+        // Durable before anything leaves: a vote or an ack must survive a crash.
+        wal.persist(&ready, hard)?;
+        for env in ready.messages {
+            self.send_to(env.to, &PeerMsg::Raft(env.msg));
+        }
+        if let Some(s) = ready.snapshot {
+            self.cluster = Some(
+                ClusterState::decode(&s.data)
+                    .context("leader sent a snapshot without cluster state")?,
+            );
+            self.refresh_peers();
+        }
+        for e in ready.committed {
+            self.apply_entry(e.index, &e.payload);
+        }
+        self.reconcile_voters();
+        Ok(true)
+    }
+
+    fn apply_entry(&mut self, index: Index, payload: &Payload) {
+        let Payload::Command(bytes) = payload else {
+            return;
+        };
+        let Ok(cmd) = Command::decode(bytes) else {
+            return;
+        };
+        let result = match self.cluster.as_mut() {
+            Some(c) => c.apply(&cmd).map_err(|e| e.to_string()),
+            None => Err("no cluster state".into()),
+        };
+        self.refresh_peers();
+        if let Some(j) = self.joins.remove(&index) {
+            let msg = match &result {
+                Ok(()) => PeerMsg::JoinAccepted {
+                    cluster_id: self.cluster.as_ref().map_or([0; 16], |c| c.cluster_id),
+                    role: j.role,
+                    managers: self.manager_list(),
+                },
+                Err(e) => PeerMsg::JoinRefused(e.clone()),
+            };
+            if let Some(c) = &self.cluster {
+                if let Some(n) = c.node_by_key(&j.key) {
+                    let (k, a) = (n.key, n.addr);
+                    if let Some(d) = self.driver.as_mut() {
+                        let _ = d.endpoint_mut().set_peer(k, a, MEMBER_PSK);
+                    }
+                }
+            }
+            self.send_key(j.key, &msg);
+        }
+        if let Some(p) = self.replies.remove(&index) {
+            let _ = p.reply.try_send(match result {
+                Ok(()) => Response::Done(p.ok),
+                Err(e) => Response::Error(e),
+            });
+        }
+    }
+
+    fn manager_list(&self) -> Vec<(NodeId, PeerKey, SocketAddr)> {
+        self.cluster
+            .as_ref()
+            .map(|c| c.managers().map(|n| (n.id, n.key, n.addr)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Keeps the transport's peer table and our address book in line with the state.
+    fn refresh_peers(&mut self) {
+        let Some(c) = &self.cluster else { return };
+        let nodes: Vec<(NodeId, PeerKey, SocketAddr)> =
+            c.nodes.values().map(|n| (n.id, n.key, n.addr)).collect();
+        for (id, k, a) in nodes {
+            if id != self.id {
+                self.peers.insert(id, (k, a));
+                self.set_member_peer(k, a);
+            }
+        }
+    }
+
+    /// The leader keeps Raft's voters equal to the managers in the cluster state, one
+    /// change at a time.
+    fn reconcile_voters(&mut self) {
+        let (Some(raft), Some(c)) = (self.raft.as_mut(), self.cluster.as_ref()) else {
+            return;
+        };
+        if raft.role() != Role::Leader {
+            return;
+        }
+        let voters = raft.membership().voters.clone();
+        let want: Vec<NodeId> = c.managers().map(|n| n.id).collect();
+        let change = want
+            .iter()
+            .find(|id| !voters.contains(id))
+            .map(|id| ConfigChange::AddVoter(*id))
+            .or_else(|| {
+                voters
+                    .iter()
+                    .find(|v| !want.contains(v))
+                    .map(|v| ConfigChange::Remove(*v))
+            });
+        if let Some(ch) = change {
+            let _ = raft.propose_config(ch);
+        }
+    }
+
+    fn drain_gossip(&mut self) -> bool {
+        let Some(g) = self.gossip.as_mut() else {
+            return false;
+        };
+        let mut out = Vec::new();
+        while let Some(t) = g.poll_transmit() {
+            out.push(t);
+        }
+        let mut events = Vec::new();
+        while let Some(e) = g.poll_event() {
+            events.push(e);
+        }
+        let progress = !out.is_empty() || !events.is_empty();
+        for (to, m) in out {
+            self.send_to(to, &PeerMsg::Gossip(m));
+        }
+        for e in events {
+            self.on_gossip(e);
+        }
+        progress
+    }
+
+    fn on_gossip(&mut self, e: gossip::Event) {
+        let (id, status) = match e {
+            gossip::Event::Alive { id, meta } => {
+                if let Ok(m) = postcard::from_bytes::<GossipMeta>(&meta) {
+                    if cluster::node_id(&m.key) == id && id != self.id {
+                        self.peers.insert(id, (m.key, m.addr));
+                        self.set_member_peer(m.key, m.addr);
+                    }
+                }
+                (id, NodeStatus::Ready)
+            }
+            gossip::Event::Dead { id } => (id, NodeStatus::Down),
+            _ => return,
+        };
+        // The leader records what gossip learnt in the replicated state.
+        let (Some(raft), Some(c)) = (self.raft.as_mut(), self.cluster.as_ref()) else {
+            return;
+        };
+        if raft.role() == Role::Leader && c.nodes.get(&id).is_some_and(|n| n.status != status) {
+            let _ = raft.propose(Command::SetStatus { id, status }.encode());
+        }
+    }
+
+    // ---- API ----------------------------------------------------------------------
+
+    fn on_api(&mut self, req: Request, reply: Sender<Response>) {
+        let resp = match req {
+            Request::Info => Some(Response::Info(self.info())),
+            Request::Init { listen, advertise } => Some(
+                self.init(listen, advertise)
+                    .unwrap_or_else(|e| Response::Error(format!("{e:#}"))),
+            ),
+            Request::Join {
+                token,
+                manager,
+                listen,
+                advertise,
+            } => match self.join(&token, manager, listen, advertise, reply.clone()) {
+                Ok(()) => None,
+                Err(e) => Some(Response::Error(format!("{e:#}"))),
+            },
+            Request::JoinToken { role, rotate } => self.join_token(role, rotate, reply.clone()),
+            Request::NodeList => Some(self.node_list(None)),
+            Request::NodeInspect { nodes } => Some(self.node_list(Some(&nodes))),
+            Request::NodeUpdate {
+                node,
+                availability,
+                label_add,
+                label_rm,
+            } => self.node_update(&node, availability, label_add, label_rm, reply.clone()),
+            Request::Leave { .. } | Request::NodeSetRole { .. } | Request::NodeRemove { .. } => {
+                Some(Response::Error("not implemented yet in this daemon".into()))
+            }
+        };
+        if let Some(r) = resp {
+            let _ = reply.try_send(r);
+        }
+    }
+
+    fn info(&self) -> InfoView {
+        InfoView {
+            node_id: self.id,
+            key: self.key.to_string(),
+            cluster_id: self
+                .membership
+                .as_ref()
+                .map(|m| transport::key::encode_hex(&m.cluster_id)),
+            role: self.membership.as_ref().map(|m| m.role),
+            leader: self.raft.as_ref().and_then(Raft::leader),
+            listen: self.driver.as_ref().and_then(|d| d.local_addr().ok()),
+            advertise: self.membership.as_ref().map(|m| m.advertise),
+        }
+    }
+
+    fn init(
+        &mut self,
+        listen: Option<SocketAddr>,
+        advertise: Option<SocketAddr>,
+    ) -> anyhow::Result<Response> {
+        if self.membership.is_some() {
+            bail!("this node is already part of a swarm; leave it first");
+        }
+        let listen = listen.or(self.cfg.listen);
+        self.start_transport(default_listen(listen))?;
+        let bound = self
+            .driver
+            .as_ref()
+            .expect("invariant: just started")
+            .local_addr()?;
+        let advertise = advertise.or(self.cfg.advertise).unwrap_or(bound);
+        if advertise.ip().is_unspecified() {
+            self.driver = None;
+            bail!("--advertise-addr: needed when listening on {bound} (which address do other nodes use?)");
+        }
+        let rand = os_random()?;
+        let mut cluster_id = [0u8; 16];
+        cluster_id.copy_from_slice(&rand[..16]);
+        let more = os_random()?;
+        let tokens = Tokens {
+            worker: more[..16].try_into()?,
+            manager: more[16..].try_into()?,
+        };
+        let mut state = ClusterState::new(cluster_id, tokens);
+        state
+            .apply(&Command::AddNode(NodeRecord {
+                id: self.id,
+                key: self.key,
+                addr: advertise,
+                hostname: self.cfg.hostname.clone(),
+                role: NodeRole::Manager,
+                availability: Availability::Active,
+                labels: self.cfg.labels.iter().cloned().collect(),
+                status: NodeStatus::Ready,
+            }))
+            .map_err(|e| anyhow!("{e}"))?;
+        let (wal, _) = Wal::open(&self.raft_dir())?;
+        let seed = u64::from_le_bytes(rand[16..24].try_into()?);
+        let (mut raft, snap) = Raft::bootstrap(
+            self.id,
+            raft::Config::default(),
+            state.encode(),
+            Instant::now(),
+            seed,
+        );
+        let mut wal = wal;
+        wal.save_snapshot(&snap, raft.hard_state(), &[])?;
+        let m = Membership {
+            cluster_id,
+            role: NodeRole::Manager,
+            listen: bound,
+            advertise,
+            managers: vec![(self.id, self.key, advertise)],
+        };
+        save_membership(&self.cfg.data_dir, &m)?;
+        self.membership = Some(m);
+        // The only voter: lead at once rather than after an election timeout.
+        raft.campaign_now(Instant::now());
+        self.raft = Some(raft);
+        self.wal = Some(wal);
+        self.cluster = Some(state);
+        self.start_gossip(advertise);
+        Ok(Response::Done(format!(
+            "Swarm initialized: current node ({}) is now a manager.\n\nTo add a worker to this swarm, run the following command:\n\n    swarmlet join {} {advertise}\n\nTo add a manager to this swarm, run 'swarmlet join-token manager' and follow the instructions.",
+            self.id,
+            self.token(TokenRole::Worker).map(|t| t.to_string()).unwrap_or_default()
+        )))
+    }
+
+    fn token(&self, role: TokenRole) -> Option<JoinToken> {
+        let c = self.cluster.as_ref()?;
+        Some(JoinToken {
+            role,
+            manager: self.key,
+            secret: *c.tokens.secret(role),
+        })
+    }
+
+    fn join(
+        &mut self,
+        token: &str,
+        manager: SocketAddr,
+        listen: Option<SocketAddr>,
+        advertise: Option<SocketAddr>,
+        reply: Sender<Response>,
+    ) -> anyhow::Result<()> {
+        if self.membership.is_some() {
+            bail!("this node is already part of a swarm; leave it first");
+        }
+        if self.joining.is_some() {
+            bail!("a join is already in progress");
+        }
+        let t = JoinToken::parse(token)?;
+        if self.driver.is_none() {
+            self.start_transport(default_listen(listen.or(self.cfg.listen)))?;
+        }
+        let bound = self
+            .driver
+            .as_ref()
+            .expect("invariant: started")
+            .local_addr()?;
+        let advertise = advertise.or(self.cfg.advertise).unwrap_or(bound);
+        if advertise.ip().is_unspecified() {
+            bail!("--advertise-addr: needed when listening on {bound}");
+        }
+        self.cfg.advertise = Some(advertise);
+        let id = match t.role {
+            TokenRole::Worker => PSK_WORKER,
+            TokenRole::Manager => PSK_MANAGER,
+        };
+        let d = self.driver.as_mut().expect("invariant: started");
+        d.endpoint_mut()
+            .set_peer_with(t.manager, manager, t.psk(), id)
+            .map_err(|e| anyhow!("{e}"))?;
+        let role = match t.role {
+            TokenRole::Worker => NodeRole::Worker,
+            TokenRole::Manager => NodeRole::Manager,
+        };
+        self.joining = Some((reply, t.manager, role));
+        let msg = PeerMsg::JoinRequest {
+            role: t.role,
+            hostname: self.cfg.hostname.clone(),
+            advertise,
+            labels: self.cfg.labels.clone(),
+        };
+        self.send_key(t.manager, &msg);
+        Ok(())
+    }
+
+    /// Prints a token, or proposes a new secret (answered when it commits).
+    fn join_token(
+        &mut self,
+        role: TokenRole,
+        rotate: bool,
+        reply: Sender<Response>,
+    ) -> Option<Response> {
+        if self.raft.is_none() {
+            return Some(Response::Error("this node is not a swarm manager".into()));
+        }
+        if !rotate {
+            return Some(match self.token(role) {
+                Some(t) => Response::Token(t.to_string()),
+                None => Response::Error("this manager has no cluster state yet".into()),
+            });
+        }
+        let Ok(r) = os_random() else {
+            return Some(Response::Error("no randomness for a new token".into()));
+        };
+        let raft = self.raft.as_mut()?;
+        let secret: [u8; 16] = r[..16].try_into().unwrap_or([0; 16]);
+        match raft.propose(Command::RotateToken { role, secret }.encode()) {
+            Ok(index) => {
+                self.replies.insert(
+                    index,
+                    PendingReply {
+                        reply,
+                        ok: format!("Successfully rotated {role} join token."),
+                    },
+                );
+                None
+            }
+            Err(e) => Some(Response::Error(format!("{e}"))),
+        }
+    }
+
+    fn resolve_node(&self, name: &str) -> Result<NodeId, String> {
+        let c = self
+            .cluster
+            .as_ref()
+            .ok_or("this node is not a swarm manager")?;
+        if name == "self" {
+            return Ok(self.id);
+        }
+        let hits: Vec<NodeId> = c
+            .nodes
+            .values()
+            .filter(|n| n.hostname == name || n.id.to_string().starts_with(name))
+            .map(|n| n.id)
+            .collect();
+        match hits.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(format!("node {name} not found")),
+            _ => Err(format!(
+                "node name {name} is ambiguous ({} matches)",
+                hits.len()
+            )),
+        }
+    }
+
+    fn node_list(&self, only: Option<&[String]>) -> Response {
+        let (Some(c), Some(raft)) = (self.cluster.as_ref(), self.raft.as_ref()) else {
+            return Response::Error(
+                "this node is not a swarm manager; run `node ls` on a manager".into(),
+            );
+        };
+        let ids: Option<Vec<NodeId>> = match only {
+            Some(names) => match names
+                .iter()
+                .map(|n| self.resolve_node(n))
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(v) => Some(v),
+                Err(e) => return Response::Error(e),
+            },
+            None => None,
+        };
+        let leader = raft.leader();
+        let views = c
+            .nodes
+            .values()
+            .filter(|n| ids.as_ref().is_none_or(|ids| ids.contains(&n.id)))
+            .map(|n| {
+                let alive = n.id == self.id
+                    || self.gossip.as_ref().and_then(|g| g.status_of(n.id))
+                        == Some(gossip::Status::Alive);
+                let manager_status = (n.role == NodeRole::Manager).then(|| {
+                    if Some(n.id) == leader {
+                        "Leader".to_string()
+                    } else if alive {
+                        "Reachable".to_string()
+                    } else {
+                        "Unreachable".to_string()
+                    }
+                });
+                NodeView {
+                    id: n.id,
+                    key: n.key.to_string(),
+                    hostname: n.hostname.clone(),
+                    addr: n.addr,
+                    role: n.role,
+                    status: n.status,
+                    availability: n.availability,
+                    manager_status,
+                    labels: n
+                        .labels
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                    is_self: n.id == self.id,
+                }
+            })
+            .collect();
+        Response::Nodes(views)
+    }
+
+    fn node_update(
+        &mut self,
+        node: &str,
+        availability: Option<Availability>,
+        label_add: Vec<(String, String)>,
+        label_rm: Vec<String>,
+        reply: Sender<Response>,
+    ) -> Option<Response> {
+        let id = match self.resolve_node(node) {
+            Ok(id) => id,
+            Err(e) => return Some(Response::Error(e)),
+        };
+        let cmd = Command::UpdateNode {
+            id,
+            availability,
+            label_add,
+            label_rm,
+        };
+        if let Some(Err(e)) = self.cluster.as_ref().map(|c| c.validate(&cmd)) {
+            return Some(Response::Error(e.to_string()));
+        }
+        let raft = self.raft.as_mut()?;
+        match raft.propose(cmd.encode()) {
+            Ok(index) => {
+                self.replies.insert(
+                    index,
+                    PendingReply {
+                        reply,
+                        ok: id.to_string(),
+                    },
+                );
+                None
+            }
+            Err(e) => Some(Response::Error(e.to_string())),
+        }
+    }
+}
+
+fn role_name(r: NodeRole) -> &'static str {
+    match r {
+        NodeRole::Manager => "manager",
+        NodeRole::Worker => "worker",
+    }
+}
