@@ -28,6 +28,9 @@ use crate::gossip::{self, Gossip};
 use crate::raft::{self, ConfigChange, Index, NodeId, Payload, Raft, Role, Snapshot};
 use crate::transport::{self, Event as TEvent, PeerKey, PeerPolicy, Psk, PskId};
 
+/// How long a join waits for the manager's answer. A wrong or rotated token fails the
+/// handshake silently (that is the point of the PSK), so silence is the only signal.
+const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// API requests queued for the loop; more wait in their connection tasks.
 const API_QUEUE: usize = 64;
 /// Format version of the membership file.
@@ -132,6 +135,8 @@ struct Node {
     replies: BTreeMap<Index, PendingReply>,
     /// A `join` this node is waiting on: where to answer the CLI.
     joining: Option<(Sender<Response>, PeerKey, NodeRole)>,
+    /// When that join gives up, and the manager address it tried.
+    join_deadline: Option<(Instant, SocketAddr)>,
 }
 
 /// Decides who may talk to us: current members with no PSK, joiners with a token's.
@@ -142,10 +147,10 @@ struct Policy<'a> {
 
 impl PeerPolicy for Policy<'_> {
     fn admit(&mut self, peer: &PeerKey, _: std::net::SocketAddr) -> Option<Psk> {
-        let member = match self.cluster {
-            Some(c) => c.node_by_key(peer).is_some(),
-            None => self.known.values().any(|(k, _)| k == peer),
-        };
+        // Our own state may lag (a restarted manager replays its log only as it learns
+        // what is committed), so nodes we know from the membership file or gossip count.
+        let member = self.cluster.is_some_and(|c| c.node_by_key(peer).is_some())
+            || self.known.values().any(|(k, _)| k == peer);
         member.then_some(MEMBER_PSK)
     }
 
@@ -203,6 +208,7 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         joins: BTreeMap::new(),
         replies: BTreeMap::new(),
         joining: None,
+        join_deadline: None,
     };
     let ex = smol::LocalExecutor::new();
     let (tx, rx) = smol::channel::bounded(API_QUEUE);
@@ -438,10 +444,25 @@ impl Node {
     fn next_deadline(&self) -> Option<Instant> {
         let r = self.raft.as_ref().map(Raft::poll_timeout);
         let g = self.gossip.as_ref().map(Gossip::poll_timeout);
-        [r, g].into_iter().flatten().min()
+        let j = self.join_deadline.map(|(t, _)| t);
+        [r, g, j].into_iter().flatten().min()
     }
 
     fn fire_timers(&mut self, now: Instant) {
+        if let Some((at, addr)) = self.join_deadline {
+            if now >= at {
+                self.join_deadline = None;
+                if let Some((reply, key, _)) = self.joining.take() {
+                    let _ = reply.try_send(Response::Error(format!(
+                        "no answer from the manager at {addr} within {} s: the token may be wrong or rotated, or the address unreachable",
+                        JOIN_TIMEOUT.as_secs()
+                    )));
+                    if let Some(d) = self.driver.as_mut() {
+                        d.endpoint_mut().remove_peer(&key);
+                    }
+                }
+            }
+        }
         if let Some(r) = self.raft.as_mut() {
             if r.poll_timeout() <= now {
                 r.handle_timeout(now);
@@ -524,11 +545,13 @@ impl Node {
                 role,
                 managers,
             } => self.on_join_accepted(peer, cluster_id, role, managers),
-            PeerMsg::JoinRefused(why) => {
-                if let Some((reply, _, _)) = self.joining.take() {
+            PeerMsg::JoinRefused(why) => match self.joining.take() {
+                Some((reply, expected, _)) if expected == peer => {
+                    self.join_deadline = None;
                     let _ = reply.try_send(Response::Error(format!("join refused: {why}")));
                 }
-            }
+                other => self.joining = other,
+            },
         }
     }
 
@@ -747,15 +770,27 @@ impl Node {
             .unwrap_or_default()
     }
 
-    /// Keeps the transport's peer table and our address book in line with the state.
+    /// Keeps the transport's peer table, our address book and the membership file's
+    /// manager list in line with the state (a restarted node finds its cluster through
+    /// that list).
     fn refresh_peers(&mut self) {
         let Some(c) = &self.cluster else { return };
         let nodes: Vec<(NodeId, PeerKey, SocketAddr)> =
             c.nodes.values().map(|n| (n.id, n.key, n.addr)).collect();
+        let managers = self.manager_list();
         for (id, k, a) in nodes {
             if id != self.id {
                 self.peers.insert(id, (k, a));
                 self.set_member_peer(k, a);
+            }
+        }
+        if let Some(m) = self.membership.as_mut() {
+            if m.managers != managers && !managers.is_empty() {
+                m.managers = managers;
+                let m = m.clone();
+                if let Err(e) = save_membership(&self.cfg.data_dir, &m) {
+                    eprintln!("swarmlet: cannot save membership: {e:#}");
+                }
             }
         }
     }
@@ -1006,6 +1041,7 @@ impl Node {
             TokenRole::Manager => NodeRole::Manager,
         };
         self.joining = Some((reply, t.manager, role));
+        self.join_deadline = Some((Instant::now() + JOIN_TIMEOUT, manager));
         let msg = PeerMsg::JoinRequest {
             role: t.role,
             hostname: self.cfg.hostname.clone(),

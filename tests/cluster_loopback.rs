@@ -1,0 +1,281 @@
+//! A real cluster of daemon processes on loopback: three managers and two workers, each
+//! on its own 127.0.x.y address and port 2377, driven through the CLI as a user would.
+
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)] // test code
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_swarmlet");
+
+struct Daemon {
+    name: String,
+    dir: PathBuf,
+    ip: String,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    fn new(test: &str, name: &str, ip: &str) -> Daemon {
+        let dir =
+            std::env::temp_dir().join(format!("swarmlet-it-{}-{test}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut d = Daemon {
+            name: name.into(),
+            dir,
+            ip: ip.into(),
+            child: None,
+        };
+        d.start();
+        d
+    }
+
+    fn sock(&self) -> PathBuf {
+        self.dir.join("sock")
+    }
+
+    fn addr(&self) -> String {
+        format!("{}:2377", self.ip)
+    }
+
+    fn spawn(&self) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("log"))
+            .unwrap();
+        Command::new(BIN)
+            .arg("--socket")
+            .arg(self.sock())
+            .args(["daemon", "--data-dir"])
+            .arg(self.dir.join("data"))
+            .args(["--hostname", &self.name])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    fn start(&mut self) {
+        self.child = Some(self.spawn());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(self.sock()).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not open its socket",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--socket")
+            .arg(self.sock())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.cli(args);
+        assert!(
+            o.status.success(),
+            "{} {args:?}: {}{}",
+            self.name,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!(
+                "--- log of {}:\n{}",
+                self.name,
+                std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+            );
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Polls `node ls` on `d` until `pred` holds on its lines, or fails after `secs`.
+fn wait_ls(d: &Daemon, secs: u64, what: &str, pred: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let o = d.cli(&["node", "ls"]);
+        let lines: Vec<String> = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(String::from)
+            .collect();
+        if o.status.success() && pred(&lines) {
+            return lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what} on {}: {lines:#?}",
+            d.name
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn row<'a>(lines: &'a [String], host: &str) -> Option<&'a String> {
+    lines
+        .iter()
+        .find(|l| l.split_whitespace().any(|w| w == host))
+}
+
+#[test]
+fn three_managers_two_workers_failover_and_bad_input() {
+    let t = "lb";
+    let mut m1 = Daemon::new(t, "m1", "127.0.31.1");
+    let m2 = Daemon::new(t, "m2", "127.0.31.2");
+    let mut m3 = Daemon::new(t, "m3", "127.0.31.3");
+    let w1 = Daemon::new(t, "w1", "127.0.31.4");
+    let mut w2 = Daemon::new(t, "w2", "127.0.31.5");
+
+    let out = m1.ok(&["init", "--listen-addr", &m1.addr()]);
+    assert!(out.contains("Swarm initialized"), "{out}");
+    let again = m1.cli(&["init", "--listen-addr", &m1.addr()]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already part of a swarm"));
+
+    let wt = m1.ok(&["join-token", "worker", "-q"]).trim().to_string();
+    let mt = m1.ok(&["join-token", "manager", "-q"]).trim().to_string();
+    assert_ne!(wt, mt);
+    for (d, tok) in [(&m2, &mt), (&m3, &mt), (&w1, &wt), (&w2, &wt)] {
+        let o = d.ok(&["join", tok, &m1.addr(), "--listen-addr", &d.addr()]);
+        assert!(o.contains("joined a swarm"), "{o}");
+    }
+    let lines = wait_ls(&m1, 20, "5 ready nodes, 3 managers", |l| {
+        l.len() == 6
+            && l.iter().filter(|r| r.contains("Ready")).count() == 5
+            && l.iter().filter(|r| r.contains("Reachable")).count() == 2
+            && l.iter().filter(|r| r.contains("Leader")).count() == 1
+    });
+    assert!(
+        row(&lines, "m1").unwrap().contains('*'),
+        "local node marked"
+    );
+
+    // Joining twice, and with a rotated token, are refused with a clear error.
+    let twice = w1.cli(&["join", &wt, &m1.addr()]);
+    assert_eq!(twice.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&twice.stderr).contains("already part of a swarm"));
+    m1.ok(&["join-token", "worker", "--rotate"]);
+    let new_wt = m1.ok(&["join-token", "worker", "-q"]).trim().to_string();
+    assert_ne!(new_wt, wt);
+    let late = Daemon::new(t, "late", "127.0.31.6");
+    let refused = late.cli(&["join", &wt, &m1.addr(), "--listen-addr", &late.addr()]);
+    assert_eq!(refused.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("no answer from the manager") && err.contains("rotated"),
+        "{err}"
+    );
+    let bad = late.cli(&["join", "SWLT-1-w-nonsense", &m1.addr()]);
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "a malformed token is a usage error"
+    );
+
+    // A second daemon on the same data dir is refused.
+    let dup = Command::new(BIN)
+        .arg("--socket")
+        .arg(m1.dir.join("other.sock"))
+        .args(["daemon", "--data-dir"])
+        .arg(m1.dir.join("data"))
+        .output()
+        .unwrap();
+    assert_eq!(dup.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("already running"));
+
+    // Drain and labels show up.
+    m1.ok(&[
+        "node",
+        "update",
+        "--availability",
+        "drain",
+        "--label-add",
+        "zone=garage",
+        "w1",
+    ]);
+    let lines = wait_ls(&m1, 5, "w1 drained", |l| {
+        row(l, "w1").is_some_and(|r| r.contains("Drain"))
+    });
+    assert!(row(&lines, "w2").unwrap().contains("Active"));
+    let inspect = m1.ok(&["node", "inspect", "w1"]);
+    assert!(inspect.contains(r#""zone":"garage""#), "{inspect}");
+
+    // A killed worker goes Down, and comes back Ready on restart (no token needed).
+    w2.kill9();
+    wait_ls(&m1, 10, "w2 down", |l| {
+        row(l, "w2").is_some_and(|r| r.contains("Down"))
+    });
+    w2.start();
+    wait_ls(&m1, 15, "w2 back", |l| {
+        row(l, "w2").is_some_and(|r| r.contains("Ready"))
+    });
+
+    // kill -9 the leader: the others elect a new one and mark it Down.
+    m1.kill9();
+    let lines = wait_ls(&m2, 20, "a new leader, m1 down", |l| {
+        row(l, "m1").is_some_and(|r| r.contains("Down") && r.contains("Unreachable"))
+            && l.iter().any(|r| r.contains("Leader"))
+    });
+    let leader_host = lines
+        .iter()
+        .find(|r| r.contains("Leader"))
+        .and_then(|r| r.split_whitespace().find(|w| w.starts_with('m')))
+        .unwrap()
+        .to_string();
+    assert_ne!(leader_host, "m1");
+    // Restarted, it rejoins from its data dir as a reachable manager.
+    m1.start();
+    wait_ls(&m2, 20, "m1 reachable again", |l| {
+        row(l, "m1").is_some_and(|r| {
+            r.contains("Ready") && (r.contains("Reachable") || r.contains("Leader"))
+        })
+    });
+
+    // A corrupt WAL makes the daemon refuse to start, naming the file.
+    m3.kill9();
+    let wal_dir = m3.dir.join("data/raft/wal");
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(&wal_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segs.sort();
+    let seg = segs.last().unwrap().clone();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    assert!(bytes.len() > 40, "segment has records");
+    bytes[10] ^= 0xff;
+    std::fs::write(&seg, &bytes).unwrap();
+    let child = m3.spawn();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let log = std::fs::read_to_string(m3.dir.join("log")).unwrap();
+    assert!(
+        log.contains(seg.to_str().unwrap()) && log.contains("refusing to start"),
+        "{log}"
+    );
+}
