@@ -88,3 +88,14 @@ size:
 # The encrypted transport between two endpoints on loopback.
 demo:
     cargo run --release -- debug transport demo
+
+# Seeds start at the clock so each run explores new ones; a failure prints the seed, and
+# SIM_SEED=<seed> cargo test --lib raft::sim::replay replays it.
+# Run N more seeds of the Raft simulation (release build).
+sim N="10000":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    base=$(date +%s)
+    echo "sim: seeds $base..$((base + {{N}}))"
+    SIM_SEEDS={{N}} SIM_SEED_BASE=$base CARGO_PROFILE_RELEASE_PANIC=unwind \
+        cargo test --release --lib raft::sim::replay -- --nocapture
