@@ -161,8 +161,17 @@ fn three_managers_two_workers_failover_and_bad_input() {
     let wt = m1.ok(&["join-token", "worker", "-q"]).trim().to_string();
     let mt = m1.ok(&["join-token", "manager", "-q"]).trim().to_string();
     assert_ne!(wt, mt);
-    for (d, tok) in [(&m2, &mt), (&m3, &mt), (&w1, &wt), (&w2, &wt)] {
-        let o = d.ok(&["join", tok, &m1.addr(), "--listen-addr", &d.addr()]);
+    let o = m2.ok(&["join", &mt, &m1.addr(), "--listen-addr", &m2.addr()]);
+    assert!(o.contains("joined a swarm as a manager"), "{o}");
+    // Later nodes join through m2, a follower: it relays to the leader and back. A token
+    // pins the manager it came from, so these come from m2.
+    wait_ls(&m2, 10, "m2 serving node ls", |l| l.len() == 3);
+    let mt2 = m2.ok(&["join-token", "manager", "-q"]).trim().to_string();
+    let wt2 = m2.ok(&["join-token", "worker", "-q"]).trim().to_string();
+    assert_ne!(mt2, mt, "tokens pin different managers");
+    for (d, tok) in [(&m3, &mt2), (&w1, &wt2), (&w2, &wt)] {
+        let via = if *tok == wt { m1.addr() } else { m2.addr() };
+        let o = d.ok(&["join", tok, &via, "--listen-addr", &d.addr()]);
         assert!(o.contains("joined a swarm"), "{o}");
     }
     let lines = wait_ls(&m1, 20, "5 ready nodes, 3 managers", |l| {

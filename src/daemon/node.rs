@@ -31,6 +31,9 @@ use crate::transport::{self, Event as TEvent, PeerKey, PeerPolicy, Psk, PskId};
 /// How long a join waits for the manager's answer. A wrong or rotated token fails the
 /// handshake silently (that is the point of the PSK), so silence is the only signal.
 const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a follower waits for the leader to answer a forwarded request; a leader that
+/// just died is replaced in about a second, so the user retries into the new one.
+const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 /// API requests queued for the loop; more wait in their connection tasks.
 const API_QUEUE: usize = 64;
 /// Format version of the membership file.
@@ -82,6 +85,29 @@ enum PeerMsg {
         managers: Vec<(NodeId, PeerKey, SocketAddr)>,
     },
     JoinRefused(String),
+    /// From a manager to the leader: a join it checked the token for.
+    ForwardJoin {
+        joiner: PeerKey,
+        role: TokenRole,
+        hostname: String,
+        advertise: SocketAddr,
+        labels: Vec<(String, String)>,
+    },
+    /// From the leader to that manager: the answer to pass on to the joiner.
+    JoinRelay {
+        joiner: PeerKey,
+        answer: Box<PeerMsg>,
+    },
+    /// An API request a manager passes to the leader, for the node `asker`.
+    ApiForward {
+        id: u64,
+        asker: NodeId,
+        req: Request,
+    },
+    ApiReply {
+        id: u64,
+        resp: Response,
+    },
 }
 
 /// What gossip carries about each node, so any member can address any other.
@@ -110,11 +136,20 @@ fn decode_peer(b: &[u8]) -> Option<PeerMsg> {
 struct PendingJoin {
     key: PeerKey,
     role: NodeRole,
+    /// The manager that relays the answer, when the joiner reached a follower.
+    via: Option<NodeId>,
+}
+
+/// Where an API answer goes: the local CLI, or a manager that forwarded the request.
+#[derive(Clone)]
+enum Reply {
+    Local(Sender<Response>),
+    Remote { to: NodeId, id: u64 },
 }
 
 /// An API reply waiting for a Raft commit.
 struct PendingReply {
-    reply: Sender<Response>,
+    reply: Reply,
     ok: String,
 }
 
@@ -137,6 +172,9 @@ struct Node {
     joining: Option<(Sender<Response>, PeerKey, NodeRole)>,
     /// When that join gives up, and the manager address it tried.
     join_deadline: Option<(Instant, SocketAddr)>,
+    /// Requests forwarded to the leader, by id, waiting for its answer until a deadline.
+    forwarded: BTreeMap<u64, (Sender<Response>, Instant)>,
+    next_forward: u64,
 }
 
 /// Decides who may talk to us: current members with no PSK, joiners with a token's.
@@ -209,6 +247,8 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         replies: BTreeMap::new(),
         joining: None,
         join_deadline: None,
+        forwarded: BTreeMap::new(),
+        next_forward: 0,
     };
     let ex = smol::LocalExecutor::new();
     let (tx, rx) = smol::channel::bounded(API_QUEUE);
@@ -435,7 +475,7 @@ impl Node {
                 }
             };
             if let Some(Ok((req, reply))) = got {
-                self.on_api(req, reply);
+                self.on_local_api(req, reply);
             }
             self.fire_timers(Instant::now());
         }
@@ -445,10 +485,25 @@ impl Node {
         let r = self.raft.as_ref().map(Raft::poll_timeout);
         let g = self.gossip.as_ref().map(Gossip::poll_timeout);
         let j = self.join_deadline.map(|(t, _)| t);
-        [r, g, j].into_iter().flatten().min()
+        let f = self.forwarded.values().map(|(_, t)| *t).min();
+        [r, g, j, f].into_iter().flatten().min()
     }
 
     fn fire_timers(&mut self, now: Instant) {
+        let late: Vec<u64> = self
+            .forwarded
+            .iter()
+            .filter(|(_, (_, t))| now >= *t)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            if let Some((tx, _)) = self.forwarded.remove(&id) {
+                let _ = tx.try_send(Response::Error(
+                    "the leader did not answer in time (leadership may be changing); try again"
+                        .into(),
+                ));
+            }
+        }
         if let Some((at, addr)) = self.join_deadline {
             if now >= at {
                 self.join_deadline = None;
@@ -545,6 +600,42 @@ impl Node {
                 role,
                 managers,
             } => self.on_join_accepted(peer, cluster_id, role, managers),
+            PeerMsg::ForwardJoin {
+                joiner,
+                role,
+                hostname,
+                advertise,
+                labels,
+            } => {
+                // Only managers in the state may vouch for a joiner.
+                let is_manager = self
+                    .cluster
+                    .as_ref()
+                    .and_then(|c| c.node_by_key(&peer))
+                    .is_some_and(|n| n.role == NodeRole::Manager);
+                if is_manager {
+                    self.propose_join(joiner, role, hostname, advertise, labels, Some(from));
+                }
+            }
+            PeerMsg::JoinRelay { joiner, answer } => {
+                if self.raft.as_ref().and_then(Raft::leader) == Some(from) {
+                    self.send_key(joiner, &answer);
+                }
+            }
+            PeerMsg::ApiForward { id, asker, req } => {
+                let is_member = self
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|c| c.node_by_key(&peer).is_some());
+                if is_member && asker == from {
+                    self.on_api(req, Reply::Remote { to: from, id }, asker);
+                }
+            }
+            PeerMsg::ApiReply { id, resp } => {
+                if let Some((tx, _)) = self.forwarded.remove(&id) {
+                    let _ = tx.try_send(resp);
+                }
+            }
             PeerMsg::JoinRefused(why) => match self.joining.take() {
                 Some((reply, expected, _)) if expected == peer => {
                     self.join_deadline = None;
@@ -578,15 +669,44 @@ impl Node {
                 "the join token does not match the role asked for".into(),
             );
         }
-        let Some(raft) = self.raft.as_mut() else {
+        let Some(raft) = self.raft.as_ref() else {
             return refuse(self, "this node is not a manager".into());
         };
         if raft.role() != Role::Leader {
-            return refuse(
-                self,
-                "this manager is not the leader; join through the leader's address (forwarding lands with the next change)".into(),
-            );
+            let Some(leader) = raft.leader() else {
+                return refuse(
+                    self,
+                    "no leader is elected right now; try again in a moment".into(),
+                );
+            };
+            let fwd = PeerMsg::ForwardJoin {
+                joiner: peer,
+                role,
+                hostname,
+                advertise,
+                labels,
+            };
+            self.send_to(leader, &fwd);
+            return;
         }
+        self.propose_join(peer, role, hostname, advertise, labels, None);
+    }
+
+    /// Leader: proposes adding a node; the answer goes out when it commits.
+    fn propose_join(
+        &mut self,
+        peer: PeerKey,
+        role: TokenRole,
+        hostname: String,
+        advertise: SocketAddr,
+        labels: Vec<(String, String)>,
+        via: Option<NodeId>,
+    ) {
+        let refuse =
+            |n: &mut Node, why: String| n.answer_joiner(peer, via, PeerMsg::JoinRefused(why));
+        let Some(raft) = self.raft.as_mut().filter(|r| r.role() == Role::Leader) else {
+            return refuse(self, "leadership moved; try again".into());
+        };
         let id = cluster::node_id(&peer);
         let node_role = match role {
             TokenRole::Worker => NodeRole::Worker,
@@ -615,10 +735,25 @@ impl Node {
                     PendingJoin {
                         key: peer,
                         role: node_role,
+                        via,
                     },
                 );
             }
             Err(e) => refuse(self, e.to_string()),
+        }
+    }
+
+    /// Sends a join answer to the joiner, directly or through the manager it reached.
+    fn answer_joiner(&mut self, joiner: PeerKey, via: Option<NodeId>, answer: PeerMsg) {
+        match via {
+            Some(m) => self.send_to(
+                m,
+                &PeerMsg::JoinRelay {
+                    joiner,
+                    answer: Box::new(answer),
+                },
+            ),
+            None => self.send_key(joiner, &answer),
         }
     }
 
@@ -753,13 +888,14 @@ impl Node {
                     }
                 }
             }
-            self.send_key(j.key, &msg);
+            self.answer_joiner(j.key, j.via, msg);
         }
         if let Some(p) = self.replies.remove(&index) {
-            let _ = p.reply.try_send(match result {
+            let resp = match result {
                 Ok(()) => Response::Done(p.ok),
                 Err(e) => Response::Error(e),
-            });
+            };
+            self.answer(p.reply, resp);
         }
     }
 
@@ -868,7 +1004,53 @@ impl Node {
 
     // ---- API ----------------------------------------------------------------------
 
-    fn on_api(&mut self, req: Request, reply: Sender<Response>) {
+    fn answer(&mut self, reply: Reply, resp: Response) {
+        match reply {
+            Reply::Local(tx) => {
+                let _ = tx.try_send(resp);
+            }
+            Reply::Remote { to, id } => self.send_to(to, &PeerMsg::ApiReply { id, resp }),
+        }
+    }
+
+    /// A request from the local CLI. Cluster-wide requests are served by the leader:
+    /// a follower manager passes them on and relays the answer.
+    fn on_local_api(&mut self, req: Request, reply: Sender<Response>) {
+        let needs_leader = matches!(
+            req,
+            Request::NodeList
+                | Request::NodeInspect { .. }
+                | Request::NodeUpdate { .. }
+                | Request::JoinToken { rotate: true, .. }
+        );
+        let follower_leader = self
+            .raft
+            .as_ref()
+            .filter(|r| r.role() != Role::Leader)
+            .map(Raft::leader);
+        match (needs_leader, follower_leader) {
+            (true, Some(Some(leader))) => {
+                self.next_forward += 1;
+                let id = self.next_forward;
+                self.forwarded
+                    .insert(id, (reply, Instant::now() + FORWARD_TIMEOUT));
+                let asker = self.id;
+                self.send_to(leader, &PeerMsg::ApiForward { id, asker, req });
+            }
+            (true, Some(None)) => {
+                let _ = reply.try_send(Response::Error(
+                    "no leader is elected right now; try again in a moment".into(),
+                ));
+            }
+            _ => {
+                let me = self.id;
+                self.on_api(req, Reply::Local(reply), me);
+            }
+        }
+    }
+
+    /// Serves a request; `asker` is the node whose CLI asked ("self", the `*` in ls).
+    fn on_api(&mut self, req: Request, reply: Reply, asker: NodeId) {
         let resp = match req {
             Request::Info => Some(Response::Info(self.info())),
             Request::Init { listen, advertise } => Some(
@@ -880,25 +1062,36 @@ impl Node {
                 manager,
                 listen,
                 advertise,
-            } => match self.join(&token, manager, listen, advertise, reply.clone()) {
-                Ok(()) => None,
-                Err(e) => Some(Response::Error(format!("{e:#}"))),
+            } => match &reply {
+                Reply::Local(tx) => match self.join(&token, manager, listen, advertise, tx.clone())
+                {
+                    Ok(()) => None,
+                    Err(e) => Some(Response::Error(format!("{e:#}"))),
+                },
+                Reply::Remote { .. } => Some(Response::Error("join is a local request".into())),
             },
             Request::JoinToken { role, rotate } => self.join_token(role, rotate, reply.clone()),
-            Request::NodeList => Some(self.node_list(None)),
-            Request::NodeInspect { nodes } => Some(self.node_list(Some(&nodes))),
+            Request::NodeList => Some(self.node_list(None, asker)),
+            Request::NodeInspect { nodes } => Some(self.node_list(Some(&nodes), asker)),
             Request::NodeUpdate {
                 node,
                 availability,
                 label_add,
                 label_rm,
-            } => self.node_update(&node, availability, label_add, label_rm, reply.clone()),
+            } => self.node_update(
+                &node,
+                availability,
+                label_add,
+                label_rm,
+                reply.clone(),
+                asker,
+            ),
             Request::Leave { .. } | Request::NodeSetRole { .. } | Request::NodeRemove { .. } => {
                 Some(Response::Error("not implemented yet in this daemon".into()))
             }
         };
         if let Some(r) = resp {
-            let _ = reply.try_send(r);
+            self.answer(reply, r);
         }
     }
 
@@ -1053,12 +1246,7 @@ impl Node {
     }
 
     /// Prints a token, or proposes a new secret (answered when it commits).
-    fn join_token(
-        &mut self,
-        role: TokenRole,
-        rotate: bool,
-        reply: Sender<Response>,
-    ) -> Option<Response> {
+    fn join_token(&mut self, role: TokenRole, rotate: bool, reply: Reply) -> Option<Response> {
         if self.raft.is_none() {
             return Some(Response::Error("this node is not a swarm manager".into()));
         }
@@ -1088,13 +1276,13 @@ impl Node {
         }
     }
 
-    fn resolve_node(&self, name: &str) -> Result<NodeId, String> {
+    fn resolve_node(&self, name: &str, asker: NodeId) -> Result<NodeId, String> {
         let c = self
             .cluster
             .as_ref()
             .ok_or("this node is not a swarm manager")?;
         if name == "self" {
-            return Ok(self.id);
+            return Ok(asker);
         }
         let hits: Vec<NodeId> = c
             .nodes
@@ -1112,7 +1300,7 @@ impl Node {
         }
     }
 
-    fn node_list(&self, only: Option<&[String]>) -> Response {
+    fn node_list(&self, only: Option<&[String]>, asker: NodeId) -> Response {
         let (Some(c), Some(raft)) = (self.cluster.as_ref(), self.raft.as_ref()) else {
             return Response::Error(
                 "this node is not a swarm manager; run `node ls` on a manager".into(),
@@ -1121,7 +1309,7 @@ impl Node {
         let ids: Option<Vec<NodeId>> = match only {
             Some(names) => match names
                 .iter()
-                .map(|n| self.resolve_node(n))
+                .map(|n| self.resolve_node(n, asker))
                 .collect::<Result<Vec<_>, _>>()
             {
                 Ok(v) => Some(v),
@@ -1161,7 +1349,7 @@ impl Node {
                         .iter()
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect(),
-                    is_self: n.id == self.id,
+                    is_self: n.id == asker,
                 }
             })
             .collect();
@@ -1174,9 +1362,10 @@ impl Node {
         availability: Option<Availability>,
         label_add: Vec<(String, String)>,
         label_rm: Vec<String>,
-        reply: Sender<Response>,
+        reply: Reply,
+        asker: NodeId,
     ) -> Option<Response> {
-        let id = match self.resolve_node(node) {
+        let id = match self.resolve_node(node, asker) {
             Ok(id) => id,
             Err(e) => return Some(Response::Error(e)),
         };
