@@ -251,6 +251,6 @@ pub fn join_token(global: &Global, cmd: JoinTokenCommand) -> anyhow::Result<Exit
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn leave(_global: &Global, _cmd: LeaveCommand) -> anyhow::Result<ExitCode> {
-    not_implemented("leave")
+pub fn leave(global: &Global, cmd: LeaveCommand) -> anyhow::Result<ExitCode> {
+    done(call(global, &Request::Leave { force: cmd.force })?)
 }

@@ -154,10 +154,10 @@ pub fn run(global: &Global, cmd: NodeCommand) -> anyhow::Result<ExitCode> {
         NodeSubcommand::Ls(c) => ls(global, c),
         NodeSubcommand::Inspect(c) => inspect(global, c),
         NodeSubcommand::Ps(_) => not_implemented("node ps"),
-        NodeSubcommand::Promote(_) => not_implemented("node promote"),
-        NodeSubcommand::Demote(_) => not_implemented("node demote"),
+        NodeSubcommand::Promote(c) => set_role(global, c.nodes, NodeRole::Manager),
+        NodeSubcommand::Demote(c) => set_role(global, c.nodes, NodeRole::Worker),
         NodeSubcommand::Update(c) => update(global, c),
-        NodeSubcommand::Rm(_) => not_implemented("node rm"),
+        NodeSubcommand::Rm(c) => rm(global, c),
     }
 }
 
@@ -254,6 +254,38 @@ fn update(global: &Global, c: NodeUpdate) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_done(r: Response) -> anyhow::Result<ExitCode> {
+    match r {
+        Response::Done(text) => {
+            println!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        other => Err(anyhow::anyhow!(
+            "unexpected answer from the daemon: {other:?}"
+        )),
+    }
+}
+
+fn set_role(global: &Global, nodes: Vec<String>, role: NodeRole) -> anyhow::Result<ExitCode> {
+    if nodes.is_empty() {
+        return Err(UsageError("name at least one node".into()).into());
+    }
+    print_done(call(global, &Request::NodeSetRole { nodes, role })?)
+}
+
+fn rm(global: &Global, c: NodeRm) -> anyhow::Result<ExitCode> {
+    if c.nodes.is_empty() {
+        return Err(UsageError("node rm: name at least one node".into()).into());
+    }
+    print_done(call(
+        global,
+        &Request::NodeRemove {
+            nodes: c.nodes,
+            force: c.force,
+        },
+    )?)
 }
 
 fn role_str(n: &NodeView) -> &'static str {

@@ -108,6 +108,10 @@ enum PeerMsg {
         id: u64,
         resp: Response,
     },
+    /// From the leader to a worker just made a manager: start Raft.
+    Promoted {
+        managers: Vec<(NodeId, PeerKey, SocketAddr)>,
+    },
 }
 
 /// What gossip carries about each node, so any member can address any other.
@@ -631,6 +635,14 @@ impl Node {
                     self.on_api(req, Reply::Remote { to: from, id }, asker);
                 }
             }
+            PeerMsg::Promoted { managers } => {
+                let from_leader_manager = self.peers.get(&from).is_some_and(|(k, _)| *k == peer);
+                if from_leader_manager && self.raft.is_none() {
+                    if let Err(e) = self.become_manager(managers) {
+                        eprintln!("swarmlet: cannot start as a manager: {e:#}");
+                    }
+                }
+            }
             PeerMsg::ApiReply { id, resp } => {
                 if let Some((tx, _)) = self.forwarded.remove(&id) {
                     let _ = tx.try_send(resp);
@@ -856,6 +868,7 @@ impl Node {
             self.apply_entry(e.index, &e.payload);
         }
         self.reconcile_voters();
+        self.maybe_step_down_to_worker();
         Ok(true)
     }
 
@@ -914,6 +927,19 @@ impl Node {
         let nodes: Vec<(NodeId, PeerKey, SocketAddr)> =
             c.nodes.values().map(|n| (n.id, n.key, n.addr)).collect();
         let managers = self.manager_list();
+        let gone: Vec<(NodeId, PeerKey)> = self
+            .peers
+            .iter()
+            .filter(|(id, _)| !c.nodes.contains_key(id))
+            .map(|(id, (k, _))| (*id, *k))
+            .collect();
+        for (id, k) in gone {
+            // Removed from the cluster: its key is no longer accepted.
+            self.peers.remove(&id);
+            if let Some(d) = self.driver.as_mut() {
+                d.endpoint_mut().remove_peer(&k);
+            }
+        }
         for (id, k, a) in nodes {
             if id != self.id {
                 self.peers.insert(id, (k, a));
@@ -952,9 +978,88 @@ impl Node {
                     .find(|v| !want.contains(v))
                     .map(|v| ConfigChange::Remove(*v))
             });
-        if let Some(ch) = change {
-            let _ = raft.propose_config(ch);
+        match change {
+            // Hand leadership over before removing ourselves (a demoted or removed leader).
+            Some(ConfigChange::Remove(me)) if me == self.id => {
+                if let Some(next) = want.first() {
+                    let _ = raft.transfer_leadership(Instant::now(), *next);
+                }
+            }
+            Some(ch) => {
+                if raft.propose_config(ch).is_ok() {
+                    if let ConfigChange::AddVoter(id) = ch {
+                        // A promoted worker runs no Raft yet: tell it to start.
+                        let managers = self.manager_list();
+                        self.send_to(id, &PeerMsg::Promoted { managers });
+                    }
+                }
+            }
+            None => {}
         }
+    }
+
+    /// A manager that was demoted (and is out of Raft's configuration) or removed stops
+    /// its Raft and continues as a worker.
+    fn maybe_step_down_to_worker(&mut self) {
+        let (Some(raft), Some(c)) = (self.raft.as_ref(), self.cluster.as_ref()) else {
+            return;
+        };
+        let demoted = c
+            .nodes
+            .get(&self.id)
+            .is_some_and(|n| n.role == NodeRole::Worker);
+        if !demoted || raft.membership().contains(self.id) {
+            return;
+        }
+        self.raft = None;
+        self.wal = None;
+        self.cluster = None;
+        let _ = fs::remove_dir_all(self.raft_dir());
+        if let Some(m) = self.membership.as_mut() {
+            m.role = NodeRole::Worker;
+            let m = m.clone();
+            if let Err(e) = save_membership(&self.cfg.data_dir, &m) {
+                eprintln!("swarmlet: cannot save membership: {e:#}");
+            }
+        }
+        eprintln!("swarmlet: this node is now a worker");
+    }
+
+    /// A worker made a manager: open the log and start Raft with nothing; the leader
+    /// sends a snapshot.
+    fn become_manager(
+        &mut self,
+        managers: Vec<(NodeId, PeerKey, SocketAddr)>,
+    ) -> anyhow::Result<()> {
+        let (wal, rec) = Wal::open(&self.raft_dir())?;
+        let snap = rec.snapshot.unwrap_or(Snapshot {
+            meta: Default::default(),
+            data: vec![],
+        });
+        self.raft = Some(Raft::restore(
+            self.id,
+            raft::Config::default(),
+            rec.hard,
+            snap,
+            rec.entries,
+            Instant::now(),
+            random_seed(),
+        ));
+        self.wal = Some(wal);
+        for (id, k, a) in &managers {
+            if *id != self.id {
+                self.peers.insert(*id, (*k, *a));
+                self.set_member_peer(*k, *a);
+            }
+        }
+        if let Some(m) = self.membership.as_mut() {
+            m.role = NodeRole::Manager;
+            m.managers = managers;
+            let m = m.clone();
+            save_membership(&self.cfg.data_dir, &m)?;
+        }
+        eprintln!("swarmlet: this node is now a manager");
+        Ok(())
     }
 
     fn drain_gossip(&mut self) -> bool {
@@ -990,8 +1095,8 @@ impl Node {
                 }
                 (id, NodeStatus::Ready)
             }
-            gossip::Event::Dead { id } => (id, NodeStatus::Down),
-            _ => return,
+            gossip::Event::Dead { id } | gossip::Event::Left { id } => (id, NodeStatus::Down),
+            gossip::Event::Suspect { .. } => return,
         };
         // The leader records what gossip learnt in the replicated state.
         let (Some(raft), Some(c)) = (self.raft.as_mut(), self.cluster.as_ref()) else {
@@ -1021,6 +1126,8 @@ impl Node {
             Request::NodeList
                 | Request::NodeInspect { .. }
                 | Request::NodeUpdate { .. }
+                | Request::NodeSetRole { .. }
+                | Request::NodeRemove { .. }
                 | Request::JoinToken { rotate: true, .. }
         );
         let follower_leader = self
@@ -1086,8 +1193,12 @@ impl Node {
                 reply.clone(),
                 asker,
             ),
-            Request::Leave { .. } | Request::NodeSetRole { .. } | Request::NodeRemove { .. } => {
-                Some(Response::Error("not implemented yet in this daemon".into()))
+            Request::Leave { force } => Some(self.leave(force)),
+            Request::NodeSetRole { nodes, role } => {
+                self.set_roles(&nodes, role, reply.clone(), asker)
+            }
+            Request::NodeRemove { nodes, force } => {
+                self.remove_nodes(&nodes, force, reply.clone(), asker)
             }
         };
         if let Some(r) = resp {
@@ -1392,6 +1503,136 @@ impl Node {
             }
             Err(e) => Some(Response::Error(e.to_string())),
         }
+    }
+}
+
+impl Node {
+    /// Proposes one command per node and answers when the last commits.
+    fn propose_all(&mut self, cmds: Vec<Command>, reply: Reply, ok: String) -> Option<Response> {
+        if let Some(c) = self.cluster.as_ref() {
+            // Check them in sequence, as they will apply.
+            let mut trial = c.clone();
+            for cmd in &cmds {
+                if let Err(e) = trial.apply(cmd) {
+                    return Some(Response::Error(e.to_string()));
+                }
+            }
+        }
+        let raft = self.raft.as_mut()?;
+        let mut last = None;
+        for cmd in cmds {
+            match raft.propose(cmd.encode()) {
+                Ok(i) => last = Some(i),
+                Err(e) => return Some(Response::Error(e.to_string())),
+            }
+        }
+        let index = last?;
+        self.replies.insert(index, PendingReply { reply, ok });
+        None
+    }
+
+    fn resolve_all(&self, names: &[String], asker: NodeId) -> Result<Vec<NodeId>, String> {
+        if names.is_empty() {
+            return Err("name at least one node".into());
+        }
+        names.iter().map(|n| self.resolve_node(n, asker)).collect()
+    }
+
+    fn set_roles(
+        &mut self,
+        names: &[String],
+        role: NodeRole,
+        reply: Reply,
+        asker: NodeId,
+    ) -> Option<Response> {
+        let ids = match self.resolve_all(names, asker) {
+            Ok(v) => v,
+            Err(e) => return Some(Response::Error(e)),
+        };
+        let verb = if role == NodeRole::Manager {
+            "promoted to a manager"
+        } else {
+            "demoted to a worker"
+        };
+        let ok = ids
+            .iter()
+            .map(|id| format!("Node {id} {verb} in the swarm."))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let cmds = ids
+            .into_iter()
+            .map(|id| Command::SetRole { id, role })
+            .collect();
+        self.propose_all(cmds, reply, ok)
+    }
+
+    fn remove_nodes(
+        &mut self,
+        names: &[String],
+        force: bool,
+        reply: Reply,
+        asker: NodeId,
+    ) -> Option<Response> {
+        let ids = match self.resolve_all(names, asker) {
+            Ok(v) => v,
+            Err(e) => return Some(Response::Error(e)),
+        };
+        let c = self.cluster.as_ref()?;
+        for id in &ids {
+            let n = c.nodes.get(id)?;
+            if n.role == NodeRole::Manager {
+                return Some(Response::Error(format!(
+                    "node {} ({}) is a manager; demote it with `swarmlet node demote` before removing it",
+                    n.id, n.hostname
+                )));
+            }
+            if n.status == NodeStatus::Ready && !force {
+                return Some(Response::Error(format!(
+                    "node {} ({}) is not down and can't be removed; stop it first, or use --force",
+                    n.id, n.hostname
+                )));
+            }
+        }
+        let ok = ids
+            .iter()
+            .map(|id| id.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let cmds = ids.into_iter().map(Command::RemoveNode).collect();
+        self.propose_all(cmds, reply, ok)
+    }
+
+    /// Leaves the swarm: forget the cluster locally. A manager must say --force: its
+    /// departure can cost the quorum (or, as the last manager, the swarm).
+    fn leave(&mut self, force: bool) -> Response {
+        let Some(m) = self.membership.clone() else {
+            return Response::Error("this node is not part of a swarm".into());
+        };
+        if m.role == NodeRole::Manager && !force {
+            return Response::Error(
+                "this node is a manager: leaving can lose the quorum or, for the last manager, the swarm. Demote it first (`swarmlet node demote`), or use --force".into(),
+            );
+        }
+        if let Some(g) = self.gossip.as_mut() {
+            g.leave();
+        }
+        let _ = self.drain_gossip();
+        // Give the goodbye a moment on the wire before the socket goes.
+        if let Some(d) = self.driver.as_mut() {
+            let _ = smol::block_on(d.flush());
+        }
+        self.gossip = None;
+        self.raft = None;
+        self.wal = None;
+        self.cluster = None;
+        self.driver = None;
+        self.peers.clear();
+        self.membership = None;
+        let _ = fs::remove_dir_all(self.raft_dir());
+        if let Err(e) = fs::remove_file(self.cfg.data_dir.join("membership")) {
+            return Response::Error(format!("left, but cannot remove the membership file: {e}"));
+        }
+        Response::Done("Node left the swarm.".into())
     }
 }
 
