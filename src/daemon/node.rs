@@ -986,12 +986,11 @@ impl Node {
                 }
             }
             Some(ch) => {
-                if raft.propose_config(ch).is_ok() {
-                    if let ConfigChange::AddVoter(id) = ch {
-                        // A promoted worker runs no Raft yet: tell it to start.
-                        let managers = self.manager_list();
-                        self.send_to(id, &PeerMsg::Promoted { managers });
-                    }
+                let proposed = raft.propose_config(ch).is_ok();
+                if let (true, ConfigChange::AddVoter(id)) = (proposed, ch) {
+                    // A promoted worker runs no Raft yet: tell it to start.
+                    let managers = self.manager_list();
+                    self.send_to(id, &PeerMsg::Promoted { managers });
                 }
             }
             None => {}
