@@ -269,7 +269,9 @@ fn three_managers_two_workers_failover_and_bad_input() {
     // Promote a worker to manager and back; remove a worker that left.
     let o = m2.ok(&["node", "promote", "w1"]);
     assert!(o.contains("promoted"), "{o}");
-    wait_ls(&m2, 20, "w1 a reachable manager", |l| row(l, "w1").is_some_and(|r| r.contains("Reachable")));
+    wait_ls(&m2, 20, "w1 a reachable manager", |l| {
+        row(l, "w1").is_some_and(|r| r.contains("Reachable"))
+    });
     m2.ok(&["node", "demote", "w1"]);
     wait_ls(&m2, 20, "w1 a worker again", |l| {
         row(l, "w1").is_some_and(|r| !r.contains("Reachable") && !r.contains("Leader"))
@@ -281,9 +283,13 @@ fn three_managers_two_workers_failover_and_bad_input() {
     assert_eq!(mgr.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&mgr.stderr).contains("--force"));
     assert!(w2.ok(&["leave"]).contains("left the swarm"));
-    wait_ls(&m2, 10, "w2 down after leaving", |l| row(l, "w2").is_some_and(|r| r.contains("Down")));
+    wait_ls(&m2, 10, "w2 down after leaving", |l| {
+        row(l, "w2").is_some_and(|r| r.contains("Down"))
+    });
     m2.ok(&["node", "rm", "w2"]);
-    wait_ls(&m2, 5, "w2 gone", |l| row(l, "w2").is_none() && l.len() == 5);
+    wait_ls(&m2, 5, "w2 gone", |l| {
+        row(l, "w2").is_none() && l.len() == 5
+    });
 
     // A corrupt WAL makes the daemon refuse to start, naming the file.
     m3.kill9();

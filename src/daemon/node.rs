@@ -176,6 +176,9 @@ struct Node {
     joining: Option<(Sender<Response>, PeerKey, NodeRole)>,
     /// When that join gives up, and the manager address it tried.
     join_deadline: Option<(Instant, SocketAddr)>,
+    /// Leader: when each promoted manager was last told to start Raft (repeated until
+    /// it answers, since the message can be lost).
+    promoted_sent: BTreeMap<NodeId, Instant>,
     /// Requests forwarded to the leader, by id, waiting for its answer until a deadline.
     forwarded: BTreeMap<u64, (Sender<Response>, Instant)>,
     next_forward: u64,
@@ -253,6 +256,7 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         join_deadline: None,
         forwarded: BTreeMap::new(),
         next_forward: 0,
+        promoted_sent: BTreeMap::new(),
     };
     let ex = smol::LocalExecutor::new();
     let (tx, rx) = smol::channel::bounded(API_QUEUE);
@@ -986,14 +990,41 @@ impl Node {
                 }
             }
             Some(ch) => {
-                let proposed = raft.propose_config(ch).is_ok();
-                if let (true, ConfigChange::AddVoter(id)) = (proposed, ch) {
-                    // A promoted worker runs no Raft yet: tell it to start.
-                    let managers = self.manager_list();
-                    self.send_to(id, &PeerMsg::Promoted { managers });
-                }
+                let _ = raft.propose_config(ch);
             }
             None => {}
+        }
+        self.nudge_promoted();
+    }
+
+    /// A promoted worker runs no Raft until told to; keep telling it (once a second)
+    /// until it acknowledges something.
+    fn nudge_promoted(&mut self) {
+        let Some(progress) = self.raft.as_ref().and_then(Raft::progress) else {
+            return;
+        };
+        let now = Instant::now();
+        let silent: Vec<NodeId> = progress
+            .iter()
+            .filter(|(id, matched)| {
+                matched.0 == 0
+                    && self.cluster.as_ref().is_some_and(|c| {
+                        c.nodes.get(id).is_some_and(|n| n.role == NodeRole::Manager)
+                    })
+            })
+            .map(|(id, _)| *id)
+            .filter(|id| {
+                self.promoted_sent
+                    .get(id)
+                    .is_none_or(|t| now.duration_since(*t) >= std::time::Duration::from_secs(1))
+            })
+            .collect();
+        self.promoted_sent
+            .retain(|id, _| progress.get(id).is_some_and(|m| m.0 == 0));
+        for id in silent {
+            self.promoted_sent.insert(id, now);
+            let managers = self.manager_list();
+            self.send_to(id, &PeerMsg::Promoted { managers });
         }
     }
 
