@@ -28,6 +28,8 @@ lint:
 # Transport throughput and handshake benchmarks.
 bench:
     cargo bench --bench transport
+    cargo bench --bench cluster
+    cargo test --release --lib gossip::tests::bench_ -- --ignored --nocapture
 
 # Run every cargo-fuzz target in fuzz/ for SECONDS each, on stable via RUSTC_BOOTSTRAP.
 fuzz SECONDS="30":

@@ -360,3 +360,47 @@ fn hostile_messages_are_bounded() {
     );
     assert_eq!(g.incarnation, 6);
 }
+
+/// `just bench`: 1,000 members at 1% loss. Prints how long until every survivor has
+/// declared a killed member dead, and false suspicions-turned-deaths per simulated hour.
+#[test]
+#[ignore = "benchmark: run by `just bench`"]
+fn bench_thousand_nodes_at_one_percent_loss() {
+    let cfg = Config::default();
+    let mut c = Cluster::new(1000, 2024, &cfg);
+    c.loss = 10;
+    c.run(Duration::from_secs(60)); // let membership spread through 1,000 nodes
+    let victim = NodeId(500);
+    let killed = c.now;
+    c.down.push(victim);
+    c.run(Duration::from_secs(30));
+    let dead = c.dead_times(victim);
+    let survivors = 999;
+    let detect_first = dead
+        .values()
+        .min()
+        .map(|t| t.duration_since(killed).as_secs_f64());
+    let detect_all = (dead.len() == survivors).then(|| {
+        dead.values()
+            .max()
+            .unwrap()
+            .duration_since(killed)
+            .as_secs_f64()
+    });
+    println!(
+        "BENCH gossip_1000_detect_first {:.2} s",
+        detect_first.unwrap_or(f64::NAN)
+    );
+    println!(
+        "BENCH gossip_1000_detect_all {:.2} s",
+        detect_all.unwrap_or(f64::NAN)
+    );
+    let before = c.false_deaths(&[victim]);
+    let span = Duration::from_secs(600);
+    c.run(span);
+    let fp = c.false_deaths(&[victim]) - before;
+    println!(
+        "BENCH gossip_1000_false_positives {:.1} per_simulated_hour",
+        fp as f64 * 3600.0 / span.as_secs_f64()
+    );
+}

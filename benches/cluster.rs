@@ -1,0 +1,352 @@
+//! Cluster benchmarks with real daemon processes on loopback, plus Raft commit cost with
+//! a real write-ahead log. Prints `BENCH <name> <value> <unit>` lines.
+//!
+//! - leader failover: kill -9 the leader of 3 managers; time until another manager
+//!   answers `node ls` as leader and commits a write (20 runs: median and max)
+//! - node-down detection: kill -9 a worker; time until the leader's `node ls` says Down
+//! - idle RSS of a manager and a worker daemon; bytes an idle manager writes to disk,
+//!   scaled to an hour (from /proc/<pid>/io over a quiet stretch)
+//! - Raft commit latency and throughput: three cores in one process, each with its own
+//!   WAL doing real fsyncs, messages passed in memory (so this is consensus + disk cost)
+
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)] // bench code
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_swarmlet");
+
+struct Daemon {
+    name: String,
+    dir: PathBuf,
+    ip: String,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    fn new(name: &str, ip: &str) -> Daemon {
+        let dir =
+            std::env::temp_dir().join(format!("swarmlet-bench-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut d = Daemon {
+            name: name.into(),
+            dir,
+            ip: ip.into(),
+            child: None,
+        };
+        d.start();
+        d
+    }
+
+    fn sock(&self) -> PathBuf {
+        self.dir.join("sock")
+    }
+
+    fn addr(&self) -> String {
+        format!("{}:2377", self.ip)
+    }
+
+    fn start(&mut self) {
+        let child = Command::new(BIN)
+            .arg("--socket")
+            .arg(self.sock())
+            .args(["daemon", "--data-dir"])
+            .arg(self.dir.join("data"))
+            .args(["--hostname", &self.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        while std::os::unix::net::UnixStream::connect(self.sock()).is_err() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> (bool, String) {
+        let o = Command::new(BIN)
+            .arg("--socket")
+            .arg(self.sock())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn wait(what: &str, secs: u64, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "timed out: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    start.elapsed()
+}
+
+fn proc_field(pid: u32, file: &str, key: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn row_has(ls: &str, host: &str, word: &str) -> bool {
+    ls.lines()
+        .any(|l| l.split_whitespace().any(|w| w == host) && l.contains(word))
+}
+
+fn cluster_benches() {
+    let mut ms = vec![
+        Daemon::new("m1", "127.0.41.1"),
+        Daemon::new("m2", "127.0.41.2"),
+        Daemon::new("m3", "127.0.41.3"),
+    ];
+    let mut w = Daemon::new("w1", "127.0.41.4");
+    assert!(ms[0].cli(&["init", "--listen-addr", &ms[0].addr()]).0);
+    let mt = ms[0]
+        .cli(&["join-token", "manager", "-q"])
+        .1
+        .trim()
+        .to_string();
+    let wt = ms[0]
+        .cli(&["join-token", "worker", "-q"])
+        .1
+        .trim()
+        .to_string();
+    for i in 1..3 {
+        let a = ms[i].addr();
+        assert!(
+            ms[i]
+                .cli(&["join", &mt, &ms[0].addr(), "--listen-addr", &a])
+                .0
+        );
+    }
+    let wa = w.addr();
+    assert!(w.cli(&["join", &wt, &ms[0].addr(), "--listen-addr", &wa]).0);
+    let all_up = |ms: &[Daemon]| {
+        ms.iter().all(|d| d.child.is_some())
+            && ms.iter().any(|d| {
+                let (ok, ls) = d.cli(&["node", "ls"]);
+                ok && ls.matches("Ready").count() == 4 && ls.matches("Reachable").count() == 2
+            })
+    };
+    wait("cluster up", 30, || all_up(&ms));
+
+    // Idle figures, after things settle.
+    std::thread::sleep(Duration::from_secs(3));
+    let leader = |ms: &[Daemon]| -> Option<usize> {
+        ms.iter().position(|d| {
+            d.child.is_some()
+                && d.cli(&["node", "ls"])
+                    .1
+                    .lines()
+                    .any(|l| l.contains('*') && l.contains("Leader"))
+        })
+    };
+    let li = leader(&ms).unwrap();
+    let quiet = Duration::from_secs(20);
+    let before = proc_field(ms[li].pid(), "io", "write_bytes:");
+    std::thread::sleep(quiet);
+    let after = proc_field(ms[li].pid(), "io", "write_bytes:");
+    let per_hour = (after - before) as f64 * 3600.0 / quiet.as_secs_f64();
+    println!("BENCH idle_manager_disk_writes {:.0} bytes/hour", per_hour);
+    println!(
+        "BENCH idle_manager_rss {:.1} MiB",
+        proc_field(ms[li].pid(), "status", "VmRSS:") as f64 / 1024.0
+    );
+    println!(
+        "BENCH idle_worker_rss {:.1} MiB",
+        proc_field(w.pid(), "status", "VmRSS:") as f64 / 1024.0
+    );
+
+    // Node-down detection: a worker killed, 5 times.
+    let mut downs = Vec::new();
+    for _ in 0..5 {
+        let li = leader(&ms).unwrap();
+        w.kill9();
+        let d = wait("worker down", 20, || {
+            row_has(&ms[li].cli(&["node", "ls"]).1, "w1", "Down")
+        });
+        downs.push(d);
+        w.start();
+        wait("worker back", 30, || {
+            row_has(&ms[li].cli(&["node", "ls"]).1, "w1", "Ready")
+        });
+    }
+    downs.sort();
+    println!(
+        "BENCH node_down_detection_median {:.2} s",
+        downs[downs.len() / 2].as_secs_f64()
+    );
+    println!(
+        "BENCH node_down_detection_max {:.2} s",
+        downs.last().unwrap().as_secs_f64()
+    );
+
+    // Failover, 20 runs.
+    let mut fails = Vec::new();
+    for run in 0..20 {
+        let li = leader(&ms).unwrap();
+        ms[li].kill9();
+        let t0 = Instant::now();
+        let others: Vec<usize> = (0..3).filter(|i| *i != li).collect();
+        let label = format!("run={run}");
+        wait("new leader commits", 30, || {
+            others.iter().any(|i| {
+                let d = &ms[*i];
+                let ls = d.cli(&["node", "ls"]).1;
+                ls.lines().any(|l| l.contains('*') && l.contains("Leader"))
+                    && d.cli(&["node", "update", "--label-add", &label, "w1"]).0
+            })
+        });
+        fails.push(t0.elapsed());
+        ms[li].start();
+        wait("all managers back", 60, || all_up(&ms));
+    }
+    fails.sort();
+    println!(
+        "BENCH leader_failover_median {:.2} s",
+        fails[fails.len() / 2].as_secs_f64()
+    );
+    println!(
+        "BENCH leader_failover_max {:.2} s",
+        fails.last().unwrap().as_secs_f64()
+    );
+}
+
+fn raft_commit_bench() {
+    use swarmlet::daemon::wal::Wal;
+    use swarmlet::raft::{
+        Config, HardState, Index, Membership, NodeId, Raft, Role, Snapshot, SnapshotMeta, Term,
+    };
+    let base = std::env::temp_dir().join(format!("swarmlet-bench-raft-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let ids: Vec<NodeId> = (1..=3).map(NodeId).collect();
+    let snap = Snapshot {
+        meta: SnapshotMeta {
+            index: Index(1),
+            term: Term(1),
+            membership: Membership::new(ids.clone()),
+        },
+        data: vec![],
+    };
+    let now = Instant::now();
+    let mut nodes: Vec<(Raft, Wal)> = ids
+        .iter()
+        .map(|id| {
+            let (wal, _) = Wal::open(&base.join(id.0.to_string())).unwrap();
+            let hard = HardState {
+                term: Term(1),
+                vote: None,
+            };
+            (
+                Raft::restore(
+                    *id,
+                    Config::default(),
+                    hard,
+                    snap.clone(),
+                    vec![],
+                    now,
+                    id.0,
+                ),
+                wal,
+            )
+        })
+        .collect();
+    nodes[0].0.campaign_now(now);
+    // Pump: persist (fsync) every Ready, then deliver its messages, until quiet.
+    let pump = |nodes: &mut Vec<(Raft, Wal)>, committed: &mut u64| loop {
+        let mut msgs = Vec::new();
+        for (i, (r, w)) in nodes.iter_mut().enumerate() {
+            while let Some(rd) = r.take_ready() {
+                w.persist(&rd, r.hard_state()).unwrap();
+                if i == 0 {
+                    *committed += rd.committed.len() as u64;
+                }
+                for env in rd.messages {
+                    msgs.push((ids[i], env));
+                }
+            }
+        }
+        if msgs.is_empty() {
+            return;
+        }
+        for (from, env) in msgs {
+            let to = (env.to.0 - 1) as usize;
+            nodes[to].0.step(Instant::now(), from, env.msg);
+        }
+    };
+    let mut committed = 0;
+    pump(&mut nodes, &mut committed);
+    assert_eq!(nodes[0].0.role(), Role::Leader);
+    // Latency: one command at a time.
+    let mut lat = Vec::new();
+    for i in 0..200u32 {
+        let start = Instant::now();
+        let target = nodes[0].0.propose(i.to_le_bytes().to_vec()).unwrap();
+        while nodes[0].0.status().commit < target {
+            pump(&mut nodes, &mut committed);
+        }
+        lat.push(start.elapsed());
+    }
+    lat.sort();
+    println!(
+        "BENCH raft_commit_latency_median {:.3} ms",
+        lat[lat.len() / 2].as_secs_f64() * 1e3
+    );
+    println!(
+        "BENCH raft_commit_latency_p99 {:.3} ms",
+        lat[lat.len() * 99 / 100].as_secs_f64() * 1e3
+    );
+    // Throughput: batches of 64 proposals per turn, as a busy leader sees them.
+    let start = Instant::now();
+    let before = nodes[0].0.status().commit;
+    while start.elapsed() < Duration::from_secs(3) {
+        for _ in 0..64 {
+            nodes[0].0.propose(vec![0u8; 128]).unwrap();
+        }
+        pump(&mut nodes, &mut committed);
+    }
+    let done = nodes[0].0.status().commit.0 - before.0;
+    println!(
+        "BENCH raft_commit_throughput {:.0} commands/s",
+        done as f64 / start.elapsed().as_secs_f64()
+    );
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return; // listed by nextest or cargo test: nothing to run
+    }
+    raft_commit_bench();
+    cluster_benches();
+}
