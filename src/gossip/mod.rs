@@ -37,6 +37,8 @@ pub const MAX_PIGGYBACK: usize = 16;
 pub const MAX_MEMBERS: usize = 10_000;
 /// Metadata bytes per member (address, role, labels).
 pub const MAX_META: usize = 4096;
+/// After `leave`, how far ahead the next (idle) wake-up is.
+const LEFT_IDLE: Duration = Duration::from_secs(3600);
 /// Relayed probes in flight on behalf of others.
 pub const MAX_RELAYS: usize = 256;
 
@@ -364,6 +366,14 @@ impl Gossip {
 
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.left {
+            // Gone: nothing more to do, ever; stop asking to be woken.
+            self.probe = None;
+            self.relays.clear();
+            self.next_probe_at = now + LEFT_IDLE;
+            self.next_sync_at = now + LEFT_IDLE;
+            for m in self.members.values_mut() {
+                m.suspicion = None;
+            }
             return;
         }
         self.check_probe(now);
