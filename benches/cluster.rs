@@ -219,12 +219,19 @@ fn cluster_benches() {
         let t0 = Instant::now();
         let others: Vec<usize> = (0..3).filter(|i| *i != li).collect();
         let label = format!("run={run}");
+        // Ask each survivor locally (`debug info` is never forwarded) whether it leads,
+        // then commit a write through that one.
         wait("new leader commits", 30, || {
             others.iter().any(|i| {
                 let d = &ms[*i];
-                let ls = d.cli(&["node", "ls"]).1;
-                ls.lines().any(|l| l.contains('*') && l.contains("Leader"))
-                    && d.cli(&["node", "update", "--label-add", &label, "w1"]).0
+                let info = d.cli(&["debug", "info"]).1;
+                let me = info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("node_id="))
+                    .unwrap_or("?")
+                    .to_string();
+                let leads = info.lines().any(|l| l == format!("leader={me}"));
+                leads && d.cli(&["node", "update", "--label-add", &label, "w1"]).0
             })
         });
         fails.push(t0.elapsed());

@@ -29,7 +29,13 @@ pub struct DebugCommand {
 #[argh(subcommand)]
 pub enum DebugSubcommand {
     Transport(TransportCommand),
+    Info(InfoCommand),
 }
+
+#[derive(FromArgs, Debug, PartialEq)]
+#[argh(subcommand, name = "info")]
+/// Print what the local daemon knows about itself: id, role, leader (never forwarded).
+pub struct InfoCommand {}
 
 #[derive(FromArgs, Debug, PartialEq)]
 #[argh(subcommand, name = "transport")]
@@ -122,14 +128,33 @@ pub struct TransportSend {
 /// Run a listener and a sender in one process on loopback.
 pub struct TransportDemo {}
 
-pub fn run(cmd: DebugCommand) -> anyhow::Result<ExitCode> {
+pub fn run(global: &super::Global, cmd: DebugCommand) -> anyhow::Result<ExitCode> {
     match cmd.command {
+        DebugSubcommand::Info(_) => info(global),
         DebugSubcommand::Transport(transport) => match transport.command {
             TransportSubcommand::Listen(args) => listen(args),
             TransportSubcommand::Send(args) => send(args),
             TransportSubcommand::Demo(_) => demo(),
         },
     }
+}
+
+fn info(global: &super::Global) -> anyhow::Result<ExitCode> {
+    let crate::api::Response::Info(i) = super::call(global, &crate::api::Request::Info)? else {
+        anyhow::bail!("unexpected answer from the daemon");
+    };
+    let opt = |o: Option<String>| o.unwrap_or_else(|| "-".into());
+    println!("node_id={}", i.node_id);
+    println!("key={}", i.key);
+    println!("cluster_id={}", opt(i.cluster_id));
+    println!(
+        "role={}",
+        opt(i.role.map(|r| format!("{r:?}").to_lowercase()))
+    );
+    println!("leader={}", opt(i.leader.map(|l| l.to_string())));
+    println!("listen={}", opt(i.listen.map(|a| a.to_string())));
+    println!("advertise={}", opt(i.advertise.map(|a| a.to_string())));
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Parses an optional `--psk`; absent means all zeros (no pre-shared key).

@@ -141,7 +141,7 @@ pub fn run(global: &Global, command: Command) -> anyhow::Result<ExitCode> {
         Command::Logs(_) => not_implemented("logs"),
         Command::Install(cmd) => host::install(global, cmd),
         Command::Uninstall(cmd) => host::uninstall(global, cmd),
-        Command::Debug(cmd) => debug::run(cmd),
+        Command::Debug(cmd) => debug::run(global, cmd),
     }
 }
 
