@@ -149,7 +149,7 @@ pub fn call(socket: &Path, req: &Request) -> Result<Response, CallError> {
     let mut s =
         std::os::unix::net::UnixStream::connect(socket).map_err(|e| CallError::Connect {
             path: socket.display().to_string(),
-            source: e,
+            cause: e,
         })?;
     s.set_read_timeout(Some(CLIENT_TIMEOUT))
         .map_err(FrameError::from)?;
@@ -164,8 +164,8 @@ pub fn call(socket: &Path, req: &Request) -> Result<Response, CallError> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    #[error("cannot reach the swarmlet daemon at {path}: {source} (is `swarmlet daemon` running? set --socket or {SOCKET_ENV} to use another)")]
-    Connect { path: String, source: io::Error },
+    #[error("cannot reach the swarmlet daemon at {path}: {cause} (is `swarmlet daemon` running? set --socket or {SOCKET_ENV} to use another)")]
+    Connect { path: String, cause: io::Error },
     #[error("talking to the daemon: {0}")]
     Frame(#[from] FrameError),
 }

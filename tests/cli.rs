@@ -57,3 +57,23 @@ fn help_goes_to_stdout_and_lists_commands() {
         assert!(help.contains(command), "--help lacks {command}: {help}");
     }
 }
+
+#[test]
+fn commands_without_a_daemon_say_where_they_looked() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_swarmlet"))
+        .args(["--socket", "/nonexistent/swarmlet.sock", "node", "ls"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/nonexistent/swarmlet.sock") && err.contains("swarmlet daemon"),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("No such file").count(),
+        1,
+        "cause printed once: {err}"
+    );
+    assert!(out.stdout.is_empty());
+}
