@@ -873,6 +873,7 @@ impl Node {
         }
         self.reconcile_voters();
         self.maybe_step_down_to_worker();
+        self.fail_pending_if_not_leader();
         Ok(true)
     }
 
@@ -1025,6 +1026,29 @@ impl Node {
             self.promoted_sent.insert(id, now);
             let managers = self.manager_list();
             self.send_to(id, &PeerMsg::Promoted { managers });
+        }
+    }
+
+    /// Answers every request still waiting for a commit once this node is no longer the
+    /// leader: the outcome is unknown to us, and the user should hear so, not wait.
+    fn fail_pending_if_not_leader(&mut self) {
+        if self.raft.as_ref().is_none_or(|r| r.role() == Role::Leader) {
+            return;
+        }
+        let replies = std::mem::take(&mut self.replies);
+        for (_, p) in replies {
+            self.answer(
+                p.reply,
+                Response::Error("this manager lost the leadership before the change committed; it may or may not have been applied: check, then retry".into()),
+            );
+        }
+        let joins = std::mem::take(&mut self.joins);
+        for (_, j) in joins {
+            self.answer_joiner(
+                j.key,
+                j.via,
+                PeerMsg::JoinRefused("the manager lost the leadership; try again".into()),
+            );
         }
     }
 
