@@ -413,42 +413,52 @@ impl Node {
         self.gossip = Some(g);
     }
 
+    /// Opens the WAL and starts Raft from what it holds (nothing, for a new manager: the
+    /// leader then sends a snapshot). The cluster state comes from the snapshot, if any.
+    fn start_raft(&mut self) -> anyhow::Result<()> {
+        let (wal, rec) = Wal::open(&self.raft_dir())?;
+        let snap = rec.snapshot.unwrap_or(Snapshot {
+            meta: Default::default(),
+            data: vec![],
+        });
+        if !snap.data.is_empty() {
+            self.cluster = Some(
+                ClusterState::decode(&snap.data).context("raft snapshot holds no cluster state")?,
+            );
+        }
+        self.raft = Some(Raft::restore(
+            self.id,
+            raft::Config::default(),
+            rec.hard,
+            snap,
+            rec.entries,
+            Instant::now(),
+            random_seed(),
+        ));
+        self.wal = Some(wal);
+        Ok(())
+    }
+
     /// Restarts from the data dir: no token needed.
     fn resume(&mut self) -> anyhow::Result<()> {
         let m = self.membership.clone().expect("invariant: caller checked");
         self.start_transport(m.listen)?;
-        for (id, k, a) in &m.managers {
+        self.add_peers(&m.managers);
+        if m.role == NodeRole::Manager {
+            self.start_raft()?;
+        }
+        self.start_gossip(m.advertise);
+        Ok(())
+    }
+
+    /// Remembers nodes (not ourselves) as members the transport may talk to.
+    fn add_peers(&mut self, nodes: &[(NodeId, PeerKey, SocketAddr)]) {
+        for (id, k, a) in nodes {
             if *id != self.id {
                 self.peers.insert(*id, (*k, *a));
                 self.set_member_peer(*k, *a);
             }
         }
-        if m.role == NodeRole::Manager {
-            let (wal, rec) = Wal::open(&self.raft_dir())?;
-            let snap = rec.snapshot.unwrap_or(Snapshot {
-                meta: Default::default(),
-                data: vec![],
-            });
-            if !snap.data.is_empty() {
-                self.cluster = Some(
-                    ClusterState::decode(&snap.data)
-                        .context("raft snapshot holds no cluster state")?,
-                );
-            }
-            let seed = random_seed();
-            self.raft = Some(Raft::restore(
-                self.id,
-                raft::Config::default(),
-                rec.hard,
-                snap,
-                rec.entries,
-                Instant::now(),
-                seed,
-            ));
-            self.wal = Some(wal);
-        }
-        self.start_gossip(m.advertise);
-        Ok(())
     }
 
     fn set_member_peer(&mut self, key: PeerKey, addr: SocketAddr) {
@@ -807,37 +817,13 @@ impl Node {
             return;
         }
         self.membership = Some(m);
-        for (id, k, a) in managers {
-            if id != self.id {
-                self.peers.insert(id, (k, a));
-                self.set_member_peer(k, a);
-            }
-        }
+        self.add_peers(&managers);
         if role == NodeRole::Manager {
-            match Wal::open(&self.raft_dir()) {
-                Ok((wal, rec)) => {
-                    let snap = rec.snapshot.unwrap_or(Snapshot {
-                        meta: Default::default(),
-                        data: vec![],
-                    });
-                    let seed = random_seed();
-                    self.raft = Some(Raft::restore(
-                        self.id,
-                        raft::Config::default(),
-                        rec.hard,
-                        snap,
-                        rec.entries,
-                        Instant::now(),
-                        seed,
-                    ));
-                    self.wal = Some(wal);
-                }
-                Err(e) => {
-                    let _ = reply.try_send(Response::Error(format!(
-                        "joined, but cannot open the raft log: {e}"
-                    )));
-                    return;
-                }
+            if let Err(e) = self.start_raft() {
+                let _ = reply.try_send(Response::Error(format!(
+                    "joined, but cannot open the raft log: {e:#}"
+                )));
+                return;
             }
         }
         self.start_gossip(advertise);
@@ -945,12 +931,7 @@ impl Node {
                 d.endpoint_mut().remove_peer(&k);
             }
         }
-        for (id, k, a) in nodes {
-            if id != self.id {
-                self.peers.insert(id, (k, a));
-                self.set_member_peer(k, a);
-            }
-        }
+        self.add_peers(&nodes);
         if let Some(m) = self.membership.as_mut() {
             if m.managers != managers && !managers.is_empty() {
                 m.managers = managers;
@@ -1085,27 +1066,8 @@ impl Node {
         &mut self,
         managers: Vec<(NodeId, PeerKey, SocketAddr)>,
     ) -> anyhow::Result<()> {
-        let (wal, rec) = Wal::open(&self.raft_dir())?;
-        let snap = rec.snapshot.unwrap_or(Snapshot {
-            meta: Default::default(),
-            data: vec![],
-        });
-        self.raft = Some(Raft::restore(
-            self.id,
-            raft::Config::default(),
-            rec.hard,
-            snap,
-            rec.entries,
-            Instant::now(),
-            random_seed(),
-        ));
-        self.wal = Some(wal);
-        for (id, k, a) in &managers {
-            if *id != self.id {
-                self.peers.insert(*id, (*k, *a));
-                self.set_member_peer(*k, *a);
-            }
-        }
+        self.start_raft()?;
+        self.add_peers(&managers);
         if let Some(m) = self.membership.as_mut() {
             m.role = NodeRole::Manager;
             m.managers = managers;
