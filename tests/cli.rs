@@ -77,3 +77,29 @@ fn commands_without_a_daemon_say_where_they_looked() {
     );
     assert!(out.stdout.is_empty());
 }
+
+#[test]
+fn bad_flag_values_are_usage_errors_before_any_daemon_is_asked() {
+    for (args, needle) in [
+        (vec!["node", "ls", "--format", "yaml"], "--format"),
+        (
+            vec!["init", "--advertise-addr", "not-an-ip"],
+            "--advertise-addr",
+        ),
+        (
+            vec!["node", "update", "--label-add", "novalue", "n1"],
+            "--label-add",
+        ),
+        (vec!["join", "SWLT-1-x-abc", "10.0.0.1:2377"], "TOKEN"),
+        (vec!["daemon", "--log-level", "loud"], "--log-level"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_swarmlet"))
+            .args(["--socket", "/nonexistent/swarmlet.sock"])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
