@@ -203,6 +203,13 @@ fn cluster_in_namespaces_survives_a_cut_manager() {
     net.set_link(1, false);
     let minority = m1.cli(&["node", "update", "--label-add", "side=minority", "w1"]);
     assert!(!minority.status.success(), "the minority must not commit");
+    // Nor serve reads: it cannot confirm with a majority that it still leads (ReadIndex).
+    let stale = m1.cli(&["node", "ls"]);
+    assert!(
+        !stale.status.success(),
+        "a cut-off manager must not answer node ls: {}",
+        String::from_utf8_lossy(&stale.stdout)
+    );
     eventually(20, "the majority commits", || {
         [m2, m3].iter().any(|m| {
             m.cli(&["node", "update", "--label-add", "side=majority", "w1"])

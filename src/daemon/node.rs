@@ -144,6 +144,13 @@ struct PendingJoin {
     via: Option<NodeId>,
 }
 
+/// A `node ls` / `node inspect` waiting for its ReadIndex.
+struct PendingRead {
+    reply: Reply,
+    only: Option<Vec<String>>,
+    asker: NodeId,
+}
+
 /// Where an API answer goes: the local CLI, or a manager that forwarded the request.
 #[derive(Clone)]
 enum Reply {
@@ -172,6 +179,11 @@ struct Node {
     peers: BTreeMap<NodeId, (PeerKey, SocketAddr)>,
     joins: BTreeMap<Index, PendingJoin>,
     replies: BTreeMap<Index, PendingReply>,
+    /// Reads waiting for Raft to confirm leadership (ReadIndex), by context.
+    reads: BTreeMap<u64, PendingRead>,
+    /// Reads confirmed, waiting for the state machine to reach their index.
+    ready_reads: Vec<(Index, PendingRead)>,
+    next_read: u64,
     /// A `join` this node is waiting on: where to answer the CLI.
     joining: Option<(Sender<Response>, PeerKey, NodeRole)>,
     /// When that join gives up, and the manager address it tried.
@@ -252,6 +264,9 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         peers: BTreeMap::new(),
         joins: BTreeMap::new(),
         replies: BTreeMap::new(),
+        reads: BTreeMap::new(),
+        ready_reads: Vec::new(),
+        next_read: 0,
         joining: None,
         join_deadline: None,
         forwarded: BTreeMap::new(),
@@ -857,6 +872,16 @@ impl Node {
         for e in ready.committed {
             self.apply_entry(e.index, &e.payload);
         }
+        for r in ready.reads {
+            let Some(pending) = self.reads.remove(&r.ctx) else {
+                continue;
+            };
+            match r.result {
+                Ok(index) => self.ready_reads.push((index, pending)),
+                Err(e) => self.answer(pending.reply, Response::Error(e.to_string())),
+            }
+        }
+        self.serve_reads();
         self.reconcile_voters();
         self.maybe_step_down_to_worker();
         self.fail_pending_if_not_leader();
@@ -1007,6 +1032,36 @@ impl Node {
             self.promoted_sent.insert(id, now);
             let managers = self.manager_list();
             self.send_to(id, &PeerMsg::Promoted { managers });
+        }
+    }
+
+    /// Linearizable cluster reads: Raft confirms we still lead (a heartbeat round acked by
+    /// a majority), then the read is served once our state has applied that far.
+    fn start_read(
+        &mut self,
+        only: Option<Vec<String>>,
+        reply: Reply,
+        asker: NodeId,
+    ) -> Option<Response> {
+        let Some(raft) = self.raft.as_mut() else {
+            return Some(self.node_list(only.as_deref(), asker));
+        };
+        self.next_read += 1;
+        let ctx = self.next_read;
+        raft.read_index(ctx);
+        self.reads.insert(ctx, PendingRead { reply, only, asker });
+        None
+    }
+
+    fn serve_reads(&mut self) {
+        let applied = self.raft.as_ref().map_or(Index(0), |r| r.status().applied);
+        let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.ready_reads)
+            .into_iter()
+            .partition(|(index, _)| *index <= applied);
+        self.ready_reads = later;
+        for (_, p) in now {
+            let resp = self.node_list(p.only.as_deref(), p.asker);
+            self.answer(p.reply, resp);
         }
     }
 
@@ -1194,8 +1249,8 @@ impl Node {
                 Reply::Remote { .. } => Some(Response::Error("join is a local request".into())),
             },
             Request::JoinToken { role, rotate } => self.join_token(role, rotate, reply.clone()),
-            Request::NodeList => Some(self.node_list(None, asker)),
-            Request::NodeInspect { nodes } => Some(self.node_list(Some(&nodes), asker)),
+            Request::NodeList => self.start_read(None, reply.clone(), asker),
+            Request::NodeInspect { nodes } => self.start_read(Some(nodes), reply.clone(), asker),
             Request::NodeUpdate {
                 node,
                 availability,
