@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use argh::{FromArgValue, FromArgs};
 
-use super::{call, not_implemented, parse_addr, Global, UsageError};
+use super::{call, not_implemented, parse_addr, print_done, Global, UsageError};
 use crate::api::{Request, Response};
 use crate::cluster::token::{JoinToken, TokenRole as ClusterTokenRole};
 use crate::daemon::node::DaemonConfig;
@@ -166,20 +166,6 @@ pub fn daemon(global: &Global, cmd: DaemonCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn done(r: Response) -> anyhow::Result<ExitCode> {
-    match r {
-        Response::Done(text) | Response::Token(text) => {
-            if !text.is_empty() {
-                println!("{text}");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        other => Err(anyhow::anyhow!(
-            "unexpected answer from the daemon: {other:?}"
-        )),
-    }
-}
-
 pub fn init(global: &Global, cmd: InitCommand) -> anyhow::Result<ExitCode> {
     if cmd.force_new_cluster {
         return not_implemented("init --force-new-cluster");
@@ -194,7 +180,7 @@ pub fn init(global: &Global, cmd: InitCommand) -> anyhow::Result<ExitCode> {
         .as_deref()
         .map(|a| parse_addr("--advertise-addr", a))
         .transpose()?;
-    done(call(global, &Request::Init { listen, advertise })?)
+    print_done(call(global, &Request::Init { listen, advertise })?)
 }
 
 pub fn join(global: &Global, cmd: JoinCommand) -> anyhow::Result<ExitCode> {
@@ -210,7 +196,7 @@ pub fn join(global: &Global, cmd: JoinCommand) -> anyhow::Result<ExitCode> {
         .as_deref()
         .map(|a| parse_addr("--advertise-addr", a))
         .transpose()?;
-    done(call(
+    print_done(call(
         global,
         &Request::Join {
             token: cmd.token,
@@ -227,7 +213,7 @@ pub fn join_token(global: &Global, cmd: JoinTokenCommand) -> anyhow::Result<Exit
         TokenRole::Manager => ClusterTokenRole::Manager,
     };
     if cmd.rotate {
-        done(call(global, &Request::JoinToken { role, rotate: true })?)?;
+        print_done(call(global, &Request::JoinToken { role, rotate: true })?)?;
     }
     let Response::Token(token) = call(
         global,
@@ -252,5 +238,5 @@ pub fn join_token(global: &Global, cmd: JoinTokenCommand) -> anyhow::Result<Exit
 }
 
 pub fn leave(global: &Global, cmd: LeaveCommand) -> anyhow::Result<ExitCode> {
-    done(call(global, &Request::Leave { force: cmd.force })?)
+    print_done(call(global, &Request::Leave { force: cmd.force })?)
 }

@@ -33,6 +33,21 @@ pub fn call(global: &Global, req: &crate::api::Request) -> anyhow::Result<crate:
     }
 }
 
+/// Prints the daemon's `Done` (or token) text; anything else is an unexpected answer.
+pub fn print_done(r: crate::api::Response) -> anyhow::Result<ExitCode> {
+    match r {
+        crate::api::Response::Done(text) | crate::api::Response::Token(text) => {
+            if !text.is_empty() {
+                println!("{text}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        other => Err(anyhow::anyhow!(
+            "unexpected answer from the daemon: {other:?}"
+        )),
+    }
+}
+
 /// Parses `ADDR[:PORT]` for a flag, the port defaulting to the cluster port.
 pub fn parse_addr(flag: &str, s: &str) -> Result<std::net::SocketAddr, UsageError> {
     if let Ok(a) = s.parse() {

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use argh::{FromArgValue, FromArgs};
 
-use super::{call, not_implemented, Global, UsageError};
+use super::{call, not_implemented, print_done, Global, UsageError};
 use crate::api::{NodeView, Request, Response};
 use crate::cluster::{Availability as ClusterAvailability, NodeRole};
 
@@ -254,18 +254,6 @@ fn update(global: &Global, c: NodeUpdate) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn print_done(r: Response) -> anyhow::Result<ExitCode> {
-    match r {
-        Response::Done(text) => {
-            println!("{text}");
-            Ok(ExitCode::SUCCESS)
-        }
-        other => Err(anyhow::anyhow!(
-            "unexpected answer from the daemon: {other:?}"
-        )),
-    }
 }
 
 fn set_role(global: &Global, nodes: Vec<String>, role: NodeRole) -> anyhow::Result<ExitCode> {

@@ -65,9 +65,15 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
 
 /// Encodes one framed record.
 pub fn frame(rec: &Record) -> Vec<u8> {
+    frame_value(rec)
+}
+
+/// `[len][crc32][version byte + postcard(v)]`: the one framing of every record and of
+/// the snapshot file.
+fn frame_value<T: Serialize>(v: &T) -> Vec<u8> {
     let mut payload = vec![RECORD_VERSION];
     // Serialising our own in-memory types cannot fail.
-    payload.extend(postcard::to_allocvec(rec).expect("invariant: records serialise"));
+    payload.extend(postcard::to_allocvec(v).expect("invariant: WAL types serialise"));
     let mut out = Vec::with_capacity(HEADER + payload.len());
     out.extend_from_slice(
         &u32::try_from(payload.len())
@@ -75,7 +81,7 @@ pub fn frame(rec: &Record) -> Vec<u8> {
             .to_le_bytes(),
     );
     out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    out.extend_from_slice(&payload);
+    out.extend(payload);
     out
 }
 
@@ -395,22 +401,10 @@ struct SnapshotFile {
 }
 
 fn encode_snapshot(s: &Snapshot) -> Vec<u8> {
-    let body = postcard::to_allocvec(&SnapshotFile {
+    frame_value(&SnapshotFile {
         meta: s.meta.clone(),
         data: s.data.clone(),
     })
-    .expect("invariant: snapshots serialise");
-    let mut payload = vec![RECORD_VERSION];
-    payload.extend(body);
-    let mut out = Vec::with_capacity(HEADER + payload.len());
-    out.extend_from_slice(
-        &u32::try_from(payload.len())
-            .unwrap_or(u32::MAX)
-            .to_le_bytes(),
-    );
-    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    out.extend(payload);
-    out
 }
 
 fn decode_snapshot(buf: &[u8]) -> Option<Snapshot> {

@@ -582,7 +582,7 @@ impl Endpoint {
             .peers
             .get_mut(&peer)
             .ok_or(SendError::UnknownPeer(peer))?;
-        let datagrams = data.len().div_ceil(wire::FRAGMENT_PAYLOAD).max(1) as u64;
+        let datagrams = fragment::fragments_for(data.len()) as u64;
         let usable = p
             .current
             .as_ref()
@@ -1130,7 +1130,7 @@ fn flush_queue(
 ) {
     while let Some(msg) = p.queue.pop_front() {
         p.queued_bytes -= msg.len();
-        let n = msg.len().div_ceil(wire::FRAGMENT_PAYLOAD).max(1) as u64;
+        let n = fragment::fragments_for(msg.len()) as u64;
         if !p.current.as_ref().is_some_and(|s| s.can_send(now, cfg, n)) {
             p.queued_bytes += msg.len();
             p.queue.push_front(msg);

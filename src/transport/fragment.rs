@@ -209,10 +209,15 @@ impl<K: Ord + Copy> Reassembler<K> {
     }
 }
 
+/// Datagrams a message of `len` bytes travels in (an empty message still takes one).
+pub fn fragments_for(len: usize) -> usize {
+    len.div_ceil(FRAGMENT_PAYLOAD).max(1)
+}
+
 /// Splits `data` into the fragments that carry it, calling `emit` for each.
 pub fn split(msg_id: u32, data: &[u8], mut emit: impl FnMut(Fragment<'_>)) {
     debug_assert!(data.len() <= MAX_MESSAGE_SIZE);
-    let count = data.len().div_ceil(FRAGMENT_PAYLOAD).max(1);
+    let count = fragments_for(data.len());
     // MAX_MESSAGE_SIZE / FRAGMENT_PAYLOAD is far below u16::MAX; `send` checks the size.
     let count = u16::try_from(count).expect("invariant: message size checked by the caller");
     let mut chunks = data.chunks(FRAGMENT_PAYLOAD);
