@@ -25,8 +25,9 @@ lint:
     cargo fmt --check
     cargo clippy --all-targets -- -D warnings
 
-# Transport throughput and handshake benchmarks.
+# Every benchmark (BENCH lines), with Docker Swarm measured side by side.
 bench:
+    ./bootstrap.sh peers
     cargo bench --bench transport
     cargo bench --bench cluster
     cargo test --release --lib gossip::tests::bench_ -- --ignored --nocapture

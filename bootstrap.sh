@@ -5,6 +5,8 @@
 #   ./bootstrap.sh demo   install what is needed, then `just demo`
 #   ./bootstrap.sh test   install what is needed, then `just test`
 #   ./bootstrap.sh deps   install what is needed, nothing else
+#   ./bootstrap.sh peers  install the peers `just bench` measures against (docker.io),
+#                         without letting the system start their daemons
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -83,14 +85,48 @@ deps() {
     install_cargo_tool cargo-nextest cargo-nextest
 }
 
+# Docker Swarm is measured side by side in `just bench`, in network namespaces of the
+# bench's own. The system's docker service must never start: it rewrites netfilter rules.
+# policy-rc.d (exit 101) is Debian's way to keep maintainer scripts from starting services.
+PEER_PACKAGES=(docker.io)
+
+install_peers() {
+    local missing=() pkg
+    for pkg in "${PEER_PACKAGES[@]}"; do
+        if [ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" != "install ok installed" ]; then
+            missing+=("$pkg")
+        fi
+    done
+    if [ "${#missing[@]}" -eq 0 ]; then
+        return
+    fi
+    log "installing benchmark peers (their services stay off): ${missing[*]}"
+    local policy=/usr/sbin/policy-rc.d
+    if [ -e "$policy" ]; then
+        die "$policy exists; install ${missing[*]} by hand, keeping its services stopped"
+    fi
+    as_root sh -c "printf '#!/bin/sh\nexit 101\n' > $policy && chmod 755 $policy"
+    local status=0
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q || status=$?
+    if [ "$status" -eq 0 ]; then
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+            --no-install-recommends "${missing[@]}" || status=$?
+    fi
+    as_root rm -f "$policy"
+    [ "$status" -eq 0 ] || die "apt-get failed installing ${missing[*]}"
+    if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+        as_root systemctl disable --now docker.service docker.socket >/dev/null 2>&1 || true
+    fi
+}
+
 usage() {
-    echo "usage: $0 demo|test|deps" >&2
+    echo "usage: $0 demo|test|deps|peers" >&2
     exit 2
 }
 
 [ "$#" -eq 1 ] || usage
 case "$1" in
-    demo | test | deps) ;;
+    demo | test | deps | peers) ;;
     *) usage ;;
 esac
 # Called on its own, not in an && list, so that set -e stays in force inside it.
@@ -98,4 +134,5 @@ deps
 case "$1" in
     demo) exec just demo ;;
     test) exec just test ;;
+    peers) install_peers ;;
 esac

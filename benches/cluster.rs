@@ -8,136 +8,34 @@
 //!   scaled to an hour (from /proc/<pid>/io over a quiet stretch)
 //! - Raft commit latency and throughput: three cores in one process, each with its own
 //!   WAL doing real fsyncs, messages passed in memory (so this is consensus + disk cost)
+//! - the same figures for Docker Swarm (Debian's docker.io) in the same run, and the
+//!   ratios (`peer/docker_swarm.rs`)
 
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)] // bench code
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+#[path = "peer/docker_swarm.rs"]
+mod docker_swarm;
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::time::{Duration, Instant};
+use support::{proc_field, row_has, wait_until, Daemon};
 
-const BIN: &str = env!("CARGO_BIN_EXE_swarmlet");
-
-struct Daemon {
-    name: String,
-    dir: PathBuf,
-    ip: String,
-    child: Option<Child>,
-}
-
-impl Daemon {
-    fn new(name: &str, ip: &str) -> Daemon {
-        let dir =
-            std::env::temp_dir().join(format!("swarmlet-bench-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut d = Daemon {
-            name: name.into(),
-            dir,
-            ip: ip.into(),
-            child: None,
-        };
-        d.start();
-        d
-    }
-
-    fn sock(&self) -> PathBuf {
-        self.dir.join("sock")
-    }
-
-    fn addr(&self) -> String {
-        format!("{}:2377", self.ip)
-    }
-
-    fn start(&mut self) {
-        let child = Command::new(BIN)
-            .arg("--socket")
-            .arg(self.sock())
-            .args(["daemon", "--data-dir"])
-            .arg(self.dir.join("data"))
-            .args(["--hostname", &self.name])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        while std::os::unix::net::UnixStream::connect(self.sock()).is_err() {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn cli(&self, args: &[&str]) -> (bool, String) {
-        let o = Command::new(BIN)
-            .arg("--socket")
-            .arg(self.sock())
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            o.status.success(),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-        )
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill9();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn wait(what: &str, secs: u64, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(secs),
-            "timed out: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    start.elapsed()
-}
-
-fn proc_field(pid: u32, file: &str, key: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default();
-    text.lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn row_has(ls: &str, host: &str, word: &str) -> bool {
-    ls.lines()
-        .any(|l| l.split_whitespace().any(|w| w == host) && l.contains(word))
-}
-
-fn cluster_benches() {
+fn cluster_benches() -> docker_swarm::Ours {
     let mut ms = vec![
-        Daemon::new("m1", "127.0.41.1"),
-        Daemon::new("m2", "127.0.41.2"),
-        Daemon::new("m3", "127.0.41.3"),
+        Daemon::new("bench", "m1", "127.0.41.1"),
+        Daemon::new("bench", "m2", "127.0.41.2"),
+        Daemon::new("bench", "m3", "127.0.41.3"),
     ];
-    let mut w = Daemon::new("w1", "127.0.41.4");
-    assert!(ms[0].cli(&["init", "--listen-addr", &ms[0].addr()]).0);
+    let mut w = Daemon::new("bench", "w1", "127.0.41.4");
+    assert!(ms[0].run(&["init", "--listen-addr", &ms[0].addr()]).0);
     let mt = ms[0]
-        .cli(&["join-token", "manager", "-q"])
+        .run(&["join-token", "manager", "-q"])
         .1
         .trim()
         .to_string();
     let wt = ms[0]
-        .cli(&["join-token", "worker", "-q"])
+        .run(&["join-token", "worker", "-q"])
         .1
         .trim()
         .to_string();
@@ -145,27 +43,27 @@ fn cluster_benches() {
         let a = ms[i].addr();
         assert!(
             ms[i]
-                .cli(&["join", &mt, &ms[0].addr(), "--listen-addr", &a])
+                .run(&["join", &mt, &ms[0].addr(), "--listen-addr", &a])
                 .0
         );
     }
     let wa = w.addr();
-    assert!(w.cli(&["join", &wt, &ms[0].addr(), "--listen-addr", &wa]).0);
+    assert!(w.run(&["join", &wt, &ms[0].addr(), "--listen-addr", &wa]).0);
     let all_up = |ms: &[Daemon]| {
-        ms.iter().all(|d| d.child.is_some())
+        ms.iter().all(Daemon::running)
             && ms.iter().any(|d| {
-                let (ok, ls) = d.cli(&["node", "ls"]);
+                let (ok, ls) = d.run(&["node", "ls"]);
                 ok && ls.matches("Ready").count() == 4 && ls.matches("Reachable").count() == 2
             })
     };
-    wait("cluster up", 30, || all_up(&ms));
+    wait_until(30, "cluster up", || all_up(&ms));
 
     // Idle figures, after things settle.
     std::thread::sleep(Duration::from_secs(3));
     let leader = |ms: &[Daemon]| -> Option<usize> {
         ms.iter().position(|d| {
-            d.child.is_some()
-                && d.cli(&["node", "ls"])
+            d.running()
+                && d.run(&["node", "ls"])
                     .1
                     .lines()
                     .any(|l| l.contains('*') && l.contains("Leader"))
@@ -178,10 +76,8 @@ fn cluster_benches() {
     let after = proc_field(ms[li].pid(), "io", "write_bytes:");
     let per_hour = (after - before) as f64 * 3600.0 / quiet.as_secs_f64();
     println!("BENCH idle_manager_disk_writes {:.0} bytes/hour", per_hour);
-    println!(
-        "BENCH idle_manager_rss {:.1} MiB",
-        proc_field(ms[li].pid(), "status", "VmRSS:") as f64 / 1024.0
-    );
+    let manager_rss_mib = proc_field(ms[li].pid(), "status", "VmRSS:") as f64 / 1024.0;
+    println!("BENCH idle_manager_rss {manager_rss_mib:.1} MiB");
     println!(
         "BENCH idle_worker_rss {:.1} MiB",
         proc_field(w.pid(), "status", "VmRSS:") as f64 / 1024.0
@@ -192,13 +88,13 @@ fn cluster_benches() {
     for _ in 0..5 {
         let li = leader(&ms).unwrap();
         w.kill9();
-        let d = wait("worker down", 20, || {
-            row_has(&ms[li].cli(&["node", "ls"]).1, "w1", "Down")
+        let d = wait_until(20, "worker down", || {
+            row_has(&ms[li].run(&["node", "ls"]).1, "w1", "Down")
         });
         downs.push(d);
         w.start();
-        wait("worker back", 30, || {
-            row_has(&ms[li].cli(&["node", "ls"]).1, "w1", "Ready")
+        wait_until(30, "worker back", || {
+            row_has(&ms[li].run(&["node", "ls"]).1, "w1", "Ready")
         });
     }
     downs.sort();
@@ -221,22 +117,15 @@ fn cluster_benches() {
         let label = format!("run={run}");
         // Ask each survivor locally (`debug info` is never forwarded) whether it leads,
         // then commit a write through that one.
-        wait("new leader commits", 30, || {
+        wait_until(30, "new leader commits", || {
             others.iter().any(|i| {
                 let d = &ms[*i];
-                let info = d.cli(&["debug", "info"]).1;
-                let me = info
-                    .lines()
-                    .find_map(|l| l.strip_prefix("node_id="))
-                    .unwrap_or("?")
-                    .to_string();
-                let leads = info.lines().any(|l| l == format!("leader={me}"));
-                leads && d.cli(&["node", "update", "--label-add", &label, "w1"]).0
+                d.leads() && d.run(&["node", "update", "--label-add", &label, "w1"]).0
             })
         });
         fails.push(t0.elapsed());
         ms[li].start();
-        wait("all managers back", 60, || all_up(&ms));
+        wait_until(60, "all managers back", || all_up(&ms));
     }
     fails.sort();
     println!(
@@ -247,6 +136,11 @@ fn cluster_benches() {
         "BENCH leader_failover_max {:.2} s",
         fails.last().unwrap().as_secs_f64()
     );
+    docker_swarm::Ours {
+        failover_median: fails[fails.len() / 2].as_secs_f64(),
+        node_down_median: downs[downs.len() / 2].as_secs_f64(),
+        manager_rss_mib,
+    }
 }
 
 fn raft_commit_bench() {
@@ -355,5 +249,6 @@ fn main() {
         return; // listed by nextest or cargo test: nothing to run
     }
     raft_commit_bench();
-    cluster_benches();
+    let ours = cluster_benches();
+    docker_swarm::run(&ours);
 }

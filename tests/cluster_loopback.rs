@@ -3,118 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)] // test code
 
+mod support;
+
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_swarmlet");
-
-struct Daemon {
-    name: String,
-    dir: PathBuf,
-    ip: String,
-    child: Option<Child>,
-}
-
-impl Daemon {
-    fn new(test: &str, name: &str, ip: &str) -> Daemon {
-        let dir =
-            std::env::temp_dir().join(format!("swarmlet-it-{}-{test}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut d = Daemon {
-            name: name.into(),
-            dir,
-            ip: ip.into(),
-            child: None,
-        };
-        d.start();
-        d
-    }
-
-    fn sock(&self) -> PathBuf {
-        self.dir.join("sock")
-    }
-
-    fn addr(&self) -> String {
-        format!("{}:2377", self.ip)
-    }
-
-    fn spawn(&self) -> Child {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("log"))
-            .unwrap();
-        Command::new(BIN)
-            .arg("--socket")
-            .arg(self.sock())
-            .args(["daemon", "--data-dir"])
-            .arg(self.dir.join("data"))
-            .args(["--hostname", &self.name])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap()
-    }
-
-    fn start(&mut self) {
-        self.child = Some(self.spawn());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::os::unix::net::UnixStream::connect(self.sock()).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "{} did not open its socket",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill(); // SIGKILL
-            let _ = c.wait();
-        }
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .arg("--socket")
-            .arg(self.sock())
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.cli(args);
-        assert!(
-            o.status.success(),
-            "{} {args:?}: {}{}",
-            self.name,
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill9();
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        } else {
-            eprintln!(
-                "--- log of {}:\n{}",
-                self.name,
-                std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
-            );
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
+use support::{Daemon, BIN};
 
 /// Polls `node ls` on `d` until `pred` holds on its lines, or fails after `secs`.
 fn wait_ls(d: &Daemon, secs: u64, what: &str, pred: impl Fn(&[String]) -> bool) -> Vec<String> {
@@ -145,7 +39,7 @@ fn row<'a>(lines: &'a [String], host: &str) -> Option<&'a String> {
 
 #[test]
 fn three_managers_two_workers_failover_and_bad_input() {
-    let t = "lb";
+    let t = "it-lb";
     let mut m1 = Daemon::new(t, "m1", "127.0.31.1");
     let m2 = Daemon::new(t, "m2", "127.0.31.2");
     let mut m3 = Daemon::new(t, "m3", "127.0.31.3");

@@ -38,6 +38,8 @@ pub const MAX_MEMBERS: usize = 10_000;
 /// Metadata bytes per member (address, role, labels).
 pub const MAX_META: usize = 4096;
 /// After `leave`, how far ahead the next (idle) wake-up is.
+/// Join seeds remembered for retries.
+const MAX_JOIN_SEEDS: usize = 16;
 const LEFT_IDLE: Duration = Duration::from_secs(3600);
 /// Relayed probes in flight on behalf of others.
 pub const MAX_RELAYS: usize = 256;
@@ -204,6 +206,10 @@ pub struct Gossip {
     out: VecDeque<(NodeId, Message)>,
     events: VecDeque<Event>,
     left: bool,
+    /// Members we were told to join through. Until one of them answers (we know no
+    /// member at all), the join is sent again every probe interval: a lost join
+    /// datagram must not leave a node alone forever.
+    join_seeds: Vec<NodeId>,
 }
 
 impl Gossip {
@@ -228,6 +234,7 @@ impl Gossip {
             out: VecDeque::new(),
             events: VecDeque::new(),
             left: false,
+            join_seeds: Vec::new(),
         }
     }
 
@@ -238,6 +245,9 @@ impl Gossip {
     /// Contacts a known member to exchange full state (join, or rejoin after restart).
     pub fn join(&mut self, seed: NodeId) {
         if seed != self.id {
+            if !self.join_seeds.contains(&seed) && self.join_seeds.len() < MAX_JOIN_SEEDS {
+                self.join_seeds.push(seed);
+            }
             let members = self.full_state();
             self.out.push_back((
                 seed,
@@ -382,6 +392,18 @@ impl Gossip {
         if now >= self.next_probe_at {
             self.next_probe_at = now + self.scaled(self.cfg.probe_interval);
             self.start_probe(now);
+            if self.members.is_empty() {
+                for seed in self.join_seeds.clone() {
+                    let members = self.full_state();
+                    self.out.push_back((
+                        seed,
+                        Message::Sync {
+                            members,
+                            reply: true,
+                        },
+                    ));
+                }
+            }
         }
         if now >= self.next_sync_at {
             self.next_sync_at = now + self.cfg.sync_interval;

@@ -1,0 +1,302 @@
+//! What the process-level tests and benchmarks share: a daemon process driven through
+//! the CLI, on loopback or inside a network namespace, and a set of namespaces joined by
+//! a bridge that has no uplink. Included with `#[path]` (or `mod support;` from tests/),
+//! so each user compiles only what it calls.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::cast_possible_truncation)] // test code
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_swarmlet");
+
+/// One `swarmlet daemon` process with its own data dir and API socket. Its stderr goes
+/// to `<dir>/log`, which is printed if the test panics. Dropping it kills the process
+/// and removes the directory.
+pub struct Daemon {
+    pub name: String,
+    pub dir: PathBuf,
+    pub ip: String,
+    netns: Option<String>,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// A daemon on the host's network (loopback addresses).
+    pub fn new(tag: &str, name: &str, ip: &str) -> Daemon {
+        Daemon::start_new(tag, name, ip, None)
+    }
+
+    /// A daemon inside the network namespace `netns` (made by [`Net::host`]).
+    pub fn in_netns(tag: &str, netns: &str, name: &str, ip: &str) -> Daemon {
+        Daemon::start_new(tag, name, ip, Some(netns.to_string()))
+    }
+
+    fn start_new(tag: &str, name: &str, ip: &str, netns: Option<String>) -> Daemon {
+        let dir =
+            std::env::temp_dir().join(format!("swarmlet-{tag}-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut d = Daemon {
+            name: name.into(),
+            dir,
+            ip: ip.into(),
+            netns,
+            child: None,
+        };
+        d.start();
+        d
+    }
+
+    pub fn sock(&self) -> PathBuf {
+        self.dir.join("sock")
+    }
+
+    pub fn addr(&self) -> String {
+        format!("{}:2377", self.ip)
+    }
+
+    /// Spawns the daemon process (stderr appended to the log) without waiting for it.
+    pub fn spawn(&self) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("log"))
+            .unwrap();
+        // nsenter, not `ip netns exec`: the latter remounts /sys and hides the cgroups.
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/var/run/netns/{ns}")).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        cmd.arg("--socket")
+            .arg(self.sock())
+            .args(["daemon", "--data-dir"])
+            .arg(self.dir.join("data"))
+            .args(["--hostname", &self.name])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    /// Starts (or restarts) the process and waits for its API socket.
+    pub fn start(&mut self) {
+        self.child = Some(self.spawn());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(self.sock()).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not open its socket",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs the CLI against this daemon's socket (a file: reachable from any namespace).
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--socket")
+            .arg(self.sock())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// The CLI's success and stdout.
+    pub fn run(&self, args: &[&str]) -> (bool, String) {
+        let o = self.cli(args);
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    }
+
+    /// The CLI's stdout; panics (with stderr) if the command failed.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.cli(args);
+        assert!(
+            o.status.success(),
+            "{} {args:?}: {}{}",
+            self.name,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    /// `node ls` as text ("" if the command failed).
+    pub fn ls(&self) -> String {
+        let (ok, out) = self.run(&["node", "ls"]);
+        if ok {
+            out
+        } else {
+            String::new()
+        }
+    }
+
+    /// Whether this daemon itself leads, asked locally (`debug info` is never forwarded).
+    pub fn leads(&self) -> bool {
+        let info = self.run(&["debug", "info"]).1;
+        let me = info.lines().find_map(|l| l.strip_prefix("node_id="));
+        me.is_some_and(|me| info.lines().any(|l| l == format!("leader={me}")))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- log of {}:\n{}",
+                self.name,
+                std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+            );
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The `node ls` row naming `host`, if any.
+pub fn row<'a>(ls: &'a str, host: &str) -> Option<&'a str> {
+    ls.lines().find(|l| l.split_whitespace().any(|w| w == host))
+}
+
+/// Whether the `node ls` row of `host` contains `word`.
+pub fn row_has(ls: &str, host: &str, word: &str) -> bool {
+    row(ls, host).is_some_and(|r| r.contains(word))
+}
+
+/// Polls `f` every 20 ms until it holds; panics naming `what` after `secs`. Returns how
+/// long it took.
+pub fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "timed out after {secs} s: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+/// A numeric field of `/proc/<pid>/<file>` (`VmRSS:` of status, `write_bytes:` of io).
+pub fn proc_field(pid: u32, file: &str, key: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+fn ip(args: &[&str]) {
+    let o = Command::new("ip").args(args).output().unwrap();
+    assert!(
+        o.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A hub namespace holding a bridge with no uplink, and host namespaces hanging off it
+/// by veth pairs: no packet can leave the machine. Dropping it removes every namespace
+/// it made (and with them their links), also when a test fails.
+pub struct Net {
+    prefix: String,
+    names: Vec<String>,
+}
+
+impl Net {
+    /// `tag` (a few letters) keeps the names of different users apart; the process id
+    /// keeps parallel runs apart.
+    pub fn new(tag: &str) -> Net {
+        let prefix = format!("{tag}{}", std::process::id());
+        let hub = format!("{prefix}-hub");
+        ip(&["netns", "add", &hub]);
+        let net = Net {
+            prefix,
+            names: vec![hub.clone()],
+        };
+        ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &hub, "link", "set", "br0", "up"]);
+        net
+    }
+
+    fn hub(&self) -> String {
+        format!("{}-hub", self.prefix)
+    }
+
+    /// A host namespace with `addr`/24 on `eth0`, whose peer `p<i>` is on the bridge.
+    /// Returns the namespace's name.
+    pub fn host(&mut self, i: usize, addr: &str) -> String {
+        let name = format!("{}-n{i}", self.prefix);
+        let hub = self.hub();
+        ip(&["netns", "add", &name]);
+        self.names.push(name.clone());
+        let outer = format!("p{i}");
+        ip(&[
+            "-n", &hub, "link", "add", &outer, "type", "veth", "peer", "name", "eth0", "netns",
+            &name,
+        ]);
+        ip(&["-n", &hub, "link", "set", &outer, "master", "br0", "up"]);
+        ip(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", &name, "link", "set", "eth0", "up"]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        name
+    }
+
+    /// Cuts (or restores) host `i`'s link to the bridge.
+    pub fn set_link(&self, i: usize, up: bool) {
+        ip(&[
+            "-n",
+            &self.hub(),
+            "link",
+            "set",
+            &format!("p{i}"),
+            if up { "up" } else { "down" },
+        ]);
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for n in self.names.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+        }
+    }
+}
