@@ -11,5 +11,6 @@ pub mod cli;
 pub mod cluster;
 pub mod daemon;
 pub mod gossip;
+pub mod image;
 pub mod raft;
 pub mod transport;
