@@ -1,0 +1,579 @@
+//! The content-addressed image store under `<data-dir>/images`:
+//!
+//! ```text
+//! blobs/sha256/<hex>     manifests, indexes and configs, checked against their digest
+//!                        on every read (a corrupt one is deleted and fetched again)
+//! layers/<diff id hex>/  unpacked layers, shared by every image that has them; a
+//!                        directory exists only once its layer was completely unpacked
+//!                        and its digests matched (built in tmp/, then renamed)
+//! images/<id hex>.json   one record per image (id = config digest)
+//! repositories.json      names (`docker.io/library/busybox:latest`, `name@digest`) -> id
+//! tmp/                   downloads and unpacks in progress; emptied when the store opens
+//! ```
+//!
+//! A pull or load writes blobs and layers first and the image record and names last, so
+//! an interruption at any point leaves no half image: only unreferenced pieces that the
+//! next pull reuses (or `image prune` removes).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+use thiserror::Error;
+
+use super::oci::{Compression, ImageConfig, Platform};
+use super::reference::{Digest, Reference};
+use super::unpack::{unpack, UnpackError};
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("{0}: {1}")]
+    Io(String, io::Error),
+    #[error("{0}")]
+    Unpack(#[from] UnpackError),
+    #[error("{what} digest mismatch: expected {expected}, got {got}")]
+    Digest {
+        what: String,
+        expected: Digest,
+        got: Digest,
+    },
+    #[error("No such image: {0}")]
+    NotFound(String),
+    #[error("{0} is ambiguous: it matches several images")]
+    Ambiguous(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("conflict: unable to remove {name}: image is used by container {container}")]
+    InUse { name: String, container: String },
+    #[error("image tarball: {0}")]
+    Tarball(String),
+    #[error("store file {0} is corrupt: {1}")]
+    Corrupt(String, String),
+}
+
+fn io_err(what: impl AsRef<Path>) -> impl FnOnce(io::Error) -> StoreError {
+    let what = what.as_ref().display().to_string();
+    move |e| StoreError::Io(what, e)
+}
+
+/// One layer of an image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRecord {
+    /// Digest of the uncompressed tar: names the unpacked directory.
+    pub diff_id: Digest,
+    /// Digest and size of the blob as distributed (compressed), for `inspect`.
+    pub blob: Digest,
+    pub size: u64,
+}
+
+/// What the store knows of one image.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    /// The config digest, as Docker's image id.
+    pub id: Digest,
+    /// The manifest the image came from (None for a `docker save` tarball without one).
+    pub manifest: Option<Digest>,
+    pub config: ImageConfig,
+    pub layers: Vec<LayerRecord>,
+    /// Seconds since the epoch when it was pulled or loaded.
+    pub added: u64,
+}
+
+impl ImageRecord {
+    pub fn platform(&self) -> Platform {
+        Platform {
+            architecture: self.config.architecture.clone(),
+            os: self.config.os.clone(),
+            variant: self.config.variant.clone(),
+        }
+    }
+
+    /// Unpacked size of all layers is not tracked; this is the distributed size.
+    pub fn size(&self) -> u64 {
+        self.layers.iter().map(|l| l.size).sum()
+    }
+}
+
+pub struct Store {
+    root: PathBuf,
+    /// Serialises changes to `repositories.json` and the image records (one daemon owns
+    /// a store; this guards its own threads).
+    names: Mutex<()>,
+}
+
+impl Store {
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        for d in ["blobs/sha256", "layers", "images", "tmp"] {
+            std::fs::create_dir_all(root.join(d)).map_err(io_err(root.join(d)))?;
+        }
+        // Whatever was in progress when the last process stopped is garbage now.
+        let tmp = root.join("tmp");
+        for e in std::fs::read_dir(&tmp).map_err(io_err(&tmp))?.flatten() {
+            // Partial downloads are kept for resuming; half-unpacked layers are not.
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "partial") {
+                continue;
+            }
+            let _ = remove_any(&p);
+        }
+        Ok(Store {
+            root: root.to_path_buf(),
+            names: Mutex::new(()),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(d.hex())
+    }
+
+    pub fn layer_path(&self, diff_id: &Digest) -> PathBuf {
+        self.root.join("layers").join(diff_id.hex())
+    }
+
+    pub fn has_layer(&self, diff_id: &Digest) -> bool {
+        self.layer_path(diff_id).is_dir()
+    }
+
+    /// Stores a small blob (manifest, index, config) under its digest.
+    pub fn put_blob(&self, bytes: &[u8]) -> Result<Digest, StoreError> {
+        let d = Digest::of(bytes);
+        let path = self.blob_path(&d);
+        if self.get_blob(&d)?.is_none() {
+            write_atomic(&path, &self.tmp_dir(), bytes)?;
+        }
+        Ok(d)
+    }
+
+    /// A blob, if present and intact. A blob whose content no longer matches its digest
+    /// (disk corruption) is deleted and reported missing, so it is fetched again.
+    pub fn get_blob(&self, d: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.blob_path(d);
+        match std::fs::read(&path) {
+            Ok(b) if Digest::of(&b) == *d => Ok(Some(b)),
+            Ok(_) => {
+                std::fs::remove_file(&path).map_err(io_err(&path))?;
+                Ok(None)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// Unpacks a layer from `r` (compressed as `compression`) unless it is already
+    /// present, checking the blob digest (if given) and the uncompressed digest (if
+    /// given). Returns the diff id. Nothing appears under `layers/` unless both match.
+    pub fn add_layer(
+        &self,
+        r: impl Read,
+        compression: Compression,
+        blob: Option<Digest>,
+        diff_id: Option<Digest>,
+    ) -> Result<Digest, StoreError> {
+        if let Some(d) = diff_id {
+            if self.has_layer(&d) {
+                return Ok(d);
+            }
+        }
+        let work = self.tmp_dir().join(format!("layer-{}", unique()));
+        std::fs::create_dir(&work).map_err(io_err(&work))?;
+        let result = (|| {
+            let mut outer = HashingReader::new(r);
+            let got_diff = match compression {
+                Compression::Gzip => {
+                    let mut inner = HashingReader::new(flate2::read::GzDecoder::new(&mut outer));
+                    unpack(&mut inner, &work)?;
+                    // The tar end marker may be followed by padding: hash it too.
+                    io::copy(&mut inner, &mut io::sink()).map_err(io_err("layer stream"))?;
+                    inner.finish()
+                }
+                Compression::None => {
+                    unpack(&mut outer, &work)?;
+                    io::copy(&mut outer, &mut io::sink()).map_err(io_err("layer stream"))?;
+                    outer.clone_digest()
+                }
+            };
+            io::copy(&mut outer, &mut io::sink()).map_err(io_err("layer stream"))?;
+            let got_blob = outer.finish();
+            if let Some(expected) = blob {
+                if got_blob != expected {
+                    return Err(StoreError::Digest {
+                        what: "layer blob".into(),
+                        expected,
+                        got: got_blob,
+                    });
+                }
+            }
+            if let Some(expected) = diff_id {
+                if got_diff != expected {
+                    return Err(StoreError::Digest {
+                        what: "layer content (diff id)".into(),
+                        expected,
+                        got: got_diff,
+                    });
+                }
+            }
+            Ok(got_diff)
+        })();
+        let got = match result {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = remove_any(&work);
+                return Err(e);
+            }
+        };
+        let dest = self.layer_path(&got);
+        if dest.is_dir() {
+            let _ = remove_any(&work); // another pull got there first
+        } else {
+            std::fs::rename(&work, &dest).map_err(io_err(&dest))?;
+            sync_dir(&self.root.join("layers"));
+        }
+        Ok(got)
+    }
+
+    /// Records an image and points `names` at it. Every layer must be present.
+    pub fn commit(&self, record: &ImageRecord, names: &[String]) -> Result<(), StoreError> {
+        for l in &record.layers {
+            if !self.has_layer(&l.diff_id) {
+                return Err(StoreError::NotFound(format!("layer {}", l.diff_id)));
+            }
+        }
+        let _g = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        let path = self
+            .root
+            .join("images")
+            .join(format!("{}.json", record.id.hex()));
+        let json = serde_json::to_vec_pretty(record).expect("invariant: record serialises");
+        write_atomic(&path, &self.tmp_dir(), &json)?;
+        let mut repos = self.repositories()?;
+        for n in names {
+            repos.insert(n.clone(), record.id);
+        }
+        self.save_repositories(&repos)
+    }
+
+    fn repositories(&self) -> Result<BTreeMap<String, Digest>, StoreError> {
+        let path = self.root.join("repositories.json");
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let raw: BTreeMap<String, String> = serde_json::from_slice(&bytes)
+            .map_err(|e| StoreError::Corrupt(path.display().to_string(), e.to_string()))?;
+        raw.into_iter()
+            .map(|(k, v)| {
+                Digest::parse(&v).map(|d| (k, d)).ok_or_else(|| {
+                    StoreError::Corrupt(path.display().to_string(), format!("bad id {v:?}"))
+                })
+            })
+            .collect()
+    }
+
+    fn save_repositories(&self, repos: &BTreeMap<String, Digest>) -> Result<(), StoreError> {
+        let raw: BTreeMap<&String, String> =
+            repos.iter().map(|(k, v)| (k, v.to_string())).collect();
+        let json = serde_json::to_vec_pretty(&raw).expect("invariant: map serialises");
+        write_atomic(&self.root.join("repositories.json"), &self.tmp_dir(), &json)
+    }
+
+    fn record(&self, id: &Digest) -> Result<Option<ImageRecord>, StoreError> {
+        let path = self.root.join("images").join(format!("{}.json", id.hex()));
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(path.display().to_string(), e.to_string())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// Every image with the names pointing at it.
+    pub fn list(&self) -> Result<Vec<(ImageRecord, Vec<String>)>, StoreError> {
+        let repos = self.repositories()?;
+        let dir = self.root.join("images");
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(hex) = name.strip_suffix(".json") else {
+                continue;
+            };
+            let Some(id) = Digest::parse(&format!("sha256:{hex}")) else {
+                continue;
+            };
+            if let Some(r) = self.record(&id)? {
+                let names = repos
+                    .iter()
+                    .filter(|(_, v)| **v == id)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                out.push((r, names));
+            }
+        }
+        out.sort_by(|a, b| b.0.added.cmp(&a.0.added).then(a.0.id.cmp(&b.0.id)));
+        Ok(out)
+    }
+
+    /// Finds an image by name (`busybox`, `busybox:1`, `reg/x@sha256:..`), by full id
+    /// (`sha256:<hex>`) or by a unique id prefix of at least 4 hex digits.
+    pub fn resolve(&self, what: &str) -> Result<ImageRecord, StoreError> {
+        let repos = self.repositories()?;
+        if let Ok(r) = Reference::parse(what) {
+            if let Some(id) = repos.get(&r.to_string()) {
+                if let Some(rec) = self.record(id)? {
+                    return Ok(rec);
+                }
+            }
+            if let (Some(d), Some(_)) = (r.digest, &r.tag) {
+                // `name:tag@digest`: the digest decides.
+                let key = format!("{}@{d}", r.name());
+                if let Some(id) = repos.get(&key) {
+                    if let Some(rec) = self.record(id)? {
+                        return Ok(rec);
+                    }
+                }
+            }
+        }
+        let hex = what.strip_prefix("sha256:").unwrap_or(what);
+        if hex.len() >= 4 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let hex = hex.to_ascii_lowercase();
+            let all = self.list()?;
+            let hits: Vec<_> = all
+                .into_iter()
+                .filter(|(r, _)| r.id.hex().starts_with(&hex))
+                .collect();
+            match hits.len() {
+                1 => return Ok(hits.into_iter().next().expect("one").0),
+                0 => {}
+                _ => return Err(StoreError::Ambiguous(what.to_string())),
+            }
+        }
+        Err(StoreError::NotFound(what.to_string()))
+    }
+
+    /// `image rm`, with Docker's rules: a name of an image that has other names is just
+    /// untagged; otherwise every name goes and so does the image, unless a container
+    /// uses it (refused without `force`; with it, the names go and the image stays until
+    /// the container is removed). An id naming an image with several names needs `force`.
+    /// Returns what happened, in Docker's words.
+    pub fn remove(
+        &self,
+        what: &str,
+        force: bool,
+        in_use: &dyn Fn(&Digest) -> Option<String>,
+    ) -> Result<Vec<String>, StoreError> {
+        let rec = self.resolve(what)?;
+        let g = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        let mut repos = self.repositories()?;
+        let names: Vec<String> = repos
+            .iter()
+            .filter(|(_, v)| **v == rec.id)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let tags = names.iter().filter(|n| !n.contains('@')).count();
+        let by_name = Reference::parse(what)
+            .ok()
+            .map(|r| r.to_string())
+            .filter(|n| names.contains(n));
+        let user = in_use(&rec.id);
+        let untag = match by_name {
+            Some(n) if tags > 1 => vec![n],
+            _ => {
+                if tags > 1 && !force {
+                    return Err(StoreError::Conflict(format!(
+                        "unable to delete {} (must be forced): image is referenced in multiple repositories",
+                        &rec.id.hex()[..12]
+                    )));
+                }
+                if let (Some(c), false) = (&user, force) {
+                    return Err(StoreError::InUse {
+                        name: what.to_string(),
+                        container: c.clone(),
+                    });
+                }
+                names
+            }
+        };
+        let mut out = Vec::new();
+        for n in &untag {
+            repos.remove(n);
+            out.push(format!("Untagged: {n}"));
+        }
+        self.save_repositories(&repos)?;
+        if user.is_none() && !repos.values().any(|v| *v == rec.id) {
+            let path = self
+                .root
+                .join("images")
+                .join(format!("{}.json", rec.id.hex()));
+            std::fs::remove_file(&path).map_err(io_err(&path))?;
+            out.push(format!("Deleted: {}", rec.id));
+            drop(g);
+            self.collect_garbage()?;
+        }
+        Ok(out)
+    }
+
+    /// `image prune`: removes images with no name (with `all`, every image no container
+    /// uses), then layers and blobs nothing refers to. Returns the removed image ids.
+    pub fn prune(
+        &self,
+        all: bool,
+        in_use: &dyn Fn(&Digest) -> Option<String>,
+    ) -> Result<Vec<Digest>, StoreError> {
+        let mut removed = Vec::new();
+        {
+            let _g = self.names.lock().unwrap_or_else(|p| p.into_inner());
+            let mut repos = self.repositories()?;
+            for (rec, names) in self.list()? {
+                if in_use(&rec.id).is_some() || (!all && !names.is_empty()) {
+                    continue;
+                }
+                repos.retain(|_, v| *v != rec.id);
+                let path = self
+                    .root
+                    .join("images")
+                    .join(format!("{}.json", rec.id.hex()));
+                std::fs::remove_file(&path).map_err(io_err(&path))?;
+                removed.push(rec.id);
+            }
+            self.save_repositories(&repos)?;
+        }
+        self.collect_garbage()?;
+        Ok(removed)
+    }
+
+    /// Deletes layers and blobs that no image record refers to.
+    fn collect_garbage(&self) -> Result<(), StoreError> {
+        let _g = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        let mut layers = BTreeSet::new();
+        let mut blobs = BTreeSet::new();
+        for (rec, _) in self.list()? {
+            blobs.insert(rec.id);
+            if let Some(m) = rec.manifest {
+                blobs.insert(m);
+            }
+            for l in &rec.layers {
+                layers.insert(l.diff_id.hex());
+            }
+        }
+        let ldir = self.root.join("layers");
+        for e in std::fs::read_dir(&ldir).map_err(io_err(&ldir))?.flatten() {
+            if !layers.contains(&*e.file_name().to_string_lossy()) {
+                remove_any(&e.path()).map_err(io_err(e.path()))?;
+            }
+        }
+        let keep: BTreeSet<String> = blobs.iter().map(Digest::hex).collect();
+        let bdir = self.root.join("blobs/sha256");
+        for e in std::fs::read_dir(&bdir).map_err(io_err(&bdir))?.flatten() {
+            if !keep.contains(&*e.file_name().to_string_lossy()) {
+                // Indexes of multi-platform images are kept only while some image came
+                // from them; they are cheap to fetch again.
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A reader that hashes what passes through it.
+pub struct HashingReader<R> {
+    inner: R,
+    hash: sha2::Sha256,
+    pub bytes: u64,
+}
+
+impl<R: Read> HashingReader<R> {
+    pub fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hash: sha2::Sha256::new(),
+            bytes: 0,
+        }
+    }
+
+    pub fn finish(self) -> Digest {
+        Digest(self.hash.finalize().into())
+    }
+
+    fn clone_digest(&self) -> Digest {
+        Digest(self.hash.clone().finalize().into())
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in `tmp` (same filesystem), with
+/// fsync, so `path` is either absent or complete.
+pub fn write_atomic(path: &Path, tmp: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let t = tmp.join(format!("write-{}", unique()));
+    let res = (|| {
+        let mut f = std::fs::File::create(&t)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&t, path)
+    })();
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&t);
+        return Err(io_err(path)(e));
+    }
+    if let Some(parent) = path.parent() {
+        sync_dir(parent);
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Removes a file or a whole directory tree, without following symlinks.
+pub fn remove_any(p: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(p),
+        Ok(_) => std::fs::remove_file(p),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// A name no other writer in this process or another uses at the same time.
+pub fn unique() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
