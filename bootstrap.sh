@@ -13,8 +13,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 
 # Debian packages: clang/lld/llvm (llvm-ar) compile C dependencies for the musl targets,
 # qemu-user-static runs the aarch64 binary, busybox-static is the test containers' userland,
-# iproute2/nftables for the networking tests, file to check that binaries are static.
-APT_PACKAGES=(clang lld llvm qemu-user-static busybox-static iproute2 nftables file)
+# iproute2/nftables for the networking tests, file to check that binaries are static,
+# docker-registry (a real registry for pull tests), apache2-utils (htpasswd) and openssl
+# (its certificates).
+APT_PACKAGES=(clang lld llvm qemu-user-static busybox-static iproute2 nftables file
+    docker-registry apache2-utils openssl)
 RUST_TARGETS=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl)
 
 log() { echo "bootstrap: $*" >&2; }
@@ -34,22 +37,47 @@ as_root() {
     fi
 }
 
-install_apt_packages() {
-    local missing=()
+# Packages missing from the list given.
+missing_packages() {
     local pkg
-    for pkg in "${APT_PACKAGES[@]}"; do
+    for pkg in "$@"; do
         # dpkg-query prints "install ok installed" only for fully installed packages.
         if [ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" != "install ok installed" ]; then
-            missing+=("$pkg")
+            echo "$pkg"
         fi
     done
-    if [ "${#missing[@]}" -eq 0 ]; then
-        return
+}
+
+# Installs packages without letting their maintainer scripts start any service: tests and
+# benchmarks start docker-registry and dockerd themselves, on loopback and in namespaces
+# of their own. policy-rc.d (exit 101) is Debian's switch for this; systemd units that
+# got enabled are disabled again.
+apt_install_quietly() {
+    local policy=/usr/sbin/policy-rc.d placed=0 status=0
+    if [ ! -e "$policy" ]; then
+        as_root sh -c "printf '#!/bin/sh\nexit 101\n' > $policy && chmod 755 $policy"
+        placed=1
     fi
-    log "installing Debian packages: ${missing[*]}"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-        "${missing[@]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q || status=$?
+    if [ "$status" -eq 0 ]; then
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+            --no-install-recommends "$@" || status=$?
+    fi
+    [ "$placed" -eq 0 ] || as_root rm -f "$policy"
+    [ "$status" -eq 0 ] || die "apt-get failed installing $*"
+    if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+        as_root systemctl disable --now docker-registry.service docker.service docker.socket \
+            >/dev/null 2>&1 || true
+    fi
+}
+
+install_apt_packages() {
+    local missing
+    mapfile -t missing < <(missing_packages "${APT_PACKAGES[@]}")
+    if [ "${#missing[@]}" -gt 0 ]; then
+        log "installing Debian packages: ${missing[*]}"
+        apt_install_quietly "${missing[@]}"
+    fi
 }
 
 install_rust_targets() {
@@ -87,35 +115,14 @@ deps() {
 
 # Docker Swarm is measured side by side in `just bench`, in network namespaces of the
 # bench's own. The system's docker service must never start: it rewrites netfilter rules.
-# policy-rc.d (exit 101) is Debian's way to keep maintainer scripts from starting services.
 PEER_PACKAGES=(docker.io)
 
 install_peers() {
-    local missing=() pkg
-    for pkg in "${PEER_PACKAGES[@]}"; do
-        if [ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" != "install ok installed" ]; then
-            missing+=("$pkg")
-        fi
-    done
-    if [ "${#missing[@]}" -eq 0 ]; then
-        return
-    fi
-    log "installing benchmark peers (their services stay off): ${missing[*]}"
-    local policy=/usr/sbin/policy-rc.d
-    if [ -e "$policy" ]; then
-        die "$policy exists; install ${missing[*]} by hand, keeping its services stopped"
-    fi
-    as_root sh -c "printf '#!/bin/sh\nexit 101\n' > $policy && chmod 755 $policy"
-    local status=0
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q || status=$?
-    if [ "$status" -eq 0 ]; then
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-            --no-install-recommends "${missing[@]}" || status=$?
-    fi
-    as_root rm -f "$policy"
-    [ "$status" -eq 0 ] || die "apt-get failed installing ${missing[*]}"
-    if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-        as_root systemctl disable --now docker.service docker.socket >/dev/null 2>&1 || true
+    local missing
+    mapfile -t missing < <(missing_packages "${PEER_PACKAGES[@]}")
+    if [ "${#missing[@]}" -gt 0 ]; then
+        log "installing benchmark peers (their services stay off): ${missing[*]}"
+        apt_install_quietly "${missing[@]}"
     fi
 }
 

@@ -4,6 +4,7 @@
 
 pub mod load;
 pub mod oci;
+pub mod pull;
 pub mod reference;
 pub mod store;
 pub mod unpack;

@@ -1,0 +1,322 @@
+//! A real registry for tests: Debian's `docker-registry` (distribution 2.8) on a
+//! loopback port, with filesystem storage in a temporary directory, optionally behind
+//! htpasswd auth or TLS; and a small pusher speaking the distribution API.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::cast_possible_truncation)] // test code
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::image::{sha, Built};
+
+pub struct Registry {
+    pub dir: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+    pub user: Option<(String, String)>,
+    pub tls: bool,
+}
+
+#[derive(Default)]
+pub struct Options {
+    pub basic_auth: Option<(&'static str, &'static str)>,
+    pub tls: bool,
+}
+
+fn run(cmd: &mut Command) {
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+impl Registry {
+    pub fn available() -> bool {
+        Command::new("docker-registry")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    pub fn start(tag: &str, opts: Options) -> Registry {
+        let dir = std::env::temp_dir().join(format!("swarmlet-reg-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let mut cfg = format!(
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:0\n  secret: test-only\n",
+            dir.join("data").display()
+        );
+        if opts.tls {
+            make_certs(&dir);
+            cfg.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                dir.join("leaf.pem").display(),
+                dir.join("leaf.key").display()
+            ));
+        }
+        if let Some((u, p)) = opts.basic_auth {
+            let o = Command::new("htpasswd")
+                .args(["-Bbn", u, p])
+                .output()
+                .unwrap();
+            assert!(o.status.success());
+            std::fs::write(dir.join("htpasswd"), &o.stdout).unwrap();
+            cfg.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+                dir.join("htpasswd").display()
+            ));
+        }
+        std::fs::write(dir.join("config.yml"), cfg).unwrap();
+        let mut r = Registry {
+            dir,
+            port: 0,
+            child: None,
+            user: opts.basic_auth.map(|(u, p)| (u.to_string(), p.to_string())),
+            tls: opts.tls,
+        };
+        r.launch(None);
+        r
+    }
+
+    /// Starts the process (on `port`, or any free port) and waits for it to listen.
+    fn launch(&mut self, port: Option<u16>) {
+        let mut cmd = Command::new("docker-registry");
+        cmd.arg("serve").arg(self.dir.join("config.yml"));
+        if let Some(p) = port {
+            cmd.env("REGISTRY_HTTP_ADDR", format!("127.0.0.1:{p}"));
+        }
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent {
+                    if let Some(i) = line.find("listening on 127.0.0.1:") {
+                        let rest = &line[i + "listening on 127.0.0.1:".len()..];
+                        let port: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                        let _ = tx.send(port.parse::<u16>().unwrap());
+                        sent = true;
+                    }
+                }
+            }
+        });
+        self.port = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("docker-registry did not say where it listens");
+        self.child = Some(child);
+    }
+
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and storage.
+    pub fn restart(&mut self) {
+        self.kill();
+        let port = self.port;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            self.launch(Some(port));
+            if self.port == port {
+                return;
+            }
+            assert!(Instant::now() < deadline, "port {port} not free again");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn agent(&self) -> ureq::Agent {
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if self.tls {
+            let pem = std::fs::read(self.dir.join("ca.pem")).unwrap();
+            let ca = ureq::tls::Certificate::from_pem(&pem).unwrap();
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&[ca]));
+        }
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .tls_config(tls.build())
+            .build()
+            .into()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!(
+            "{}://{}{path}",
+            if self.tls { "https" } else { "http" },
+            self.host()
+        )
+    }
+
+    fn auth(&self) -> Option<String> {
+        self.user.as_ref().map(|(u, p)| {
+            format!(
+                "Basic {}",
+                swarmlet::image::pull::base64_encode(format!("{u}:{p}").as_bytes())
+            )
+        })
+    }
+
+    /// Uploads a blob (monolithic upload).
+    pub fn push_blob(&self, repo: &str, data: &[u8]) {
+        let agent = self.agent();
+        let mut req = agent.post(self.url(&format!("/v2/{repo}/blobs/uploads/")));
+        if let Some(a) = self.auth() {
+            req = req.header("Authorization", &a);
+        }
+        let resp = req.send_empty().unwrap();
+        assert_eq!(resp.status().as_u16(), 202, "start upload");
+        let loc = resp.headers()["location"].to_str().unwrap().to_string();
+        let sep = if loc.contains('?') { '&' } else { '?' };
+        let loc = if loc.starts_with("http") {
+            loc
+        } else {
+            self.url(&loc)
+        };
+        let mut req = agent
+            .put(format!("{loc}{sep}digest={}", sha(data)))
+            .header("Content-Type", "application/octet-stream");
+        if let Some(a) = self.auth() {
+            req = req.header("Authorization", &a);
+        }
+        let resp = req.send(data).unwrap();
+        assert_eq!(resp.status().as_u16(), 201, "finish upload");
+    }
+
+    pub fn push_manifest(&self, repo: &str, reference: &str, media_type: &str, body: &[u8]) {
+        let mut req = self
+            .agent()
+            .put(self.url(&format!("/v2/{repo}/manifests/{reference}")))
+            .header("Content-Type", media_type);
+        if let Some(a) = self.auth() {
+            req = req.header("Authorization", &a);
+        }
+        let resp = req.send(body).unwrap();
+        assert_eq!(resp.status().as_u16(), 201, "push manifest {reference}");
+    }
+
+    /// Pushes one image's blobs and manifest under `tag` (or by digest only if None).
+    pub fn push_image(&self, repo: &str, tag: Option<&str>, img: &Built) {
+        for (z, _) in &img.layers {
+            self.push_blob(repo, z);
+        }
+        self.push_blob(repo, &img.config);
+        let reference = tag.map_or_else(|| sha(&img.manifest), String::from);
+        self.push_manifest(
+            repo,
+            &reference,
+            "application/vnd.oci.image.manifest.v1+json",
+            &img.manifest,
+        );
+    }
+
+    /// Pushes a multi-platform OCI index under `tag`; returns its digest.
+    pub fn push_index(
+        &self,
+        repo: &str,
+        tag: &str,
+        images: &[(&Built, &str, Option<&str>)],
+    ) -> String {
+        let mut entries = Vec::new();
+        for (img, arch, variant) in images {
+            self.push_image(repo, None, img);
+            let mut platform = json!({"architecture": arch, "os": "linux"});
+            if let Some(v) = variant {
+                platform["variant"] = json!(v);
+            }
+            entries.push(json!({
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": sha(&img.manifest),
+                "size": img.manifest.len(),
+                "platform": platform,
+            }));
+        }
+        let index = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": entries,
+        }))
+        .unwrap();
+        self.push_manifest(repo, tag, "application/vnd.oci.image.index.v1+json", &index);
+        sha(&index)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A CA and a leaf certificate for 127.0.0.1 (rustls refuses a CA used as a leaf).
+fn make_certs(dir: &std::path::Path) {
+    let d = |f: &str| dir.join(f);
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=swarmlet-test-ca",
+            "-keyout",
+        ])
+        .arg(d("ca.key"))
+        .arg("-out")
+        .arg(d("ca.pem")));
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+        ])
+        .arg(d("leaf.key"))
+        .arg("-out")
+        .arg(d("leaf.csr")));
+    std::fs::write(
+        d("leaf.ext"),
+        "basicConstraints=critical,CA:FALSE\nsubjectAltName=IP:127.0.0.1\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(Command::new("openssl")
+        .args(["x509", "-req", "-days", "30", "-in"])
+        .arg(d("leaf.csr"))
+        .arg("-CA")
+        .arg(d("ca.pem"))
+        .arg("-CAkey")
+        .arg(d("ca.key"))
+        .arg("-CAcreateserial")
+        .arg("-out")
+        .arg(d("leaf.pem"))
+        .arg("-extfile")
+        .arg(d("leaf.ext")));
+}
