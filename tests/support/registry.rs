@@ -111,10 +111,11 @@ impl Registry {
                 }
             }
         });
+        // Owned before waiting, so a failure below still kills it (in Drop).
+        self.child = Some(child);
         self.port = rx
             .recv_timeout(Duration::from_secs(20))
             .expect("docker-registry did not say where it listens");
-        self.child = Some(child);
     }
 
     pub fn host(&self) -> String {
