@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::token::TokenRole;
 use crate::cluster::{Availability, NodeRole, NodeStatus};
+use crate::image::pull::{Credentials, Progress};
 use crate::raft::NodeId;
 
 /// Format version of API frames.
@@ -62,6 +63,46 @@ pub enum Request {
         nodes: Vec<String>,
         force: bool,
     },
+    /// This node's image store (served by the node itself, never forwarded).
+    Image(ImageRequest),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ImageRequest {
+    /// Answered by `Progress` frames, then `Done` (the image's names and id).
+    Pull {
+        reference: String,
+        platform: Option<String>,
+        /// Credentials the CLI found for this registry (as `docker pull` sends them).
+        auth: Option<Credentials>,
+    },
+    List,
+    Remove {
+        images: Vec<String>,
+        force: bool,
+    },
+    /// A tarball the daemon reads from this path (the CLI runs on the same machine).
+    Load {
+        path: std::path::PathBuf,
+        platform: Option<String>,
+    },
+    Prune {
+        all: bool,
+    },
+    Inspect {
+        images: Vec<String>,
+    },
+}
+
+/// An image as `image ls` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageView {
+    pub id: String,
+    pub names: Vec<String>,
+    pub size: u64,
+    pub platform: String,
+    /// When it was pulled or loaded, seconds since the epoch.
+    pub added: u64,
 }
 
 /// How a node looks in `node ls` and `node inspect`.
@@ -100,6 +141,11 @@ pub enum Response {
     Info(InfoView),
     Nodes(Vec<NodeView>),
     Token(String),
+    /// An intermediate frame of a long request; the answer follows.
+    Progress(Progress),
+    Images(Vec<ImageView>),
+    /// A document for `inspect`, already JSON.
+    Json(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +206,34 @@ pub fn call(socket: &Path, req: &Request) -> Result<Response, CallError> {
     let mut body = vec![0u8; len];
     s.read_exact(&mut body).map_err(FrameError::from)?;
     Ok(decode(&body)?)
+}
+
+/// Like [`call`] for requests answered with `Progress` frames before the answer:
+/// `on_progress` sees each one; the wait between frames is `idle` at most.
+pub fn call_streaming(
+    socket: &Path,
+    req: &Request,
+    idle: Duration,
+    mut on_progress: impl FnMut(Progress),
+) -> Result<Response, CallError> {
+    let mut s =
+        std::os::unix::net::UnixStream::connect(socket).map_err(|e| CallError::Connect {
+            path: socket.display().to_string(),
+            cause: e,
+        })?;
+    s.set_read_timeout(Some(idle)).map_err(FrameError::from)?;
+    s.write_all(&encode(req)).map_err(FrameError::from)?;
+    loop {
+        let mut header = [0u8; 4];
+        s.read_exact(&mut header).map_err(FrameError::from)?;
+        let len = frame_len(header)?;
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).map_err(FrameError::from)?;
+        match decode(&body)? {
+            Response::Progress(p) => on_progress(p),
+            other => return Ok(other),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -37,6 +37,14 @@ pub struct DaemonCommand {
     /// name shown in `node ls` (default: the system hostname)
     #[argh(option)]
     pub hostname: Option<String>,
+
+    /// registry spoken to over plain HTTP, HOST[:PORT] (repeatable)
+    #[argh(option)]
+    pub insecure_registry: Vec<String>,
+
+    /// directory of registry CAs, <dir>/<host[:port]>/*.crt (default /etc/swarmlet/certs.d)
+    #[argh(option)]
+    pub certs_dir: Option<PathBuf>,
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
@@ -161,9 +169,32 @@ pub fn daemon(global: &Global, cmd: DaemonCommand) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|l| parse_label("--label", l))
             .collect::<Result<_, _>>()?,
+        registry: crate::image::pull::RegistryConfig {
+            insecure: cmd
+                .insecure_registry
+                .iter()
+                .map(|r| parse_registry_host("--insecure-registry", r))
+                .collect::<Result<_, _>>()?,
+            certs_dir: Some(
+                cmd.certs_dir
+                    .unwrap_or_else(|| PathBuf::from("/etc/swarmlet/certs.d")),
+            ),
+            auths: Default::default(),
+        },
     };
     crate::daemon::node::run(cfg)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A registry host as a reference names it (`host[:port]`, no scheme, no path).
+fn parse_registry_host(flag: &str, s: &str) -> Result<String, UsageError> {
+    let probe = format!("{s}/x");
+    match crate::image::reference::Reference::parse(&probe) {
+        Ok(r) if r.domain == s => Ok(s.to_string()),
+        _ => Err(UsageError(format!(
+            "{flag}: {s:?} is not a registry HOST[:PORT] (no scheme, no path)"
+        ))),
+    }
 }
 
 pub fn init(global: &Global, cmd: InitCommand) -> anyhow::Result<ExitCode> {

@@ -1,11 +1,18 @@
 //! `swarmlet image ...`: this node's image store (blobs by sha256, shared unpacked layers).
 
+use std::io::{IsTerminal, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use argh::FromArgs;
 
-use super::{not_implemented, Global};
+use super::{call, not_implemented, print_done, Global, UsageError};
+use crate::api::{ImageRequest, Request, Response};
+use crate::image::oci::Platform;
+use crate::image::pull::{read_docker_config, Credentials, LayerState, Progress};
+use crate::image::reference::{Digest, Reference};
 
 #[derive(FromArgs, Debug, PartialEq)]
 #[argh(subcommand, name = "image")]
@@ -120,13 +127,374 @@ pub struct ImageInspect {
     pub images: Vec<String>,
 }
 
-pub fn run(_global: &Global, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
+pub fn run(global: &Global, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
     match cmd.command {
-        ImageSubcommand::Pull(_) => not_implemented("image pull"),
-        ImageSubcommand::Ls(_) => not_implemented("image ls"),
-        ImageSubcommand::Rm(_) => not_implemented("image rm"),
-        ImageSubcommand::Load(_) => not_implemented("image load"),
-        ImageSubcommand::Prune(_) => not_implemented("image prune"),
-        ImageSubcommand::Inspect(_) => not_implemented("image inspect"),
+        ImageSubcommand::Pull(c) => pull(global, c),
+        ImageSubcommand::Ls(c) => ls(global, c),
+        ImageSubcommand::Rm(c) => {
+            if c.images.is_empty() {
+                return Err(UsageError("image rm: name at least one image".into()).into());
+            }
+            print_done(call(
+                global,
+                &Request::Image(ImageRequest::Remove {
+                    images: c.images,
+                    force: c.force,
+                }),
+            )?)
+        }
+        ImageSubcommand::Load(c) => load(global, c),
+        ImageSubcommand::Prune(c) => {
+            if !c.filter.is_empty() {
+                return not_implemented("image prune --filter");
+            }
+            print_done(call(
+                global,
+                &Request::Image(ImageRequest::Prune { all: c.all }),
+            )?)
+        }
+        ImageSubcommand::Inspect(c) => {
+            if c.images.is_empty() {
+                return Err(UsageError("image inspect: name at least one image".into()).into());
+            }
+            match call(
+                global,
+                &Request::Image(ImageRequest::Inspect { images: c.images }),
+            )? {
+                Response::Json(j) => {
+                    println!("{j}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                other => Err(anyhow::anyhow!(
+                    "unexpected answer from the daemon: {other:?}"
+                )),
+            }
+        }
+    }
+}
+
+/// Credentials for `registry` from the user's Docker-compatible config.json
+/// (`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`).
+fn credentials_for(registry: &str) -> anyhow::Result<Option<Credentials>> {
+    let dir = std::env::var_os("DOCKER_CONFIG")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")));
+    let Some(dir) = dir else { return Ok(None) };
+    let auths = read_docker_config(&dir.join("config.json")).map_err(anyhow::Error::msg)?;
+    Ok(auths.get(registry).cloned())
+}
+
+fn pull(global: &Global, c: ImagePull) -> anyhow::Result<ExitCode> {
+    let r = Reference::parse(&c.image).map_err(|e| UsageError(e.to_string()))?;
+    if let Some(p) = &c.platform {
+        if Platform::parse(p).is_none() {
+            return Err(UsageError(format!("--platform: {p:?} is not OS/ARCH[/VARIANT]")).into());
+        }
+    }
+    let auth = credentials_for(&r.domain)?;
+    let mut view = PullView::new(!c.quiet && std::io::stdout().is_terminal(), c.quiet);
+    if !c.quiet {
+        println!(
+            "{}: Pulling from {}",
+            r.tag.as_deref().unwrap_or("digest"),
+            r.path
+        );
+    }
+    let resp = crate::api::call_streaming(
+        &global.socket,
+        &Request::Image(ImageRequest::Pull {
+            reference: c.image.clone(),
+            platform: c.platform,
+            auth,
+        }),
+        PULL_IDLE,
+        |p| view.show(&p),
+    )?;
+    match resp {
+        Response::Done(text) => {
+            if !c.quiet {
+                println!("{text}");
+            }
+            println!("{r}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Response::Error(e) => Err(anyhow::anyhow!(e)),
+        other => Err(anyhow::anyhow!(
+            "unexpected answer from the daemon: {other:?}"
+        )),
+    }
+}
+
+/// How long a pull may go without a word from the daemon (a big layer being unpacked
+/// on a slow SD card says nothing for a while).
+const PULL_IDLE: Duration = Duration::from_secs(600);
+
+/// Per-layer lines: redrawn in place on a terminal, one line per change otherwise.
+struct PullView {
+    tty: bool,
+    quiet: bool,
+    layers: Vec<(Digest, String)>,
+    drawn: usize,
+}
+
+impl PullView {
+    fn new(tty: bool, quiet: bool) -> PullView {
+        PullView {
+            tty,
+            quiet,
+            layers: Vec::new(),
+            drawn: 0,
+        }
+    }
+
+    fn show(&mut self, p: &Progress) {
+        if self.quiet {
+            return;
+        }
+        let Progress::Layer { digest, state } = p else {
+            return;
+        };
+        let text = match state {
+            LayerState::Exists => "Already exists".to_string(),
+            LayerState::Waiting => "Waiting".to_string(),
+            LayerState::Downloading { done, total } => {
+                if self.tty {
+                    format!("Downloading {:>7} / {}", human(*done), human(*total))
+                } else {
+                    "Downloading".to_string()
+                }
+            }
+            LayerState::Extracting => "Extracting".to_string(),
+            LayerState::Done => "Pull complete".to_string(),
+        };
+        let short = digest.hex()[..12].to_string();
+        let changed = match self.layers.iter_mut().find(|(d, _)| d == digest) {
+            Some((_, old)) if *old == text => false,
+            Some((_, old)) => {
+                *old = text.clone();
+                true
+            }
+            None => {
+                self.layers.push((*digest, text.clone()));
+                true
+            }
+        };
+        if !changed {
+            return;
+        }
+        if self.tty {
+            let mut out = String::new();
+            if self.drawn > 0 {
+                out.push_str(&format!("\x1b[{}A", self.drawn));
+            }
+            for (d, t) in &self.layers {
+                out.push_str(&format!("\x1b[2K{}: {t}\n", &d.hex()[..12]));
+            }
+            self.drawn = self.layers.len();
+            print!("{out}");
+            let _ = std::io::stdout().flush();
+        } else {
+            println!("{short}: {text}");
+        }
+    }
+}
+
+fn human(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.2}GiB", b / (1024.0 * 1024.0 * 1024.0))
+    } else if b >= 1024.0 * 1024.0 {
+        format!("{:.1}MiB", b / (1024.0 * 1024.0))
+    } else if b >= 1024.0 {
+        format!("{:.1}KiB", b / 1024.0)
+    } else {
+        format!("{bytes}B")
+    }
+}
+
+fn ls(global: &Global, c: ImageLs) -> anyhow::Result<ExitCode> {
+    if !c.filter.is_empty() {
+        return not_implemented("image ls --filter");
+    }
+    let Response::Images(images) = call(global, &Request::Image(ImageRequest::List))? else {
+        return Err(anyhow::anyhow!("unexpected answer from the daemon"));
+    };
+    let want = c
+        .repository
+        .as_deref()
+        .map(|r| Reference::parse(r).map(|r| r.name()))
+        .transpose()
+        .map_err(|e| UsageError(e.to_string()))?;
+    let mut rows = Vec::new();
+    for img in &images {
+        let id = img.id.trim_start_matches("sha256:");
+        let id = if c.no_trunc {
+            img.id.clone()
+        } else {
+            id[..12].to_string()
+        };
+        let tags: Vec<(String, String)> = img
+            .names
+            .iter()
+            .filter(|n| !n.contains('@'))
+            .filter_map(|n| Reference::parse(n).ok())
+            .map(|r| (r.familiar_name(), r.tag.unwrap_or_default()))
+            .collect();
+        let digest = img
+            .names
+            .iter()
+            .find_map(|n| n.split_once('@').map(|(_, d)| d.to_string()))
+            .unwrap_or_else(|| "<none>".into());
+        if tags.is_empty() {
+            if c.all || want.is_none() {
+                rows.push((
+                    "<none>".to_string(),
+                    "<none>".to_string(),
+                    digest.clone(),
+                    id.clone(),
+                    img,
+                ));
+            }
+            continue;
+        }
+        for (repo, tag) in tags {
+            if let Some(w) = &want {
+                let full = Reference::parse(&repo)
+                    .map(|r| r.name())
+                    .unwrap_or_default();
+                if &full != w {
+                    continue;
+                }
+            }
+            rows.push((repo, tag, digest.clone(), id.clone(), img));
+        }
+    }
+    if c.quiet {
+        let mut seen = std::collections::BTreeSet::new();
+        for r in &rows {
+            if seen.insert(r.3.clone()) {
+                println!("{}", r.3);
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = vec![if c.digests {
+        vec![
+            "REPOSITORY",
+            "TAG",
+            "DIGEST",
+            "IMAGE ID",
+            "PLATFORM",
+            "SIZE",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>()
+    } else {
+        vec!["REPOSITORY", "TAG", "IMAGE ID", "PLATFORM", "SIZE"]
+            .into_iter()
+            .map(String::from)
+            .collect()
+    }];
+    for (repo, tag, digest, id, img) in rows {
+        let mut row = vec![repo, tag];
+        if c.digests {
+            row.push(digest);
+        }
+        row.extend([id, img.platform.clone(), human(img.size)]);
+        table.push(row);
+    }
+    print_table(&table);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_table(rows: &[Vec<String>]) {
+    let cols = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..cols)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i + 1 == cols {
+                    c.clone()
+                } else {
+                    format!("{c:<w$}", w = widths[i] + 3)
+                }
+            })
+            .collect();
+        println!("{}", line.concat().trim_end());
+    }
+}
+
+fn load(global: &Global, c: ImageLoad) -> anyhow::Result<ExitCode> {
+    // The daemon reads the file itself; standard input is first copied to a private
+    // temporary file it can open.
+    let (path, _tmp) = match c.input {
+        Some(p) => (
+            std::fs::canonicalize(&p)
+                .map_err(|e| UsageError(format!("-i: {}: {e}", p.display())))?,
+            None,
+        ),
+        None => {
+            if std::io::stdin().is_terminal() {
+                return Err(UsageError(
+                    "image load: give the archive with -i FILE or on standard input".into(),
+                )
+                .into());
+            }
+            let t = TempFile::new()?;
+            let mut f = std::fs::File::create(&t.0)?;
+            std::io::copy(&mut std::io::stdin().lock(), &mut f)?;
+            (t.0.clone(), Some(t))
+        }
+    };
+    let resp = crate::api::call_streaming(
+        &global.socket,
+        &Request::Image(ImageRequest::Load {
+            path,
+            platform: None,
+        }),
+        PULL_IDLE,
+        |_| {},
+    )?;
+    match resp {
+        Response::Done(text) => {
+            if !c.quiet {
+                println!("{text}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Response::Error(e) => Err(anyhow::anyhow!(e)),
+        other => Err(anyhow::anyhow!(
+            "unexpected answer from the daemon: {other:?}"
+        )),
+    }
+}
+
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new() -> anyhow::Result<TempFile> {
+        let p = std::env::temp_dir().join(format!(
+            "swarmlet-load-{}-{}",
+            std::process::id(),
+            crate::image::store::unique()
+        ));
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&p)?;
+        drop(f);
+        Ok(TempFile(p))
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }

@@ -55,6 +55,8 @@ pub struct DaemonConfig {
     pub advertise: Option<SocketAddr>,
     pub hostname: String,
     pub labels: Vec<(String, String)>,
+    /// Insecure registries, CA directory: how this node reaches registries.
+    pub registry: crate::image::pull::RegistryConfig,
 }
 
 /// What a node remembers about its cluster between restarts.
@@ -249,6 +251,10 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     ));
     let id = cluster::node_id(&key);
     let membership = load_membership(&cfg.data_dir)?;
+    let engine = std::sync::Arc::new(super::engine::Engine::open(
+        &cfg.data_dir,
+        cfg.registry.clone(),
+    )?);
     let listener = bind_api_socket(&cfg.socket)?;
     let mut node = Node {
         cfg,
@@ -276,7 +282,7 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let ex = smol::LocalExecutor::new();
     let (tx, rx) = smol::channel::bounded(API_QUEUE);
     smol::block_on(ex.run(async {
-        ex.spawn(accept_loop(listener, tx)).detach();
+        ex.spawn(accept_loop(listener, tx, engine)).detach();
         if node.membership.is_some() {
             node.resume()?;
         }
@@ -315,14 +321,16 @@ fn bind_api_socket(path: &Path) -> anyhow::Result<smol::net::unix::UnixListener>
 async fn accept_loop(
     listener: smol::net::unix::UnixListener,
     tx: Sender<(Request, Sender<Response>)>,
+    engine: std::sync::Arc<super::engine::Engine>,
 ) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let tx = tx.clone();
+        let engine = engine.clone();
         smol::spawn(async move {
-            let _ = serve_conn(stream, tx).await;
+            let _ = serve_conn(stream, tx, engine).await;
         })
         .detach();
     }
@@ -331,6 +339,7 @@ async fn accept_loop(
 async fn serve_conn(
     mut s: smol::net::unix::UnixStream,
     tx: Sender<(Request, Sender<Response>)>,
+    engine: std::sync::Arc<super::engine::Engine>,
 ) -> anyhow::Result<()> {
     use smol::io::{AsyncReadExt, AsyncWriteExt};
     let mut header = [0u8; 4];
@@ -338,6 +347,18 @@ async fn serve_conn(
     let len = api::frame_len(header)?;
     let mut body = vec![0u8; len];
     s.read_exact(&mut body).await?;
+    if let Ok(Request::Image(req)) = api::decode::<Request>(&body) {
+        // The engine works on the blocking pool and streams its frames back; a CLI
+        // that went away only stops the frames, not the work.
+        let (ftx, frx) = smol::channel::unbounded();
+        smol::unblock(move || engine.image(req, &ftx)).detach();
+        while let Ok(frame) = frx.recv().await {
+            if s.write_all(&api::encode(&frame)).await.is_err() {
+                break;
+            }
+        }
+        return Ok(());
+    }
     let resp = match api::decode::<Request>(&body) {
         Ok(req) => {
             let (rtx, rrx) = smol::channel::bounded(1);
@@ -1230,6 +1251,9 @@ impl Node {
     /// Serves a request; `asker` is the node whose CLI asked ("self", the `*` in ls).
     fn on_api(&mut self, req: Request, reply: Reply, asker: NodeId) {
         let resp = match req {
+            Request::Image(_) => Some(Response::Error(
+                "image requests are served by each node itself".into(),
+            )),
             Request::Info => Some(Response::Info(self.info())),
             Request::Init { listen, advertise } => Some(
                 self.init(listen, advertise)

@@ -23,20 +23,27 @@ pub struct Daemon {
     pub ip: String,
     netns: Option<String>,
     child: Option<Child>,
+    /// Extra `swarmlet daemon` flags.
+    extra: Vec<String>,
 }
 
 impl Daemon {
     /// A daemon on the host's network (loopback addresses).
     pub fn new(tag: &str, name: &str, ip: &str) -> Daemon {
-        Daemon::start_new(tag, name, ip, None)
+        Daemon::start_new(tag, name, ip, None, &[])
+    }
+
+    /// A daemon on loopback started with extra `daemon` flags.
+    pub fn with_args(tag: &str, name: &str, ip: &str, extra: &[&str]) -> Daemon {
+        Daemon::start_new(tag, name, ip, None, extra)
     }
 
     /// A daemon inside the network namespace `netns` (made by [`Net::host`]).
     pub fn in_netns(tag: &str, netns: &str, name: &str, ip: &str) -> Daemon {
-        Daemon::start_new(tag, name, ip, Some(netns.to_string()))
+        Daemon::start_new(tag, name, ip, Some(netns.to_string()), &[])
     }
 
-    fn start_new(tag: &str, name: &str, ip: &str, netns: Option<String>) -> Daemon {
+    fn start_new(tag: &str, name: &str, ip: &str, netns: Option<String>, extra: &[&str]) -> Daemon {
         let dir =
             std::env::temp_dir().join(format!("swarmlet-{tag}-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -47,6 +54,7 @@ impl Daemon {
             ip: ip.into(),
             netns,
             child: None,
+            extra: extra.iter().map(|s| (*s).to_string()).collect(),
         };
         d.start();
         d
@@ -81,6 +89,7 @@ impl Daemon {
             .args(["daemon", "--data-dir"])
             .arg(self.dir.join("data"))
             .args(["--hostname", &self.name])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
