@@ -13,4 +13,5 @@ pub mod daemon;
 pub mod gossip;
 pub mod image;
 pub mod raft;
+pub mod runtime;
 pub mod transport;

@@ -18,6 +18,7 @@ pub mod container;
 pub mod debug;
 pub mod host;
 pub mod image;
+pub mod internal;
 pub mod network;
 pub mod node;
 pub mod service;
@@ -131,6 +132,7 @@ pub enum Command {
     Install(host::InstallCommand),
     Uninstall(host::UninstallCommand),
     Debug(debug::DebugCommand),
+    RuntimeHelper(internal::RuntimeHelperCommand),
 }
 
 /// Runs one parsed command. The returned code is the process exit code on success; an error
@@ -157,6 +159,7 @@ pub fn run(global: &Global, command: Command) -> anyhow::Result<ExitCode> {
         Command::Install(cmd) => host::install(global, cmd),
         Command::Uninstall(cmd) => host::uninstall(global, cmd),
         Command::Debug(cmd) => debug::run(global, cmd),
+        Command::RuntimeHelper(cmd) => internal::run(cmd),
     }
 }
 

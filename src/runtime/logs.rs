@@ -1,0 +1,322 @@
+//! Container logs: what a container writes to stdout and stderr, one line per record in
+//! the CRI format (`<RFC 3339 nanoseconds> <stream> <F|P> <text>`; `P` marks a piece of a
+//! line longer than [`MAX_LINE`]), in a file that is rotated at a size cap so an SD card
+//! never fills: `log`, then `log.1` ... `log.<files-1>`, oldest dropped.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// A line longer than this is written in pieces.
+pub const MAX_LINE: usize = 16 << 10;
+
+/// Size cap of each file and how many files are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLimits {
+    pub max_size: u64,
+    pub max_files: u32,
+}
+
+impl Default for LogLimits {
+    /// 10 MiB in 2 files: at most 20 MiB per container.
+    fn default() -> Self {
+        LogLimits {
+            max_size: 10 << 20,
+            max_files: 2,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// Writes one container's log, rotating at the cap.
+pub struct LogWriter {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    limits: LogLimits,
+    /// Bytes of an unfinished line, per stream.
+    pending: [Vec<u8>; 2],
+}
+
+impl LogWriter {
+    pub fn open(path: &Path, limits: LogLimits) -> io::Result<LogWriter> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let size = file.metadata()?.len();
+        Ok(LogWriter {
+            path: path.to_path_buf(),
+            file,
+            size,
+            limits,
+            pending: [Vec::new(), Vec::new()],
+        })
+    }
+
+    /// Takes bytes read from a stream; writes every complete line (and pieces of
+    /// overlong ones).
+    pub fn write(&mut self, stream: Stream, mut data: &[u8]) -> io::Result<()> {
+        let i = stream as usize;
+        while !data.is_empty() {
+            match data.iter().position(|b| *b == b'\n') {
+                Some(nl) => {
+                    let mut line = std::mem::take(&mut self.pending[i]);
+                    line.extend_from_slice(&data[..nl]);
+                    data = &data[nl + 1..];
+                    self.record(stream, &line, false)?;
+                }
+                None => {
+                    self.pending[i].extend_from_slice(data);
+                    data = &[];
+                }
+            }
+            while self.pending[i].len() >= MAX_LINE {
+                let rest = self.pending[i].split_off(MAX_LINE);
+                let piece = std::mem::replace(&mut self.pending[i], rest);
+                self.record(stream, &piece, true)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// At end of stream: an unfinished last line is written as it is.
+    pub fn finish(&mut self, stream: Stream) -> io::Result<()> {
+        let i = stream as usize;
+        if !self.pending[i].is_empty() {
+            let line = std::mem::take(&mut self.pending[i]);
+            self.record(stream, &line, false)?;
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, stream: Stream, text: &[u8], partial: bool) -> io::Result<()> {
+        let mut rec = format!(
+            "{} {} {} ",
+            rfc3339_nanos(SystemTime::now()),
+            stream.name(),
+            if partial { 'P' } else { 'F' }
+        )
+        .into_bytes();
+        rec.extend_from_slice(text);
+        rec.push(b'\n');
+        if self.size > 0 && self.size + rec.len() as u64 > self.limits.max_size {
+            self.rotate()?;
+        }
+        self.file.write_all(&rec)?;
+        self.size += rec.len() as u64;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        let keep = self.limits.max_files.max(1);
+        if keep == 1 {
+            self.file.set_len(0)?;
+            self.size = 0;
+            return Ok(());
+        }
+        let _ = std::fs::remove_file(numbered(&self.path, keep - 1));
+        for n in (1..keep - 1).rev() {
+            let _ = std::fs::rename(numbered(&self.path, n), numbered(&self.path, n + 1));
+        }
+        std::fs::rename(&self.path, numbered(&self.path, 1))?;
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+fn numbered(path: &Path, n: u32) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{n}"));
+    PathBuf::from(s)
+}
+
+/// One record read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub time: String,
+    pub stream: Stream,
+    pub partial: bool,
+    pub text: Vec<u8>,
+}
+
+fn parse_record(line: &[u8]) -> Option<Record> {
+    let mut parts = line.splitn(4, |b| *b == b' ');
+    let time = String::from_utf8(parts.next()?.to_vec()).ok()?;
+    let stream = match parts.next()? {
+        b"stdout" => Stream::Stdout,
+        b"stderr" => Stream::Stderr,
+        _ => return None,
+    };
+    let partial = match parts.next()? {
+        b"P" => true,
+        b"F" => false,
+        _ => return None,
+    };
+    Some(Record {
+        time,
+        stream,
+        partial,
+        text: parts.next().unwrap_or_default().to_vec(),
+    })
+}
+
+/// Every record of a log (rotated files first, oldest first). Malformed lines (a torn
+/// last write) are skipped.
+pub fn read_all(path: &Path, max_files: u32) -> io::Result<Vec<Record>> {
+    let mut out = Vec::new();
+    for n in (0..max_files.max(1)).rev() {
+        let p = if n == 0 {
+            path.to_path_buf()
+        } else {
+            numbered(path, n)
+        };
+        let f = match File::open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for line in BufReader::new(f).split(b'\n') {
+            if let Some(r) = parse_record(&line?) {
+                out.push(r);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Formats a time as `2026-11-25T01:02:03.123456789Z`.
+pub fn rfc3339_nanos(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (y, m, day) = civil_from_days(secs / 86_400);
+    let s = secs % 86_400;
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
+        s / 3600,
+        (s / 60) % 60,
+        s % 60,
+        d.subsec_nanos()
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar.
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    // Shift to a calendar whose years start on March 1st, in 400-year eras.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(59), (1970, 3, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(20_782), (2026, 11, 25));
+        let t = UNIX_EPOCH + std::time::Duration::new(1_795_568_523, 5);
+        assert_eq!(rfc3339_nanos(t), "2026-11-25T01:02:03.000000005Z");
+    }
+
+    #[test]
+    fn lines_pieces_and_rotation() {
+        let dir = std::env::temp_dir().join(format!("swarmlet-logs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log");
+        let limits = LogLimits {
+            max_size: 4096,
+            max_files: 3,
+        };
+        let mut w = LogWriter::open(&path, limits).unwrap();
+        w.write(Stream::Stdout, b"hel").unwrap();
+        w.write(Stream::Stderr, b"oops\n").unwrap();
+        w.write(Stream::Stdout, b"lo\nwor").unwrap();
+        w.finish(Stream::Stdout).unwrap();
+        let recs = read_all(&path, 3).unwrap();
+        let texts: Vec<(&[u8], Stream)> = recs.iter().map(|r| (&r.text[..], r.stream)).collect();
+        assert_eq!(
+            texts,
+            vec![
+                (&b"oops"[..], Stream::Stderr),
+                (&b"hello"[..], Stream::Stdout),
+                (&b"wor"[..], Stream::Stdout)
+            ]
+        );
+        // A long line comes back in pieces, the last one full.
+        let long = vec![b'x'; MAX_LINE * 2 + 5];
+        let mut w = LogWriter::open(&dir.join("long"), LogLimits::default()).unwrap();
+        w.write(Stream::Stdout, &long).unwrap();
+        w.write(Stream::Stdout, b"\n").unwrap();
+        let recs = read_all(&dir.join("long"), 1).unwrap();
+        assert_eq!(recs.len(), 3);
+        assert!(recs[0].partial && recs[1].partial && !recs[2].partial);
+        assert_eq!(recs.iter().map(|r| r.text.len()).sum::<usize>(), long.len());
+        // Rotation keeps at most 3 files of at most 4 KiB, the newest lines last.
+        let mut w = LogWriter::open(&path, limits).unwrap();
+        for i in 0..1000 {
+            w.write(Stream::Stdout, format!("line {i}\n").as_bytes())
+                .unwrap();
+        }
+        for n in [0, 1, 2] {
+            let p = if n == 0 {
+                path.clone()
+            } else {
+                numbered(&path, n)
+            };
+            assert!(
+                std::fs::metadata(&p).unwrap().len() <= 4096,
+                "{}",
+                p.display()
+            );
+        }
+        assert!(!numbered(&path, 3).exists());
+        let recs = read_all(&path, 3).unwrap();
+        assert_eq!(recs.last().unwrap().text, b"line 999");
+        assert!(recs.len() < 1000 && recs.len() > 100);
+        let nums: Vec<u32> = recs
+            .iter()
+            .filter_map(|r| {
+                std::str::from_utf8(&r.text)
+                    .ok()?
+                    .strip_prefix("line ")?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        assert!(
+            nums.windows(2).all(|w| w[1] == w[0] + 1),
+            "in order, none lost between kept files"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
