@@ -386,8 +386,8 @@ pub fn runtime_spec(
                 "bounding": caps_json, "effective": caps_json, "permitted": caps_json,
                 "inheritable": [], "ambient": [],
             },
+            // rlimits are inherited from the keeper (systemd's LimitNOFILE sets them).
             "noNewPrivileges": !spec.privileged,
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1_048_576u64, "soft": 1_048_576u64}],
         },
         "linux": linux,
     }))
