@@ -13,8 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::token::TokenRole;
 use crate::cluster::{Availability, NodeRole, NodeStatus};
+use crate::daemon::containers::ContainerView;
 use crate::image::pull::{Credentials, Progress};
 use crate::raft::NodeId;
+use crate::runtime::spec::ContainerSpec;
 
 /// Format version of API frames.
 const API_VERSION: u8 = 1;
@@ -65,6 +67,62 @@ pub enum Request {
     },
     /// This node's image store (served by the node itself, never forwarded).
     Image(ImageRequest),
+    /// This node's containers (served by the node itself, never forwarded).
+    Container(ContainerRequest),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ContainerRequest {
+    /// Pulls the image if it is missing (`Progress` frames), then answers `Done(id)`.
+    Run(Box<RunRequest>),
+    List,
+    Stop {
+        containers: Vec<String>,
+        timeout: Option<u64>,
+    },
+    Kill {
+        containers: Vec<String>,
+        signal: String,
+    },
+    Remove {
+        containers: Vec<String>,
+        force: bool,
+    },
+    Inspect {
+        containers: Vec<String>,
+    },
+    /// `LogChunk` frames, then `Done`. With `follow`, until the container exits.
+    Logs {
+        container: String,
+        follow: bool,
+        tail: Option<u64>,
+    },
+    /// Blocks until the container exits; answers `Exit`.
+    Wait {
+        container: String,
+    },
+}
+
+/// What `swarmlet run` asks for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunRequest {
+    pub image: String,
+    pub name: Option<String>,
+    pub spec: ContainerSpec,
+    pub stop_signal: Option<String>,
+    pub stop_timeout: Option<u64>,
+    pub auto_remove: bool,
+    pub auth: Option<Credentials>,
+}
+
+/// One line of a container's output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub time: String,
+    pub stderr: bool,
+    /// Whether the line goes on in the next record (a piece of an overlong line).
+    pub partial: bool,
+    pub text: Vec<u8>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -146,6 +204,11 @@ pub enum Response {
     Images(Vec<ImageView>),
     /// A document for `inspect`, already JSON.
     Json(String),
+    Containers(Vec<ContainerView>),
+    /// An intermediate frame of `logs`.
+    LogChunk(Vec<LogLine>),
+    /// A container's exit status (None: it could not be observed).
+    Exit(Option<i32>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -208,20 +271,21 @@ pub fn call(socket: &Path, req: &Request) -> Result<Response, CallError> {
     Ok(decode(&body)?)
 }
 
-/// Like [`call`] for requests answered with `Progress` frames before the answer:
-/// `on_progress` sees each one; the wait between frames is `idle` at most.
+/// Like [`call`] for requests answered with intermediate frames (`Progress`,
+/// `LogChunk`) before the answer: `on_frame` sees each one; the wait between frames is
+/// `idle` at most (None: no limit).
 pub fn call_streaming(
     socket: &Path,
     req: &Request,
-    idle: Duration,
-    mut on_progress: impl FnMut(Progress),
+    idle: Option<Duration>,
+    mut on_frame: impl FnMut(Response),
 ) -> Result<Response, CallError> {
     let mut s =
         std::os::unix::net::UnixStream::connect(socket).map_err(|e| CallError::Connect {
             path: socket.display().to_string(),
             cause: e,
         })?;
-    s.set_read_timeout(Some(idle)).map_err(FrameError::from)?;
+    s.set_read_timeout(idle).map_err(FrameError::from)?;
     s.write_all(&encode(req)).map_err(FrameError::from)?;
     loop {
         let mut header = [0u8; 4];
@@ -230,7 +294,7 @@ pub fn call_streaming(
         let mut body = vec![0u8; len];
         s.read_exact(&mut body).map_err(FrameError::from)?;
         match decode(&body)? {
-            Response::Progress(p) => on_progress(p),
+            r @ (Response::Progress(_) | Response::LogChunk(_)) => on_frame(r),
             other => return Ok(other),
         }
     }

@@ -1,7 +1,17 @@
 //! Standalone containers on this node, outside any service: `run`, `ps`, `stop`, `kill`,
 //! `rm`, `inspect`, `exec`, `logs`. Their bodies are dispatched from `cli::run`.
 
+use std::io::Write;
+use std::process::ExitCode;
+
 use argh::FromArgs;
+
+use super::image::{credentials_for, print_table, PullView, PULL_IDLE};
+use super::{call, not_implemented, print_done, Global, UsageError};
+use crate::api::{ContainerRequest, Request, Response, RunRequest};
+use crate::daemon::containers::Status;
+use crate::image::reference::Reference;
+use crate::runtime::spec::{ContainerSpec, DeviceSpec, MountKind, MountSpec, NetworkMode};
 
 #[derive(FromArgs, Debug, Default, PartialEq)]
 #[argh(subcommand, name = "run")]
@@ -78,6 +88,38 @@ pub struct RunCommand {
     /// CPU limit, e.g. 0.5
     #[argh(option)]
     pub cpus: Option<String>,
+
+    /// most processes the container may have (-1: no limit)
+    #[argh(option)]
+    pub pids_limit: Option<i64>,
+
+    /// tmpfs mount at this path (repeatable)
+    #[argh(option)]
+    pub tmpfs: Vec<String>,
+
+    /// give the container every capability and device, no confinement
+    #[argh(switch)]
+    pub privileged: bool,
+
+    /// add a capability, e.g. NET_ADMIN or ALL (repeatable)
+    #[argh(option)]
+    pub cap_add: Vec<String>,
+
+    /// drop a capability (repeatable)
+    #[argh(option)]
+    pub cap_drop: Vec<String>,
+
+    /// host device, HOST[:CONTAINER][:rwm], e.g. /dev/ttyUSB0 (repeatable)
+    #[argh(option)]
+    pub device: Vec<String>,
+
+    /// signal that stops the container (default: the image's, else SIGTERM)
+    #[argh(option)]
+    pub stop_signal: Option<String>,
+
+    /// seconds between the stop signal and SIGKILL (default 10)
+    #[argh(option)]
+    pub stop_timeout: Option<u64>,
 
     /// image reference, e.g. busybox:1.36
     #[argh(positional)]
@@ -229,4 +271,497 @@ pub struct LogsCommand {
     /// container id or name
     #[argh(positional)]
     pub container: String,
+}
+
+/// `64m`, `1g`, `512k`, `1048576` to bytes.
+fn parse_bytes(flag: &str, s: &str) -> Result<i64, UsageError> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.strip_suffix('b').unwrap_or(&t);
+    let (num, mult) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1i64 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| UsageError(format!("{flag}: {s:?} is not a size like 64m or 1g")))?;
+    #[allow(clippy::cast_possible_truncation)]
+    let bytes = (n * mult as f64) as i64;
+    if !n.is_finite() || bytes < 4 << 20 {
+        return Err(UsageError(format!(
+            "{flag}: {s:?} is below the 4 MiB minimum"
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Turns the flags into the spec the daemon gets; every error names its flag.
+fn resolve_run(c: &RunCommand) -> Result<(ContainerSpec, Option<u64>), UsageError> {
+    if c.interactive || c.tty {
+        return Err(UsageError(
+            "-i/-t: interactive containers are not supported yet".into(),
+        ));
+    }
+    if !c.publish.is_empty() {
+        return Err(UsageError(
+            "-p: published ports come with the networking issue; not supported yet".into(),
+        ));
+    }
+    if c.restart.as_deref().is_some_and(|r| r != "no") {
+        return Err(UsageError(
+            "--restart: restart policies for standalone containers are not built yet".into(),
+        ));
+    }
+    if c.detach && c.rm {
+        // Docker allows it; so do we (the daemon removes it when it exits).
+    }
+    Reference::parse(&c.image).map_err(|e| UsageError(e.to_string()))?;
+    let network = match c.network.as_deref() {
+        None | Some("none") => NetworkMode::None,
+        Some("host") => NetworkMode::Host,
+        Some(n) => {
+            return Err(UsageError(format!(
+                "--network: {n:?}: only none and host exist until the networking issue"
+            )))
+        }
+    };
+    for e in &c.env {
+        if e.is_empty() || e.starts_with('=') {
+            return Err(UsageError(format!("-e: {e:?} is not KEY=VALUE")));
+        }
+    }
+    let mut mounts = Vec::new();
+    for v in &c.volume {
+        let parts: Vec<&str> = v.split(':').collect();
+        let (src, dst, ro) = match parts.as_slice() {
+            [s, d] => (*s, *d, false),
+            [s, d, "ro"] => (*s, *d, true),
+            [s, d, "rw"] => (*s, *d, false),
+            _ => return Err(UsageError(format!("-v: {v:?} is not SOURCE:TARGET[:ro]"))),
+        };
+        if !dst.starts_with('/') {
+            return Err(UsageError(format!(
+                "-v: target {dst:?} must be an absolute path"
+            )));
+        }
+        let kind = if src.starts_with('/') {
+            MountKind::Bind
+        } else if !src.is_empty()
+            && src
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        {
+            MountKind::Volume
+        } else {
+            return Err(UsageError(format!(
+                "-v: source {src:?} is neither an absolute path nor a volume name"
+            )));
+        };
+        mounts.push(MountSpec {
+            kind,
+            source: src.to_string(),
+            target: dst.to_string(),
+            readonly: ro,
+        });
+    }
+    for t in &c.tmpfs {
+        if !t.starts_with('/') {
+            return Err(UsageError(format!(
+                "--tmpfs: {t:?} must be an absolute path"
+            )));
+        }
+        mounts.push(MountSpec {
+            kind: MountKind::Tmpfs,
+            source: String::new(),
+            target: t.clone(),
+            readonly: false,
+        });
+    }
+    if !c.mount.is_empty() {
+        return Err(UsageError(
+            "--mount: not supported yet; use -v or --tmpfs".into(),
+        ));
+    }
+    let mut devices = Vec::new();
+    for d in &c.device {
+        let parts: Vec<&str> = d.split(':').collect();
+        let perms = |p: &str| !p.is_empty() && p.chars().all(|ch| "rwm".contains(ch));
+        let (host, cont, access) = match parts.as_slice() {
+            [h] => (*h, *h, "rwm"),
+            [h, p] if perms(p) => (*h, *h, *p),
+            [h, c2] => (*h, *c2, "rwm"),
+            [h, c2, p] if perms(p) => (*h, *c2, *p),
+            _ => {
+                return Err(UsageError(format!(
+                    "--device: {d:?} is not HOST[:CONTAINER][:rwm]"
+                )))
+            }
+        };
+        if !host.starts_with("/dev/") || !cont.starts_with('/') {
+            return Err(UsageError(format!(
+                "--device: {d:?}: paths must be absolute, the host one under /dev"
+            )));
+        }
+        devices.push(DeviceSpec {
+            host: host.into(),
+            container: cont.into(),
+            access: access.into(),
+        });
+    }
+    let memory = c
+        .memory
+        .as_deref()
+        .map(|m| parse_bytes("--memory", m))
+        .transpose()?;
+    let cpus = match c.cpus.as_deref() {
+        None => None,
+        Some(x) => {
+            let v: f64 = x
+                .parse()
+                .map_err(|_| UsageError(format!("--cpus: {x:?} is not a number")))?;
+            if !(0.01..=1024.0).contains(&v) {
+                return Err(UsageError(format!(
+                    "--cpus: {x} is out of range (0.01 to 1024)"
+                )));
+            }
+            Some(v)
+        }
+    };
+    if let Some(p) = c.pids_limit {
+        if p == 0 || p < -1 {
+            return Err(UsageError(format!(
+                "--pids-limit: {p}: give a positive number or -1"
+            )));
+        }
+    }
+    let mut labels = std::collections::BTreeMap::new();
+    for l in &c.label {
+        let (k, v) = l.split_once('=').unwrap_or((l, ""));
+        if k.is_empty() {
+            return Err(UsageError(format!("-l: {l:?} is not KEY[=VALUE]")));
+        }
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let spec = ContainerSpec {
+        entrypoint: c.entrypoint.as_ref().map(|e| {
+            if e.is_empty() {
+                Vec::new()
+            } else {
+                vec![e.clone()]
+            }
+        }),
+        cmd: c.args.clone(),
+        env: c.env.clone(),
+        workdir: c.workdir.clone(),
+        user: c.user.clone(),
+        hostname: c.hostname.clone(),
+        network,
+        mounts,
+        memory,
+        cpus,
+        pids_limit: c.pids_limit.filter(|p| *p > 0),
+        privileged: c.privileged,
+        cap_add: c.cap_add.clone(),
+        cap_drop: c.cap_drop.clone(),
+        devices,
+        labels,
+    };
+    crate::runtime::spec::capabilities(&spec)
+        .map_err(|e| UsageError(format!("--cap-add/--cap-drop: {e}")))?;
+    if let Some(sig) = &c.stop_signal {
+        crate::daemon::containers::signal_number(sig)
+            .map_err(|e| UsageError(format!("--stop-signal: {e}")))?;
+    }
+    Ok((spec, c.stop_timeout))
+}
+
+pub fn run(global: &Global, c: RunCommand) -> anyhow::Result<ExitCode> {
+    let (spec, stop_timeout) = resolve_run(&c)?;
+    let r = Reference::parse(&c.image).map_err(|e| UsageError(e.to_string()))?;
+    let auth = credentials_for(&r.domain)?;
+    let req = Request::Container(ContainerRequest::Run(Box::new(RunRequest {
+        image: c.image.clone(),
+        name: c.name.clone(),
+        spec,
+        stop_signal: c.stop_signal.clone(),
+        stop_timeout,
+        auto_remove: c.rm,
+        auth,
+    })));
+    let mut view = PullView::new(std::io::IsTerminal::is_terminal(&std::io::stderr()), false);
+    let resp = crate::api::call_streaming(&global.socket, &req, Some(PULL_IDLE), |f| {
+        if let Response::Progress(p) = f {
+            view.show(&p);
+        }
+    })?;
+    let id = match resp {
+        Response::Done(id) => id,
+        Response::Error(e) => return Err(anyhow::anyhow!(e)),
+        other => {
+            return Err(anyhow::anyhow!(
+                "unexpected answer from the daemon: {other:?}"
+            ))
+        }
+    };
+    if c.detach {
+        println!("{id}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Attached: print its output as it comes, then exit with its status, as docker run.
+    follow_logs(global, &id, None, false)?;
+    match call(
+        global,
+        &Request::Container(ContainerRequest::Wait { container: id }),
+    )? {
+        Response::Exit(Some(code)) => Ok(ExitCode::from(
+            u8::try_from(code.clamp(0, 255)).unwrap_or(255),
+        )),
+        Response::Exit(None) => Err(anyhow::anyhow!(
+            "the container's exit status could not be observed"
+        )),
+        other => Err(anyhow::anyhow!(
+            "unexpected answer from the daemon: {other:?}"
+        )),
+    }
+}
+
+/// Streams a container's log to our stdout and stderr.
+fn follow_logs(
+    global: &Global,
+    id: &str,
+    tail: Option<u64>,
+    timestamps: bool,
+) -> anyhow::Result<()> {
+    let req = Request::Container(ContainerRequest::Logs {
+        container: id.to_string(),
+        follow: true,
+        tail,
+    });
+    let resp =
+        crate::api::call_streaming(&global.socket, &req, None, |f| print_chunk(f, timestamps))?;
+    match resp {
+        Response::Done(_) => Ok(()),
+        Response::Error(e) => Err(anyhow::anyhow!(e)),
+        other => Err(anyhow::anyhow!(
+            "unexpected answer from the daemon: {other:?}"
+        )),
+    }
+}
+
+fn print_chunk(f: Response, timestamps: bool) {
+    let Response::LogChunk(lines) = f else { return };
+    let mut out = std::io::stdout().lock();
+    let mut err = std::io::stderr().lock();
+    for l in lines {
+        let w: &mut dyn Write = if l.stderr { &mut err } else { &mut out };
+        if timestamps {
+            let _ = write!(w, "{} ", l.time);
+        }
+        let _ = w.write_all(&l.text);
+        if !l.partial {
+            let _ = w.write_all(b"\n");
+        }
+    }
+    let _ = out.flush();
+    let _ = err.flush();
+}
+
+pub fn logs(global: &Global, c: LogsCommand) -> anyhow::Result<ExitCode> {
+    if c.since.is_some() {
+        return not_implemented("logs --since");
+    }
+    if c.follow {
+        follow_logs(global, &c.container, c.tail, c.timestamps)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let req = Request::Container(ContainerRequest::Logs {
+        container: c.container,
+        follow: false,
+        tail: c.tail,
+    });
+    let resp = crate::api::call_streaming(
+        &global.socket,
+        &req,
+        Some(crate::api::CLIENT_TIMEOUT),
+        |f| {
+            print_chunk(f, c.timestamps);
+        },
+    )?;
+    match resp {
+        Response::Done(_) => Ok(ExitCode::SUCCESS),
+        Response::Error(e) => Err(anyhow::anyhow!(e)),
+        other => Err(anyhow::anyhow!(
+            "unexpected answer from the daemon: {other:?}"
+        )),
+    }
+}
+
+fn ago(ms: u64) -> String {
+    let now = crate::runtime::keeper::now_ms();
+    let s = now.saturating_sub(ms) / 1000;
+    match s {
+        0..=1 => "Less than a second".into(),
+        2..=59 => format!("{s} seconds"),
+        60..=119 => "About a minute".into(),
+        120..=3599 => format!("{} minutes", s / 60),
+        3600..=7199 => "About an hour".into(),
+        7200..=172_799 => format!("{} hours", s / 3600),
+        _ => format!("{} days", s / 86_400),
+    }
+}
+
+pub fn ps(global: &Global, c: PsCommand) -> anyhow::Result<ExitCode> {
+    if !c.filter.is_empty() {
+        return not_implemented("ps --filter");
+    }
+    let Response::Containers(mut all) = call(global, &Request::Container(ContainerRequest::List))?
+    else {
+        return Err(anyhow::anyhow!("unexpected answer from the daemon"));
+    };
+    if !c.all {
+        all.retain(|v| matches!(v.status, Status::Running { .. }));
+    }
+    if let Some(n) = c.last {
+        all.truncate(usize::try_from(n).unwrap_or(usize::MAX));
+    }
+    let id_of = |id: &str| {
+        if c.no_trunc {
+            id.to_string()
+        } else {
+            id[..12].to_string()
+        }
+    };
+    if c.quiet {
+        for v in &all {
+            println!("{}", id_of(&v.record.id));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut rows = vec![[
+        "CONTAINER ID",
+        "IMAGE",
+        "COMMAND",
+        "CREATED",
+        "STATUS",
+        "NAMES",
+    ]
+    .iter()
+    .map(|s| (*s).to_string())
+    .collect::<Vec<_>>()];
+    for v in &all {
+        let r = &v.record;
+        let mut cmd = r
+            .spec
+            .entrypoint
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .chain(r.spec.cmd.clone())
+            .collect::<Vec<_>>()
+            .join(" ");
+        if !c.no_trunc && cmd.chars().count() > 20 {
+            cmd = cmd.chars().take(19).collect::<String>() + "…";
+        }
+        let status = match &v.status {
+            Status::Created => "Created".to_string(),
+            Status::Running { started_at, .. } => format!("Up {}", ago(*started_at)),
+            Status::Exited {
+                code,
+                oom_killed,
+                finished_at,
+                ..
+            } => format!(
+                "Exited ({}){} {} ago",
+                code.map_or("unknown".to_string(), |c| c.to_string()),
+                if *oom_killed { " OOM" } else { "" },
+                ago(*finished_at)
+            ),
+        };
+        rows.push(vec![
+            id_of(&r.id),
+            r.image.clone(),
+            format!("\"{cmd}\""),
+            format!("{} ago", ago(r.created)),
+            status,
+            r.name.clone(),
+        ]);
+    }
+    print_table(&rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn need(list: &[String], what: &str) -> Result<(), UsageError> {
+    if list.is_empty() {
+        return Err(UsageError(format!("{what}: name at least one container")));
+    }
+    Ok(())
+}
+
+pub fn stop(global: &Global, c: StopCommand) -> anyhow::Result<ExitCode> {
+    need(&c.containers, "stop")?;
+    // The daemon waits up to the grace period for each container.
+    let req = Request::Container(ContainerRequest::Stop {
+        containers: c.containers,
+        timeout: c.time,
+    });
+    print_stream_done(global, &req)
+}
+
+pub fn kill(global: &Global, c: KillCommand) -> anyhow::Result<ExitCode> {
+    need(&c.containers, "kill")?;
+    let signal = c.signal.unwrap_or_else(|| "SIGKILL".into());
+    crate::daemon::containers::signal_number(&signal)
+        .map_err(|e| UsageError(format!("--signal: {e}")))?;
+    print_done(call(
+        global,
+        &Request::Container(ContainerRequest::Kill {
+            containers: c.containers,
+            signal,
+        }),
+    )?)
+}
+
+pub fn rm(global: &Global, c: RmCommand) -> anyhow::Result<ExitCode> {
+    need(&c.containers, "rm")?;
+    if c.volumes {
+        return not_implemented("rm -v");
+    }
+    print_stream_done(
+        global,
+        &Request::Container(ContainerRequest::Remove {
+            containers: c.containers,
+            force: c.force,
+        }),
+    )
+}
+
+pub fn inspect(global: &Global, c: InspectCommand) -> anyhow::Result<ExitCode> {
+    need(&c.objects, "inspect")?;
+    if c.kind.as_deref().is_some_and(|k| k != "container") {
+        return not_implemented("inspect --type other than container");
+    }
+    match call(
+        global,
+        &Request::Container(ContainerRequest::Inspect {
+            containers: c.objects,
+        }),
+    )? {
+        Response::Json(j) => {
+            println!("{j}");
+            Ok(ExitCode::SUCCESS)
+        }
+        other => Err(anyhow::anyhow!(
+            "unexpected answer from the daemon: {other:?}"
+        )),
+    }
+}
+
+/// For requests that may take longer than the usual client timeout (stop waits out
+/// grace periods).
+fn print_stream_done(global: &Global, req: &Request) -> anyhow::Result<ExitCode> {
+    match crate::api::call_streaming(&global.socket, req, None, |_| {})? {
+        Response::Error(e) => Err(anyhow::anyhow!(e)),
+        r => print_done(r),
+    }
 }

@@ -175,7 +175,7 @@ pub fn run(global: &Global, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
 
 /// Credentials for `registry` from the user's Docker-compatible config.json
 /// (`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`).
-fn credentials_for(registry: &str) -> anyhow::Result<Option<Credentials>> {
+pub fn credentials_for(registry: &str) -> anyhow::Result<Option<Credentials>> {
     let dir = std::env::var_os("DOCKER_CONFIG")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")));
@@ -207,8 +207,12 @@ fn pull(global: &Global, c: ImagePull) -> anyhow::Result<ExitCode> {
             platform: c.platform,
             auth,
         }),
-        PULL_IDLE,
-        |p| view.show(&p),
+        Some(PULL_IDLE),
+        |r| {
+            if let Response::Progress(p) = r {
+                view.show(&p);
+            }
+        },
     )?;
     match resp {
         Response::Done(text) => {
@@ -227,10 +231,10 @@ fn pull(global: &Global, c: ImagePull) -> anyhow::Result<ExitCode> {
 
 /// How long a pull may go without a word from the daemon (a big layer being unpacked
 /// on a slow SD card says nothing for a while).
-const PULL_IDLE: Duration = Duration::from_secs(600);
+pub const PULL_IDLE: Duration = Duration::from_secs(600);
 
 /// Per-layer lines: redrawn in place on a terminal, one line per change otherwise.
-struct PullView {
+pub struct PullView {
     tty: bool,
     quiet: bool,
     layers: Vec<(Digest, String)>,
@@ -238,7 +242,7 @@ struct PullView {
 }
 
 impl PullView {
-    fn new(tty: bool, quiet: bool) -> PullView {
+    pub fn new(tty: bool, quiet: bool) -> PullView {
         PullView {
             tty,
             quiet,
@@ -247,7 +251,7 @@ impl PullView {
         }
     }
 
-    fn show(&mut self, p: &Progress) {
+    pub fn show(&mut self, p: &Progress) {
         if self.quiet {
             return;
         }
@@ -299,7 +303,7 @@ impl PullView {
     }
 }
 
-fn human(bytes: u64) -> String {
+pub fn human(bytes: u64) -> String {
     let b = bytes as f64;
     if b >= 1024.0 * 1024.0 * 1024.0 {
         format!("{:.2}GiB", b / (1024.0 * 1024.0 * 1024.0))
@@ -408,7 +412,7 @@ fn ls(global: &Global, c: ImageLs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_table(rows: &[Vec<String>]) {
+pub fn print_table(rows: &[Vec<String>]) {
     let cols = rows.first().map_or(0, Vec::len);
     let widths: Vec<usize> = (0..cols)
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
@@ -457,7 +461,7 @@ fn load(global: &Global, c: ImageLoad) -> anyhow::Result<ExitCode> {
             path,
             platform: None,
         }),
-        PULL_IDLE,
+        Some(PULL_IDLE),
         |_| {},
     )?;
     match resp {

@@ -148,14 +148,14 @@ pub fn run(global: &Global, command: Command) -> anyhow::Result<ExitCode> {
         Command::Service(cmd) => service::run(global, cmd),
         Command::Network(cmd) => network::run(global, cmd),
         Command::Image(cmd) => image::run(global, cmd),
-        Command::Run(_) => not_implemented("run"),
-        Command::Ps(_) => not_implemented("ps"),
-        Command::Stop(_) => not_implemented("stop"),
-        Command::Kill(_) => not_implemented("kill"),
-        Command::Rm(_) => not_implemented("rm"),
-        Command::Inspect(_) => not_implemented("inspect"),
+        Command::Run(cmd) => container::run(global, cmd),
+        Command::Ps(cmd) => container::ps(global, cmd),
+        Command::Stop(cmd) => container::stop(global, cmd),
+        Command::Kill(cmd) => container::kill(global, cmd),
+        Command::Rm(cmd) => container::rm(global, cmd),
+        Command::Inspect(cmd) => container::inspect(global, cmd),
         Command::Exec(_) => not_implemented("exec"),
-        Command::Logs(_) => not_implemented("logs"),
+        Command::Logs(cmd) => container::logs(global, cmd),
         Command::Install(cmd) => host::install(global, cmd),
         Command::Uninstall(cmd) => host::uninstall(global, cmd),
         Command::Debug(cmd) => debug::run(global, cmd),
@@ -279,9 +279,18 @@ mod tests {
     #[test]
     fn unbuilt_commands_exit_2() {
         let global = Global::from_args(&parse(&[]).expect("no args parse"));
-        let err = run(&global, Command::Ps(container::PsCommand::default()))
-            .expect_err("ps is not built yet");
-        assert_eq!(err.to_string(), "ps: not implemented yet");
+        let exec = container::ExecCommand {
+            detach: false,
+            interactive: false,
+            tty: false,
+            env: vec![],
+            user: None,
+            workdir: None,
+            container: "c".into(),
+            command: vec!["true".into()],
+        };
+        let err = run(&global, Command::Exec(exec)).expect_err("exec is not built yet");
+        assert_eq!(err.to_string(), "exec: not implemented yet");
         assert_eq!(exit_code(&err), ExitCode::from(EXIT_USAGE));
         assert_eq!(
             exit_code(&anyhow::anyhow!("boom")),

@@ -5,16 +5,21 @@
 
 use std::path::PathBuf;
 
-use crate::api::{ImageRequest, ImageView, Response};
+use std::time::Duration;
+
+use super::containers::{ContainerView, Containers, Status};
+use crate::api::{ContainerRequest, ImageRequest, ImageView, LogLine, Request, Response};
 use crate::image::load::load;
 use crate::image::oci::Platform;
 use crate::image::pull::{pull, Progress, RegistryConfig};
 use crate::image::reference::{Digest, Reference};
 use crate::image::store::{ImageRecord, Store};
+use crate::runtime::logs::{read_all, Follower, Record, Stream};
 
 pub struct Engine {
     pub store: Store,
     pub registry: RegistryConfig,
+    pub containers: Containers,
 }
 
 /// Where an engine's answers go: zero or more `Progress` frames, then one answer.
@@ -23,7 +28,152 @@ pub type Frames = smol::channel::Sender<Response>;
 impl Engine {
     pub fn open(data_dir: &std::path::Path, registry: RegistryConfig) -> anyhow::Result<Engine> {
         let store = Store::open(&data_dir.join("images"))?;
-        Ok(Engine { store, registry })
+        let exe = std::env::current_exe()?;
+        let containers = Containers::open(data_dir, &exe)?;
+        Ok(Engine {
+            store,
+            registry,
+            containers,
+        })
+    }
+
+    /// Serves one engine request (blocking): frames and then the answer go to `out`.
+    pub fn serve(&self, req: Request, out: &Frames) {
+        match req {
+            Request::Image(r) => self.image(r, out),
+            Request::Container(r) => {
+                let answer = self.container(r, out);
+                let _ = out.send_blocking(answer.unwrap_or_else(Response::Error));
+            }
+            _ => {
+                let _ = out.send_blocking(Response::Error("not an engine request".into()));
+            }
+        }
+    }
+
+    fn container(&self, req: ContainerRequest, out: &Frames) -> Result<Response, String> {
+        let c = &self.containers;
+        match req {
+            ContainerRequest::Run(req) => {
+                let image = req.image.clone();
+                let rec = match self.store.resolve(&image) {
+                    Ok(r) => r,
+                    Err(crate::image::store::StoreError::NotFound(_)) => {
+                        // As Docker: not here, so pull it first.
+                        let r = Reference::parse(&image).map_err(|e| e.to_string())?;
+                        let mut cfg = self.registry.clone();
+                        if let Some(a) = &req.auth {
+                            cfg.auths.insert(r.domain.clone(), a.clone());
+                        }
+                        let send = |p: Progress| {
+                            let _ = out.send_blocking(Response::Progress(p));
+                        };
+                        let got = pull(&self.store, &r, &Platform::host(), &cfg, &send)
+                            .map_err(|e| format!("Unable to find image '{image}' locally; pulling it failed: {e}"))?;
+                        self.store
+                            .resolve(&got.id.to_string())
+                            .map_err(|e| e.to_string())?
+                    }
+                    Err(e) => return Err(e.to_string()),
+                };
+                let id = c.run(&self.store, &rec, *req)?;
+                Ok(Response::Done(id))
+            }
+            ContainerRequest::List => {
+                c.reap_auto_remove();
+                Ok(Response::Containers(c.list()?))
+            }
+            ContainerRequest::Stop {
+                containers,
+                timeout,
+            } => each(&containers, |x| c.stop(x, timeout).map(|_| x.to_string())),
+            ContainerRequest::Kill { containers, signal } => {
+                each(&containers, |x| c.kill(x, &signal).map(|_| x.to_string()))
+            }
+            ContainerRequest::Remove { containers, force } => {
+                each(&containers, |x| c.remove(x, force).map(|_| x.to_string()))
+            }
+            ContainerRequest::Inspect { containers } => {
+                let mut docs = Vec::new();
+                for x in &containers {
+                    docs.push(inspect_doc(&c.find(x)?));
+                }
+                Ok(Response::Json(
+                    serde_json::to_string_pretty(&docs).expect("invariant: JSON serialises"),
+                ))
+            }
+            ContainerRequest::Logs {
+                container,
+                follow,
+                tail,
+            } => self.logs(&container, follow, tail, out),
+            ContainerRequest::Wait { container } => {
+                let v = c.find(&container)?;
+                c.wait_exit(&v.record.id, Duration::from_secs(u64::MAX / 4))?;
+                let v = c.find(&v.record.id)?;
+                let code = match v.status {
+                    Status::Exited { code, .. } => code,
+                    _ => None,
+                };
+                c.reap_auto_remove();
+                Ok(Response::Exit(code))
+            }
+        }
+    }
+
+    fn logs(
+        &self,
+        container: &str,
+        follow: bool,
+        tail: Option<u64>,
+        out: &Frames,
+    ) -> Result<Response, String> {
+        let c = &self.containers;
+        let v = c.find(container)?;
+        let path = c.log_path(&v.record.id);
+        let mut recs = read_all(&path, v.record.log.max_files).map_err(|e| e.to_string())?;
+        let mut follower = Follower::at_end(&path);
+        if let Some(t) = tail {
+            let t = usize::try_from(t).unwrap_or(usize::MAX);
+            if recs.len() > t {
+                recs.drain(..recs.len() - t);
+            }
+        }
+        let send = |recs: Vec<Record>| -> bool {
+            if recs.is_empty() {
+                return true;
+            }
+            let lines = recs
+                .into_iter()
+                .map(|r| LogLine {
+                    time: r.time,
+                    stderr: r.stream == Stream::Stderr,
+                    partial: r.partial,
+                    text: r.text,
+                })
+                .collect();
+            out.send_blocking(Response::LogChunk(lines)).is_ok()
+        };
+        if !send(recs) {
+            return Ok(Response::Done(String::new()));
+        }
+        if follow {
+            loop {
+                let running = matches!(c.find(&v.record.id)?.status, Status::Running { .. });
+                let new = follower.poll().map_err(|e| e.to_string())?;
+                let had = !new.is_empty();
+                if !send(new) {
+                    break;
+                }
+                if !running && !had {
+                    break;
+                }
+                if !had {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+        Ok(Response::Done(String::new()))
     }
 
     /// Serves one image request (blocking).
@@ -83,8 +233,7 @@ impl Engine {
     }
 
     fn remove(&self, images: &[String], force: bool) -> Result<Response, String> {
-        // Containers come with the runtime; until then no image is in use.
-        let in_use = |_: &Digest| None;
+        let in_use = |d: &Digest| self.containers.using_image(d);
         let mut lines = Vec::new();
         let mut errors = Vec::new();
         for i in images {
@@ -121,7 +270,7 @@ impl Engine {
     fn prune(&self, all: bool) -> Result<Response, String> {
         let removed = self
             .store
-            .prune(all, &|_| None)
+            .prune(all, &|d| self.containers.using_image(d))
             .map_err(|e| e.to_string())?;
         let mut lines = Vec::new();
         if !removed.is_empty() {
@@ -183,4 +332,90 @@ fn view(rec: &ImageRecord, names: Vec<String>) -> ImageView {
         platform: rec.platform().to_string(),
         added: rec.added,
     }
+}
+
+/// Applies `f` to each name; the answer lists what succeeded, the error what did not.
+fn each(names: &[String], f: impl Fn(&str) -> Result<String, String>) -> Result<Response, String> {
+    let mut ok = Vec::new();
+    let mut errs = Vec::new();
+    for n in names {
+        match f(n) {
+            Ok(s) => ok.push(s),
+            Err(e) => errs.push(format!("Error response from daemon: {e}")),
+        }
+    }
+    if errs.is_empty() {
+        Ok(Response::Done(ok.join("\n")))
+    } else {
+        ok.extend(errs);
+        Err(ok.join("\n"))
+    }
+}
+
+fn ms_to_rfc3339(ms: u64) -> String {
+    crate::runtime::logs::rfc3339_nanos(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+fn inspect_doc(v: &ContainerView) -> serde_json::Value {
+    let r = &v.record;
+    let (status, running, pid, exit, oom, started, finished) = match &v.status {
+        Status::Created => ("created", false, 0, None, false, None, None),
+        Status::Running { pid, started_at } => {
+            ("running", true, *pid, None, false, Some(*started_at), None)
+        }
+        Status::Exited {
+            code,
+            oom_killed,
+            started_at,
+            finished_at,
+        } => (
+            "exited",
+            false,
+            0,
+            *code,
+            *oom_killed,
+            Some(*started_at),
+            Some(*finished_at),
+        ),
+    };
+    serde_json::json!({
+        "Id": r.id,
+        "Name": r.name,
+        "Created": ms_to_rfc3339(r.created),
+        "Image": r.image_id.to_string(),
+        "Config": {
+            "Image": r.image,
+            "Hostname": r.spec.hostname,
+            "User": r.spec.user,
+            "Env": r.spec.env,
+            "Cmd": r.spec.cmd,
+            "Entrypoint": r.spec.entrypoint,
+            "WorkingDir": r.spec.workdir,
+            "Labels": r.spec.labels,
+            "StopSignal": r.stop_signal,
+            "StopTimeout": r.stop_timeout,
+        },
+        "State": {
+            "Status": status,
+            "Running": running,
+            "Pid": pid,
+            // Docker has no way to say "unknown"; -1 does, and ExitCodeKnown says so.
+            "ExitCode": exit.unwrap_or(if status == "exited" { -1 } else { 0 }),
+            "ExitCodeKnown": status != "exited" || exit.is_some(),
+            "OOMKilled": oom,
+            "StartedAt": started.map(ms_to_rfc3339),
+            "FinishedAt": finished.map(ms_to_rfc3339),
+        },
+        "HostConfig": {
+            "AutoRemove": r.auto_remove,
+            "Privileged": r.spec.privileged,
+            "NetworkMode": format!("{:?}", r.spec.network).to_ascii_lowercase(),
+            "Memory": r.spec.memory.unwrap_or(0),
+            "NanoCpus": r.spec.cpus.map_or(0.0, |c| (c * 1e9).round()),
+            "PidsLimit": r.spec.pids_limit,
+            "CapAdd": r.spec.cap_add,
+            "CapDrop": r.spec.cap_drop,
+        },
+        "Mounts": r.spec.mounts,
+    })
 }

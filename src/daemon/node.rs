@@ -347,11 +347,11 @@ async fn serve_conn(
     let len = api::frame_len(header)?;
     let mut body = vec![0u8; len];
     s.read_exact(&mut body).await?;
-    if let Ok(Request::Image(req)) = api::decode::<Request>(&body) {
+    if let Ok(req @ (Request::Image(_) | Request::Container(_))) = api::decode::<Request>(&body) {
         // The engine works on the blocking pool and streams its frames back; a CLI
-        // that went away only stops the frames, not the work.
-        let (ftx, frx) = smol::channel::unbounded();
-        smol::unblock(move || engine.image(req, &ftx)).detach();
+        // that went away only stops the frames (and a `logs -f`), not the work.
+        let (ftx, frx) = smol::channel::bounded(64);
+        smol::unblock(move || engine.serve(req, &ftx)).detach();
         while let Ok(frame) = frx.recv().await {
             if s.write_all(&api::encode(&frame)).await.is_err() {
                 break;
@@ -1251,8 +1251,8 @@ impl Node {
     /// Serves a request; `asker` is the node whose CLI asked ("self", the `*` in ls).
     fn on_api(&mut self, req: Request, reply: Reply, asker: NodeId) {
         let resp = match req {
-            Request::Image(_) => Some(Response::Error(
-                "image requests are served by each node itself".into(),
+            Request::Image(_) | Request::Container(_) => Some(Response::Error(
+                "image and container requests are served by each node itself".into(),
             )),
             Request::Info => Some(Response::Info(self.info())),
             Request::Init { listen, advertise } => Some(

@@ -198,6 +198,10 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
         .map_err(|_| anyhow!("a keeper already serves {}", dir.display()))?;
     rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
         .context("becoming a child subreaper")?;
+    std::fs::write(
+        dir.join("keeper.pid"),
+        rustix::process::getpid().as_raw_nonzero().to_string(),
+    )?;
     let sock = dir.join(SOCKET);
     let _ = std::fs::remove_file(&sock);
     let listener =

@@ -233,6 +233,65 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (year, month, day)
 }
 
+/// Reads records appended to a log after a point, across rotations (`logs -f`).
+pub struct Follower {
+    path: PathBuf,
+    ino: u64,
+    offset: u64,
+    pending: Vec<u8>,
+}
+
+impl Follower {
+    /// Starts at the current end of the log.
+    pub fn at_end(path: &Path) -> Follower {
+        let (ino, offset) = std::fs::metadata(path)
+            .map(|m| (std::os::unix::fs::MetadataExt::ino(&m), m.len()))
+            .unwrap_or((0, 0));
+        Follower {
+            path: path.to_path_buf(),
+            ino,
+            offset,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Records written since the last call.
+    pub fn poll(&mut self) -> io::Result<Vec<Record>> {
+        use std::io::{Read, Seek, SeekFrom};
+        use std::os::unix::fs::MetadataExt;
+        let mut bytes = Vec::new();
+        let now = match std::fs::metadata(&self.path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        if now.ino() != self.ino {
+            // Rotated: finish the old file (now `.1`), then read the new one from the top.
+            if let Ok(mut f) = File::open(numbered(&self.path, 1)) {
+                if f.metadata()?.ino() == self.ino {
+                    f.seek(SeekFrom::Start(self.offset))?;
+                    f.read_to_end(&mut bytes)?;
+                }
+            }
+            self.ino = now.ino();
+            self.offset = 0;
+        }
+        let mut f = File::open(&self.path)?;
+        f.seek(SeekFrom::Start(self.offset))?;
+        let n = f.read_to_end(&mut bytes)?;
+        self.offset += n as u64;
+        self.pending.extend_from_slice(&bytes);
+        let mut out = Vec::new();
+        while let Some(nl) = self.pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=nl).collect();
+            if let Some(r) = parse_record(&line[..line.len() - 1]) {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

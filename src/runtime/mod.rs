@@ -5,4 +5,5 @@
 pub mod helper;
 pub mod keeper;
 pub mod logs;
+pub mod rootfs;
 pub mod spec;

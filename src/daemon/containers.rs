@@ -1,0 +1,514 @@
+//! Containers of this node, as the daemon keeps them: a record per container
+//! (`<data-dir>/containers/<id>/container.json`), its root filesystem (overlayfs over the
+//! image's layers), its bundle, and the keeper that runs it. The daemon holds no state
+//! of its own about running containers: it asks the keeper, so a restarted daemon sees
+//! exactly what is running.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::image::reference::Digest;
+use crate::image::store::{remove_any, write_atomic, ImageRecord, Store};
+use crate::runtime::keeper::{self, ContainerState, KeeperRequest, KeeperResponse};
+use crate::runtime::logs::LogLimits;
+use crate::runtime::rootfs::{mount_overlay, unmount_overlay};
+use crate::runtime::spec::{identity, runtime_spec, ContainerSpec, MountKind};
+
+const RECORD: &str = "container.json";
+const KEEPER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Docker's default grace period between the stop signal and SIGKILL.
+pub const DEFAULT_STOP_TIMEOUT: u64 = 10;
+
+/// A container as created.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub name: String,
+    /// The image as the user named it.
+    pub image: String,
+    pub image_id: Digest,
+    pub spec: ContainerSpec,
+    /// Milliseconds since the epoch.
+    pub created: u64,
+    pub stop_signal: String,
+    pub stop_timeout: u64,
+    pub auto_remove: bool,
+    pub log: LogLimits,
+}
+
+/// Where a container is in its life.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    Created,
+    Running {
+        pid: i32,
+        started_at: u64,
+    },
+    Exited {
+        /// None when it ended while nobody could observe its status.
+        code: Option<i32>,
+        oom_killed: bool,
+        started_at: u64,
+        finished_at: u64,
+    },
+}
+
+/// A record with its status.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ContainerView {
+    pub record: ContainerRecord,
+    pub status: Status,
+}
+
+pub struct Containers {
+    dir: PathBuf,
+    volumes: PathBuf,
+    exe: PathBuf,
+    /// Serialises creation and removal (names must stay unique).
+    lock: Mutex<()>,
+}
+
+fn random_id() -> Result<String, String> {
+    let mut b = [0u8; 32];
+    getrandom::getrandom(&mut b).map_err(|e| format!("no randomness: {e}"))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// Docker-style `adjective_noun` names, from our own short lists.
+fn random_name(id: &str) -> String {
+    const ADJ: &[&str] = &[
+        "brave", "calm", "eager", "fuzzy", "gentle", "happy", "jolly", "keen", "lucid", "merry",
+        "nimble", "proud", "quiet", "rapid", "sunny", "tidy", "vivid", "witty", "young", "zesty",
+    ];
+    const NOUN: &[&str] = &[
+        "otter", "falcon", "badger", "heron", "lynx", "marten", "osprey", "puffin", "raven",
+        "salmon", "stoat", "swift", "tern", "vole", "wren", "beaver", "bison", "crane", "egret",
+        "finch",
+    ];
+    let n = u32::from_str_radix(&id[..8], 16).unwrap_or(0) as usize;
+    format!(
+        "{}_{}",
+        ADJ[n % ADJ.len()],
+        NOUN[(n / ADJ.len()) % NOUN.len()]
+    )
+}
+
+fn valid_name(n: &str) -> bool {
+    let b = n.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+impl Containers {
+    pub fn open(data_dir: &Path, exe: &Path) -> anyhow::Result<Containers> {
+        let dir = data_dir.join("containers");
+        keeper::ensure(&dir, exe)?;
+        let c = Containers {
+            dir,
+            volumes: data_dir.join("volumes"),
+            exe: exe.to_path_buf(),
+            lock: Mutex::new(()),
+        };
+        Ok(c)
+    }
+
+    fn keeper(&self, req: &KeeperRequest) -> Result<KeeperResponse, String> {
+        let first = keeper::call(&self.dir, req, KEEPER_TIMEOUT);
+        let resp = match first {
+            Ok(r) => r,
+            Err(_) => {
+                // The keeper went away (killed?): start another, which adopts what runs.
+                keeper::ensure(&self.dir, &self.exe).map_err(|e| format!("{e:#}"))?;
+                keeper::call(&self.dir, req, KEEPER_TIMEOUT)
+                    .map_err(|e| format!("talking to the keeper: {e}"))?
+            }
+        };
+        match resp {
+            KeeperResponse::Error(e) => Err(e),
+            r => Ok(r),
+        }
+    }
+
+    fn states(&self) -> Result<BTreeMap<String, ContainerState>, String> {
+        match self.keeper(&KeeperRequest::List)? {
+            KeeperResponse::States(v) => Ok(v.into_iter().map(|s| (s.id.clone(), s)).collect()),
+            other => Err(format!("unexpected keeper answer {other:?}")),
+        }
+    }
+
+    fn records(&self) -> Vec<ContainerRecord> {
+        let mut out = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                if let Ok(b) = std::fs::read(e.path().join(RECORD)) {
+                    match serde_json::from_slice::<ContainerRecord>(&b) {
+                        Ok(r) => out.push(r),
+                        Err(err) => eprintln!(
+                            "swarmlet: ignoring unreadable {}: {err}",
+                            e.path().join(RECORD).display()
+                        ),
+                    }
+                }
+            }
+        }
+        out.sort_by_key(|r| std::cmp::Reverse(r.created));
+        out
+    }
+
+    pub fn list(&self) -> Result<Vec<ContainerView>, String> {
+        let states = self.states()?;
+        Ok(self
+            .records()
+            .into_iter()
+            .map(|r| {
+                let status = status_of(states.get(&r.id));
+                ContainerView { record: r, status }
+            })
+            .collect())
+    }
+
+    /// Finds a container by name, full id or unique id prefix.
+    pub fn find(&self, what: &str) -> Result<ContainerView, String> {
+        let all = self.list()?;
+        if let Some(v) = all
+            .iter()
+            .find(|v| v.record.name == what || v.record.id == what)
+        {
+            return Ok(v.clone());
+        }
+        let hits: Vec<&ContainerView> = all
+            .iter()
+            .filter(|v| what.len() >= 3 && v.record.id.starts_with(what))
+            .collect();
+        match hits.len() {
+            1 => Ok(hits[0].clone()),
+            0 => Err(format!("No such container: {what}")),
+            _ => Err(format!(
+                "{what} matches several containers: use more of the id"
+            )),
+        }
+    }
+
+    /// The first container using `image`, for `image rm`.
+    pub fn using_image(&self, image: &Digest) -> Option<String> {
+        self.records()
+            .into_iter()
+            .find(|r| r.image_id == *image)
+            .map(|r| format!("{} ({})", &r.id[..12], r.name))
+    }
+
+    /// Creates and starts a container. Returns its id.
+    pub fn run(
+        &self,
+        store: &Store,
+        image: &ImageRecord,
+        req: crate::api::RunRequest,
+    ) -> Result<String, String> {
+        let crate::api::RunRequest {
+            image: image_ref,
+            name,
+            spec,
+            stop_signal,
+            stop_timeout,
+            auto_remove,
+            auth: _,
+        } = req;
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let id = random_id()?;
+        let name = match name {
+            Some(n) if !valid_name(&n) => {
+                return Err(format!(
+                    "--name: {n:?} is not a valid name: [a-zA-Z0-9][a-zA-Z0-9_.-]* (up to 128)"
+                ))
+            }
+            Some(n) => n,
+            None => random_name(&id),
+        };
+        if let Some(other) = self.records().iter().find(|r| r.name == name) {
+            return Err(format!(
+                "Conflict. The container name \"{name}\" is already in use by container {}. Remove that container or choose another name",
+                &other.id[..12]
+            ));
+        }
+        let stop_signal = stop_signal
+            .or_else(|| image.config.config.stop_signal.clone())
+            .unwrap_or_else(|| "SIGTERM".into());
+        signal_number(&stop_signal)?;
+        let record = ContainerRecord {
+            id: id.clone(),
+            name,
+            image: image_ref,
+            image_id: image.id,
+            spec,
+            created: keeper::now_ms(),
+            stop_signal,
+            stop_timeout: stop_timeout.unwrap_or(DEFAULT_STOP_TIMEOUT),
+            auto_remove,
+            log: LogLimits::default(),
+        };
+        let cdir = self.dir.join(&id);
+        std::fs::create_dir_all(&cdir).map_err(|e| format!("{}: {e}", cdir.display()))?;
+        let res = self.prepare_and_start(store, image, &record);
+        if let Err(e) = res {
+            let _ = unmount_overlay(&cdir.join("bundle/rootfs"));
+            let _ = remove_any(&cdir);
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    fn prepare_and_start(
+        &self,
+        store: &Store,
+        image: &ImageRecord,
+        record: &ContainerRecord,
+    ) -> Result<(), String> {
+        let cdir = self.dir.join(&record.id);
+        let rootfs = cdir.join("bundle/rootfs");
+        let lower: Vec<PathBuf> = image
+            .layers
+            .iter()
+            .map(|l| store.layer_path(&l.diff_id))
+            .collect();
+        mount_overlay(&lower, &cdir.join("upper"), &cdir.join("work"), &rootfs)
+            .map_err(|e| format!("mounting the root filesystem: {e}"))?;
+        let mut volumes = BTreeMap::new();
+        for m in &record.spec.mounts {
+            match m.kind {
+                MountKind::Volume => {
+                    let p = self.volumes.join(&m.source).join("_data");
+                    std::fs::create_dir_all(&p).map_err(|e| format!("volume {}: {e}", m.source))?;
+                    volumes.insert(m.source.clone(), p.display().to_string());
+                }
+                MountKind::Bind => {
+                    if !Path::new(&m.source).exists() {
+                        return Err(format!(
+                            "invalid mount: bind source path does not exist: {}",
+                            m.source
+                        ));
+                    }
+                }
+                MountKind::Tmpfs => {}
+            }
+        }
+        let who = identity(record.spec.user.as_deref(), &rootfs)?;
+        let hostname = record
+            .spec
+            .hostname
+            .clone()
+            .unwrap_or_else(|| record.id[..12].to_string());
+        let spec = runtime_spec(
+            &image.config.config,
+            &record.spec,
+            &who,
+            &rootfs,
+            &hostname,
+            &format!("/swarmlet/{}", record.id),
+            &volumes,
+        )?;
+        let json = serde_json::to_vec_pretty(&spec).expect("invariant: spec serialises");
+        let tmp = cdir.join("tmp");
+        std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
+        write_atomic(&cdir.join("bundle/config.json"), &tmp, &json).map_err(|e| e.to_string())?;
+        let rec = serde_json::to_vec_pretty(record).expect("invariant: record serialises");
+        write_atomic(&cdir.join(RECORD), &tmp, &rec).map_err(|e| e.to_string())?;
+        match self.keeper(&KeeperRequest::Run {
+            id: record.id.clone(),
+            log: record.log,
+        })? {
+            KeeperResponse::Started { .. } => Ok(()),
+            other => Err(format!("unexpected keeper answer {other:?}")),
+        }
+    }
+
+    pub fn kill(&self, what: &str, signal: &str) -> Result<String, String> {
+        let v = self.find(what)?;
+        if !matches!(v.status, Status::Running { .. }) {
+            return Err(format!("Container {} is not running", v.record.name));
+        }
+        let sig = signal_number(signal)?;
+        self.keeper(&KeeperRequest::Kill {
+            id: v.record.id.clone(),
+            signal: sig,
+        })?;
+        Ok(v.record.id)
+    }
+
+    /// The stop signal, then SIGKILL after the grace period. Waits for the exit.
+    pub fn stop(&self, what: &str, timeout: Option<u64>) -> Result<String, String> {
+        let v = self.find(what)?;
+        if !matches!(v.status, Status::Running { .. }) {
+            return Ok(v.record.name); // Docker: stopping a stopped container succeeds
+        }
+        let id = v.record.id.clone();
+        let grace = Duration::from_secs(timeout.unwrap_or(v.record.stop_timeout));
+        let sig = signal_number(&v.record.stop_signal)?;
+        let _ = self.keeper(&KeeperRequest::Kill {
+            id: id.clone(),
+            signal: sig,
+        });
+        if !self.wait_exit(&id, grace)? {
+            let _ = self.keeper(&KeeperRequest::Kill {
+                id: id.clone(),
+                signal: 9,
+            });
+            if !self.wait_exit(&id, Duration::from_secs(10))? {
+                return Err(format!("{} did not die of SIGKILL", v.record.name));
+            }
+        }
+        Ok(v.record.name)
+    }
+
+    /// Waits until the container has exited, up to `limit`; false if it has not.
+    pub fn wait_exit(&self, id: &str, limit: Duration) -> Result<bool, String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let st = self.states()?;
+            if st.get(id).is_none_or(|s| s.exit.is_some()) {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn remove(&self, what: &str, force: bool) -> Result<String, String> {
+        let v = self.find(what)?;
+        if matches!(v.status, Status::Running { .. }) {
+            if !force {
+                return Err(format!(
+                    "You cannot remove a running container {}. Stop the container before attempting removal or force remove",
+                    &v.record.id[..12]
+                ));
+            }
+            let _ = self.keeper(&KeeperRequest::Kill {
+                id: v.record.id.clone(),
+                signal: 9,
+            });
+            self.wait_exit(&v.record.id, Duration::from_secs(10))?;
+        }
+        self.purge(&v.record.id)?;
+        Ok(v.record.name)
+    }
+
+    /// Forgets a container that is not running: runtime state, root filesystem, files.
+    fn purge(&self, id: &str) -> Result<(), String> {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        match self.keeper(&KeeperRequest::Delete { id: id.to_string() }) {
+            Ok(_) => {}
+            Err(e) if e.contains("no such") => {}
+            Err(e) => return Err(e),
+        }
+        let cdir = self.dir.join(id);
+        unmount_overlay(&cdir.join("bundle/rootfs"))
+            .map_err(|e| format!("unmounting the root filesystem of {id}: {e}"))?;
+        remove_any(&cdir).map_err(|e| format!("{}: {e}", cdir.display()))?;
+        Ok(())
+    }
+
+    /// Removes exited containers that asked for it (`--rm`).
+    pub fn reap_auto_remove(&self) {
+        if let Ok(all) = self.list() {
+            for v in all {
+                if v.record.auto_remove && matches!(v.status, Status::Exited { .. }) {
+                    let _ = self.purge(&v.record.id);
+                }
+            }
+        }
+    }
+
+    pub fn log_path(&self, id: &str) -> PathBuf {
+        self.dir.join(id).join("log")
+    }
+}
+
+fn status_of(s: Option<&ContainerState>) -> Status {
+    match s {
+        None => Status::Created,
+        Some(s) => match &s.exit {
+            None => Status::Running {
+                pid: s.pid,
+                started_at: s.started_at,
+            },
+            Some(e) => Status::Exited {
+                code: e.code,
+                oom_killed: e.oom_killed,
+                started_at: s.started_at,
+                finished_at: e.finished_at,
+            },
+        },
+    }
+}
+
+/// `SIGTERM`, `TERM`, `term` or `15`.
+pub fn signal_number(s: &str) -> Result<i32, String> {
+    if let Ok(n) = s.parse::<i32>() {
+        if (1..=64).contains(&n) {
+            return Ok(n);
+        }
+        return Err(format!("invalid signal: {s}"));
+    }
+    let up = s.to_ascii_uppercase();
+    let name = up.strip_prefix("SIG").unwrap_or(&up);
+    let n = match name {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "ILL" => 4,
+        "TRAP" => 5,
+        "ABRT" => 6,
+        "BUS" => 7,
+        "FPE" => 8,
+        "KILL" => 9,
+        "USR1" => 10,
+        "SEGV" => 11,
+        "USR2" => 12,
+        "PIPE" => 13,
+        "ALRM" => 14,
+        "TERM" => 15,
+        "CHLD" => 17,
+        "CONT" => 18,
+        "STOP" => 19,
+        "TSTP" => 20,
+        "TTIN" => 21,
+        "TTOU" => 22,
+        "URG" => 23,
+        "XCPU" => 24,
+        "XFSZ" => 25,
+        "VTALRM" => 26,
+        "PROF" => 27,
+        "WINCH" => 28,
+        "IO" => 29,
+        "PWR" => 30,
+        "SYS" => 31,
+        _ => return Err(format!("invalid signal: {s}")),
+    };
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_and_names() {
+        assert_eq!(signal_number("SIGTERM"), Ok(15));
+        assert_eq!(signal_number("kill"), Ok(9));
+        assert_eq!(signal_number("10"), Ok(10));
+        assert!(signal_number("SIGNOPE").unwrap_err().contains("SIGNOPE"));
+        assert!(signal_number("0").is_err());
+        assert!(valid_name("web-1.a_b"));
+        assert!(!valid_name("-x") && !valid_name("a b") && !valid_name(""));
+        let n = random_name("0123abcd");
+        assert!(n.contains('_') && valid_name(&n));
+    }
+}
