@@ -467,7 +467,7 @@ fn resolve_run(c: &RunCommand) -> Result<(ContainerSpec, Option<u64>), UsageErro
         devices,
         labels,
     };
-    crate::runtime::spec::capabilities(&spec)
+    crate::runtime::spec::capabilities(&spec, u64::MAX)
         .map_err(|e| UsageError(format!("--cap-add/--cap-drop: {e}")))?;
     if let Some(sig) = &c.stop_signal {
         crate::daemon::containers::signal_number(sig)

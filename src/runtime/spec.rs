@@ -208,8 +208,29 @@ pub fn env(image: &RunConfig, spec: &ContainerSpec, hostname: &str, home: &str) 
     vars.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
-/// The capability set after `--privileged`, `--cap-add` and `--cap-drop`.
-pub fn capabilities(spec: &ContainerSpec) -> Result<Vec<String>, String> {
+/// The capabilities this process may hand on (its bounding set), from /proc.
+pub fn bounding_set() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("CapBnd:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(u64::MAX)
+}
+
+fn cap_bit(name: &str) -> u64 {
+    ALL_CAPS
+        .iter()
+        .position(|c| *c == name)
+        .map_or(0, |i| 1u64 << i)
+}
+
+/// The capability set after `--privileged`, `--cap-add` and `--cap-drop`, within
+/// `bounding` (what the host lets us give: Docker's `--privileged` means every
+/// capability the daemon has). Asking for one outside it is an error naming it.
+pub fn capabilities(spec: &ContainerSpec, bounding: u64) -> Result<Vec<String>, String> {
     let norm = |c: &str| -> Result<String, String> {
         let up = c.to_ascii_uppercase();
         let full = if up.starts_with("CAP_") {
@@ -223,15 +244,27 @@ pub fn capabilities(spec: &ContainerSpec) -> Result<Vec<String>, String> {
             Err(format!("unknown capability {c:?}"))
         }
     };
+    let available = |c: &&&str| cap_bit(c) & bounding != 0;
+    let all: Vec<String> = ALL_CAPS
+        .iter()
+        .filter(available)
+        .map(|c| (*c).to_string())
+        .collect();
     let mut caps: Vec<String> = if spec.privileged {
-        ALL_CAPS.iter().map(|c| (*c).to_string()).collect()
+        all.clone()
     } else {
-        DEFAULT_CAPS.iter().map(|c| (*c).to_string()).collect()
+        DEFAULT_CAPS
+            .iter()
+            .filter(available)
+            .map(|c| (*c).to_string())
+            .collect()
     };
     for c in &spec.cap_add {
         let c = norm(c)?;
         if c == "CAP_ALL" {
-            caps = ALL_CAPS.iter().map(|c| (*c).to_string()).collect();
+            caps = all.clone();
+        } else if cap_bit(&c) & bounding == 0 {
+            return Err(format!("capability {c} is not available on this host"));
         } else if !caps.contains(&c) {
             caps.push(c);
         }
@@ -262,7 +295,7 @@ pub fn runtime_spec(
     if args.is_empty() {
         return Err("no command: the image has no Entrypoint or Cmd; give one".into());
     }
-    let caps = capabilities(spec)?;
+    let caps = capabilities(spec, bounding_set())?;
     let cwd = spec
         .workdir
         .clone()
@@ -551,19 +584,29 @@ mod tests {
             cap_drop: vec!["CAP_NET_RAW".into()],
             ..Default::default()
         };
-        let c = capabilities(&s).unwrap();
+        let c = capabilities(&s, u64::MAX).unwrap();
         assert!(c.contains(&"CAP_SYS_ADMIN".to_string()));
         assert!(!c.contains(&"CAP_NET_RAW".to_string()));
         let bad = ContainerSpec {
             cap_add: vec!["FLY".into()],
             ..Default::default()
         };
-        assert!(capabilities(&bad).unwrap_err().contains("FLY"));
+        assert!(capabilities(&bad, u64::MAX).unwrap_err().contains("FLY"));
         let p = ContainerSpec {
             privileged: true,
             ..Default::default()
         };
-        assert_eq!(capabilities(&p).unwrap().len(), ALL_CAPS.len());
+        assert_eq!(capabilities(&p, u64::MAX).unwrap().len(), ALL_CAPS.len());
+        let no_sys_resource = u64::MAX & !(1 << 24);
+        let caps = capabilities(&p, no_sys_resource).unwrap();
+        assert_eq!(caps.len(), ALL_CAPS.len() - 1);
+        let ask = ContainerSpec {
+            cap_add: vec!["SYS_RESOURCE".into()],
+            ..Default::default()
+        };
+        assert!(capabilities(&ask, no_sys_resource)
+            .unwrap_err()
+            .contains("not available"));
     }
 
     #[test]

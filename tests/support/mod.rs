@@ -179,6 +179,7 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+        cleanup_containers(&self.dir.join("data"));
         if std::thread::panicking() {
             eprintln!(
                 "--- log of {}:\n{}",
@@ -187,6 +188,54 @@ impl Drop for Daemon {
             );
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Stops everything a daemon's keeper runs under `data` (containers killed and deleted,
+/// the keeper itself killed) and unmounts whatever is still mounted below `data`.
+pub fn cleanup_containers(data: &std::path::Path) {
+    use swarmlet::runtime::keeper::{call, KeeperRequest, KeeperResponse};
+    let dir = data.join("containers");
+    let t = Duration::from_secs(10);
+    if let Ok(KeeperResponse::States(v)) = call(&dir, &KeeperRequest::List, t) {
+        for s in &v {
+            if s.exit.is_none() {
+                let _ = call(
+                    &dir,
+                    &KeeperRequest::Kill {
+                        id: s.id.clone(),
+                        signal: 9,
+                    },
+                    t,
+                );
+            }
+        }
+        let deadline = Instant::now() + t;
+        while Instant::now() < deadline {
+            match call(&dir, &KeeperRequest::List, t) {
+                Ok(KeeperResponse::States(v)) if v.iter().any(|s| s.exit.is_none()) => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                _ => break,
+            }
+        }
+        for s in v {
+            let _ = call(&dir, &KeeperRequest::Delete { id: s.id }, t);
+        }
+    }
+    if let Ok(pid) = std::fs::read_to_string(dir.join("keeper.pid")) {
+        let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+    }
+    let prefix = data.display().to_string();
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut mounts: Vec<&str> = info
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .filter(|m| m.starts_with(&prefix))
+        .collect();
+    mounts.reverse();
+    for m in mounts {
+        let _ = Command::new("umount").args(["-l", m]).output();
     }
 }
 

@@ -1,0 +1,296 @@
+//! Standalone containers through the CLI and the daemon, on the real kernel: what a
+//! container sees (args, env, user, hostname, working dir, mounts), limits (memory, pids),
+//! confinement (mount refused, /proc/kcore masked, no CAP_SYS_ADMIN) and `--privileged`,
+//! and a daemon killed with -9 while containers run. Needs root.
+
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)] // test code
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::image::{docker_save_tar, TestImage};
+use support::Daemon;
+
+/// A daemon with the busybox test image loaded as `bb:1`.
+fn daemon(tag: &str, ip: &str) -> Daemon {
+    let d = Daemon::new(tag, "n1", ip);
+    let img = TestImage::busybox(
+        json!({"Cmd": ["/bin/sh"], "Env": ["FROM_IMAGE=yes"], "WorkingDir": "/tmp"}),
+    );
+    let tar = d.dir.join("bb.tar");
+    std::fs::write(&tar, docker_save_tar(&img, &["bb:1"])).unwrap();
+    d.ok(&["image", "load", "-q", "-i", tar.to_str().unwrap()]);
+    d
+}
+
+/// `swarmlet run --rm` attached: (exit code, stdout, stderr).
+fn run(d: &Daemon, args: &[&str]) -> (i32, String, String) {
+    let mut full = vec!["run", "--rm"];
+    full.extend_from_slice(args);
+    let o = d.cli(&full);
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn ready() -> bool {
+    if !support::is_root() {
+        eprintln!("skipping: needs root");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn what_a_container_sees() {
+    if !ready() {
+        return;
+    }
+    let d = daemon("ctr-see", "127.0.33.1");
+    let (code, out, err) = run(
+        &d,
+        &["-e", "A=from-cli", "--hostname", "box1", "bb:1", "sh", "-c",
+          "echo args:$0:$1; echo env:$A:$FROM_IMAGE; hostname; pwd; id -u; echo to-err >&2; exit 5", "x", "y"],
+    );
+    assert_eq!(code, 5, "{out}{err}");
+    assert!(out.contains("args:x:y"), "{out}");
+    assert!(out.contains("env:from-cli:yes"), "{out}");
+    assert!(
+        out.contains("box1\n/tmp\n0\n"),
+        "hostname, image WorkingDir, root: {out}"
+    );
+    assert_eq!(err.trim(), "to-err");
+
+    // User by name from the image's /etc/passwd (with its extra group), working dir flag.
+    let (code, out, _) = run(
+        &d,
+        &[
+            "-u",
+            "app",
+            "-w",
+            "/",
+            "bb:1",
+            "sh",
+            "-c",
+            "id -u; id -G; pwd",
+        ],
+    );
+    assert_eq!(code, 0);
+    assert_eq!(out, "1000\n1000 2000\n/\n");
+
+    // A bind mount (read-only), a tmpfs, a named volume that outlives its container.
+    let host = d.dir.join("shared");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("hello"), "from the host\n").unwrap();
+    let bind = format!("{}:/data:ro", host.display());
+    let (code, out, err) = run(
+        &d,
+        &["-v", &bind, "--tmpfs", "/scratch", "-v", "keep:/keep", "bb:1", "sh", "-c",
+          "cat /data/hello; touch /data/x 2>/dev/null || echo ro; grep -c ' /scratch tmpfs' /proc/mounts; echo kept > /keep/f"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "from the host\nro\n1\n");
+    let (_, out, _) = run(&d, &["-v", "keep:/keep", "bb:1", "cat", "/keep/f"]);
+    assert_eq!(out, "kept\n");
+
+    // Network none: only loopback; host: the host's interfaces.
+    let (_, out, _) = run(&d, &["bb:1", "sh", "-c", "ls /sys/class/net"]);
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["lo"]);
+    let (_, out, _) = run(
+        &d,
+        &[
+            "--network",
+            "host",
+            "bb:1",
+            "sh",
+            "-c",
+            "ls /sys/class/net | wc -l",
+        ],
+    );
+    assert!(out.trim().parse::<u32>().unwrap() >= 1);
+
+    // Bad input is refused before anything is created.
+    for (args, needle) in [
+        (vec!["--memory", "lots", "bb:1"], "--memory"),
+        (vec!["--cpus", "-1", "bb:1"], "--cpus"),
+        (vec!["-v", "relative/path:/x", "bb:1"], "-v"),
+        (vec!["--cap-add", "FLYING", "bb:1"], "FLYING"),
+        (vec!["--network", "bridge", "bb:1"], "--network"),
+        (vec!["Bad/Ref"], "invalid reference"),
+    ] {
+        let (code, _, err) = run(&d, &args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let (code, _, err) = run(&d, &["no-such-image:1"]);
+    assert_eq!(code, 1, "{err}");
+    let (code, _, err) = run(&d, &["-v", "/does/not/exist:/x", "bb:1", "true"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("/does/not/exist"), "{err}");
+    assert_eq!(
+        d.ok(&["ps", "-a", "-q"]).trim(),
+        "",
+        "nothing half-created is left"
+    );
+}
+
+#[test]
+fn limits_and_confinement() {
+    if !ready() {
+        return;
+    }
+    let d = daemon("ctr-lim", "127.0.33.2");
+    // A memory hog is OOM-killed and reported as such.
+    let id = d.ok(&[
+        "run",
+        "-d",
+        "--memory",
+        "16m",
+        "bb:1",
+        "dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=64M",
+        "count=1",
+    ]);
+    let id = id.trim();
+    support::wait_until(20, "the hog exits", || {
+        d.ok(&["ps", "-a"])
+            .lines()
+            .any(|l| l.starts_with(&id[..12]) && l.contains("Exited"))
+    });
+    let inspect: serde_json::Value = serde_json::from_str(&d.ok(&["inspect", id])).unwrap();
+    assert_eq!(inspect[0]["State"]["OOMKilled"], json!(true), "{inspect}");
+    assert_eq!(inspect[0]["State"]["ExitCode"], json!(137));
+    d.ok(&["rm", id]);
+
+    // A fork bomb stops at the pids limit.
+    let (code, out, err) = run(
+        &d,
+        &["--pids-limit", "10", "bb:1", "sh", "-c",
+          // Counting with builtins only: at the limit, a pipeline could not fork.
+          // (busybox sh gives up at its first failed fork: fork in a subshell.)
+          "(for i in $(seq 40); do sleep 3 & done) 2>/dev/null; c=0; for p in /proc/[0-9]*; do c=$((c+1)); done; echo $c"],
+    );
+    assert_eq!(code, 0, "out: {out} err: {err}");
+    let procs: u32 = out.lines().last().unwrap().trim().parse().unwrap();
+    assert!(procs <= 10, "{procs} processes under a limit of 10: {out}");
+
+    // Confinement: no mount, masked /proc files, no CAP_SYS_ADMIN (bit 21). This
+    // kernel has no /proc/kcore; /proc/timer_list is masked the same way (and when
+    // kcore exists, it must read empty too).
+    let probe = "mount -t tmpfs none /tmp 2>/dev/null && echo mounted || echo refused; \
+                 wc -c < /proc/timer_list; grep CapEff /proc/self/status; \
+                 if [ -e /proc/kcore ]; then wc -c < /proc/kcore; else echo 0; fi";
+    let (_, out, err) = run(&d, &["bb:1", "sh", "-c", probe]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "refused", "{out}");
+    assert_eq!(
+        lines[1].trim(),
+        "0",
+        "/proc/timer_list is masked: {out} {err}"
+    );
+    assert_eq!(lines[3].trim(), "0", "/proc/kcore is masked: {out} {err}");
+    let caps = u64::from_str_radix(lines[2].split_whitespace().nth(1).unwrap(), 16).unwrap();
+    assert_eq!(caps & (1 << 21), 0, "no CAP_SYS_ADMIN: {out}");
+    assert_ne!(
+        caps & (1 << 0),
+        0,
+        "CAP_CHOWN is in Docker's default set: {out}"
+    );
+    // --privileged changes all three.
+    let (code, out, err) = run(&d, &["--privileged", "bb:1", "sh", "-c", probe]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(code, 0, "{out} {err}");
+    assert_eq!(lines[0], "mounted", "{out}");
+    assert_ne!(lines[1].trim(), "0", "{out}");
+    let caps = u64::from_str_radix(lines[2].split_whitespace().nth(1).unwrap(), 16).unwrap();
+    assert_ne!(caps & (1 << 21), 0, "{out}");
+    // --cap-add gives one capability back.
+    let (_, out, _) = run(
+        &d,
+        &[
+            "--cap-add",
+            "SYS_ADMIN",
+            "bb:1",
+            "sh",
+            "-c",
+            "grep CapEff /proc/self/status",
+        ],
+    );
+    let caps = u64::from_str_radix(out.split_whitespace().nth(1).unwrap(), 16).unwrap();
+    assert_ne!(caps & (1 << 21), 0, "{out}");
+}
+
+#[test]
+fn containers_outlive_a_killed_daemon() {
+    if !ready() {
+        return;
+    }
+    let mut d = daemon("ctr-kill", "127.0.33.3");
+    let chatty = d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "chatty",
+        "bb:1",
+        "sh",
+        "-c",
+        "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.1; done",
+    ]);
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "quiet",
+        "--stop-signal",
+        "KILL",
+        "bb:1",
+        "sleep",
+        "1000",
+    ]);
+    let chatty = chatty.trim().to_string();
+    std::thread::sleep(Duration::from_millis(500));
+    d.kill9();
+    // Down for two seconds: the chatty one keeps printing into its pipe.
+    std::thread::sleep(Duration::from_secs(2));
+    d.start();
+    let ps = d.ok(&["ps"]);
+    assert!(ps.contains("chatty") && ps.contains("quiet"), "{ps}");
+    let logs = d.ok(&["logs", "chatty"]);
+    let n: Vec<u32> = logs
+        .lines()
+        .filter_map(|l| l.strip_prefix("line ")?.parse().ok())
+        .collect();
+    assert!(
+        n.len() >= 20,
+        "lines from while the daemon was down are kept: {}",
+        n.len()
+    );
+    assert!(n.windows(2).all(|w| w[1] == w[0] + 1), "none lost: {n:?}");
+    // Still managed: stop (the quiet one's stop signal is KILL; chatty, a shell as pid
+    // 1, ignores TERM and is killed after the 1 s grace), exit codes, logs to the end.
+    d.ok(&["stop", "quiet"]);
+    d.ok(&["stop", "-t", "1", &chatty]);
+    assert!(d.ok(&["ps", "-q"]).trim().is_empty());
+    let inspect: serde_json::Value =
+        serde_json::from_str(&d.ok(&["inspect", "quiet", &chatty])).unwrap();
+    assert_eq!(inspect[0]["State"]["ExitCode"], json!(137));
+    assert_eq!(inspect[1]["State"]["ExitCode"], json!(137));
+    assert_eq!(inspect[1]["State"]["Status"], json!("exited"));
+    let after = d.ok(&["logs", "--tail", "1", "chatty"]);
+    let last: u32 = after.trim().strip_prefix("line ").unwrap().parse().unwrap();
+    assert!(last >= *n.last().unwrap());
+    let o = d.cli(&["kill", "chatty"]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "killing an exited container is refused"
+    );
+    d.ok(&["rm", "-f", "quiet", "chatty"]);
+    assert_eq!(d.ok(&["ps", "-a", "-q"]).trim(), "");
+}
