@@ -185,7 +185,9 @@ fn limits_and_confinement() {
     // kcore exists, it must read empty too).
     let probe = "mount -t tmpfs none /tmp 2>/dev/null && echo mounted || echo refused; \
                  wc -c < /proc/timer_list; grep CapEff /proc/self/status; \
-                 if [ -e /proc/kcore ]; then wc -c < /proc/kcore; else echo 0; fi";
+                 if [ -e /proc/kcore ]; then wc -c < /proc/kcore; else echo 0; fi; \
+                 grep '^Seccomp:' /proc/self/status; \
+                 unshare -n true 2>/dev/null && echo unshared || echo no-unshare";
     let (_, out, err) = run(&d, &["bb:1", "sh", "-c", probe]);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "refused", "{out}");
@@ -195,6 +197,9 @@ fn limits_and_confinement() {
         "/proc/timer_list is masked: {out} {err}"
     );
     assert_eq!(lines[3].trim(), "0", "/proc/kcore is masked: {out} {err}");
+    // The seccomp filter is on (mode 2) and refuses new namespaces.
+    assert_eq!(lines[4].split_whitespace().nth(1), Some("2"), "{out}");
+    assert_eq!(lines[5], "no-unshare", "{out}");
     let caps = u64::from_str_radix(lines[2].split_whitespace().nth(1).unwrap(), 16).unwrap();
     assert_eq!(caps & (1 << 21), 0, "no CAP_SYS_ADMIN: {out}");
     assert_ne!(
@@ -210,6 +215,12 @@ fn limits_and_confinement() {
     assert_ne!(lines[1].trim(), "0", "{out}");
     let caps = u64::from_str_radix(lines[2].split_whitespace().nth(1).unwrap(), 16).unwrap();
     assert_ne!(caps & (1 << 21), 0, "{out}");
+    assert_eq!(
+        lines[4].split_whitespace().nth(1),
+        Some("0"),
+        "no filter: {out}"
+    );
+    assert_eq!(lines[5], "unshared", "{out}");
     // --cap-add gives one capability back.
     let (_, out, _) = run(
         &d,

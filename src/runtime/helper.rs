@@ -28,6 +28,12 @@ struct Exec;
 impl Executor for Exec {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
         reset_signals();
+        // libcontainer has already set no-new-privileges (if asked) and dropped
+        // capabilities; the filter goes on last, just before execve.
+        if let Some(profile) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+            let prog = super::seccomp::compile(profile).map_err(|e| ExecutorError::Other(e))?;
+            super::seccomp::install(&prog).map_err(|e| ExecutorError::Other(e))?;
+        }
         DefaultExecutor {}.exec(spec)
     }
 

@@ -6,4 +6,5 @@ pub mod helper;
 pub mod keeper;
 pub mod logs;
 pub mod rootfs;
+pub mod seccomp;
 pub mod spec;

@@ -403,6 +403,7 @@ pub fn runtime_spec(
     if !spec.privileged {
         linux["maskedPaths"] = json!(MASKED_PATHS);
         linux["readonlyPaths"] = json!(READONLY_PATHS);
+        linux["seccomp"] = super::seccomp::default_profile();
     }
     Ok(json!({
         "ociVersion": "1.0.2",
