@@ -31,8 +31,8 @@ impl Executor for Exec {
         // libcontainer has already set no-new-privileges (if asked) and dropped
         // capabilities; the filter goes on last, just before execve.
         if let Some(profile) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
-            let prog = super::seccomp::compile(profile).map_err(|e| ExecutorError::Other(e))?;
-            super::seccomp::install(&prog).map_err(|e| ExecutorError::Other(e))?;
+            let prog = super::seccomp::compile(profile).map_err(ExecutorError::Other)?;
+            super::seccomp::install(&prog).map_err(ExecutorError::Other)?;
         }
         DefaultExecutor {}.exec(spec)
     }
