@@ -101,6 +101,15 @@ pub enum ContainerRequest {
     Wait {
         container: String,
     },
+    /// Runs a command in a running container: `LogChunk` frames of its output, then
+    /// `Exit`.
+    Exec {
+        container: String,
+        cmd: Vec<String>,
+        env: Vec<String>,
+        user: Option<String>,
+        workdir: Option<String>,
+    },
 }
 
 /// What `swarmlet run` asks for.

@@ -765,3 +765,33 @@ fn print_stream_done(global: &Global, req: &Request) -> anyhow::Result<ExitCode>
         r => print_done(r),
     }
 }
+
+pub fn exec(global: &Global, c: ExecCommand) -> anyhow::Result<ExitCode> {
+    if c.interactive || c.tty {
+        return Err(UsageError("-i/-t: interactive exec is not supported yet".into()).into());
+    }
+    if c.detach {
+        return not_implemented("exec -d");
+    }
+    if c.command.is_empty() {
+        return Err(UsageError("exec: give a command to run".into()).into());
+    }
+    let req = Request::Container(ContainerRequest::Exec {
+        container: c.container,
+        cmd: c.command,
+        env: c.env,
+        user: c.user,
+        workdir: c.workdir,
+    });
+    let resp = crate::api::call_streaming(&global.socket, &req, None, |f| print_chunk(f, false))?;
+    match resp {
+        Response::Exit(Some(code)) => Ok(ExitCode::from(
+            u8::try_from(code.clamp(0, 255)).unwrap_or(255),
+        )),
+        Response::Exit(None) => Err(anyhow::anyhow!("the exit status could not be observed")),
+        Response::Error(e) => Err(anyhow::anyhow!(e)),
+        other => Err(anyhow::anyhow!(
+            "unexpected answer from the daemon: {other:?}"
+        )),
+    }
+}

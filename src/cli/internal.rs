@@ -23,6 +23,34 @@ pub enum HelperSubcommand {
     Keeper(KeeperArgs),
     Create(CreateArgs),
     Delete(DeleteArgs),
+    Exec(ExecArgs),
+}
+
+#[derive(FromArgs, Debug, PartialEq)]
+#[argh(subcommand, name = "exec")]
+/// run a process in container ID; exits with its status.
+pub struct ExecArgs {
+    /// container id
+    #[argh(positional)]
+    pub id: String,
+    /// the containers directory
+    #[argh(option)]
+    pub dir: PathBuf,
+    /// environment variable KEY=VALUE (repeatable)
+    #[argh(option)]
+    pub env: Vec<String>,
+    /// working directory
+    #[argh(option)]
+    pub workdir: Option<String>,
+    /// UID:GID to run as
+    #[argh(option)]
+    pub user: Option<String>,
+    /// milliseconds after which the process is killed
+    #[argh(option)]
+    pub timeout_ms: Option<u64>,
+    /// the command
+    #[argh(positional, greedy)]
+    pub command: Vec<String>,
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
@@ -58,6 +86,9 @@ pub struct DeleteArgs {
     pub dir: PathBuf,
 }
 
+/// Exit status of `exec` when the command could not be started at all.
+pub const EXEC_FAILED: u8 = 126;
+
 pub fn run(cmd: RuntimeHelperCommand) -> anyhow::Result<ExitCode> {
     match cmd.command {
         HelperSubcommand::Keeper(a) => {
@@ -78,6 +109,38 @@ pub fn run(cmd: RuntimeHelperCommand) -> anyhow::Result<ExitCode> {
         HelperSubcommand::Delete(a) => {
             helper::delete(&a.dir.join(keeper::RUNTIME_DIR), &a.id)?;
             Ok(ExitCode::SUCCESS)
+        }
+        HelperSubcommand::Exec(a) => {
+            let user = match a.user.as_deref() {
+                None => None,
+                Some(u) => {
+                    let (uid, gid) = u.split_once(':').unwrap_or((u, "0"));
+                    Some((
+                        uid.parse()
+                            .map_err(|_| anyhow::anyhow!("--user {u}: not UID:GID"))?,
+                        gid.parse()
+                            .map_err(|_| anyhow::anyhow!("--user {u}: not UID:GID"))?,
+                    ))
+                }
+            };
+            match helper::exec(
+                &a.dir.join(keeper::RUNTIME_DIR),
+                &a.id,
+                a.command,
+                a.env,
+                a.workdir,
+                user,
+                a.timeout_ms.map(std::time::Duration::from_millis),
+            ) {
+                Ok(code) => Ok(ExitCode::from(
+                    u8::try_from(code.clamp(0, 255)).unwrap_or(255),
+                )),
+                // 126, as Docker: the command could not be invoked.
+                Err(e) => {
+                    eprintln!("swarmlet: exec: {e:#}");
+                    Ok(ExitCode::from(EXEC_FAILED))
+                }
+            }
         }
     }
 }

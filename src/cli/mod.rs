@@ -154,7 +154,7 @@ pub fn run(global: &Global, command: Command) -> anyhow::Result<ExitCode> {
         Command::Kill(cmd) => container::kill(global, cmd),
         Command::Rm(cmd) => container::rm(global, cmd),
         Command::Inspect(cmd) => container::inspect(global, cmd),
-        Command::Exec(_) => not_implemented("exec"),
+        Command::Exec(cmd) => container::exec(global, cmd),
         Command::Logs(cmd) => container::logs(global, cmd),
         Command::Install(cmd) => host::install(global, cmd),
         Command::Uninstall(cmd) => host::uninstall(global, cmd),
@@ -279,18 +279,15 @@ mod tests {
     #[test]
     fn unbuilt_commands_exit_2() {
         let global = Global::from_args(&parse(&[]).expect("no args parse"));
-        let exec = container::ExecCommand {
-            detach: false,
-            interactive: false,
-            tty: false,
-            env: vec![],
-            user: None,
-            workdir: None,
+        let logs = container::LogsCommand {
+            follow: false,
+            tail: None,
+            since: Some("1h".into()),
+            timestamps: false,
             container: "c".into(),
-            command: vec!["true".into()],
         };
-        let err = run(&global, Command::Exec(exec)).expect_err("exec is not built yet");
-        assert_eq!(err.to_string(), "exec: not implemented yet");
+        let err = run(&global, Command::Logs(logs)).expect_err("--since is not built yet");
+        assert_eq!(err.to_string(), "logs --since: not implemented yet");
         assert_eq!(exit_code(&err), ExitCode::from(EXIT_USAGE));
         assert_eq!(
             exit_code(&anyhow::anyhow!("boom")),

@@ -426,6 +426,75 @@ impl Containers {
         }
     }
 
+    /// Runs `cmd` in the running container `what` through the helper; `on_output` gets
+    /// (is stderr, bytes) as they come. Returns the exit status.
+    pub fn exec(
+        &self,
+        what: &str,
+        cmd: &[String],
+        env: &[String],
+        user: Option<&str>,
+        workdir: Option<&str>,
+        timeout: Option<Duration>,
+        on_output: &(dyn Fn(bool, Vec<u8>) + Sync),
+    ) -> Result<i32, String> {
+        let v = self.find(what)?;
+        if !matches!(v.status, Status::Running { .. }) {
+            return Err(format!("container {} is not running", v.record.name));
+        }
+        if cmd.is_empty() {
+            return Err("exec: no command".into());
+        }
+        let mut c = std::process::Command::new(&self.exe);
+        c.arg("runtime-helper")
+            .arg("exec")
+            .arg(&v.record.id)
+            .arg("--dir")
+            .arg(&self.dir);
+        for e in env {
+            c.arg("--env").arg(e);
+        }
+        if let Some(w) = workdir {
+            c.arg("--workdir").arg(w);
+        }
+        if let Some(u) = user {
+            let rootfs = self.dir.join(&v.record.id).join("bundle/rootfs");
+            let who = identity(Some(u), &rootfs)?;
+            c.arg("--user").arg(format!("{}:{}", who.uid, who.gid));
+        }
+        if let Some(t) = timeout {
+            c.arg("--timeout-ms").arg(t.as_millis().to_string());
+        }
+        c.arg("--").args(cmd);
+        let mut child = c
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting the runtime helper: {e}"))?;
+        let mut out = child.stdout.take().expect("piped");
+        let mut err = child.stderr.take().expect("piped");
+        let pump = |r: &mut dyn std::io::Read, is_err: bool| {
+            let mut buf = [0u8; 16 << 10];
+            while let Ok(n) = r.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                on_output(is_err, buf[..n].to_vec());
+            }
+        };
+        std::thread::scope(|s| {
+            s.spawn(|| pump(&mut out, false));
+            pump(&mut err, true);
+        });
+        let st = child
+            .wait()
+            .map_err(|e| format!("waiting for the runtime helper: {e}"))?;
+        Ok(st
+            .code()
+            .unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&st).unwrap_or(0)))
+    }
+
     pub fn log_path(&self, id: &str) -> PathBuf {
         self.dir.join(id).join("log")
     }

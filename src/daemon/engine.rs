@@ -107,6 +107,32 @@ impl Engine {
                 follow,
                 tail,
             } => self.logs(&container, follow, tail, out),
+            ContainerRequest::Exec {
+                container,
+                cmd,
+                env,
+                user,
+                workdir,
+            } => {
+                let send = |is_err: bool, bytes: Vec<u8>| {
+                    let _ = out.send_blocking(Response::LogChunk(vec![LogLine {
+                        time: String::new(),
+                        stderr: is_err,
+                        partial: true,
+                        text: bytes,
+                    }]));
+                };
+                let code = c.exec(
+                    &container,
+                    &cmd,
+                    &env,
+                    user.as_deref(),
+                    workdir.as_deref(),
+                    None,
+                    &send,
+                )?;
+                Ok(Response::Exit(Some(code)))
+            }
             ContainerRequest::Wait { container } => {
                 let v = c.find(&container)?;
                 c.wait_exit(&v.record.id, Duration::from_secs(u64::MAX / 4))?;

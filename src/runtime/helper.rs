@@ -102,3 +102,69 @@ pub fn delete(root: &Path, id: &str) -> anyhow::Result<()> {
     c.delete(true).context("deleting the container")?;
     Ok(())
 }
+
+/// Runs `args` inside the running container `id` (its namespaces, cgroup, root, user
+/// unless `user` says otherwise, and seccomp filter), with this process's stdout and
+/// stderr, and returns its exit status (128 + signal if killed). After `timeout`
+/// the process is killed and the status is 137.
+pub fn exec(
+    root: &Path,
+    id: &str,
+    args: Vec<String>,
+    env: Vec<String>,
+    cwd: Option<String>,
+    user: Option<(u32, u32)>,
+    timeout: Option<std::time::Duration>,
+) -> anyhow::Result<i32> {
+    use rustix::process::{waitpid, Pid, Signal, WaitOptions};
+    let env = env
+        .into_iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (kv, String::new()),
+        })
+        .collect();
+    let builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
+        .with_root_path(root)
+        .context("runtime state dir")?
+        .with_executor(Exec)
+        .as_tenant()
+        .with_container_args(args)
+        .with_env(env)
+        .with_cwd(cwd)
+        .with_detach(true);
+    let builder = match user {
+        Some((uid, gid)) => builder.with_user(Some(uid)).with_group(Some(gid)),
+        None => builder,
+    };
+    let pid = builder
+        .build()
+        .context("starting the process in the container")?;
+    let pid = Pid::from_raw(pid.as_raw()).context("pid")?;
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    loop {
+        let flags = if deadline.is_some() {
+            WaitOptions::NOHANG
+        } else {
+            WaitOptions::empty()
+        };
+        match waitpid(Some(pid), flags).context("waiting for the process")? {
+            Some((_, st)) => {
+                if let Some(c) = st.exit_status() {
+                    return Ok(c);
+                }
+                if let Some(s) = st.terminating_signal() {
+                    return Ok(128 + s);
+                }
+            }
+            None => {
+                if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                    let _ = rustix::process::kill_process(pid, Signal::KILL);
+                    let _ = waitpid(Some(pid), WaitOptions::empty());
+                    return Ok(137);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+}
