@@ -284,16 +284,40 @@ fn containers_outlive_a_killed_daemon() {
     );
     assert!(n.windows(2).all(|w| w[1] == w[0] + 1), "none lost: {n:?}");
     // exec into a running container: its namespaces, its user unless told, exit codes.
-    let o = d.cli(&["exec", "quiet", "sh", "-c", "echo in $(hostname); id -u; exit 4"]);
+    let o = d.cli(&[
+        "exec",
+        "quiet",
+        "sh",
+        "-c",
+        "echo in $(hostname); id -u; exit 4",
+    ]);
     assert_eq!(o.status.code(), Some(4));
     let text = String::from_utf8_lossy(&o.stdout);
     let hostname = d.ok(&["inspect", "quiet"]);
     let v: serde_json::Value = serde_json::from_str(&hostname).unwrap();
     let short = &v[0]["Id"].as_str().unwrap()[..12];
     assert_eq!(text, format!("in {short}\n0\n"));
-    assert_eq!(d.ok(&["exec", "-u", "app", "-e", "X=1", "quiet", "sh", "-c", "id -u; echo $X"]), "1000\n1\n");
+    assert_eq!(
+        d.ok(&[
+            "exec",
+            "-u",
+            "app",
+            "-e",
+            "X=1",
+            "quiet",
+            "sh",
+            "-c",
+            "id -u; echo $X"
+        ]),
+        "1000\n1\n"
+    );
     let o = d.cli(&["exec", "quiet", "/no/such/binary"]);
-    assert_eq!(o.status.code(), Some(126), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(126),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let o = d.cli(&["exec", "nonexistent", "true"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("No such container"));

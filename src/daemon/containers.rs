@@ -57,6 +57,17 @@ pub enum Status {
     },
 }
 
+/// A command to run in a running container.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ExecSpec {
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub user: Option<String>,
+    pub workdir: Option<String>,
+    /// Killed (status 137) after this long.
+    pub timeout: Option<Duration>,
+}
+
 /// A record with its status.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ContainerView {
@@ -431,13 +442,16 @@ impl Containers {
     pub fn exec(
         &self,
         what: &str,
-        cmd: &[String],
-        env: &[String],
-        user: Option<&str>,
-        workdir: Option<&str>,
-        timeout: Option<Duration>,
+        e: &ExecSpec,
         on_output: &(dyn Fn(bool, Vec<u8>) + Sync),
     ) -> Result<i32, String> {
+        let ExecSpec {
+            cmd,
+            env,
+            user,
+            workdir,
+            timeout,
+        } = e;
         let v = self.find(what)?;
         if !matches!(v.status, Status::Running { .. }) {
             return Err(format!("container {} is not running", v.record.name));
@@ -462,7 +476,7 @@ impl Containers {
             let who = identity(Some(u), &rootfs)?;
             c.arg("--user").arg(format!("{}:{}", who.uid, who.gid));
         }
-        if let Some(t) = timeout {
+        if let Some(t) = *timeout {
             c.arg("--timeout-ms").arg(t.as_millis().to_string());
         }
         c.arg("--").args(cmd);

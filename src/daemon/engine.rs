@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use std::time::Duration;
 
-use super::containers::{ContainerView, Containers, Status};
+use super::containers::{ContainerView, Containers, ExecSpec, Status};
 use crate::api::{ContainerRequest, ImageRequest, ImageView, LogLine, Request, Response};
 use crate::image::load::load;
 use crate::image::oci::Platform;
@@ -122,15 +122,14 @@ impl Engine {
                         text: bytes,
                     }]));
                 };
-                let code = c.exec(
-                    &container,
-                    &cmd,
-                    &env,
-                    user.as_deref(),
-                    workdir.as_deref(),
-                    None,
-                    &send,
-                )?;
+                let spec = ExecSpec {
+                    cmd,
+                    env,
+                    user,
+                    workdir,
+                    timeout: None,
+                };
+                let code = c.exec(&container, &spec, &send)?;
                 Ok(Response::Exit(Some(code)))
             }
             ContainerRequest::Wait { container } => {
