@@ -122,6 +122,7 @@ pub struct RunRequest {
     pub stop_timeout: Option<u64>,
     pub auto_remove: bool,
     pub auth: Option<Credentials>,
+    pub health: crate::daemon::health::HealthFlags,
 }
 
 /// One line of a container's output.

@@ -343,3 +343,54 @@ fn containers_outlive_a_killed_daemon() {
     d.ok(&["rm", "-f", "quiet", "chatty"]);
     assert_eq!(d.ok(&["ps", "-a", "-q"]).trim(), "");
 }
+
+#[test]
+fn a_health_check_flips_to_unhealthy_when_its_command_fails() {
+    if !ready() {
+        return;
+    }
+    let d = daemon("ctr-health", "127.0.33.4");
+    let id = d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "probed",
+        "--health-cmd",
+        "test -e /tmp/ok",
+        "--health-interval",
+        "200ms",
+        "--health-retries",
+        "2",
+        "--stop-signal",
+        "KILL",
+        "bb:1",
+        "sh",
+        "-c",
+        "touch /tmp/ok; exec sleep 1000",
+    ]);
+    let row = |d: &Daemon| {
+        d.ok(&["ps"])
+            .lines()
+            .find(|l| l.contains("probed"))
+            .unwrap_or("")
+            .to_string()
+    };
+    support::wait_until(20, "healthy", || row(&d).contains("(healthy)"));
+    d.ok(&["exec", "probed", "rm", "/tmp/ok"]);
+    support::wait_until(20, "unhealthy", || row(&d).contains("(unhealthy)"));
+    let v: serde_json::Value = serde_json::from_str(&d.ok(&["inspect", id.trim()])).unwrap();
+    let h = &v[0]["State"]["Health"];
+    assert_eq!(h["Status"], json!("unhealthy"));
+    assert!(h["FailingStreak"].as_u64().unwrap() >= 2, "{h}");
+    assert_eq!(
+        h["Log"].as_array().unwrap().last().unwrap()["ExitCode"],
+        json!(1)
+    );
+    // And back.
+    d.ok(&["exec", "probed", "touch", "/tmp/ok"]);
+    support::wait_until(20, "healthy again", || row(&d).contains("(healthy)"));
+    let o = d.cli(&["run", "--health-interval", "5", "bb:1"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--health-interval"));
+    d.ok(&["rm", "-f", "probed"]);
+}

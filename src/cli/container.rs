@@ -10,6 +10,7 @@ use super::image::{credentials_for, print_table, PullView, PULL_IDLE};
 use super::{call, not_implemented, print_done, Global, UsageError};
 use crate::api::{ContainerRequest, Request, Response, RunRequest};
 use crate::daemon::containers::Status;
+use crate::daemon::health::{HealthFlags, HealthStatus};
 use crate::image::reference::Reference;
 use crate::runtime::spec::{ContainerSpec, DeviceSpec, MountKind, MountSpec, NetworkMode};
 
@@ -120,6 +121,30 @@ pub struct RunCommand {
     /// seconds between the stop signal and SIGKILL (default 10)
     #[argh(option)]
     pub stop_timeout: Option<u64>,
+
+    /// health check command, run with /bin/sh -c inside the container
+    #[argh(option)]
+    pub health_cmd: Option<String>,
+
+    /// time between health checks, e.g. 30s, 500ms, 1m (default 30s)
+    #[argh(option)]
+    pub health_interval: Option<String>,
+
+    /// a health check running longer fails, e.g. 30s (default 30s)
+    #[argh(option)]
+    pub health_timeout: Option<String>,
+
+    /// consecutive failures that make the container unhealthy (default 3)
+    #[argh(option)]
+    pub health_retries: Option<u32>,
+
+    /// time after start in which failures do not count, e.g. 10s (default 0)
+    #[argh(option)]
+    pub health_start_period: Option<String>,
+
+    /// no health check, whatever the image says
+    #[argh(switch)]
+    pub no_healthcheck: bool,
 
     /// image reference, e.g. busybox:1.36
     #[argh(positional)]
@@ -294,6 +319,40 @@ fn parse_bytes(flag: &str, s: &str) -> Result<i64, UsageError> {
         )));
     }
     Ok(bytes)
+}
+
+/// `500ms`, `30s`, `1m`, `1h`, `1m30s` (Go's duration form, as Docker takes).
+pub fn parse_duration(flag: &str, s: &str) -> Result<std::time::Duration, UsageError> {
+    let bad = || {
+        UsageError(format!(
+            "{flag}: {s:?} is not a duration like 30s, 500ms or 1m"
+        ))
+    };
+    let mut total = 0u128;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u128 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let ms = match &rest[..unit] {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit..];
+        total = total.saturating_add(n.saturating_mul(ms));
+    }
+    let ms = u64::try_from(total).map_err(|_| bad())?;
+    Ok(std::time::Duration::from_millis(ms))
 }
 
 /// Turns the flags into the spec the daemon gets; every error names its flag.
@@ -476,10 +535,42 @@ fn resolve_run(c: &RunCommand) -> Result<(ContainerSpec, Option<u64>), UsageErro
     Ok((spec, c.stop_timeout))
 }
 
+fn health_flags(c: &RunCommand) -> Result<HealthFlags, UsageError> {
+    let d = |flag: &str, v: &Option<String>| -> Result<Option<std::time::Duration>, UsageError> {
+        v.as_deref().map(|s| parse_duration(flag, s)).transpose()
+    };
+    let f = HealthFlags {
+        cmd: c.health_cmd.clone(),
+        interval: d("--health-interval", &c.health_interval)?,
+        timeout: d("--health-timeout", &c.health_timeout)?,
+        start_period: d("--health-start-period", &c.health_start_period)?,
+        retries: c.health_retries,
+        disable: c.no_healthcheck,
+    };
+    if f.interval
+        .is_some_and(|i| i < std::time::Duration::from_millis(100))
+    {
+        return Err(UsageError("--health-interval: at least 100ms".into()));
+    }
+    if f.timeout.is_some_and(|i| i.is_zero()) {
+        return Err(UsageError("--health-timeout: must be above zero".into()));
+    }
+    if f.retries == Some(0) {
+        return Err(UsageError("--health-retries: at least 1".into()));
+    }
+    if f.disable && f.cmd.is_some() {
+        return Err(UsageError(
+            "--no-healthcheck: conflicts with --health-cmd".into(),
+        ));
+    }
+    Ok(f)
+}
+
 pub fn run(global: &Global, c: RunCommand) -> anyhow::Result<ExitCode> {
     let (spec, stop_timeout) = resolve_run(&c)?;
     let r = Reference::parse(&c.image).map_err(|e| UsageError(e.to_string()))?;
     let auth = credentials_for(&r.domain)?;
+    let health = health_flags(&c)?;
     let req = Request::Container(ContainerRequest::Run(Box::new(RunRequest {
         image: c.image.clone(),
         name: c.name.clone(),
@@ -488,6 +579,7 @@ pub fn run(global: &Global, c: RunCommand) -> anyhow::Result<ExitCode> {
         stop_timeout,
         auto_remove: c.rm,
         auth,
+        health,
     })));
     let mut view = PullView::new(std::io::IsTerminal::is_terminal(&std::io::stderr()), false);
     let resp = crate::api::call_streaming(&global.socket, &req, Some(PULL_IDLE), |f| {
@@ -665,7 +757,14 @@ pub fn ps(global: &Global, c: PsCommand) -> anyhow::Result<ExitCode> {
         }
         let status = match &v.status {
             Status::Created => "Created".to_string(),
-            Status::Running { started_at, .. } => format!("Up {}", ago(*started_at)),
+            Status::Running { started_at, .. } => format!(
+                "Up {}{}",
+                ago(*started_at),
+                v.health
+                    .as_ref()
+                    .map(|h| format!(" ({})", health_word(h.status)))
+                    .unwrap_or_default()
+            ),
             Status::Exited {
                 code,
                 oom_killed,
@@ -689,6 +788,14 @@ pub fn ps(global: &Global, c: PsCommand) -> anyhow::Result<ExitCode> {
     }
     print_table(&rows);
     Ok(ExitCode::SUCCESS)
+}
+
+fn health_word(s: HealthStatus) -> &'static str {
+    match s {
+        HealthStatus::Starting => "health: starting",
+        HealthStatus::Healthy => "healthy",
+        HealthStatus::Unhealthy => "unhealthy",
+    }
 }
 
 fn need(list: &[String], what: &str) -> Result<(), UsageError> {
@@ -793,5 +900,25 @@ pub fn exec(global: &Global, c: ExecCommand) -> anyhow::Result<ExitCode> {
         other => Err(anyhow::anyhow!(
             "unexpected answer from the daemon: {other:?}"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        let ms = |s| parse_duration("--x", s).map(|d| d.as_millis());
+        assert_eq!(ms("500ms"), Ok(500));
+        assert_eq!(ms("30s"), Ok(30_000));
+        assert_eq!(ms("1m30s"), Ok(90_000));
+        assert_eq!(ms("2h"), Ok(7_200_000));
+        for bad in ["", "5", "s", "1.5s", "5 s", "-1s", "1d"] {
+            assert!(
+                parse_duration("--x", bad).unwrap_err().0.contains("--x"),
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::health::{HealthSpec, HealthState};
 use crate::image::reference::Digest;
 use crate::image::store::{remove_any, write_atomic, ImageRecord, Store};
 use crate::runtime::keeper::{self, ContainerState, KeeperRequest, KeeperResponse};
@@ -38,6 +39,8 @@ pub struct ContainerRecord {
     pub stop_timeout: u64,
     pub auto_remove: bool,
     pub log: LogLimits,
+    #[serde(default)]
+    pub health: Option<HealthSpec>,
 }
 
 /// Where a container is in its life.
@@ -73,6 +76,8 @@ pub struct ExecSpec {
 pub struct ContainerView {
     pub record: ContainerRecord,
     pub status: Status,
+    /// Health of the current run, for containers with a check.
+    pub health: Option<HealthState>,
 }
 
 pub struct Containers {
@@ -180,7 +185,23 @@ impl Containers {
             .into_iter()
             .map(|r| {
                 let status = status_of(states.get(&r.id));
-                ContainerView { record: r, status }
+                let health = match (&r.health, &status) {
+                    (Some(_), Status::Running { started_at, .. }) => Some(
+                        super::health::load(&self.dir.join(&r.id))
+                            .filter(|h| h.started_at == *started_at)
+                            .unwrap_or_else(|| HealthState::starting(*started_at)),
+                    ),
+                    (Some(_), Status::Exited { started_at, .. }) => {
+                        super::health::load(&self.dir.join(&r.id))
+                            .filter(|h| h.started_at == *started_at)
+                    }
+                    _ => None,
+                };
+                ContainerView {
+                    record: r,
+                    status,
+                    health,
+                }
             })
             .collect())
     }
@@ -230,7 +251,9 @@ impl Containers {
             stop_timeout,
             auto_remove,
             auth: _,
+            health,
         } = req;
+        let health = super::health::resolve(image.config.config.healthcheck.as_ref(), &health)?;
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let id = random_id()?;
         let name = match name {
@@ -263,6 +286,7 @@ impl Containers {
             stop_timeout: stop_timeout.unwrap_or(DEFAULT_STOP_TIMEOUT),
             auto_remove,
             log: LogLimits::default(),
+            health,
         };
         let cdir = self.dir.join(&id);
         std::fs::create_dir_all(&cdir).map_err(|e| format!("{}: {e}", cdir.display()))?;
@@ -507,6 +531,16 @@ impl Containers {
         Ok(st
             .code()
             .unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&st).unwrap_or(0)))
+    }
+
+    /// Whether any container has a health check (the monitor idles otherwise).
+    pub fn any_health(&self) -> bool {
+        self.records().iter().any(|r| r.health.is_some())
+    }
+
+    /// The containers directory (`<data-dir>/containers`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     pub fn log_path(&self, id: &str) -> PathBuf {

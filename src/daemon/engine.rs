@@ -19,7 +19,7 @@ use crate::runtime::logs::{read_all, Follower, Record, Stream};
 pub struct Engine {
     pub store: Store,
     pub registry: RegistryConfig,
-    pub containers: Containers,
+    pub containers: std::sync::Arc<Containers>,
 }
 
 /// Where an engine's answers go: zero or more `Progress` frames, then one answer.
@@ -29,7 +29,11 @@ impl Engine {
     pub fn open(data_dir: &std::path::Path, registry: RegistryConfig) -> anyhow::Result<Engine> {
         let store = Store::open(&data_dir.join("images"))?;
         let exe = std::env::current_exe()?;
-        let containers = Containers::open(data_dir, &exe)?;
+        let containers = std::sync::Arc::new(Containers::open(data_dir, &exe)?);
+        let c = containers.clone();
+        std::thread::Builder::new()
+            .name("health".into())
+            .spawn(move || super::health::monitor(c))?;
         Ok(Engine {
             store,
             registry,
@@ -421,6 +425,16 @@ fn inspect_doc(v: &ContainerView) -> serde_json::Value {
             "StopTimeout": r.stop_timeout,
         },
         "State": {
+            "Health": v.health.as_ref().map(|h| serde_json::json!({
+                "Status": h.status.name(),
+                "FailingStreak": h.failing_streak,
+                "Log": h.log.iter().map(|p| serde_json::json!({
+                    "Start": ms_to_rfc3339(p.start),
+                    "End": ms_to_rfc3339(p.end),
+                    "ExitCode": p.exit_code,
+                    "Output": p.output,
+                })).collect::<Vec<_>>(),
+            })),
             "Status": status,
             "Running": running,
             "Pid": pid,

@@ -4,6 +4,7 @@
 
 pub mod containers;
 pub mod engine;
+pub mod health;
 pub mod keyfile;
 pub mod node;
 pub mod transport;
