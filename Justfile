@@ -30,6 +30,7 @@ bench:
     ./bootstrap.sh peers
     cargo bench --bench transport
     cargo bench --bench cluster
+    cargo bench --bench runtime
     cargo test --release --lib gossip::tests::bench_ -- --ignored --nocapture
 
 # Run every cargo-fuzz target in fuzz/ for SECONDS each, on stable via RUSTC_BOOTSTRAP.

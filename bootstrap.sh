@@ -113,9 +113,10 @@ deps() {
     install_cargo_tool cargo-nextest cargo-nextest
 }
 
-# Docker Swarm is measured side by side in `just bench`, in network namespaces of the
-# bench's own. The system's docker service must never start: it rewrites netfilter rules.
-PEER_PACKAGES=(docker.io)
+# Docker Swarm, runc and skopeo are measured side by side in `just bench` (Docker Swarm
+# in network namespaces of the bench's own). The system's docker service must never
+# start: it rewrites netfilter rules.
+PEER_PACKAGES=(docker.io runc skopeo)
 
 install_peers() {
     local missing

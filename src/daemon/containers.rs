@@ -401,18 +401,30 @@ impl Containers {
         Ok(v.record.name)
     }
 
-    /// Waits until the container has exited, up to `limit`; false if it has not.
+    /// Waits until the container has exited, up to `limit`; false if it has not. The
+    /// keeper answers the moment it reaps the container.
     pub fn wait_exit(&self, id: &str, limit: Duration) -> Result<bool, String> {
         let deadline = Instant::now() + limit;
         loop {
-            let st = self.states()?;
-            if st.get(id).is_none_or(|s| s.exit.is_some()) {
-                return Ok(true);
+            let left = deadline.saturating_duration_since(Instant::now());
+            let slice = left.min(Duration::from_secs(60));
+            let req = KeeperRequest::Wait {
+                id: id.to_string(),
+                timeout_ms: u64::try_from(slice.as_millis()).unwrap_or(u64::MAX),
+            };
+            let resp = keeper::call(&self.dir, &req, slice + KEEPER_TIMEOUT)
+                .map_err(|e| format!("talking to the keeper: {e}"))?;
+            match resp {
+                KeeperResponse::States(v) if v.first().is_none_or(|s| s.exit.is_some()) => {
+                    return Ok(true)
+                }
+                KeeperResponse::States(_) => {}
+                KeeperResponse::Error(e) => return Err(e),
+                other => return Err(format!("unexpected keeper answer {other:?}")),
             }
             if Instant::now() >= deadline {
                 return Ok(false);
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -198,7 +198,9 @@ impl Engine {
                     break;
                 }
                 if !had {
-                    std::thread::sleep(Duration::from_millis(100));
+                    // Until more output, or the exit (after which the keeper has taken
+                    // every last byte from the pipes).
+                    c.wait_exit(&v.record.id, Duration::from_millis(100))?;
                 }
             }
         }

@@ -52,6 +52,12 @@ pub enum KeeperRequest {
         id: String,
         signal: i32,
     },
+    /// Answers with the container's state once it has exited, or after `timeout_ms`
+    /// with its state as it is then (whichever comes first).
+    Wait {
+        id: String,
+        timeout_ms: u64,
+    },
     /// Forget a container that has exited: its runtime state, cgroups, keeper state.
     Delete {
         id: String,
@@ -184,6 +190,8 @@ struct Live {
 struct Keeper {
     dir: PathBuf,
     live: BTreeMap<String, Live>,
+    /// Clients waiting for an exit: (container, connection, when to give up).
+    waiters: Vec<(String, UnixStream, std::time::Instant)>,
 }
 
 /// The keeper's main loop (`swarmlet runtime-helper keeper <dir>`).
@@ -210,6 +218,7 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
     let mut k = Keeper {
         dir: dir.to_path_buf(),
         live: BTreeMap::new(),
+        waiters: Vec::new(),
     };
     k.adopt();
     eprintln!(
@@ -302,7 +311,14 @@ impl Keeper {
                 }
             }
         }
-        match poll(&mut fds, None) {
+        let timeout = self.waiters.iter().map(|w| w.2).min().map(|t| {
+            let d = t.saturating_duration_since(std::time::Instant::now());
+            rustix::fs::Timespec {
+                tv_sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+                tv_nsec: i64::from(d.subsec_nanos()),
+            }
+        });
+        match poll(&mut fds, timeout.as_ref()) {
             Ok(_) => {}
             Err(rustix::io::Errno::INTR) => return Ok(()),
             Err(e) => return Err(e.into()),
@@ -317,7 +333,7 @@ impl Keeper {
         // Logs first, so a container's last lines are written before its exit is.
         for &i in &ready {
             if let Src::Pipe(id, n) = &srcs[i] {
-                self.drain_pipe(id, *n);
+                let _ = self.drain_pipe(id, *n);
             }
         }
         for &i in &ready {
@@ -331,14 +347,33 @@ impl Keeper {
                 Src::Pipe(..) => {}
             }
         }
+        self.answer_waiters();
         Ok(())
     }
 
-    fn drain_pipe(&mut self, id: &str, n: usize) {
+    /// Answers the waiters whose container has exited or whose time is up.
+    fn answer_waiters(&mut self) {
+        let now = std::time::Instant::now();
+        let mut keep = Vec::new();
+        for (id, mut conn, deadline) in std::mem::take(&mut self.waiters) {
+            let state = self.live.get(&id).map(|l| l.state.clone());
+            let done = state.as_ref().is_none_or(|s| s.exit.is_some());
+            if done || now >= deadline {
+                let resp = KeeperResponse::States(state.into_iter().collect());
+                let _ = conn.write_all(&encode(&resp));
+            } else {
+                keep.push((id, conn, deadline));
+            }
+        }
+        self.waiters = keep;
+    }
+
+    /// Reads once from a pipe; true if it gave data (there may be more).
+    fn drain_pipe(&mut self, id: &str, n: usize) -> bool {
         let Some(l) = self.live.get_mut(id) else {
-            return;
+            return false;
         };
-        let Some(fd) = &l.pipes[n] else { return };
+        let Some(fd) = &l.pipes[n] else { return false };
         let stream = if n == 0 {
             Stream::Stdout
         } else {
@@ -351,6 +386,7 @@ impl Keeper {
                 if let Some(w) = &mut l.log {
                     let _ = w.finish(stream);
                 }
+                false
             }
             Ok(k) => {
                 if let Some(w) = &mut l.log {
@@ -358,9 +394,13 @@ impl Keeper {
                         eprintln!("swarmlet keeper: log of {id}: {e}");
                     }
                 }
+                true
             }
-            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => {}
-            Err(_) => l.pipes[n] = None,
+            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => false,
+            Err(_) => {
+                l.pipes[n] = None;
+                false
+            }
         }
     }
 
@@ -410,6 +450,12 @@ impl Keeper {
             conn.read_exact(&mut body)?;
             Ok(decode(&body)?)
         })();
+        if let Ok(KeeperRequest::Wait { id, timeout_ms }) = &req {
+            let deadline = std::time::Instant::now() + Duration::from_millis(*timeout_ms);
+            self.waiters.push((id.clone(), conn, deadline));
+            self.answer_waiters();
+            return;
+        }
         let resp = match req {
             Ok(r) => self.handle(r),
             Err(e) => KeeperResponse::Error(format!("bad request: {e}")),
@@ -420,6 +466,7 @@ impl Keeper {
     fn handle(&mut self, req: KeeperRequest) -> KeeperResponse {
         match req {
             KeeperRequest::Ping => KeeperResponse::Ok,
+            KeeperRequest::Wait { .. } => KeeperResponse::Error("wait is served apart".into()),
             KeeperRequest::List => {
                 KeeperResponse::States(self.live.values().map(|l| l.state.clone()).collect())
             }

@@ -1,0 +1,252 @@
+//! Container runtime benchmarks, with the peers measured in the same run. Prints
+//! `BENCH <name> <value> <unit>` lines. Needs root, runc, skopeo and docker-registry
+//! (`./bootstrap.sh deps peers`).
+//!
+//! - start-to-exit of a container running `true`: `swarmlet run --rm` (CLI to daemon to
+//!   exit, the whole path a user waits for) against `runc run` of an equivalent bundle
+//! - stop latency of a container that exits on SIGTERM
+//! - pull of a 5-layer image from a local registry: `swarmlet image pull` (download,
+//!   verify, unpack) against `skopeo copy` to an OCI layout (download, verify)
+//! - RSS of the daemon plus the keeper, idle and with 50 running containers
+
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)] // bench code
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::image::{docker_save_tar, Layer, TestImage};
+use support::registry::{Options, Registry};
+use support::{proc_field, Daemon};
+
+const RUNS: usize = 20;
+
+fn median(v: &mut [Duration]) -> f64 {
+    v.sort();
+    v[v.len() / 2].as_secs_f64()
+}
+
+fn timed(mut cmd: Command) -> Duration {
+    let t = Instant::now();
+    let o = cmd.output().unwrap();
+    let d = t.elapsed();
+    assert!(
+        o.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    d
+}
+
+fn have(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn rss_kib(d: &Daemon) -> u64 {
+    let keeper: u32 = std::fs::read_to_string(d.dir.join("data/containers/keeper.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    proc_field(d.pid(), "status", "VmRSS:") + proc_field(keeper, "status", "VmRSS:")
+}
+
+/// A runc bundle running `true` in busybox, shaped like ours (namespaces, no tty).
+fn runc_bundle(dir: &Path) {
+    let rootfs = dir.join("rootfs");
+    std::fs::create_dir_all(&rootfs).unwrap();
+    swarmlet::image::unpack::unpack(&Layer::busybox().tar()[..], &rootfs).unwrap();
+    let o = Command::new("runc")
+        .args(["spec", "--bundle"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    spec["process"]["terminal"] = json!(false);
+    spec["process"]["args"] = json!(["true"]);
+    spec["root"]["path"] = json!(rootfs);
+    spec["root"]["readonly"] = json!(false);
+    std::fs::write(dir.join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
+}
+
+fn start_to_exit(d: &Daemon) {
+    let mut ours = Vec::new();
+    for _ in 0..RUNS {
+        let mut c = Command::new(support::BIN);
+        c.arg("--socket")
+            .arg(d.sock())
+            .args(["run", "--rm", "bb:1", "true"]);
+        ours.push(timed(c));
+    }
+    let ours = median(&mut ours);
+    println!("BENCH run_true_start_to_exit_median {ours:.4} s");
+    if !have("runc") {
+        println!("# runc not installed: no side-by-side start figure");
+        return;
+    }
+    let b = d.dir.join("runc-bundle");
+    runc_bundle(&b);
+    let state = d.dir.join("runc-state");
+    let mut theirs = Vec::new();
+    for i in 0..RUNS {
+        let mut c = Command::new("runc");
+        c.arg("--root")
+            .arg(&state)
+            .args(["run", "--bundle"])
+            .arg(&b)
+            .arg(format!("bench{i}"));
+        theirs.push(timed(c));
+    }
+    let theirs = median(&mut theirs);
+    println!("BENCH runc_run_true_start_to_exit_median {theirs:.4} s");
+    println!(
+        "BENCH run_true_ratio_swarmlet_over_runc {:.2} x",
+        ours / theirs
+    );
+}
+
+fn stop_latency(d: &Daemon) {
+    let mut v = Vec::new();
+    for _ in 0..10 {
+        let id = d.ok(&[
+            "run",
+            "-d",
+            "bb:1",
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; sleep 1000 & wait",
+        ]);
+        let id = id.trim();
+        std::thread::sleep(Duration::from_millis(200));
+        let mut c = Command::new(support::BIN);
+        c.arg("--socket").arg(d.sock()).args(["stop", id]);
+        v.push(timed(c));
+        d.ok(&["rm", id]);
+    }
+    println!("BENCH stop_on_sigterm_median {:.4} s", median(&mut v));
+}
+
+fn pull(d: &Daemon, reg: &Registry) {
+    let mut img = TestImage::busybox(json!({"Cmd": ["/bin/sh"]}));
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for i in 0..4 {
+        let mut noise = vec![0u8; 4 << 20];
+        for b in noise.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        let name = format!("data/blob{i}");
+        img.layers.push(Layer::files(&[(name.as_str(), &noise)]));
+    }
+    reg.push_image("bench/big", Some("1"), &img.build());
+    let name = format!("{}/bench/big:1", reg.host());
+    let mut ours = Vec::new();
+    for _ in 0..5 {
+        let mut c = Command::new(support::BIN);
+        c.arg("--socket")
+            .arg(d.sock())
+            .args(["image", "pull", "-q", &name]);
+        ours.push(timed(c));
+        d.ok(&["image", "rm", &name]);
+    }
+    let ours = median(&mut ours);
+    println!("BENCH pull_5_layers_17MiB_median {ours:.3} s");
+    if !have("skopeo") {
+        println!("# skopeo not installed: no side-by-side pull figure");
+        return;
+    }
+    let mut theirs = Vec::new();
+    for i in 0..5 {
+        let dest = d.dir.join(format!("skopeo-{i}"));
+        let mut c = Command::new("skopeo");
+        c.args([
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{name}"),
+        ])
+        .arg(format!("oci:{}:1", dest.display()));
+        theirs.push(timed(c));
+    }
+    let theirs = median(&mut theirs);
+    println!("BENCH skopeo_copy_5_layers_17MiB_median {theirs:.3} s");
+    println!(
+        "BENCH pull_ratio_swarmlet_over_skopeo {:.2} x",
+        ours / theirs
+    );
+}
+
+fn memory(d: &Daemon) {
+    std::thread::sleep(Duration::from_secs(1));
+    let idle = rss_kib(d);
+    println!(
+        "BENCH daemon_and_keeper_idle_rss {:.1} MiB",
+        idle as f64 / 1024.0
+    );
+    for i in 0..50 {
+        d.ok(&[
+            "run",
+            "-d",
+            "--name",
+            &format!("m{i}"),
+            "--stop-signal",
+            "KILL",
+            "bb:1",
+            "sleep",
+            "1000",
+        ]);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = d.ok(&["ps"]);
+    let busy = rss_kib(d);
+    println!(
+        "BENCH daemon_and_keeper_rss_50_containers {:.1} MiB",
+        busy as f64 / 1024.0
+    );
+    println!(
+        "BENCH rss_per_container {:.1} KiB",
+        busy.saturating_sub(idle) as f64 / 50.0
+    );
+    let names: Vec<String> = (0..50).map(|i| format!("m{i}")).collect();
+    let mut args = vec!["rm", "-f"];
+    args.extend(names.iter().map(String::as_str));
+    d.ok(&args);
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return; // listed by nextest or cargo test: nothing to run
+    }
+    if !support::is_root() || !Registry::available() {
+        println!("# runtime benchmarks need root and docker-registry: skipped");
+        return;
+    }
+    let reg = Registry::start("bench", Options::default());
+    let d = Daemon::with_args(
+        "bench-rt",
+        "n1",
+        "127.0.34.1",
+        &["--insecure-registry", &reg.host()],
+    );
+    let tar = d.dir.join("bb.tar");
+    std::fs::write(
+        &tar,
+        docker_save_tar(&TestImage::busybox(json!({"Cmd": ["/bin/sh"]})), &["bb:1"]),
+    )
+    .unwrap();
+    d.ok(&["image", "load", "-q", "-i", tar.to_str().unwrap()]);
+    memory(&d);
+    start_to_exit(&d);
+    stop_latency(&d);
+    pull(&d, &reg);
+}
