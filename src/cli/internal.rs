@@ -1,6 +1,7 @@
 //! `swarmlet runtime-helper ...`: not for people. The keeper runs as `runtime-helper
-//! keeper DIR`, and itself runs `runtime-helper create|delete ID --dir DIR` for each
-//! libcontainer operation (see src/runtime/helper.rs for why a separate process).
+//! keeper DIR`, and itself runs `runtime-helper create ID --dir DIR` to start each
+//! container; the daemon runs `runtime-helper exec` for `exec` and health checks (see
+//! src/runtime/helper.rs for why libcontainer runs in a separate process).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,7 +23,6 @@ pub struct RuntimeHelperCommand {
 pub enum HelperSubcommand {
     Keeper(KeeperArgs),
     Create(CreateArgs),
-    Delete(DeleteArgs),
     Exec(ExecArgs),
 }
 
@@ -74,18 +74,6 @@ pub struct CreateArgs {
     pub dir: PathBuf,
 }
 
-#[derive(FromArgs, Debug, PartialEq)]
-#[argh(subcommand, name = "delete")]
-/// delete container ID's runtime state and cgroups.
-pub struct DeleteArgs {
-    /// container id
-    #[argh(positional)]
-    pub id: String,
-    /// the containers directory
-    #[argh(option)]
-    pub dir: PathBuf,
-}
-
 /// Exit status of `exec` when the command could not be started at all.
 pub const EXEC_FAILED: u8 = 126;
 
@@ -104,10 +92,6 @@ pub fn run(cmd: RuntimeHelperCommand) -> anyhow::Result<ExitCode> {
                 4,
             )?;
             println!("{pid}");
-            Ok(ExitCode::SUCCESS)
-        }
-        HelperSubcommand::Delete(a) => {
-            helper::delete(&a.dir.join(keeper::RUNTIME_DIR), &a.id)?;
             Ok(ExitCode::SUCCESS)
         }
         HelperSubcommand::Exec(a) => {

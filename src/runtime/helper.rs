@@ -14,7 +14,6 @@ use std::path::Path;
 
 use anyhow::Context;
 use libcontainer::container::builder::ContainerBuilder;
-use libcontainer::container::Container;
 use libcontainer::oci_spec::runtime::Spec;
 use libcontainer::syscall::syscall::SyscallType;
 use libcontainer::workload::default::DefaultExecutor;
@@ -89,18 +88,6 @@ pub fn create(
         .as_raw();
     c.start().context("starting the container")?;
     Ok(pid)
-}
-
-/// Removes what the runtime holds for `id`: its cgroups and state directory. The
-/// container's processes are killed first if any are left.
-pub fn delete(root: &Path, id: &str) -> anyhow::Result<()> {
-    let dir = root.join(id);
-    if !dir.exists() {
-        return Ok(());
-    }
-    let mut c = Container::load(dir).context("loading the runtime state")?;
-    c.delete(true).context("deleting the container")?;
-    Ok(())
 }
 
 /// Runs `args` inside the running container `id` (its namespaces, cgroup, root, user

@@ -502,8 +502,8 @@ impl Keeper {
                         ));
                     }
                 }
-                if let Err(e) = helper(&self.dir, &["delete", &id], None) {
-                    return KeeperResponse::Error(format!("{e:#}"));
+                if let Err(e) = remove_runtime_state(&self.dir, &id) {
+                    return KeeperResponse::Error(format!("removing {id}: {e}"));
                 }
                 self.live.remove(&id);
                 let _ = std::fs::remove_file(self.dir.join(&id).join(STATE_FILE));
@@ -524,7 +524,8 @@ impl Keeper {
         rustix::fs::fcntl_setfl(&out_r, rustix::fs::OFlags::NONBLOCK)?;
         rustix::fs::fcntl_setfl(&err_r, rustix::fs::OFlags::NONBLOCK)?;
         // A stale runtime state of the same id (a crash between create and delete).
-        let _ = helper(&self.dir, &["delete", id], None);
+        remove_runtime_state(&self.dir, id)
+            .with_context(|| format!("clearing stale runtime state of {id}"))?;
         let out = helper(&self.dir, &["create", id], Some((&out_w, &err_w)))?;
         drop((out_w, err_w));
         let pid: i32 = out
@@ -553,6 +554,51 @@ impl Keeper {
             },
         );
         Ok(pid)
+    }
+}
+
+/// Removes what the runtime made for an exited container: its cgroups (in every
+/// hierarchy) and libcontainer's state directory. Done here rather than through
+/// libcontainer's delete, which would cost a helper process per removal: once the
+/// container's init is gone the kernel has killed its pid namespace, and what is left
+/// is empty directories.
+fn remove_runtime_state(dir: &Path, id: &str) -> io::Result<()> {
+    let mut groups = vec![PathBuf::from("/sys/fs/cgroup/swarmlet").join(id)];
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+        for e in entries.flatten() {
+            groups.push(e.path().join("swarmlet").join(id));
+        }
+    }
+    for g in groups.iter().filter(|g| g.is_dir()) {
+        let mut tries = 0;
+        loop {
+            match std::fs::remove_dir(g) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                // Processes still dying (or stragglers the namespace's end missed).
+                Err(e) if tries < 200 && e.raw_os_error() == Some(16) => {
+                    if let Ok(procs) = std::fs::read_to_string(g.join("cgroup.procs")) {
+                        for p in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                            if let Some(pid) = Pid::from_raw(p) {
+                                let _ = rustix::process::kill_process(pid, Signal::KILL);
+                            }
+                        }
+                    }
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", g.display()))),
+            }
+        }
+    }
+    let state = dir.join(RUNTIME_DIR).join(id);
+    match std::fs::remove_dir_all(&state) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("{}: {e}", state.display()),
+        )),
     }
 }
 
