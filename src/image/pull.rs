@@ -555,7 +555,8 @@ impl Client {
                 progress(done);
             }
         }
-        file.sync_all().map_err(io_err)?;
+        // No fsync: the partial file is scratch; a resume after a crash re-hashes what
+        // is there, and the unpacked layer is made durable before it is committed.
         if done < desc.size {
             return Err(self.transport(format!(
                 "layer {} ended after {done} of {} bytes; pulling again resumes it",

@@ -236,6 +236,10 @@ impl Store {
         if dest.is_dir() {
             let _ = remove_any(&work); // another pull got there first
         } else {
+            // Every unpacked file on disk before the layer's name appears: after a power
+            // cut a layer is either whole or absent (edge boxes lose power).
+            let fd = std::fs::File::open(&work).map_err(io_err(&work))?;
+            rustix::fs::syncfs(&fd).map_err(|e| io_err(&work)(e.into()))?;
             std::fs::rename(&work, &dest).map_err(io_err(&dest))?;
             sync_dir(&self.root.join("layers"));
         }
