@@ -123,6 +123,7 @@ pub struct RunRequest {
     pub auto_remove: bool,
     pub auth: Option<Credentials>,
     pub health: crate::daemon::health::HealthFlags,
+    pub log: crate::runtime::logs::LogLimits,
 }
 
 /// One line of a container's output.

@@ -394,3 +394,53 @@ fn a_health_check_flips_to_unhealthy_when_its_command_fails() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("--health-interval"));
     d.ok(&["rm", "-f", "probed"]);
 }
+
+#[test]
+fn logs_rotate_at_the_cap() {
+    if !ready() {
+        return;
+    }
+    let d = daemon("ctr-logs", "127.0.33.5");
+    let id = d.ok(&[
+        "run",
+        "-d",
+        "--log-opt",
+        "max-size=4k",
+        "--log-opt",
+        "max-file=3",
+        "bb:1",
+        "sh",
+        "-c",
+        "for i in $(seq 2000); do echo line $i; done",
+    ]);
+    let id = id.trim();
+    support::wait_until(20, "the writer exits", || {
+        d.ok(&["ps", "-q"]).trim().is_empty()
+    });
+    let dir = d.dir.join("data/containers").join(id);
+    let mut total = 0;
+    for f in ["log", "log.1", "log.2"] {
+        let len = std::fs::metadata(dir.join(f)).unwrap().len();
+        assert!(len <= 4096, "{f}: {len} bytes");
+        total += len;
+    }
+    assert!(!dir.join("log.3").exists(), "at most 3 files");
+    assert!(total > 8192, "the files are used: {total}");
+    // What is kept is the newest, in order, ending with the last line.
+    let logs = d.ok(&["logs", id]);
+    let n: Vec<u32> = logs
+        .lines()
+        .filter_map(|l| l.strip_prefix("line ")?.parse().ok())
+        .collect();
+    assert_eq!(*n.last().unwrap(), 2000);
+    assert!(n.windows(2).all(|w| w[1] == w[0] + 1));
+    let tail = d.ok(&["logs", "--tail", "2", "--timestamps", id]);
+    let lines: Vec<&str> = tail.lines().collect();
+    assert_eq!(lines.len(), 2);
+    assert!(
+        lines[1].ends_with(" line 2000") && lines[1].starts_with("20"),
+        "{tail}"
+    );
+    let o = d.cli(&["run", "--log-opt", "max-size=lots", "bb:1"]);
+    assert_eq!(o.status.code(), Some(2));
+}

@@ -12,6 +12,7 @@ use crate::api::{ContainerRequest, Request, Response, RunRequest};
 use crate::daemon::containers::Status;
 use crate::daemon::health::{HealthFlags, HealthStatus};
 use crate::image::reference::Reference;
+use crate::runtime::logs::LogLimits;
 use crate::runtime::spec::{ContainerSpec, DeviceSpec, MountKind, MountSpec, NetworkMode};
 
 #[derive(FromArgs, Debug, Default, PartialEq)]
@@ -145,6 +146,10 @@ pub struct RunCommand {
     /// no health check, whatever the image says
     #[argh(switch)]
     pub no_healthcheck: bool,
+
+    /// log option: max-size=SIZE (per file, default 10m), max-file=N (default 2)
+    #[argh(option)]
+    pub log_opt: Vec<String>,
 
     /// image reference, e.g. busybox:1.36
     #[argh(positional)]
@@ -535,6 +540,45 @@ fn resolve_run(c: &RunCommand) -> Result<(ContainerSpec, Option<u64>), UsageErro
     Ok((spec, c.stop_timeout))
 }
 
+fn log_limits(opts: &[String]) -> Result<LogLimits, UsageError> {
+    let mut l = LogLimits::default();
+    for o in opts {
+        match o.split_once('=') {
+            Some(("max-size", v)) => {
+                let t = v.trim().to_ascii_lowercase();
+                let (num, mult) = match t.chars().last() {
+                    Some('k') => (&t[..t.len() - 1], 1u64 << 10),
+                    Some('m') => (&t[..t.len() - 1], 1 << 20),
+                    Some('g') => (&t[..t.len() - 1], 1 << 30),
+                    _ => (t.as_str(), 1),
+                };
+                let n: u64 = num.parse().map_err(|_| {
+                    UsageError(format!("--log-opt: max-size {v:?} is not a size like 10m"))
+                })?;
+                l.max_size = n.saturating_mul(mult);
+                if l.max_size < 1024 {
+                    return Err(UsageError("--log-opt: max-size is at least 1k".into()));
+                }
+            }
+            Some(("max-file", v)) => {
+                l.max_files = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=100).contains(n))
+                    .ok_or_else(|| {
+                        UsageError(format!("--log-opt: max-file {v:?} is not 1 to 100"))
+                    })?;
+            }
+            _ => {
+                return Err(UsageError(format!(
+                    "--log-opt: {o:?}: known options are max-size=SIZE and max-file=N"
+                )))
+            }
+        }
+    }
+    Ok(l)
+}
+
 fn health_flags(c: &RunCommand) -> Result<HealthFlags, UsageError> {
     let d = |flag: &str, v: &Option<String>| -> Result<Option<std::time::Duration>, UsageError> {
         v.as_deref().map(|s| parse_duration(flag, s)).transpose()
@@ -571,6 +615,7 @@ pub fn run(global: &Global, c: RunCommand) -> anyhow::Result<ExitCode> {
     let r = Reference::parse(&c.image).map_err(|e| UsageError(e.to_string()))?;
     let auth = credentials_for(&r.domain)?;
     let health = health_flags(&c)?;
+    let log = log_limits(&c.log_opt)?;
     let req = Request::Container(ContainerRequest::Run(Box::new(RunRequest {
         image: c.image.clone(),
         name: c.name.clone(),
@@ -580,6 +625,7 @@ pub fn run(global: &Global, c: RunCommand) -> anyhow::Result<ExitCode> {
         auto_remove: c.rm,
         auth,
         health,
+        log,
     })));
     let mut view = PullView::new(std::io::IsTerminal::is_terminal(&std::io::stderr()), false);
     let resp = crate::api::call_streaming(&global.socket, &req, Some(PULL_IDLE), |f| {

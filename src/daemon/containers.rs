@@ -252,6 +252,7 @@ impl Containers {
             auto_remove,
             auth: _,
             health,
+            log,
         } = req;
         let health = super::health::resolve(image.config.config.healthcheck.as_ref(), &health)?;
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -285,7 +286,7 @@ impl Containers {
             stop_signal,
             stop_timeout: stop_timeout.unwrap_or(DEFAULT_STOP_TIMEOUT),
             auto_remove,
-            log: LogLimits::default(),
+            log,
             health,
         };
         let cdir = self.dir.join(&id);
