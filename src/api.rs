@@ -124,6 +124,7 @@ pub struct RunRequest {
     pub auth: Option<Credentials>,
     pub health: crate::daemon::health::HealthFlags,
     pub log: crate::runtime::logs::LogLimits,
+    pub restart: crate::daemon::containers::RestartPolicy,
 }
 
 /// One line of a container's output.

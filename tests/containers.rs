@@ -444,3 +444,83 @@ fn logs_rotate_at_the_cap() {
     let o = d.cli(&["run", "--log-opt", "max-size=lots", "bb:1"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn restart_policies() {
+    if !ready() {
+        return;
+    }
+    let d = daemon("ctr-restart", "127.0.33.6");
+    let inspect = |name: &str| -> serde_json::Value {
+        serde_json::from_str::<serde_json::Value>(&d.ok(&["inspect", name])).unwrap()[0].clone()
+    };
+    // on-failure:2: two restarts after failures, then it stays down.
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "flaky",
+        "--restart",
+        "on-failure:2",
+        "bb:1",
+        "sh",
+        "-c",
+        "echo run; exit 3",
+    ]);
+    support::wait_until(20, "two restarts", || {
+        inspect("flaky")["RestartCount"] == json!(2)
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let v = inspect("flaky");
+    assert_eq!(v["RestartCount"], json!(2), "no third restart");
+    assert_eq!(v["State"]["ExitCode"], json!(3));
+    assert_eq!(
+        d.ok(&["logs", "flaky"]),
+        "run\nrun\nrun\n",
+        "one log across the runs"
+    );
+    // on-failure does not restart a success.
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "fine",
+        "--restart",
+        "on-failure",
+        "bb:1",
+        "true",
+    ]);
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(inspect("fine")["RestartCount"], json!(0));
+    // always: restarted after a clean exit too; `stop` holds it down.
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "eternal",
+        "--restart",
+        "always",
+        "--stop-signal",
+        "KILL",
+        "bb:1",
+        "sh",
+        "-c",
+        "sleep 0.2",
+    ]);
+    support::wait_until(20, "restarted", || {
+        inspect("eternal")["RestartCount"].as_u64().unwrap() >= 2
+    });
+    d.ok(&["stop", "eternal"]);
+    let n = inspect("eternal")["RestartCount"].clone();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        inspect("eternal")["RestartCount"],
+        n,
+        "a stopped container stays stopped"
+    );
+    assert_eq!(inspect("eternal")["State"]["Status"], json!("exited"));
+    let o = d.cli(&["run", "--restart", "sometimes", "bb:1"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--restart"));
+    d.ok(&["rm", "-f", "flaky", "fine", "eternal"]);
+}

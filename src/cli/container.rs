@@ -9,7 +9,7 @@ use argh::FromArgs;
 use super::image::{credentials_for, print_table, PullView, PULL_IDLE};
 use super::{call, not_implemented, print_done, Global, UsageError};
 use crate::api::{ContainerRequest, Request, Response, RunRequest};
-use crate::daemon::containers::Status;
+use crate::daemon::containers::{RestartPolicy, Status};
 use crate::daemon::health::{HealthFlags, HealthStatus};
 use crate::image::reference::Reference;
 use crate::runtime::logs::LogLimits;
@@ -372,10 +372,8 @@ fn resolve_run(c: &RunCommand) -> Result<(ContainerSpec, Option<u64>), UsageErro
             "-p: published ports come with the networking issue; not supported yet".into(),
         ));
     }
-    if c.restart.as_deref().is_some_and(|r| r != "no") {
-        return Err(UsageError(
-            "--restart: restart policies for standalone containers are not built yet".into(),
-        ));
+    if c.rm && c.restart.as_deref().is_some_and(|r| r != "no") {
+        return Err(UsageError("--restart: conflicts with --rm".into()));
     }
     if c.detach && c.rm {
         // Docker allows it; so do we (the daemon removes it when it exits).
@@ -616,6 +614,13 @@ pub fn run(global: &Global, c: RunCommand) -> anyhow::Result<ExitCode> {
     let auth = credentials_for(&r.domain)?;
     let health = health_flags(&c)?;
     let log = log_limits(&c.log_opt)?;
+    let restart = c
+        .restart
+        .as_deref()
+        .map(RestartPolicy::parse)
+        .transpose()
+        .map_err(|e| UsageError(format!("--restart: {e}")))?
+        .unwrap_or_default();
     let req = Request::Container(ContainerRequest::Run(Box::new(RunRequest {
         image: c.image.clone(),
         name: c.name.clone(),
@@ -626,6 +631,7 @@ pub fn run(global: &Global, c: RunCommand) -> anyhow::Result<ExitCode> {
         auth,
         health,
         log,
+        restart,
     })));
     let mut view = PullView::new(std::io::IsTerminal::is_terminal(&std::io::stderr()), false);
     let resp = crate::api::call_streaming(&global.socket, &req, Some(PULL_IDLE), |f| {

@@ -41,6 +41,8 @@ pub struct ContainerRecord {
     pub log: LogLimits,
     #[serde(default)]
     pub health: Option<HealthSpec>,
+    #[serde(default)]
+    pub restart: RestartPolicy,
 }
 
 /// Where a container is in its life.
@@ -58,6 +60,47 @@ pub enum Status {
         started_at: u64,
         finished_at: u64,
     },
+}
+
+/// When the daemon starts a container again after it exits (`--restart`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestartPolicy {
+    #[default]
+    No,
+    /// After a non-zero exit, at most this many times (0: no limit).
+    OnFailure(u32),
+    /// After any exit; also when the daemon starts, even if it had been stopped.
+    Always,
+    /// After any exit, unless it was stopped by the user (also across daemon restarts).
+    UnlessStopped,
+}
+
+impl RestartPolicy {
+    pub fn parse(s: &str) -> Result<RestartPolicy, String> {
+        match s.split_once(':') {
+            None if s == "no" => Ok(RestartPolicy::No),
+            None if s == "always" => Ok(RestartPolicy::Always),
+            None if s == "unless-stopped" => Ok(RestartPolicy::UnlessStopped),
+            None if s == "on-failure" => Ok(RestartPolicy::OnFailure(0)),
+            Some(("on-failure", n)) => n
+                .parse()
+                .map(RestartPolicy::OnFailure)
+                .map_err(|_| format!("{s:?}: the count after on-failure: must be a number")),
+            _ => Err(format!(
+                "{s:?}: expected no, always, unless-stopped or on-failure[:MAX]"
+            )),
+        }
+    }
+}
+
+/// The restart bookkeeping of a container (`<id>/restart.json`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartState {
+    pub count: u32,
+    /// Stopped with `stop` (or `rm -f`): no restart until started again.
+    pub stopped_by_user: bool,
+    /// When the next restart may happen (ms), after the backoff.
+    pub not_before: u64,
 }
 
 /// A command to run in a running container.
@@ -253,6 +296,7 @@ impl Containers {
             auth: _,
             health,
             log,
+            restart,
         } = req;
         let health = super::health::resolve(image.config.config.healthcheck.as_ref(), &health)?;
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -288,6 +332,7 @@ impl Containers {
             auto_remove,
             log,
             health,
+            restart,
         };
         let cdir = self.dir.join(&id);
         std::fs::create_dir_all(&cdir).map_err(|e| format!("{}: {e}", cdir.display()))?;
@@ -384,6 +429,9 @@ impl Containers {
             return Ok(v.record.name); // Docker: stopping a stopped container succeeds
         }
         let id = v.record.id.clone();
+        let mut rs = self.restart_state(&id);
+        rs.stopped_by_user = true;
+        self.save_restart_state(&id, &rs);
         let grace = Duration::from_secs(timeout.unwrap_or(v.record.stop_timeout));
         let sig = signal_number(&v.record.stop_signal)?;
         let _ = self.keeper(&KeeperRequest::Kill {
@@ -544,6 +592,106 @@ impl Containers {
         Ok(st
             .code()
             .unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&st).unwrap_or(0)))
+    }
+
+    fn restart_state(&self, id: &str) -> RestartState {
+        std::fs::read(self.dir.join(id).join("restart.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn save_restart_state(&self, id: &str, st: &RestartState) {
+        let cdir = self.dir.join(id);
+        let tmp = cdir.join("tmp");
+        let _ = std::fs::create_dir_all(&tmp);
+        let json = serde_json::to_vec(st).expect("invariant: state serialises");
+        if let Err(e) = write_atomic(&cdir.join("restart.json"), &tmp, &json) {
+            eprintln!("swarmlet: saving restart state of {id}: {e}");
+        }
+    }
+
+    /// Starts an exited container again, from its bundle (the root filesystem is still
+    /// mounted unless the machine rebooted).
+    pub fn restart_now(&self, v: &ContainerView) -> Result<(), String> {
+        let cdir = self.dir.join(&v.record.id);
+        let rootfs = cdir.join("bundle/rootfs");
+        if !super::super::runtime::rootfs::is_mounted(&rootfs) {
+            return Err(format!(
+                "the root filesystem of {} is gone (reboot?); remove and run it again",
+                v.record.name
+            ));
+        }
+        match self.keeper(&KeeperRequest::Run {
+            id: v.record.id.clone(),
+            log: v.record.log,
+        })? {
+            KeeperResponse::Started { .. } => Ok(()),
+            other => Err(format!("unexpected keeper answer {other:?}")),
+        }
+    }
+
+    /// One pass of the restart policy: exited containers whose policy says so are
+    /// started again, with Docker's backoff (100 ms doubling to 1 min, reset after 10 s
+    /// of running). `boot`: the daemon just started (`always` ignores a user stop then).
+    pub fn apply_restart_policies(&self, boot: bool) {
+        let Ok(all) = self.list() else { return };
+        let now = keeper::now_ms();
+        for v in all {
+            let Status::Exited {
+                code,
+                started_at,
+                finished_at,
+                ..
+            } = v.status
+            else {
+                continue;
+            };
+            let mut rs = self.restart_state(&v.record.id);
+            let wanted = match v.record.restart {
+                RestartPolicy::No => false,
+                RestartPolicy::Always => !rs.stopped_by_user || boot,
+                RestartPolicy::UnlessStopped => !rs.stopped_by_user,
+                RestartPolicy::OnFailure(max) => {
+                    code != Some(0) && !rs.stopped_by_user && (max == 0 || rs.count < max)
+                }
+            };
+            if !wanted || v.record.auto_remove {
+                continue;
+            }
+            if rs.not_before == 0 {
+                // A run of 10 s or more resets the backoff, as in Docker.
+                let ran = finished_at.saturating_sub(started_at);
+                let step = if ran >= 10_000 { 0 } else { rs.count.min(10) };
+                let delay = (100u64 << step).min(60_000);
+                rs.not_before = finished_at + delay;
+                self.save_restart_state(&v.record.id, &rs);
+            }
+            if now < rs.not_before {
+                continue;
+            }
+            match self.restart_now(&v) {
+                Ok(()) => {
+                    rs.count += 1;
+                    rs.stopped_by_user = false;
+                    rs.not_before = 0;
+                    self.save_restart_state(&v.record.id, &rs);
+                }
+                Err(e) => eprintln!("swarmlet: restarting {}: {e}", v.record.name),
+            }
+        }
+    }
+
+    /// Whether any container has a restart policy (the loop idles otherwise).
+    pub fn any_restart_policy(&self) -> bool {
+        self.records()
+            .iter()
+            .any(|r| r.restart != RestartPolicy::No)
+    }
+
+    /// Restart count, for `inspect`.
+    pub fn restart_count(&self, id: &str) -> u32 {
+        self.restart_state(id).count
     }
 
     /// Whether any container has a health check (the monitor idles otherwise).

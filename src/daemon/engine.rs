@@ -34,6 +34,18 @@ impl Engine {
         std::thread::Builder::new()
             .name("health".into())
             .spawn(move || super::health::monitor(c))?;
+        let c = containers.clone();
+        std::thread::Builder::new()
+            .name("restart".into())
+            .spawn(move || {
+                c.apply_restart_policies(true);
+                loop {
+                    std::thread::sleep(Duration::from_millis(100));
+                    if c.any_restart_policy() {
+                        c.apply_restart_policies(false);
+                    }
+                }
+            })?;
         Ok(Engine {
             store,
             registry,
@@ -100,7 +112,9 @@ impl Engine {
             ContainerRequest::Inspect { containers } => {
                 let mut docs = Vec::new();
                 for x in &containers {
-                    docs.push(inspect_doc(&c.find(x)?));
+                    let v = c.find(x)?;
+                    let n = c.restart_count(&v.record.id);
+                    docs.push(inspect_doc(&v, n));
                 }
                 Ok(Response::Json(
                     serde_json::to_string_pretty(&docs).expect("invariant: JSON serialises"),
@@ -387,7 +401,7 @@ fn ms_to_rfc3339(ms: u64) -> String {
     crate::runtime::logs::rfc3339_nanos(std::time::UNIX_EPOCH + Duration::from_millis(ms))
 }
 
-fn inspect_doc(v: &ContainerView) -> serde_json::Value {
+fn inspect_doc(v: &ContainerView, restart_count: u32) -> serde_json::Value {
     let r = &v.record;
     let (status, running, pid, exit, oom, started, finished) = match &v.status {
         Status::Created => ("created", false, 0, None, false, None, None),
@@ -447,7 +461,9 @@ fn inspect_doc(v: &ContainerView) -> serde_json::Value {
             "StartedAt": started.map(ms_to_rfc3339),
             "FinishedAt": finished.map(ms_to_rfc3339),
         },
+        "RestartCount": restart_count,
         "HostConfig": {
+            "RestartPolicy": format!("{:?}", r.restart),
             "AutoRemove": r.auto_remove,
             "Privileged": r.spec.privileged,
             "NetworkMode": format!("{:?}", r.spec.network).to_ascii_lowercase(),
