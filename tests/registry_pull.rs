@@ -159,6 +159,36 @@ fn pulls_by_tag_digest_and_platform() {
             marker
         );
     }
+    // The same through a Docker schema2 manifest list with schema2 manifests.
+    let d_amd = platform_image("amd64", None).build_docker();
+    let d_arm = platform_image("arm64", None).build_docker();
+    let list_digest = reg.push_docker_list(
+        "test/dlist",
+        "1",
+        &[(&d_amd, "amd64", None), (&d_arm, "arm64", None)],
+    );
+    let rl = Reference::parse(&format!("{}/test/dlist:1", reg.host())).unwrap();
+    let got = pull(
+        &store,
+        &rl,
+        &Platform::parse("linux/arm64").unwrap(),
+        &cfg,
+        &quiet,
+    )
+    .unwrap();
+    assert_eq!(got.id.to_string(), sha(&d_arm.config));
+    assert_eq!(got.digest.to_string(), list_digest);
+    let rec = store.resolve(&got.id.to_string()).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(
+            store
+                .layer_path(&rec.layers[1].diff_id)
+                .join("etc/platform")
+        )
+        .unwrap(),
+        "arm64"
+    );
+
     // A platform the index lacks is named in the error, with what it has.
     let err = pull(
         &store,

@@ -139,6 +139,19 @@ impl TestImage {
         }
     }
 
+    /// The same image with Docker schema2 media types (as `docker push` writes).
+    pub fn build_docker(&self) -> Built {
+        let mut b = self.build();
+        let mut m: serde_json::Value = serde_json::from_slice(&b.manifest).unwrap();
+        m["mediaType"] = json!("application/vnd.docker.distribution.manifest.v2+json");
+        m["config"]["mediaType"] = json!("application/vnd.docker.container.image.v1+json");
+        for l in m["layers"].as_array_mut().unwrap() {
+            l["mediaType"] = json!("application/vnd.docker.image.rootfs.diff.tar.gzip");
+        }
+        b.manifest = serde_json::to_vec(&m).unwrap();
+        b
+    }
+
     pub fn build(&self) -> Built {
         let layers: Vec<(Vec<u8>, Vec<u8>)> = self
             .layers

@@ -228,6 +228,48 @@ impl Registry {
         );
     }
 
+    /// Pushes a Docker schema2 manifest list under `tag` (children by digest); returns
+    /// its digest.
+    pub fn push_docker_list(
+        &self,
+        repo: &str,
+        tag: &str,
+        images: &[(&Built, &str, Option<&str>)],
+    ) -> String {
+        let mt = "application/vnd.docker.distribution.manifest.v2+json";
+        let mut entries = Vec::new();
+        for (img, arch, variant) in images {
+            for (z, _) in &img.layers {
+                self.push_blob(repo, z);
+            }
+            self.push_blob(repo, &img.config);
+            self.push_manifest(repo, &sha(&img.manifest), mt, &img.manifest);
+            let mut platform = json!({"architecture": arch, "os": "linux"});
+            if let Some(v) = variant {
+                platform["variant"] = json!(v);
+            }
+            entries.push(json!({
+                "mediaType": mt,
+                "digest": sha(&img.manifest),
+                "size": img.manifest.len(),
+                "platform": platform,
+            }));
+        }
+        let list = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.list.v2+json",
+            "manifests": entries,
+        }))
+        .unwrap();
+        self.push_manifest(
+            repo,
+            tag,
+            "application/vnd.docker.distribution.manifest.list.v2+json",
+            &list,
+        );
+        sha(&list)
+    }
+
     /// Pushes a multi-platform OCI index under `tag`; returns its digest.
     pub fn push_index(
         &self,
