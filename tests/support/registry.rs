@@ -302,6 +302,157 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// From now on the registry wants Bearer tokens from `ts` (Docker Hub's scheme);
+    /// restarts it on the same port and storage.
+    pub fn require_tokens(&mut self, ts: &TokenServer) {
+        let cfg_path = self.dir.join("config.yml");
+        let mut cfg = std::fs::read_to_string(&cfg_path).unwrap();
+        cfg.push_str(&format!(
+            "auth:\n  token:\n    realm: {}\n    service: test-registry\n    issuer: test-issuer\n    rootcertbundle: {}\n",
+            ts.realm(),
+            ts.dir.join("tok.pem").display()
+        ));
+        std::fs::write(&cfg_path, cfg).unwrap();
+        self.restart();
+    }
+}
+
+/// A token server for registry Bearer auth: answers `GET /token?scope=...` with a JWT
+/// (RS256, signed by openssl with its own key, whose certificate the registry trusts)
+/// granting pull on the asked repository, to clients presenting `user`'s Basic
+/// credentials.
+pub struct TokenServer {
+    pub dir: PathBuf,
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl TokenServer {
+    pub fn start(tag: &str, user: &'static str, password: &'static str) -> TokenServer {
+        let dir = std::env::temp_dir().join(format!("swarmlet-tok-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        run(Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "30",
+                "-subj",
+                "/CN=test-token-signer",
+                "-keyout",
+            ])
+            .arg(dir.join("tok.key"))
+            .arg("-out")
+            .arg(dir.join("tok.pem")));
+        let der = Command::new("openssl")
+            .args(["x509", "-outform", "DER", "-in"])
+            .arg(dir.join("tok.pem"))
+            .output()
+            .unwrap()
+            .stdout;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (d2, s2) = (dir.clone(), stop.clone());
+        let want = format!(
+            "Basic {}",
+            swarmlet::image::pull::base64_encode(format!("{user}:{password}").as_bytes())
+        );
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                conn.set_nonblocking(false).unwrap();
+                let mut buf = vec![0u8; 8192];
+                let n = conn.read(&mut buf).unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let authorized = req.lines().any(|l| {
+                    l.to_ascii_lowercase().starts_with("authorization:") && l[14..].trim() == want
+                });
+                let scope = req
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|path| path.split_once('?'))
+                    .and_then(|(_, q)| q.split('&').find_map(|kv| kv.strip_prefix("scope=")))
+                    .unwrap_or("")
+                    .replace("%3A", ":")
+                    .replace("%2F", "/");
+                let resp = if !authorized {
+                    "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        .to_string()
+                } else {
+                    let parts: Vec<&str> = scope.split(':').collect();
+                    let name = parts.get(1).copied().unwrap_or("");
+                    let token = jwt(&d2, &der, name);
+                    let body = format!("{{\"token\":\"{token}\",\"expires_in\":300}}");
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                };
+                let _ = conn.write_all(resp.as_bytes());
+            }
+        });
+        TokenServer { dir, port, stop }
+    }
+
+    pub fn realm(&self) -> String {
+        format!("http://127.0.0.1:{}/token", self.port)
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn b64url(b: &[u8]) -> String {
+    swarmlet::image::pull::base64_encode(b)
+        .trim_end_matches('=')
+        .replace('+', "-")
+        .replace('/', "_")
+}
+
+/// A registry token for pulling `repo`, signed with openssl.
+fn jwt(dir: &std::path::Path, cert_der: &[u8], repo: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let header = json!({"typ": "JWT", "alg": "RS256", "x5c": [swarmlet::image::pull::base64_encode(cert_der)]});
+    let claims = json!({
+        "iss": "test-issuer", "sub": "ann", "aud": "test-registry",
+        "exp": now + 300, "nbf": now - 10, "iat": now, "jti": format!("{now}-{repo}"),
+        "access": [{"type": "repository", "name": repo, "actions": ["pull"]}],
+    });
+    let signing_input = format!(
+        "{}.{}",
+        b64url(&serde_json::to_vec(&header).unwrap()),
+        b64url(&serde_json::to_vec(&claims).unwrap())
+    );
+    let input = dir.join(format!("in-{}", std::process::id()));
+    std::fs::write(&input, &signing_input).unwrap();
+    let sig = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(dir.join("tok.key"))
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(sig.status.success());
+    format!("{signing_input}.{}", b64url(&sig.stdout))
+}
+
 impl Drop for Registry {
     fn drop(&mut self) {
         self.kill();
