@@ -17,7 +17,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 # docker-registry (a real registry for pull tests), apache2-utils (htpasswd) and openssl
 # (its certificates).
 APT_PACKAGES=(clang lld llvm qemu-user-static busybox-static iproute2 nftables file
-    docker-registry apache2-utils openssl)
+    docker-registry apache2-utils openssl ca-certificates)
 RUST_TARGETS=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl)
 
 log() { echo "bootstrap: $*" >&2; }

@@ -220,18 +220,25 @@ impl Client {
     fn new(cfg: &RegistryConfig, domain: &str, api_host: &str) -> Result<Client, PullError> {
         let insecure = cfg.insecure.iter().any(|h| h == domain || h == api_host);
         let mut tls = ureq::tls::TlsConfig::builder();
-        if let Some(dir) = &cfg.certs_dir {
-            let extra = read_certs(&dir.join(domain)).map_err(|msg| PullError::Transport {
-                host: domain.into(),
-                msg,
-            })?;
-            if !extra.is_empty() {
-                // The system's roots (if the box has any) plus the registry's own CA.
-                let mut certs = read_pem_file(Path::new("/etc/ssl/certs/ca-certificates.crt"))
-                    .unwrap_or_default();
-                certs.extend(extra);
-                tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
+        if !insecure {
+            // The host's CA bundle plus the registry's own CAs from the certs dir.
+            let mut certs = system_roots();
+            if let Some(dir) = &cfg.certs_dir {
+                certs.extend(read_certs(&dir.join(domain)).map_err(|msg| PullError::Transport {
+                    host: domain.into(),
+                    msg,
+                })?);
             }
+            if certs.is_empty() {
+                return Err(PullError::Transport {
+                    host: domain.into(),
+                    msg: format!(
+                        "no CA certificates to check it against: none in {} (install ca-certificates) and none for it in the certs dir",
+                        CA_BUNDLES.join(", ")
+                    ),
+                });
+            }
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
         }
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -623,6 +630,20 @@ fn parse_challenge(s: &str) -> BTreeMap<String, String> {
         rest = next.trim_start_matches(',').trim();
     }
     out
+}
+
+/// Where distributions keep their CA bundle (Debian and Raspberry Pi OS first).
+const CA_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+
+fn system_roots() -> Vec<ureq::tls::Certificate<'static>> {
+    CA_BUNDLES
+        .iter()
+        .find_map(|p| read_pem_file(Path::new(p)).ok().filter(|c| !c.is_empty()))
+        .unwrap_or_default()
 }
 
 fn read_pem_file(path: &Path) -> Result<Vec<ureq::tls::Certificate<'static>>, String> {
