@@ -129,6 +129,9 @@ pub struct Containers {
     exe: PathBuf,
     /// Serialises creation and removal (names must stay unique).
     lock: Mutex<()>,
+    /// The records as last read from disk; this daemon is their only writer, so the
+    /// copy stays true until it writes (run, removal), which clears it.
+    cache: Mutex<Option<Vec<ContainerRecord>>>,
 }
 
 fn random_id() -> Result<String, String> {
@@ -174,6 +177,7 @@ impl Containers {
             volumes: data_dir.join("volumes"),
             exe: exe.to_path_buf(),
             lock: Mutex::new(()),
+            cache: Mutex::new(None),
         };
         Ok(c)
     }
@@ -203,6 +207,20 @@ impl Containers {
     }
 
     fn records(&self) -> Vec<ContainerRecord> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cache.as_ref() {
+            return c.clone();
+        }
+        let out = self.read_records();
+        *cache = Some(out.clone());
+        out
+    }
+
+    fn invalidate(&self) {
+        *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    fn read_records(&self) -> Vec<ContainerRecord> {
         let mut out = Vec::new();
         if let Ok(entries) = std::fs::read_dir(&self.dir) {
             for e in entries.flatten() {
@@ -340,6 +358,7 @@ impl Containers {
         if let Err(e) = res {
             let _ = unmount_overlay(&cdir.join("bundle/rootfs"));
             let _ = remove_any(&cdir);
+            self.invalidate();
             return Err(e);
         }
         Ok(id)
@@ -400,6 +419,7 @@ impl Containers {
         write_atomic(&cdir.join("bundle/config.json"), &tmp, &json).map_err(|e| e.to_string())?;
         let rec = serde_json::to_vec_pretty(record).expect("invariant: record serialises");
         write_atomic(&cdir.join(RECORD), &tmp, &rec).map_err(|e| e.to_string())?;
+        self.invalidate();
         match self.keeper(&KeeperRequest::Run {
             id: record.id.clone(),
             log: record.log,
@@ -507,7 +527,9 @@ impl Containers {
         let cdir = self.dir.join(id);
         unmount_overlay(&cdir.join("bundle/rootfs"))
             .map_err(|e| format!("unmounting the root filesystem of {id}: {e}"))?;
-        remove_any(&cdir).map_err(|e| format!("{}: {e}", cdir.display()))?;
+        let res = remove_any(&cdir).map_err(|e| format!("{}: {e}", cdir.display()));
+        self.invalidate();
+        res?;
         Ok(())
     }
 

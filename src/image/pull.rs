@@ -224,9 +224,11 @@ impl Client {
             // The host's CA bundle plus the registry's own CAs from the certs dir.
             let mut certs = system_roots();
             if let Some(dir) = &cfg.certs_dir {
-                certs.extend(read_certs(&dir.join(domain)).map_err(|msg| PullError::Transport {
-                    host: domain.into(),
-                    msg,
+                certs.extend(read_certs(&dir.join(domain)).map_err(|msg| {
+                    PullError::Transport {
+                        host: domain.into(),
+                        msg,
+                    }
                 })?);
             }
             if certs.is_empty() {
