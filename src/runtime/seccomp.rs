@@ -129,18 +129,24 @@ fn syscall_nr(name: &str) -> Option<i64> {
             { $(if $name == stringify!($x) { return Some(libc::$x as i64); })* }
         }};
     }
+    // musl's aarch64 table in the libc crate lacks this one (asm-generic number 294).
+    #[cfg(target_arch = "aarch64")]
+    if name == "kexec_file_load" {
+        return Some(294);
+    }
     let sys = format!("SYS_{name}");
     table!(sys.as_str();
         SYS_acct, SYS_add_key, SYS_bpf, SYS_clock_adjtime, SYS_clock_settime,
         SYS_delete_module, SYS_finit_module, SYS_fsconfig, SYS_fsmount, SYS_fsopen, SYS_fspick,
-        SYS_get_mempolicy, SYS_init_module, SYS_kcmp, SYS_kexec_file_load, SYS_kexec_load,
+        SYS_get_mempolicy, SYS_init_module, SYS_kcmp, SYS_kexec_load,
         SYS_keyctl, SYS_lookup_dcookie, SYS_mbind, SYS_mount, SYS_mount_setattr, SYS_move_mount,
         SYS_move_pages, SYS_name_to_handle_at, SYS_nfsservctl, SYS_open_by_handle_at,
         SYS_open_tree, SYS_perf_event_open, SYS_pivot_root, SYS_process_vm_readv,
         SYS_process_vm_writev, SYS_ptrace, SYS_quotactl, SYS_reboot, SYS_request_key,
         SYS_set_mempolicy, SYS_setns, SYS_settimeofday, SYS_swapoff, SYS_swapon, SYS_umount2,
         SYS_unshare, SYS_userfaultfd, SYS_clone, SYS_clone3
-        ; x86_64: SYS_ioperm, SYS_iopl, SYS_sysfs, SYS__sysctl, SYS_uselib, SYS_ustat
+        ; x86_64: SYS_ioperm, SYS_iopl, SYS_sysfs, SYS__sysctl, SYS_uselib, SYS_ustat,
+        SYS_kexec_file_load
     );
     None
 }
