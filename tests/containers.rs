@@ -450,10 +450,10 @@ fn restart_policies() {
     if !ready() {
         return;
     }
-    let d = daemon("ctr-restart", "127.0.33.6");
-    let inspect = |name: &str| -> serde_json::Value {
+    let mut d = daemon("ctr-restart", "127.0.33.6");
+    fn inspect(d: &Daemon, name: &str) -> serde_json::Value {
         serde_json::from_str::<serde_json::Value>(&d.ok(&["inspect", name])).unwrap()[0].clone()
-    };
+    }
     // on-failure:2: two restarts after failures, then it stays down.
     d.ok(&[
         "run",
@@ -468,10 +468,10 @@ fn restart_policies() {
         "echo run; exit 3",
     ]);
     support::wait_until(20, "two restarts", || {
-        inspect("flaky")["RestartCount"] == json!(2)
+        inspect(&d, "flaky")["RestartCount"] == json!(2)
     });
     std::thread::sleep(Duration::from_millis(1500));
-    let v = inspect("flaky");
+    let v = inspect(&d, "flaky");
     assert_eq!(v["RestartCount"], json!(2), "no third restart");
     assert_eq!(v["State"]["ExitCode"], json!(3));
     assert_eq!(
@@ -491,7 +491,7 @@ fn restart_policies() {
         "true",
     ]);
     std::thread::sleep(Duration::from_millis(800));
-    assert_eq!(inspect("fine")["RestartCount"], json!(0));
+    assert_eq!(inspect(&d, "fine")["RestartCount"], json!(0));
     // always: restarted after a clean exit too; `stop` holds it down.
     d.ok(&[
         "run",
@@ -508,17 +508,57 @@ fn restart_policies() {
         "sleep 0.2",
     ]);
     support::wait_until(20, "restarted", || {
-        inspect("eternal")["RestartCount"].as_u64().unwrap() >= 2
+        inspect(&d, "eternal")["RestartCount"].as_u64().unwrap() >= 2
     });
     d.ok(&["stop", "eternal"]);
-    let n = inspect("eternal")["RestartCount"].clone();
+    let n = inspect(&d, "eternal")["RestartCount"].clone();
     std::thread::sleep(Duration::from_millis(1000));
     assert_eq!(
-        inspect("eternal")["RestartCount"],
+        inspect(&d, "eternal")["RestartCount"],
         n,
         "a stopped container stays stopped"
     );
-    assert_eq!(inspect("eternal")["State"]["Status"], json!("exited"));
+    assert_eq!(inspect(&d, "eternal")["State"]["Status"], json!("exited"));
+    // A power cut, as far as one can be played: daemon, keeper and container killed,
+    // the root filesystem unmounted. The next daemon mounts it again and restarts the
+    // `always` container; the exit it could not observe is reported as unknown.
+    let id = d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "survivor",
+        "--restart",
+        "always",
+        "bb:1",
+        "sleep",
+        "1000",
+    ]);
+    let id = id.trim().to_string();
+    let v = inspect(&d, "survivor");
+    let pid = v["State"]["Pid"].as_i64().unwrap();
+    d.kill9();
+    let data = d.dir.join("data");
+    let keeper = std::fs::read_to_string(data.join("containers/keeper.pid")).unwrap();
+    for p in [keeper.trim().to_string(), pid.to_string()] {
+        let _ = std::process::Command::new("kill").args(["-9", &p]).status();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let rootfs = data.join("containers").join(&id).join("bundle/rootfs");
+    let _ = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(&rootfs)
+        .status();
+    d.start();
+    support::wait_until(20, "running again", || {
+        d.ok(&["ps"])
+            .lines()
+            .any(|l| l.contains("survivor") && l.contains("Up"))
+    });
+    let v = inspect(&d, "survivor");
+    assert_eq!(v["RestartCount"], json!(1));
+    assert_eq!(d.ok(&["exec", "survivor", "echo", "alive"]), "alive\n");
+    d.ok(&["rm", "-f", "survivor"]);
+
     let o = d.cli(&["run", "--restart", "sometimes", "bb:1"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--restart"));

@@ -43,6 +43,10 @@ pub struct ContainerRecord {
     pub health: Option<HealthSpec>,
     #[serde(default)]
     pub restart: RestartPolicy,
+    /// The image's unpacked layers, bottom first: enough to mount the root filesystem
+    /// again after a reboot (the image cannot be removed while the container exists).
+    #[serde(default)]
+    pub lower: Vec<PathBuf>,
 }
 
 /// Where a container is in its life.
@@ -351,10 +355,15 @@ impl Containers {
             log,
             health,
             restart,
+            lower: image
+                .layers
+                .iter()
+                .map(|l| store.layer_path(&l.diff_id))
+                .collect(),
         };
         let cdir = self.dir.join(&id);
         std::fs::create_dir_all(&cdir).map_err(|e| format!("{}: {e}", cdir.display()))?;
-        let res = self.prepare_and_start(store, image, &record);
+        let res = self.prepare_and_start(image, &record);
         if let Err(e) = res {
             let _ = unmount_overlay(&cdir.join("bundle/rootfs"));
             let _ = remove_any(&cdir);
@@ -366,19 +375,18 @@ impl Containers {
 
     fn prepare_and_start(
         &self,
-        store: &Store,
         image: &ImageRecord,
         record: &ContainerRecord,
     ) -> Result<(), String> {
         let cdir = self.dir.join(&record.id);
         let rootfs = cdir.join("bundle/rootfs");
-        let lower: Vec<PathBuf> = image
-            .layers
-            .iter()
-            .map(|l| store.layer_path(&l.diff_id))
-            .collect();
-        mount_overlay(&lower, &cdir.join("upper"), &cdir.join("work"), &rootfs)
-            .map_err(|e| format!("mounting the root filesystem: {e}"))?;
+        mount_overlay(
+            &record.lower,
+            &cdir.join("upper"),
+            &cdir.join("work"),
+            &rootfs,
+        )
+        .map_err(|e| format!("mounting the root filesystem: {e}"))?;
         let mut volumes = BTreeMap::new();
         for m in &record.spec.mounts {
             match m.kind {
@@ -639,10 +647,25 @@ impl Containers {
         let cdir = self.dir.join(&v.record.id);
         let rootfs = cdir.join("bundle/rootfs");
         if !super::super::runtime::rootfs::is_mounted(&rootfs) {
-            return Err(format!(
-                "the root filesystem of {} is gone (reboot?); remove and run it again",
-                v.record.name
-            ));
+            // After a reboot: mount it again from the same layers and upper directory.
+            if v.record.lower.is_empty() {
+                return Err(format!(
+                    "the root filesystem of {} is gone and its layers are not recorded; remove and run it again",
+                    v.record.name
+                ));
+            }
+            mount_overlay(
+                &v.record.lower,
+                &cdir.join("upper"),
+                &cdir.join("work"),
+                &rootfs,
+            )
+            .map_err(|e| {
+                format!(
+                    "mounting the root filesystem of {} again: {e}",
+                    v.record.name
+                )
+            })?;
         }
         match self.keeper(&KeeperRequest::Run {
             id: v.record.id.clone(),
