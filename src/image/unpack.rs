@@ -290,13 +290,26 @@ fn join(parts: &[PathBuf]) -> PathBuf {
 
 /// Opens `parts` (a directory) resolved inside `root`.
 fn open_in_root(root: &OwnedFd, parts: &[PathBuf]) -> io::Result<OwnedFd> {
-    Ok(rfs::openat2(
+    rfs::openat2(
         root,
         join(parts),
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
         resolve_in_root(),
-    )?)
+    )
+    .map_err(no_openat2)
+}
+
+/// ENOSYS from openat2 means a kernel before 5.6 (or an emulator without it): say so
+/// rather than "function not implemented".
+pub fn no_openat2(e: rustix::io::Errno) -> io::Error {
+    if e == rustix::io::Errno::NOSYS {
+        io::Error::other(
+            "this kernel has no openat2 (Linux 5.6 or later is needed to resolve paths inside an image safely)",
+        )
+    } else {
+        e.into()
+    }
 }
 
 /// Opens (creating as needed, like `mkdir -p`) the directory `parts` inside `root`.
@@ -331,13 +344,14 @@ fn ensure_dir(root: &OwnedFd, parts: &[PathBuf]) -> io::Result<OwnedFd> {
 
 /// Opens `name` directly in `dir`, following no symlink at all.
 fn open_beneath(dir: &OwnedFd, name: &Path, flags: OFlags) -> io::Result<OwnedFd> {
-    Ok(rfs::openat2(
+    rfs::openat2(
         dir,
         name,
         flags | OFlags::CLOEXEC,
         Mode::empty(),
         ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
-    )?)
+    )
+    .map_err(no_openat2)
 }
 
 /// An `O_PATH` directory fd reopened for reading (xattrs need a real fd).

@@ -451,8 +451,8 @@ pub fn identity(user: Option<&str>, rootfs: &Path) -> Result<Identity, String> {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
-    let passwd = read_in_root(rootfs, "etc/passwd").unwrap_or_default();
-    let group = read_in_root(rootfs, "etc/group").unwrap_or_default();
+    let passwd = read_in_root(rootfs, "etc/passwd")?.unwrap_or_default();
+    let group = read_in_root(rootfs, "etc/group")?.unwrap_or_default();
     // name:x:uid:gid:gecos:home:shell
     let pw: Vec<Vec<&str>> = passwd
         .lines()
@@ -511,25 +511,36 @@ pub fn identity(user: Option<&str>, rootfs: &Path) -> Result<Identity, String> {
     })
 }
 
-fn read_in_root(rootfs: &Path, rel: &str) -> Option<String> {
+/// The file `rel` of the image's root filesystem; None if it is not there. Errors other
+/// than absence (an old kernel without openat2, say) are errors, not "no such user".
+fn read_in_root(rootfs: &Path, rel: &str) -> Result<Option<String>, String> {
     use rustix::fs::{Mode, OFlags, ResolveFlags};
     let root = rustix::fs::open(
         rootfs,
         OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .ok()?;
-    let fd = rustix::fs::openat2(
+    .map_err(|e| format!("{}: {e}", rootfs.display()))?;
+    let fd = match rustix::fs::openat2(
         &root,
         rel,
         OFlags::RDONLY | OFlags::CLOEXEC,
         Mode::empty(),
         ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-    )
-    .ok()?;
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => return Ok(None),
+        Err(e) => {
+            return Err(format!(
+                "reading /{rel} of the image: {}",
+                crate::image::unpack::no_openat2(e)
+            ))
+        }
+    };
     let mut s = String::new();
-    std::io::Read::read_to_string(&mut std::fs::File::from(fd), &mut s).ok()?;
-    Some(s)
+    std::io::Read::read_to_string(&mut std::fs::File::from(fd), &mut s)
+        .map_err(|e| format!("reading /{rel} of the image: {e}"))?;
+    Ok(Some(s))
 }
 
 #[cfg(test)]
