@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{proc_field, wait_until, Net};
+use crate::support::{proc_field, unmount_below, wait_until, Net};
 
 /// What swarmlet measured, for the ratios.
 pub struct Ours {
@@ -141,17 +141,7 @@ impl Drop for Dockerd {
         }
         // dockerd bind-mounts its data root and its network sandboxes; undo those
         // (deepest first) before the directory goes.
-        let prefix = self.dir.to_string_lossy().into_owned();
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut mounts: Vec<&str> = info
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(4))
-            .filter(|m| m.starts_with(&prefix))
-            .collect();
-        mounts.reverse();
-        for m in mounts {
-            let _ = Command::new("umount").args(["-l", m]).output();
-        }
+        unmount_below(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use argh::FromArgs;
 
 use super::image::{credentials_for, print_table, PullView, PULL_IDLE};
-use super::{call, not_implemented, print_done, Global, UsageError};
+use super::{call, not_implemented, print_done, print_json, Global, UsageError};
 use crate::api::{ContainerRequest, Request, Response, RunRequest};
 use crate::daemon::containers::{RestartPolicy, Status};
 use crate::daemon::health::{HealthFlags, HealthStatus};
@@ -900,20 +900,12 @@ pub fn inspect(global: &Global, c: InspectCommand) -> anyhow::Result<ExitCode> {
     if c.kind.as_deref().is_some_and(|k| k != "container") {
         return not_implemented("inspect --type other than container");
     }
-    match call(
+    print_json(call(
         global,
         &Request::Container(ContainerRequest::Inspect {
             containers: c.objects,
         }),
-    )? {
-        Response::Json(j) => {
-            println!("{j}");
-            Ok(ExitCode::SUCCESS)
-        }
-        other => Err(anyhow::anyhow!(
-            "unexpected answer from the daemon: {other:?}"
-        )),
-    }
+    )?)
 }
 
 /// For requests that may take longer than the usual client timeout (stop waits out

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
-use super::{call, not_implemented, print_done, Global, UsageError};
+use super::{call, not_implemented, print_done, print_json, Global, UsageError};
 use crate::api::{ImageRequest, Request, Response};
 use crate::image::oci::Platform;
 use crate::image::pull::{read_docker_config, Credentials, LayerState, Progress};
@@ -157,18 +157,10 @@ pub fn run(global: &Global, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
             if c.images.is_empty() {
                 return Err(UsageError("image inspect: name at least one image".into()).into());
             }
-            match call(
+            print_json(call(
                 global,
                 &Request::Image(ImageRequest::Inspect { images: c.images }),
-            )? {
-                Response::Json(j) => {
-                    println!("{j}");
-                    Ok(ExitCode::SUCCESS)
-                }
-                other => Err(anyhow::anyhow!(
-                    "unexpected answer from the daemon: {other:?}"
-                )),
-            }
+            )?)
         }
     }
 }

@@ -49,6 +49,19 @@ pub fn print_done(r: crate::api::Response) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Prints the daemon's `Json` document (`inspect`); anything else is an unexpected answer.
+pub fn print_json(r: crate::api::Response) -> anyhow::Result<ExitCode> {
+    match r {
+        crate::api::Response::Json(j) => {
+            println!("{j}");
+            Ok(ExitCode::SUCCESS)
+        }
+        other => Err(anyhow::anyhow!(
+            "unexpected answer from the daemon: {other:?}"
+        )),
+    }
+}
+
 /// Parses `ADDR[:PORT]` for a flag, the port defaulting to the cluster port.
 pub fn parse_addr(flag: &str, s: &str) -> Result<std::net::SocketAddr, UsageError> {
     if let Ok(a) = s.parse() {

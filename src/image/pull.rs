@@ -437,23 +437,8 @@ impl Client {
             .unwrap_or_default()
             .trim()
             .to_string();
-        let mut resp = resp;
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(MAX_DOCUMENT)
-            .read_to_vec()
-            .map_err(|e| self.transport(e))?;
+        let body = self.document(resp, Digest::parse(reference), &format!("manifest {shown}"))?;
         let digest = Digest::of(&body);
-        if let Some(want) = Digest::parse(reference) {
-            if want != digest {
-                return Err(PullError::Digest {
-                    what: format!("manifest {shown}"),
-                    expected: want,
-                    got: digest,
-                });
-            }
-        }
         // Some registries send a generic type: fall back to the document's own.
         let media = if oci::is_index(&ctype) || oci::is_manifest(&ctype) {
             ctype
@@ -478,23 +463,36 @@ impl Client {
     /// A small blob (a config) into memory, checked.
     fn small_blob(&self, repo: &str, d: &Digest) -> Result<Vec<u8>, PullError> {
         let scope = format!("repository:{repo}:pull");
-        let mut resp = self.get(&format!("/v2/{repo}/blobs/{d}"), None, None, &scope)?;
+        let resp = self.get(&format!("/v2/{repo}/blobs/{d}"), None, None, &scope)?;
         if resp.status().as_u16() != 200 {
             return Err(self.fail(&format!("blob {d}"), resp));
         }
+        self.document(resp, Some(*d), &format!("blob {d}"))
+    }
+
+    /// Reads a manifest, index or config body (at most [`MAX_DOCUMENT`]) and checks it
+    /// against `want` when the reference pinned a digest.
+    fn document(
+        &self,
+        mut resp: ureq::http::Response<ureq::Body>,
+        want: Option<Digest>,
+        what: &str,
+    ) -> Result<Vec<u8>, PullError> {
         let body = resp
             .body_mut()
             .with_config()
             .limit(MAX_DOCUMENT)
             .read_to_vec()
             .map_err(|e| self.transport(e))?;
-        let got = Digest::of(&body);
-        if got != *d {
-            return Err(PullError::Digest {
-                what: format!("blob {d}"),
-                expected: *d,
-                got,
-            });
+        if let Some(expected) = want {
+            let got = Digest::of(&body);
+            if got != expected {
+                return Err(PullError::Digest {
+                    what: what.to_string(),
+                    expected,
+                    got,
+                });
+            }
         }
         Ok(body)
     }

@@ -226,7 +226,12 @@ pub fn cleanup_containers(data: &std::path::Path) {
     if let Ok(pid) = std::fs::read_to_string(dir.join("keeper.pid")) {
         let _ = Command::new("kill").args(["-9", pid.trim()]).status();
     }
-    let prefix = data.display().to_string();
+    unmount_below(data);
+}
+
+/// Lazily unmounts everything mounted at or below `dir`, deepest first.
+pub fn unmount_below(dir: &std::path::Path) {
+    let prefix = dir.display().to_string();
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut mounts: Vec<&str> = info
         .lines()
