@@ -138,6 +138,10 @@ pub struct Containers {
     cache: Mutex<Option<Vec<ContainerRecord>>>,
 }
 
+fn valid_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 fn random_id() -> Result<String, String> {
     let mut b = [0u8; 32];
     getrandom::getrandom(&mut b).map_err(|e| format!("no randomness: {e}"))?;
@@ -230,6 +234,13 @@ impl Containers {
             for e in entries.flatten() {
                 if let Ok(b) = std::fs::read(e.path().join(RECORD)) {
                     match serde_json::from_slice::<ContainerRecord>(&b) {
+                        // Ids are shown shortened and used as paths: a record whose id
+                        // is not what `run` writes (64 hex digits) is not trusted.
+                        Ok(r) if !valid_id(&r.id) => eprintln!(
+                            "swarmlet: ignoring {}: bad container id {:?}",
+                            e.path().join(RECORD).display(),
+                            r.id
+                        ),
                         Ok(r) => out.push(r),
                         Err(err) => eprintln!(
                             "swarmlet: ignoring unreadable {}: {err}",
@@ -727,11 +738,12 @@ impl Containers {
         }
     }
 
-    /// Whether any container has a restart policy (the loop idles otherwise).
-    pub fn any_restart_policy(&self) -> bool {
+    /// Whether any container has a restart policy or asked to be removed on exit (the
+    /// supervisor loop idles otherwise).
+    pub fn any_supervised(&self) -> bool {
         self.records()
             .iter()
-            .any(|r| r.restart != RestartPolicy::No)
+            .any(|r| r.restart != RestartPolicy::No || r.auto_remove)
     }
 
     /// Restart count, for `inspect`.

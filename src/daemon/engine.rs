@@ -16,6 +16,12 @@ use crate::image::reference::{Digest, Reference};
 use crate::image::store::{ImageRecord, Store};
 use crate::runtime::logs::{read_all, Follower, Record, Stream};
 
+/// How often the supervisor looks at exited containers: the shortest restart backoff.
+const SUPERVISOR_TICK: Duration = Duration::from_millis(100);
+/// How long `logs -f` waits for more output before looking again (it wakes at once
+/// when the container exits).
+const FOLLOW_WAIT: Duration = Duration::from_millis(100);
+
 pub struct Engine {
     pub store: Store,
     pub registry: RegistryConfig,
@@ -34,15 +40,19 @@ impl Engine {
         std::thread::Builder::new()
             .name("health".into())
             .spawn(move || super::health::monitor(c))?;
+        // The supervisor: restart policies, and removal of `--rm` containers that exited
+        // (also when nobody waits for them).
         let c = containers.clone();
         std::thread::Builder::new()
-            .name("restart".into())
+            .name("supervisor".into())
             .spawn(move || {
                 c.apply_restart_policies(true);
+                c.reap_auto_remove();
                 loop {
-                    std::thread::sleep(Duration::from_millis(100));
-                    if c.any_restart_policy() {
+                    std::thread::sleep(SUPERVISOR_TICK);
+                    if c.any_supervised() {
                         c.apply_restart_policies(false);
+                        c.reap_auto_remove();
                     }
                 }
             })?;
@@ -95,10 +105,7 @@ impl Engine {
                 let id = c.run(&self.store, &rec, *req)?;
                 Ok(Response::Done(id))
             }
-            ContainerRequest::List => {
-                c.reap_auto_remove();
-                Ok(Response::Containers(c.list()?))
-            }
+            ContainerRequest::List => Ok(Response::Containers(c.list()?)),
             ContainerRequest::Stop {
                 containers,
                 timeout,
@@ -214,7 +221,7 @@ impl Engine {
                 if !had {
                     // Until more output, or the exit (after which the keeper has taken
                     // every last byte from the pipes).
-                    c.wait_exit(&v.record.id, Duration::from_millis(100))?;
+                    c.wait_exit(&v.record.id, FOLLOW_WAIT)?;
                 }
             }
         }

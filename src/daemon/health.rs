@@ -25,6 +25,9 @@ const LOG_KEEP: usize = 5;
 /// Output kept per result.
 const OUTPUT_KEEP: usize = 4096;
 const FILE: &str = "health.json";
+/// How often the monitor looks for probes that are due: the shortest interval allowed
+/// (`--health-interval` is at least 100 ms).
+const HEALTH_TICK: Duration = Duration::from_millis(100);
 
 /// How a container is checked.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,7 +188,7 @@ pub fn monitor(containers: Arc<Containers>) {
     // Per container: when its next probe is due (ms) and whether one is running.
     let due: Arc<Mutex<BTreeMap<String, (u64, bool)>>> = Arc::new(Mutex::new(BTreeMap::new()));
     loop {
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(HEALTH_TICK);
         if !containers.any_health() {
             continue;
         }

@@ -37,6 +37,14 @@ pub const SOCKET: &str = "keeper.sock";
 pub const RUNTIME_DIR: &str = ".runtime";
 const STATE_FILE: &str = "keeper.json";
 const LOG_FILE: &str = "log";
+/// Reads (of up to 64 KiB) taken from each pipe of a container that just exited
+/// before its exit is recorded: 64 MiB, far more than a pipe holds, yet bounded if a
+/// surviving background process keeps writing.
+const MAX_READS_AT_EXIT: usize = 1024;
+/// How many times removal retries an empty-but-busy cgroup (its last processes still
+/// dying), and how long it waits between tries: 0.4 s in all.
+const CGROUP_RMDIR_TRIES: u32 = 200;
+const CGROUP_RMDIR_WAIT: Duration = Duration::from_millis(2);
 /// How long the keeper waits for a client to send its request.
 const CLIENT_READ: Duration = Duration::from_secs(5);
 
@@ -405,6 +413,17 @@ impl Keeper {
     }
 
     fn on_exit(&mut self, id: &str) {
+        // Everything the process wrote is in its pipes now: take it before the exit is
+        // recorded, so whoever sees the exit (Wait, `logs -f`) finds the whole log. A
+        // background process still holding a pipe keeps it open; reading stops when it
+        // is empty, or after a bounded number of reads if it keeps writing.
+        for n in 0..2 {
+            for _ in 0..MAX_READS_AT_EXIT {
+                if !self.drain_pipe(id, n) {
+                    break;
+                }
+            }
+        }
         let Some(l) = self.live.get_mut(id) else {
             return;
         };
@@ -576,7 +595,7 @@ fn remove_runtime_state(dir: &Path, id: &str) -> io::Result<()> {
                 Ok(()) => break,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => break,
                 // Processes still dying (or stragglers the namespace's end missed).
-                Err(e) if tries < 200 && e.raw_os_error() == Some(16) => {
+                Err(e) if tries < CGROUP_RMDIR_TRIES && e.raw_os_error() == Some(libc::EBUSY) => {
                     if let Ok(procs) = std::fs::read_to_string(g.join("cgroup.procs")) {
                         for p in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
                             if let Some(pid) = Pid::from_raw(p) {
@@ -585,7 +604,7 @@ fn remove_runtime_state(dir: &Path, id: &str) -> io::Result<()> {
                         }
                     }
                     tries += 1;
-                    std::thread::sleep(Duration::from_millis(2));
+                    std::thread::sleep(CGROUP_RMDIR_WAIT);
                 }
                 Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", g.display()))),
             }
