@@ -21,6 +21,9 @@ use crate::runtime::spec::{identity, runtime_spec, ContainerSpec, MountKind};
 
 const RECORD: &str = "container.json";
 const KEEPER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an exited `--rm` container is left for an attached `run` to collect its
+/// status before the supervisor removes it.
+const AUTO_REMOVE_GRACE: Duration = Duration::from_secs(5);
 /// Docker's default grace period between the stop signal and SIGKILL.
 pub const DEFAULT_STOP_TIMEOUT: u64 = 10;
 
@@ -553,14 +556,36 @@ impl Containers {
     }
 
     /// Removes exited containers that asked for it (`--rm`).
+    /// Removes `--rm` containers that exited at least [`AUTO_REMOVE_GRACE`] ago. The
+    /// grace leaves an attached `run --rm` time to collect the exit status itself
+    /// (its Wait removes the container at once after).
     pub fn reap_auto_remove(&self) {
+        let now = keeper::now_ms();
+        let grace = u64::try_from(AUTO_REMOVE_GRACE.as_millis()).unwrap_or(u64::MAX);
         if let Ok(all) = self.list() {
             for v in all {
-                if v.record.auto_remove && matches!(v.status, Status::Exited { .. }) {
-                    let _ = self.purge(&v.record.id);
+                if let Status::Exited { finished_at, .. } = v.status {
+                    if v.record.auto_remove && finished_at.saturating_add(grace) <= now {
+                        let _ = self.purge(&v.record.id);
+                    }
                 }
             }
         }
+    }
+
+    /// Waits for `id` to exit and returns its status (None: not observable), removing
+    /// it afterwards if it was run with `--rm`.
+    pub fn wait_status(&self, id: &str) -> Result<Option<i32>, String> {
+        self.wait_exit(id, Duration::from_secs(u64::MAX / 4))?;
+        let v = self.find(id)?;
+        let code = match v.status {
+            Status::Exited { code, .. } => code,
+            _ => None,
+        };
+        if v.record.auto_remove {
+            self.purge(id)?;
+        }
+        Ok(code)
     }
 
     /// Runs `cmd` in the running container `what` through the helper; `on_output` gets

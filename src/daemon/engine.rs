@@ -159,14 +159,7 @@ impl Engine {
             }
             ContainerRequest::Wait { container } => {
                 let v = c.find(&container)?;
-                c.wait_exit(&v.record.id, Duration::from_secs(u64::MAX / 4))?;
-                let v = c.find(&v.record.id)?;
-                let code = match v.status {
-                    Status::Exited { code, .. } => code,
-                    _ => None,
-                };
-                c.reap_auto_remove();
-                Ok(Response::Exit(code))
+                Ok(Response::Exit(c.wait_status(&v.record.id)?))
             }
         }
     }
