@@ -112,11 +112,17 @@ pub fn now_ms() -> u64 {
 }
 
 /// The start time of `pid` in clock ticks since boot (field 22 of /proc/<pid>/stat).
+/// `None` also for a zombie: an orphan whose reaper (the host's init, which may be slow
+/// or never reap) has not collected it is dead for our purposes.
 pub fn start_ticks(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
-    let after = &stat[stat.rfind(')')? + 2..];
-    after.split_whitespace().nth(19)?.parse().ok()
+    let after = stat.get(stat.rfind(')')? + 2..)?;
+    let mut fields = after.split_whitespace();
+    if matches!(fields.next()?, "Z" | "X" | "x") {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 /// Sends one request to the keeper at `<dir>/keeper.sock`.
@@ -681,4 +687,25 @@ fn helper(
         return Err(anyhow!("{err}"));
     }
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_zombie_has_no_start_ticks() {
+        assert!(start_ticks(std::process::id() as i32).is_some());
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        // Unreaped, the child lingers as a zombie: it must count as dead.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while start_ticks(pid).is_some() {
+            assert!(std::time::Instant::now() < deadline, "child never exited");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(std::fs::metadata(format!("/proc/{pid}")).is_ok(), "still a zombie");
+        child.wait().unwrap();
+        assert_eq!(start_ticks(pid), None);
+    }
 }
