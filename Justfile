@@ -16,9 +16,16 @@ default:
 build:
     cargo build --release
 
-# All unit and integration tests, with cargo-nextest.
+# All unit and integration tests, with cargo-nextest. The virtual-machine tests
+# (tests/qemu.rs) boot the static x86_64 binary, so it is built first.
 test:
+    just cross-build x86_64
     cargo nextest run --workspace --all-targets
+
+# Only the virtual-machine tests, with ARCH guests (x86_64 or aarch64).
+qemu-test ARCH="x86_64":
+    just cross-build {{ARCH}}
+    SWARMLET_QEMU_ARCH={{ARCH}} cargo nextest run --test qemu
 
 # Formatting and clippy, warnings denied.
 lint:

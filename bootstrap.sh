@@ -15,9 +15,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 # qemu-user-static runs the aarch64 binary, busybox-static is the test containers' userland,
 # iproute2/nftables for the networking tests, file to check that binaries are static,
 # docker-registry (a real registry for pull tests), apache2-utils (htpasswd) and openssl
-# (its certificates).
+# (its certificates), qemu-system-x86 for the virtual-machine tests.
 APT_PACKAGES=(clang lld llvm qemu-user-static busybox-static iproute2 nftables file
-    docker-registry apache2-utils openssl ca-certificates)
+    docker-registry apache2-utils openssl ca-certificates qemu-system-x86)
 RUST_TARGETS=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl)
 
 log() { echo "bootstrap: $*" >&2; }

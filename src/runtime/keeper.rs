@@ -704,7 +704,10 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "child never exited");
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert!(std::fs::metadata(format!("/proc/{pid}")).is_ok(), "still a zombie");
+        assert!(
+            std::fs::metadata(format!("/proc/{pid}")).is_ok(),
+            "still a zombie"
+        );
         child.wait().unwrap();
         assert_eq!(start_ticks(pid), None);
     }

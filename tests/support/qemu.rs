@@ -1,0 +1,643 @@
+//! Virtual machines for tests that need a kernel of their own: Debian's cloud kernel under
+//! QEMU's software emulation (`-accel tcg`: nested KVM hangs on these machines), booted
+//! into an initramfs built here from busybox-static, the static swarmlet binary, the
+//! kernel modules a test names, and files it adds.
+//!
+//! The kernel package is fetched once with `apt-get download` and unpacked under
+//! `target/qemu/<arch>/`, so reruns need nothing from the network.
+//!
+//! Boot: a first `/init` copies the initramfs into a tmpfs and `switch_root`s into it
+//! (pivot_root(2), which container runtimes use, refuses to leave the initial ramfs). The
+//! second init mounts /proc, /sys, /dev, cgroup2 (the unified hierarchy alone, as on
+//! Raspberry Pi OS), loads the modules, and serves a control channel: a virtio serial
+//! port wired to a unix socket on the host. Over it the test runs shell scripts and reads
+//! their exit code and output ([`Vm::exec`]). The kernel console goes to `console.log`,
+//! printed when a test fails.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::cast_possible_truncation)] // test code
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The machine types the harness boots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    X86_64,
+    Aarch64,
+}
+
+impl Arch {
+    /// `SWARMLET_QEMU_ARCH` (x86_64 or aarch64), by default the host's.
+    pub fn from_env() -> Arch {
+        match std::env::var("SWARMLET_QEMU_ARCH").as_deref() {
+            Ok("aarch64") => Arch::Aarch64,
+            Ok("x86_64") => Arch::X86_64,
+            Ok(other) => panic!("SWARMLET_QEMU_ARCH={other}: known are x86_64 and aarch64"),
+            Err(_) if cfg!(target_arch = "aarch64") => Arch::Aarch64,
+            Err(_) => Arch::X86_64,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Aarch64 => "aarch64",
+        }
+    }
+
+    fn debian(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "amd64",
+            Arch::Aarch64 => "arm64",
+        }
+    }
+
+    fn qemu(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "qemu-system-x86_64",
+            Arch::Aarch64 => "qemu-system-aarch64",
+        }
+    }
+
+    fn console(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "ttyS0",
+            Arch::Aarch64 => "ttyAMA0",
+        }
+    }
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("target"),
+        PathBuf::from,
+    )
+}
+
+/// The static swarmlet binary for `arch`, as `just cross-build` leaves it.
+pub fn swarmlet_binary(arch: Arch) -> PathBuf {
+    let p = target_dir()
+        .join(format!("{}-unknown-linux-musl", arch.name()))
+        .join("release/swarmlet");
+    assert!(
+        p.exists(),
+        "{} is missing: run `just cross-build {}` first (`just test` and `just qemu-test` do)",
+        p.display(),
+        arch.name()
+    );
+    p
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A kernel and its modules, unpacked from Debian's cloud kernel package.
+pub struct Kernel {
+    pub image: PathBuf,
+    /// `lib/modules/<version>`.
+    pub modules: PathBuf,
+}
+
+impl Kernel {
+    /// Fetches and unpacks the kernel for `arch` unless the cache has it. Concurrent
+    /// callers wait on a lock file.
+    pub fn get(arch: Arch) -> Kernel {
+        let root = target_dir().join("qemu").join(arch.name());
+        std::fs::create_dir_all(&root).unwrap();
+        let lock = std::fs::File::create(root.with_extension("lock")).unwrap();
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+        let unpacked = root.join("unpacked");
+        if !unpacked.join("done").exists() {
+            let _ = std::fs::remove_dir_all(&unpacked);
+            let work = root.join("download");
+            let _ = std::fs::remove_dir_all(&work);
+            std::fs::create_dir_all(&work).unwrap();
+            // The meta package names the current versioned one.
+            let meta = format!("linux-image-cloud-{}", arch.debian());
+            let qualified = if arch == Arch::X86_64 {
+                meta.clone()
+            } else {
+                format!("{meta}:{}", arch.debian())
+            };
+            let mut deps = run(Command::new("apt-cache").args(["depends", &qualified]));
+            if !deps.contains("Depends: ") {
+                // No package lists yet on this machine.
+                run(Command::new("apt-get").args(["update", "-q"]));
+                deps = run(Command::new("apt-cache").args(["depends", &qualified]));
+            }
+            let pkg = deps
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("Depends: "))
+                .unwrap_or_else(|| panic!("no kernel package behind {qualified}: {deps}"))
+                .split(':')
+                .next()
+                .unwrap()
+                .to_string();
+            let pkg = if arch == Arch::X86_64 {
+                pkg
+            } else {
+                format!("{pkg}:{}", arch.debian())
+            };
+            run(Command::new("apt-get")
+                .args(["download", "-q", &pkg])
+                .current_dir(&work));
+            let deb = std::fs::read_dir(&work)
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|x| x == "deb"))
+                .expect("apt-get download left no .deb");
+            run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked));
+            std::fs::remove_dir_all(&work).unwrap();
+            std::fs::write(unpacked.join("done"), pkg).unwrap();
+        }
+        let boot = unpacked.join("boot");
+        let image = std::fs::read_dir(&boot)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("vmlinuz-")
+            })
+            .expect("no vmlinuz in the kernel package");
+        let modules = std::fs::read_dir(unpacked.join("lib/modules"))
+            .unwrap()
+            .flatten()
+            .next()
+            .expect("no lib/modules in the kernel package")
+            .path();
+        Kernel { image, modules }
+    }
+
+    /// The module files to load for `names`, dependencies first.
+    pub fn modules_for(&self, names: &[&str]) -> Vec<PathBuf> {
+        let mut index = BTreeMap::new();
+        index_modules(&self.modules.join("kernel"), &mut index);
+        let mut order = Vec::new();
+        for n in names {
+            visit(&index, &n.replace('-', "_"), &mut order);
+        }
+        fn visit(index: &BTreeMap<String, PathBuf>, name: &str, order: &mut Vec<PathBuf>) {
+            let path = index
+                .get(name)
+                .unwrap_or_else(|| panic!("kernel module {name} is not in the package"));
+            if order.contains(path) {
+                return;
+            }
+            for dep in module_depends(path) {
+                visit(index, &dep, order);
+            }
+            order.push(path.clone());
+        }
+        order
+    }
+}
+
+fn index_modules(dir: &Path, index: &mut BTreeMap<String, PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if e.file_type().unwrap().is_dir() {
+            index_modules(&p, index);
+        } else if let Some(stem) = p.file_name().unwrap().to_str().unwrap().strip_suffix(".ko") {
+            index.insert(stem.replace('-', "_"), p);
+        }
+    }
+}
+
+/// A module's `depends=` entry from its .modinfo strings.
+fn module_depends(path: &Path) -> Vec<String> {
+    let bytes = std::fs::read(path).unwrap();
+    let key = b"\0depends=";
+    let Some(at) = bytes.windows(key.len()).position(|w| w == key) else {
+        return Vec::new();
+    };
+    let rest = &bytes[at + key.len()..];
+    let end = rest.iter().position(|&b| b == 0).unwrap();
+    String::from_utf8_lossy(&rest[..end])
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.replace('-', "_"))
+        .collect()
+}
+
+/// A newc ("070701") cpio archive, the format the kernel unpacks as initramfs.
+#[derive(Default)]
+pub struct Cpio {
+    out: Vec<u8>,
+    ino: u32,
+}
+
+impl Cpio {
+    fn entry(&mut self, path: &str, mode: u32, data: &[u8]) {
+        self.ino += 1;
+        let name_len = path.len() + 1;
+        let fields = [
+            self.ino,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            data.len() as u32,
+            0,
+            0,
+            0,
+            0,
+            name_len as u32,
+            0,
+        ];
+        self.out.extend_from_slice(b"070701");
+        for f in fields {
+            self.out.extend_from_slice(format!("{f:08x}").as_bytes());
+        }
+        self.out.extend_from_slice(path.as_bytes());
+        self.out.push(0);
+        self.pad();
+        self.out.extend_from_slice(data);
+        self.pad();
+    }
+
+    fn pad(&mut self) {
+        while self.out.len() % 4 != 0 {
+            self.out.push(0);
+        }
+    }
+
+    pub fn dir(&mut self, path: &str) {
+        self.entry(path, 0o040_755, &[]);
+    }
+
+    pub fn file(&mut self, path: &str, mode: u32, data: &[u8]) {
+        self.entry(path, 0o100_000 | mode, data);
+    }
+
+    pub fn symlink(&mut self, path: &str, target: &str) {
+        self.entry(path, 0o120_777, target.as_bytes());
+    }
+
+    pub fn finish(mut self) -> Vec<u8> {
+        self.entry("TRAILER!!!", 0, &[]);
+        self.out
+    }
+}
+
+/// The first init: everything into a tmpfs, then switch_root there.
+const STAGE1: &str = r#"#!/bin/busybox sh
+/bin/busybox mkdir -p /proc /newroot
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t tmpfs -o mode=0755 root /newroot
+for e in /*; do
+    case "$e" in /proc|/newroot|/init) ;; *) /bin/busybox cp -a "$e" /newroot/ ;; esac
+done
+/bin/busybox cp /stage2 /newroot/init
+/bin/busybox umount /proc
+exec /bin/busybox switch_root /newroot /init
+echo "stage1: switch_root failed"
+"#;
+
+/// The second init: mounts, modules, then the control loop on the virtio port `ctl`.
+const STAGE2: &str = r#"#!/bin/busybox sh
+/bin/busybox mkdir -p /usr/bin /usr/sbin /sbin
+/bin/busybox --install -s
+export PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+mkdir -p /proc /sys /dev /run /tmp /var/lib /var/log /etc
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm
+mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts
+mount -t tmpfs -o mode=1777 shm /dev/shm
+mount -t tmpfs -o mode=0755 run /run
+mount -t tmpfs -o mode=1777 tmp /tmp
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+echo "+cpu +cpuset +io +memory +pids" > /sys/fs/cgroup/cgroup.subtree_control
+[ -f /etc/hostname ] && hostname "$(cat /etc/hostname)"
+echo "127.0.0.1 localhost" > /etc/hosts
+for m in $(cat /lib/modules/order); do
+    insmod "/lib/modules/$m" || echo "stage2: insmod $m failed"
+done
+ip link set lo up
+port=
+for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+    for p in /sys/class/virtio-ports/*; do
+        [ "$(cat "$p/name" 2>/dev/null)" = ctl ] && port=/dev/${p##*/}
+    done
+    [ -n "$port" ] && [ -e "$port" ] && break
+    sleep 0.1
+done
+[ -n "$port" ] || { echo "stage2: no control port"; poweroff -f; }
+[ -x /etc/boot.sh ] && /etc/boot.sh
+exec 3<>"$port"
+echo "@@READY" >&3
+while read -r id cmd <&3; do
+    echo "$cmd" | base64 -d > /tmp/.cmd
+    sh /tmp/.cmd > /tmp/.out 2>&1 < /dev/null
+    rc=$?
+    { echo "@@OUT $id"; base64 < /tmp/.out; echo "@@END $id $rc"; } >&3
+done
+echo "stage2: control channel closed"
+poweroff -f
+"#;
+
+/// What a VM is made of.
+pub struct VmSpec {
+    pub name: String,
+    pub arch: Arch,
+    pub mem_mib: u32,
+    pub cpus: u32,
+    /// Kernel modules loaded at boot (their dependencies are found and loaded first).
+    pub modules: Vec<&'static str>,
+    /// Files placed in the VM: guest path (absolute), contents, mode.
+    pub files: Vec<(String, Vec<u8>, u32)>,
+}
+
+impl VmSpec {
+    pub fn new(name: &str) -> VmSpec {
+        VmSpec {
+            name: name.into(),
+            arch: Arch::from_env(),
+            mem_mib: 768,
+            cpus: 2,
+            modules: vec!["overlay"],
+            files: Vec::new(),
+        }
+    }
+
+    pub fn file(mut self, guest: &str, contents: Vec<u8>, mode: u32) -> VmSpec {
+        self.files.push((guest.into(), contents, mode));
+        self
+    }
+
+    fn initramfs(&self, kernel: &Kernel, busybox: &Path, swarmlet: &Path) -> Vec<u8> {
+        let mut c = Cpio::default();
+        let mut dirs = std::collections::BTreeSet::new();
+        let mut add_dirs = |c: &mut Cpio, path: &str| {
+            let mut at = String::new();
+            let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+            for part in &parts[..parts.len() - 1] {
+                if !at.is_empty() {
+                    at.push('/');
+                }
+                at.push_str(part);
+                if dirs.insert(at.clone()) {
+                    c.dir(&at);
+                }
+            }
+        };
+        add_dirs(&mut c, "bin/busybox");
+        c.file("bin/busybox", 0o755, &std::fs::read(busybox).unwrap());
+        c.file("init", 0o755, STAGE1.as_bytes());
+        c.file("stage2", 0o755, STAGE2.as_bytes());
+        add_dirs(&mut c, "usr/local/bin/swarmlet");
+        c.file(
+            "usr/local/bin/swarmlet",
+            0o755,
+            &std::fs::read(swarmlet).unwrap(),
+        );
+        add_dirs(&mut c, "etc/hostname");
+        c.file("etc/hostname", 0o644, format!("{}\n", self.name).as_bytes());
+        add_dirs(&mut c, "lib/modules/order");
+        let mut order = String::new();
+        // The control channel's transport first, then what the test asked for.
+        let mut wanted = vec!["virtio_pci", "virtio_console"];
+        wanted.extend_from_slice(&self.modules);
+        for m in kernel.modules_for(&wanted) {
+            let name = m.file_name().unwrap().to_str().unwrap().to_string();
+            c.file(
+                &format!("lib/modules/{name}"),
+                0o644,
+                &std::fs::read(&m).unwrap(),
+            );
+            order.push_str(&name);
+            order.push('\n');
+        }
+        c.file("lib/modules/order", 0o644, order.as_bytes());
+        for (path, data, mode) in &self.files {
+            let path = path.trim_start_matches('/');
+            add_dirs(&mut c, path);
+            c.file(path, *mode, data);
+        }
+        c.finish()
+    }
+}
+
+/// A running VM. Dropping it kills QEMU and removes its directory; if the test is
+/// panicking, the kernel console is printed first.
+pub struct Vm {
+    pub name: String,
+    pub dir: PathBuf,
+    child: Child,
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    next_id: u64,
+}
+
+impl Vm {
+    /// Boots the VM and waits until its control channel answers.
+    pub fn boot(spec: VmSpec) -> Vm {
+        let arch = spec.arch;
+        let kernel = Kernel::get(arch);
+        let busybox = busybox_for(arch);
+        let swarmlet = swarmlet_binary(arch);
+        let dir =
+            std::env::temp_dir().join(format!("swarmlet-vm-{}-{}", std::process::id(), spec.name));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("initrd.cpio"),
+            spec.initramfs(&kernel, &busybox, &swarmlet),
+        )
+        .unwrap();
+        let sock = dir.join("ctl.sock");
+        let mut cmd = Command::new(arch.qemu());
+        match arch {
+            Arch::X86_64 => cmd.args(["-M", "q35", "-cpu", "max"]),
+            Arch::Aarch64 => cmd.args(["-M", "virt", "-cpu", "max"]),
+        };
+        cmd.args([
+            "-accel",
+            "tcg",
+            "-nodefaults",
+            "-no-user-config",
+            "-no-reboot",
+        ])
+        .args(["-display", "none", "-monitor", "none"])
+        .args(["-m", &spec.mem_mib.to_string()])
+        .args(["-smp", &spec.cpus.to_string()])
+        .arg("-kernel")
+        .arg(&kernel.image)
+        .arg("-initrd")
+        .arg(dir.join("initrd.cpio"))
+        .arg("-append")
+        .arg(format!(
+            "console={} panic=-1 rdinit=/init loglevel=4",
+            arch.console()
+        ))
+        .arg("-serial")
+        .arg(format!("file:{}", dir.join("console.log").display()))
+        .args(["-device", "virtio-serial-pci"])
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=ctl,path={},server=on,wait=off",
+            sock.display()
+        ))
+        .args(["-device", "virtserialport,chardev=ctl,name=ctl"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("qemu.log")).unwrap());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", arch.qemu()));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let stream = loop {
+            if let Ok(s) = UnixStream::connect(&sock) {
+                break s;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "{} exited ({status}): {}",
+                    arch.qemu(),
+                    std::fs::read_to_string(dir.join("qemu.log")).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "QEMU opened no control socket");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut vm = Vm {
+            name: spec.name,
+            dir,
+            child,
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+            next_id: 0,
+        };
+        // Booting under emulation: seconds, more on a loaded machine.
+        vm.expect_line(Duration::from_secs(180), |l| l == "@@READY");
+        vm
+    }
+
+    fn expect_line(&mut self, within: Duration, want: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "{}: nothing expected on the control channel within {within:?}",
+                self.name
+            );
+            self.reader.get_ref().set_read_timeout(Some(left)).unwrap();
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) => panic!("{}: control channel closed", self.name),
+                Ok(_) => {
+                    let line = line.trim_end().to_string();
+                    if want(&line) {
+                        return line;
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("{}: control channel: {e}", self.name),
+            }
+        }
+    }
+
+    /// Runs `script` with the VM's `sh`; its exit code and its stdout and stderr together.
+    pub fn exec(&mut self, script: &str, within: Duration) -> (i32, String) {
+        self.next_id += 1;
+        let id = self.next_id;
+        let encoded = swarmlet::image::pull::base64_encode(script.as_bytes());
+        writeln!(self.writer, "{id} {encoded}").unwrap();
+        self.expect_line(within, |l| l == format!("@@OUT {id}"));
+        let mut body = String::new();
+        let end = format!("@@END {id} ");
+        let code = loop {
+            let line = self.expect_line(within, |_| true);
+            if let Some(rc) = line.strip_prefix(&end) {
+                break rc.parse().unwrap();
+            }
+            body.push_str(&line);
+        };
+        let out = base64_decode(&body);
+        (code, String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// [`Vm::exec`] that must succeed (within two minutes); its output.
+    pub fn ok(&mut self, script: &str) -> String {
+        let (code, out) = self.exec(script, Duration::from_secs(120));
+        assert_eq!(code, 0, "{}: `{script}` exited {code}: {out}", self.name);
+        out
+    }
+
+    pub fn console(&self) -> String {
+        std::fs::read_to_string(self.dir.join("console.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- console of {}:\n{}", self.name, self.console());
+            if let Ok(q) = std::fs::read_to_string(self.dir.join("qemu.log")) {
+                eprintln!("--- qemu log of {}:\n{q}", self.name);
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// busybox-static for the guest: the host's own for the host's arch.
+fn busybox_for(arch: Arch) -> PathBuf {
+    let host = if cfg!(target_arch = "aarch64") {
+        Arch::Aarch64
+    } else {
+        Arch::X86_64
+    };
+    assert_eq!(
+        arch, host,
+        "a guest busybox for another arch is not wired up yet"
+    );
+    PathBuf::from(super::image::BUSYBOX)
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in text.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => continue,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
