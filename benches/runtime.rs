@@ -5,8 +5,8 @@
 //! - start-to-exit of a container running `true`: `swarmlet run --rm` (CLI to daemon to
 //!   exit, the whole path a user waits for) against `runc run` of an equivalent bundle
 //! - stop latency of a container that exits on SIGTERM
-//! - pull of a 5-layer image from a local registry: `swarmlet image pull` (download,
-//!   verify, unpack) against `skopeo copy` to an OCI layout (download, verify)
+//! - pull of two images from a local registry: `swarmlet image pull` (download, verify,
+//!   unpack, sync) against `skopeo copy` to an OCI layout (download, verify)
 //! - memory of the daemon and the keeper (RSS each; PSS of both, since they share the
 //!   binary's pages), idle and with 50 running containers
 
@@ -141,55 +141,105 @@ fn stop_latency(d: &Daemon) {
     println!("BENCH stop_on_sigterm_median {:.4} s", median(&mut v));
 }
 
-fn pull(d: &Daemon, reg: &Registry) {
+/// Layers of `sizes` MiB on top of busybox: incompressible noise (the worst case for a
+/// pull that inflates and unpacks what it fetches), or text made of words (about 3:1
+/// under gzip, nearer what real layers hold).
+fn data_image(sizes: &[usize], text: bool) -> TestImage {
+    const WORDS: [&str; 16] = [
+        "container",
+        "node",
+        "service",
+        "task",
+        "the",
+        "of",
+        "network",
+        "replica",
+        "update",
+        "health",
+        "a",
+        "to",
+        "manager",
+        "worker",
+        "overlay",
+        "and",
+    ];
     let mut img = TestImage::busybox(json!({"Cmd": ["/bin/sh"]}));
     let mut x = 0x2545_f491_4f6c_dd1du64;
-    for i in 0..4 {
-        let mut noise = vec![0u8; 4 << 20];
-        for b in noise.iter_mut() {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            *b = x as u8;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for (i, mib) in sizes.iter().enumerate() {
+        let want = mib << 20;
+        let mut data = Vec::with_capacity(want + 64);
+        while data.len() < want {
+            let r = next();
+            if text {
+                data.extend_from_slice(WORDS[(r & 15) as usize].as_bytes());
+                data.push(if r >> 60 == 0 { b'\n' } else { b' ' });
+                if r >> 58 == 1 {
+                    data.extend_from_slice(format!("{}", r >> 40).as_bytes());
+                }
+            } else {
+                data.extend_from_slice(&r.to_le_bytes());
+            }
         }
+        data.truncate(want);
         let name = format!("data/blob{i}");
-        img.layers.push(Layer::files(&[(name.as_str(), &noise)]));
+        img.layers.push(Layer::files(&[(name.as_str(), &data)]));
     }
-    reg.push_image("bench/big", Some("1"), &img.build());
-    let name = format!("{}/bench/big:1", reg.host());
-    let mut ours = Vec::new();
-    for _ in 0..5 {
-        let mut c = Command::new(support::BIN);
-        c.arg("--socket")
-            .arg(d.sock())
-            .args(["image", "pull", "-q", &name]);
-        ours.push(timed(c));
-        d.ok(&["image", "rm", &name]);
+    img
+}
+
+/// Pulls of each image by each tool (the median is printed).
+const PULLS: usize = 9;
+
+fn pull(d: &Daemon, reg: &Registry) {
+    // Four 4 MiB layers (fetched again if a pull breaks off), one of 32 MiB (also
+    // written to a partial file as it arrives, for resuming), and four of text.
+    for (label, repo, sizes, text) in [
+        ("5_layers_17MiB", "bench/big", &[4, 4, 4, 4][..], false),
+        ("2_layers_33MiB_resumable", "bench/bigger", &[32][..], false),
+        ("5_layers_33MiB_text", "bench/text", &[8, 8, 8, 8][..], true),
+    ] {
+        reg.push_image(repo, Some("1"), &data_image(sizes, text).build());
+        let name = format!("{}/{repo}:1", reg.host());
+        let mut ours = Vec::new();
+        for _ in 0..PULLS {
+            let mut c = Command::new(support::BIN);
+            c.arg("--socket")
+                .arg(d.sock())
+                .args(["image", "pull", "-q", &name]);
+            ours.push(timed(c));
+            d.ok(&["image", "rm", &name]);
+        }
+        let ours = median(&mut ours);
+        println!("BENCH pull_{label}_median {ours:.3} s");
+        if !have("skopeo") {
+            println!("# skopeo not installed: no side-by-side pull figure");
+            continue;
+        }
+        let mut theirs = Vec::new();
+        for i in 0..PULLS {
+            let dest = d.dir.join(format!("skopeo-{label}-{i}"));
+            let mut c = Command::new("skopeo");
+            c.args([
+                "copy",
+                "--src-tls-verify=false",
+                &format!("docker://{name}"),
+            ])
+            .arg(format!("oci:{}:1", dest.display()));
+            theirs.push(timed(c));
+        }
+        let theirs = median(&mut theirs);
+        println!("BENCH skopeo_copy_{label}_median {theirs:.3} s");
+        println!(
+            "BENCH pull_{label}_ratio_swarmlet_over_skopeo {:.2} x",
+            ours / theirs
+        );
     }
-    let ours = median(&mut ours);
-    println!("BENCH pull_5_layers_17MiB_median {ours:.3} s");
-    if !have("skopeo") {
-        println!("# skopeo not installed: no side-by-side pull figure");
-        return;
-    }
-    let mut theirs = Vec::new();
-    for i in 0..5 {
-        let dest = d.dir.join(format!("skopeo-{i}"));
-        let mut c = Command::new("skopeo");
-        c.args([
-            "copy",
-            "--src-tls-verify=false",
-            &format!("docker://{name}"),
-        ])
-        .arg(format!("oci:{}:1", dest.display()));
-        theirs.push(timed(c));
-    }
-    let theirs = median(&mut theirs);
-    println!("BENCH skopeo_copy_5_layers_17MiB_median {theirs:.3} s");
-    println!(
-        "BENCH pull_ratio_swarmlet_over_skopeo {:.2} x",
-        ours / theirs
-    );
 }
 
 fn memory(d: &Daemon) {

@@ -104,6 +104,40 @@ pub struct Store {
     names: Mutex<()>,
 }
 
+/// Inflates a gzip stream from `r` into `tx` in chunks; `End` once it is whole. A
+/// receiver that hung up ends it quietly (the tar side has its own error to tell).
+fn inflate(r: &mut impl Read, tx: &std::sync::mpsc::SyncSender<Chunk>) -> io::Result<()> {
+    let mut gz = flate2::read::GzDecoder::new(r);
+    loop {
+        let mut chunk = vec![0u8; 64 << 10];
+        let n = gz.read(&mut chunk)?;
+        if n == 0 {
+            let _ = tx.send(Chunk::End);
+            return Ok(());
+        }
+        chunk.truncate(n);
+        if tx.send(Chunk::Data(chunk)).is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// A layer unpacked and checked but not yet named (see [`Store::unpack_layer`]). Its work
+/// directory is removed if it is dropped uncommitted.
+#[derive(Debug)]
+pub struct UnpackedLayer {
+    work: PathBuf,
+    pub diff_id: Digest,
+}
+
+impl Drop for UnpackedLayer {
+    fn drop(&mut self) {
+        if !self.work.as_os_str().is_empty() {
+            let _ = remove_any(&self.work);
+        }
+    }
+}
+
 impl Store {
     pub fn open(root: &Path) -> Result<Store, StoreError> {
         for d in ["blobs/sha256", "layers", "images", "tmp"] {
@@ -175,7 +209,7 @@ impl Store {
     /// given). Returns the diff id. Nothing appears under `layers/` unless both match.
     pub fn add_layer(
         &self,
-        r: impl Read,
+        r: impl Read + Send,
         compression: Compression,
         blob: Option<Digest>,
         diff_id: Option<Digest>,
@@ -185,65 +219,109 @@ impl Store {
                 return Ok(d);
             }
         }
+        let u = self.unpack_layer(r, compression, blob, diff_id)?;
+        let got = u.diff_id;
+        self.commit_layers(vec![u])?;
+        Ok(got)
+    }
+
+    /// The first half of [`Store::add_layer`]: unpacks and checks the layer into a work
+    /// directory under tmp/, which [`Store::commit_layers`] makes durable and names.
+    /// Several layers unpacked this way share one filesystem sync.
+    pub fn unpack_layer(
+        &self,
+        r: impl Read + Send,
+        compression: Compression,
+        blob: Option<Digest>,
+        diff_id: Option<Digest>,
+    ) -> Result<UnpackedLayer, StoreError> {
         let work = self.tmp_dir().join(format!("layer-{}", unique()));
         std::fs::create_dir(&work).map_err(io_err(&work))?;
-        let result = (|| {
-            let mut outer = HashingReader::new(r);
-            let got_diff = match compression {
-                Compression::Gzip => {
-                    let mut inner = HashingReader::new(flate2::read::GzDecoder::new(&mut outer));
-                    unpack(&mut inner, &work)?;
+        // From here the work directory goes away on every path but a commit.
+        let mut u = UnpackedLayer {
+            work,
+            diff_id: Digest([0; 32]),
+        };
+        let mut outer = HashingReader::new(r);
+        let got_diff = match compression {
+            Compression::Gzip => {
+                // Inflating is the costliest step: it gets a thread of its own, and the
+                // tar side (diff id hash, file writes) runs beside it.
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(8);
+                std::thread::scope(|s| {
+                    // The sender moves into the inflater: when it ends, by error or
+                    // not, the tar side's reads end too.
+                    let outer = &mut outer;
+                    let inflater = s.spawn(move || inflate(outer, &tx));
+                    let mut inner = HashingReader::new(ChannelReader::new(rx));
                     // The tar end marker may be followed by padding: hash it too.
-                    io::copy(&mut inner, &mut io::sink()).map_err(io_err("layer stream"))?;
-                    inner.finish()
-                }
-                Compression::None => {
-                    unpack(&mut outer, &work)?;
-                    io::copy(&mut outer, &mut io::sink()).map_err(io_err("layer stream"))?;
-                    outer.clone_digest()
-                }
-            };
-            io::copy(&mut outer, &mut io::sink()).map_err(io_err("layer stream"))?;
-            let got_blob = outer.finish();
-            if let Some(expected) = blob {
-                if got_blob != expected {
-                    return Err(StoreError::Digest {
-                        what: "layer blob".into(),
-                        expected,
-                        got: got_blob,
-                    });
-                }
+                    let unpacked = unpack(&mut inner, &u.work)
+                        .map_err(StoreError::from)
+                        .and_then(|_| {
+                            io::copy(&mut inner, &mut io::sink())
+                                .map(drop)
+                                .map_err(io_err("layer stream"))
+                        });
+                    // Gone before the join: an inflater blocked on a full channel wakes.
+                    drop(inner.inner);
+                    let inflated = inflater
+                        .join()
+                        .unwrap_or_else(|_| Err(io::Error::other("the inflating thread panicked")));
+                    // A corrupt gzip stream is the cause of whatever the tar side saw.
+                    inflated.map_err(io_err("layer stream (gzip)"))?;
+                    unpacked?;
+                    Ok::<_, StoreError>(Digest(inner.hash.finalize().into()))
+                })?
             }
-            if let Some(expected) = diff_id {
-                if got_diff != expected {
-                    return Err(StoreError::Digest {
-                        what: "layer content (diff id)".into(),
-                        expected,
-                        got: got_diff,
-                    });
-                }
-            }
-            Ok(got_diff)
-        })();
-        let got = match result {
-            Ok(d) => d,
-            Err(e) => {
-                let _ = remove_any(&work);
-                return Err(e);
+            Compression::None => {
+                unpack(&mut outer, &u.work)?;
+                io::copy(&mut outer, &mut io::sink()).map_err(io_err("layer stream"))?;
+                outer.clone_digest()
             }
         };
-        let dest = self.layer_path(&got);
-        if dest.is_dir() {
-            let _ = remove_any(&work); // another pull got there first
-        } else {
-            // Every unpacked file on disk before the layer's name appears: after a power
-            // cut a layer is either whole or absent (edge boxes lose power).
-            let fd = std::fs::File::open(&work).map_err(io_err(&work))?;
-            rustix::fs::syncfs(&fd).map_err(|e| io_err(&work)(e.into()))?;
-            std::fs::rename(&work, &dest).map_err(io_err(&dest))?;
-            sync_dir(&self.root.join("layers"));
+        io::copy(&mut outer, &mut io::sink()).map_err(io_err("layer stream"))?;
+        let got_blob = outer.finish();
+        if let Some(expected) = blob {
+            if got_blob != expected {
+                return Err(StoreError::Digest {
+                    what: "layer blob".into(),
+                    expected,
+                    got: got_blob,
+                });
+            }
         }
-        Ok(got)
+        if let Some(expected) = diff_id {
+            if got_diff != expected {
+                return Err(StoreError::Digest {
+                    what: "layer content (diff id)".into(),
+                    expected,
+                    got: got_diff,
+                });
+            }
+        }
+        u.diff_id = got_diff;
+        Ok(u)
+    }
+
+    /// Names unpacked layers under `layers/`, after one sync of the filesystem: after a
+    /// power cut a layer is either whole or absent (edge boxes lose power).
+    pub fn commit_layers(&self, mut layers: Vec<UnpackedLayer>) -> Result<(), StoreError> {
+        layers.retain(|u| {
+            // Another pull may have got there first.
+            !self.layer_path(&u.diff_id).is_dir()
+        });
+        let Some(first) = layers.first() else {
+            return Ok(());
+        };
+        let fd = std::fs::File::open(&first.work).map_err(io_err(&first.work))?;
+        rustix::fs::syncfs(&fd).map_err(|e| io_err(&first.work)(e.into()))?;
+        for u in &mut layers {
+            let dest = self.layer_path(&u.diff_id);
+            std::fs::rename(&u.work, &dest).map_err(io_err(&dest))?;
+            u.work = PathBuf::new();
+        }
+        sync_dir(&self.root.join("layers"));
+        Ok(())
     }
 
     /// Records an image and points `names` at it. Every layer must be present.
@@ -524,6 +602,55 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// A stream between two threads: chunks, then `End` once the sender vouches for all of
+/// them (a download whose digest matched). A channel closed without `End` is a sender
+/// that failed, and reads as an error.
+pub enum Chunk {
+    Data(Vec<u8>),
+    End,
+}
+
+/// The receiving side of a [`Chunk`] stream.
+pub struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<Chunk>,
+    cur: Vec<u8>,
+    pos: usize,
+    ended: bool,
+}
+
+impl ChannelReader {
+    pub fn new(rx: std::sync::mpsc::Receiver<Chunk>) -> ChannelReader {
+        ChannelReader {
+            rx,
+            cur: Vec::new(),
+            pos: 0,
+            ended: false,
+        }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            if self.ended {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Chunk::Data(v)) => {
+                    self.cur = v;
+                    self.pos = 0;
+                }
+                Ok(Chunk::End) => self.ended = true,
+                Err(_) => return Err(io::Error::other("the stream broke off")),
+            }
+        }
+        let n = out.len().min(self.cur.len() - self.pos);
+        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
 /// Writes `bytes` to `path` through a temporary file in `tmp` (same filesystem), with
 /// fsync, so `path` is either absent or complete.
 pub fn write_atomic(path: &Path, tmp: &Path, bytes: &[u8]) -> Result<(), StoreError> {
@@ -580,4 +707,72 @@ pub fn now_secs() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer_tar(name: &str, data: &[u8]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        b.append_data(&mut h, name, data).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn a_gzip_stream_broken_midway_fails_cleanly() {
+        let dir = std::env::temp_dir().join(format!("swarmlet-store-gz-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir).unwrap();
+        // Enough data that the inflater is mid-stream, with the tar side waiting on it.
+        let data: Vec<u8> = (0..4u32 << 20)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let gz = gzip(&layer_tar("big", &data));
+        let mut bad = gz.clone();
+        let mid = bad.len() / 2;
+        for b in &mut bad[mid..mid + 64] {
+            *b ^= 0x5a;
+        }
+        let err = store
+            .add_layer(&bad[..], Compression::Gzip, None, None)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("gzip") || err.to_string().contains("layer"),
+            "{err}"
+        );
+        // Cut short: an error too, not a hang.
+        let err = store
+            .add_layer(&gz[..gz.len() / 3], Compression::Gzip, None, None)
+            .unwrap_err();
+        assert!(!err.to_string().is_empty());
+        assert_eq!(
+            std::fs::read_dir(dir.join("tmp")).unwrap().count(),
+            0,
+            "no work dir left"
+        );
+        assert_eq!(std::fs::read_dir(dir.join("layers")).unwrap().count(), 0);
+        // Whole, it unpacks.
+        let id = store
+            .add_layer(&gz[..], Compression::Gzip, None, None)
+            .unwrap();
+        assert_eq!(
+            std::fs::read(store.layer_path(&id).join("big")).unwrap(),
+            data
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
