@@ -14,7 +14,7 @@ use crate::image::oci::Platform;
 use crate::image::pull::{pull, Progress, RegistryConfig};
 use crate::image::reference::{Digest, Reference};
 use crate::image::store::{ImageRecord, Store};
-use crate::runtime::logs::{read_all, Follower, Record, Stream};
+use crate::runtime::logs::{Follower, Record, Stream};
 
 /// How often the supervisor looks at exited containers: the shortest restart backoff.
 const SUPERVISOR_TICK: Duration = Duration::from_millis(100);
@@ -174,8 +174,8 @@ impl Engine {
         let c = &self.containers;
         let v = c.find(container)?;
         let path = c.log_path(&v.record.id);
-        let mut recs = read_all(&path, v.record.log.max_files).map_err(|e| e.to_string())?;
-        let mut follower = Follower::at_end(&path);
+        let (mut recs, mut follower) =
+            Follower::from_start(&path, v.record.log.max_files).map_err(|e| e.to_string())?;
         if let Some(t) = tail {
             let t = usize::try_from(t).unwrap_or(usize::MAX);
             if recs.len() > t {

@@ -236,50 +236,87 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 /// Reads records appended to a log after a point, across rotations (`logs -f`).
 pub struct Follower {
     path: PathBuf,
+    max_files: u32,
+    /// The file the cursor is in (0: none yet, read every file from the top).
     ino: u64,
     offset: u64,
     pending: Vec<u8>,
 }
 
 impl Follower {
-    /// Starts at the current end of the log.
-    pub fn at_end(path: &Path) -> Follower {
-        let (ino, offset) = std::fs::metadata(path)
-            .map(|m| (std::os::unix::fs::MetadataExt::ino(&m), m.len()))
-            .unwrap_or((0, 0));
-        Follower {
+    /// The whole log so far, then whatever is appended (`logs`, `logs -f`): no record
+    /// written meanwhile is missed or read twice, even across rotations.
+    pub fn from_start(path: &Path, max_files: u32) -> io::Result<(Vec<Record>, Follower)> {
+        let mut f = Follower {
             path: path.to_path_buf(),
-            ino,
-            offset,
+            max_files: max_files.max(1),
+            ino: 0,
+            offset: 0,
             pending: Vec::new(),
-        }
+        };
+        let recs = f.poll()?;
+        Ok((recs, f))
+    }
+
+    /// The inodes behind the log's names, oldest first.
+    fn names(&self) -> Vec<(u32, u64)> {
+        (0..self.max_files)
+            .rev()
+            .filter_map(|n| {
+                let p = if n == 0 {
+                    self.path.clone()
+                } else {
+                    numbered(&self.path, n)
+                };
+                std::fs::metadata(p)
+                    .ok()
+                    .map(|m| (n, std::os::unix::fs::MetadataExt::ino(&m)))
+            })
+            .collect()
     }
 
     /// Records written since the last call.
     pub fn poll(&mut self) -> io::Result<Vec<Record>> {
         use std::io::{Read, Seek, SeekFrom};
         use std::os::unix::fs::MetadataExt;
-        let mut bytes = Vec::new();
-        let now = match std::fs::metadata(&self.path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        if now.ino() != self.ino {
-            // Rotated: finish the old file (now `.1`), then read the new one from the top.
-            if let Ok(mut f) = File::open(numbered(&self.path, 1)) {
-                if f.metadata()?.ino() == self.ino {
-                    f.seek(SeekFrom::Start(self.offset))?;
-                    f.read_to_end(&mut bytes)?;
+        // Open every file of one consistent view: the names did not move (a rotation)
+        // while they were opened. Rotated files never change again.
+        let mut files = loop {
+            let before = self.names();
+            let mut files = Vec::with_capacity(before.len());
+            for (n, _) in &before {
+                let p = if *n == 0 {
+                    self.path.clone()
+                } else {
+                    numbered(&self.path, *n)
+                };
+                if let Ok(f) = File::open(p) {
+                    files.push((f.metadata()?.ino(), f));
                 }
             }
-            self.ino = now.ino();
-            self.offset = 0;
+            if self.names() == before
+                && files
+                    .iter()
+                    .map(|(i, _)| *i)
+                    .eq(before.iter().map(|(_, i)| *i))
+            {
+                break files;
+            }
+        };
+        // From the cursor's file on; if it is gone (never existed, or rotated out of
+        // what is kept), every file there is is newer.
+        let (first, offset) = match files.iter().position(|(i, _)| *i == self.ino) {
+            Some(k) => (k, self.offset),
+            None => (0, 0),
+        };
+        let mut bytes = Vec::new();
+        for (k, (ino, f)) in files.iter_mut().enumerate().skip(first) {
+            let from = if k == first { offset } else { 0 };
+            f.seek(SeekFrom::Start(from))?;
+            let n = f.read_to_end(&mut bytes)?;
+            self.ino = *ino;
+            self.offset = from + n as u64;
         }
-        let mut f = File::open(&self.path)?;
-        f.seek(SeekFrom::Start(self.offset))?;
-        let n = f.read_to_end(&mut bytes)?;
-        self.offset += n as u64;
         self.pending.extend_from_slice(&bytes);
         let mut out = Vec::new();
         while let Some(nl) = self.pending.iter().position(|b| *b == b'\n') {
@@ -304,6 +341,62 @@ mod tests {
         assert_eq!(civil_from_days(20_782), (2026, 11, 25));
         let t = UNIX_EPOCH + std::time::Duration::new(1_795_568_523, 5);
         assert_eq!(rfc3339_nanos(t), "2026-11-25T01:02:03.000000005Z");
+    }
+
+    #[test]
+    fn following_while_written_misses_nothing_and_repeats_nothing() {
+        let dir = std::env::temp_dir().join(format!("swarmlet-follow-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // Rotating often, but keeping every file: each line must be read exactly once.
+        let limits = LogLimits {
+            max_size: 16 << 10,
+            max_files: 100,
+        };
+        const LINES: u32 = 20_000;
+        for round in 0..20u32 {
+            let path = dir.join(format!("log{round}"));
+            let mut w = LogWriter::open(&path, limits).unwrap();
+            w.write(Stream::Stdout, b"line 0\n").unwrap();
+            let done = std::sync::atomic::AtomicBool::new(false);
+            let got = std::thread::scope(|s| {
+                s.spawn(|| {
+                    for i in 1..LINES {
+                        w.write(Stream::Stdout, format!("line {i}\n").as_bytes())
+                            .unwrap();
+                    }
+                    done.store(true, std::sync::atomic::Ordering::SeqCst);
+                });
+                // Join the writer at a different point each round.
+                std::thread::sleep(std::time::Duration::from_micros(u64::from(round) * 150));
+                let (mut recs, mut f) = Follower::from_start(&path, limits.max_files).unwrap();
+                loop {
+                    let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                    recs.extend(f.poll().unwrap());
+                    if finished {
+                        break recs;
+                    }
+                }
+            });
+            let nums: Vec<u32> = got
+                .iter()
+                .map(|r| {
+                    std::str::from_utf8(&r.text).unwrap()["line ".len()..]
+                        .parse()
+                        .unwrap()
+                })
+                .collect();
+            assert_eq!(
+                nums.len(),
+                LINES as usize,
+                "round {round}: lost or repeated"
+            );
+            assert!(
+                nums.iter().enumerate().all(|(i, n)| *n == i as u32),
+                "round {round}: out of order"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
