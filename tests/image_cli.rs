@@ -115,5 +115,21 @@ fn pull_ls_inspect_load_rm_prune() {
     let out = d.ok(&["image", "prune", "-a"]);
     assert!(out.contains("Total images removed: 1"), "{out}");
     assert_eq!(d.ok(&["image", "ls", "-q"]).trim(), "");
+
+    // `run` of an image not here pulls it first; the progress goes to stderr, so that
+    // stdout is only what `run -d` promises: the container id.
+    let o = d.cli(&["run", "-d", &name, "true"]);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{err}");
+    let id = out.trim();
+    assert!(
+        id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "stdout is the id alone: {out:?}"
+    );
+    assert!(err.contains("Pull complete"), "{err}");
+    d.ok(&["rm", "-f", id]);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -636,7 +636,7 @@ pub fn run(global: &Global, c: RunCommand) -> anyhow::Result<ExitCode> {
     let mut view = PullView::new(std::io::IsTerminal::is_terminal(&std::io::stderr()), false);
     let resp = crate::api::call_streaming(&global.socket, &req, Some(PULL_IDLE), |f| {
         if let Response::Progress(p) = f {
-            view.show(&p);
+            view.show(&p, &mut std::io::stderr().lock());
         }
     })?;
     let id = match resp {

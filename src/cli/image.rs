@@ -202,7 +202,7 @@ fn pull(global: &Global, c: ImagePull) -> anyhow::Result<ExitCode> {
         Some(PULL_IDLE),
         |r| {
             if let Response::Progress(p) = r {
-                view.show(&p);
+                view.show(&p, &mut std::io::stdout().lock());
             }
         },
     )?;
@@ -243,12 +243,24 @@ impl PullView {
         }
     }
 
-    pub fn show(&mut self, p: &Progress) {
+    /// Prints the change `p` makes to `out` (stdout for `image pull`, stderr for `run`,
+    /// whose stdout is the container's).
+    pub fn show(&mut self, p: &Progress, out: &mut impl Write) {
+        let text = self.render(p);
+        if !text.is_empty() {
+            let _ = out.write_all(text.as_bytes());
+            let _ = out.flush();
+        }
+    }
+
+    /// What a progress report changes on screen: on a terminal every layer's line,
+    /// redrawn in place; otherwise one plain line per change of a layer's state.
+    pub fn render(&mut self, p: &Progress) -> String {
         if self.quiet {
-            return;
+            return String::new();
         }
         let Progress::Layer { digest, state } = p else {
-            return;
+            return String::new();
         };
         let text = match state {
             LayerState::Exists => "Already exists".to_string(),
@@ -276,7 +288,7 @@ impl PullView {
             }
         };
         if !changed {
-            return;
+            return String::new();
         }
         if self.tty {
             let mut out = String::new();
@@ -287,10 +299,9 @@ impl PullView {
                 out.push_str(&format!("\x1b[2K{}: {t}\n", &d.hex()[..12]));
             }
             self.drawn = self.layers.len();
-            print!("{out}");
-            let _ = std::io::stdout().flush();
+            out
         } else {
-            println!("{short}: {text}");
+            format!("{short}: {text}\n")
         }
     }
 }
@@ -492,5 +503,75 @@ impl TempFile {
 impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::reference::Digest;
+
+    fn layer(d: u8, state: LayerState) -> Progress {
+        Progress::Layer {
+            digest: Digest([d; 32]),
+            state,
+        }
+    }
+
+    #[test]
+    fn a_terminal_gets_every_layer_redrawn_in_place() {
+        let mut v = PullView::new(true, false);
+        assert_eq!(
+            v.render(&layer(0xaa, LayerState::Waiting)),
+            "\x1b[2Kaaaaaaaaaaaa: Waiting\n"
+        );
+        let two = v.render(&layer(0xbb, LayerState::Waiting));
+        assert!(
+            two.starts_with("\x1b[1A\x1b[2Kaaaaaaaaaaaa: Waiting\n"),
+            "{two:?}"
+        );
+        let moved = v.render(&layer(
+            0xaa,
+            LayerState::Downloading {
+                done: 1 << 20,
+                total: 4 << 20,
+            },
+        ));
+        assert_eq!(
+            moved,
+            "\x1b[2A\x1b[2Kaaaaaaaaaaaa: Downloading  1.0MiB / 4.0MiB\n\x1b[2Kbbbbbbbbbbbb: Waiting\n"
+        );
+        // No change, nothing drawn.
+        assert_eq!(
+            v.render(&layer(
+                0xaa,
+                LayerState::Downloading {
+                    done: 1 << 20,
+                    total: 4 << 20
+                }
+            )),
+            ""
+        );
+    }
+
+    #[test]
+    fn elsewhere_one_plain_line_per_state() {
+        let mut v = PullView::new(false, false);
+        assert_eq!(
+            v.render(&layer(0xaa, LayerState::Waiting)),
+            "aaaaaaaaaaaa: Waiting\n"
+        );
+        let d = |done| LayerState::Downloading {
+            done,
+            total: 4 << 20,
+        };
+        assert_eq!(v.render(&layer(0xaa, d(1))), "aaaaaaaaaaaa: Downloading\n");
+        assert_eq!(v.render(&layer(0xaa, d(2))), "", "byte counts are not news");
+        assert_eq!(
+            v.render(&layer(0xaa, LayerState::Done)),
+            "aaaaaaaaaaaa: Pull complete\n"
+        );
+        let mut q = PullView::new(false, true);
+        assert_eq!(q.render(&layer(0xaa, LayerState::Done)), "");
     }
 }
