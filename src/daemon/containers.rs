@@ -751,14 +751,16 @@ impl Containers {
             if now < rs.not_before {
                 continue;
             }
-            match self.restart_now(&v) {
-                Ok(()) => {
-                    rs.count += 1;
-                    rs.stopped_by_user = false;
-                    rs.not_before = 0;
-                    self.save_restart_state(&v.record.id, &rs);
-                }
-                Err(e) => eprintln!("swarmlet: restarting {}: {e}", v.record.name),
+            // Counted before the start: whoever sees it running again (`ps`) must see
+            // the restart counted too (`inspect`). Put back if the start fails.
+            let before = rs.clone();
+            rs.count += 1;
+            rs.stopped_by_user = false;
+            rs.not_before = 0;
+            self.save_restart_state(&v.record.id, &rs);
+            if let Err(e) = self.restart_now(&v) {
+                eprintln!("swarmlet: restarting {}: {e}", v.record.name);
+                self.save_restart_state(&v.record.id, &before);
             }
         }
     }
