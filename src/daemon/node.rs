@@ -297,10 +297,25 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
 fn notify_systemd_ready() {
     // Type=notify units set NOTIFY_SOCKET; a plain run has none and this is a no-op.
     if let Some(path) = std::env::var_os("NOTIFY_SOCKET") {
-        if let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() {
-            let _ = sock.send_to(b"READY=1", PathBuf::from(path));
+        if let Err(e) = sd_notify(&path, b"READY=1") {
+            eprintln!("swarmlet: telling systemd we are ready: {e}");
         }
     }
+}
+
+/// Sends one datagram to systemd's notification socket: a path, or an abstract name
+/// written with a leading `@`.
+fn sd_notify(addr: &std::ffi::OsStr, msg: &[u8]) -> std::io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    let sock = std::os::unix::net::UnixDatagram::unbound()?;
+    let bytes = addr.as_bytes();
+    let to = match bytes.strip_prefix(b"@") {
+        Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name)?,
+        None => std::os::unix::net::SocketAddr::from_pathname(addr)?,
+    };
+    sock.send_to_addr(msg, &to)?;
+    Ok(())
 }
 
 fn bind_api_socket(path: &Path) -> anyhow::Result<smol::net::unix::UnixListener> {
@@ -1735,5 +1750,32 @@ fn role_name(r: NodeRole) -> &'static str {
     match r {
         NodeRole::Manager => "manager",
         NodeRole::Worker => "worker",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sd_notify_reaches_path_and_abstract_sockets() {
+        use std::os::linux::net::SocketAddrExt;
+        let dir = std::env::temp_dir().join(format!("swarmlet-notify-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("notify");
+        let by_path = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        sd_notify(path.as_os_str(), b"READY=1").unwrap();
+        let mut buf = [0u8; 64];
+        let n = by_path.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
+
+        let name = format!("swarmlet-notify-test-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let abstract_sock = std::os::unix::net::UnixDatagram::bind_addr(&addr).unwrap();
+        sd_notify(std::ffi::OsStr::new(&format!("@{name}")), b"READY=1").unwrap();
+        let n = abstract_sock.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
+        fs::remove_dir_all(&dir).unwrap();
     }
 }
