@@ -142,7 +142,7 @@ fn stop_latency(d: &Daemon) {
 }
 
 /// Layers of `sizes` MiB on top of busybox: incompressible noise (the worst case for a
-/// pull that inflates and unpacks what it fetches), or text made of words (about 3:1
+/// pull that inflates and unpacks what it fetches), or text made of words (about 6:1
 /// under gzip, nearer what real layers hold).
 fn data_image(sizes: &[usize], text: bool) -> TestImage {
     const WORDS: [&str; 16] = [
