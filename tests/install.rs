@@ -3,6 +3,8 @@
 //! passes `systemd-analyze verify`, nothing is overwritten without --force, and
 //! uninstall removes them, keeping or purging the state directory as told.
 
+#![allow(clippy::unwrap_used)] // test code
+
 mod support;
 
 use std::process::Command;
