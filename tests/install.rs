@@ -23,15 +23,18 @@ fn install_verify_and_uninstall() {
     let _ = std::fs::remove_dir_all(&dir);
     let (bin_dir, unit_dir, data) = (dir.join("bin"), dir.join("units"), dir.join("data"));
     let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
-    let args = [
-        "install",
-        "--bin-dir",
-        &s(&bin_dir),
-        "--unit-dir",
-        &s(&unit_dir),
-        "--data-dir",
-        &s(&data),
+    let dirs = [
+        "--bin-dir".to_string(),
+        s(&bin_dir),
+        "--unit-dir".to_string(),
+        s(&unit_dir),
+        "--data-dir".to_string(),
+        s(&data),
     ];
+    let with_dirs =
+        |head: &[String]| -> Vec<String> { head.iter().chain(&dirs).cloned().collect() };
+    let install_owned = with_dirs(&["install".to_string()]);
+    let args: Vec<&str> = install_owned.iter().map(String::as_str).collect();
     let o = swarmlet(&args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let bin = bin_dir.join("swarmlet");
@@ -90,17 +93,12 @@ fn install_verify_and_uninstall() {
 
     // Uninstall keeps the state directory unless purged.
     std::fs::create_dir_all(data.join("images")).unwrap();
-    let un = [
-        "--socket",
-        &s(&dir.join("no.sock")),
-        "uninstall",
-        "--bin-dir",
-        &s(&bin_dir),
-        "--unit-dir",
-        &s(&unit_dir),
-        "--data-dir",
-        &s(&data),
-    ];
+    let owned = with_dirs(&[
+        "--socket".to_string(),
+        s(&dir.join("no.sock")),
+        "uninstall".to_string(),
+    ]);
+    let un: Vec<&str> = owned.iter().map(String::as_str).collect();
     let o = swarmlet(&un);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(!bin.exists() && !unit_dir.join("swarmlet.service").exists());

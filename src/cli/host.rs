@@ -132,7 +132,9 @@ pub fn install(_global: &Global, cmd: InstallCommand) -> anyhow::Result<ExitCode
     let same_binary = std::fs::canonicalize(&bin).ok() == std::fs::canonicalize(&exe).ok();
     // Check both before writing either: nothing half-installed.
     if !cmd.force {
-        if bin.exists() && !same_binary && std::fs::read(&bin)? != std::fs::read(&exe)? {
+        let read =
+            |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+        if bin.exists() && !same_binary && read(&bin)? != read(&exe)? {
             bail!(
                 "{} exists and differs from this binary: --force replaces it",
                 bin.display()

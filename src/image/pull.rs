@@ -30,6 +30,8 @@ pub const CONCURRENT_DOWNLOADS: usize = 4;
 /// pull that breaks off resumes there next time. Smaller ones are fetched again: the
 /// extra write costs about a tenth of a pull's CPU, more than a refetch saves.
 pub const RESUMABLE_FROM: u64 = 16 << 20;
+/// Chunks (of 64 KiB) a download may run ahead of its unpacker: 1 MiB per layer.
+const CHUNKS_AHEAD: usize = 16;
 /// Largest manifest, index or config accepted (real ones are a few KiB).
 const MAX_DOCUMENT: u64 = 8 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -178,7 +180,9 @@ struct Client {
     auth: Arc<Mutex<Option<String>>>,
 }
 
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
+/// Standard or URL-safe base64; line breaks and padding are skipped, anything else is
+/// refused.
+pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     let mut acc = 0u32;
     let mut bits = 0;
@@ -875,7 +879,7 @@ fn fetch_layer(
         .join(format!("{}.partial", desc.digest.hex()));
     let total = desc.size;
     let compression = oci::layer_compression(&desc.media_type).expect("checked by the caller");
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(16);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(CHUNKS_AHEAD);
     std::thread::scope(|s| {
         let unpacker = s.spawn(move || {
             store.unpack_layer(ChannelReader::new(rx), compression, None, Some(diff_id))

@@ -104,12 +104,18 @@ pub struct Store {
     names: Mutex<()>,
 }
 
+/// Inflated bytes per chunk handed to the tar side (below the allocators' mmap
+/// threshold, so chunks come from the heap's free lists).
+const INFLATE_CHUNK: usize = 64 << 10;
+/// Chunks the inflater may run ahead of the tar side: 512 KiB per layer.
+const INFLATED_AHEAD: usize = 8;
+
 /// Inflates a gzip stream from `r` into `tx` in chunks; `End` once it is whole. A
 /// receiver that hung up ends it quietly (the tar side has its own error to tell).
 fn inflate(r: &mut impl Read, tx: &std::sync::mpsc::SyncSender<Chunk>) -> io::Result<()> {
     let mut gz = flate2::read::GzDecoder::new(r);
     loop {
-        let mut chunk = vec![0u8; 64 << 10];
+        let mut chunk = vec![0u8; INFLATE_CHUNK];
         let n = gz.read(&mut chunk)?;
         if n == 0 {
             let _ = tx.send(Chunk::End);
@@ -247,7 +253,7 @@ impl Store {
             Compression::Gzip => {
                 // Inflating is the costliest step: it gets a thread of its own, and the
                 // tar side (diff id hash, file writes) runs beside it.
-                let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(8);
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(INFLATED_AHEAD);
                 std::thread::scope(|s| {
                     // The sender moves into the inflater: when it ends, by error or
                     // not, the tar side's reads end too.

@@ -4,7 +4,7 @@
 //! never fills: `log`, then `log.1` ... `log.<files-1>`, oldest dropped.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -182,25 +182,7 @@ fn parse_record(line: &[u8]) -> Option<Record> {
 /// Every record of a log (rotated files first, oldest first). Malformed lines (a torn
 /// last write) are skipped.
 pub fn read_all(path: &Path, max_files: u32) -> io::Result<Vec<Record>> {
-    let mut out = Vec::new();
-    for n in (0..max_files.max(1)).rev() {
-        let p = if n == 0 {
-            path.to_path_buf()
-        } else {
-            numbered(path, n)
-        };
-        let f = match File::open(&p) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        for line in BufReader::new(f).split(b'\n') {
-            if let Some(r) = parse_record(&line?) {
-                out.push(r);
-            }
-        }
-    }
-    Ok(out)
+    Follower::from_start(path, max_files).map(|(recs, _)| recs)
 }
 
 /// Formats a time as `2026-11-25T01:02:03.123456789Z`.

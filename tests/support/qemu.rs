@@ -575,7 +575,8 @@ impl Vm {
             }
             body.push_str(&line);
         };
-        let out = base64_decode(&body);
+        let out = swarmlet::image::pull::base64_decode(&body)
+            .unwrap_or_else(|| panic!("{}: output is not base64: {body}", self.name));
         (code, String::from_utf8_lossy(&out).into_owned())
     }
 
@@ -617,27 +618,4 @@ fn busybox_for(arch: Arch) -> PathBuf {
         "a guest busybox for another arch is not wired up yet"
     );
     PathBuf::from(super::image::BUSYBOX)
-}
-
-fn base64_decode(text: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for c in text.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => continue,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    out
 }
