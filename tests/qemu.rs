@@ -106,3 +106,87 @@ fn containers_on_cgroup_v2() {
     let left = vm.ok("find /sys/fs/cgroup -path '*swarmlet*' -type d");
     assert_eq!(left, "/sys/fs/cgroup/swarmlet\n", "cgroups left");
 }
+
+/// The appliance issue's first scenario: three VMs on one bridge (inside a namespace the
+/// test made, no uplink), `init` on one, `join` with the printed token on the others,
+/// three Ready nodes; then one VM dies and the survivors mark it Down.
+#[test]
+fn three_vms_form_a_cluster_and_notice_a_dead_one() {
+    if !support::is_root() {
+        eprintln!("skipping: needs root");
+        return;
+    }
+    let mut net = support::Net::new("qv");
+    let specs: Vec<VmSpec> = (0..3u8)
+        .map(|i| {
+            let (netns, tap) = net.tap(usize::from(i));
+            let mut s = VmSpec::new(&format!("vm{i}")).lan(support::qemu::VmNet {
+                netns,
+                tap,
+                cidr: format!("10.79.0.{}/24", i + 1),
+                index: i,
+            });
+            s.mem_mib = 512;
+            s.cpus = 1;
+            s
+        })
+        .collect();
+    // Booted side by side: each takes seconds under emulation.
+    let mut vms: Vec<Vm> = std::thread::scope(|s| {
+        let handles: Vec<_> = specs
+            .into_iter()
+            .map(|spec| s.spawn(move || Vm::boot(spec)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for vm in &mut vms {
+        start_daemon(vm);
+    }
+    vms[0].ok("swarmlet init --listen-addr 10.79.0.1:2377");
+    let token = vms[0]
+        .ok("swarmlet join-token manager -q")
+        .trim()
+        .to_string();
+    for (i, vm) in vms.iter_mut().enumerate().skip(1) {
+        vm.ok(&format!(
+            "swarmlet join {token} 10.79.0.1:2377 --listen-addr 10.79.0.{}:2377",
+            i + 1
+        ));
+    }
+    let ready = |vm: &mut Vm, want: usize| {
+        vm.exec("swarmlet node ls", Duration::from_secs(30))
+            .1
+            .lines()
+            .filter(|l| l.contains("Ready"))
+            .count()
+            == want
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !ready(&mut vms[0], 3) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            vms[0].ok("swarmlet node ls")
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    vms[2].kill();
+    let t = std::time::Instant::now();
+    let deadline = t + Duration::from_secs(60);
+    loop {
+        let ls = vms[0].ok("swarmlet node ls");
+        if ls.lines().any(|l| l.contains("vm2") && l.contains("Down")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "vm2 never Down: {ls}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("vm2 Down after {:?} (under emulation)", t.elapsed());
+    let ls = vms[1].ok("swarmlet node ls");
+    assert!(
+        ls.lines().any(|l| l.contains("vm2") && l.contains("Down")),
+        "the other survivor agrees: {ls}"
+    );
+    drop(vms);
+    drop(net);
+}

@@ -347,6 +347,28 @@ impl Net {
         name
     }
 
+    /// A tap device `t<i>` on the bridge, for a virtual machine whose QEMU runs in the
+    /// hub namespace. Returns (hub namespace, tap name).
+    pub fn tap(&mut self, i: usize) -> (String, String) {
+        let hub = self.hub();
+        let tap = format!("t{i}");
+        ip(&["-n", &hub, "tuntap", "add", "dev", &tap, "mode", "tap"]);
+        ip(&["-n", &hub, "link", "set", &tap, "master", "br0", "up"]);
+        (hub, tap)
+    }
+
+    /// Cuts (or restores) virtual machine `i`'s link to the bridge.
+    pub fn set_tap_link(&self, i: usize, up: bool) {
+        ip(&[
+            "-n",
+            &self.hub(),
+            "link",
+            "set",
+            &format!("t{i}"),
+            if up { "up" } else { "down" },
+        ]);
+    }
+
     /// Cuts (or restores) host `i`'s link to the bridge.
     pub fn set_link(&self, i: usize, up: bool) {
         ip(&[

@@ -331,6 +331,9 @@ for m in $(cat /lib/modules/order); do
     insmod "/lib/modules/$m" || echo "stage2: insmod $m failed"
 done
 ip link set lo up
+if [ -f /etc/ip ]; then
+    ip addr add "$(cat /etc/ip)" dev eth0 && ip link set eth0 up || echo "stage2: no eth0"
+fi
 port=
 for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
     for p in /sys/class/virtio-ports/*; do
@@ -353,8 +356,18 @@ echo "stage2: control channel closed"
 poweroff -f
 "#;
 
+/// A VM's network card: a tap device on a bridge in a namespace (see `Net::tap`).
+pub struct VmNet {
+    pub netns: String,
+    pub tap: String,
+    /// `10.x.y.z/24`, given to the guest's eth0.
+    pub cidr: String,
+    pub index: u8,
+}
+
 /// What a VM is made of.
 pub struct VmSpec {
+    pub net: Option<VmNet>,
     pub name: String,
     pub arch: Arch,
     pub mem_mib: u32,
@@ -374,7 +387,20 @@ impl VmSpec {
             cpus: 2,
             modules: vec!["overlay"],
             files: Vec::new(),
+            net: None,
         }
+    }
+
+    /// A network card on `net`'s bridge (the tap device must exist).
+    pub fn lan(mut self, net: VmNet) -> VmSpec {
+        self.modules.push("virtio_net");
+        self.files.push((
+            "/etc/ip".into(),
+            format!("{}\n", net.cidr).into_bytes(),
+            0o644,
+        ));
+        self.net = Some(net);
+        self
     }
 
     pub fn file(mut self, guest: &str, contents: Vec<u8>, mode: u32) -> VmSpec {
@@ -463,7 +489,28 @@ impl Vm {
         )
         .unwrap();
         let sock = dir.join("ctl.sock");
-        let mut cmd = Command::new(arch.qemu());
+        // With a network card, QEMU runs in the namespace that holds its tap device.
+        let mut cmd = match &spec.net {
+            Some(n) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/var/run/netns/{}", n.netns))
+                    .arg(arch.qemu());
+                c
+            }
+            None => Command::new(arch.qemu()),
+        };
+        if let Some(n) = &spec.net {
+            cmd.arg("-netdev")
+                .arg(format!(
+                    "tap,id=n0,ifname={},script=no,downscript=no",
+                    n.tap
+                ))
+                .arg("-device")
+                .arg(format!(
+                    "virtio-net-pci,netdev=n0,mac=52:54:00:5a:00:{:02x}",
+                    n.index
+                ));
+        }
         match arch {
             Arch::X86_64 => cmd.args(["-M", "q35", "-cpu", "max"]),
             Arch::Aarch64 => cmd.args(["-M", "virt", "-cpu", "max"]),
@@ -585,6 +632,12 @@ impl Vm {
         let (code, out) = self.exec(script, Duration::from_secs(120));
         assert_eq!(code, 0, "{}: `{script}` exited {code}: {out}", self.name);
         out
+    }
+
+    /// Pulls the plug: QEMU is killed, the guest gets no chance to say anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn console(&self) -> String {
