@@ -12,9 +12,10 @@ use support::qemu::{Vm, VmSpec};
 
 /// Starts the daemon in the VM with its defaults (/var/lib/swarmlet, /run/swarmlet).
 fn start_daemon(vm: &mut Vm) {
-    vm.ok("swarmlet daemon >>/var/log/swarmlet.log 2>&1 &
+    // Its log goes to the console, which the host keeps even when the guest hangs or dies.
+    vm.ok("swarmlet daemon >/dev/console 2>&1 &
          for i in $(seq 300); do [ -S /run/swarmlet/swarmlet.sock ] && exit 0; sleep 0.1; done
-         cat /var/log/swarmlet.log; exit 1");
+         exit 1");
 }
 
 fn inspect(vm: &mut Vm, name: &str) -> serde_json::Value {

@@ -348,8 +348,10 @@ exec 3<>"$port"
 echo "@@READY" >&3
 while read -r id cmd <&3; do
     echo "$cmd" | base64 -d > /tmp/.cmd
+    echo "@@ $id: $(head -c 160 /tmp/.cmd | tr '\n' ' ')" > /dev/console
     sh /tmp/.cmd > /tmp/.out 2>&1 < /dev/null
     rc=$?
+    echo "@@ $id exited $rc" > /dev/console
     { echo "@@OUT $id"; base64 < /tmp/.out; echo "@@END $id $rc"; } >&3
 done
 echo "stage2: control channel closed"
