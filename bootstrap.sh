@@ -15,9 +15,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 # qemu-user-static runs the aarch64 binary, busybox-static is the test containers' userland,
 # iproute2/nftables for the networking tests, file to check that binaries are static,
 # docker-registry (a real registry for pull tests), apache2-utils (htpasswd) and openssl
-# (its certificates), qemu-system-x86 for the virtual-machine tests.
+# (its certificates), qemu-system-x86 and qemu-system-arm for the virtual-machine tests.
 APT_PACKAGES=(clang lld llvm qemu-user-static busybox-static iproute2 nftables file
-    docker-registry apache2-utils openssl ca-certificates qemu-system-x86)
+    docker-registry apache2-utils openssl ca-certificates qemu-system-x86 qemu-system-arm)
+# The aarch64 virtual machines boot Debian's arm64 kernel and busybox, which the tests
+# fetch with `apt-get download`: dpkg must know the architecture (nothing is installed).
+FOREIGN_ARCHES=(arm64)
 RUST_TARGETS=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl)
 
 log() { echo "bootstrap: $*" >&2; }
@@ -80,6 +83,19 @@ install_apt_packages() {
     fi
 }
 
+add_foreign_arches() {
+    local arch known
+    known=$(dpkg --print-foreign-architectures)
+    for arch in "${FOREIGN_ARCHES[@]}"; do
+        if ! grep -qx "$arch" <<<"$known"; then
+            log "adding the $arch architecture to dpkg (package lists only)"
+            as_root dpkg --add-architecture "$arch"
+            as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q ||
+                die "apt-get update failed after adding $arch"
+        fi
+    done
+}
+
 install_rust_targets() {
     local installed missing=()
     local target
@@ -107,6 +123,7 @@ deps() {
     if ! command -v cargo >/dev/null || ! command -v rustup >/dev/null; then
         die "cargo and rustup are needed: install Rust from https://rustup.rs first"
     fi
+    add_foreign_arches
     install_apt_packages
     install_rust_targets
     install_cargo_tool just just

@@ -7,8 +7,8 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use support::image::{docker_save_tar, TestImage};
-use support::qemu::{Vm, VmSpec};
+use support::image::{docker_save_tar, Layer, TestImage};
+use support::qemu::{busybox_for, Arch, Vm, VmSpec};
 
 /// Starts the daemon in the VM with its defaults (/var/lib/swarmlet, /run/swarmlet).
 fn start_daemon(vm: &mut Vm) {
@@ -16,6 +16,16 @@ fn start_daemon(vm: &mut Vm) {
     vm.ok("swarmlet daemon >/dev/console 2>&1 &
          for i in $(seq 300); do [ -S /run/swarmlet/swarmlet.sock ] && exit 0; sleep 0.1; done
          exit 1");
+}
+
+/// A busybox image for the guest's architecture.
+fn guest_image(arch: Arch, config: serde_json::Value) -> TestImage {
+    TestImage {
+        layers: vec![Layer::busybox_from(&busybox_for(arch))],
+        config,
+        arch: arch.oci(),
+        variant: None,
+    }
 }
 
 fn inspect(vm: &mut Vm, name: &str) -> serde_json::Value {
@@ -33,9 +43,12 @@ fn containers_on_cgroup_v2() {
         eprintln!("skipping: needs root");
         return;
     }
-    let img = TestImage::busybox(json!({"Cmd": ["/bin/sh"], "WorkingDir": "/tmp"}));
-    let spec = VmSpec::new("cg2").file("/srv/bb.tar", docker_save_tar(&img, &["bb:1"]), 0o644);
+    let spec = VmSpec::new("cg2");
+    let img = guest_image(spec.arch, json!({"Cmd": ["/bin/sh"], "WorkingDir": "/tmp"}));
+    let spec = spec.file("/srv/bb.tar", docker_save_tar(&img, &["bb:1"]), 0o644);
+    let arch = spec.arch;
     let mut vm = Vm::boot(spec);
+    assert_eq!(vm.ok("uname -m"), format!("{}\n", arch.name()));
     assert_eq!(
         vm.ok("awk '$2 == \"/sys/fs/cgroup\" { print $3 }' /proc/mounts"),
         "cgroup2\n",

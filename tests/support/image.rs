@@ -5,6 +5,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::cast_possible_truncation)] // test code
 
 use std::io::Write;
+use std::path::Path;
 
 use serde_json::json;
 use sha2::Digest as _;
@@ -27,6 +28,11 @@ impl Layer {
     /// The busybox binary at /bin/busybox with /bin/sh and a few applets linked to it,
     /// and the directories a container needs.
     pub fn busybox() -> Layer {
+        Layer::busybox_from(Path::new(BUSYBOX))
+    }
+
+    /// [`Layer::busybox`] with the busybox binary at `path` (another arch's, say).
+    pub fn busybox_from(path: &Path) -> Layer {
         let mut items = vec![
             Item::Dir("bin"),
             Item::Dir("etc"),
@@ -35,7 +41,7 @@ impl Layer {
             Item::Dir("dev"),
             Item::Dir("tmp"),
             Item::Dir("root"),
-            Item::File("bin/busybox".into(), std::fs::read(BUSYBOX).unwrap(), 0o755),
+            Item::File("bin/busybox".into(), std::fs::read(path).unwrap(), 0o755),
             Item::File(
                 "etc/passwd".into(),
                 b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\napp:x:1000:1000:app:/tmp:/bin/sh\n".to_vec(),

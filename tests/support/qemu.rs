@@ -42,6 +42,20 @@ impl Arch {
         }
     }
 
+    /// The machine these tests run on.
+    pub fn host() -> Arch {
+        if cfg!(target_arch = "aarch64") {
+            Arch::Aarch64
+        } else {
+            Arch::X86_64
+        }
+    }
+
+    /// The architecture's name in OCI image configs.
+    pub fn oci(self) -> &'static str {
+        self.debian()
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Arch::X86_64 => "x86_64",
@@ -109,59 +123,82 @@ pub struct Kernel {
     pub modules: PathBuf,
 }
 
+/// Debian's name for `arch`, and whether packages for it need `:arch` on this host.
+fn qualified(arch: Arch, pkg: &str) -> String {
+    if arch == Arch::host() {
+        pkg.to_string()
+    } else {
+        format!("{pkg}:{}", arch.debian())
+    }
+}
+
+/// Fetches the Debian package `pkg` for `arch` with `apt-get download` and unpacks it
+/// under `target/qemu/<arch>/<dir>`, unless that is there already; its root. Concurrent
+/// callers wait on a lock file. A meta package (`linux-image-cloud-arm64`) is followed to
+/// the package it depends on.
+fn debian_package(arch: Arch, pkg: &str, follow_meta: bool, dir: &str) -> PathBuf {
+    let root = target_dir().join("qemu").join(arch.name());
+    std::fs::create_dir_all(&root).unwrap();
+    let lock = std::fs::File::create(root.join(format!("{dir}.lock"))).unwrap();
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let unpacked = root.join(dir);
+    if unpacked.join("done").exists() {
+        return unpacked;
+    }
+    if arch != Arch::host() {
+        let foreign = run(Command::new("dpkg").arg("--print-foreign-architectures"));
+        assert!(
+            foreign.lines().any(|l| l == arch.debian()),
+            "dpkg does not know the {} architecture: `./bootstrap.sh deps` adds it",
+            arch.debian()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&unpacked);
+    let work = root.join(format!("{dir}.download"));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+    let mut pkg = qualified(arch, pkg);
+    let policy = |pkg: &str| run(Command::new("apt-cache").args(["policy", pkg]));
+    if !policy(&pkg).contains("Candidate: ") || policy(&pkg).contains("Candidate: (none)") {
+        // No package lists yet on this machine.
+        run(Command::new("apt-get").args(["update", "-q"]));
+    }
+    if follow_meta {
+        let deps = run(Command::new("apt-cache").args(["depends", &pkg]));
+        let real = deps
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Depends: "))
+            .unwrap_or_else(|| panic!("no package behind {pkg}: {deps}"))
+            .split(':')
+            .next()
+            .unwrap()
+            .to_string();
+        pkg = qualified(arch, &real);
+    }
+    run(Command::new("apt-get")
+        .args(["download", "-q", &pkg])
+        .current_dir(&work));
+    let deb = std::fs::read_dir(&work)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .expect("apt-get download left no .deb");
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked));
+    std::fs::remove_dir_all(&work).unwrap();
+    std::fs::write(unpacked.join("done"), &pkg).unwrap();
+    unpacked
+}
+
 impl Kernel {
-    /// Fetches and unpacks the kernel for `arch` unless the cache has it. Concurrent
-    /// callers wait on a lock file.
+    /// Debian's cloud kernel for `arch`, fetched once.
     pub fn get(arch: Arch) -> Kernel {
-        let root = target_dir().join("qemu").join(arch.name());
-        std::fs::create_dir_all(&root).unwrap();
-        let lock = std::fs::File::create(root.with_extension("lock")).unwrap();
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
-        let unpacked = root.join("unpacked");
-        if !unpacked.join("done").exists() {
-            let _ = std::fs::remove_dir_all(&unpacked);
-            let work = root.join("download");
-            let _ = std::fs::remove_dir_all(&work);
-            std::fs::create_dir_all(&work).unwrap();
-            // The meta package names the current versioned one.
-            let meta = format!("linux-image-cloud-{}", arch.debian());
-            let qualified = if arch == Arch::X86_64 {
-                meta.clone()
-            } else {
-                format!("{meta}:{}", arch.debian())
-            };
-            let mut deps = run(Command::new("apt-cache").args(["depends", &qualified]));
-            if !deps.contains("Depends: ") {
-                // No package lists yet on this machine.
-                run(Command::new("apt-get").args(["update", "-q"]));
-                deps = run(Command::new("apt-cache").args(["depends", &qualified]));
-            }
-            let pkg = deps
-                .lines()
-                .find_map(|l| l.trim().strip_prefix("Depends: "))
-                .unwrap_or_else(|| panic!("no kernel package behind {qualified}: {deps}"))
-                .split(':')
-                .next()
-                .unwrap()
-                .to_string();
-            let pkg = if arch == Arch::X86_64 {
-                pkg
-            } else {
-                format!("{pkg}:{}", arch.debian())
-            };
-            run(Command::new("apt-get")
-                .args(["download", "-q", &pkg])
-                .current_dir(&work));
-            let deb = std::fs::read_dir(&work)
-                .unwrap()
-                .flatten()
-                .map(|e| e.path())
-                .find(|p| p.extension().is_some_and(|x| x == "deb"))
-                .expect("apt-get download left no .deb");
-            run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked));
-            std::fs::remove_dir_all(&work).unwrap();
-            std::fs::write(unpacked.join("done"), pkg).unwrap();
-        }
+        let unpacked = debian_package(
+            arch,
+            &format!("linux-image-cloud-{}", arch.debian()),
+            true,
+            "kernel",
+        );
         let boot = unpacked.join("boot");
         let image = std::fs::read_dir(&boot)
             .unwrap()
@@ -184,17 +221,27 @@ impl Kernel {
     }
 
     /// The module files to load for `names`, dependencies first.
+    /// Modules built into the kernel (`modules.builtin`) are left out.
     pub fn modules_for(&self, names: &[&str]) -> Vec<PathBuf> {
         let mut index = BTreeMap::new();
         index_modules(&self.modules.join("kernel"), &mut index);
+        let builtin: Vec<String> = std::fs::read_to_string(self.modules.join("modules.builtin"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.rsplit('/').next()?.strip_suffix(".ko"))
+            .map(|m| m.replace('-', "_"))
+            .collect();
         let mut order = Vec::new();
         for n in names {
-            visit(&index, &n.replace('-', "_"), &mut order);
+            let n = n.replace('-', "_");
+            if !builtin.contains(&n) {
+                visit(&index, &n, &mut order);
+            }
         }
         fn visit(index: &BTreeMap<String, PathBuf>, name: &str, order: &mut Vec<PathBuf>) {
-            let path = index
-                .get(name)
-                .unwrap_or_else(|| panic!("kernel module {name} is not in the package"));
+            let path = index.get(name).unwrap_or_else(|| {
+                panic!("kernel module {name} is neither in the package nor built in")
+            });
             if order.contains(path) {
                 return;
             }
@@ -515,7 +562,9 @@ impl Vm {
         }
         match arch {
             Arch::X86_64 => cmd.args(["-M", "q35", "-cpu", "max"]),
-            Arch::Aarch64 => cmd.args(["-M", "virt", "-cpu", "max"]),
+            // A Raspberry Pi 4's core. (`max` would add pointer authentication, which is
+            // slow to emulate.)
+            Arch::Aarch64 => cmd.args(["-M", "virt", "-cpu", "cortex-a72"]),
         };
         cmd.args([
             "-accel",
@@ -661,16 +710,11 @@ impl Drop for Vm {
     }
 }
 
-/// busybox-static for the guest: the host's own for the host's arch.
-fn busybox_for(arch: Arch) -> PathBuf {
-    let host = if cfg!(target_arch = "aarch64") {
-        Arch::Aarch64
-    } else {
-        Arch::X86_64
-    };
-    assert_eq!(
-        arch, host,
-        "a guest busybox for another arch is not wired up yet"
-    );
-    PathBuf::from(super::image::BUSYBOX)
+/// busybox-static for `arch`: the host's own, or Debian's package for another arch,
+/// fetched once. Guests and the test images they run use it.
+pub fn busybox_for(arch: Arch) -> PathBuf {
+    if arch == Arch::host() {
+        return PathBuf::from(super::image::BUSYBOX);
+    }
+    debian_package(arch, "busybox-static", false, "busybox").join("bin/busybox")
 }
