@@ -4,19 +4,11 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::image::{docker_save_tar, Layer, TestImage};
-use support::qemu::{busybox_for, Arch, Vm, VmSpec};
-
-/// Starts the daemon in the VM with its defaults (/var/lib/swarmlet, /run/swarmlet).
-fn start_daemon(vm: &mut Vm) {
-    // Its log goes to the console, which the host keeps even when the guest hangs or dies.
-    vm.ok("swarmlet daemon >/dev/console 2>&1 &
-         for i in $(seq 300); do [ -S /run/swarmlet/swarmlet.sock ] && exit 0; sleep 0.1; done
-         exit 1");
-}
+use support::qemu::{busybox_for, Arch, Cluster, Vm, VmSpec};
 
 /// A busybox image for the guest's architecture.
 fn guest_image(arch: Arch, config: serde_json::Value) -> TestImage {
@@ -54,7 +46,7 @@ fn containers_on_cgroup_v2() {
         "cgroup2\n",
         "the unified hierarchy alone"
     );
-    start_daemon(&mut vm);
+    vm.start_daemon();
     vm.ok("swarmlet image load -q -i /srv/bb.tar");
     assert_eq!(vm.ok("swarmlet run --rm bb:1 echo hello"), "hello\n");
 
@@ -130,77 +122,43 @@ fn three_vms_form_a_cluster_and_notice_a_dead_one() {
         eprintln!("skipping: needs root");
         return;
     }
-    let mut net = support::Net::new("qv");
-    let specs: Vec<VmSpec> = (0..3u8)
-        .map(|i| {
-            let (netns, tap) = net.tap(usize::from(i));
-            let mut s = VmSpec::new(&format!("vm{i}")).lan(support::qemu::VmNet {
-                netns,
-                tap,
-                cidr: format!("10.79.0.{}/24", i + 1),
-                index: i,
-            });
-            s.mem_mib = 512;
-            s.cpus = 1;
-            s
-        })
-        .collect();
-    // Booted side by side: each takes seconds under emulation.
-    let mut vms: Vec<Vm> = std::thread::scope(|s| {
-        let handles: Vec<_> = specs
-            .into_iter()
-            .map(|spec| s.spawn(move || Vm::boot(spec)))
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    for vm in &mut vms {
-        start_daemon(vm);
+    let mut c = Cluster::boot(3);
+    c.form();
+    let ls = c.vms[1].ok("swarmlet node ls");
+    assert_eq!(ls.matches(" Ready ").count(), 3, "{ls}");
+    assert_eq!(ls.matches("Leader").count(), 1, "{ls}");
+    c.kill(2);
+    let t = Instant::now();
+    let down = "swarmlet node ls | grep node2 | grep -q ' Down '";
+    c.vms[0].wait_for(down, Duration::from_secs(60));
+    eprintln!("node2 Down after {:?} (under emulation)", t.elapsed());
+    c.vms[1].wait_for(down, Duration::from_secs(10));
+    let ls = c.vms[0].ok("swarmlet node ls");
+    assert_eq!(ls.matches(" Ready ").count(), 2, "{ls}");
+}
+
+/// A node whose link is cut is marked Down by the others, and Ready again once the link
+/// is back, with no restart.
+#[test]
+fn a_cut_link_marks_a_node_down_until_it_is_restored() {
+    if !support::is_root() {
+        eprintln!("skipping: needs root");
+        return;
     }
-    vms[0].ok("swarmlet init --listen-addr 10.79.0.1:2377");
-    let token = vms[0]
-        .ok("swarmlet join-token manager -q")
-        .trim()
-        .to_string();
-    for (i, vm) in vms.iter_mut().enumerate().skip(1) {
-        vm.ok(&format!(
-            "swarmlet join {token} 10.79.0.1:2377 --listen-addr 10.79.0.{}:2377",
-            i + 1
-        ));
-    }
-    let ready = |vm: &mut Vm, want: usize| {
-        vm.exec("swarmlet node ls", Duration::from_secs(30))
-            .1
-            .lines()
-            .filter(|l| l.contains("Ready"))
-            .count()
-            == want
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !ready(&mut vms[0], 3) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}",
-            vms[0].ok("swarmlet node ls")
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    vms[2].kill();
-    let t = std::time::Instant::now();
-    let deadline = t + Duration::from_secs(60);
-    loop {
-        let ls = vms[0].ok("swarmlet node ls");
-        if ls.lines().any(|l| l.contains("vm2") && l.contains("Down")) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "vm2 never Down: {ls}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    eprintln!("vm2 Down after {:?} (under emulation)", t.elapsed());
-    let ls = vms[1].ok("swarmlet node ls");
-    assert!(
-        ls.lines().any(|l| l.contains("vm2") && l.contains("Down")),
-        "the other survivor agrees: {ls}"
+    let mut c = Cluster::boot(3);
+    c.form();
+    c.cut(2);
+    c.vms[0].wait_for(
+        "swarmlet node ls | grep node2 | grep -q ' Down '",
+        Duration::from_secs(60),
     );
-    drop(vms);
-    drop(net);
+    c.restore(2);
+    c.vms[0].wait_for(
+        "[ \"$(swarmlet node ls | grep -c ' Ready ')\" = 3 ]",
+        Duration::from_secs(60),
+    );
+    c.vms[2].wait_for(
+        "[ \"$(swarmlet node ls | grep -c ' Ready ')\" = 3 ]",
+        Duration::from_secs(60),
+    );
 }

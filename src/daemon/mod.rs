@@ -2,6 +2,7 @@
 //! `crate::transport` (and, later, Raft, gossip and the orchestrator) with real time,
 //! real randomness and real sockets.
 
+pub mod addr;
 pub mod containers;
 pub mod engine;
 pub mod health;

@@ -286,7 +286,7 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         if node.membership.is_some() {
             node.resume()?;
         }
-        eprintln!("swarmlet: daemon ready, node {} key {}", node.id, node.key);
+        info!("daemon ready, node {} key {}", node.id, node.key);
         notify_systemd_ready();
         node.run(rx).await
     }))?;
@@ -298,7 +298,7 @@ fn notify_systemd_ready() {
     // Type=notify units set NOTIFY_SOCKET; a plain run has none and this is a no-op.
     if let Some(path) = std::env::var_os("NOTIFY_SOCKET") {
         if let Err(e) = sd_notify(&path, b"READY=1") {
-            eprintln!("swarmlet: telling systemd we are ready: {e}");
+            warning!("telling systemd we are ready: {e}");
         }
     }
 }
@@ -704,7 +704,7 @@ impl Node {
                 let from_leader_manager = self.peers.get(&from).is_some_and(|(k, _)| *k == peer);
                 if from_leader_manager && self.raft.is_none() {
                     if let Err(e) = self.become_manager(managers) {
-                        eprintln!("swarmlet: cannot start as a manager: {e:#}");
+                        error!("cannot start as a manager: {e:#}");
                     }
                 }
             }
@@ -998,7 +998,7 @@ impl Node {
                 m.managers = managers;
                 let m = m.clone();
                 if let Err(e) = save_membership(&self.cfg.data_dir, &m) {
-                    eprintln!("swarmlet: cannot save membership: {e:#}");
+                    error!("cannot save membership: {e:#}");
                 }
             }
         }
@@ -1145,10 +1145,10 @@ impl Node {
             m.role = NodeRole::Worker;
             let m = m.clone();
             if let Err(e) = save_membership(&self.cfg.data_dir, &m) {
-                eprintln!("swarmlet: cannot save membership: {e:#}");
+                error!("cannot save membership: {e:#}");
             }
         }
-        eprintln!("swarmlet: this node is now a worker");
+        info!("this node is now a worker");
     }
 
     /// A worker made a manager: open the log and start Raft with nothing; the leader
@@ -1165,7 +1165,7 @@ impl Node {
             let m = m.clone();
             save_membership(&self.cfg.data_dir, &m)?;
         }
-        eprintln!("swarmlet: this node is now a manager");
+        info!("this node is now a manager");
         Ok(())
     }
 
@@ -1346,10 +1346,15 @@ impl Node {
             .as_ref()
             .expect("invariant: just started")
             .local_addr()?;
-        let advertise = advertise.or(self.cfg.advertise).unwrap_or(bound);
+        let mut advertise = advertise.or(self.cfg.advertise).unwrap_or(bound);
         if advertise.ip().is_unspecified() {
-            self.driver = None;
-            bail!("--advertise-addr: needed when listening on {bound} (which address do other nodes use?)");
+            match super::addr::for_init() {
+                Ok(ip) => advertise.set_ip(ip),
+                Err(e) => {
+                    self.driver = None;
+                    bail!("--advertise-addr is needed: {e}; name the address other nodes reach this one at");
+                }
+            }
         }
         let rand = os_random()?;
         let mut cluster_id = [0u8; 16];
@@ -1437,9 +1442,13 @@ impl Node {
             .as_ref()
             .expect("invariant: started")
             .local_addr()?;
-        let advertise = advertise.or(self.cfg.advertise).unwrap_or(bound);
+        let mut advertise = advertise.or(self.cfg.advertise).unwrap_or(bound);
         if advertise.ip().is_unspecified() {
-            bail!("--advertise-addr: needed when listening on {bound}");
+            // The source address toward the manager: one it can answer.
+            let ip = super::addr::toward(manager).map_err(|e| {
+                anyhow!("--advertise-addr is needed: no route to the manager {manager} ({e})")
+            })?;
+            advertise.set_ip(ip);
         }
         self.cfg.advertise = Some(advertise);
         let id = match t.role {

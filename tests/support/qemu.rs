@@ -685,6 +685,34 @@ impl Vm {
         out
     }
 
+    /// Runs `script` until it exits 0, every 200 ms, for at most `within`; its output.
+    pub fn wait_for(&mut self, script: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let (code, out) = self.exec(script, within);
+            if code == 0 {
+                return out;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: `{script}` still exits {code} after {within:?}: {out}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Starts the daemon with its defaults (/var/lib/swarmlet, /run/swarmlet) and waits
+    /// for its socket. Its output goes to the console, which the host keeps even when the
+    /// guest hangs or dies; its pid to `/run/swarmlet-daemon.pid`.
+    pub fn start_daemon(&mut self) {
+        self.ok(
+            "swarmlet daemon >/dev/console 2>&1 & echo $! > /run/swarmlet-daemon.pid
+             for i in $(seq 300); do [ -S /run/swarmlet/swarmlet.sock ] && exit 0; sleep 0.1; done
+             exit 1",
+        );
+    }
+
     /// Pulls the plug: QEMU is killed, the guest gets no chance to say anything.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -717,4 +745,129 @@ pub fn busybox_for(arch: Arch) -> PathBuf {
         return PathBuf::from(super::image::BUSYBOX);
     }
     debian_package(arch, "busybox-static", false, "busybox").join("bin/busybox")
+}
+
+/// The kernel modules a swarmlet node loads at boot: container storage, and what the
+/// overlay network, service load balancing and the routing mesh use.
+pub const NODE_MODULES: &[&str] = &[
+    "overlay",
+    "bridge",
+    "br_netfilter",
+    "veth",
+    "vxlan",
+    "ip_vs",
+    "ip_vs_rr",
+    "ip_vs_wrr",
+    "nf_conntrack",
+    "nf_nat",
+    "nf_tables",
+    "nft_chain_nat",
+    "nft_ct",
+    "nft_masq",
+];
+
+/// Guest `i`'s address on a cluster's bridge.
+pub fn node_addr(i: usize) -> String {
+    format!("10.79.0.{}", i + 1)
+}
+
+/// Virtual machines that are swarmlet nodes: VM `i` is named `node<i>`, has 512 MiB and
+/// one vCPU (a small edge box), sits at [`node_addr`]`(i)` on one bridge inside a
+/// namespace made for it (no uplink), loads [`NODE_MODULES`], and runs the daemon, whose
+/// output goes to the console. Dropping it kills the VMs, printing every console if the
+/// test is failing, then removes the namespace.
+pub struct Cluster {
+    pub vms: Vec<Vm>,
+    net: super::Net,
+}
+
+impl Cluster {
+    /// `n` nodes, not yet in a cluster.
+    pub fn boot(n: usize) -> Cluster {
+        Cluster::boot_with(n, |_, spec| spec)
+    }
+
+    /// [`Cluster::boot`] with each VM's spec changed by `f(i, spec)` (files, memory).
+    pub fn boot_with(n: usize, f: impl Fn(usize, VmSpec) -> VmSpec + Sync) -> Cluster {
+        let mut c = Cluster::boot_vms(n, f);
+        c.start_daemons();
+        c
+    }
+
+    /// [`Cluster::boot_with`] without starting the daemons.
+    pub fn boot_vms(n: usize, f: impl Fn(usize, VmSpec) -> VmSpec + Sync) -> Cluster {
+        let mut net = super::Net::new("qv");
+        let specs: Vec<VmSpec> = (0..n)
+            .map(|i| {
+                let (netns, tap) = net.tap(i);
+                let mut s = VmSpec::new(&format!("node{i}")).lan(VmNet {
+                    netns,
+                    tap,
+                    cidr: format!("{}/24", node_addr(i)),
+                    index: u8::try_from(i).unwrap(),
+                });
+                s.mem_mib = 512;
+                s.cpus = 1;
+                s.modules.extend_from_slice(NODE_MODULES);
+                f(i, s)
+            })
+            .collect();
+        // Side by side: each boot takes seconds under emulation.
+        let vms = std::thread::scope(|s| {
+            let handles: Vec<_> = specs
+                .into_iter()
+                .map(|spec| s.spawn(move || Vm::boot(spec)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .collect::<Vec<_>>()
+        });
+        Cluster { vms, net }
+    }
+
+    pub fn start_daemons(&mut self) {
+        for vm in &mut self.vms {
+            vm.start_daemon();
+        }
+    }
+
+    /// `swarmlet init` on node 0, then `swarmlet join <token> <node 0>:2377` on the
+    /// others, the way a user types them: the first three nodes are managers, the rest
+    /// workers. Returns once node 0 lists every node Ready.
+    pub fn form(&mut self) {
+        self.vms[0].ok("swarmlet init");
+        let token = |vm: &mut Vm, role: &str| {
+            vm.ok(&format!("swarmlet join-token {role} -q"))
+                .trim()
+                .to_string()
+        };
+        let manager = token(&mut self.vms[0], "manager");
+        let worker = token(&mut self.vms[0], "worker");
+        let leader = format!("{}:2377", node_addr(0));
+        for (i, vm) in self.vms.iter_mut().enumerate().skip(1) {
+            let t = if i < 3 { &manager } else { &worker };
+            vm.ok(&format!("swarmlet join {t} {leader}"));
+        }
+        let n = self.vms.len();
+        self.vms[0].wait_for(
+            &format!("[ \"$(swarmlet node ls | grep -c ' Ready ')\" = {n} ]"),
+            Duration::from_secs(60),
+        );
+    }
+
+    /// Pulls VM `i`'s plug.
+    pub fn kill(&mut self, i: usize) {
+        self.vms[i].kill();
+    }
+
+    /// Cuts VM `i`'s link to the bridge (the VM keeps running, alone).
+    pub fn cut(&self, i: usize) {
+        self.net.set_tap_link(i, false);
+    }
+
+    /// Restores VM `i`'s link.
+    pub fn restore(&self, i: usize) {
+        self.net.set_tap_link(i, true);
+    }
 }
