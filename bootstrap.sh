@@ -14,9 +14,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 # Debian packages: clang/lld/llvm (llvm-ar) compile C dependencies for the musl targets,
 # qemu-user-static runs the aarch64 binary, busybox-static is the test containers' userland,
 # iproute2/nftables for the networking tests, file to check that binaries are static,
+# systemd for `systemd-analyze verify` of the unit (it is not made the init system),
 # docker-registry (a real registry for pull tests), apache2-utils (htpasswd) and openssl
 # (its certificates), qemu-system-x86 and qemu-system-arm for the virtual-machine tests.
-APT_PACKAGES=(clang lld llvm qemu-user-static busybox-static iproute2 nftables file
+APT_PACKAGES=(clang lld llvm qemu-user-static busybox-static iproute2 nftables file systemd
     docker-registry apache2-utils openssl ca-certificates qemu-system-x86 qemu-system-arm)
 # The aarch64 virtual machines boot Debian's arm64 kernel and busybox, which the tests
 # fetch with `apt-get download`: dpkg must know the architecture (nothing is installed).

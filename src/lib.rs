@@ -6,6 +6,10 @@
 // Tests may unwrap and cast freely; the lints guard the code that ships.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::cast_possible_truncation))]
 
+// First: its macros (error!, warning!, info!) are used by the modules below.
+#[macro_use]
+pub mod logging;
+
 pub mod api;
 pub mod cli;
 pub mod cluster;

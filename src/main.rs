@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use argh::{EarlyExit, FromArgs};
 
 use swarmlet::cli::{self, Global, Swarmlet, EXIT_USAGE};
+use swarmlet::logging::Level;
 
 fn main() -> ExitCode {
     let mut args = Vec::new();
@@ -51,7 +52,9 @@ fn main() -> ExitCode {
     match cli::run(&global, command) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("swarmlet: {err:#}");
+            // Through the logger: a daemon that stops on an error says so at error
+            // level when journald reads its stderr.
+            swarmlet::logging::emit(Level::Error, format_args!("{err:#}"));
             cli::exit_code(&err)
         }
     }

@@ -1,7 +1,8 @@
 //! `swarmlet install` / `uninstall` into scratch directories (this machine has no
 //! systemd running, so no systemctl is called): the binary and the unit land, the unit
 //! passes `systemd-analyze verify`, nothing is overwritten without --force, and
-//! uninstall removes them, keeping or purging the state directory as told.
+//! uninstall removes them, keeping or purging the state directory as told. And the
+//! daemon's log lines carry journald priorities when its stderr is journald's stream.
 
 #![allow(clippy::unwrap_used)] // test code
 
@@ -59,22 +60,17 @@ fn install_verify_and_uninstall() {
     ] {
         assert!(unit.lines().any(|l| l == key), "{key} in {unit}");
     }
-    if Command::new("systemd-analyze")
-        .arg("--version")
+    // bootstrap.sh installs systemd (which has systemd-analyze) for this check.
+    let v = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(unit_dir.join("swarmlet.service"))
         .output()
-        .is_ok()
-    {
-        let v = Command::new("systemd-analyze")
-            .arg("verify")
-            .arg(unit_dir.join("swarmlet.service"))
-            .output()
-            .unwrap();
-        assert!(
-            v.status.success() && v.stderr.is_empty(),
-            "systemd-analyze verify: {}",
-            String::from_utf8_lossy(&v.stderr)
-        );
-    }
+        .expect("systemd-analyze runs");
+    assert!(
+        v.status.success() && v.stderr.is_empty(),
+        "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&v.stderr)
+    );
     // Again: the same files, nothing to force.
     assert!(swarmlet(&args).status.success());
     // A different binary in the way is refused, and nothing is changed.
@@ -107,5 +103,83 @@ fn install_verify_and_uninstall() {
     purge.push("--purge");
     assert!(swarmlet(&purge).status.success());
     assert!(!data.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Under systemd the daemon's stderr is a journald stream, named by `$JOURNAL_STREAM`
+/// (device:inode): lines then start with a syslog priority and carry no name of their
+/// own. Anywhere else they read `swarmlet: ...`. A file stands in for the stream here:
+/// the daemon only compares device and inode.
+#[test]
+fn log_lines_carry_journald_priorities_only_on_the_journal_stream() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = std::env::temp_dir().join(format!("swarmlet-journal-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |name: &str, journal: bool, args: &[&str]| -> String {
+        let log_path = dir.join(name);
+        let log = std::fs::File::create(&log_path).unwrap();
+        let meta = log.metadata().unwrap();
+        let sock = dir.join(format!("{name}.sock"));
+        let mut cmd = Command::new(support::BIN);
+        cmd.arg("--socket").arg(&sock).args(args);
+        cmd.stdout(std::process::Stdio::null()).stderr(log);
+        if journal {
+            cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+        } else {
+            // What a shell redirect leaves: the variable, naming another file.
+            cmd.env(
+                "JOURNAL_STREAM",
+                format!("{}:{}", meta.dev(), meta.ino() + 1),
+            );
+        }
+        let mut child = cmd.spawn().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        // Until it fails, or answers a request: the daemon serves them only after it
+        // has logged that it is ready.
+        loop {
+            let answers = || {
+                Command::new(support::BIN)
+                    .arg("--socket")
+                    .arg(&sock)
+                    .args(["debug", "info"])
+                    .output()
+                    .unwrap()
+                    .status
+                    .success()
+            };
+            if child.try_wait().unwrap().is_some() || answers() {
+                let _ = child.kill();
+                let _ = child.wait();
+                return std::fs::read_to_string(&log_path).unwrap();
+            }
+            assert!(std::time::Instant::now() < deadline, "{name}: no answer");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let data = dir.join("data");
+    let daemon = ["daemon", "--data-dir", data.to_str().unwrap()];
+    let out = run("journal", true, &daemon);
+    assert!(out.starts_with("<6>daemon ready, node "), "{out:?}");
+    let out = run("plain", false, &daemon);
+    assert!(out.starts_with("swarmlet: daemon ready, node "), "{out:?}");
+    let quiet = [&daemon[..], &["--log-level", "error"]].concat();
+    let out = run("quiet", true, &quiet);
+    assert_eq!(out, "", "info lines left out at --log-level error");
+    let loud = [&daemon[..], &["--log-level", "loud"]].concat();
+    let out = run("loud", true, &loud);
+    assert!(
+        out.contains("--log-level: unknown level \"loud\""),
+        "{out:?}"
+    );
+    // A daemon that cannot start says why at error level.
+    let file = dir.join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let out = run(
+        "fails",
+        true,
+        &["daemon", "--data-dir", file.to_str().unwrap()],
+    );
+    assert!(out.starts_with("<3>") && out.contains("a-file"), "{out:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -144,9 +144,7 @@ fn system_hostname() -> String {
 
 pub fn daemon(global: &Global, cmd: DaemonCommand) -> anyhow::Result<ExitCode> {
     if let Some(l) = &cmd.log_level {
-        if !["error", "warn", "info", "debug", "trace"].contains(&l.as_str()) {
-            return Err(UsageError(format!("--log-level: unknown level {l:?}")).into());
-        }
+        crate::logging::set_level(l).map_err(|e| UsageError(format!("--log-level: {e}")))?;
     }
     let cfg = DaemonConfig {
         data_dir: cmd

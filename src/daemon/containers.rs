@@ -239,14 +239,14 @@ impl Containers {
                     match serde_json::from_slice::<ContainerRecord>(&b) {
                         // Ids are shown shortened and used as paths: a record whose id
                         // is not what `run` writes (64 hex digits) is not trusted.
-                        Ok(r) if !valid_id(&r.id) => eprintln!(
-                            "swarmlet: ignoring {}: bad container id {:?}",
+                        Ok(r) if !valid_id(&r.id) => warning!(
+                            "ignoring {}: bad container id {:?}",
                             e.path().join(RECORD).display(),
                             r.id
                         ),
                         Ok(r) => out.push(r),
-                        Err(err) => eprintln!(
-                            "swarmlet: ignoring unreadable {}: {err}",
+                        Err(err) => warning!(
+                            "ignoring unreadable {}: {err}",
                             e.path().join(RECORD).display()
                         ),
                     }
@@ -673,7 +673,7 @@ impl Containers {
         let _ = std::fs::create_dir_all(&tmp);
         let json = serde_json::to_vec(st).expect("invariant: state serialises");
         if let Err(e) = write_atomic(&cdir.join("restart.json"), &tmp, &json) {
-            eprintln!("swarmlet: saving restart state of {id}: {e}");
+            error!("saving restart state of {id}: {e}");
         }
     }
 
@@ -759,7 +759,7 @@ impl Containers {
             rs.not_before = 0;
             self.save_restart_state(&v.record.id, &rs);
             if let Err(e) = self.restart_now(&v) {
-                eprintln!("swarmlet: restarting {}: {e}", v.record.name);
+                warning!("restarting {}: {e}", v.record.name);
                 self.save_restart_state(&v.record.id, &before);
             }
         }

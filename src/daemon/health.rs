@@ -179,7 +179,7 @@ fn save(cdir: &Path, st: &HealthState) {
     let tmp = cdir.join("tmp");
     let _ = std::fs::create_dir_all(&tmp);
     if let Err(e) = write_atomic(&cdir.join(FILE), &tmp, &json) {
-        eprintln!("swarmlet: saving health of {}: {e}", cdir.display());
+        error!("saving health of {}: {e}", cdir.display());
     }
 }
 
