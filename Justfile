@@ -32,12 +32,15 @@ lint:
     cargo fmt --check
     cargo clippy --all-targets -- -D warnings
 
-# Every benchmark (BENCH lines), with Docker Swarm measured side by side.
+# Every benchmark (BENCH lines), with Docker Swarm measured side by side. The VM bench
+# boots the static binaries, so both arches are built first.
 bench:
     ./bootstrap.sh peers
     cargo bench --bench transport
     cargo bench --bench cluster
     cargo bench --bench runtime
+    just cross-build
+    cargo bench --bench vm
     cargo test --release --lib gossip::tests::bench_ -- --ignored --nocapture
 
 # Run every cargo-fuzz target in fuzz/ for SECONDS each, on stable via RUSTC_BOOTSTRAP.

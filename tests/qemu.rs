@@ -123,6 +123,10 @@ fn three_vms_form_a_cluster_and_notice_a_dead_one() {
         return;
     }
     let mut c = Cluster::boot(3);
+    // What the networking issues will drive is in the guests' kernel: IPVS answers,
+    // and the VXLAN, bridge and nftables modules are in.
+    c.vms[0].ok("test -e /proc/net/ip_vs
+         for m in vxlan bridge veth nf_tables overlay; do test -d /sys/module/$m || exit 1; done");
     c.form();
     let ls = c.vms[1].ok("swarmlet node ls");
     assert_eq!(ls.matches(" Ready ").count(), 3, "{ls}");
