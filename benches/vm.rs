@@ -68,11 +68,9 @@ fn cluster_ready() {
         total.push((t2 - t0).as_secs_f64());
         c.kill(2);
         let t3 = Instant::now();
-        c.vms[0].ok(
-            "for i in $(seq 600); do
+        c.vms[0].ok("for i in $(seq 600); do
                  swarmlet node ls | grep node2 | grep -q ' Down ' && exit 0; sleep 0.1
-             done; exit 1",
-        );
+             done; exit 1");
         down.push(t3.elapsed().as_secs_f64());
     }
     println!("BENCH vm_boot_3 {:.2} s", median(boot));

@@ -39,6 +39,19 @@ const THRESHOLDS: [(&str, u8); 5] = [
 /// The least urgent priority written; info by default.
 static THRESHOLD: AtomicU8 = AtomicU8::new(Level::Info as u8);
 
+/// The environment variable that hands the level to a process the daemon starts (the
+/// keeper), which has no `--log-level` of its own.
+pub const LEVEL_ENV: &str = "SWARMLET_LOG_LEVEL";
+
+/// The `--log-level` name of the level in force.
+pub fn level_name() -> &'static str {
+    let t = THRESHOLD.load(Ordering::Relaxed);
+    THRESHOLDS
+        .iter()
+        .find(|(_, p)| *p == t)
+        .map_or("info", |(n, _)| n)
+}
+
 /// Sets the level by its `--log-level` name; an unknown name is refused, naming the known.
 pub fn set_level(name: &str) -> Result<(), String> {
     let (_, p) = THRESHOLDS.iter().find(|(n, _)| *n == name).ok_or_else(|| {
@@ -73,7 +86,7 @@ fn render(level: Level, journal: bool, what: &str) -> String {
 }
 
 /// Whether stderr is the journald stream systemd set up for this process.
-fn to_journal() -> bool {
+pub fn to_journal() -> bool {
     static CACHED: OnceLock<bool> = OnceLock::new();
     *CACHED.get_or_init(|| {
         let Some(var) = std::env::var_os("JOURNAL_STREAM") else {
@@ -142,6 +155,10 @@ mod tests {
             6,
             "unchanged by a refusal"
         );
+        for name in ["error", "warn", "info", "debug"] {
+            set_level(name).unwrap();
+            assert_eq!(level_name(), name);
+        }
     }
 
     #[test]

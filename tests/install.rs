@@ -108,78 +108,89 @@ fn install_verify_and_uninstall() {
 
 /// Under systemd the daemon's stderr is a journald stream, named by `$JOURNAL_STREAM`
 /// (device:inode): lines then start with a syslog priority and carry no name of their
-/// own. Anywhere else they read `swarmlet: ...`. A file stands in for the stream here:
-/// the daemon only compares device and inode.
+/// own, and the keeper it starts writes to the same stream. Anywhere else they read
+/// `swarmlet: ...` and the keeper has a file. A file stands in for the stream here: the
+/// daemon only compares device and inode.
 #[test]
 fn log_lines_carry_journald_priorities_only_on_the_journal_stream() {
     use std::os::unix::fs::MetadataExt;
     let dir = std::env::temp_dir().join(format!("swarmlet-journal-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let run = |name: &str, journal: bool, args: &[&str]| -> String {
-        let log_path = dir.join(name);
+    // The daemon's stderr, after it failed or answered a request (it serves them only
+    // after it has logged that it is ready); its keeper is gone by then.
+    let run = |name: &str, journal: bool, flags: &[&str]| -> (String, std::path::PathBuf) {
+        let log_path = dir.join(format!("{name}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
         let meta = log.metadata().unwrap();
         let sock = dir.join(format!("{name}.sock"));
+        let data = dir.join(name);
         let mut cmd = Command::new(support::BIN);
-        cmd.arg("--socket").arg(&sock).args(args);
-        cmd.stdout(std::process::Stdio::null()).stderr(log);
-        if journal {
-            cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
-        } else {
-            // What a shell redirect leaves: the variable, naming another file.
-            cmd.env(
-                "JOURNAL_STREAM",
-                format!("{}:{}", meta.dev(), meta.ino() + 1),
-            );
+        cmd.arg("--socket").arg(&sock).arg("daemon").args(flags);
+        if !flags.contains(&"--data-dir") {
+            cmd.arg("--data-dir").arg(&data);
         }
+        cmd.stdout(std::process::Stdio::null()).stderr(log);
+        // Without `journal`, what a shell redirect leaves: the variable, naming another file.
+        let ino = if journal { meta.ino() } else { meta.ino() + 1 };
+        cmd.env("JOURNAL_STREAM", format!("{}:{ino}", meta.dev()));
         let mut child = cmd.spawn().unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        // Until it fails, or answers a request: the daemon serves them only after it
-        // has logged that it is ready.
-        loop {
-            let answers = || {
-                Command::new(support::BIN)
-                    .arg("--socket")
-                    .arg(&sock)
-                    .args(["debug", "info"])
-                    .output()
-                    .unwrap()
-                    .status
-                    .success()
-            };
-            if child.try_wait().unwrap().is_some() || answers() {
-                let _ = child.kill();
-                let _ = child.wait();
-                return std::fs::read_to_string(&log_path).unwrap();
-            }
+        let answers = || {
+            Command::new(support::BIN)
+                .arg("--socket")
+                .arg(&sock)
+                .args(["debug", "info"])
+                .output()
+                .unwrap()
+                .status
+                .success()
+        };
+        while child.try_wait().unwrap().is_none() && !answers() {
             assert!(std::time::Instant::now() < deadline, "{name}: no answer");
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
+        let _ = child.kill();
+        let _ = child.wait();
+        support::cleanup_containers(&data);
+        (std::fs::read_to_string(&log_path).unwrap(), data)
     };
-    let data = dir.join("data");
-    let daemon = ["daemon", "--data-dir", data.to_str().unwrap()];
-    let out = run("journal", true, &daemon);
-    assert!(out.starts_with("<6>daemon ready, node "), "{out:?}");
-    let out = run("plain", false, &daemon);
-    assert!(out.starts_with("swarmlet: daemon ready, node "), "{out:?}");
-    let quiet = [&daemon[..], &["--log-level", "error"]].concat();
-    let out = run("quiet", true, &quiet);
-    assert_eq!(out, "", "info lines left out at --log-level error");
-    let loud = [&daemon[..], &["--log-level", "loud"]].concat();
-    let out = run("loud", true, &loud);
+    let (out, _) = run("journal", true, &[]);
+    let lines: Vec<&str> = out.lines().collect();
     assert!(
-        out.contains("--log-level: unknown level \"loud\""),
+        lines
+            .iter()
+            .any(|l| l.starts_with("<6>daemon ready, node ")),
+        "{out:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("<6>keeper: serving ")),
+        "the keeper shares the stream: {out:?}"
+    );
+    assert!(lines.iter().all(|l| l.starts_with('<')), "{out:?}");
+
+    let (out, data) = run("plain", false, &[]);
+    assert!(out.starts_with("swarmlet: daemon ready, node "), "{out:?}");
+    let keeper = std::fs::read_to_string(data.join("containers/keeper.log")).unwrap();
+    assert!(
+        keeper.starts_with("swarmlet: keeper: serving "),
+        "{keeper:?}"
+    );
+
+    let (out, _) = run("quiet", true, &["--log-level", "error"]);
+    assert_eq!(
+        out, "",
+        "info lines left out at --log-level error, the keeper's too"
+    );
+    let (out, _) = run("loud", true, &["--log-level", "loud"]);
+    assert!(
+        out.starts_with("<3>--log-level: unknown level \"loud\""),
         "{out:?}"
     );
     // A daemon that cannot start says why at error level.
     let file = dir.join("a-file");
     std::fs::write(&file, b"").unwrap();
-    let out = run(
-        "fails",
-        true,
-        &["daemon", "--data-dir", file.to_str().unwrap()],
-    );
+    let (out, _) = run("fails", true, &["--data-dir", file.to_str().unwrap()]);
     assert!(out.starts_with("<3>") && out.contains("a-file"), "{out:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -148,15 +148,24 @@ pub fn ensure(dir: &Path, exe: &Path) -> anyhow::Result<()> {
         return Ok(());
     }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("keeper.log"))
-        .with_context(|| format!("cannot open {}", dir.join("keeper.log").display()))?;
+    // Under systemd the keeper shares the daemon's journald stream (it stays in the unit's
+    // cgroup, so `journalctl -u swarmlet` shows its lines too); otherwise a file of its
+    // own, since it outlives whatever terminal started the daemon.
+    let log = if crate::logging::to_journal() {
+        Stdio::inherit()
+    } else {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("keeper.log"))
+            .with_context(|| format!("cannot open {}", dir.join("keeper.log").display()))?;
+        Stdio::from(file)
+    };
     let mut cmd = Command::new(exe);
     cmd.arg("runtime-helper")
         .arg("keeper")
         .arg(dir)
+        .env(crate::logging::LEVEL_ENV, crate::logging::level_name())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
@@ -197,6 +206,8 @@ struct Live {
     /// Read ends of stdout and stderr, while open.
     pipes: [Option<OwnedFd>; 2],
     log: Option<LogWriter>,
+    /// Whether the last write to `log` failed (reported once, not per chunk).
+    log_failing: bool,
     /// Whether the process is our child (reaped with waitpid) or was adopted.
     ours: bool,
 }
@@ -210,6 +221,10 @@ struct Keeper {
 
 /// The keeper's main loop (`swarmlet runtime-helper keeper <dir>`).
 pub fn run(dir: &Path) -> anyhow::Result<()> {
+    if let Ok(level) = std::env::var(crate::logging::LEVEL_ENV) {
+        // Set by `ensure` from the daemon's own level; a bad one keeps the default.
+        let _ = crate::logging::set_level(&level);
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let lock = std::fs::OpenOptions::new()
         .create(true)
@@ -235,8 +250,8 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
         waiters: Vec::new(),
     };
     k.adopt();
-    eprintln!(
-        "swarmlet keeper: serving {} ({} containers)",
+    info!(
+        "keeper: serving {} ({} containers)",
         dir.display(),
         k.live.len()
     );
@@ -257,10 +272,7 @@ impl Keeper {
                 continue;
             };
             let Ok(mut state) = serde_json::from_slice::<ContainerState>(&bytes) else {
-                eprintln!(
-                    "swarmlet keeper: ignoring unreadable {}",
-                    e.path().display()
-                );
+                warning!("keeper: ignoring unreadable {}", e.path().display());
                 continue;
             };
             let mut pidfd = None;
@@ -288,6 +300,7 @@ impl Keeper {
                     pidfd,
                     pipes: [None, None],
                     log: None,
+                    log_failing: false,
                     ours: false,
                 },
             );
@@ -404,8 +417,15 @@ impl Keeper {
             }
             Ok(k) => {
                 if let Some(w) = &mut l.log {
-                    if let Err(e) = w.write(stream, &buf[..k]) {
-                        eprintln!("swarmlet keeper: log of {id}: {e}");
+                    // Reported once until it works again: a full disk fails every
+                    // chunk, and each report would be one more write to it.
+                    match w.write(stream, &buf[..k]) {
+                        Err(e) if !l.log_failing => {
+                            error!("keeper: log of {id}: {e} (output is lost until it works)");
+                            l.log_failing = true;
+                        }
+                        Err(_) => {}
+                        Ok(()) => l.log_failing = false,
                     }
                 }
                 true
@@ -462,7 +482,7 @@ impl Keeper {
         });
         let state = l.state.clone();
         if let Err(e) = self.save(&state) {
-            eprintln!("swarmlet keeper: saving the exit of {id}: {e}");
+            error!("keeper: saving the exit of {id}: {e}");
         }
     }
 
@@ -575,6 +595,7 @@ impl Keeper {
                 pidfd: Some(pidfd),
                 pipes: [Some(out_r), Some(err_r)],
                 log: Some(log),
+                log_failing: false,
                 ours: true,
             },
         );
