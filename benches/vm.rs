@@ -29,9 +29,12 @@ use support::qemu::{swarmlet_binary, Arch, Cluster, Vm};
 const CLUSTER_RUNS: usize = 3;
 
 fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return; // listed by nextest or cargo test: nothing to run
+    }
     if !support::is_root() {
-        eprintln!("vm bench: needs root (network namespaces, tap devices)");
-        std::process::exit(1);
+        println!("# vm benchmarks need root (network namespaces, tap devices): skipped");
+        return;
     }
     for arch in [Arch::X86_64, Arch::Aarch64] {
         let bytes = std::fs::metadata(swarmlet_binary(arch)).unwrap().len();
