@@ -1,7 +1,8 @@
 //! The cluster across network namespaces: five nodes, each in its own namespace with its
 //! own address on port 2377, joined by a bridge in a hub namespace that has no uplink, so
 //! no packet can leave the machine. A manager's link is cut: the cut-off minority cannot
-//! commit, the majority can, and after the heal everything converges.
+//! commit, the majority can, and after the heal everything converges. And the addresses
+//! a node advertises when the user names none.
 //!
 //! Needs root (CI runs as root); without it the test says so and skips.
 
@@ -78,4 +79,81 @@ fn cluster_in_namespaces_survives_a_cut_manager() {
             String::from_utf8_lossy(&m1.cli(&["node", "inspect", "w1"]).stdout).into_owned();
         inspect.contains(r#""side":"majority""#)
     });
+}
+
+/// With no `--listen-addr` or `--advertise-addr`, as most users type them: `init` takes
+/// the host's one address and `join` the one its routes use toward the manager. A join
+/// toward a manager there is no route to fails, naming it, and leaves no port open; an
+/// `init` on a host with two addresses and no default route refuses, naming both.
+#[test]
+fn default_addresses_are_found_or_refused() {
+    if !is_root() {
+        eprintln!("skipping: network namespaces need root");
+        return;
+    }
+    let mut net = Net::new("swa");
+    let ns: Vec<String> = (1..=3)
+        .map(|i| net.host(i, &format!("10.78.0.{i}")))
+        .collect();
+    let nodes: Vec<Daemon> = ["a1", "a2", "a3"]
+        .iter()
+        .zip(&ns)
+        .enumerate()
+        .map(|(i, (name, n))| Daemon::in_netns("nsa", n, name, &format!("10.78.0.{}", i + 1)))
+        .collect();
+    let info = |d: &Daemon| d.ok(&["debug", "info"]);
+
+    nodes[0].ok(&["init"]);
+    assert!(
+        info(&nodes[0]).contains("advertise=10.78.0.1:2377\n"),
+        "{}",
+        info(&nodes[0])
+    );
+    let wt = nodes[0]
+        .ok(&["join-token", "worker", "-q"])
+        .trim()
+        .to_string();
+
+    // 10.78.9.9 is on no subnet of a2's and a2 has no default route.
+    let o = nodes[1].cli(&["join", &wt, "10.78.9.9:2377"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no route to the manager 10.78.9.9:2377"),
+        "{err}"
+    );
+    assert!(
+        info(&nodes[1]).contains("listen=-\n"),
+        "{}",
+        info(&nodes[1])
+    );
+    nodes[1].ok(&["join", &wt, "10.78.0.1:2377"]);
+    assert!(
+        info(&nodes[1]).contains("advertise=10.78.0.2:2377\n"),
+        "{}",
+        info(&nodes[1])
+    );
+    wait_until(20, "2 ready", || {
+        nodes[0].ls().matches("Ready").count() == 2
+    });
+
+    let out = std::process::Command::new("ip")
+        .args(["-n", &ns[2], "addr", "add", "10.78.1.3/24", "dev", "eth0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let o = nodes[2].cli(&["init"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--advertise-addr is needed")
+            && err.contains("10.78.0.3 on eth0")
+            && err.contains("10.78.1.3 on eth0"),
+        "{err}"
+    );
+    assert!(
+        info(&nodes[2]).contains("listen=-\n"),
+        "{}",
+        info(&nodes[2])
+    );
 }

@@ -1434,7 +1434,8 @@ impl Node {
             bail!("a join is already in progress");
         }
         let t = JoinToken::parse(token)?;
-        if self.driver.is_none() {
+        let started_here = self.driver.is_none();
+        if started_here {
             self.start_transport(default_listen(listen.or(self.cfg.listen)))?;
         }
         let bound = self
@@ -1445,10 +1446,15 @@ impl Node {
         let mut advertise = advertise.or(self.cfg.advertise).unwrap_or(bound);
         if advertise.ip().is_unspecified() {
             // The source address toward the manager: one it can answer.
-            let ip = super::addr::toward(manager).map_err(|e| {
-                anyhow!("--advertise-addr is needed: no route to the manager {manager} ({e})")
-            })?;
-            advertise.set_ip(ip);
+            match super::addr::toward(manager) {
+                Ok(ip) => advertise.set_ip(ip),
+                Err(e) => {
+                    if started_here {
+                        self.driver = None; // a failed join leaves no port open
+                    }
+                    bail!("--advertise-addr is needed: no route to the manager {manager} ({e})");
+                }
+            }
         }
         self.cfg.advertise = Some(advertise);
         let id = match t.role {
