@@ -74,12 +74,12 @@ pub fn emit(level: Level, what: std::fmt::Arguments<'_>) {
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
-/// The bytes of one line, newline included. Embedded newlines would split it into
-/// several journal entries (the later ones without a level): they become spaces.
+/// The bytes of one line, newline included. For journald, embedded newlines would split
+/// it into several entries (the later ones without a level): there they become spaces.
+/// A terminal shows the message as it was written.
 fn render(level: Level, journal: bool, what: &str) -> String {
-    let what = what.replace('\n', " ");
     if journal {
-        format!("<{}>{what}\n", level as u8)
+        format!("<{}>{}\n", level as u8, what.replace('\n', " "))
     } else {
         format!("swarmlet: {what}\n")
     }
@@ -139,6 +139,10 @@ mod tests {
             render(Level::Error, true, "two\nlines"),
             "<3>two lines\n",
             "one entry, not a second one without a level"
+        );
+        assert_eq!(
+            render(Level::Error, false, "two\nlines"),
+            "swarmlet: two\nlines\n"
         );
     }
 

@@ -826,6 +826,7 @@ impl Cluster {
         Cluster { vms, net }
     }
 
+    /// [`Vm::start_daemon`] on every node.
     pub fn start_daemons(&mut self) {
         for vm in &mut self.vms {
             vm.start_daemon();
