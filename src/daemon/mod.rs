@@ -8,5 +8,6 @@ pub mod engine;
 pub mod health;
 pub mod keyfile;
 pub mod node;
+pub mod server;
 pub mod transport;
 pub mod wal;
