@@ -33,6 +33,8 @@ pub enum Request {
     Init {
         listen: Option<SocketAddr>,
         advertise: Option<SocketAddr>,
+        /// Committed entries between Raft snapshots (None: the default).
+        snapshot_interval: Option<u64>,
     },
     Join {
         token: String,
@@ -192,23 +194,53 @@ pub struct NodeView {
     pub is_self: bool,
 }
 
+/// What `swarmlet info` shows: Docker's Swarm section, plus the Raft log's figures and
+/// the errors that had nobody to tell.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InfoView {
     pub node_id: NodeId,
     pub key: String,
+    pub hostname: String,
+    /// Docker's LocalNodeState: "inactive", "pending" (init or join under way), "active".
+    pub local_state: String,
     /// None until `init` or `join`.
     pub cluster_id: Option<String>,
     pub role: Option<NodeRole>,
     pub leader: Option<NodeId>,
     pub listen: Option<SocketAddr>,
     pub advertise: Option<SocketAddr>,
+    /// Counts from the cluster state (managers that have it).
+    pub managers: Option<u64>,
+    pub nodes: Option<u64>,
+    /// Managers as this node knows them (id, address).
+    pub remote_managers: Vec<(NodeId, SocketAddr)>,
+    pub raft: Option<RaftInfo>,
+    /// Errors that had nobody to tell, by name: dropped messages, refused sends.
+    pub counters: Vec<(String, u64)>,
+}
+
+/// A manager's Raft settings and log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftInfo {
+    pub snapshot_interval: u64,
+    pub heartbeat_ms: u64,
+    /// The shortest election timeout (each follower waits up to twice this).
+    pub election_timeout_ms: u64,
+    pub term: u64,
+    pub first_index: u64,
+    pub last_index: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub snapshot_index: u64,
+    /// Bytes of the WAL segments and snapshot on disk.
+    pub wal_bytes: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Response {
     Done(String),
     Error(String),
-    Info(InfoView),
+    Info(Box<InfoView>),
     Nodes(Vec<NodeView>),
     Token(String),
     /// An intermediate frame of a long request; the answer follows.

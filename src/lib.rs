@@ -13,6 +13,7 @@ pub mod logging;
 pub mod api;
 pub mod cli;
 pub mod cluster;
+pub mod control;
 pub mod daemon;
 pub mod gossip;
 pub mod image;

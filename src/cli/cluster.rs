@@ -70,6 +70,11 @@ pub struct InitCommand {
     /// finished tasks kept per task slot (default 5)
     #[argh(option)]
     pub task_history_limit: Option<u32>,
+
+    /// committed Raft entries between snapshots of the cluster state; the log and the
+    /// WAL are cut back at each (default 10000)
+    #[argh(option)]
+    pub snapshot_interval: Option<u64>,
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
@@ -199,6 +204,17 @@ pub fn init(global: &Global, cmd: InitCommand) -> anyhow::Result<ExitCode> {
     if cmd.force_new_cluster {
         return not_implemented("init --force-new-cluster");
     }
+    if let Some(n) = cmd.snapshot_interval {
+        let range = crate::cluster::MIN_SNAPSHOT_INTERVAL..=crate::cluster::MAX_SNAPSHOT_INTERVAL;
+        if !range.contains(&n) {
+            return Err(UsageError(format!(
+                "--snapshot-interval: {n} is out of range ({} to {})",
+                range.start(),
+                range.end()
+            ))
+            .into());
+        }
+    }
     let listen = cmd
         .listen_addr
         .as_deref()
@@ -209,7 +225,14 @@ pub fn init(global: &Global, cmd: InitCommand) -> anyhow::Result<ExitCode> {
         .as_deref()
         .map(|a| parse_addr("--advertise-addr", a))
         .transpose()?;
-    print_done(call(global, &Request::Init { listen, advertise })?)
+    print_done(call(
+        global,
+        &Request::Init {
+            listen,
+            advertise,
+            snapshot_interval: cmd.snapshot_interval,
+        },
+    )?)
 }
 
 pub fn join(global: &Global, cmd: JoinCommand) -> anyhow::Result<ExitCode> {

@@ -154,6 +154,9 @@ fn info(global: &super::Global) -> anyhow::Result<ExitCode> {
     println!("leader={}", opt(i.leader.map(|l| l.to_string())));
     println!("listen={}", opt(i.listen.map(|a| a.to_string())));
     println!("advertise={}", opt(i.advertise.map(|a| a.to_string())));
+    for (name, n) in &i.counters {
+        println!("{name}={n}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -18,8 +18,19 @@ use crate::transport::crypto::hash;
 use crate::transport::PeerKey;
 use token::{TokenRole, TokenSecret};
 
-/// Format version of encoded state and commands.
-const STATE_VERSION: u8 = 1;
+/// Format version of the encoded state. Version 1 (before the cluster spec) is still
+/// read, so a node upgraded in place loads the snapshot its old version wrote.
+const STATE_VERSION: u8 = 2;
+const STATE_VERSION_1: u8 = 1;
+/// Format version of encoded commands (Raft log entries, which outlive upgrades).
+const COMMAND_VERSION: u8 = 1;
+/// Raft snapshot interval when `init` names none: Docker's default.
+pub const DEFAULT_SNAPSHOT_INTERVAL: u64 = 10_000;
+/// Bounds of `--snapshot-interval`. Below 16 a busy cluster would snapshot on nearly
+/// every turn; above a million entries the in-memory log of a Pi could hold hundreds of
+/// MiB between snapshots.
+pub const MIN_SNAPSHOT_INTERVAL: u64 = 16;
+pub const MAX_SNAPSHOT_INTERVAL: u64 = 1_000_000;
 /// Largest encoded state or command we decode (a peer or a damaged disk can hand us
 /// anything): a cluster of thousands of nodes fits in a fraction of this.
 pub const MAX_ENCODED: usize = 64 << 20;
@@ -103,11 +114,36 @@ impl Tokens {
     }
 }
 
+/// Settings of the whole cluster, chosen at `init` (Docker's swarm spec).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSpec {
+    /// Committed entries between Raft snapshots; the log and the WAL are cut back to the
+    /// snapshot each time.
+    pub snapshot_interval: u64,
+}
+
+impl Default for ClusterSpec {
+    fn default() -> Self {
+        ClusterSpec {
+            snapshot_interval: DEFAULT_SNAPSHOT_INTERVAL,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
     pub cluster_id: [u8; 16],
     pub nodes: BTreeMap<NodeId, NodeRecord>,
     pub tokens: Tokens,
+    pub spec: ClusterSpec,
+}
+
+/// The state as version 1 wrote it.
+#[derive(Deserialize)]
+struct ClusterStateV1 {
+    cluster_id: [u8; 16],
+    nodes: BTreeMap<NodeId, NodeRecord>,
+    tokens: Tokens,
 }
 
 /// Changes to the cluster state; the payload of Raft commands.
@@ -163,33 +199,37 @@ pub enum DecodeError {
     Malformed(String),
 }
 
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    let mut out = vec![STATE_VERSION];
+fn encode<T: Serialize>(version: u8, v: &T) -> Vec<u8> {
+    let mut out = vec![version];
     // Our own types always serialise.
     out.extend(postcard::to_allocvec(v).expect("invariant: cluster types serialise"));
     out
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, DecodeError> {
+/// Splits off the version byte of bounded input.
+fn version_of(b: &[u8]) -> Result<(u8, &[u8]), DecodeError> {
     if b.len() > MAX_ENCODED {
         return Err(DecodeError::TooLarge(b.len()));
     }
-    match b.first() {
-        None => Err(DecodeError::Empty),
-        Some(&STATE_VERSION) => {
-            postcard::from_bytes(&b[1..]).map_err(|e| DecodeError::Malformed(e.to_string()))
-        }
-        Some(&v) => Err(DecodeError::Version(v)),
-    }
+    b.split_first()
+        .map(|(v, rest)| (*v, rest))
+        .ok_or(DecodeError::Empty)
+}
+
+fn body<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, DecodeError> {
+    postcard::from_bytes(b).map_err(|e| DecodeError::Malformed(e.to_string()))
 }
 
 impl Command {
     pub fn encode(&self) -> Vec<u8> {
-        encode(self)
+        encode(COMMAND_VERSION, self)
     }
 
     pub fn decode(b: &[u8]) -> Result<Command, DecodeError> {
-        decode(b)
+        match version_of(b)? {
+            (COMMAND_VERSION, rest) => body(rest),
+            (v, _) => Err(DecodeError::Version(v)),
+        }
     }
 }
 
@@ -210,20 +250,33 @@ fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), ApplyError> {
 }
 
 impl ClusterState {
-    pub fn new(cluster_id: [u8; 16], tokens: Tokens) -> ClusterState {
+    pub fn new(cluster_id: [u8; 16], tokens: Tokens, spec: ClusterSpec) -> ClusterState {
         ClusterState {
             cluster_id,
             nodes: BTreeMap::new(),
             tokens,
+            spec,
         }
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        encode(self)
+        encode(STATE_VERSION, self)
     }
 
     pub fn decode(b: &[u8]) -> Result<ClusterState, DecodeError> {
-        decode(b)
+        match version_of(b)? {
+            (STATE_VERSION, rest) => body(rest),
+            (STATE_VERSION_1, rest) => {
+                let v1: ClusterStateV1 = body(rest)?;
+                Ok(ClusterState {
+                    cluster_id: v1.cluster_id,
+                    nodes: v1.nodes,
+                    tokens: v1.tokens,
+                    spec: ClusterSpec::default(),
+                })
+            }
+            (v, _) => Err(DecodeError::Version(v)),
+        }
     }
 
     pub fn managers(&self) -> impl Iterator<Item = &NodeRecord> {
@@ -359,6 +412,7 @@ mod tests {
                 worker: [2; 16],
                 manager: [3; 16],
             },
+            ClusterSpec::default(),
         );
         s.apply(&Command::AddNode(record(1, NodeRole::Manager)))
             .unwrap();
@@ -477,6 +531,28 @@ mod tests {
             status: NodeStatus::Down,
         };
         assert_eq!(Command::decode(&c.encode()), Ok(c));
+    }
+
+    #[test]
+    fn state_of_version_one_still_loads() {
+        #[derive(Serialize)]
+        struct V1<'a> {
+            cluster_id: [u8; 16],
+            nodes: &'a BTreeMap<NodeId, NodeRecord>,
+            tokens: &'a Tokens,
+        }
+        let s = state();
+        let old = encode(
+            STATE_VERSION_1,
+            &V1 {
+                cluster_id: s.cluster_id,
+                nodes: &s.nodes,
+                tokens: &s.tokens,
+            },
+        );
+        let loaded = ClusterState::decode(&old).unwrap();
+        assert_eq!(loaded, s);
+        assert_eq!(loaded.spec.snapshot_interval, DEFAULT_SNAPSHOT_INTERVAL);
     }
 
     #[test]

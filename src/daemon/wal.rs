@@ -21,7 +21,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::control::{LogWrite, RaftLog};
 use crate::raft::{Entry, HardState, Index, Ready, Snapshot, SnapshotMeta};
+
+/// Test-only: milliseconds every sync is made to take on top of the real one, to show
+/// that a slow disk (an SD card's fsync takes 10-100 ms) does not stall the daemon's
+/// loop. Read once, when a log is opened.
+pub const SLOW_SYNC_ENV: &str = "SWARMLET_TEST_SLOW_SYNC_MS";
 
 /// Format version of record payloads.
 const RECORD_VERSION: u8 = 1;
@@ -151,11 +157,23 @@ pub struct Recovered {
     pub torn_bytes: u64,
 }
 
+impl Recovered {
+    pub fn into_log(self) -> RaftLog {
+        RaftLog {
+            hard: self.hard,
+            snapshot: self.snapshot,
+            entries: self.entries,
+        }
+    }
+}
+
 pub struct Wal {
     dir: PathBuf,
     file: File,
     seq: u64,
     len: u64,
+    /// Extra time each sync takes ([`SLOW_SYNC_ENV`]; zero outside tests).
+    slow_sync: std::time::Duration,
 }
 
 fn segment_name(seq: u64) -> String {
@@ -283,12 +301,17 @@ impl Wal {
         if last_seq.is_none() {
             sync_dir(&wal_dir)?;
         }
+        let slow_sync = std::env::var(SLOW_SYNC_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(std::time::Duration::ZERO, std::time::Duration::from_millis);
         Ok((
             Wal {
                 dir: dir.to_path_buf(),
                 file,
                 seq,
                 len,
+                slow_sync,
             },
             st,
         ))
@@ -309,6 +332,9 @@ impl Wal {
         let path = self.segment_path(self.seq);
         self.file.write_all(&buf).map_err(io_err(&path))?;
         self.file.sync_data().map_err(io_err(&path))?;
+        if !self.slow_sync.is_zero() {
+            std::thread::sleep(self.slow_sync);
+        }
         self.len += buf.len() as u64;
         if self.len >= SEGMENT_BYTES {
             self.rotate()?;
@@ -344,6 +370,28 @@ impl Wal {
         }
         if !ready.append.is_empty() {
             recs.push(Record::Entries(ready.append.clone()));
+        }
+        self.write_records(&recs)
+    }
+
+    /// Makes `writes` durable in order: records are batched into one write and one
+    /// flush; a snapshot is written on its own (after the records before it).
+    pub fn write(&mut self, writes: &[LogWrite]) -> Result<(), WalError> {
+        let mut recs = Vec::new();
+        for w in writes {
+            match w {
+                LogWrite::HardState(h) => recs.push(Record::HardState(*h)),
+                LogWrite::Truncate(i) => recs.push(Record::Truncate(*i)),
+                LogWrite::Entries(es) => recs.push(Record::Entries(es.clone())),
+                LogWrite::Snapshot {
+                    snapshot,
+                    hard,
+                    tail,
+                } => {
+                    self.write_records(&std::mem::take(&mut recs))?;
+                    self.save_snapshot(snapshot, *hard, tail)?;
+                }
+            }
         }
         self.write_records(&recs)
     }

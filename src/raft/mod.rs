@@ -10,7 +10,10 @@ mod sim;
 #[cfg(test)]
 mod tests;
 
-pub use node::{Config, ProposeError, Raft, ReadState, Ready, Role, Status};
+pub use node::{
+    Config, ProposeError, Raft, ReadState, Ready, Role, Status, MAX_BATCH_BYTES,
+    SNAPSHOT_CHUNK_BYTES,
+};
 pub use types::{
     ConfigChange, ConfigError, Entry, Envelope, HardState, Index, Membership, Message, NodeId,
     Payload, Snapshot, SnapshotMeta, Term,

@@ -39,6 +39,12 @@ use super::types::{
     Payload, Snapshot, SnapshotMeta, Term,
 };
 
+/// Bytes of entries per append message: a few hundred node updates, and a quarter of the
+/// transport's 1 MiB message limit, so one lost message costs little to resend.
+pub const MAX_BATCH_BYTES: usize = 256 * 1024;
+/// Bytes of snapshot per message, for the same reasons.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 256 * 1024;
+
 /// Timing and batching. The defaults aim at a new leader within about a second of the
 /// old one dying on a LAN: followers notice after 0.5–1 s without a heartbeat, and a
 /// pre-vote and a vote take two round trips.
@@ -67,9 +73,9 @@ impl Default for Config {
             election_timeout: Duration::from_millis(500),
             heartbeat_interval: Duration::from_millis(100),
             max_batch_entries: 256,
-            max_batch_bytes: 256 * 1024,
+            max_batch_bytes: MAX_BATCH_BYTES,
             max_inflight: 8,
-            snapshot_chunk_bytes: 256 * 1024,
+            snapshot_chunk_bytes: SNAPSHOT_CHUNK_BYTES,
             max_snapshot_bytes: 64 << 20,
             max_apply_batch: 1024,
             max_pending_reads: 4096,
@@ -470,12 +476,13 @@ impl Raft {
         Ok(())
     }
 
-    /// Records that the state machine up to `meta.index` is saved in `data`, so the
-    /// log before it can go. `meta.index` must have been applied.
-    pub fn compact(&mut self, index: Index, data: Vec<u8>) {
+    /// Records that the state machine up to `index` is saved in `data`, so the log
+    /// before it can go; returns the new snapshot's description (None if the log was
+    /// already compacted that far). `index` must have been applied.
+    pub fn compact(&mut self, index: Index, data: Vec<u8>) -> Option<SnapshotMeta> {
         assert!(index <= self.applied, "compacting unapplied entries");
         if index <= self.log.snapshot().index {
-            return;
+            return None;
         }
         let term = self
             .log
@@ -489,9 +496,10 @@ impl Raft {
         };
         self.log.compact(meta.clone());
         self.outgoing = Some(Outgoing {
-            meta,
+            meta: meta.clone(),
             data: std::rc::Rc::new(data),
         });
+        Some(meta)
     }
 
     pub fn log_len(&self) -> usize {
@@ -501,6 +509,22 @@ impl Raft {
     /// An entry of the in-memory log (for status and checkers).
     pub fn log_entry(&self, i: Index) -> Option<&Entry> {
         self.log.entry(i)
+    }
+
+    /// Whether a membership change is appended but not yet committed (no other may be
+    /// proposed until it is).
+    pub fn config_pending(&self) -> bool {
+        self.membership_index > self.commit
+    }
+
+    /// The index the latest snapshot covers.
+    pub fn snapshot_index(&self) -> Index {
+        self.log.snapshot().index
+    }
+
+    /// Timing and batching in force.
+    pub fn config(&self) -> &Config {
+        &self.cfg
     }
 
     pub fn log_first_index(&self) -> Index {

@@ -42,6 +42,12 @@ impl fmt::Debug for Index {
     }
 }
 
+impl fmt::Display for Index {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 impl Term {
     pub fn next(self) -> Term {
         Term(self.0 + 1)

@@ -1,0 +1,1597 @@
+//! The control core: what one node decides about its cluster. See the module docs of
+//! [`crate::control`] for how it is driven.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+
+use super::msg::{GossipMeta, ManagerAddr, Membership, PeerMsg};
+use crate::api::{Request, Response};
+use crate::cluster::token::{join_psk, TokenRole};
+use crate::cluster::{self, ClusterState, Command, NodeRole, NodeStatus};
+use crate::gossip;
+use crate::logging::Level;
+use crate::raft::{ConfigChange, Index, NodeId, Payload, ProposeError, Role, Term};
+use crate::transport::{PeerKey, Psk, PskId};
+
+/// Default cluster port.
+pub const DEFAULT_PORT: u16 = 2377;
+/// PSK ids of join handshakes: which token's secret keys the session.
+pub const PSK_WORKER: PskId = PskId(1);
+pub const PSK_MANAGER: PskId = PskId(2);
+/// Members use no pre-shared key: their static keys, checked against the cluster state,
+/// are what admits them.
+pub const MEMBER_PSK: Psk = [0; 32];
+
+/// How long a join waits for the manager's answer. A wrong or rotated token fails the
+/// handshake silently (that is the point of the PSK), so silence is the only signal.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request forwarded to the leader and not answered within this is sent again (the
+/// message or its answer was lost; the leader recognises the repeat).
+pub const FORWARD_RETRY: Duration = Duration::from_secs(1);
+/// A request forwarded to a leader that exists but never answers fails after this. A
+/// leader that dies is not waited for: the request moves to the next leader as soon as
+/// Raft names one, and fails at once while there is none.
+pub const FORWARD_DEADLINE: Duration = Duration::from_secs(10);
+/// Requests of this node's CLI waiting on the leader at once; more are refused. The API
+/// socket admits fewer connections than this.
+pub const MAX_FORWARDED: usize = 256;
+/// The leader remembers this many answers to forwarded writes, so a repeat of a write
+/// that already committed gets its answer instead of running twice.
+pub const MAX_REMEMBERED_ANSWERS: usize = 256;
+/// A promoted worker is told to start Raft this often until it answers the leader.
+pub const PROMOTE_RETRY: Duration = Duration::from_secs(1);
+
+/// A local API request, numbered by the driver.
+pub type RequestId = u64;
+
+/// Who this node is, and what the daemon's flags say about it.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub id: NodeId,
+    pub key: PeerKey,
+    pub hostname: String,
+    pub labels: Vec<(String, String)>,
+    /// `daemon --listen-addr` / `--advertise-addr`, used when init or join names none.
+    pub listen: Option<SocketAddr>,
+    pub advertise: Option<SocketAddr>,
+}
+
+/// What the control core needs to know of Raft. The caller passes a new one whenever
+/// any field changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaftView {
+    pub role: Role,
+    pub leader: Option<NodeId>,
+    pub term: Term,
+    pub voters: BTreeSet<NodeId>,
+    /// A membership change is appended and not yet committed.
+    pub config_pending: bool,
+    /// Leader only: voters that have acknowledged nothing yet (a promoted worker that
+    /// has not started Raft).
+    pub unreached: BTreeSet<NodeId>,
+}
+
+impl Default for RaftView {
+    fn default() -> Self {
+        RaftView {
+            role: Role::Follower,
+            leader: None,
+            term: Term(0),
+            voters: BTreeSet::new(),
+            config_pending: false,
+            unreached: BTreeSet::new(),
+        }
+    }
+}
+
+/// Where the transport ended up listening, and the address others reach us at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bound {
+    pub listen: SocketAddr,
+    pub advertise: SocketAddr,
+}
+
+/// Everything that happens to a node.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Input {
+    /// A request from this node's CLI.
+    Api {
+        id: RequestId,
+        req: Request,
+    },
+    /// A message from a peer (not Raft's or gossip's own), with the PSK id its session
+    /// was keyed with (join tokens have their own).
+    Peer {
+        from: PeerKey,
+        psk: Option<PskId>,
+        msg: PeerMsg,
+    },
+    /// The answer to [`Effect::Bind`].
+    Bound(Result<Bound, String>),
+    /// The answer to [`Effect::Propose`], given before any other input.
+    Proposed {
+        tag: u64,
+        result: Result<Index, ProposeError>,
+    },
+    Raft(RaftView),
+    /// Raft installed a snapshot: the state machine is `data` as of `index`.
+    Snapshot {
+        index: Index,
+        data: Vec<u8>,
+    },
+    /// A committed entry, in log order.
+    Committed {
+        index: Index,
+        payload: Payload,
+    },
+    /// The answer to [`Effect::ReadIndex`]: reads may be served once `index` is applied.
+    Read {
+        ctx: u64,
+        result: Result<Index, ProposeError>,
+    },
+    Gossip(gossip::Event),
+}
+
+/// What the control core asks of its driver, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    Send {
+        to: PeerKey,
+        msg: PeerMsg,
+    },
+    Answer {
+        id: RequestId,
+        resp: Response,
+    },
+    /// Open the cluster port (if not open) and find the address to advertise: the one
+    /// given, else (for an unspecified IP) the source address toward `toward` (a join),
+    /// or the host's one address (an init). Answered with [`Input::Bound`].
+    Bind {
+        listen: SocketAddr,
+        advertise: Option<SocketAddr>,
+        toward: Option<SocketAddr>,
+    },
+    /// Close the cluster port.
+    Unbind,
+    /// Let the transport talk to `key` at `addr`, keyed with `psk` (id `psk_id`).
+    SetPeer {
+        key: PeerKey,
+        addr: SocketAddr,
+        psk: Psk,
+        psk_id: PskId,
+    },
+    RemovePeer(PeerKey),
+    /// Write (`Some`) or delete the membership file, durably.
+    SaveMembership(Option<Membership>),
+    /// Open the Raft log and start Raft from it; `bootstrap` is a new cluster's first
+    /// state (this node is then its only voter and leads at once).
+    StartRaft {
+        bootstrap: Option<Vec<u8>>,
+    },
+    /// Stop Raft and erase its log (a demoted manager's log is of no further use).
+    StopRaft,
+    StartGossip {
+        advertise: SocketAddr,
+        seeds: Vec<NodeId>,
+    },
+    /// Tell the other members we are leaving, then stop gossip.
+    LeaveGossip,
+    /// Propose a command; answered at once with [`Input::Proposed`].
+    Propose {
+        tag: u64,
+        cmd: Command,
+    },
+    ChangeVoters(ConfigChange),
+    TransferLeadership(NodeId),
+    ReadIndex(u64),
+    Log(Level, String),
+}
+
+/// What a node is.
+#[derive(Debug)]
+pub enum NodeState {
+    /// Not in a cluster.
+    Idle,
+    /// `init` is waiting for the port.
+    Initializing(Initializing),
+    Joining(Joining),
+    Worker(Member),
+    Manager(Box<Manager>),
+}
+
+#[derive(Debug)]
+pub struct Initializing {
+    request: RequestId,
+    snapshot_interval: u64,
+}
+
+#[derive(Debug)]
+pub struct Joining {
+    request: RequestId,
+    manager: PeerKey,
+    manager_addr: SocketAddr,
+    token_role: TokenRole,
+    psk: Psk,
+    /// Set once the port is open and the request sent.
+    bound: Option<Bound>,
+    deadline: Instant,
+}
+
+/// What every node in a cluster has.
+#[derive(Debug)]
+pub struct Member {
+    membership: Membership,
+    /// Nodes the transport may talk to, other than us: from the membership file,
+    /// gossip, and (on managers) the cluster state.
+    peers: BTreeMap<NodeId, (PeerKey, SocketAddr)>,
+    /// Gossip's last word on each member.
+    liveness: BTreeMap<NodeId, gossip::Status>,
+}
+
+/// What a manager has on top.
+#[derive(Debug)]
+pub struct Manager {
+    member: Member,
+    /// None until the leader's snapshot arrives (a manager that just joined).
+    cluster: Option<ClusterState>,
+    raft: RaftView,
+    applied: Index,
+    /// Proposals between `Effect::Propose` and `Input::Proposed`.
+    proposing: BTreeMap<u64, Waiter>,
+    /// Proposals waiting for their entry to commit.
+    committing: BTreeMap<Index, Waiter>,
+    /// Reads waiting for Raft to confirm the leadership, by context.
+    reads: BTreeMap<u64, Read>,
+    /// Reads confirmed, waiting for the state to reach their index.
+    ready_reads: Vec<(Index, Read)>,
+    next_read: u64,
+    /// Forwarded writes being served for another manager's CLI.
+    serving: BTreeSet<(PeerKey, u64)>,
+    /// Answers to forwarded writes, oldest first, for repeats.
+    answered: VecDeque<((PeerKey, u64), Response)>,
+    /// When each promoted worker was last told to start Raft.
+    promoted_sent: BTreeMap<NodeId, Instant>,
+}
+
+/// Who hears the outcome of a proposal.
+#[derive(Debug)]
+enum Waiter {
+    /// An API request; `ok` is the text answered on success.
+    Reply { reply: Reply, ok: String },
+    /// A join: the joiner, and the manager that relays the answer when it is not us.
+    Join {
+        key: PeerKey,
+        role: NodeRole,
+        via: Option<PeerKey>,
+    },
+    /// Nobody (gossip's status reports): a failure is only counted.
+    Nobody,
+}
+
+/// Where an answer goes: the local CLI, or the manager that forwarded the request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reply {
+    Local(RequestId),
+    Remote { to: PeerKey, id: u64 },
+}
+
+#[derive(Debug)]
+struct Read {
+    reply: Reply,
+    only: Option<Vec<String>>,
+    /// The node whose CLI asked ("self", and the `*` in `node ls`).
+    asker: NodeId,
+}
+
+/// A request of our CLI waiting on the leader.
+#[derive(Debug)]
+struct Forwarded {
+    request: RequestId,
+    req: Request,
+    to: NodeId,
+    resend_at: Instant,
+    deadline: Instant,
+}
+
+/// Things that went wrong without anyone to tell: counted, shown by `info`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Proposals nobody waited on (gossip's status reports) that Raft refused.
+    pub proposals_refused: u64,
+    /// Peer messages that arrived in a state where they mean nothing (late answers,
+    /// messages from nodes that are not members).
+    pub messages_ignored: u64,
+    /// Forwarded answers too large for one transport message (answered with an error).
+    pub answers_too_large: u64,
+}
+
+/// The control core. See the module documentation for the driving loop.
+pub struct Control {
+    pub(super) me: Identity,
+    pub(super) state: NodeState,
+    rng: ChaCha20Rng,
+    out: VecDeque<Effect>,
+    forwarded: BTreeMap<u64, Forwarded>,
+    next_forward: u64,
+    next_tag: u64,
+    counters: Counters,
+}
+
+impl Control {
+    /// A node as the daemon finds it: in a cluster if `membership` says so (then call
+    /// [`Control::resume`] once the port is open at `membership.listen`). `seed` keys the
+    /// RNG that makes token secrets and cluster ids: give it 32 bytes from the OS.
+    pub fn new(me: Identity, membership: Option<Membership>, seed: [u8; 32]) -> Control {
+        let state = match membership {
+            None => NodeState::Idle,
+            Some(m) => {
+                let member = Member::new(m);
+                match member.membership.role {
+                    NodeRole::Worker => NodeState::Worker(member),
+                    NodeRole::Manager => NodeState::Manager(Box::new(Manager::new(member, None))),
+                }
+            }
+        };
+        Control {
+            me,
+            state,
+            rng: ChaCha20Rng::from_seed(seed),
+            out: VecDeque::new(),
+            forwarded: BTreeMap::new(),
+            next_forward: 0,
+            next_tag: 0,
+            counters: Counters::default(),
+        }
+    }
+
+    /// Restarts a member from its membership file: no token needed.
+    pub fn resume(&mut self) {
+        let (member, manager) = match &self.state {
+            NodeState::Worker(m) => (m, false),
+            NodeState::Manager(m) => (&m.member, true),
+            _ => return,
+        };
+        let managers = member.membership.managers.clone();
+        let advertise = member.membership.advertise;
+        self.learn_peers(&managers);
+        if manager {
+            self.emit(Effect::StartRaft { bootstrap: None });
+        }
+        self.start_gossip(advertise);
+    }
+
+    pub fn state(&self) -> &NodeState {
+        &self.state
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The next effect to carry out, in order.
+    pub fn poll_effect(&mut self) -> Option<Effect> {
+        self.out.pop_front()
+    }
+
+    /// When [`Control::handle_timeout`] must next be called, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let join = match &self.state {
+            NodeState::Joining(j) => Some(j.deadline),
+            _ => None,
+        };
+        let forward = self
+            .forwarded
+            .values()
+            .map(|f| f.resend_at.min(f.deadline))
+            .min();
+        let promote = match &self.state {
+            NodeState::Manager(m) if m.raft.role == Role::Leader => m
+                .raft
+                .unreached
+                .iter()
+                .filter_map(|id| m.promoted_sent.get(id).map(|t| *t + PROMOTE_RETRY))
+                .min(),
+            _ => None,
+        };
+        [join, forward, promote].into_iter().flatten().min()
+    }
+
+    pub fn handle(&mut self, now: Instant, input: Input) {
+        match input {
+            Input::Api { id, req } => self.on_local_request(now, id, req),
+            Input::Peer { from, psk, msg } => self.on_peer(now, from, psk, msg),
+            Input::Bound(result) => self.on_bound(now, result),
+            Input::Proposed { tag, result } => self.on_proposed(tag, result),
+            Input::Raft(view) => self.on_raft(now, view),
+            Input::Snapshot { index, data } => self.on_snapshot(now, index, &data),
+            Input::Committed { index, payload } => self.on_committed(now, index, &payload),
+            Input::Read { ctx, result } => self.on_read(ctx, result),
+            Input::Gossip(e) => self.on_gossip(e),
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let NodeState::Joining(j) = &self.state {
+            if now >= j.deadline {
+                let why = format!(
+                    "no answer from the manager at {} within {} s: the token may be wrong or rotated, or the address unreachable",
+                    j.manager_addr,
+                    JOIN_TIMEOUT.as_secs()
+                );
+                self.abandon_join(why);
+            }
+        }
+        self.forward_timers(now);
+        self.nudge_promoted(now);
+    }
+
+    // ---- queries for the driver --------------------------------------------------
+
+    /// Whether the transport should accept a member session from `key`: a node of the
+    /// cluster state, or one we know from the membership file or gossip (our state may
+    /// lag: a restarted manager replays its log only as it learns what is committed).
+    pub fn admits(&self, key: &PeerKey) -> bool {
+        let in_state = self.cluster().is_some_and(|c| c.node_by_key(key).is_some());
+        in_state || self.member().is_some_and(|m| m.knows_key(key))
+    }
+
+    /// The PSK of a join session with id `id`, for a manager that has the tokens.
+    pub fn join_psk(&self, id: PskId) -> Option<Psk> {
+        let c = self.cluster()?;
+        match id {
+            PSK_WORKER => Some(join_psk(TokenRole::Worker, &c.tokens.worker)),
+            PSK_MANAGER => Some(join_psk(TokenRole::Manager, &c.tokens.manager)),
+            _ => None,
+        }
+    }
+
+    /// The key of a node we can address.
+    pub fn peer_key(&self, id: NodeId) -> Option<PeerKey> {
+        self.member()?.peers.get(&id).map(|(k, _)| *k)
+    }
+
+    pub fn cluster(&self) -> Option<&ClusterState> {
+        match &self.state {
+            NodeState::Manager(m) => m.cluster.as_ref(),
+            _ => None,
+        }
+    }
+
+    pub fn membership(&self) -> Option<&Membership> {
+        self.member().map(|m| &m.membership)
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.me.id
+    }
+
+    /// Committed entries between snapshots, as the cluster state says.
+    pub fn snapshot_interval(&self) -> u64 {
+        self.cluster()
+            .map_or(cluster::DEFAULT_SNAPSHOT_INTERVAL, |c| {
+                c.spec.snapshot_interval
+            })
+    }
+
+    // ---- shared helpers ----------------------------------------------------------
+
+    pub(super) fn emit(&mut self, e: Effect) {
+        self.out.push_back(e);
+    }
+
+    pub(super) fn log(&mut self, level: Level, text: String) {
+        self.emit(Effect::Log(level, text));
+    }
+
+    pub(super) fn random16(&mut self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        self.rng.fill_bytes(&mut b);
+        b
+    }
+
+    pub(super) fn tag(&mut self) -> u64 {
+        self.next_tag += 1;
+        self.next_tag
+    }
+
+    pub(super) fn member(&self) -> Option<&Member> {
+        match &self.state {
+            NodeState::Worker(m) => Some(m),
+            NodeState::Manager(m) => Some(&m.member),
+            _ => None,
+        }
+    }
+
+    pub(super) fn member_mut(&mut self) -> Option<&mut Member> {
+        match &mut self.state {
+            NodeState::Worker(m) => Some(m),
+            NodeState::Manager(m) => Some(&mut m.member),
+            _ => None,
+        }
+    }
+
+    pub(super) fn manager(&self) -> Option<&Manager> {
+        match &self.state {
+            NodeState::Manager(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    pub(super) fn manager_mut(&mut self) -> Option<&mut Manager> {
+        match &mut self.state {
+            NodeState::Manager(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    pub(super) fn is_leader(&self) -> bool {
+        self.manager().is_some_and(|m| m.raft.role == Role::Leader)
+    }
+
+    pub(super) fn send(&mut self, to: PeerKey, msg: PeerMsg) {
+        self.emit(Effect::Send { to, msg });
+    }
+
+    /// Sends to a node by id, if we know its key.
+    pub(super) fn send_id(&mut self, to: NodeId, msg: PeerMsg) {
+        match self.peer_key(to) {
+            Some(k) => self.send(k, msg),
+            None => self.counters.messages_ignored += 1,
+        }
+    }
+
+    pub(super) fn answer(&mut self, reply: Reply, resp: Response) {
+        match reply {
+            Reply::Local(id) => self.emit(Effect::Answer { id, resp }),
+            Reply::Remote { to, id } => {
+                if let Some(m) = self.manager_mut() {
+                    m.serving.remove(&(to, id));
+                    if m.answered.len() >= MAX_REMEMBERED_ANSWERS {
+                        m.answered.pop_front();
+                    }
+                    m.answered.push_back(((to, id), resp.clone()));
+                }
+                let msg = PeerMsg::ApiReply { id, resp };
+                let len = msg.encoded_len();
+                if len > crate::transport::MAX_MESSAGE_SIZE {
+                    self.counters.answers_too_large += 1;
+                    let leader = self.me.id;
+                    let resp = Response::Error(format!(
+                        "the answer is {len} bytes, over the {}-byte limit of a message between nodes; run the command on the leader (node {leader})",
+                        crate::transport::MAX_MESSAGE_SIZE
+                    ));
+                    self.send(to, PeerMsg::ApiReply { id, resp });
+                } else {
+                    self.send(to, msg);
+                }
+            }
+        }
+    }
+
+    /// Lets the transport reach these nodes (not ourselves) and remembers them.
+    pub(super) fn learn_peers(&mut self, nodes: &[ManagerAddr]) {
+        let me = self.me.id;
+        let mut added = Vec::new();
+        if let Some(m) = self.member_mut() {
+            for (id, key, addr) in nodes {
+                if *id != me && m.peers.get(id) != Some(&(*key, *addr)) {
+                    m.peers.insert(*id, (*key, *addr));
+                    added.push((*key, *addr));
+                }
+            }
+        }
+        for (key, addr) in added {
+            self.emit(Effect::SetPeer {
+                key,
+                addr,
+                psk: MEMBER_PSK,
+                psk_id: PskId::MEMBER,
+            });
+        }
+    }
+
+    fn start_gossip(&mut self, advertise: SocketAddr) {
+        let seeds = self
+            .member()
+            .map(|m| m.peers.keys().copied().collect())
+            .unwrap_or_default();
+        self.emit(Effect::StartGossip { advertise, seeds });
+    }
+
+    // ---- joining -----------------------------------------------------------------
+
+    fn on_bound(&mut self, now: Instant, result: Result<Bound, String>) {
+        match std::mem::replace(&mut self.state, NodeState::Idle) {
+            NodeState::Initializing(init) => match result {
+                Ok(b) => self.finish_init(init, b),
+                Err(e) => self.emit(Effect::Answer {
+                    id: init.request,
+                    resp: Response::Error(e),
+                }),
+            },
+            NodeState::Joining(mut j) if j.bound.is_none() => match result {
+                Ok(b) => {
+                    let psk_id = match j.token_role {
+                        TokenRole::Worker => PSK_WORKER,
+                        TokenRole::Manager => PSK_MANAGER,
+                    };
+                    self.emit(Effect::SetPeer {
+                        key: j.manager,
+                        addr: j.manager_addr,
+                        psk: j.psk,
+                        psk_id,
+                    });
+                    self.send(
+                        j.manager,
+                        PeerMsg::JoinRequest {
+                            role: j.token_role,
+                            hostname: self.me.hostname.clone(),
+                            advertise: b.advertise,
+                            labels: self.me.labels.clone(),
+                        },
+                    );
+                    j.bound = Some(b);
+                    j.deadline = now + JOIN_TIMEOUT;
+                    self.state = NodeState::Joining(j);
+                }
+                Err(e) => self.emit(Effect::Answer {
+                    id: j.request,
+                    resp: Response::Error(e),
+                }),
+            },
+            other => {
+                self.state = other;
+                self.counters.messages_ignored += 1;
+            }
+        }
+    }
+
+    fn finish_init(&mut self, init: Initializing, b: Bound) {
+        let cluster_id = self.random16();
+        let tokens = cluster::Tokens {
+            worker: self.random16(),
+            manager: self.random16(),
+        };
+        let spec = cluster::ClusterSpec {
+            snapshot_interval: init.snapshot_interval,
+        };
+        let mut state = ClusterState::new(cluster_id, tokens, spec);
+        let record = self.own_record(b.advertise, NodeRole::Manager);
+        if let Err(e) = state.apply(&Command::AddNode(record)) {
+            self.emit(Effect::Unbind);
+            self.emit(Effect::Answer {
+                id: init.request,
+                resp: Response::Error(format!("cannot create the swarm: {e}")),
+            });
+            return;
+        }
+        let membership = Membership {
+            cluster_id,
+            role: NodeRole::Manager,
+            listen: b.listen,
+            advertise: b.advertise,
+            managers: vec![(self.me.id, self.me.key, b.advertise)],
+        };
+        let token = crate::cluster::token::JoinToken {
+            role: TokenRole::Worker,
+            manager: self.me.key,
+            secret: state.tokens.worker,
+        };
+        self.emit(Effect::SaveMembership(Some(membership.clone())));
+        self.emit(Effect::StartRaft {
+            bootstrap: Some(state.encode()),
+        });
+        self.state =
+            NodeState::Manager(Box::new(Manager::new(Member::new(membership), Some(state))));
+        self.start_gossip(b.advertise);
+        self.emit(Effect::Answer {
+            id: init.request,
+            resp: Response::Done(format!(
+                "Swarm initialized: current node ({}) is now a manager.\n\nTo add a worker to this swarm, run the following command:\n\n    swarmlet join {token} {}\n\nTo add a manager to this swarm, run 'swarmlet join-token manager' and follow the instructions.",
+                self.me.id, b.advertise
+            )),
+        });
+    }
+
+    pub(super) fn own_record(&self, addr: SocketAddr, role: NodeRole) -> cluster::NodeRecord {
+        cluster::NodeRecord {
+            id: self.me.id,
+            key: self.me.key,
+            addr,
+            hostname: self.me.hostname.clone(),
+            role,
+            availability: cluster::Availability::Active,
+            labels: self.me.labels.iter().cloned().collect(),
+            status: NodeStatus::Ready,
+        }
+    }
+
+    /// Gives up a join: answers the CLI and closes what the join opened.
+    fn abandon_join(&mut self, why: String) {
+        let NodeState::Joining(j) = std::mem::replace(&mut self.state, NodeState::Idle) else {
+            return;
+        };
+        self.emit(Effect::RemovePeer(j.manager));
+        self.emit(Effect::Unbind);
+        self.emit(Effect::Answer {
+            id: j.request,
+            resp: Response::Error(why),
+        });
+    }
+
+    fn on_join_answer(&mut self, from: PeerKey, msg: PeerMsg) {
+        let expected =
+            matches!(&self.state, NodeState::Joining(j) if j.manager == from && j.bound.is_some());
+        if !expected {
+            self.counters.messages_ignored += 1;
+            return;
+        }
+        let (cluster_id, role, managers) = match msg {
+            PeerMsg::JoinRefused(why) => return self.abandon_join(format!("join refused: {why}")),
+            PeerMsg::JoinAccepted {
+                cluster_id,
+                role,
+                managers,
+            } => (cluster_id, role, managers),
+            _ => return,
+        };
+        let NodeState::Joining(j) = std::mem::replace(&mut self.state, NodeState::Idle) else {
+            return;
+        };
+        let Some(b) = j.bound else { return };
+        let membership = Membership {
+            cluster_id,
+            role,
+            listen: b.listen,
+            advertise: b.advertise,
+            managers: managers.clone(),
+        };
+        self.emit(Effect::SaveMembership(Some(membership.clone())));
+        let member = Member::new(membership);
+        self.state = match role {
+            NodeRole::Worker => NodeState::Worker(member),
+            NodeRole::Manager => NodeState::Manager(Box::new(Manager::new(member, None))),
+        };
+        self.learn_peers(&managers);
+        if role == NodeRole::Manager {
+            self.emit(Effect::StartRaft { bootstrap: None });
+        }
+        self.start_gossip(b.advertise);
+        self.emit(Effect::Answer {
+            id: j.request,
+            resp: Response::Done(format!(
+                "This node joined a swarm as a {}.",
+                role_name(role)
+            )),
+        });
+    }
+
+    // ---- peers -------------------------------------------------------------------
+
+    fn on_peer(&mut self, now: Instant, from: PeerKey, psk: Option<PskId>, msg: PeerMsg) {
+        match msg {
+            PeerMsg::Raft(_) | PeerMsg::Gossip(_) => self.counters.messages_ignored += 1,
+            PeerMsg::JoinRequest {
+                role,
+                hostname,
+                advertise,
+                labels,
+            } => self.on_join_request(from, psk, role, hostname, advertise, labels),
+            m @ (PeerMsg::JoinAccepted { .. } | PeerMsg::JoinRefused(_)) => {
+                self.on_join_answer(from, m)
+            }
+            PeerMsg::ForwardJoin {
+                joiner,
+                role,
+                hostname,
+                advertise,
+                labels,
+            } => {
+                // Only managers in the state may vouch for a joiner.
+                let vouched = self
+                    .cluster()
+                    .and_then(|c| c.node_by_key(&from))
+                    .is_some_and(|n| n.role == NodeRole::Manager);
+                if vouched {
+                    let join = super::requests::JoinAsk {
+                        key: joiner,
+                        role,
+                        hostname,
+                        advertise,
+                        labels,
+                    };
+                    self.propose_join(join, Some(from));
+                } else {
+                    self.counters.messages_ignored += 1;
+                }
+            }
+            PeerMsg::JoinRelay { joiner, answer } => {
+                let from_leader = self
+                    .manager()
+                    .and_then(|m| m.raft.leader)
+                    .is_some_and(|l| l == cluster::node_id(&from));
+                if from_leader {
+                    self.send(joiner, *answer);
+                } else {
+                    self.counters.messages_ignored += 1;
+                }
+            }
+            PeerMsg::ApiForward { id, req } => self.on_forwarded_request(now, from, id, req),
+            PeerMsg::ApiReply { id, resp } => match self.forwarded.remove(&id) {
+                Some(f) => self.emit(Effect::Answer {
+                    id: f.request,
+                    resp,
+                }),
+                None => self.counters.messages_ignored += 1,
+            },
+            PeerMsg::ApiRedirect { id, leader } => self.redirect(now, id, leader),
+            PeerMsg::Promoted { managers } => self.on_promoted(from, managers),
+        }
+    }
+
+    /// The leader told us (a worker) we are a manager now: start Raft with nothing; the
+    /// leader sends a snapshot.
+    fn on_promoted(&mut self, from: PeerKey, managers: Vec<ManagerAddr>) {
+        let from_known_manager = self.member().is_some_and(|m| {
+            m.membership
+                .managers
+                .iter()
+                .chain(managers.iter())
+                .any(|(_, k, _)| *k == from)
+                && m.knows_key(&from)
+        });
+        if !from_known_manager || !matches!(self.state, NodeState::Worker(_)) {
+            self.counters.messages_ignored += 1;
+            return;
+        }
+        let NodeState::Worker(mut member) = std::mem::replace(&mut self.state, NodeState::Idle)
+        else {
+            return;
+        };
+        member.membership.role = NodeRole::Manager;
+        member.membership.managers = managers.clone();
+        self.emit(Effect::SaveMembership(Some(member.membership.clone())));
+        self.state = NodeState::Manager(Box::new(Manager::new(member, None)));
+        self.learn_peers(&managers);
+        self.emit(Effect::StartRaft { bootstrap: None });
+        self.log(Level::Info, "this node is now a manager".into());
+    }
+
+    // ---- forwarding to the leader --------------------------------------------------
+
+    /// Sends a request of our CLI to the leader.
+    pub(super) fn forward(&mut self, now: Instant, request: RequestId, req: Request, to: NodeId) {
+        if self.forwarded.len() >= MAX_FORWARDED {
+            return self.emit(Effect::Answer {
+                id: request,
+                resp: Response::Error(format!(
+                    "{MAX_FORWARDED} requests are already waiting on the leader; try again in a moment"
+                )),
+            });
+        }
+        self.next_forward += 1;
+        let id = self.next_forward;
+        self.send_id(
+            to,
+            PeerMsg::ApiForward {
+                id,
+                req: req.clone(),
+            },
+        );
+        self.forwarded.insert(
+            id,
+            Forwarded {
+                request,
+                req,
+                to,
+                resend_at: now + FORWARD_RETRY,
+                deadline: now + FORWARD_DEADLINE,
+            },
+        );
+    }
+
+    /// Sends (again) to `leader`, or fails at once when there is none.
+    fn reroute(&mut self, now: Instant, id: u64, leader: Option<NodeId>) {
+        let me = self.me.id;
+        match leader {
+            Some(l) if l != me => {
+                let Some(f) = self.forwarded.get_mut(&id) else {
+                    return;
+                };
+                f.to = l;
+                f.resend_at = now + FORWARD_RETRY;
+                let req = f.req.clone();
+                self.send_id(l, PeerMsg::ApiForward { id, req });
+            }
+            Some(_) => {
+                // We lead now: serve it ourselves.
+                if let Some(f) = self.forwarded.remove(&id) {
+                    self.serve(now, f.req, Reply::Local(f.request), me);
+                }
+            }
+            None => {
+                if let Some(f) = self.forwarded.remove(&id) {
+                    self.emit(Effect::Answer {
+                        id: f.request,
+                        resp: Response::Error(ProposeError::NotLeader(None).to_string()),
+                    });
+                }
+            }
+        }
+    }
+
+    fn redirect(&mut self, now: Instant, id: u64, leader: Option<NodeId>) {
+        if !self.forwarded.contains_key(&id) {
+            self.counters.messages_ignored += 1;
+            return;
+        }
+        // Our own view of the leader is as good as the redirecting node's, and newer
+        // if it changed since: prefer ours when it names one.
+        let ours = self.manager().and_then(|m| m.raft.leader);
+        self.reroute(now, id, ours.or(leader));
+    }
+
+    fn forward_timers(&mut self, now: Instant) {
+        let due: Vec<u64> = self
+            .forwarded
+            .iter()
+            .filter(|(_, f)| now >= f.resend_at || now >= f.deadline)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let Some(f) = self.forwarded.get_mut(&id) else {
+                continue;
+            };
+            if now >= f.deadline {
+                let to = f.to;
+                let request = f.request;
+                self.forwarded.remove(&id);
+                self.emit(Effect::Answer {
+                    id: request,
+                    resp: Response::Error(format!(
+                        "the leader (node {to}) did not answer within {} s; try again",
+                        FORWARD_DEADLINE.as_secs()
+                    )),
+                });
+            } else {
+                f.resend_at = now + FORWARD_RETRY;
+                let (to, req) = (f.to, f.req.clone());
+                self.send_id(to, PeerMsg::ApiForward { id, req });
+            }
+        }
+    }
+
+    /// A request another manager's CLI made, forwarded to us as the leader.
+    fn on_forwarded_request(&mut self, now: Instant, from: PeerKey, id: u64, req: Request) {
+        let asker = cluster::node_id(&from);
+        let member = self
+            .cluster()
+            .is_some_and(|c| c.node_by_key(&from).is_some());
+        let Some(m) = self.manager() else {
+            self.counters.messages_ignored += 1;
+            return;
+        };
+        if !member {
+            self.counters.messages_ignored += 1;
+            return;
+        }
+        if m.raft.role != Role::Leader {
+            let leader = m.raft.leader;
+            return self.send(from, PeerMsg::ApiRedirect { id, leader });
+        }
+        if m.serving.contains(&(from, id)) {
+            return; // a repeat of a write in progress: its answer will come
+        }
+        if let Some((_, resp)) = m.answered.iter().find(|(k, _)| *k == (from, id)) {
+            let resp = resp.clone();
+            return self.send(from, PeerMsg::ApiReply { id, resp });
+        }
+        if is_write(&req) {
+            if let Some(m) = self.manager_mut() {
+                m.serving.insert((from, id));
+            }
+        }
+        self.serve(now, req, Reply::Remote { to: from, id }, asker);
+    }
+
+    // ---- Raft --------------------------------------------------------------------
+
+    fn on_proposed(&mut self, tag: u64, result: Result<Index, ProposeError>) {
+        let Some(m) = self.manager_mut() else { return };
+        let Some(waiter) = m.proposing.remove(&tag) else {
+            return;
+        };
+        match result {
+            Ok(index) => {
+                m.committing.insert(index, waiter);
+            }
+            Err(e) => self.fail_waiter(waiter, e.to_string()),
+        }
+    }
+
+    fn fail_waiter(&mut self, waiter: Waiter, why: String) {
+        match waiter {
+            Waiter::Reply { reply, .. } => self.answer(reply, Response::Error(why)),
+            Waiter::Join { key, via, .. } => {
+                self.answer_joiner(key, via, PeerMsg::JoinRefused(why))
+            }
+            Waiter::Nobody => self.counters.proposals_refused += 1,
+        }
+    }
+
+    /// Proposes `cmd`; `waiter` hears the outcome.
+    fn propose(&mut self, cmd: Command, waiter: Waiter) {
+        let tag = self.tag();
+        if let Some(m) = self.manager_mut() {
+            m.proposing.insert(tag, waiter);
+        }
+        self.emit(Effect::Propose { tag, cmd });
+    }
+
+    pub(super) fn propose_reply(&mut self, cmd: Command, reply: Reply, ok: String) {
+        self.propose(cmd, Waiter::Reply { reply, ok });
+    }
+
+    /// Proposes commands in order; the last one's outcome is the answer (they are
+    /// checked together against the state before any is proposed).
+    pub(super) fn propose_all(&mut self, cmds: Vec<Command>, reply: Reply, ok: String) {
+        let n = cmds.len();
+        for (i, cmd) in cmds.into_iter().enumerate() {
+            if i + 1 == n {
+                self.propose_reply(cmd, reply, ok.clone());
+            } else {
+                self.propose(cmd, Waiter::Nobody);
+            }
+        }
+    }
+
+    fn on_raft(&mut self, now: Instant, view: RaftView) {
+        let Some(m) = self.manager_mut() else { return };
+        let old = std::mem::replace(&mut m.raft, view.clone());
+        let lost_leadership = old.role == Role::Leader && view.role != Role::Leader;
+        if lost_leadership {
+            self.fail_pending();
+        }
+        if old.leader != view.leader {
+            let waiting: Vec<u64> = self.forwarded.keys().copied().collect();
+            for id in waiting {
+                self.reroute(now, id, view.leader);
+            }
+        }
+        if view.role == Role::Leader && (old.role != Role::Leader || old.voters != view.voters) {
+            self.reconcile_statuses();
+        }
+        self.reconcile_voters();
+        self.maybe_step_down();
+        self.nudge_promoted(now);
+    }
+
+    /// Answers every request still waiting for a commit: a manager that lost the
+    /// leadership cannot know their outcome, and the user should hear so, not wait.
+    fn fail_pending(&mut self) {
+        let Some(m) = self.manager_mut() else { return };
+        let committing = std::mem::take(&mut m.committing);
+        let proposing = std::mem::take(&mut m.proposing);
+        let reads: Vec<Read> = std::mem::take(&mut m.reads).into_values().collect();
+        let ready: Vec<Read> = std::mem::take(&mut m.ready_reads)
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect();
+        for w in committing.into_values().chain(proposing.into_values()) {
+            let why = match &w {
+                Waiter::Join { .. } => "the manager lost the leadership; try again".into(),
+                _ => "this manager lost the leadership before the change committed; it may or may not have been applied: check, then retry".into(),
+            };
+            self.fail_waiter(w, why);
+        }
+        for r in reads.into_iter().chain(ready) {
+            self.answer(
+                r.reply,
+                Response::Error("this manager lost the leadership; try again".into()),
+            );
+        }
+    }
+
+    fn on_snapshot(&mut self, now: Instant, index: Index, data: &[u8]) {
+        let state = match ClusterState::decode(data) {
+            Ok(s) => s,
+            Err(e) => {
+                return self.log(
+                    Level::Error,
+                    format!("raft snapshot at index {index} holds no cluster state: {e}"),
+                )
+            }
+        };
+        let Some(m) = self.manager_mut() else { return };
+        // A snapshot from the leader replacing our state may skip removals and
+        // demotions; a snapshot loaded at start-up (no state yet) may be older than the
+        // membership file, and removes nothing.
+        let (removed, demoted) = match &m.cluster {
+            Some(old) => (
+                old.nodes
+                    .keys()
+                    .filter(|id| !state.nodes.contains_key(id))
+                    .copied()
+                    .collect(),
+                old.managers()
+                    .filter(|n| {
+                        state
+                            .nodes
+                            .get(&n.id)
+                            .is_some_and(|n| n.role != NodeRole::Manager)
+                    })
+                    .map(|n| n.id)
+                    .collect(),
+            ),
+            None => (vec![], vec![]),
+        };
+        m.cluster = Some(state);
+        m.applied = index;
+        self.after_apply(now, &removed, &demoted);
+    }
+
+    fn on_committed(&mut self, now: Instant, index: Index, payload: &Payload) {
+        let Some(m) = self.manager_mut() else { return };
+        m.applied = m.applied.max(index);
+        let waiter = m.committing.remove(&index);
+        let (mut removed, mut demoted) = (vec![], vec![]);
+        let result = match payload {
+            Payload::Command(bytes) => match (Command::decode(bytes), m.cluster.as_mut()) {
+                (Ok(cmd), Some(c)) => {
+                    let r = c.apply(&cmd).map_err(|e| e.to_string());
+                    match (&r, &cmd) {
+                        (Ok(()), Command::RemoveNode(id)) => removed.push(*id),
+                        (Ok(()), Command::SetRole { id, role }) if *role == NodeRole::Worker => {
+                            demoted.push(*id)
+                        }
+                        _ => {}
+                    }
+                    r
+                }
+                (Err(e), _) => Err(format!("undecodable command at index {index}: {e}")),
+                (_, None) => Err("this manager has no cluster state yet".into()),
+            },
+            // A leader's first entry in its term, or a change of voters: nothing to apply.
+            Payload::Noop | Payload::Config(_) => Ok(()),
+        };
+        if let Some(w) = waiter {
+            self.finish_waiter(w, result);
+        }
+        self.after_apply(now, &removed, &demoted);
+    }
+
+    fn finish_waiter(&mut self, w: Waiter, result: Result<(), String>) {
+        match (w, result) {
+            (Waiter::Reply { reply, ok }, Ok(())) => self.answer(reply, Response::Done(ok)),
+            (Waiter::Join { key, role, via }, Ok(())) => {
+                let cluster_id = self.cluster().map_or([0; 16], |c| c.cluster_id);
+                let managers = self.manager_list();
+                let accepted = PeerMsg::JoinAccepted {
+                    cluster_id,
+                    role,
+                    managers,
+                };
+                self.answer_joiner(key, via, accepted);
+            }
+            (Waiter::Nobody, Ok(())) => {}
+            (w, Err(e)) => self.fail_waiter(w, e),
+        }
+    }
+
+    /// After the state changed (`removed` nodes left it, `demoted` managers are workers
+    /// now): keep peers, voters and reads in line with it.
+    fn after_apply(&mut self, now: Instant, removed: &[NodeId], demoted: &[NodeId]) {
+        self.refresh_peers(removed, demoted);
+        self.serve_ready_reads();
+        self.reconcile_voters();
+        self.maybe_step_down();
+        self.nudge_promoted(now);
+    }
+
+    pub(super) fn manager_list(&self) -> Vec<ManagerAddr> {
+        self.cluster()
+            .map(|c| c.managers().map(|n| (n.id, n.key, n.addr)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Keeps the transport's peers, our address book and the membership file's manager
+    /// list in line with the cluster state (a restarted node finds its cluster through
+    /// that list). Nodes are forgotten only when the state says they were removed or
+    /// demoted: while a restarted manager replays its log from an older snapshot, its
+    /// state lags what it knew before, and forgetting on absence would cut it off from
+    /// the very managers that can bring it up to date.
+    fn refresh_peers(&mut self, removed: &[NodeId], demoted: &[NodeId]) {
+        let Some(c) = self.cluster() else { return };
+        let nodes: Vec<ManagerAddr> = c.nodes.values().map(|n| (n.id, n.key, n.addr)).collect();
+        let in_state = self.manager_list();
+        let Some(member) = self.member_mut() else {
+            return;
+        };
+        let mut managers: Vec<ManagerAddr> = member
+            .membership
+            .managers
+            .iter()
+            .filter(|(id, _, _)| {
+                !removed.contains(id)
+                    && !demoted.contains(id)
+                    && !in_state.iter().any(|(s, _, _)| s == id)
+            })
+            .copied()
+            .collect();
+        managers.extend(in_state);
+        managers.sort_by_key(|(id, _, _)| *id);
+        let save = (member.membership.managers != managers).then(|| {
+            member.membership.managers = managers;
+            member.membership.clone()
+        });
+        let gone: Vec<PeerKey> = removed
+            .iter()
+            .filter_map(|id| {
+                member.liveness.remove(id);
+                member.peers.remove(id).map(|(k, _)| k)
+            })
+            .collect();
+        for key in gone {
+            // Removed from the cluster: its key is no longer accepted.
+            self.emit(Effect::RemovePeer(key));
+        }
+        self.learn_peers(&nodes);
+        if let Some(m) = save {
+            self.emit(Effect::SaveMembership(Some(m)));
+        }
+    }
+
+    /// The leader keeps Raft's voters equal to the managers in the cluster state, one
+    /// change at a time.
+    fn reconcile_voters(&mut self) {
+        let Some(m) = self.manager() else { return };
+        let Some(c) = m.cluster.as_ref() else { return };
+        if m.raft.role != Role::Leader || m.raft.config_pending {
+            return;
+        }
+        let voters = &m.raft.voters;
+        let want: Vec<NodeId> = c.managers().map(|n| n.id).collect();
+        let add = want.iter().find(|id| !voters.contains(id)).copied();
+        let remove = voters.iter().find(|v| !want.contains(v)).copied();
+        let me = self.me.id;
+        match (add, remove) {
+            (Some(id), _) => self.emit(Effect::ChangeVoters(ConfigChange::AddVoter(id))),
+            // A demoted or removed leader hands over before it leaves the voters.
+            (None, Some(v)) if v == me => {
+                let next = want
+                    .iter()
+                    .find(|id| !m.raft.unreached.contains(id))
+                    .or(want.first())
+                    .copied();
+                if let Some(next) = next {
+                    self.emit(Effect::TransferLeadership(next));
+                }
+            }
+            (None, Some(v)) => self.emit(Effect::ChangeVoters(ConfigChange::Remove(v))),
+            (None, None) => {}
+        }
+    }
+
+    /// A manager that was demoted, once it is out of Raft's voters, stops Raft and
+    /// continues as a worker.
+    fn maybe_step_down(&mut self) {
+        let me = self.me.id;
+        let Some(m) = self.manager() else { return };
+        let demoted = m
+            .cluster
+            .as_ref()
+            .and_then(|c| c.nodes.get(&me))
+            .is_some_and(|n| n.role == NodeRole::Worker);
+        if !demoted || m.raft.voters.contains(&me) || m.raft.voters.is_empty() {
+            return;
+        }
+        self.fail_pending();
+        let NodeState::Manager(m) = std::mem::replace(&mut self.state, NodeState::Idle) else {
+            return;
+        };
+        let mut member = m.member;
+        member.membership.role = NodeRole::Worker;
+        self.emit(Effect::StopRaft);
+        self.emit(Effect::SaveMembership(Some(member.membership.clone())));
+        self.state = NodeState::Worker(member);
+        self.log(Level::Info, "this node is now a worker".into());
+    }
+
+    /// A promoted worker runs no Raft until told to: the leader keeps telling it until
+    /// it acknowledges something.
+    fn nudge_promoted(&mut self, now: Instant) {
+        let managers = self.manager_list();
+        let Some(m) = self.manager_mut() else { return };
+        if m.raft.role != Role::Leader {
+            m.promoted_sent.clear();
+            return;
+        }
+        let unreached = m.raft.unreached.clone();
+        m.promoted_sent.retain(|id, _| unreached.contains(id));
+        let due: Vec<NodeId> = unreached
+            .iter()
+            .filter(|id| {
+                m.promoted_sent
+                    .get(id)
+                    .is_none_or(|t| now >= *t + PROMOTE_RETRY)
+            })
+            .copied()
+            .collect();
+        for id in &due {
+            m.promoted_sent.insert(*id, now);
+        }
+        for id in due {
+            self.send_id(
+                id,
+                PeerMsg::Promoted {
+                    managers: managers.clone(),
+                },
+            );
+        }
+    }
+
+    // ---- reads -------------------------------------------------------------------
+
+    /// Linearizable cluster reads: Raft confirms we still lead, then the read is served
+    /// once our state has applied that far.
+    pub(super) fn start_read(&mut self, only: Option<Vec<String>>, reply: Reply, asker: NodeId) {
+        let Some(m) = self.manager_mut() else { return };
+        m.next_read += 1;
+        let ctx = m.next_read;
+        m.reads.insert(ctx, Read { reply, only, asker });
+        self.emit(Effect::ReadIndex(ctx));
+    }
+
+    fn on_read(&mut self, ctx: u64, result: Result<Index, ProposeError>) {
+        let Some(m) = self.manager_mut() else { return };
+        let Some(read) = m.reads.remove(&ctx) else {
+            return;
+        };
+        match result {
+            Ok(index) => {
+                m.ready_reads.push((index, read));
+                self.serve_ready_reads();
+            }
+            Err(e) => self.answer(read.reply, Response::Error(e.to_string())),
+        }
+    }
+
+    fn serve_ready_reads(&mut self) {
+        let Some(m) = self.manager_mut() else { return };
+        let applied = m.applied;
+        let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut m.ready_reads)
+            .into_iter()
+            .partition(|(index, _)| *index <= applied);
+        m.ready_reads = later;
+        for (_, r) in now {
+            let resp = self.node_list(r.only.as_deref(), r.asker);
+            self.answer(r.reply, resp);
+        }
+    }
+
+    // ---- gossip ------------------------------------------------------------------
+
+    fn on_gossip(&mut self, e: gossip::Event) {
+        let me = self.me.id;
+        let (id, status) = match e {
+            gossip::Event::Alive { id, meta } => {
+                if let Some(m) = GossipMeta::decode(&meta) {
+                    if cluster::node_id(&m.key) == id && id != me {
+                        self.learn_peers(&[(id, m.key, m.addr)]);
+                    }
+                }
+                (id, gossip::Status::Alive)
+            }
+            gossip::Event::Suspect { id } => (id, gossip::Status::Suspect),
+            gossip::Event::Dead { id } => (id, gossip::Status::Dead),
+            gossip::Event::Left { id } => (id, gossip::Status::Left),
+        };
+        if let Some(m) = self.member_mut() {
+            m.liveness.insert(id, status);
+        }
+        if status != gossip::Status::Suspect {
+            self.report_status(id);
+        }
+    }
+
+    /// The leader records what gossip learnt about a node in the replicated state.
+    fn report_status(&mut self, id: NodeId) {
+        let Some(m) = self.manager() else { return };
+        if m.raft.role != Role::Leader {
+            return;
+        }
+        let Some(c) = m.cluster.as_ref() else { return };
+        let Some(n) = c.nodes.get(&id) else { return };
+        let want = match m.member.liveness.get(&id) {
+            Some(gossip::Status::Alive) => NodeStatus::Ready,
+            Some(gossip::Status::Dead | gossip::Status::Left) => NodeStatus::Down,
+            _ => return,
+        };
+        if n.status != want && id != self.me.id {
+            self.propose(Command::SetStatus { id, status: want }, Waiter::Nobody);
+        }
+    }
+
+    /// A new leader catches up with what gossip said while nobody led.
+    fn reconcile_statuses(&mut self) {
+        let ids: Vec<NodeId> = self
+            .manager()
+            .and_then(|m| m.cluster.as_ref())
+            .map(|c| c.nodes.keys().copied().collect())
+            .unwrap_or_default();
+        for id in ids {
+            self.report_status(id);
+        }
+    }
+
+    /// Gossip's view of a node, for `node ls`.
+    pub(super) fn alive(&self, id: NodeId) -> bool {
+        id == self.me.id
+            || self
+                .member()
+                .and_then(|m| m.liveness.get(&id))
+                .is_some_and(|s| *s == gossip::Status::Alive)
+    }
+
+    // ---- leaving -----------------------------------------------------------------
+
+    /// Forgets the cluster (after `leave`): every part of membership is closed down.
+    pub(super) fn forget_cluster(&mut self) {
+        let was_manager = matches!(self.state, NodeState::Manager(_));
+        self.fail_pending();
+        let peers: Vec<PeerKey> = self
+            .member()
+            .map(|m| m.peers.values().map(|(k, _)| *k).collect())
+            .unwrap_or_default();
+        self.state = NodeState::Idle;
+        self.emit(Effect::LeaveGossip);
+        if was_manager {
+            self.emit(Effect::StopRaft);
+        }
+        for k in peers {
+            self.emit(Effect::RemovePeer(k));
+        }
+        self.emit(Effect::Unbind);
+        self.emit(Effect::SaveMembership(None));
+        let waiting: Vec<Forwarded> = std::mem::take(&mut self.forwarded).into_values().collect();
+        for f in waiting {
+            self.emit(Effect::Answer {
+                id: f.request,
+                resp: Response::Error("this node left the swarm".into()),
+            });
+        }
+    }
+
+    pub(super) fn start_init(&mut self, request: RequestId, snapshot_interval: u64) {
+        self.state = NodeState::Initializing(Initializing {
+            request,
+            snapshot_interval,
+        });
+    }
+
+    pub(super) fn start_join(
+        &mut self,
+        now: Instant,
+        request: RequestId,
+        token: &crate::cluster::token::JoinToken,
+        manager_addr: SocketAddr,
+    ) {
+        self.state = NodeState::Joining(Joining {
+            request,
+            manager: token.manager,
+            manager_addr,
+            token_role: token.role,
+            psk: token.psk(),
+            bound: None,
+            deadline: now + JOIN_TIMEOUT,
+        });
+    }
+
+    /// Leader: proposes adding a node; the answer goes out when it commits. `via` is the
+    /// manager that relays the answer, when the joiner reached a follower.
+    pub(super) fn propose_join(&mut self, j: super::requests::JoinAsk, via: Option<PeerKey>) {
+        if !self.is_leader() {
+            let why = "leadership moved; try again".to_string();
+            return self.answer_joiner(j.key, via, PeerMsg::JoinRefused(why));
+        }
+        let role = match j.role {
+            TokenRole::Worker => NodeRole::Worker,
+            TokenRole::Manager => NodeRole::Manager,
+        };
+        let record = cluster::NodeRecord {
+            id: cluster::node_id(&j.key),
+            key: j.key,
+            addr: j.advertise,
+            hostname: j.hostname,
+            role,
+            availability: cluster::Availability::Active,
+            labels: j.labels.into_iter().collect(),
+            status: NodeStatus::Ready,
+        };
+        let cmd = Command::AddNode(record);
+        if let Some(Err(e)) = self.cluster().map(|c| c.validate(&cmd)) {
+            return self.answer_joiner(j.key, via, PeerMsg::JoinRefused(e.to_string()));
+        }
+        self.propose(
+            cmd,
+            Waiter::Join {
+                key: j.key,
+                role,
+                via,
+            },
+        );
+    }
+
+    /// Sends a join answer to the joiner, directly or through the manager it reached.
+    pub(super) fn answer_joiner(&mut self, joiner: PeerKey, via: Option<PeerKey>, answer: PeerMsg) {
+        match via {
+            Some(m) => self.send(
+                m,
+                PeerMsg::JoinRelay {
+                    joiner,
+                    answer: Box::new(answer),
+                },
+            ),
+            None => self.send(joiner, answer),
+        }
+    }
+}
+
+impl Member {
+    fn new(membership: Membership) -> Member {
+        Member {
+            membership,
+            peers: BTreeMap::new(),
+            liveness: BTreeMap::new(),
+        }
+    }
+
+    fn knows_key(&self, key: &PeerKey) -> bool {
+        self.peers.values().any(|(k, _)| k == key)
+    }
+}
+
+impl Manager {
+    fn new(member: Member, cluster: Option<ClusterState>) -> Manager {
+        Manager {
+            member,
+            cluster,
+            raft: RaftView::default(),
+            applied: Index(0),
+            proposing: BTreeMap::new(),
+            committing: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            ready_reads: Vec::new(),
+            next_read: 0,
+            serving: BTreeSet::new(),
+            answered: VecDeque::new(),
+            promoted_sent: BTreeMap::new(),
+        }
+    }
+
+    pub(super) fn raft(&self) -> &RaftView {
+        &self.raft
+    }
+}
+
+/// Requests that change the cluster state (a repeat must not run twice).
+fn is_write(req: &Request) -> bool {
+    matches!(
+        req,
+        Request::NodeUpdate { .. }
+            | Request::NodeSetRole { .. }
+            | Request::NodeRemove { .. }
+            | Request::JoinToken { rotate: true, .. }
+    )
+}
+
+pub(super) fn role_name(r: NodeRole) -> &'static str {
+    match r {
+        NodeRole::Manager => "manager",
+        NodeRole::Worker => "worker",
+    }
+}

@@ -1,0 +1,214 @@
+//! What daemons say to each other inside the encrypted transport, and what a node keeps
+//! about its cluster between restarts.
+//!
+//! Every peer message is one transport message: a version byte, then postcard. Decoding
+//! is bounded by the transport's message limit, and anything malformed is dropped (and
+//! counted by the caller), never trusted.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::{Request, Response};
+use crate::cluster::token::TokenRole;
+use crate::cluster::NodeRole;
+use crate::gossip;
+use crate::raft::{self, NodeId};
+use crate::transport::{PeerKey, MAX_MESSAGE_SIZE};
+
+/// Format version of peer messages.
+pub const PEER_MSG_VERSION: u8 = 1;
+/// Format version of the membership file.
+pub const MEMBERSHIP_VERSION: u8 = 1;
+
+/// A manager as nodes remember it: enough to reach it again after a restart.
+pub type ManagerAddr = (NodeId, PeerKey, SocketAddr);
+
+// A Raft append batch or snapshot chunk, with its envelope, must fit one transport
+// message, or replication would stall on a batch that can never be sent.
+const _: () = assert!(raft::MAX_BATCH_BYTES + 64 * 1024 <= MAX_MESSAGE_SIZE);
+const _: () = assert!(raft::SNAPSHOT_CHUNK_BYTES + 64 * 1024 <= MAX_MESSAGE_SIZE);
+
+/// Messages between daemons.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PeerMsg {
+    Raft(raft::Message),
+    Gossip(gossip::Message),
+    /// From a joiner to the manager its token names, over a session keyed by the token.
+    JoinRequest {
+        role: TokenRole,
+        hostname: String,
+        advertise: SocketAddr,
+        labels: Vec<(String, String)>,
+    },
+    JoinAccepted {
+        cluster_id: [u8; 16],
+        role: NodeRole,
+        managers: Vec<ManagerAddr>,
+    },
+    JoinRefused(String),
+    /// From a manager to the leader: a join whose token that manager checked.
+    ForwardJoin {
+        joiner: PeerKey,
+        role: TokenRole,
+        hostname: String,
+        advertise: SocketAddr,
+        labels: Vec<(String, String)>,
+    },
+    /// From the leader to that manager: the answer to pass on to the joiner.
+    JoinRelay {
+        joiner: PeerKey,
+        answer: Box<PeerMsg>,
+    },
+    /// An API request a manager passes to the leader for its own CLI. `id` is the
+    /// asker's; a repeat with the same id is the same request (the asker repeats it when
+    /// an answer is late or the leader changed).
+    ApiForward {
+        id: u64,
+        req: Request,
+    },
+    ApiReply {
+        id: u64,
+        resp: Response,
+    },
+    /// From a manager that is not (or no longer) the leader: ask `leader` instead.
+    ApiRedirect {
+        id: u64,
+        leader: Option<NodeId>,
+    },
+    /// From the leader to a worker just made a manager: start Raft.
+    Promoted {
+        managers: Vec<ManagerAddr>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MsgError {
+    #[error("peer message of {0} bytes exceeds the {MAX_MESSAGE_SIZE}-byte limit")]
+    TooLarge(usize),
+    #[error("unknown peer message version {0}")]
+    Version(u8),
+    #[error("empty peer message")]
+    Empty,
+    #[error("malformed peer message: {0}")]
+    Malformed(String),
+}
+
+impl PeerMsg {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = vec![PEER_MSG_VERSION];
+        // Our own types always serialise.
+        v.extend(postcard::to_allocvec(self).expect("invariant: peer messages serialise"));
+        v
+    }
+
+    /// Bytes `encode` produces, without producing them.
+    pub fn encoded_len(&self) -> usize {
+        1 + postcard::experimental::serialized_size(self)
+            .expect("invariant: peer messages serialise")
+    }
+
+    /// Decodes what a peer sent. Whatever the bytes, this returns an error or a message.
+    pub fn decode(b: &[u8]) -> Result<PeerMsg, MsgError> {
+        if b.len() > MAX_MESSAGE_SIZE {
+            return Err(MsgError::TooLarge(b.len()));
+        }
+        match b.split_first() {
+            None => Err(MsgError::Empty),
+            Some((&PEER_MSG_VERSION, rest)) => {
+                postcard::from_bytes(rest).map_err(|e| MsgError::Malformed(e.to_string()))
+            }
+            Some((&v, _)) => Err(MsgError::Version(v)),
+        }
+    }
+}
+
+/// What gossip carries about each node, so any member can address any other.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipMeta {
+    pub key: PeerKey,
+    pub addr: SocketAddr,
+}
+
+impl GossipMeta {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("invariant: gossip meta serialises")
+    }
+
+    pub fn decode(b: &[u8]) -> Option<GossipMeta> {
+        postcard::from_bytes(b).ok()
+    }
+}
+
+/// What a node remembers about its cluster between restarts (the `membership` file).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    pub cluster_id: [u8; 16],
+    pub role: NodeRole,
+    pub listen: SocketAddr,
+    pub advertise: SocketAddr,
+    /// Managers as last known: where a restarted node looks for its cluster.
+    pub managers: Vec<ManagerAddr>,
+}
+
+impl Membership {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = vec![MEMBERSHIP_VERSION];
+        b.extend(postcard::to_allocvec(self).expect("invariant: membership serialises"));
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Membership, MsgError> {
+        match b.split_first() {
+            None => Err(MsgError::Empty),
+            Some((&MEMBERSHIP_VERSION, rest)) => {
+                postcard::from_bytes(rest).map_err(|e| MsgError::Malformed(e.to_string()))
+            }
+            Some((&v, _)) => Err(MsgError::Version(v)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_messages_round_trip_and_refuse_garbage() {
+        let m = PeerMsg::ApiForward {
+            id: 7,
+            req: Request::NodeList,
+        };
+        let b = m.encode();
+        assert_eq!(b.len(), m.encoded_len());
+        assert_eq!(PeerMsg::decode(&b), Ok(m));
+        assert_eq!(PeerMsg::decode(&[]), Err(MsgError::Empty));
+        assert_eq!(PeerMsg::decode(&[9, 0]), Err(MsgError::Version(9)));
+        assert!(matches!(
+            PeerMsg::decode(&[PEER_MSG_VERSION, 0xff, 0xff]),
+            Err(MsgError::Malformed(_))
+        ));
+        let huge = vec![PEER_MSG_VERSION; MAX_MESSAGE_SIZE + 1];
+        assert_eq!(
+            PeerMsg::decode(&huge),
+            Err(MsgError::TooLarge(MAX_MESSAGE_SIZE + 1))
+        );
+    }
+
+    #[test]
+    fn membership_round_trips() {
+        let m = Membership {
+            cluster_id: [4; 16],
+            role: NodeRole::Worker,
+            listen: "0.0.0.0:2377".parse().unwrap(),
+            advertise: "10.0.0.2:2377".parse().unwrap(),
+            managers: vec![(
+                NodeId(1),
+                PeerKey([1; 32]),
+                "10.0.0.1:2377".parse().unwrap(),
+            )],
+        };
+        assert_eq!(Membership::decode(&m.encode()), Ok(m));
+        assert_eq!(Membership::decode(&[2]), Err(MsgError::Version(2)));
+    }
+}
