@@ -1,1 +1,1540 @@
+//! The control core driven by hand: each test feeds it what the API, peers, Raft and
+//! gossip would say, and asserts the exact effects.
 
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::core::MAX_FORWARDED;
+use super::*;
+use crate::api::{Request, Response};
+use crate::cluster::token::{JoinToken, TokenRole};
+use crate::cluster::{
+    self, Availability, ClusterSpec, ClusterState, Command, NodeRecord, NodeRole, NodeStatus,
+    Tokens,
+};
+use crate::gossip;
+use crate::raft::{ConfigChange, Index, NodeId, Payload, ProposeError, Role, Term};
+use crate::transport::{PeerKey, PskId};
+
+fn key(n: u8) -> PeerKey {
+    PeerKey([n; 32])
+}
+
+fn id(n: u8) -> NodeId {
+    cluster::node_id(&key(n))
+}
+
+fn addr(n: u8) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, n], 2377))
+}
+
+fn ident(n: u8) -> Identity {
+    Identity {
+        id: id(n),
+        key: key(n),
+        hostname: format!("pi-{n}"),
+        labels: vec![],
+        listen: None,
+        advertise: None,
+    }
+}
+
+fn record(n: u8, role: NodeRole, status: NodeStatus) -> NodeRecord {
+    NodeRecord {
+        id: id(n),
+        key: key(n),
+        addr: addr(n),
+        hostname: format!("pi-{n}"),
+        role,
+        availability: Availability::Active,
+        labels: Default::default(),
+        status,
+    }
+}
+
+/// A cluster state holding `managers` and `workers` (by number), all Ready.
+fn state(managers: &[u8], workers: &[u8]) -> ClusterState {
+    let tokens = Tokens {
+        worker: [7; 16],
+        manager: [8; 16],
+    };
+    let mut s = ClusterState::new([1; 16], tokens, ClusterSpec::default());
+    for m in managers {
+        s.apply(&Command::AddNode(record(
+            *m,
+            NodeRole::Manager,
+            NodeStatus::Ready,
+        )))
+        .unwrap();
+    }
+    for w in workers {
+        s.apply(&Command::AddNode(record(
+            *w,
+            NodeRole::Worker,
+            NodeStatus::Ready,
+        )))
+        .unwrap();
+    }
+    s
+}
+
+/// Managers sorted by id, as the cluster state lists them.
+fn membership(role: NodeRole, me: u8, managers: &[u8]) -> Membership {
+    let mut managers: Vec<ManagerAddr> = managers
+        .iter()
+        .map(|m| (id(*m), key(*m), addr(*m)))
+        .collect();
+    managers.sort_by_key(|m| m.0);
+    Membership {
+        cluster_id: [1; 16],
+        role,
+        listen: addr(me),
+        advertise: addr(me),
+        managers,
+    }
+}
+
+fn drain(c: &mut Control) -> Vec<Effect> {
+    std::iter::from_fn(|| c.poll_effect()).collect()
+}
+
+fn view(role: Role, leader: Option<u8>, voters: &[u8]) -> RaftView {
+    RaftView {
+        role,
+        leader: leader.map(id),
+        term: Term(2),
+        voters: voters.iter().map(|v| id(*v)).collect(),
+        config_pending: false,
+        unreached: BTreeSet::new(),
+    }
+}
+
+/// Manager `me` with the cluster state `s` loaded and Raft as `v` says.
+fn manager(me: u8, s: &ClusterState, v: RaftView) -> (Control, Instant) {
+    let now = Instant::now();
+    let managers: Vec<u8> = (1..=u8::MAX)
+        .filter(|n| {
+            s.nodes
+                .get(&id(*n))
+                .is_some_and(|r| r.role == NodeRole::Manager)
+        })
+        .collect();
+    let mut c = Control::new(
+        ident(me),
+        Some(membership(NodeRole::Manager, me, &managers)),
+        [me; 32],
+    );
+    c.resume();
+    c.handle(
+        now,
+        Input::Snapshot {
+            index: Index(10),
+            data: s.encode(),
+        },
+    );
+    c.handle(now, Input::Raft(v));
+    drain(&mut c);
+    (c, now)
+}
+
+fn worker(me: u8, managers: &[u8]) -> (Control, Instant) {
+    let mut c = Control::new(
+        ident(me),
+        Some(membership(NodeRole::Worker, me, managers)),
+        [me; 32],
+    );
+    c.resume();
+    drain(&mut c);
+    (c, Instant::now())
+}
+
+fn committed(cmd: &Command, index: u64) -> Input {
+    Input::Committed {
+        index: Index(index),
+        payload: Payload::Command(cmd.encode()),
+    }
+}
+
+/// The one `Propose` among `effects`.
+fn proposal(effects: &[Effect]) -> (u64, Command) {
+    let p: Vec<_> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Propose { tag, cmd } => Some((*tag, cmd.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(p.len(), 1, "one proposal expected in {effects:#?}");
+    p[0].clone()
+}
+
+fn api(id: RequestId, req: Request) -> Input {
+    Input::Api { id, req }
+}
+
+fn peer(from: u8, msg: PeerMsg) -> Input {
+    Input::Peer {
+        from: key(from),
+        psk: Some(PskId::MEMBER),
+        msg,
+    }
+}
+
+fn error_of(effects: &[Effect], request: RequestId) -> String {
+    match effects.iter().find_map(|e| match e {
+        Effect::Answer { id, resp } if *id == request => Some(resp.clone()),
+        _ => None,
+    }) {
+        Some(Response::Error(e)) => e,
+        other => panic!("expected an error answer to {request}, got {other:?} in {effects:#?}"),
+    }
+}
+
+#[test]
+fn init_binds_then_bootstraps_raft_and_answers_with_a_token() {
+    let now = Instant::now();
+    let mut c = Control::new(ident(1), None, [1; 32]);
+    c.handle(
+        now,
+        api(
+            1,
+            Request::Init {
+                listen: None,
+                advertise: None,
+                snapshot_interval: Some(500),
+            },
+        ),
+    );
+    assert_eq!(
+        drain(&mut c),
+        vec![Effect::Bind {
+            listen: "0.0.0.0:2377".parse().unwrap(),
+            advertise: None,
+            toward: None,
+        }]
+    );
+    let bound = Bound {
+        listen: "0.0.0.0:2377".parse().unwrap(),
+        advertise: addr(1),
+    };
+    c.handle(now, Input::Bound(Ok(bound)));
+    let e = drain(&mut c);
+    let Effect::SaveMembership(Some(m)) = &e[0] else {
+        panic!("membership first: {e:#?}");
+    };
+    assert_eq!((m.role, m.advertise), (NodeRole::Manager, addr(1)));
+    let Effect::StartRaft {
+        bootstrap: Some(data),
+    } = &e[1]
+    else {
+        panic!("then Raft: {e:#?}");
+    };
+    let s = ClusterState::decode(data).unwrap();
+    assert_eq!(s.spec.snapshot_interval, 500);
+    assert_eq!(s.nodes[&id(1)].role, NodeRole::Manager);
+    assert_eq!(
+        e[2],
+        Effect::StartGossip {
+            advertise: addr(1),
+            seeds: vec![]
+        }
+    );
+    let Effect::Answer {
+        id: 1,
+        resp: Response::Done(text),
+    } = &e[3]
+    else {
+        panic!("then the answer: {e:#?}");
+    };
+    let token = text
+        .split_whitespace()
+        .find(|w| w.starts_with("SWLT-"))
+        .unwrap();
+    let t = JoinToken::parse(token).unwrap();
+    assert_eq!(
+        (t.role, t.manager, t.secret),
+        (TokenRole::Worker, key(1), s.tokens.worker)
+    );
+    assert_eq!(e.len(), 4);
+    assert_eq!(c.snapshot_interval(), 500);
+
+    // A second init is refused, and so is an interval out of range.
+    c.handle(
+        now,
+        api(
+            2,
+            Request::Init {
+                listen: None,
+                advertise: None,
+                snapshot_interval: None,
+            },
+        ),
+    );
+    assert!(error_of(&drain(&mut c), 2).contains("already part of a swarm"));
+    let mut fresh = Control::new(ident(2), None, [2; 32]);
+    fresh.handle(
+        now,
+        api(
+            3,
+            Request::Init {
+                listen: None,
+                advertise: None,
+                snapshot_interval: Some(1),
+            },
+        ),
+    );
+    assert!(error_of(&drain(&mut fresh), 3).contains("--snapshot-interval 1 is out of range"));
+}
+
+#[test]
+fn a_failed_bind_answers_the_error_and_leaves_the_node_idle() {
+    let now = Instant::now();
+    let mut c = Control::new(ident(1), None, [1; 32]);
+    c.handle(
+        now,
+        api(
+            1,
+            Request::Init {
+                listen: None,
+                advertise: None,
+                snapshot_interval: None,
+            },
+        ),
+    );
+    drain(&mut c);
+    c.handle(
+        now,
+        Input::Bound(Err("cannot listen on 0.0.0.0:2377".into())),
+    );
+    assert_eq!(error_of(&drain(&mut c), 1), "cannot listen on 0.0.0.0:2377");
+    assert!(matches!(c.state(), NodeState::Idle));
+}
+
+/// A joiner reaches a follower; the follower passes the join to the leader, the leader
+/// proposes it, and the answer travels back the same way.
+#[test]
+fn join_through_a_follower_is_relayed_both_ways() {
+    let s = state(&[1, 2], &[]);
+    let (mut leader, now) = manager(1, &s, view(Role::Leader, Some(1), &[1, 2]));
+    let (mut follower, _) = manager(2, &s, view(Role::Follower, Some(1), &[1, 2]));
+    let mut joiner = Control::new(ident(5), None, [5; 32]);
+
+    let token = JoinToken {
+        role: TokenRole::Worker,
+        manager: key(2),
+        secret: s.tokens.worker,
+    };
+    joiner.handle(
+        now,
+        api(
+            1,
+            Request::Join {
+                token: token.to_string(),
+                manager: addr(2),
+                listen: None,
+                advertise: None,
+            },
+        ),
+    );
+    assert_eq!(
+        drain(&mut joiner),
+        vec![Effect::Bind {
+            listen: "0.0.0.0:2377".parse().unwrap(),
+            advertise: None,
+            toward: Some(addr(2)),
+        }]
+    );
+    joiner.handle(
+        now,
+        Input::Bound(Ok(Bound {
+            listen: "0.0.0.0:2377".parse().unwrap(),
+            advertise: addr(5),
+        })),
+    );
+    let request = PeerMsg::JoinRequest {
+        role: TokenRole::Worker,
+        hostname: "pi-5".into(),
+        advertise: addr(5),
+        labels: vec![],
+    };
+    assert_eq!(
+        drain(&mut joiner),
+        vec![
+            Effect::SetPeer {
+                key: key(2),
+                addr: addr(2),
+                psk: token.psk(),
+                psk_id: PSK_WORKER,
+            },
+            Effect::Send {
+                to: key(2),
+                msg: request.clone(),
+            },
+        ]
+    );
+
+    // The follower checks the token's PSK id and passes the join on.
+    follower.handle(
+        now,
+        Input::Peer {
+            from: key(5),
+            psk: Some(PSK_WORKER),
+            msg: request.clone(),
+        },
+    );
+    let forward = PeerMsg::ForwardJoin {
+        joiner: key(5),
+        role: TokenRole::Worker,
+        hostname: "pi-5".into(),
+        advertise: addr(5),
+        labels: vec![],
+    };
+    assert_eq!(
+        drain(&mut follower),
+        vec![Effect::Send {
+            to: key(1),
+            msg: forward.clone(),
+        }]
+    );
+    // A session keyed with the manager token does not make a worker join, and the
+    // other way round.
+    follower.handle(
+        now,
+        Input::Peer {
+            from: key(5),
+            psk: Some(PSK_MANAGER),
+            msg: request,
+        },
+    );
+    assert!(matches!(
+        &drain(&mut follower)[..],
+        [Effect::Send { to, msg: PeerMsg::JoinRefused(_) }] if *to == key(5)
+    ));
+
+    // The leader proposes, and answers through the follower once it commits.
+    leader.handle(now, peer(2, forward));
+    let (tag, cmd) = proposal(&drain(&mut leader));
+    assert_eq!(
+        cmd,
+        Command::AddNode(record(5, NodeRole::Worker, NodeStatus::Ready))
+    );
+    leader.handle(
+        now,
+        Input::Proposed {
+            tag,
+            result: Ok(Index(11)),
+        },
+    );
+    assert_eq!(drain(&mut leader), vec![]);
+    leader.handle(now, committed(&cmd, 11));
+    let accepted = PeerMsg::JoinAccepted {
+        cluster_id: [1; 16],
+        role: NodeRole::Worker,
+        managers: {
+            let mut m = vec![(id(1), key(1), addr(1)), (id(2), key(2), addr(2))];
+            m.sort_by_key(|m| m.0);
+            m
+        },
+    };
+    let relay = PeerMsg::JoinRelay {
+        joiner: key(5),
+        answer: Box::new(accepted.clone()),
+    };
+    let e = drain(&mut leader);
+    assert!(e.contains(&Effect::SetPeer {
+        key: key(5),
+        addr: addr(5),
+        psk: MEMBER_PSK,
+        psk_id: PskId::MEMBER,
+    }));
+    assert!(
+        e.contains(&Effect::Send {
+            to: key(2),
+            msg: relay.clone()
+        }),
+        "{e:#?}"
+    );
+
+    // The follower passes the answer on (only from the leader).
+    follower.handle(now, peer(3, relay.clone()));
+    assert_eq!(drain(&mut follower), vec![]);
+    follower.handle(now, peer(1, relay));
+    assert_eq!(
+        drain(&mut follower),
+        vec![Effect::Send {
+            to: key(5),
+            msg: accepted.clone(),
+        }]
+    );
+
+    // The joiner is in, as a worker.
+    joiner.handle(
+        now,
+        Input::Peer {
+            from: key(2),
+            psk: Some(PSK_WORKER),
+            msg: accepted,
+        },
+    );
+    let e = drain(&mut joiner);
+    assert!(matches!(&e[0], Effect::SaveMembership(Some(m)) if m.role == NodeRole::Worker));
+    assert!(e.contains(&Effect::StartGossip {
+        advertise: addr(5),
+        seeds: vec![id(1), id(2)]
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect(),
+    }));
+    assert!(!e.iter().any(|e| matches!(e, Effect::StartRaft { .. })));
+    assert!(matches!(
+        e.last(),
+        Some(Effect::Answer { id: 1, resp: Response::Done(t) }) if t.contains("as a worker")
+    ));
+    assert!(matches!(joiner.state(), NodeState::Worker(_)));
+}
+
+#[test]
+fn a_join_that_hears_nothing_gives_up_and_closes_its_port() {
+    let now = Instant::now();
+    let mut c = Control::new(ident(5), None, [5; 32]);
+    let token = JoinToken {
+        role: TokenRole::Manager,
+        manager: key(1),
+        secret: [3; 16],
+    };
+    let join = Request::Join {
+        token: token.to_string(),
+        manager: addr(1),
+        listen: None,
+        advertise: None,
+    };
+    c.handle(now, api(1, join.clone()));
+    c.handle(
+        now,
+        Input::Bound(Ok(Bound {
+            listen: addr(5),
+            advertise: addr(5),
+        })),
+    );
+    drain(&mut c);
+    c.handle(now, api(2, join));
+    assert!(error_of(&drain(&mut c), 2).contains("already in progress"));
+    assert_eq!(c.poll_timeout(), Some(now + JOIN_TIMEOUT));
+    c.handle_timeout(now + JOIN_TIMEOUT - Duration::from_millis(1));
+    assert_eq!(drain(&mut c), vec![]);
+    c.handle_timeout(now + JOIN_TIMEOUT);
+    let e = drain(&mut c);
+    assert_eq!(e[0], Effect::RemovePeer(key(1)));
+    assert_eq!(e[1], Effect::Unbind);
+    assert!(error_of(&e, 1).contains("no answer from the manager at 10.0.0.1:2377"));
+    assert!(matches!(c.state(), NodeState::Idle));
+    assert_eq!(c.poll_timeout(), None);
+}
+
+#[test]
+fn a_refused_join_names_the_reason_and_only_the_expected_manager_counts() {
+    let now = Instant::now();
+    let mut c = Control::new(ident(5), None, [5; 32]);
+    let token = JoinToken {
+        role: TokenRole::Worker,
+        manager: key(1),
+        secret: [3; 16],
+    };
+    c.handle(
+        now,
+        api(
+            1,
+            Request::Join {
+                token: token.to_string(),
+                manager: addr(1),
+                listen: None,
+                advertise: None,
+            },
+        ),
+    );
+    c.handle(
+        now,
+        Input::Bound(Ok(Bound {
+            listen: addr(5),
+            advertise: addr(5),
+        })),
+    );
+    drain(&mut c);
+    c.handle(now, peer(9, PeerMsg::JoinRefused("go away".into())));
+    assert_eq!(drain(&mut c), vec![]);
+    c.handle(now, peer(1, PeerMsg::JoinRefused("hostname empty".into())));
+    let e = drain(&mut c);
+    assert_eq!(error_of(&e, 1), "join refused: hostname empty");
+    assert!(e.contains(&Effect::Unbind));
+}
+
+#[test]
+fn follower_forwards_requests_and_relays_the_answer() {
+    let s = state(&[1, 2, 3], &[]);
+    let (mut f, now) = manager(2, &s, view(Role::Follower, Some(1), &[1, 2, 3]));
+    f.handle(now, api(7, Request::NodeList));
+    assert_eq!(
+        drain(&mut f),
+        vec![Effect::Send {
+            to: key(1),
+            msg: PeerMsg::ApiForward {
+                id: 1,
+                req: Request::NodeList
+            },
+        }]
+    );
+    // An answer to a request we did not make is ignored.
+    f.handle(
+        now,
+        peer(
+            1,
+            PeerMsg::ApiReply {
+                id: 99,
+                resp: Response::Done("x".into()),
+            },
+        ),
+    );
+    assert_eq!(drain(&mut f), vec![]);
+    f.handle(
+        now,
+        peer(
+            1,
+            PeerMsg::ApiReply {
+                id: 1,
+                resp: Response::Nodes(vec![]),
+            },
+        ),
+    );
+    assert_eq!(
+        drain(&mut f),
+        vec![Effect::Answer {
+            id: 7,
+            resp: Response::Nodes(vec![]),
+        }]
+    );
+    assert_eq!(f.poll_timeout(), None);
+}
+
+/// The leader dies with a request in flight: the request moves to the new leader as
+/// soon as Raft names one, fails at once while there is none, and is repeated if its
+/// answer is lost.
+#[test]
+fn forwarded_requests_follow_the_leader_and_never_wait_out_a_dead_one() {
+    let s = state(&[1, 2, 3], &[]);
+    let (mut f, now) = manager(2, &s, view(Role::Follower, Some(1), &[1, 2, 3]));
+    f.handle(now, api(7, Request::NodeList));
+    f.handle(now, api(8, Request::NodeList));
+    drain(&mut f);
+    assert_eq!(f.poll_timeout(), Some(now + FORWARD_RETRY));
+
+    // No answer within the retry interval: asked again, same id.
+    let t1 = now + FORWARD_RETRY;
+    f.handle_timeout(t1);
+    let e = drain(&mut f);
+    assert_eq!(e.len(), 2);
+    assert!(e.contains(&Effect::Send {
+        to: key(1),
+        msg: PeerMsg::ApiForward {
+            id: 1,
+            req: Request::NodeList
+        },
+    }));
+
+    // Raft names node 3 the new leader: both go there at once.
+    f.handle(t1, Input::Raft(view(Role::Follower, Some(3), &[1, 2, 3])));
+    let e = drain(&mut f);
+    assert_eq!(
+        e,
+        vec![
+            Effect::Send {
+                to: key(3),
+                msg: PeerMsg::ApiForward {
+                    id: 1,
+                    req: Request::NodeList
+                },
+            },
+            Effect::Send {
+                to: key(3),
+                msg: PeerMsg::ApiForward {
+                    id: 2,
+                    req: Request::NodeList
+                },
+            },
+        ]
+    );
+
+    // Node 3 says it does not lead after all, and nobody does: fail at once.
+    f.handle(
+        t1,
+        peer(
+            3,
+            PeerMsg::ApiRedirect {
+                id: 1,
+                leader: None,
+            },
+        ),
+    );
+    let e = drain(&mut f);
+    assert!(
+        matches!(&e[..], [Effect::Send { to, .. }] if *to == key(3)),
+        "{e:#?}"
+    );
+    f.handle(t1, Input::Raft(view(Role::PreCandidate, None, &[1, 2, 3])));
+    let e = drain(&mut f);
+    assert_eq!(e.len(), 2);
+    assert!(error_of(&e, 7).contains("no leader is elected"));
+    assert!(error_of(&e, 8).contains("no leader is elected"));
+    assert_eq!(f.poll_timeout(), None);
+
+    // And a new request fails at once while nobody leads.
+    f.handle(t1, api(9, Request::NodeList));
+    assert!(error_of(&drain(&mut f), 9).contains("no leader is elected"));
+}
+
+#[test]
+fn a_leader_that_never_answers_fails_the_request_at_the_deadline() {
+    let s = state(&[1, 2, 3], &[]);
+    let (mut f, now) = manager(2, &s, view(Role::Follower, Some(1), &[1, 2, 3]));
+    f.handle(now, api(7, Request::NodeList));
+    drain(&mut f);
+    f.handle_timeout(now + FORWARD_DEADLINE - Duration::from_millis(1));
+    assert!(drain(&mut f)
+        .iter()
+        .all(|e| matches!(e, Effect::Send { .. })));
+    f.handle_timeout(now + FORWARD_DEADLINE);
+    let e = drain(&mut f);
+    assert!(
+        error_of(&e, 7).contains("did not answer within 10 s"),
+        "{e:#?}"
+    );
+    assert_eq!(f.poll_timeout(), None);
+}
+
+#[test]
+fn too_many_forwarded_requests_are_refused() {
+    let s = state(&[1, 2, 3], &[]);
+    let (mut f, now) = manager(2, &s, view(Role::Follower, Some(1), &[1, 2, 3]));
+    for i in 0..MAX_FORWARDED as u64 {
+        f.handle(now, api(i, Request::NodeList));
+    }
+    drain(&mut f);
+    f.handle(now, api(9999, Request::NodeList));
+    assert!(error_of(&drain(&mut f), 9999).contains("already waiting on the leader"));
+}
+
+#[test]
+fn workers_and_strangers_get_clear_refusals() {
+    let (mut w, now) = worker(5, &[1]);
+    w.handle(now, api(1, Request::NodeList));
+    assert!(error_of(&drain(&mut w), 1).contains("not a swarm manager"));
+    let mut idle = Control::new(ident(6), None, [6; 32]);
+    idle.handle(
+        now,
+        api(
+            2,
+            Request::NodeRemove {
+                nodes: vec!["x".into()],
+                force: false,
+            },
+        ),
+    );
+    assert!(error_of(&drain(&mut idle), 2).contains("not part of a swarm"));
+    idle.handle(now, api(3, Request::Leave { force: false }));
+    assert!(error_of(&drain(&mut idle), 3).contains("not part of a swarm"));
+}
+
+/// The leader serves another manager's request; a repeat of a write is answered from
+/// memory, never applied twice; an answer too large for one message is an error.
+#[test]
+fn leader_serves_forwarded_requests_once() {
+    let s = state(&[1, 2], &[5]);
+    let (mut l, now) = manager(1, &s, view(Role::Leader, Some(1), &[1, 2]));
+    let update = Request::NodeUpdate {
+        node: "pi-5".into(),
+        availability: Some(Availability::Drain),
+        label_add: vec![],
+        label_rm: vec![],
+    };
+    l.handle(
+        now,
+        peer(
+            2,
+            PeerMsg::ApiForward {
+                id: 4,
+                req: update.clone(),
+            },
+        ),
+    );
+    let (tag, cmd) = proposal(&drain(&mut l));
+    l.handle(
+        now,
+        peer(
+            2,
+            PeerMsg::ApiForward {
+                id: 4,
+                req: update.clone(),
+            },
+        ),
+    );
+    assert_eq!(
+        drain(&mut l),
+        vec![],
+        "a repeat while in progress waits for the answer"
+    );
+    l.handle(
+        now,
+        Input::Proposed {
+            tag,
+            result: Ok(Index(11)),
+        },
+    );
+    l.handle(now, committed(&cmd, 11));
+    let answer = PeerMsg::ApiReply {
+        id: 4,
+        resp: Response::Done(id(5).to_string()),
+    };
+    assert_eq!(
+        drain(&mut l),
+        vec![Effect::Send {
+            to: key(2),
+            msg: answer.clone()
+        }]
+    );
+    l.handle(now, peer(2, PeerMsg::ApiForward { id: 4, req: update }));
+    assert_eq!(
+        drain(&mut l),
+        vec![Effect::Send {
+            to: key(2),
+            msg: answer
+        }]
+    );
+
+    // A stranger's forward is ignored.
+    l.handle(
+        now,
+        peer(
+            9,
+            PeerMsg::ApiForward {
+                id: 5,
+                req: Request::NodeList,
+            },
+        ),
+    );
+    assert_eq!(drain(&mut l), vec![]);
+    assert_eq!(l.counters().messages_ignored, 1);
+}
+
+#[test]
+fn an_answer_too_large_for_one_message_fails_clearly() {
+    let mut s = state(&[1, 2], &[]);
+    // Enough nodes with long labels that `node ls` is over 1 MiB.
+    for n in 0..1500u32 {
+        let mut k = [0u8; 32];
+        k[..4].copy_from_slice(&n.to_le_bytes());
+        k[31] = 0xee;
+        let key = PeerKey(k);
+        let labels = (0..4)
+            .map(|i| (format!("label-{i}"), "v".repeat(200)))
+            .collect();
+        s.apply(&Command::AddNode(NodeRecord {
+            id: cluster::node_id(&key),
+            key,
+            addr: addr(9),
+            hostname: format!("node-{n}"),
+            role: NodeRole::Worker,
+            availability: Availability::Active,
+            labels,
+            status: NodeStatus::Ready,
+        }))
+        .unwrap();
+    }
+    let (mut l, now) = manager(1, &s, view(Role::Leader, Some(1), &[1, 2]));
+    l.handle(
+        now,
+        peer(
+            2,
+            PeerMsg::ApiForward {
+                id: 4,
+                req: Request::NodeList,
+            },
+        ),
+    );
+    let e = drain(&mut l);
+    assert_eq!(e, vec![Effect::ReadIndex(1)]);
+    l.handle(
+        now,
+        Input::Read {
+            ctx: 1,
+            result: Ok(Index(10)),
+        },
+    );
+    let e = drain(&mut l);
+    let [Effect::Send {
+        to,
+        msg:
+            PeerMsg::ApiReply {
+                id: 4,
+                resp: Response::Error(why),
+            },
+    }] = &e[..]
+    else {
+        panic!("{e:#?}")
+    };
+    assert_eq!(*to, key(2));
+    assert!(why.contains("over the 1048576-byte limit"), "{why}");
+    assert_eq!(l.counters().answers_too_large, 1);
+}
+
+#[test]
+fn reads_wait_for_the_state_to_reach_their_index() {
+    let s = state(&[1], &[5]);
+    let (mut l, now) = manager(1, &s, view(Role::Leader, Some(1), &[1]));
+    l.handle(
+        now,
+        api(
+            3,
+            Request::NodeInspect {
+                nodes: vec!["pi-5".into()],
+            },
+        ),
+    );
+    assert_eq!(drain(&mut l), vec![Effect::ReadIndex(1)]);
+    l.handle(
+        now,
+        Input::Read {
+            ctx: 1,
+            result: Ok(Index(12)),
+        },
+    );
+    assert_eq!(drain(&mut l), vec![], "applied 10 of 12");
+    l.handle(
+        now,
+        Input::Committed {
+            index: Index(11),
+            payload: Payload::Noop,
+        },
+    );
+    assert_eq!(drain(&mut l), vec![]);
+    l.handle(
+        now,
+        Input::Committed {
+            index: Index(12),
+            payload: Payload::Noop,
+        },
+    );
+    let e = drain(&mut l);
+    let [Effect::Answer {
+        id: 3,
+        resp: Response::Nodes(v),
+    }] = &e[..]
+    else {
+        panic!("{e:#?}")
+    };
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0].hostname, "pi-5");
+    // A read Raft refuses is answered with its reason.
+    l.handle(now, api(4, Request::NodeList));
+    drain(&mut l);
+    l.handle(
+        now,
+        Input::Read {
+            ctx: 2,
+            result: Err(ProposeError::TooManyReads),
+        },
+    );
+    assert_eq!(error_of(&drain(&mut l), 4), "too many reads waiting");
+}
+
+#[test]
+fn the_leader_keeps_voters_equal_to_the_managers_one_change_at_a_time() {
+    let s = state(&[1, 2, 3], &[5]);
+    let (mut l, now) = manager(1, &s, view(Role::Follower, Some(2), &[1]));
+    // Becoming leader with only itself as a voter: add the others, one at a time (in
+    // the order of their ids).
+    let (first, second) = if id(2) < id(3) { (2, 3) } else { (3, 2) };
+    l.handle(now, Input::Raft(view(Role::Leader, Some(1), &[1])));
+    assert_eq!(
+        drain(&mut l),
+        vec![Effect::ChangeVoters(ConfigChange::AddVoter(id(first)))]
+    );
+    let mut pending = view(Role::Leader, Some(1), &[1, first]);
+    pending.config_pending = true;
+    l.handle(now, Input::Raft(pending));
+    assert_eq!(drain(&mut l), vec![], "nothing while a change is pending");
+    l.handle(now, Input::Raft(view(Role::Leader, Some(1), &[1, first])));
+    assert_eq!(
+        drain(&mut l),
+        vec![Effect::ChangeVoters(ConfigChange::AddVoter(id(second)))]
+    );
+    l.handle(now, Input::Raft(view(Role::Leader, Some(1), &[1, 2, 3, 5])));
+    assert_eq!(
+        drain(&mut l),
+        vec![Effect::ChangeVoters(ConfigChange::Remove(id(5)))]
+    );
+    l.handle(now, Input::Raft(view(Role::Leader, Some(1), &[1, 2, 3])));
+    assert_eq!(drain(&mut l), vec![]);
+    // Followers never change voters.
+    let (mut f, _) = manager(2, &s, view(Role::Follower, Some(1), &[1]));
+    f.handle(now, Input::Raft(view(Role::Follower, Some(1), &[1, 5])));
+    assert_eq!(drain(&mut f), vec![]);
+}
+
+#[test]
+fn promotion_adds_a_voter_and_tells_the_worker_until_it_answers() {
+    let s = state(&[1], &[5]);
+    let (mut l, now) = manager(1, &s, view(Role::Leader, Some(1), &[1]));
+    l.handle(
+        now,
+        api(
+            1,
+            Request::NodeSetRole {
+                nodes: vec!["pi-5".into()],
+                role: NodeRole::Manager,
+            },
+        ),
+    );
+    let (tag, cmd) = proposal(&drain(&mut l));
+    assert_eq!(
+        cmd,
+        Command::SetRole {
+            id: id(5),
+            role: NodeRole::Manager
+        }
+    );
+    l.handle(
+        now,
+        Input::Proposed {
+            tag,
+            result: Ok(Index(11)),
+        },
+    );
+    l.handle(now, committed(&cmd, 11));
+    let e = drain(&mut l);
+    assert!(e.contains(&Effect::ChangeVoters(ConfigChange::AddVoter(id(5)))));
+    assert!(e.iter().any(|e| matches!(
+        e,
+        Effect::Answer { id: 1, resp: Response::Done(t) } if t.contains("promoted to a manager")
+    )));
+    let managers = vec![(id(1), key(1), addr(1)), (id(5), key(5), addr(5))];
+    let mut sorted = managers.clone();
+    sorted.sort_by_key(|m| m.0);
+    assert!(
+        e.contains(&Effect::SaveMembership(Some(Membership {
+            managers: sorted.clone(),
+            ..membership(NodeRole::Manager, 1, &[1])
+        }))),
+        "the membership file names the new manager: {e:#?}"
+    );
+
+    // Raft added it; it has not answered yet: tell it to start Raft, every second.
+    let mut v = view(Role::Leader, Some(1), &[1, 5]);
+    v.unreached = [id(5)].into_iter().collect();
+    l.handle(now, Input::Raft(v.clone()));
+    let promoted = PeerMsg::Promoted {
+        managers: l.manager_list(),
+    };
+    assert_eq!(
+        drain(&mut l),
+        vec![Effect::Send {
+            to: key(5),
+            msg: promoted.clone()
+        }]
+    );
+    assert_eq!(l.poll_timeout(), Some(now + Duration::from_secs(1)));
+    l.handle_timeout(now + Duration::from_millis(500));
+    assert_eq!(drain(&mut l), vec![]);
+    l.handle_timeout(now + Duration::from_secs(1));
+    assert_eq!(
+        drain(&mut l),
+        vec![Effect::Send {
+            to: key(5),
+            msg: promoted.clone()
+        }]
+    );
+    v.unreached.clear();
+    l.handle(now, Input::Raft(v));
+    assert_eq!(drain(&mut l), vec![]);
+    assert_eq!(l.poll_timeout(), None);
+
+    // The worker starts Raft when a manager it knows says so (and only then).
+    let (mut w, _) = worker(5, &[1]);
+    w.handle(now, peer(9, promoted.clone()));
+    assert_eq!(drain(&mut w), vec![]);
+    w.handle(now, peer(1, promoted));
+    let e = drain(&mut w);
+    assert!(matches!(&e[0], Effect::SaveMembership(Some(m)) if m.role == NodeRole::Manager));
+    assert!(e.contains(&Effect::StartRaft { bootstrap: None }));
+    assert!(matches!(w.state(), NodeState::Manager(_)));
+}
+
+#[test]
+fn demotion_removes_the_voter_and_the_demoted_node_stops_raft() {
+    let s = state(&[1, 2, 3], &[]);
+    let (mut l, now) = manager(1, &s, view(Role::Leader, Some(1), &[1, 2, 3]));
+    l.handle(
+        now,
+        api(
+            1,
+            Request::NodeSetRole {
+                nodes: vec!["pi-3".into()],
+                role: NodeRole::Worker,
+            },
+        ),
+    );
+    let (tag, cmd) = proposal(&drain(&mut l));
+    l.handle(
+        now,
+        Input::Proposed {
+            tag,
+            result: Ok(Index(11)),
+        },
+    );
+    l.handle(now, committed(&cmd, 11));
+    let e = drain(&mut l);
+    assert!(e.contains(&Effect::ChangeVoters(ConfigChange::Remove(id(3)))));
+    assert!(e.contains(&Effect::SaveMembership(Some(membership(
+        NodeRole::Manager,
+        1,
+        &[1, 2]
+    )))));
+
+    // The demoted node applies the same entry; once Raft dropped it from the voters, it
+    // is a worker with no log.
+    let (mut d, _) = manager(3, &s, view(Role::Follower, Some(1), &[1, 2, 3]));
+    d.handle(now, committed(&cmd, 11));
+    let e = drain(&mut d);
+    assert!(!e.contains(&Effect::StopRaft), "still a voter: {e:#?}");
+    d.handle(now, Input::Raft(view(Role::Follower, Some(1), &[1, 2])));
+    let e = drain(&mut d);
+    assert_eq!(e[0], Effect::StopRaft);
+    assert!(matches!(&e[1], Effect::SaveMembership(Some(m)) if m.role == NodeRole::Worker));
+    assert!(matches!(d.state(), NodeState::Worker(_)));
+
+    // The last manager cannot be demoted.
+    let one = state(&[1], &[]);
+    let (mut solo, _) = manager(1, &one, view(Role::Leader, Some(1), &[1]));
+    solo.handle(
+        now,
+        api(
+            2,
+            Request::NodeSetRole {
+                nodes: vec!["self".into()],
+                role: NodeRole::Worker,
+            },
+        ),
+    );
+    assert!(error_of(&drain(&mut solo), 2).contains("last manager"));
+}
+
+#[test]
+fn a_demoted_leader_hands_over_before_leaving_the_voters() {
+    let mut s = state(&[1, 2, 3], &[]);
+    let cmd = Command::SetRole {
+        id: id(1),
+        role: NodeRole::Worker,
+    };
+    let (mut l, now) = manager(1, &s, view(Role::Leader, Some(1), &[1, 2, 3]));
+    s.apply(&cmd).unwrap();
+    l.handle(now, committed(&cmd, 11));
+    let e = drain(&mut l);
+    let next = [id(2), id(3)].into_iter().min().unwrap();
+    assert!(e.contains(&Effect::TransferLeadership(next)), "{e:#?}");
+    assert!(!e.iter().any(|e| matches!(e, Effect::ChangeVoters(_))));
+    // The new leader then removes it.
+    let (mut n, _) = manager(2, &s, view(Role::Follower, Some(1), &[1, 2, 3]));
+    n.handle(now, Input::Raft(view(Role::Leader, Some(2), &[1, 2, 3])));
+    assert!(drain(&mut n).contains(&Effect::ChangeVoters(ConfigChange::Remove(id(1)))));
+}
+
+#[test]
+fn removal_refuses_running_nodes_and_managers_then_cuts_the_node_off() {
+    let mut s = state(&[1, 2], &[5, 6]);
+    s.apply(&Command::SetStatus {
+        id: id(6),
+        status: NodeStatus::Down,
+    })
+    .unwrap();
+    let (mut l, now) = manager(1, &s, view(Role::Leader, Some(1), &[1, 2]));
+    let rm = |names: &[&str], force| Request::NodeRemove {
+        nodes: names.iter().map(|n| n.to_string()).collect(),
+        force,
+    };
+    l.handle(now, api(1, rm(&["pi-5"], false)));
+    assert!(error_of(&drain(&mut l), 1).contains("is not down"));
+    l.handle(now, api(2, rm(&["pi-2"], true)));
+    assert!(error_of(&drain(&mut l), 2).contains("is a manager"));
+    l.handle(now, api(3, rm(&["nope"], false)));
+    assert_eq!(error_of(&drain(&mut l), 3), "node nope not found");
+    l.handle(now, api(4, rm(&[], false)));
+    assert_eq!(error_of(&drain(&mut l), 4), "name at least one node");
+    assert!(l.admits(&key(6)));
+
+    l.handle(now, api(5, rm(&["pi-6"], false)));
+    let (tag, cmd) = proposal(&drain(&mut l));
+    assert_eq!(cmd, Command::RemoveNode(id(6)));
+    l.handle(
+        now,
+        Input::Proposed {
+            tag,
+            result: Ok(Index(11)),
+        },
+    );
+    l.handle(now, committed(&cmd, 11));
+    assert_eq!(
+        drain(&mut l),
+        vec![
+            Effect::Answer {
+                id: 5,
+                resp: Response::Done(id(6).to_string())
+            },
+            Effect::RemovePeer(key(6)),
+        ]
+    );
+    assert!(!l.admits(&key(6)), "a removed node is refused");
+    assert!(l.admits(&key(5)));
+    // `--force` removes a running worker.
+    l.handle(now, api(6, rm(&["pi-5"], true)));
+    assert_eq!(proposal(&drain(&mut l)).1, Command::RemoveNode(id(5)));
+}
+
+/// A leader cut off from its majority steps down: every request waiting on it hears so
+/// at once (the outcome is unknown), joins included.
+#[test]
+fn a_leader_that_loses_its_majority_answers_its_pending_requests() {
+    let s = state(&[1, 2, 3], &[5]);
+    let (mut l, now) = manager(1, &s, view(Role::Leader, Some(1), &[1, 2, 3]));
+    l.handle(
+        now,
+        api(
+            1,
+            Request::NodeUpdate {
+                node: "pi-5".into(),
+                availability: Some(Availability::Pause),
+                label_add: vec![],
+                label_rm: vec![],
+            },
+        ),
+    );
+    let (tag, _) = proposal(&drain(&mut l));
+    l.handle(
+        now,
+        Input::Proposed {
+            tag,
+            result: Ok(Index(11)),
+        },
+    );
+    l.handle(now, api(2, Request::NodeList));
+    l.handle(
+        now,
+        Input::Peer {
+            from: key(7),
+            psk: Some(PSK_WORKER),
+            msg: PeerMsg::JoinRequest {
+                role: TokenRole::Worker,
+                hostname: "pi-7".into(),
+                advertise: addr(7),
+                labels: vec![],
+            },
+        },
+    );
+    let (tag, _) = proposal(&drain(&mut l));
+    l.handle(
+        now,
+        Input::Proposed {
+            tag,
+            result: Ok(Index(12)),
+        },
+    );
+    l.handle(
+        now,
+        peer(
+            2,
+            PeerMsg::ApiForward {
+                id: 9,
+                req: Request::NodeList,
+            },
+        ),
+    );
+    assert_eq!(drain(&mut l), vec![Effect::ReadIndex(2)]);
+
+    l.handle(now, Input::Raft(view(Role::Follower, None, &[1, 2, 3])));
+    let e = drain(&mut l);
+    assert!(error_of(&e, 1).contains("lost the leadership before the change committed"));
+    assert!(error_of(&e, 2).contains("lost the leadership"));
+    assert!(e.contains(&Effect::Send {
+        to: key(7),
+        msg: PeerMsg::JoinRefused("the manager lost the leadership; try again".into()),
+    }));
+    assert!(e.contains(&Effect::Send {
+        to: key(2),
+        msg: PeerMsg::ApiReply {
+            id: 9,
+            resp: Response::Error("this manager lost the leadership; try again".into()),
+        },
+    }));
+    assert_eq!(e.len(), 4, "{e:#?}");
+    // What commits later finds nobody waiting.
+    l.handle(
+        now,
+        Input::Committed {
+            index: Index(11),
+            payload: Payload::Noop,
+        },
+    );
+    assert_eq!(drain(&mut l), vec![]);
+}
+
+#[test]
+fn proposals_raft_refuses_are_answered_with_the_reason() {
+    let s = state(&[1], &[5]);
+    let (mut l, now) = manager(1, &s, view(Role::Leader, Some(1), &[1]));
+    l.handle(
+        now,
+        api(
+            1,
+            Request::JoinToken {
+                role: TokenRole::Worker,
+                rotate: true,
+            },
+        ),
+    );
+    let (tag, cmd) = proposal(&drain(&mut l));
+    assert!(
+        matches!(cmd, Command::RotateToken { role: TokenRole::Worker, secret } if secret != s.tokens.worker)
+    );
+    l.handle(
+        now,
+        Input::Proposed {
+            tag,
+            result: Err(ProposeError::Transferring),
+        },
+    );
+    assert_eq!(
+        error_of(&drain(&mut l), 1),
+        "leadership transfer in progress"
+    );
+}
+
+#[test]
+fn the_leader_records_what_gossip_says_and_catches_up_when_elected() {
+    let s = state(&[1, 2], &[5, 6]);
+    let (mut l, now) = manager(1, &s, view(Role::Leader, Some(1), &[1, 2]));
+    l.handle(now, Input::Gossip(gossip::Event::Suspect { id: id(5) }));
+    assert_eq!(drain(&mut l), vec![]);
+    l.handle(now, Input::Gossip(gossip::Event::Dead { id: id(5) }));
+    assert_eq!(
+        proposal(&drain(&mut l)).1,
+        Command::SetStatus {
+            id: id(5),
+            status: NodeStatus::Down
+        }
+    );
+    // A follower only remembers; once it leads, it records.
+    let (mut f, _) = manager(2, &s, view(Role::Follower, Some(1), &[1, 2]));
+    f.handle(now, Input::Gossip(gossip::Event::Left { id: id(6) }));
+    assert_eq!(drain(&mut f), vec![]);
+    f.handle(now, Input::Raft(view(Role::Leader, Some(2), &[1, 2])));
+    assert_eq!(
+        proposal(&drain(&mut f)).1,
+        Command::SetStatus {
+            id: id(6),
+            status: NodeStatus::Down
+        }
+    );
+    // Alive with metadata teaches the address of a node.
+    let meta = GossipMeta {
+        key: key(9),
+        addr: addr(9),
+    };
+    let (mut w, _) = worker(5, &[1]);
+    w.handle(
+        now,
+        Input::Gossip(gossip::Event::Alive {
+            id: id(9),
+            meta: meta.encode(),
+        }),
+    );
+    assert_eq!(
+        drain(&mut w),
+        vec![Effect::SetPeer {
+            key: key(9),
+            addr: addr(9),
+            psk: MEMBER_PSK,
+            psk_id: PskId::MEMBER
+        }]
+    );
+    assert_eq!(w.peer_key(id(9)), Some(key(9)));
+    // Metadata naming another node's key is not believed.
+    w.handle(
+        now,
+        Input::Gossip(gossip::Event::Alive {
+            id: id(8),
+            meta: meta.encode(),
+        }),
+    );
+    assert_eq!(drain(&mut w), vec![]);
+}
+
+#[test]
+fn leaving_closes_everything_down_and_managers_must_force() {
+    let (mut w, now) = worker(5, &[1, 2]);
+    w.handle(now, api(1, Request::Leave { force: false }));
+    let e = drain(&mut w);
+    assert_eq!(e[0], Effect::LeaveGossip);
+    assert!(e.contains(&Effect::RemovePeer(key(1))));
+    assert!(e.contains(&Effect::RemovePeer(key(2))));
+    let n = e.len();
+    assert_eq!(e[n - 3], Effect::Unbind);
+    assert_eq!(e[n - 2], Effect::SaveMembership(None));
+    assert_eq!(
+        e[n - 1],
+        Effect::Answer {
+            id: 1,
+            resp: Response::Done("Node left the swarm.".into())
+        }
+    );
+    assert!(matches!(w.state(), NodeState::Idle));
+    assert!(!w.admits(&key(1)));
+
+    let s = state(&[1, 2], &[]);
+    let (mut m, _) = manager(2, &s, view(Role::Follower, Some(1), &[1, 2]));
+    m.handle(now, api(2, Request::NodeList));
+    drain(&mut m);
+    m.handle(now, api(3, Request::Leave { force: false }));
+    assert!(error_of(&drain(&mut m), 3).contains("--force"));
+    m.handle(now, api(4, Request::Leave { force: true }));
+    let e = drain(&mut m);
+    assert!(e.contains(&Effect::StopRaft));
+    assert!(
+        error_of(&e, 2).contains("left the swarm"),
+        "a forwarded request is answered"
+    );
+    assert!(matches!(
+        e.last(),
+        Some(Effect::Answer {
+            id: 4,
+            resp: Response::Done(_)
+        })
+    ));
+}
+
+/// A restarted manager replays its log from an older snapshot: its state lags what it
+/// knew, and it must not forget the managers that can bring it up to date.
+#[test]
+fn a_restarted_manager_keeps_the_peers_its_old_snapshot_does_not_name() {
+    let now = Instant::now();
+    let mut c = Control::new(
+        ident(1),
+        Some(membership(NodeRole::Manager, 1, &[1, 2, 3])),
+        [1; 32],
+    );
+    c.resume();
+    let e = drain(&mut c);
+    for n in [2, 3] {
+        assert!(e[..2].contains(&Effect::SetPeer {
+            key: key(n),
+            addr: addr(n),
+            psk: MEMBER_PSK,
+            psk_id: PskId::MEMBER
+        }));
+    }
+    assert_eq!(e[2], Effect::StartRaft { bootstrap: None });
+    assert!(matches!(&e[3], Effect::StartGossip { seeds, .. } if seeds.len() == 2));
+
+    // The snapshot predates nodes 2 and 3.
+    let old = state(&[1], &[]);
+    c.handle(
+        now,
+        Input::Snapshot {
+            index: Index(1),
+            data: old.encode(),
+        },
+    );
+    let e = drain(&mut c);
+    assert!(
+        !e.iter().any(|e| matches!(e, Effect::RemovePeer(_))),
+        "{e:#?}"
+    );
+    assert!(
+        !e.iter().any(|e| matches!(e, Effect::SaveMembership(_))),
+        "{e:#?}"
+    );
+    assert!(c.admits(&key(2)) && c.admits(&key(3)));
+    assert_eq!(c.peer_key(id(3)), Some(key(3)));
+
+    // A snapshot from the leader that dropped node 3 does remove it.
+    c.handle(
+        now,
+        Input::Snapshot {
+            index: Index(20),
+            data: state(&[1, 2, 3], &[]).encode(),
+        },
+    );
+    drain(&mut c);
+    let mut newer = state(&[1, 2, 3], &[]);
+    newer
+        .apply(&Command::SetRole {
+            id: id(3),
+            role: NodeRole::Worker,
+        })
+        .unwrap();
+    newer.apply(&Command::RemoveNode(id(3))).unwrap();
+    c.handle(
+        now,
+        Input::Snapshot {
+            index: Index(30),
+            data: newer.encode(),
+        },
+    );
+    let e = drain(&mut c);
+    assert!(e.contains(&Effect::RemovePeer(key(3))), "{e:#?}");
+    assert!(e.contains(&Effect::SaveMembership(Some(membership(
+        NodeRole::Manager,
+        1,
+        &[1, 2]
+    )))));
+    assert!(!c.admits(&key(3)));
+}
+
+#[test]
+fn join_tokens_are_printed_by_any_manager_and_admit_by_role() {
+    let s = state(&[1, 2], &[]);
+    let (mut f, now) = manager(2, &s, view(Role::Follower, Some(1), &[1, 2]));
+    f.handle(
+        now,
+        api(
+            1,
+            Request::JoinToken {
+                role: TokenRole::Manager,
+                rotate: false,
+            },
+        ),
+    );
+    let e = drain(&mut f);
+    let [Effect::Answer {
+        id: 1,
+        resp: Response::Token(t),
+    }] = &e[..]
+    else {
+        panic!("{e:#?}")
+    };
+    let t = JoinToken::parse(t).unwrap();
+    assert_eq!((t.manager, t.secret), (key(2), s.tokens.manager));
+    assert_eq!(f.join_psk(PSK_MANAGER), Some(t.psk()));
+    assert_eq!(f.join_psk(PskId(77)), None);
+    let (mut w, _) = worker(5, &[1]);
+    w.handle(
+        now,
+        api(
+            2,
+            Request::JoinToken {
+                role: TokenRole::Worker,
+                rotate: false,
+            },
+        ),
+    );
+    assert!(error_of(&drain(&mut w), 2).contains("not a swarm manager"));
+    assert_eq!(w.join_psk(PSK_WORKER), None);
+}
