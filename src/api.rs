@@ -67,6 +67,12 @@ pub enum Request {
         nodes: Vec<String>,
         force: bool,
     },
+    /// `debug write`: commit `count` label writes on the asking node's record,
+    /// `in_flight` at a time (a load for the Raft and WAL benchmarks and tests).
+    DebugWrite {
+        count: u64,
+        in_flight: u64,
+    },
     /// This node's image store (served by the node itself, never forwarded).
     Image(ImageRequest),
     /// This node's containers (served by the node itself, never forwarded).

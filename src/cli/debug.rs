@@ -30,6 +30,21 @@ pub struct DebugCommand {
 pub enum DebugSubcommand {
     Transport(TransportCommand),
     Info(InfoCommand),
+    Write(WriteCommand),
+}
+
+#[derive(FromArgs, Debug, PartialEq)]
+#[argh(subcommand, name = "write")]
+/// Commit label writes on this node's record through Raft (run on the leader): a load
+/// for measuring commit throughput and the log's bounds.
+pub struct WriteCommand {
+    /// how many writes
+    #[argh(option)]
+    pub count: u64,
+
+    /// writes in flight at once (default 256)
+    #[argh(option, default = "256")]
+    pub in_flight: u64,
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
@@ -131,6 +146,7 @@ pub struct TransportDemo {}
 pub fn run(global: &super::Global, cmd: DebugCommand) -> anyhow::Result<ExitCode> {
     match cmd.command {
         DebugSubcommand::Info(_) => info(global),
+        DebugSubcommand::Write(w) => write(global, w),
         DebugSubcommand::Transport(transport) => match transport.command {
             TransportSubcommand::Listen(args) => listen(args),
             TransportSubcommand::Send(args) => send(args),
@@ -157,6 +173,28 @@ fn info(global: &super::Global) -> anyhow::Result<ExitCode> {
     for (name, n) in &i.counters {
         println!("{name}={n}");
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write(global: &super::Global, w: WriteCommand) -> anyhow::Result<ExitCode> {
+    use crate::api::{call_streaming, Request};
+    let req = Request::DebugWrite {
+        count: w.count,
+        in_flight: w.in_flight,
+    };
+    let start = Instant::now();
+    // A long load has no intermediate frames: wait as long as it takes.
+    match call_streaming(&global.socket, &req, None, |_| {})? {
+        crate::api::Response::Done(_) => {}
+        crate::api::Response::Error(e) => anyhow::bail!(e),
+        other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{} writes committed in {secs:.3} s ({:.0} per second)",
+        w.count,
+        w.count as f64 / secs.max(1e-9)
+    );
     Ok(ExitCode::SUCCESS)
 }
 

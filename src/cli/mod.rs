@@ -18,6 +18,7 @@ pub mod container;
 pub mod debug;
 pub mod host;
 pub mod image;
+pub mod info;
 pub mod internal;
 pub mod network;
 pub mod node;
@@ -127,6 +128,7 @@ pub enum Command {
     Join(cluster::JoinCommand),
     JoinToken(cluster::JoinTokenCommand),
     Leave(cluster::LeaveCommand),
+    Info(info::InfoCommand),
     Node(node::NodeCommand),
     Service(service::ServiceCommand),
     Network(network::NetworkCommand),
@@ -154,6 +156,7 @@ pub fn run(global: &Global, command: Command) -> anyhow::Result<ExitCode> {
         Command::Join(cmd) => cluster::join(global, cmd),
         Command::JoinToken(cmd) => cluster::join_token(global, cmd),
         Command::Leave(cmd) => cluster::leave(global, cmd),
+        Command::Info(cmd) => info::run(global, cmd),
         Command::Node(cmd) => node::run(global, cmd),
         Command::Service(cmd) => service::run(global, cmd),
         Command::Network(cmd) => network::run(global, cmd),

@@ -255,6 +255,7 @@ pub struct Manager {
     answered: VecDeque<((PeerKey, u64), Response)>,
     /// When each promoted worker was last told to start Raft.
     promoted_sent: BTreeMap<NodeId, Instant>,
+    load: Option<Load>,
 }
 
 /// Who hears the outcome of a proposal.
@@ -270,7 +271,27 @@ enum Waiter {
     },
     /// Nobody (gossip's status reports): a failure is only counted.
     Nobody,
+    /// One write of a `debug write` load.
+    Load,
 }
+
+/// A `debug write` load: `count` label writes on this node's record, `in_flight` at a
+/// time, answered when the last commits (the Raft and WAL benchmark's workload).
+#[derive(Debug)]
+struct Load {
+    reply: Reply,
+    /// Whose record the writes go to.
+    node: NodeId,
+    count: u64,
+    in_flight: u64,
+    proposed: u64,
+    committed: u64,
+}
+
+/// Largest `debug write` load, and writes in flight: bounds on what one request makes
+/// the leader hold.
+pub const MAX_LOAD_WRITES: u64 = 100_000_000;
+pub const MAX_LOAD_IN_FLIGHT: u64 = 4096;
 
 /// Where an answer goes: the local CLI, or the manager that forwarded the request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1020,6 +1041,16 @@ impl Control {
                 self.answer_joiner(key, via, PeerMsg::JoinRefused(why))
             }
             Waiter::Nobody => self.counters.proposals_refused += 1,
+            Waiter::Load => {
+                if let Some(load) = self.manager_mut().and_then(|m| m.load.take()) {
+                    let resp = Response::Error(format!(
+                        "write {} of {} failed: {why}",
+                        load.committed + 1,
+                        load.count
+                    ));
+                    self.answer(load.reply, resp);
+                }
+            }
         }
     }
 
@@ -1178,6 +1209,12 @@ impl Control {
                 self.answer_joiner(key, via, accepted);
             }
             (Waiter::Nobody, Ok(())) => {}
+            (Waiter::Load, Ok(())) => {
+                if let Some(load) = self.manager_mut().and_then(|m| m.load.as_mut()) {
+                    load.committed += 1;
+                }
+                self.feed_load();
+            }
             (w, Err(e)) => self.fail_waiter(w, e),
         }
     }
@@ -1331,6 +1368,54 @@ impl Control {
                     managers: managers.clone(),
                 },
             );
+        }
+    }
+
+    // ---- debug write load ------------------------------------------------------
+
+    pub(super) fn start_load(&mut self, reply: Reply, count: u64, in_flight: u64, node: NodeId) {
+        let Some(m) = self.manager_mut() else { return };
+        if m.load.is_some() {
+            return self.answer(
+                reply,
+                Response::Error("a debug write load is already running".into()),
+            );
+        }
+        m.load = Some(Load {
+            reply,
+            node,
+            count,
+            in_flight,
+            proposed: 0,
+            committed: 0,
+        });
+        self.feed_load();
+    }
+
+    /// Keeps the load's writes in flight, and answers once all committed.
+    fn feed_load(&mut self) {
+        let Some(load) = self.manager_mut().and_then(|m| m.load.as_mut()) else {
+            return;
+        };
+        if load.committed == load.count {
+            let (reply, count) = (load.reply, load.count);
+            if let Some(m) = self.manager_mut() {
+                m.load = None;
+            }
+            return self.answer(reply, Response::Done(format!("{count} writes committed")));
+        }
+        let mut cmds = Vec::new();
+        while load.proposed < load.count && load.proposed - load.committed < load.in_flight {
+            load.proposed += 1;
+            cmds.push(Command::UpdateNode {
+                id: load.node,
+                availability: None,
+                label_add: vec![("swarmlet.debug.write".into(), load.proposed.to_string())],
+                label_rm: vec![],
+            });
+        }
+        for cmd in cmds {
+            self.propose(cmd, Waiter::Load);
         }
     }
 
@@ -1570,6 +1655,7 @@ impl Manager {
             serving: BTreeSet::new(),
             answered: VecDeque::new(),
             promoted_sent: BTreeMap::new(),
+            load: None,
         }
     }
 

@@ -66,6 +66,14 @@ impl Control {
                 let resp = self.print_token(role);
                 self.emit(Effect::Answer { id, resp });
             }
+            // A load is not forwarded: it runs longer than a forwarded request may wait.
+            req @ Request::DebugWrite { .. } => match self.is_leader() {
+                true => {
+                    let me = self.me.id;
+                    self.serve(now, req, Reply::Local(id), me)
+                }
+                false => error(self, "debug write runs on the leader only".into()),
+            },
             Request::Info | Request::Image(_) | Request::Container(_) => error(
                 self,
                 "this request is served by the daemon itself, not the control core".into(),
@@ -105,6 +113,20 @@ impl Control {
             } => self.node_update(&node, availability, label_add, label_rm, reply, asker),
             Request::NodeSetRole { nodes, role } => self.set_roles(&nodes, role, reply, asker),
             Request::NodeRemove { nodes, force } => self.remove_nodes(&nodes, force, reply, asker),
+            Request::DebugWrite { count, in_flight } => {
+                let bounds = (1..=super::core::MAX_LOAD_WRITES).contains(&count)
+                    && (1..=super::core::MAX_LOAD_IN_FLIGHT).contains(&in_flight);
+                if bounds {
+                    self.start_load(reply, count, in_flight, asker);
+                } else {
+                    let why = format!(
+                        "debug write: --count must be 1 to {} and --in-flight 1 to {}",
+                        super::core::MAX_LOAD_WRITES,
+                        super::core::MAX_LOAD_IN_FLIGHT
+                    );
+                    self.answer(reply, Response::Error(why));
+                }
+            }
             Request::JoinToken { role, rotate: true } => {
                 let secret = self.random16();
                 let ok = format!("Successfully rotated {role} join token.");

@@ -301,7 +301,7 @@ impl Stack {
                     let (index, data) = (snap.meta.index, snap.data.clone());
                     self.control.handle(now, Input::Snapshot { index, data });
                 }
-                Raft::restore(
+                let mut r = Raft::restore(
                     id,
                     self.cfg.raft.clone(),
                     log.hard,
@@ -309,7 +309,14 @@ impl Stack {
                     log.entries,
                     now,
                     seed,
-                )
+                );
+                // The only voter (a one-manager cluster, common on the edge): nobody else
+                // can lead, so lead now instead of after an election timeout.
+                let alone = r.membership().voters.iter().eq([&id]);
+                if alone {
+                    r.campaign_now(now);
+                }
+                r
             }
         };
         self.raft = Some(raft);
@@ -591,7 +598,7 @@ impl Stack {
             role: status.role,
             leader: status.leader,
             term: status.term,
-            voters: status.membership.members().collect(),
+            voters: status.membership.voters.clone(),
             config_pending: r.config_pending(),
             unreached: r
                 .progress()

@@ -69,7 +69,13 @@ struct Node {
     answers: BTreeMap<RequestId, Sender<Response>>,
     next_request: RequestId,
     dropped: Dropped,
+    /// Benchmark-only ([`SYNC_ON_LOOP_ENV`]): write and sync on the loop's thread.
+    sync_on_loop: bool,
 }
+
+/// Benchmark-only: set to 1, log writes and syncs run on the loop's own thread, as they
+/// did before they moved to the blocking pool (`just bench` compares the two).
+pub const SYNC_ON_LOOP_ENV: &str = "SWARMLET_BENCH_SYNC_ON_LOOP";
 
 /// Lets the transport talk to members (no PSK) and to token holders (the token's PSK).
 struct Policy<'a>(&'a Stack);
@@ -148,6 +154,7 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         answers: BTreeMap::new(),
         next_request: 0,
         dropped: Dropped::default(),
+        sync_on_loop: std::env::var(SYNC_ON_LOOP_ENV).is_ok_and(|v| v == "1"),
     };
     let ex = smol::LocalExecutor::new();
     let (tx, rx) = smol::channel::bounded(API_QUEUE);
@@ -390,6 +397,12 @@ impl Node {
             .wal
             .take()
             .ok_or_else(|| anyhow!("raft log write with no log open"))?;
+        if self.sync_on_loop {
+            // The old way, kept for the benchmark's side-by-side figure only.
+            let result = wal.write(&writes);
+            self.writing = Some((job, smol::spawn(async move { (wal, result) })));
+            return Ok(());
+        }
         let task = smol::unblock(move || {
             let result = wal.write(&writes);
             (wal, result)

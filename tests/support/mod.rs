@@ -26,6 +26,8 @@ pub struct Daemon {
     child: Option<Child>,
     /// Extra `swarmlet daemon` flags.
     extra: Vec<String>,
+    /// Extra environment of the daemon process (test knobs).
+    env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -44,21 +46,37 @@ impl Daemon {
         Daemon::start_new(tag, name, ip, Some(netns.to_string()), &[])
     }
 
+    /// A daemon on loopback with extra environment variables (test knobs).
+    pub fn with_env(tag: &str, name: &str, ip: &str, env: &[(&str, &str)]) -> Daemon {
+        let mut d = Daemon::prepare(tag, name, ip, None, &[]);
+        d.env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect();
+        d.start();
+        d
+    }
+
     fn start_new(tag: &str, name: &str, ip: &str, netns: Option<String>, extra: &[&str]) -> Daemon {
+        let mut d = Daemon::prepare(tag, name, ip, netns, extra);
+        d.start();
+        d
+    }
+
+    fn prepare(tag: &str, name: &str, ip: &str, netns: Option<String>, extra: &[&str]) -> Daemon {
         let dir =
             std::env::temp_dir().join(format!("swarmlet-{tag}-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut d = Daemon {
+        Daemon {
             name: name.into(),
             dir,
             ip: ip.into(),
             netns,
             child: None,
             extra: extra.iter().map(|s| (*s).to_string()).collect(),
-        };
-        d.start();
-        d
+            env: vec![],
+        }
     }
 
     pub fn sock(&self) -> PathBuf {
@@ -91,6 +109,7 @@ impl Daemon {
             .arg(self.dir.join("data"))
             .args(["--hostname", &self.name])
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
