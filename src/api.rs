@@ -221,7 +221,8 @@ pub struct InfoView {
     /// Managers as this node knows them (id, address).
     pub remote_managers: Vec<(NodeId, SocketAddr)>,
     pub raft: Option<RaftInfo>,
-    /// Errors that had nobody to tell, by name: dropped messages, refused sends.
+    /// Errors that had nobody to tell, by name (dropped messages, refused sends), and
+    /// the loop's health (`timer_lag_max_ms`: the latest a timer ran after its deadline).
     pub counters: Vec<(String, u64)>,
 }
 
