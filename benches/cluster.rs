@@ -8,6 +8,13 @@
 //!   scaled to an hour (from /proc/<pid>/io over a quiet stretch)
 //! - Raft commit latency and throughput: three cores in one process, each with its own
 //!   WAL doing real fsyncs, messages passed in memory (so this is consensus + disk cost)
+//! - the bounded log: 1,000,000 writes committed through one daemon with
+//!   `--snapshot-interval 10000` (`debug write`): WAL bytes and RSS after 100,000 and
+//!   after 1,000,000 (bounded: the same), commit throughput, restart time from the
+//!   snapshot after kill -9; and the throughput with the sync back on the loop (the
+//!   design before), same run
+//! - failover as the user sees it: `node ls` on a survivor every 100 ms until it names
+//!   the new leader
 //! - the same figures for Docker Swarm (Debian's docker.io) in the same run, and the
 //!   ratios (`peer/docker_swarm.rs`)
 
@@ -109,11 +116,26 @@ fn cluster_benches() -> docker_swarm::Ours {
 
     // Failover, 20 runs.
     let mut fails = Vec::new();
+    let mut ls_fails = Vec::new();
     for run in 0..20 {
         let li = leader(&ms).unwrap();
+        let dead = ms[li].name.clone();
         ms[li].kill9();
         let t0 = Instant::now();
         let others: Vec<usize> = (0..3).filter(|i| *i != li).collect();
+        // What a user polling `node ls` on a survivor every 100 ms sees.
+        loop {
+            let (_, ls) = ms[others[run % 2]].run(&["node", "ls"]);
+            if ls
+                .lines()
+                .any(|l| l.contains("Leader") && !l.split_whitespace().any(|w| w == dead))
+            {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "no new leader");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        ls_fails.push(t0.elapsed());
         let label = format!("run={run}");
         // Ask each survivor locally (`debug info` is never forwarded) whether it leads,
         // then commit a write through that one.
@@ -128,6 +150,15 @@ fn cluster_benches() -> docker_swarm::Ours {
         wait_until(60, "all managers back", || all_up(&ms));
     }
     fails.sort();
+    ls_fails.sort();
+    println!(
+        "BENCH leader_failover_node_ls_median {:.2} s",
+        ls_fails[ls_fails.len() / 2].as_secs_f64()
+    );
+    println!(
+        "BENCH leader_failover_node_ls_max {:.2} s",
+        ls_fails.last().unwrap().as_secs_f64()
+    );
     println!(
         "BENCH leader_failover_median {:.2} s",
         fails[fails.len() / 2].as_secs_f64()
@@ -141,6 +172,97 @@ fn cluster_benches() -> docker_swarm::Ours {
         node_down_median: downs[downs.len() / 2].as_secs_f64(),
         manager_rss_mib,
     }
+}
+
+/// `debug write` of `count` on `d`; returns writes per second as the CLI saw them.
+fn write_load(d: &Daemon, count: u64) -> f64 {
+    let start = Instant::now();
+    let n = count.to_string();
+    let (ok, out) = d.run(&["debug", "write", "--count", &n, "--in-flight", "256"]);
+    assert!(ok, "debug write on {}: {out}", d.name);
+    count as f64 / start.elapsed().as_secs_f64()
+}
+
+fn raft_figure(d: &Daemon, name: &str) -> u64 {
+    let (ok, out) = d.run(&["info", "--format", "json"]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["Swarm"]["Raft"][name].as_u64().unwrap()
+}
+
+fn bounded_log_bench() {
+    let mut d = Daemon::new("bench-log", "n1", "127.0.42.1");
+    assert!(
+        d.run(&[
+            "init",
+            "--listen-addr",
+            &d.addr(),
+            "--snapshot-interval",
+            "10000"
+        ])
+        .0
+    );
+    let rss = |d: &Daemon| proc_field(d.pid(), "status", "VmRSS:") as f64 / 1024.0;
+    let first = write_load(&d, 100_000);
+    println!(
+        "BENCH log_wal_bytes_after_100k_writes {} bytes",
+        raft_figure(&d, "WalBytes")
+    );
+    println!("BENCH log_rss_after_100k_writes {:.1} MiB", rss(&d));
+    let rest = write_load(&d, 900_000);
+    println!(
+        "BENCH log_wal_bytes_after_1m_writes {} bytes",
+        raft_figure(&d, "WalBytes")
+    );
+    println!("BENCH log_rss_after_1m_writes {:.1} MiB", rss(&d));
+    println!(
+        "BENCH log_first_index_after_1m_writes {}",
+        raft_figure(&d, "FirstIndex")
+    );
+    let throughput = 1_000_000.0 / (100_000.0 / first + 900_000.0 / rest);
+    println!("BENCH raft_write_throughput_sync_off_loop {throughput:.0} writes/s");
+    d.kill9();
+    let t0 = Instant::now();
+    d.start();
+    wait_until(60, "restarted node serves node ls", || {
+        d.run(&["node", "ls"]).0
+    });
+    println!(
+        "BENCH restart_from_snapshot_to_node_ls {:.3} s",
+        t0.elapsed().as_secs_f64()
+    );
+    drop(d);
+
+    // Sync off the loop against on the loop (as before it moved to the blocking pool):
+    // fresh daemons, alternating, 100,000 writes each, three rounds (fsync times here
+    // vary a lot from one moment to the next).
+    let mut off = Vec::new();
+    let mut on = Vec::new();
+    for round in 0..3 {
+        for sync_on_loop in [false, true] {
+            let name = format!("r{round}-{sync_on_loop}");
+            let env: &[(&str, &str)] = if sync_on_loop {
+                &[("SWARMLET_BENCH_SYNC_ON_LOOP", "1")]
+            } else {
+                &[]
+            };
+            let d = Daemon::with_env("bench-log-cmp", &name, "127.0.42.2", env);
+            assert!(d.run(&["init", "--listen-addr", &d.addr()]).0);
+            let t = write_load(&d, 100_000);
+            if sync_on_loop { &mut on } else { &mut off }.push(t);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (off, on) = (median(&mut off), median(&mut on));
+    println!("BENCH raft_write_throughput_sync_off_loop_median {off:.0} writes/s");
+    println!("BENCH raft_write_throughput_sync_on_loop_median {on:.0} writes/s");
+    println!(
+        "BENCH raft_write_throughput_off_vs_on_loop {:.2} ratio",
+        off / on
+    );
 }
 
 fn raft_commit_bench() {
@@ -249,6 +371,7 @@ fn main() {
         return; // listed by nextest or cargo test: nothing to run
     }
     raft_commit_bench();
+    bounded_log_bench();
     let ours = cluster_benches();
     docker_swarm::run(&ours);
 }
