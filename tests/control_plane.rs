@@ -217,3 +217,61 @@ fn node_ls_on_a_survivor_names_the_new_leader_soon_after_a_kill() {
         "median {median:?} over {times:?}"
     );
 }
+
+/// A manager that was down while the others wrote several snapshot intervals' worth of
+/// entries is past the leader's log: it gets the leader's snapshot, then the tail, and
+/// its state is the cluster's (it serves it after taking over).
+#[test]
+fn a_manager_far_behind_catches_up_from_the_leaders_snapshot() {
+    let mut ms: Vec<Daemon> = (1..=3)
+        .map(|i| Daemon::new("cp-behind", &format!("m{i}"), &format!("127.0.63.{i}")))
+        .collect();
+    ms[0].ok(&[
+        "init",
+        "--listen-addr",
+        &ms[0].addr(),
+        "--snapshot-interval",
+        "100",
+    ]);
+    let token = ms[0]
+        .ok(&["join-token", "manager", "-q"])
+        .trim()
+        .to_string();
+    for m in &ms[1..] {
+        m.ok(&["join", &token, &ms[0].addr(), "--listen-addr", &m.addr()]);
+    }
+    let healthy = |ms: &[Daemon]| {
+        let ls = ms[0].ls();
+        ls.matches("Ready").count() == 3 && ls.matches("Reachable").count() == 2
+    };
+    wait_until(20, "3 healthy managers", || healthy(&ms));
+    ms[2].kill9();
+    let leader = (0..2).find(|i| ms[*i].leads()).unwrap();
+    ms[leader].ok(&["debug", "write", "--count", "2000"]);
+    let leader_first = raft_figure(&ms[leader], "FirstIndex");
+    assert!(
+        leader_first > 1900,
+        "the leader's log starts past what m3 has"
+    );
+    ms[2].start();
+    let target = raft_figure(&ms[leader], "CommitIndex");
+    wait_until(20, "m3 caught up", || {
+        raft_figure(&ms[2], "AppliedIndex") >= target
+    });
+    assert!(
+        raft_figure(&ms[2], "SnapshotIndex") >= leader_first - 1,
+        "m3 installed the leader's snapshot"
+    );
+    // m3's state is the cluster's: make it lead and read through it.
+    ms[leader].kill9();
+    let other = 1 - leader;
+    wait_until(20, "a new leader", || ms[2].leads() || ms[other].leads());
+    if !ms[2].leads() {
+        ms[other].kill9();
+        ms[leader].start();
+        wait_until(20, "m3 leads", || ms[2].leads());
+    }
+    let doc: Value =
+        serde_json::from_str(&ms[2].ok(&["node", "inspect", &ms[leader].name])).unwrap();
+    assert_eq!(doc[0]["Labels"]["swarmlet.debug.write"], "2000");
+}
