@@ -28,6 +28,10 @@ pub type ManagerAddr = (NodeId, PeerKey, SocketAddr);
 // message, or replication would stall on a batch that can never be sent.
 const _: () = assert!(raft::MAX_BATCH_BYTES + 64 * 1024 <= MAX_MESSAGE_SIZE);
 const _: () = assert!(raft::SNAPSHOT_CHUNK_BYTES + 64 * 1024 <= MAX_MESSAGE_SIZE);
+// Any cluster state the managers can agree on fits a snapshot a follower accepts.
+const _: () = assert!(crate::cluster::MAX_ENCODED <= raft::MAX_SNAPSHOT_BYTES);
+// A forwarded answer (one transport message) always fits an API frame to the CLI.
+const _: () = assert!(MAX_MESSAGE_SIZE <= crate::api::MAX_FRAME);
 
 /// Messages between daemons.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -52,6 +52,8 @@ struct Dropped {
     peer_table_full: u64,
     membership_not_saved: u64,
     answers_undelivered: u64,
+    /// Messages queued for a peer whose handshakes went unanswered.
+    unreachable_messages: u64,
 }
 
 /// A log write running on the blocking pool.
@@ -282,9 +284,15 @@ impl Node {
             let Some(e) = d.endpoint_mut().poll_event() else {
                 return;
             };
-            if let TEvent::Message { peer, data } = e {
-                let psk = d.endpoint().session_psk_id(&peer);
-                self.stack.handle_message(Instant::now(), peer, psk, &data);
+            match e {
+                TEvent::Message { peer, data } => {
+                    let psk = d.endpoint().session_psk_id(&peer);
+                    self.stack.handle_message(Instant::now(), peer, psk, &data);
+                }
+                TEvent::Unreachable { dropped, .. } => {
+                    self.dropped.unreachable_messages += dropped as u64;
+                }
+                TEvent::Connected { .. } => {}
             }
         }
     }
@@ -494,6 +502,7 @@ impl Node {
                 ("peer_table_full", d.peer_table_full),
                 ("membership_not_saved", d.membership_not_saved),
                 ("answers_undelivered", d.answers_undelivered),
+                ("messages_to_unreachable_peers", d.unreachable_messages),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v)),

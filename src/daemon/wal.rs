@@ -35,6 +35,8 @@ const HEADER: usize = 8;
 /// Largest record we write or accept: a full append batch or a snapshot of a large
 /// cluster's state fits many times over; a bigger length field is corruption.
 pub const MAX_RECORD: usize = 256 << 20;
+// The largest snapshot Raft accepts fits one record, with room for its framing.
+const _: () = assert!(crate::raft::MAX_SNAPSHOT_BYTES + 4096 <= MAX_RECORD);
 /// A segment is closed and a new one started past this size. Small enough that deleting
 /// old segments after a snapshot frees space promptly on small disks.
 pub const SEGMENT_BYTES: u64 = 4 << 20;

@@ -12,7 +12,7 @@ mod tests;
 
 pub use node::{
     Config, ProposeError, Raft, ReadState, Ready, Role, Status, MAX_BATCH_BYTES,
-    SNAPSHOT_CHUNK_BYTES,
+    MAX_SNAPSHOT_BYTES, SNAPSHOT_CHUNK_BYTES,
 };
 pub use types::{
     ConfigChange, ConfigError, Entry, Envelope, HardState, Index, Membership, Message, NodeId,

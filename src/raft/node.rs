@@ -44,6 +44,9 @@ use super::types::{
 pub const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// Bytes of snapshot per message, for the same reasons.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 256 * 1024;
+/// Largest snapshot accepted from a leader: the memory a follower may spend receiving
+/// one. The layer above's state must encode within it.
+pub const MAX_SNAPSHOT_BYTES: usize = 64 << 20;
 
 /// Timing and batching. The defaults aim at a new leader within about a second of the
 /// old one dying on a LAN: followers notice after 0.5–1 s without a heartbeat, and a
@@ -76,7 +79,7 @@ impl Default for Config {
             max_batch_bytes: MAX_BATCH_BYTES,
             max_inflight: 8,
             snapshot_chunk_bytes: SNAPSHOT_CHUNK_BYTES,
-            max_snapshot_bytes: 64 << 20,
+            max_snapshot_bytes: MAX_SNAPSHOT_BYTES,
             max_apply_batch: 1024,
             max_pending_reads: 4096,
         }
