@@ -303,8 +303,9 @@ pub struct LogsCommand {
     pub container: String,
 }
 
-/// `64m`, `1g`, `512k`, `1048576` to bytes.
+/// `64m`, `1g`, `512k`, `1048576` to bytes, within the memory limits the daemon takes.
 fn parse_bytes(flag: &str, s: &str) -> Result<i64, UsageError> {
+    use crate::runtime::spec::{MAX_MEMORY, MIN_MEMORY};
     let t = s.trim().to_ascii_lowercase();
     let t = t.strip_suffix('b').unwrap_or(&t);
     let (num, mult) = match t.chars().last() {
@@ -315,15 +316,25 @@ fn parse_bytes(flag: &str, s: &str) -> Result<i64, UsageError> {
     };
     let n: f64 = num
         .parse()
-        .map_err(|_| UsageError(format!("{flag}: {s:?} is not a size like 64m or 1g")))?;
-    #[allow(clippy::cast_possible_truncation)]
-    let bytes = (n * mult as f64) as i64;
-    if !n.is_finite() || bytes < 4 << 20 {
+        .ok()
+        .filter(|n: &f64| n.is_finite())
+        .ok_or_else(|| UsageError(format!("{flag}: {s:?} is not a size like 64m or 1g")))?;
+    #[allow(clippy::cast_precision_loss)] // powers of two, exact in an f64
+    let bytes = n * mult as f64;
+    #[allow(clippy::cast_precision_loss)]
+    if bytes < MIN_MEMORY as f64 {
         return Err(UsageError(format!(
             "{flag}: {s:?} is below the 4 MiB minimum"
         )));
     }
-    Ok(bytes)
+    #[allow(clippy::cast_precision_loss)]
+    if bytes > MAX_MEMORY as f64 {
+        return Err(UsageError(format!(
+            "{flag}: {s:?} is above the 1 PiB maximum"
+        )));
+    }
+    #[allow(clippy::cast_possible_truncation)] // within 4 MiB..1 PiB, checked above
+    Ok(bytes as i64)
 }
 
 /// `500ms`, `30s`, `1m`, `1h`, `1m30s` (Go's duration form, as Docker takes).
@@ -409,16 +420,9 @@ fn resolve_run(c: &RunCommand) -> Result<(ContainerSpec, Option<u64>), UsageErro
         }
         let kind = if src.starts_with('/') {
             MountKind::Bind
-        } else if !src.is_empty()
-            && src
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-        {
-            MountKind::Volume
         } else {
-            return Err(UsageError(format!(
-                "-v: source {src:?} is neither an absolute path nor a volume name"
-            )));
+            // A name, checked with the rest of the spec below.
+            MountKind::Volume
         };
         mounts.push(MountSpec {
             kind,
@@ -481,12 +485,9 @@ fn resolve_run(c: &RunCommand) -> Result<(ContainerSpec, Option<u64>), UsageErro
         Some(x) => {
             let v: f64 = x
                 .parse()
-                .map_err(|_| UsageError(format!("--cpus: {x:?} is not a number")))?;
-            if !(0.01..=1024.0).contains(&v) {
-                return Err(UsageError(format!(
-                    "--cpus: {x} is out of range (0.01 to 1024)"
-                )));
-            }
+                .ok()
+                .filter(|v: &f64| v.is_finite())
+                .ok_or_else(|| UsageError(format!("--cpus: {x:?} is not a number")))?;
             Some(v)
         }
     };
@@ -529,6 +530,9 @@ fn resolve_run(c: &RunCommand) -> Result<(ContainerSpec, Option<u64>), UsageErro
         devices,
         labels,
     };
+    // What the daemon checks too (the host's CPUs, volume names): this is the same
+    // host, so the user gets a usage error before anything is asked.
+    crate::runtime::spec::validate(&spec, crate::runtime::spec::host_cpus()).map_err(UsageError)?;
     crate::runtime::spec::capabilities(&spec, u64::MAX)
         .map_err(|e| UsageError(format!("--cap-add/--cap-drop: {e}")))?;
     if let Some(sig) = &c.stop_signal {
@@ -950,6 +954,54 @@ pub fn exec(global: &Global, c: ExecCommand) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn run_cmd(args: &[&str]) -> RunCommand {
+        RunCommand::from_args(&["run"], args).expect("parses")
+    }
+
+    fn refused(args: &[&str], flag: &str) {
+        let err = resolve_run(&run_cmd(args)).expect_err("refused");
+        assert!(err.0.starts_with(flag), "{args:?}: {}", err.0);
+    }
+
+    #[test]
+    fn volume_names_follow_docker() {
+        for bad in ["..", ".", "a", ".x", "-x", "_x", "a/b"] {
+            refused(&["-v", &format!("{bad}:/x"), "busybox"], "-v");
+        }
+        for good in ["ab", "my-vol_1.2", "0x", "a.."] {
+            let (spec, _) = resolve_run(&run_cmd(&["-v", &format!("{good}:/x"), "busybox"]))
+                .unwrap_or_else(|e| panic!("{good}: {e}"));
+            assert_eq!(spec.mounts[0].kind, MountKind::Volume);
+            assert_eq!(spec.mounts[0].source, good);
+        }
+    }
+
+    #[test]
+    fn limits_are_bounded() {
+        refused(
+            &["--memory", "99999999999999999999g", "busybox"],
+            "--memory",
+        );
+        refused(&["--memory", "2048p", "busybox"], "--memory");
+        refused(&["--memory", "nan", "busybox"], "--memory");
+        refused(&["--memory", "inf", "busybox"], "--memory");
+        refused(&["--memory", "1m", "busybox"], "--memory");
+        let (spec, _) = resolve_run(&run_cmd(&["--memory", "1.5g", "busybox"])).unwrap();
+        assert_eq!(spec.memory, Some(3 << 29));
+        let n = crate::runtime::spec::host_cpus();
+        let too_many = (n + 1).to_string();
+        let err = resolve_run(&run_cmd(&["--cpus", &too_many, "busybox"])).unwrap_err();
+        assert_eq!(
+            err.0,
+            format!("--cpus: range of CPUs is from 0.01 to {n}.00, as there are only {n} CPUs available")
+        );
+        refused(&["--cpus", "1000", "busybox"], "--cpus");
+        refused(&["--cpus", "0.001", "busybox"], "--cpus");
+        refused(&["--cpus", "NaN", "busybox"], "--cpus");
+        let (spec, _) = resolve_run(&run_cmd(&["--cpus", &n.to_string(), "busybox"])).unwrap();
+        assert_eq!(spec.cpus, Some(n as f64));
+    }
 
     #[test]
     fn durations() {

@@ -335,6 +335,8 @@ impl Containers {
             restart,
         } = req;
         let health = super::health::resolve(image.config.config.healthcheck.as_ref(), &health)?;
+        // Whoever sent the request: a volume named `..` would be the data dir.
+        crate::runtime::spec::validate(&spec, crate::runtime::spec::host_cpus())?;
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let id = random_id()?;
         let name = match name {
