@@ -222,3 +222,53 @@ fn tamper_layer(tarball: &[u8]) -> Vec<u8> {
     }
     t.into_inner().unwrap()
 }
+
+/// A small tmpfs mounted for one test, unmounted (and its mount point removed) when
+/// dropped, also when the test fails.
+struct SmallFs(std::path::PathBuf);
+impl SmallFs {
+    fn mount(tag: &str, size: &str) -> SmallFs {
+        let d = Dir::new(tag);
+        std::fs::create_dir_all(&d.0).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&d.0)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs");
+        let p = d.0.clone();
+        std::mem::forget(d); // SmallFs removes it after the unmount
+        SmallFs(p)
+    }
+}
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_full_disk_is_reported_as_such() {
+    let fs = SmallFs::mount("full", "1m");
+    let store = Store::open(&fs.0.join("images")).unwrap();
+    let img = TestImage::busybox(json!({}));
+    let err = load(&store, &oci_layout_tar(&img, "bb:1")[..], &Platform::host())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(!err.contains("not a readable tar archive"), "{err}");
+    assert!(
+        err.contains(&fs.0.display().to_string()),
+        "names where: {err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(fs.0.join("images/tmp")).unwrap().count(),
+        0,
+        "nothing left behind"
+    );
+}
