@@ -272,3 +272,56 @@ fn a_full_disk_is_reported_as_such() {
         "nothing left behind"
     );
 }
+
+/// Replaces every gzip layer blob of an OCI layout with the same tar compressed
+/// otherwise: the diff id still matches, the digest the manifest names does not.
+fn recompress_layers(tarball: &[u8]) -> Vec<u8> {
+    let mut t = tar::Builder::new(Vec::new());
+    for e in tar::Archive::new(tarball).entries().unwrap() {
+        let mut e = e.unwrap();
+        let path = e.path().unwrap().to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+        if path.starts_with("blobs/") && data.starts_with(&[0x1f, 0x8b]) {
+            let mut inner = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&data[..]), &mut inner)
+                .unwrap();
+            let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            std::io::Write::write_all(&mut z, &inner).unwrap();
+            let other = z.finish().unwrap();
+            assert_ne!(other, data);
+            data = other;
+        }
+        let mut h = e.header().clone();
+        h.set_size(data.len() as u64);
+        t.append_data(&mut h, &path, &data[..]).unwrap();
+    }
+    t.into_inner().unwrap()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn an_oci_layer_blob_must_match_its_manifest_digest() {
+    let d = Dir::new("blobdigest");
+    let store = Store::open(&d.0).unwrap();
+    let host = Platform::host();
+    let img = TestImage::busybox(json!({}));
+    let liar = recompress_layers(&oci_layout_tar(&img, "example.org/liar:1"));
+    // In an empty store, and in one that already has the layer (its diff id matches).
+    for round in ["empty store", "layer already stored"] {
+        let err = load(&store, &liar[..], &host).unwrap_err().to_string();
+        assert!(err.contains("digest mismatch"), "{round}: {err}");
+        assert!(
+            matches!(
+                store.resolve("example.org/liar:1"),
+                Err(StoreError::NotFound(_))
+            ),
+            "{round}"
+        );
+        load(&store, &oci_layout_tar(&img, "example.org/ok:1")[..], &host).unwrap();
+        store
+            .remove("example.org/ok:1", false, &no_containers)
+            .unwrap();
+        load(&store, &docker_save_tar(&img, &["keep:1"])[..], &host).unwrap();
+    }
+}
