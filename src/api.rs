@@ -78,7 +78,8 @@ pub enum ContainerRequest {
     List,
     Stop {
         containers: Vec<String>,
-        timeout: Option<u64>,
+        /// Seconds before SIGKILL; -1: none.
+        timeout: Option<i64>,
     },
     Kill {
         containers: Vec<String>,
@@ -119,7 +120,8 @@ pub struct RunRequest {
     pub name: Option<String>,
     pub spec: ContainerSpec,
     pub stop_signal: Option<String>,
-    pub stop_timeout: Option<u64>,
+    /// Seconds before SIGKILL; -1: none.
+    pub stop_timeout: Option<i64>,
     pub auto_remove: bool,
     pub auth: Option<Credentials>,
     pub health: crate::daemon::health::HealthFlags,

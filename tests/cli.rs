@@ -92,6 +92,21 @@ fn bad_flag_values_are_usage_errors_before_any_daemon_is_asked() {
         ),
         (vec!["join", "SWLT-1-x-abc", "10.0.0.1:2377"], "TOKEN"),
         (vec!["daemon", "--log-level", "loud"], "--log-level"),
+        (vec!["run", "--name", "a b", "busybox"], "--name"),
+        (vec!["run", "-w", "relative", "busybox"], "-w"),
+        (vec!["run", "-v", "..:/x", "busybox"], "-v"),
+        (vec!["run", "-v", ".:/x", "busybox"], "-v"),
+        (vec!["run", "--cpus", "100000", "busybox"], "--cpus"),
+        (
+            vec!["run", "--memory", "99999999999999999999g", "busybox"],
+            "--memory",
+        ),
+        (
+            vec!["run", "--stop-timeout", "-2", "busybox"],
+            "--stop-timeout",
+        ),
+        (vec!["stop", "-t", "-2", "c1"], "--time"),
+        (vec!["logs", "--tail", "some", "c1"], "--tail"),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_swarmlet"))
             .args(["--socket", "/nonexistent/swarmlet.sock"])
@@ -101,5 +116,28 @@ fn bad_flag_values_are_usage_errors_before_any_daemon_is_asked() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn docker_spellings_of_no_limit_reach_the_daemon() {
+    // Parsed and resolved: the only failure left is the missing daemon (exit 1).
+    for args in [
+        vec!["run", "--stop-timeout", "-1", "busybox"],
+        vec!["stop", "-t", "-1", "c1"],
+        vec!["logs", "--tail", "-1", "c1"],
+        vec!["logs", "--tail", "all", "c1"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_swarmlet"))
+            .args(["--socket", "/nonexistent/swarmlet.sock"])
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("cannot reach the swarmlet daemon"),
+            "{args:?}: {err}"
+        );
     }
 }

@@ -119,9 +119,9 @@ pub struct RunCommand {
     #[argh(option)]
     pub stop_signal: Option<String>,
 
-    /// seconds between the stop signal and SIGKILL (default 10)
+    /// seconds between the stop signal and SIGKILL (default 10; -1: no SIGKILL)
     #[argh(option)]
-    pub stop_timeout: Option<u64>,
+    pub stop_timeout: Option<i64>,
 
     /// health check command, run with /bin/sh -c inside the container
     #[argh(option)]
@@ -189,9 +189,9 @@ pub struct PsCommand {
 #[argh(subcommand, name = "stop")]
 /// Stop containers: SIGTERM, then SIGKILL after a grace period.
 pub struct StopCommand {
-    /// seconds to wait before SIGKILL (default 10)
+    /// seconds to wait before SIGKILL (default: the container's; -1: no SIGKILL)
     #[argh(option, short = 't')]
-    pub time: Option<u64>,
+    pub time: Option<i64>,
 
     /// container ids or names
     #[argh(positional)]
@@ -286,9 +286,9 @@ pub struct LogsCommand {
     #[argh(switch, short = 'f')]
     pub follow: bool,
 
-    /// lines from the end of the log (default all)
+    /// lines from the end of the log: a number, or all (default; so is -1)
     #[argh(option)]
-    pub tail: Option<u64>,
+    pub tail: Option<String>,
 
     /// only lines since this time, RFC 3339 or relative (e.g. 10m)
     #[argh(option)]
@@ -371,8 +371,38 @@ pub fn parse_duration(flag: &str, s: &str) -> Result<std::time::Duration, UsageE
     Ok(std::time::Duration::from_millis(ms))
 }
 
+/// A grace period before SIGKILL: seconds, or -1 for none (wait as long as it takes),
+/// as Docker takes it.
+fn grace_period(flag: &str, t: Option<i64>) -> Result<Option<i64>, UsageError> {
+    match t {
+        Some(t) if t < -1 => Err(UsageError(format!(
+            "{flag}: {t}: give seconds, or -1 to wait without a limit"
+        ))),
+        t => Ok(t),
+    }
+}
+
+/// `stop -t`: see [`grace_period`].
+fn stop_timeout(t: Option<i64>) -> Result<Option<i64>, UsageError> {
+    grace_period("--time", t)
+}
+
+/// `logs --tail`: a count, or all lines for `all` or a negative number (as Docker).
+fn tail_lines(t: Option<&str>) -> Result<Option<u64>, UsageError> {
+    match t {
+        None | Some("all") => Ok(None),
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) if n < 0 => Ok(None),
+            Ok(n) => Ok(u64::try_from(n).ok()),
+            Err(_) => Err(UsageError(format!(
+                "--tail: {v:?} is not a number of lines or all"
+            ))),
+        },
+    }
+}
+
 /// Turns the flags into the spec the daemon gets; every error names its flag.
-fn resolve_run(c: &RunCommand) -> Result<(ContainerSpec, Option<u64>), UsageError> {
+fn resolve_run(c: &RunCommand) -> Result<(ContainerSpec, Option<i64>), UsageError> {
     if c.interactive || c.tty {
         return Err(UsageError(
             "-i/-t: interactive containers are not supported yet".into(),
@@ -390,6 +420,14 @@ fn resolve_run(c: &RunCommand) -> Result<(ContainerSpec, Option<u64>), UsageErro
         // Docker allows it; so do we (the daemon removes it when it exits).
     }
     Reference::parse(&c.image).map_err(|e| UsageError(e.to_string()))?;
+    if let Some(n) = &c.name {
+        if !crate::runtime::spec::valid_container_name(n) {
+            return Err(UsageError(format!(
+                "--name: {n:?} is not a valid name: [a-zA-Z0-9][a-zA-Z0-9_.-]* (up to 128)"
+            )));
+        }
+    }
+    let stop_timeout = grace_period("--stop-timeout", c.stop_timeout)?;
     let network = match c.network.as_deref() {
         None | Some("none") => NetworkMode::None,
         Some("host") => NetworkMode::Host,
@@ -539,7 +577,7 @@ fn resolve_run(c: &RunCommand) -> Result<(ContainerSpec, Option<u64>), UsageErro
         crate::daemon::containers::signal_number(sig)
             .map_err(|e| UsageError(format!("--stop-signal: {e}")))?;
     }
-    Ok((spec, c.stop_timeout))
+    Ok((spec, stop_timeout))
 }
 
 fn log_limits(opts: &[String]) -> Result<LogLimits, UsageError> {
@@ -719,14 +757,15 @@ pub fn logs(global: &Global, c: LogsCommand) -> anyhow::Result<ExitCode> {
     if c.since.is_some() {
         return not_implemented("logs --since");
     }
+    let tail = tail_lines(c.tail.as_deref())?;
     if c.follow {
-        follow_logs(global, &c.container, c.tail, c.timestamps)?;
+        follow_logs(global, &c.container, tail, c.timestamps)?;
         return Ok(ExitCode::SUCCESS);
     }
     let req = Request::Container(ContainerRequest::Logs {
         container: c.container,
         follow: false,
-        tail: c.tail,
+        tail,
     });
     let resp = crate::api::call_streaming(
         &global.socket,
@@ -866,7 +905,7 @@ pub fn stop(global: &Global, c: StopCommand) -> anyhow::Result<ExitCode> {
     // The daemon waits up to the grace period for each container.
     let req = Request::Container(ContainerRequest::Stop {
         containers: c.containers,
-        timeout: c.time,
+        timeout: stop_timeout(c.time)?,
     });
     print_stream_done(global, &req)
 }
@@ -1001,6 +1040,36 @@ mod tests {
         refused(&["--cpus", "NaN", "busybox"], "--cpus");
         let (spec, _) = resolve_run(&run_cmd(&["--cpus", &n.to_string(), "busybox"])).unwrap();
         assert_eq!(spec.cpus, Some(n as f64));
+    }
+
+    #[test]
+    fn docker_values_for_no_limit_are_taken() {
+        // --stop-timeout -1: no SIGKILL, wait for the container however long it takes.
+        let (_, t) = resolve_run(&run_cmd(&["--stop-timeout", "-1", "busybox"])).unwrap();
+        assert_eq!(t, Some(-1));
+        refused(&["--stop-timeout", "-2", "busybox"], "--stop-timeout");
+        let stop = StopCommand::from_args(&["stop"], &["-t", "-1", "c"]).unwrap();
+        assert_eq!(stop_timeout(stop.time), Ok(Some(-1)));
+        assert!(stop_timeout(Some(-5)).unwrap_err().0.starts_with("--time"));
+        // logs --tail: all, -1 (any negative, as Docker) or a count.
+        for (v, want) in [
+            ("all", None),
+            ("-1", None),
+            ("0", Some(0)),
+            ("25", Some(25)),
+        ] {
+            let l = LogsCommand::from_args(&["logs"], &["--tail", v, "c"]).unwrap();
+            assert_eq!(tail_lines(l.tail.as_deref()), Ok(want), "{v}");
+        }
+        assert!(tail_lines(Some("x")).unwrap_err().0.starts_with("--tail"));
+    }
+
+    #[test]
+    fn a_bad_name_is_a_usage_error() {
+        refused(&["--name", "a b", "busybox"], "--name");
+        refused(&["--name", "-x", "busybox"], "--name");
+        refused(&["-w", "tmp", "busybox"], "-w");
+        resolve_run(&run_cmd(&["--name", "web-1.a_b", "busybox"])).unwrap();
     }
 
     #[test]
