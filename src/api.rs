@@ -227,8 +227,11 @@ pub enum Response {
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
-    #[error("{0}")]
+    // Transparent: the message is the cause's, said once (not again as its source).
+    #[error(transparent)]
     Io(#[from] io::Error),
+    #[error("the daemon closed the connection before answering (did it stop? its log says why)")]
+    Closed,
     #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
     TooLarge(usize),
     #[error("unknown API version {0} (is the daemon the same swarmlet version?)")]
@@ -278,10 +281,10 @@ pub fn call(socket: &Path, req: &Request) -> Result<Response, CallError> {
         .map_err(FrameError::from)?;
     s.write_all(&encode(req)).map_err(FrameError::from)?;
     let mut header = [0u8; 4];
-    s.read_exact(&mut header).map_err(FrameError::from)?;
+    s.read_exact(&mut header).map_err(answer_error)?;
     let len = frame_len(header)?;
     let mut body = vec![0u8; len];
-    s.read_exact(&mut body).map_err(FrameError::from)?;
+    s.read_exact(&mut body).map_err(answer_error)?;
     Ok(decode(&body)?)
 }
 
@@ -303,10 +306,10 @@ pub fn call_streaming(
     s.write_all(&encode(req)).map_err(FrameError::from)?;
     loop {
         let mut header = [0u8; 4];
-        s.read_exact(&mut header).map_err(FrameError::from)?;
+        s.read_exact(&mut header).map_err(answer_error)?;
         let len = frame_len(header)?;
         let mut body = vec![0u8; len];
-        s.read_exact(&mut body).map_err(FrameError::from)?;
+        s.read_exact(&mut body).map_err(answer_error)?;
         match decode(&body)? {
             r @ (Response::Progress(_) | Response::LogChunk(_)) => on_frame(r),
             other => return Ok(other),
@@ -318,8 +321,25 @@ pub fn call_streaming(
 pub enum CallError {
     #[error("cannot reach the swarmlet daemon at {path}: {cause} (is `swarmlet daemon` running? set --socket or {SOCKET_ENV} to use another)")]
     Connect { path: String, cause: io::Error },
+    // Not a `source`: the message already holds it, and `{:#}` would print it again.
     #[error("talking to the daemon: {0}")]
-    Frame(#[from] FrameError),
+    Frame(FrameError),
+}
+
+impl From<FrameError> for CallError {
+    fn from(e: FrameError) -> Self {
+        CallError::Frame(e)
+    }
+}
+
+/// An error reading the daemon's answer: the end of the stream there means the daemon
+/// went away mid-request.
+fn answer_error(e: io::Error) -> FrameError {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        FrameError::Closed
+    } else {
+        FrameError::Io(e)
+    }
 }
 
 #[cfg(test)]

@@ -141,3 +141,68 @@ fn docker_spellings_of_no_limit_reach_the_daemon() {
         );
     }
 }
+
+#[test]
+fn daemon_flags_the_cluster_would_refuse_are_usage_errors() {
+    let long = "x".repeat(10_000);
+    let big_label = format!("k={}", "v".repeat(300));
+    for (flag, value) in [
+        ("--hostname", long.as_str()),
+        ("--hostname", ""),
+        ("--label", big_label.as_str()),
+    ] {
+        // A data dir that cannot be made: were the flag taken, the daemon would fail
+        // there (exit 1) rather than start.
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_swarmlet"))
+            .args(["--socket", "/nonexistent/swarmlet.sock", "daemon"])
+            .args(["--data-dir", "/proc/nonexistent/data", flag, value])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {err}");
+        assert!(err.contains(flag), "{flag}: {err}");
+        assert!(
+            err.len() < 500,
+            "the message does not echo 10,000 bytes: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_daemon_that_hangs_up_mid_request_is_reported_once_and_plainly() {
+    // A stand-in daemon that reads the request and closes without answering, as one
+    // that dies mid-request does.
+    let dir = std::env::temp_dir().join(format!("swarmlet-cli-hangup-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let server = std::thread::spawn(move || {
+        for _ in 0..2 {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 256];
+            let _ = std::io::Read::read(&mut s, &mut buf);
+        }
+    });
+    for args in [vec!["node", "ls"], vec!["image", "ls"]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_swarmlet"))
+            .arg("--socket")
+            .arg(&sock)
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            !err.contains("failed to fill whole buffer"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            err.contains("the daemon closed the connection before answering"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    }
+    server.join().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
