@@ -70,7 +70,12 @@ pub fn bind_api_socket(path: &Path) -> anyhow::Result<smol::net::unix::UnixListe
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         bail!("socket {} is in use by a running daemon", path.display());
     }
-    let _ = fs::remove_file(path);
+    // A stale socket of a daemon that died is replaced; nothing else is removed.
+    if fs::symlink_metadata(path)
+        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+    {
+        let _ = fs::remove_file(path);
+    }
     let l = smol::net::unix::UnixListener::bind(path)
         .with_context(|| format!("cannot bind {}", path.display()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o600))
