@@ -78,6 +78,8 @@ pub struct CreateArgs {
 pub const EXEC_FAILED: u8 = 126;
 
 pub fn run(cmd: RuntimeHelperCommand) -> anyhow::Result<ExitCode> {
+    // Started through /proc/self/exe, whose last component would be our name.
+    crate::runtime::set_process_name();
     match cmd.command {
         HelperSubcommand::Keeper(a) => {
             keeper::run(&a.dir)?;

@@ -614,7 +614,7 @@ impl Containers {
         if cmd.is_empty() {
             return Err("exec: no command".into());
         }
-        let mut c = std::process::Command::new(&self.exe);
+        let mut c = crate::runtime::command(&self.exe);
         c.arg("runtime-helper")
             .arg("exec")
             .arg(&v.record.id)

@@ -26,6 +26,8 @@ pub struct Daemon {
     child: Option<Child>,
     /// Extra `swarmlet daemon` flags.
     extra: Vec<String>,
+    /// The binary the daemon runs from ([`BIN`] unless a test gives another).
+    pub bin: PathBuf,
 }
 
 impl Daemon {
@@ -39,12 +41,28 @@ impl Daemon {
         Daemon::start_new(tag, name, ip, None, extra)
     }
 
+    /// A daemon started from the binary at `bin` (a copy a test replaces, say).
+    pub fn from_binary(tag: &str, name: &str, ip: &str, bin: &std::path::Path) -> Daemon {
+        Daemon::start_with(tag, name, ip, None, &[], bin)
+    }
+
     /// A daemon inside the network namespace `netns` (made by [`Net::host`]).
     pub fn in_netns(tag: &str, netns: &str, name: &str, ip: &str) -> Daemon {
         Daemon::start_new(tag, name, ip, Some(netns.to_string()), &[])
     }
 
     fn start_new(tag: &str, name: &str, ip: &str, netns: Option<String>, extra: &[&str]) -> Daemon {
+        Daemon::start_with(tag, name, ip, netns, extra, std::path::Path::new(BIN))
+    }
+
+    fn start_with(
+        tag: &str,
+        name: &str,
+        ip: &str,
+        netns: Option<String>,
+        extra: &[&str],
+        bin: &std::path::Path,
+    ) -> Daemon {
         let dir =
             std::env::temp_dir().join(format!("swarmlet-{tag}-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -56,6 +74,7 @@ impl Daemon {
             netns,
             child: None,
             extra: extra.iter().map(|s| (*s).to_string()).collect(),
+            bin: bin.to_path_buf(),
         };
         d.start();
         d
@@ -80,10 +99,10 @@ impl Daemon {
         let mut cmd = match &self.netns {
             Some(ns) => {
                 let mut c = Command::new("nsenter");
-                c.arg(format!("--net=/var/run/netns/{ns}")).arg(BIN);
+                c.arg(format!("--net=/var/run/netns/{ns}")).arg(&self.bin);
                 c
             }
-            None => Command::new(BIN),
+            None => Command::new(&self.bin),
         };
         cmd.arg("--socket")
             .arg(self.sock())
