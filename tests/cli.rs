@@ -206,3 +206,67 @@ fn a_daemon_that_hangs_up_mid_request_is_reported_once_and_plainly() {
     server.join().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn flag_equals_value_is_taken_everywhere() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_swarmlet"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The value reaches the flag's own check, which names it.
+    let (code, err) = run(&[
+        "--socket=/nonexistent/s.sock",
+        "run",
+        "--cpus=-1",
+        "busybox",
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--cpus: range of CPUs"), "{err}");
+    // The seed's own spelling parses (the command itself is not built yet).
+    let (code, err) = run(&[
+        "service",
+        "create",
+        "--mode=global",
+        "--name=agent",
+        "img:1",
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(!err.contains("Unrecognized"), "{err}");
+    // Parsed and resolved, so the missing daemon is what fails.
+    for args in [
+        &[
+            "--socket=/nonexistent/s.sock",
+            "run",
+            "-d=true",
+            "--rm=false",
+            "-e=A=1",
+            "busybox",
+            "sh",
+            "-c",
+            "echo --x=y",
+        ][..],
+        &["--socket=/nonexistent/s.sock", "logs", "--tail=-1", "c1"],
+        &[
+            "--socket=/nonexistent/s.sock",
+            "node",
+            "ls",
+            "--format=json",
+        ],
+    ] {
+        let (code, err) = run(args);
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("cannot reach the swarmlet daemon at /nonexistent/s.sock"),
+            "{args:?}: {err}"
+        );
+    }
+    let (code, err) = run(&["run", "--rm=sometimes", "busybox"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--rm: a switch takes no value"), "{err}");
+}

@@ -10,7 +10,7 @@ use crate::api::{Request, Response};
 use crate::cluster::token::{JoinToken, TokenRole as ClusterTokenRole};
 use crate::daemon::node::DaemonConfig;
 
-#[derive(FromArgs, Debug, PartialEq)]
+#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
 #[argh(subcommand, name = "daemon")]
 /// Run the node daemon (what systemd starts).
 pub struct DaemonCommand {
@@ -47,7 +47,7 @@ pub struct DaemonCommand {
     pub certs_dir: Option<PathBuf>,
 }
 
-#[derive(FromArgs, Debug, PartialEq)]
+#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
 #[argh(subcommand, name = "init")]
 /// Create a new cluster with this node as its first manager.
 pub struct InitCommand {
@@ -72,7 +72,7 @@ pub struct InitCommand {
     pub task_history_limit: Option<u32>,
 }
 
-#[derive(FromArgs, Debug, PartialEq)]
+#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
 #[argh(subcommand, name = "join")]
 /// Join a cluster as a worker or manager, as the token says.
 pub struct JoinCommand {
@@ -100,7 +100,7 @@ pub enum TokenRole {
     Manager,
 }
 
-#[derive(FromArgs, Debug, PartialEq)]
+#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
 #[argh(subcommand, name = "join-token")]
 /// Print or rotate the token that admits workers or managers.
 pub struct JoinTokenCommand {
@@ -117,7 +117,7 @@ pub struct JoinTokenCommand {
     pub quiet: bool,
 }
 
-#[derive(FromArgs, Debug, PartialEq)]
+#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
 #[argh(subcommand, name = "leave")]
 /// Leave the cluster.
 pub struct LeaveCommand {

@@ -11,7 +11,7 @@ use argh::FromArgs;
 use super::Global;
 use crate::api::{ContainerRequest, Request};
 
-#[derive(FromArgs, Debug, PartialEq)]
+#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
 #[argh(subcommand, name = "install")]
 /// Install this binary and its systemd unit, then start the daemon.
 pub struct InstallCommand {
@@ -36,7 +36,7 @@ pub struct InstallCommand {
     pub force: bool,
 }
 
-#[derive(FromArgs, Debug, PartialEq)]
+#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
 #[argh(subcommand, name = "uninstall")]
 /// Stop the daemon and remove its binary and systemd unit.
 pub struct UninstallCommand {

@@ -14,7 +14,7 @@ use crate::image::oci::Platform;
 use crate::image::pull::{read_docker_config, Credentials, LayerState, Progress};
 use crate::image::reference::{Digest, Reference};
 
-#[derive(FromArgs, Debug, PartialEq)]
+#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
 #[argh(subcommand, name = "image")]
 /// Manage images on this node.
 pub struct ImageCommand {
@@ -22,7 +22,7 @@ pub struct ImageCommand {
     pub command: ImageSubcommand,
 }
 
-#[derive(FromArgs, Debug, PartialEq)]
+#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
 #[argh(subcommand)]
 pub enum ImageSubcommand {
     Pull(ImagePull),
@@ -33,7 +33,7 @@ pub enum ImageSubcommand {
     Inspect(ImageInspect),
 }
 
-#[derive(FromArgs, Debug, PartialEq)]
+#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
 #[argh(subcommand, name = "pull")]
 /// Pull an image from a registry.
 pub struct ImagePull {
@@ -50,7 +50,7 @@ pub struct ImagePull {
     pub image: String,
 }
 
-#[derive(FromArgs, Debug, PartialEq)]
+#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
 #[argh(subcommand, name = "ls")]
 /// List images.
 pub struct ImageLs {
@@ -79,7 +79,7 @@ pub struct ImageLs {
     pub repository: Option<String>,
 }
 
-#[derive(FromArgs, Debug, PartialEq)]
+#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
 #[argh(subcommand, name = "rm")]
 /// Remove images.
 pub struct ImageRm {
@@ -92,7 +92,7 @@ pub struct ImageRm {
     pub images: Vec<String>,
 }
 
-#[derive(FromArgs, Debug, PartialEq)]
+#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
 #[argh(subcommand, name = "load")]
 /// Load images from a docker-save or OCI archive.
 pub struct ImageLoad {
@@ -105,7 +105,7 @@ pub struct ImageLoad {
     pub quiet: bool,
 }
 
-#[derive(FromArgs, Debug, PartialEq)]
+#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
 #[argh(subcommand, name = "prune")]
 /// Remove unused images.
 pub struct ImagePrune {
@@ -118,7 +118,7 @@ pub struct ImagePrune {
     pub filter: Vec<String>,
 }
 
-#[derive(FromArgs, Debug, PartialEq)]
+#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
 #[argh(subcommand, name = "inspect")]
 /// Show details of images.
 pub struct ImageInspect {

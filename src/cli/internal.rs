@@ -10,7 +10,7 @@ use argh::FromArgs;
 
 use crate::runtime::{helper, keeper};
 
-#[derive(FromArgs, Debug, PartialEq)]
+#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
 #[argh(subcommand, name = "runtime-helper")]
 /// (internal) the container keeper and its libcontainer helper.
 pub struct RuntimeHelperCommand {
@@ -18,7 +18,7 @@ pub struct RuntimeHelperCommand {
     pub command: HelperSubcommand,
 }
 
-#[derive(FromArgs, Debug, PartialEq)]
+#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
 #[argh(subcommand)]
 pub enum HelperSubcommand {
     Keeper(KeeperArgs),
@@ -26,7 +26,7 @@ pub enum HelperSubcommand {
     Exec(ExecArgs),
 }
 
-#[derive(FromArgs, Debug, PartialEq)]
+#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
 #[argh(subcommand, name = "exec")]
 /// run a process in container ID; exits with its status.
 pub struct ExecArgs {
@@ -53,7 +53,7 @@ pub struct ExecArgs {
     pub command: Vec<String>,
 }
 
-#[derive(FromArgs, Debug, PartialEq)]
+#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
 #[argh(subcommand, name = "keeper")]
 /// run the keeper for a containers directory.
 pub struct KeeperArgs {
@@ -62,7 +62,7 @@ pub struct KeeperArgs {
     pub dir: PathBuf,
 }
 
-#[derive(FromArgs, Debug, PartialEq)]
+#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
 #[argh(subcommand, name = "create")]
 /// create and start container ID from DIR/ID/bundle; fds 3 and 4 are its stdout and stderr.
 pub struct CreateArgs {

@@ -13,6 +13,7 @@ use std::process::ExitCode;
 
 use argh::FromArgs;
 
+pub mod argv;
 pub mod cluster;
 pub mod container;
 pub mod debug;
@@ -87,7 +88,7 @@ pub const EXIT_USAGE: u8 = 2;
 /// Exit code for a command that ran and failed.
 pub const EXIT_FAILURE: u8 = 1;
 
-#[derive(FromArgs, Debug, PartialEq)]
+#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
 /// Docker Swarm mode as one small static binary for edge and ARM hosts.
 pub struct Swarmlet {
     /// print the version and exit
@@ -122,7 +123,7 @@ impl Global {
 // Parsed once per process, so the size of the biggest variant costs nothing; argh's derive
 // cannot box a subcommand variant.
 #[allow(clippy::large_enum_variant)]
-#[derive(FromArgs, Debug, PartialEq)]
+#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
 #[argh(subcommand)]
 pub enum Command {
     Daemon(cluster::DaemonCommand),

@@ -6,7 +6,7 @@ use argh::FromArgs;
 
 use super::{not_implemented, Global};
 
-#[derive(FromArgs, Debug, PartialEq)]
+#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
 #[argh(subcommand, name = "network")]
 /// Manage overlay networks (managers only).
 pub struct NetworkCommand {
@@ -14,7 +14,7 @@ pub struct NetworkCommand {
     pub command: NetworkSubcommand,
 }
 
-#[derive(FromArgs, Debug, PartialEq)]
+#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
 #[argh(subcommand)]
 pub enum NetworkSubcommand {
     Create(NetworkCreate),
@@ -23,7 +23,7 @@ pub enum NetworkSubcommand {
     Rm(NetworkRm),
 }
 
-#[derive(FromArgs, Debug, PartialEq)]
+#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
 #[argh(subcommand, name = "create")]
 /// Create an overlay network.
 pub struct NetworkCreate {
@@ -64,7 +64,7 @@ pub struct NetworkCreate {
     pub name: String,
 }
 
-#[derive(FromArgs, Debug, PartialEq)]
+#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
 #[argh(subcommand, name = "ls")]
 /// List networks.
 pub struct NetworkLs {
@@ -81,7 +81,7 @@ pub struct NetworkLs {
     pub no_trunc: bool,
 }
 
-#[derive(FromArgs, Debug, PartialEq)]
+#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
 #[argh(subcommand, name = "inspect")]
 /// Show details of networks.
 pub struct NetworkInspect {
@@ -90,7 +90,7 @@ pub struct NetworkInspect {
     pub networks: Vec<String>,
 }
 
-#[derive(FromArgs, Debug, PartialEq)]
+#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
 #[argh(subcommand, name = "rm")]
 /// Remove networks no service uses.
 pub struct NetworkRm {
