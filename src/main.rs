@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use argh::{ArgsInfo, EarlyExit, FromArgs};
+use argh::{EarlyExit, FromArgs};
 
 use swarmlet::cli::{self, Global, Swarmlet, EXIT_USAGE};
 use swarmlet::logging::Level;
@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         }
     }
     // Docker's `--flag=value` and friends, in argh's spelling.
-    let args = match cli::argv::normalise(&args, &Swarmlet::get_args_info()) {
+    let args = match cli::argv::normalise(&args) {
         Ok(args) => args,
         Err(e) => return usage_error(&e.0),
     };

@@ -3,8 +3,8 @@
 //! argh takes `--flag value` and `-f value` only. Docker's CLI (Go's pflag) also takes
 //! `--flag=value`, `-f=value`, `-fvalue`, switches grouped as `-dit`, and `--switch=true`
 //! or `--switch=false`; users type these all the time. [`normalise`] walks the command
-//! line with argh's own description of every command ([`argh::ArgsInfo`], derived on the
-//! same structs), so it knows which flags take a value, and rewrites those forms:
+//! line knowing, for each command, which flags take a value and which are switches, and
+//! rewrites those forms:
 //!
 //! - `--flag=value`, `-f=value`, `-fvalue` become `--flag value`, `-f value`;
 //! - `-abc` of switches becomes `-a -b -c` (the last letter may be an option that takes
@@ -21,23 +21,43 @@
 //!
 //! Anything not recognised is passed through for argh to refuse with its own message.
 //! `runtime-helper` is written by swarmlet itself and passed through whole.
-
-use argh::{CommandInfoWithArgs, FlagInfo, FlagInfoKind, Optionality};
+//!
+//! What each command takes is the table in `argv_table.rs`, generated from the argh
+//! structs themselves (their `ArgsInfo`, derived in test builds only: in the binary it
+//! would cost 61 KiB, mostly a second copy of every flag's help text). A unit test
+//! fails when the table and the structs disagree and says how to regenerate it.
 
 use super::UsageError;
+
+#[path = "argv_table.rs"]
+mod table;
+
+/// One command: its path (`"service create"`; `""` is swarmlet itself), the flags
+/// that take a value and the switches (long and short spellings), and whether it ends
+/// with a command line of its own.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Cmd {
+    pub path: &'static str,
+    pub values: &'static [&'static str],
+    pub switches: &'static [&'static str],
+    pub greedy: bool,
+}
 
 /// Commands whose arguments are written by swarmlet, not typed: passed through whole.
 const VERBATIM: &[&str] = &["runtime-helper"];
 
-/// Rewrites `args` (without the program name) for argh; `info` describes the top-level
-/// command (`Swarmlet::get_args_info()`).
-pub fn normalise(args: &[String], info: &CommandInfoWithArgs) -> Result<Vec<String>, UsageError> {
+fn lookup(path: &str) -> Option<&'static Cmd> {
+    table::COMMANDS.iter().find(|c| c.path == path)
+}
+
+/// Rewrites `args` (without the program name) for argh.
+pub fn normalise(args: &[String]) -> Result<Vec<String>, UsageError> {
     let mut out = Vec::with_capacity(args.len() + 1);
-    let mut cmd = info;
+    let Some(mut cmd) = lookup("") else {
+        return Ok(args.to_vec());
+    };
     let mut rest = args;
-    // Whether the command ends with a command line of its own, and whether `--` was
-    // written (so none is added).
-    let mut greedy = has_greedy(cmd);
+    // Whether `--` was written: options have ended, nothing more is rewritten.
     let mut ended = false;
     while let Some((tok, tail)) = rest.split_first() {
         rest = tail;
@@ -52,17 +72,16 @@ pub fn normalise(args: &[String], info: &CommandInfoWithArgs) -> Result<Vec<Stri
             long_flag(cmd, long, tok, &mut rest, &mut out)?;
         } else if tok.len() > 1 && tok.starts_with('-') {
             short_flags(cmd, tok, &mut rest, &mut out)?;
-        } else if let Some(sub) = cmd.commands.iter().find(|c| c.name == tok.as_str()) {
+        } else if let Some(sub) = lookup(&sub_path(cmd.path, tok)) {
             out.push(tok.clone());
-            if VERBATIM.contains(&sub.name) {
+            if cmd.path.is_empty() && VERBATIM.contains(&tok.as_str()) {
                 out.extend(rest.iter().cloned());
                 return Ok(out);
             }
-            cmd = &sub.command;
-            greedy = has_greedy(cmd);
+            cmd = sub;
         } else {
             out.push(tok.clone());
-            if greedy && !rest.is_empty() {
+            if cmd.greedy && !rest.is_empty() {
                 // The first positional: what follows belongs to the container.
                 out.push("--".into());
                 out.extend(rest.iter().cloned());
@@ -73,83 +92,78 @@ pub fn normalise(args: &[String], info: &CommandInfoWithArgs) -> Result<Vec<Stri
     Ok(out)
 }
 
-fn has_greedy(cmd: &CommandInfoWithArgs) -> bool {
-    cmd.positionals
-        .iter()
-        .any(|p| p.optionality == Optionality::Greedy)
-}
-
-fn takes_value(f: &FlagInfo<'_>) -> bool {
-    matches!(f.kind, FlagInfoKind::Option { .. })
+fn sub_path(path: &str, name: &str) -> String {
+    if path.is_empty() {
+        name.to_string()
+    } else {
+        format!("{path} {name}")
+    }
 }
 
 /// `--name`, `--name=value`.
 fn long_flag(
-    cmd: &CommandInfoWithArgs,
+    cmd: &Cmd,
     long: &str,
     tok: &str,
     rest: &mut &[String],
     out: &mut Vec<String>,
 ) -> Result<(), UsageError> {
     let (name, value) = match long.split_once('=') {
-        Some((n, v)) => (n, Some(v)),
-        None => (long, None),
+        Some((n, v)) => (&tok[..n.len() + 2], Some(v)),
+        None => (tok, None),
     };
-    let Some(flag) = cmd
-        .flags
-        .iter()
-        .find(|f| f.long.strip_prefix("--") == Some(name))
-    else {
-        out.push(tok.to_string()); // argh names it
-        return Ok(());
-    };
-    if takes_value(flag) {
-        out.push(flag.long.to_string());
+    if cmd.values.contains(&name) {
+        out.push(name.to_string());
         match value {
             Some(v) => out.push(v.to_string()),
             None => take_next(rest, out),
         }
-    } else if switch_on(flag.long, value)? {
-        out.push(flag.long.to_string());
+    } else if cmd.switches.contains(&name) {
+        if switch_on(name, value)? {
+            out.push(name.to_string());
+        }
+    } else {
+        out.push(tok.to_string()); // argh names it
     }
     Ok(())
 }
 
 /// `-f`, `-f=value`, `-fvalue`, `-abc`.
 fn short_flags(
-    cmd: &CommandInfoWithArgs,
+    cmd: &Cmd,
     tok: &str,
     rest: &mut &[String],
     out: &mut Vec<String>,
 ) -> Result<(), UsageError> {
-    let find = |c: char| cmd.flags.iter().find(|f| f.short == Some(c));
     let body = &tok[1..];
     // Every letter up to a value must be a known flag; otherwise the word goes to argh
     // as typed (a negative number as a positional, an unknown flag it will name).
     let mut expanded = Vec::new();
     for (i, c) in body.char_indices() {
-        let Some(flag) = find(c) else {
-            out.push(tok.to_string());
-            return Ok(());
-        };
+        let flag = format!("-{c}");
         let after = &body[i + c.len_utf8()..];
-        if takes_value(flag) {
-            expanded.push(format!("-{c}"));
-            match after.strip_prefix('=').unwrap_or(after) {
-                "" if !after.starts_with('=') => take_next(rest, &mut expanded),
-                v => expanded.push(v.to_string()),
+        if cmd.values.contains(&flag.as_str()) {
+            expanded.push(flag);
+            match after.strip_prefix('=') {
+                Some(v) => expanded.push(v.to_string()),
+                None if after.is_empty() => take_next(rest, &mut expanded),
+                None => expanded.push(after.to_string()),
             }
             out.extend(expanded);
+            return Ok(());
+        }
+        if !cmd.switches.contains(&flag.as_str()) {
+            out.push(tok.to_string());
             return Ok(());
         }
         if let Some(v) = after.strip_prefix('=') {
-            if switch_on(&format!("-{c}"), Some(v))? {
-                expanded.push(format!("-{c}"));
+            if switch_on(&flag, Some(v))? {
+                expanded.push(flag);
             }
             out.extend(expanded);
             return Ok(());
         }
-        expanded.push(format!("-{c}"));
+        expanded.push(flag);
     }
     out.extend(expanded);
     Ok(())
@@ -176,14 +190,74 @@ fn switch_on(flag: &str, value: Option<&str>) -> Result<bool, UsageError> {
 
 #[cfg(test)]
 mod tests {
-    use argh::{ArgsInfo, FromArgs};
+    use argh::{ArgsInfo, CommandInfoWithArgs, FlagInfoKind, FromArgs, Optionality};
 
     use super::*;
     use crate::cli::{container, service, Command, Swarmlet};
 
     fn norm(args: &[&str]) -> Result<Vec<String>, UsageError> {
         let args: Vec<String> = args.iter().map(|s| (*s).to_string()).collect();
-        normalise(&args, &Swarmlet::get_args_info())
+        normalise(&args)
+    }
+
+    /// (path, values, switches, greedy) of every command, from the argh structs.
+    type Row = (String, Vec<String>, Vec<String>, bool);
+
+    fn rows_of(path: &str, cmd: &CommandInfoWithArgs, out: &mut Vec<Row>) {
+        let (mut values, mut switches) = (Vec::new(), Vec::new());
+        for f in cmd.flags {
+            let list = match f.kind {
+                FlagInfoKind::Option { .. } => &mut values,
+                FlagInfoKind::Switch => &mut switches,
+            };
+            list.push(f.long.to_string());
+            if let Some(c) = f.short {
+                list.push(format!("-{c}"));
+            }
+        }
+        let greedy = cmd
+            .positionals
+            .iter()
+            .any(|p| p.optionality == Optionality::Greedy);
+        out.push((path.to_string(), values, switches, greedy));
+        for sub in &cmd.commands {
+            rows_of(&sub_path(path, sub.name), &sub.command, out);
+        }
+    }
+
+    #[test]
+    fn the_table_matches_the_commands() {
+        let mut want = Vec::new();
+        rows_of("", &Swarmlet::get_args_info(), &mut want);
+        let have: Vec<Row> = table::COMMANDS
+            .iter()
+            .map(|c| {
+                let v = |l: &[&str]| l.iter().map(|s| (*s).to_string()).collect();
+                (c.path.to_string(), v(c.values), v(c.switches), c.greedy)
+            })
+            .collect();
+        if want != have {
+            let mut src = String::from(
+                "//! Generated by `cli::argv::tests::the_table_matches_the_commands` from the\n\
+                 //! argh structs: run it with SWARMLET_WRITE_ARGV_TABLE=1 after changing a command.\n\n\
+                 use super::Cmd;\n\npub static COMMANDS: &[Cmd] = &[\n",
+            );
+            for (path, values, switches, greedy) in &want {
+                src.push_str(&format!(
+                    "    Cmd {{ path: {path:?}, values: &{values:?}, switches: &{switches:?}, greedy: {greedy} }},\n"
+                ));
+            }
+            src.push_str("];\n");
+            if std::env::var_os("SWARMLET_WRITE_ARGV_TABLE").is_some() {
+                let p = concat!(env!("CARGO_MANIFEST_DIR"), "/src/cli/argv_table.rs");
+                std::fs::write(p, &src).unwrap();
+                panic!("wrote {p}: run cargo fmt and the tests again");
+            }
+            panic!(
+                "src/cli/argv_table.rs is out of date with the commands: run this test with \
+                 SWARMLET_WRITE_ARGV_TABLE=1, then cargo fmt"
+            );
+        }
     }
 
     fn parse(args: &[&str]) -> Swarmlet {

@@ -10,7 +10,8 @@ use crate::api::{Request, Response};
 use crate::cluster::token::{JoinToken, TokenRole as ClusterTokenRole};
 use crate::daemon::node::DaemonConfig;
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "daemon")]
 /// Run the node daemon (what systemd starts).
 pub struct DaemonCommand {
@@ -47,7 +48,8 @@ pub struct DaemonCommand {
     pub certs_dir: Option<PathBuf>,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "init")]
 /// Create a new cluster with this node as its first manager.
 pub struct InitCommand {
@@ -72,7 +74,8 @@ pub struct InitCommand {
     pub task_history_limit: Option<u32>,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "join")]
 /// Join a cluster as a worker or manager, as the token says.
 pub struct JoinCommand {
@@ -100,7 +103,8 @@ pub enum TokenRole {
     Manager,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "join-token")]
 /// Print or rotate the token that admits workers or managers.
 pub struct JoinTokenCommand {
@@ -117,7 +121,8 @@ pub struct JoinTokenCommand {
     pub quiet: bool,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "leave")]
 /// Leave the cluster.
 pub struct LeaveCommand {

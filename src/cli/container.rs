@@ -15,7 +15,8 @@ use crate::image::reference::Reference;
 use crate::runtime::logs::LogLimits;
 use crate::runtime::spec::{ContainerSpec, DeviceSpec, MountKind, MountSpec, NetworkMode};
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, Default, PartialEq)]
+#[derive(FromArgs, Debug, Default, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "run")]
 /// Create and start a container on this node.
 pub struct RunCommand {
@@ -160,7 +161,8 @@ pub struct RunCommand {
     pub args: Vec<String>,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, Default, PartialEq)]
+#[derive(FromArgs, Debug, Default, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "ps")]
 /// List containers on this node.
 pub struct PsCommand {
@@ -185,7 +187,8 @@ pub struct PsCommand {
     pub no_trunc: bool,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, Default, PartialEq)]
+#[derive(FromArgs, Debug, Default, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "stop")]
 /// Stop containers: SIGTERM, then SIGKILL after a grace period.
 pub struct StopCommand {
@@ -198,7 +201,8 @@ pub struct StopCommand {
     pub containers: Vec<String>,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, Default, PartialEq)]
+#[derive(FromArgs, Debug, Default, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "kill")]
 /// Send a signal to containers.
 pub struct KillCommand {
@@ -211,7 +215,8 @@ pub struct KillCommand {
     pub containers: Vec<String>,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, Default, PartialEq)]
+#[derive(FromArgs, Debug, Default, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "rm")]
 /// Remove containers.
 pub struct RmCommand {
@@ -228,7 +233,8 @@ pub struct RmCommand {
     pub containers: Vec<String>,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, Default, PartialEq)]
+#[derive(FromArgs, Debug, Default, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "inspect")]
 /// Show details of containers, tasks, services, nodes, networks or images, as JSON.
 pub struct InspectCommand {
@@ -241,7 +247,8 @@ pub struct InspectCommand {
     pub objects: Vec<String>,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, Default, PartialEq)]
+#[derive(FromArgs, Debug, Default, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "exec")]
 /// Run a command in a running container.
 pub struct ExecCommand {
@@ -278,7 +285,8 @@ pub struct ExecCommand {
     pub command: Vec<String>,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, Default, PartialEq)]
+#[derive(FromArgs, Debug, Default, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "logs")]
 /// Print a container's logs.
 pub struct LogsCommand {

@@ -17,7 +17,8 @@ use crate::daemon::transport::{os_random, Driver};
 use crate::transport::key::decode_hex32;
 use crate::transport::{Config, Event, PeerKey, Psk, MAX_MESSAGE_SIZE};
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "debug")]
 /// Developer tools that drive one layer by hand.
 pub struct DebugCommand {
@@ -25,19 +26,22 @@ pub struct DebugCommand {
     pub command: DebugSubcommand,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand)]
 pub enum DebugSubcommand {
     Transport(TransportCommand),
     Info(InfoCommand),
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "info")]
 /// Print what the local daemon knows about itself: id, role, leader (never forwarded).
 pub struct InfoCommand {}
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "transport")]
 /// Exercise the encrypted UDP transport (Noise IKpsk2) between two endpoints.
 pub struct TransportCommand {
@@ -45,7 +49,8 @@ pub struct TransportCommand {
     pub command: TransportSubcommand,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand)]
 pub enum TransportSubcommand {
     Listen(TransportListen),
@@ -53,7 +58,8 @@ pub enum TransportSubcommand {
     Demo(TransportDemo),
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "listen")]
 /// Accept handshakes and print each message received.
 pub struct TransportListen {
@@ -78,7 +84,8 @@ pub struct TransportListen {
     pub echo: bool,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "send")]
 /// Handshake with a listener and send messages.
 pub struct TransportSend {
@@ -123,7 +130,8 @@ pub struct TransportSend {
     pub bind: SocketAddr,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "demo")]
 /// Run a listener and a sender in one process on loopback.
 pub struct TransportDemo {}

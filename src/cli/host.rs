@@ -11,7 +11,8 @@ use argh::FromArgs;
 use super::Global;
 use crate::api::{ContainerRequest, Request};
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "install")]
 /// Install this binary and its systemd unit, then start the daemon.
 pub struct InstallCommand {
@@ -36,7 +37,8 @@ pub struct InstallCommand {
     pub force: bool,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "uninstall")]
 /// Stop the daemon and remove its binary and systemd unit.
 pub struct UninstallCommand {

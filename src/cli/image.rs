@@ -14,7 +14,8 @@ use crate::image::oci::Platform;
 use crate::image::pull::{read_docker_config, Credentials, LayerState, Progress};
 use crate::image::reference::{Digest, Reference};
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "image")]
 /// Manage images on this node.
 pub struct ImageCommand {
@@ -22,7 +23,8 @@ pub struct ImageCommand {
     pub command: ImageSubcommand,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand)]
 pub enum ImageSubcommand {
     Pull(ImagePull),
@@ -33,7 +35,8 @@ pub enum ImageSubcommand {
     Inspect(ImageInspect),
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "pull")]
 /// Pull an image from a registry.
 pub struct ImagePull {
@@ -50,7 +53,8 @@ pub struct ImagePull {
     pub image: String,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "ls")]
 /// List images.
 pub struct ImageLs {
@@ -79,7 +83,8 @@ pub struct ImageLs {
     pub repository: Option<String>,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "rm")]
 /// Remove images.
 pub struct ImageRm {
@@ -92,7 +97,8 @@ pub struct ImageRm {
     pub images: Vec<String>,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "load")]
 /// Load images from a docker-save or OCI archive.
 pub struct ImageLoad {
@@ -105,7 +111,8 @@ pub struct ImageLoad {
     pub quiet: bool,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "prune")]
 /// Remove unused images.
 pub struct ImagePrune {
@@ -118,7 +125,8 @@ pub struct ImagePrune {
     pub filter: Vec<String>,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "inspect")]
 /// Show details of images.
 pub struct ImageInspect {

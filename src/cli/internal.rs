@@ -10,7 +10,8 @@ use argh::FromArgs;
 
 use crate::runtime::{helper, keeper};
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "runtime-helper")]
 /// (internal) the container keeper and its libcontainer helper.
 pub struct RuntimeHelperCommand {
@@ -18,7 +19,8 @@ pub struct RuntimeHelperCommand {
     pub command: HelperSubcommand,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand)]
 pub enum HelperSubcommand {
     Keeper(KeeperArgs),
@@ -26,7 +28,8 @@ pub enum HelperSubcommand {
     Exec(ExecArgs),
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "exec")]
 /// run a process in container ID; exits with its status.
 pub struct ExecArgs {
@@ -53,7 +56,8 @@ pub struct ExecArgs {
     pub command: Vec<String>,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "keeper")]
 /// run the keeper for a containers directory.
 pub struct KeeperArgs {
@@ -62,7 +66,8 @@ pub struct KeeperArgs {
     pub dir: PathBuf,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "create")]
 /// create and start container ID from DIR/ID/bundle; fds 3 and 4 are its stdout and stderr.
 pub struct CreateArgs {

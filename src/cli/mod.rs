@@ -88,7 +88,8 @@ pub const EXIT_USAGE: u8 = 2;
 /// Exit code for a command that ran and failed.
 pub const EXIT_FAILURE: u8 = 1;
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 /// Docker Swarm mode as one small static binary for edge and ARM hosts.
 pub struct Swarmlet {
     /// print the version and exit
@@ -123,7 +124,8 @@ impl Global {
 // Parsed once per process, so the size of the biggest variant costs nothing; argh's derive
 // cannot box a subcommand variant.
 #[allow(clippy::large_enum_variant)]
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand)]
 pub enum Command {
     Daemon(cluster::DaemonCommand),

@@ -6,7 +6,8 @@ use argh::FromArgs;
 
 use super::{not_implemented, Global};
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "network")]
 /// Manage overlay networks (managers only).
 pub struct NetworkCommand {
@@ -14,7 +15,8 @@ pub struct NetworkCommand {
     pub command: NetworkSubcommand,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand)]
 pub enum NetworkSubcommand {
     Create(NetworkCreate),
@@ -23,7 +25,8 @@ pub enum NetworkSubcommand {
     Rm(NetworkRm),
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "create")]
 /// Create an overlay network.
 pub struct NetworkCreate {
@@ -64,7 +67,8 @@ pub struct NetworkCreate {
     pub name: String,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "ls")]
 /// List networks.
 pub struct NetworkLs {
@@ -81,7 +85,8 @@ pub struct NetworkLs {
     pub no_trunc: bool,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "inspect")]
 /// Show details of networks.
 pub struct NetworkInspect {
@@ -90,7 +95,8 @@ pub struct NetworkInspect {
     pub networks: Vec<String>,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "rm")]
 /// Remove networks no service uses.
 pub struct NetworkRm {

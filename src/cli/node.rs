@@ -8,7 +8,8 @@ use super::{call, not_implemented, print_done, Global, UsageError};
 use crate::api::{NodeView, Request, Response};
 use crate::cluster::{Availability as ClusterAvailability, NodeRole};
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "node")]
 /// Manage cluster nodes (managers only).
 pub struct NodeCommand {
@@ -16,7 +17,8 @@ pub struct NodeCommand {
     pub command: NodeSubcommand,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand)]
 pub enum NodeSubcommand {
     Ls(NodeLs),
@@ -28,7 +30,8 @@ pub enum NodeSubcommand {
     Rm(NodeRm),
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "ls")]
 /// List nodes.
 pub struct NodeLs {
@@ -45,7 +48,8 @@ pub struct NodeLs {
     pub format: Option<String>,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "inspect")]
 /// Show details of nodes ("self" is this node).
 pub struct NodeInspect {
@@ -58,7 +62,8 @@ pub struct NodeInspect {
     pub nodes: Vec<String>,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "ps")]
 /// List the tasks on a node (default: this node).
 pub struct NodePs {
@@ -75,7 +80,8 @@ pub struct NodePs {
     pub node: Option<String>,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "promote")]
 /// Make workers managers.
 pub struct NodePromote {
@@ -84,7 +90,8 @@ pub struct NodePromote {
     pub nodes: Vec<String>,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "demote")]
 /// Make managers workers.
 pub struct NodeDemote {
@@ -111,7 +118,8 @@ pub enum Role {
     Manager,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "update")]
 /// Change a node's availability, role or labels.
 pub struct NodeUpdate {
@@ -136,7 +144,8 @@ pub struct NodeUpdate {
     pub node: String,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "rm")]
 /// Remove nodes from the cluster; their keys are revoked.
 pub struct NodeRm {

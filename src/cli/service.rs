@@ -10,7 +10,8 @@ use argh::{FromArgValue, FromArgs};
 
 use super::{not_implemented, Global};
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "service")]
 /// Manage services (managers only).
 pub struct ServiceCommand {
@@ -18,7 +19,8 @@ pub struct ServiceCommand {
     pub command: ServiceSubcommand,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand)]
 pub enum ServiceSubcommand {
     Create(ServiceCreate),
@@ -66,7 +68,8 @@ pub enum EndpointMode {
     Dnsrr,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "create")]
 /// Create a service.
 pub struct ServiceCreate {
@@ -179,7 +182,8 @@ pub struct ServiceCreate {
     pub args: Vec<String>,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "ls")]
 /// List services with their running/desired task counts.
 pub struct ServiceLs {
@@ -192,7 +196,8 @@ pub struct ServiceLs {
     pub filter: Vec<String>,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "ps")]
 /// List the tasks of a service.
 pub struct ServicePs {
@@ -209,7 +214,8 @@ pub struct ServicePs {
     pub service: String,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "inspect")]
 /// Show details of services.
 pub struct ServiceInspect {
@@ -222,7 +228,8 @@ pub struct ServiceInspect {
     pub services: Vec<String>,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "scale")]
 /// Set the replica count of replicated services.
 pub struct ServiceScale {
@@ -231,7 +238,8 @@ pub struct ServiceScale {
     pub scales: Vec<String>,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "update")]
 /// Change a service; tasks are replaced by a rolling update.
 pub struct ServiceUpdate {
@@ -372,7 +380,8 @@ pub struct ServiceUpdate {
     pub service: String,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "rollback")]
 /// Go back to a service's previous spec, by a rolling update.
 pub struct ServiceRollback {
@@ -381,7 +390,8 @@ pub struct ServiceRollback {
     pub service: String,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "rm")]
 /// Remove services and their tasks.
 pub struct ServiceRm {
@@ -390,7 +400,8 @@ pub struct ServiceRm {
     pub services: Vec<String>,
 }
 
-#[derive(FromArgs, argh::ArgsInfo, Debug, PartialEq)]
+#[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "logs")]
 /// Print the logs of all tasks of a service.
 pub struct ServiceLogs {
