@@ -632,3 +632,39 @@ fn a_replaced_binary_keeps_the_daemon_working_and_a_restart_takes_the_new_one() 
     assert_eq!((code, out.as_str()), (0, "again\n"));
     d.ok(&["rm", "-f", "before", "after"]);
 }
+
+#[test]
+#[ignore = "needs root"]
+fn a_stop_timeout_of_minus_one_waits_without_sigkill() {
+    let d = daemon("ctr-stopwait", "127.0.33.10");
+    // Takes 2 s to exit after SIGTERM; the default grace (10 s) would not show the
+    // difference, `-t 1` would kill it, -1 must wait.
+    let slow = "trap 'sleep 2; exit 3' TERM; while true; do sleep 0.1; done";
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "slow",
+        "--stop-timeout=-1",
+        "bb:1",
+        "sh",
+        "-c",
+        slow,
+    ]);
+    d.ok(&["run", "-d", "--name", "cut", "bb:1", "sh", "-c", slow]);
+    std::thread::sleep(Duration::from_millis(300)); // the traps are set
+    let start = std::time::Instant::now();
+    d.ok(&["stop", "slow"]);
+    assert!(start.elapsed() >= Duration::from_secs(2));
+    d.ok(&["stop", "-t", "1", "cut"]);
+    let code = |name: &str| {
+        let v: serde_json::Value = serde_json::from_str(&d.ok(&["inspect", name])).unwrap();
+        (
+            v[0]["State"]["ExitCode"].clone(),
+            v[0]["Config"]["StopTimeout"].clone(),
+        )
+    };
+    assert_eq!(code("slow"), (json!(3), json!(-1)));
+    assert_eq!(code("cut").0, json!(137));
+    d.ok(&["rm", "slow", "cut"]);
+}
