@@ -86,7 +86,8 @@ pub enum ContainerRequest {
     List,
     Stop {
         containers: Vec<String>,
-        timeout: Option<u64>,
+        /// Seconds before SIGKILL; -1: none.
+        timeout: Option<i64>,
     },
     Kill {
         containers: Vec<String>,
@@ -127,7 +128,8 @@ pub struct RunRequest {
     pub name: Option<String>,
     pub spec: ContainerSpec,
     pub stop_signal: Option<String>,
-    pub stop_timeout: Option<u64>,
+    /// Seconds before SIGKILL; -1: none.
+    pub stop_timeout: Option<i64>,
     pub auto_remove: bool,
     pub auth: Option<Credentials>,
     pub health: crate::daemon::health::HealthFlags,
@@ -264,8 +266,11 @@ pub enum Response {
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
-    #[error("{0}")]
+    // Transparent: the message is the cause's, said once (not again as its source).
+    #[error(transparent)]
     Io(#[from] io::Error),
+    #[error("the daemon closed the connection before answering (did it stop? its log says why)")]
+    Closed,
     #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
     TooLarge(usize),
     #[error("unknown API version {0} (is the daemon the same swarmlet version?)")]
@@ -315,10 +320,10 @@ pub fn call(socket: &Path, req: &Request) -> Result<Response, CallError> {
         .map_err(FrameError::from)?;
     s.write_all(&encode(req)).map_err(FrameError::from)?;
     let mut header = [0u8; 4];
-    s.read_exact(&mut header).map_err(FrameError::from)?;
+    s.read_exact(&mut header).map_err(answer_error)?;
     let len = frame_len(header)?;
     let mut body = vec![0u8; len];
-    s.read_exact(&mut body).map_err(FrameError::from)?;
+    s.read_exact(&mut body).map_err(answer_error)?;
     Ok(decode(&body)?)
 }
 
@@ -340,10 +345,10 @@ pub fn call_streaming(
     s.write_all(&encode(req)).map_err(FrameError::from)?;
     loop {
         let mut header = [0u8; 4];
-        s.read_exact(&mut header).map_err(FrameError::from)?;
+        s.read_exact(&mut header).map_err(answer_error)?;
         let len = frame_len(header)?;
         let mut body = vec![0u8; len];
-        s.read_exact(&mut body).map_err(FrameError::from)?;
+        s.read_exact(&mut body).map_err(answer_error)?;
         match decode(&body)? {
             r @ (Response::Progress(_) | Response::LogChunk(_)) => on_frame(r),
             other => return Ok(other),
@@ -355,8 +360,25 @@ pub fn call_streaming(
 pub enum CallError {
     #[error("cannot reach the swarmlet daemon at {path}: {cause} (is `swarmlet daemon` running? set --socket or {SOCKET_ENV} to use another)")]
     Connect { path: String, cause: io::Error },
+    // Not a `source`: the message already holds it, and `{:#}` would print it again.
     #[error("talking to the daemon: {0}")]
-    Frame(#[from] FrameError),
+    Frame(FrameError),
+}
+
+impl From<FrameError> for CallError {
+    fn from(e: FrameError) -> Self {
+        CallError::Frame(e)
+    }
+}
+
+/// An error reading the daemon's answer: the end of the stream there means the daemon
+/// went away mid-request.
+fn answer_error(e: io::Error) -> FrameError {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        FrameError::Closed
+    } else {
+        FrameError::Io(e)
+    }
 }
 
 #[cfg(test)]

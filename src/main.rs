@@ -22,6 +22,11 @@ fn main() -> ExitCode {
             }
         }
     }
+    // Docker's `--flag=value` and friends, in argh's spelling.
+    let args = match cli::argv::normalise(&args) {
+        Ok(args) => args,
+        Err(e) => return usage_error(&e.0),
+    };
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
 
     let parsed = match Swarmlet::from_args(&["swarmlet"], &args) {

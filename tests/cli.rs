@@ -92,6 +92,21 @@ fn bad_flag_values_are_usage_errors_before_any_daemon_is_asked() {
         ),
         (vec!["join", "SWLT-1-x-abc", "10.0.0.1:2377"], "TOKEN"),
         (vec!["daemon", "--log-level", "loud"], "--log-level"),
+        (vec!["run", "--name", "a b", "busybox"], "--name"),
+        (vec!["run", "-w", "relative", "busybox"], "-w"),
+        (vec!["run", "-v", "..:/x", "busybox"], "-v"),
+        (vec!["run", "-v", ".:/x", "busybox"], "-v"),
+        (vec!["run", "--cpus", "100000", "busybox"], "--cpus"),
+        (
+            vec!["run", "--memory", "99999999999999999999g", "busybox"],
+            "--memory",
+        ),
+        (
+            vec!["run", "--stop-timeout", "-2", "busybox"],
+            "--stop-timeout",
+        ),
+        (vec!["stop", "-t", "-2", "c1"], "--time"),
+        (vec!["logs", "--tail", "some", "c1"], "--tail"),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_swarmlet"))
             .args(["--socket", "/nonexistent/swarmlet.sock"])
@@ -102,4 +117,156 @@ fn bad_flag_values_are_usage_errors_before_any_daemon_is_asked() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn docker_spellings_of_no_limit_reach_the_daemon() {
+    // Parsed and resolved: the only failure left is the missing daemon (exit 1).
+    for args in [
+        vec!["run", "--stop-timeout", "-1", "busybox"],
+        vec!["stop", "-t", "-1", "c1"],
+        vec!["logs", "--tail", "-1", "c1"],
+        vec!["logs", "--tail", "all", "c1"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_swarmlet"))
+            .args(["--socket", "/nonexistent/swarmlet.sock"])
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("cannot reach the swarmlet daemon"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn daemon_flags_the_cluster_would_refuse_are_usage_errors() {
+    let long = "x".repeat(10_000);
+    let big_label = format!("k={}", "v".repeat(300));
+    for (flag, value) in [
+        ("--hostname", long.as_str()),
+        ("--hostname", ""),
+        ("--label", big_label.as_str()),
+    ] {
+        // A data dir that cannot be made: were the flag taken, the daemon would fail
+        // there (exit 1) rather than start.
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_swarmlet"))
+            .args(["--socket", "/nonexistent/swarmlet.sock", "daemon"])
+            .args(["--data-dir", "/proc/nonexistent/data", flag, value])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {err}");
+        assert!(err.contains(flag), "{flag}: {err}");
+        assert!(
+            err.len() < 500,
+            "the message does not echo 10,000 bytes: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_daemon_that_hangs_up_mid_request_is_reported_once_and_plainly() {
+    // A stand-in daemon that reads the request and closes without answering, as one
+    // that dies mid-request does.
+    let dir = std::env::temp_dir().join(format!("swarmlet-cli-hangup-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let server = std::thread::spawn(move || {
+        for _ in 0..2 {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 256];
+            let _ = std::io::Read::read(&mut s, &mut buf);
+        }
+    });
+    for args in [vec!["node", "ls"], vec!["image", "ls"]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_swarmlet"))
+            .arg("--socket")
+            .arg(&sock)
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            !err.contains("failed to fill whole buffer"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            err.contains("the daemon closed the connection before answering"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    }
+    server.join().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn flag_equals_value_is_taken_everywhere() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_swarmlet"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The value reaches the flag's own check, which names it.
+    let (code, err) = run(&[
+        "--socket=/nonexistent/s.sock",
+        "run",
+        "--cpus=-1",
+        "busybox",
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--cpus: range of CPUs"), "{err}");
+    // The seed's own spelling parses (the command itself is not built yet).
+    let (code, err) = run(&[
+        "service",
+        "create",
+        "--mode=global",
+        "--name=agent",
+        "img:1",
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(!err.contains("Unrecognized"), "{err}");
+    // Parsed and resolved, so the missing daemon is what fails.
+    for args in [
+        &[
+            "--socket=/nonexistent/s.sock",
+            "run",
+            "-d=true",
+            "--rm=false",
+            "-e=A=1",
+            "busybox",
+            "sh",
+            "-c",
+            "echo --x=y",
+        ][..],
+        &["--socket=/nonexistent/s.sock", "logs", "--tail=-1", "c1"],
+        &[
+            "--socket=/nonexistent/s.sock",
+            "node",
+            "ls",
+            "--format=json",
+        ],
+    ] {
+        let (code, err) = run(args);
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("cannot reach the swarmlet daemon at /nonexistent/s.sock"),
+            "{args:?}: {err}"
+        );
+    }
+    let (code, err) = run(&["run", "--rm=sometimes", "busybox"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--rm: a switch takes no value"), "{err}");
 }

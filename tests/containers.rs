@@ -15,7 +15,11 @@ use support::Daemon;
 
 /// A daemon with the busybox test image loaded as `bb:1`.
 fn daemon(tag: &str, ip: &str) -> Daemon {
-    let d = Daemon::new(tag, "n1", ip);
+    with_image(Daemon::new(tag, "n1", ip))
+}
+
+/// Loads the busybox test image into `d` as `bb:1`.
+fn with_image(d: Daemon) -> Daemon {
     let img = TestImage::busybox(
         json!({"Cmd": ["/bin/sh"], "Env": ["FROM_IMAGE=yes"], "WorkingDir": "/tmp"}),
     );
@@ -563,4 +567,104 @@ fn restart_policies() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--restart"));
     d.ok(&["rm", "-f", "flaky", "fine", "eternal"]);
+}
+
+/// Writes `bytes` as `path` the way an upgrade does (a new file renamed over the old
+/// one): processes started from the old file keep running it, deleted on disk.
+fn replace_file(path: &std::path::Path, bytes: &[u8]) {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_replaced_binary_keeps_the_daemon_working_and_a_restart_takes_the_new_one() {
+    let dir = std::env::temp_dir().join(format!("swarmlet-upgrade-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    struct Gone(std::path::PathBuf);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _gone = Gone(dir.clone());
+    let bin = dir.join("swarmlet");
+    let real = std::fs::read(support::BIN).unwrap();
+    replace_file(&bin, &real);
+    let mut d = with_image(Daemon::from_binary("ctr-upgrade", "n1", "127.0.33.9", &bin));
+    d.ok(&["run", "-d", "--name", "before", "bb:1", "sleep", "1000"]);
+
+    // The file at the path is now something else entirely, which fails if run: the
+    // daemon and its keeper must go on running the binary they started from, not
+    // whatever the path names now.
+    let marker = dir.join("impostor-ran");
+    replace_file(
+        &bin,
+        format!("#!/bin/sh\ntouch {}\nexit 99\n", marker.display()).as_bytes(),
+    );
+    let (code, out, err) = run(&d, &["bb:1", "echo", "started"]);
+    assert_eq!((code, out.as_str()), (0, "started\n"), "{err}");
+    d.ok(&["run", "-d", "--name", "after", "bb:1", "sleep", "1000"]);
+    assert_eq!(d.ok(&["exec", "before", "echo", "exec ok"]), "exec ok\n");
+    assert!(
+        !marker.exists(),
+        "a process ran the file now at the old path"
+    );
+
+    // A newer binary arrives and the daemon restarts onto it, containers running.
+    replace_file(&bin, &real);
+    d.kill9();
+    d.start();
+    let ps = d.ok(&["ps"]);
+    for name in ["before", "after"] {
+        assert!(
+            ps.lines().any(|l| l.contains(name) && l.contains("Up")),
+            "{name}: {ps}"
+        );
+    }
+    assert_eq!(d.ok(&["exec", "after", "echo", "still"]), "still\n");
+    d.ok(&["stop", "-t", "1", "before"]);
+    let (code, out, _) = run(&d, &["bb:1", "echo", "again"]);
+    assert_eq!((code, out.as_str()), (0, "again\n"));
+    d.ok(&["rm", "-f", "before", "after"]);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_stop_timeout_of_minus_one_waits_without_sigkill() {
+    let d = daemon("ctr-stopwait", "127.0.33.10");
+    // Takes 2 s to exit after SIGTERM; the default grace (10 s) would not show the
+    // difference, `-t 1` would kill it, -1 must wait.
+    let slow = "trap 'sleep 2; exit 3' TERM; while true; do sleep 0.1; done";
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "slow",
+        "--stop-timeout=-1",
+        "bb:1",
+        "sh",
+        "-c",
+        slow,
+    ]);
+    d.ok(&["run", "-d", "--name", "cut", "bb:1", "sh", "-c", slow]);
+    std::thread::sleep(Duration::from_millis(300)); // the traps are set
+    let start = std::time::Instant::now();
+    d.ok(&["stop", "slow"]);
+    assert!(start.elapsed() >= Duration::from_secs(2));
+    d.ok(&["stop", "-t", "1", "cut"]);
+    let code = |name: &str| {
+        let v: serde_json::Value = serde_json::from_str(&d.ok(&["inspect", name])).unwrap();
+        (
+            v[0]["State"]["ExitCode"].clone(),
+            v[0]["Config"]["StopTimeout"].clone(),
+        )
+    };
+    assert_eq!(code("slow"), (json!(3), json!(-1)));
+    assert_eq!(code("cut").0, json!(137));
+    d.ok(&["rm", "slow", "cut"]);
 }

@@ -222,3 +222,106 @@ fn tamper_layer(tarball: &[u8]) -> Vec<u8> {
     }
     t.into_inner().unwrap()
 }
+
+/// A small tmpfs mounted for one test, unmounted (and its mount point removed) when
+/// dropped, also when the test fails.
+struct SmallFs(std::path::PathBuf);
+impl SmallFs {
+    fn mount(tag: &str, size: &str) -> SmallFs {
+        let d = Dir::new(tag);
+        std::fs::create_dir_all(&d.0).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&d.0)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs");
+        let p = d.0.clone();
+        std::mem::forget(d); // SmallFs removes it after the unmount
+        SmallFs(p)
+    }
+}
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_full_disk_is_reported_as_such() {
+    let fs = SmallFs::mount("full", "1m");
+    let store = Store::open(&fs.0.join("images")).unwrap();
+    let img = TestImage::busybox(json!({}));
+    let err = load(&store, &oci_layout_tar(&img, "bb:1")[..], &Platform::host())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(!err.contains("not a readable tar archive"), "{err}");
+    assert!(
+        err.contains(&fs.0.display().to_string()),
+        "names where: {err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(fs.0.join("images/tmp")).unwrap().count(),
+        0,
+        "nothing left behind"
+    );
+}
+
+/// Replaces every gzip layer blob of an OCI layout with the same tar compressed
+/// otherwise: the diff id still matches, the digest the manifest names does not.
+fn recompress_layers(tarball: &[u8]) -> Vec<u8> {
+    let mut t = tar::Builder::new(Vec::new());
+    for e in tar::Archive::new(tarball).entries().unwrap() {
+        let mut e = e.unwrap();
+        let path = e.path().unwrap().to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+        if path.starts_with("blobs/") && data.starts_with(&[0x1f, 0x8b]) {
+            let mut inner = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&data[..]), &mut inner)
+                .unwrap();
+            let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            std::io::Write::write_all(&mut z, &inner).unwrap();
+            let other = z.finish().unwrap();
+            assert_ne!(other, data);
+            data = other;
+        }
+        let mut h = e.header().clone();
+        h.set_size(data.len() as u64);
+        t.append_data(&mut h, &path, &data[..]).unwrap();
+    }
+    t.into_inner().unwrap()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn an_oci_layer_blob_must_match_its_manifest_digest() {
+    let d = Dir::new("blobdigest");
+    let store = Store::open(&d.0).unwrap();
+    let host = Platform::host();
+    let img = TestImage::busybox(json!({}));
+    let liar = recompress_layers(&oci_layout_tar(&img, "example.org/liar:1"));
+    // In an empty store, and in one that already has the layer (its diff id matches).
+    for round in ["empty store", "layer already stored"] {
+        let err = load(&store, &liar[..], &host).unwrap_err().to_string();
+        assert!(err.contains("digest mismatch"), "{round}: {err}");
+        assert!(
+            matches!(
+                store.resolve("example.org/liar:1"),
+                Err(StoreError::NotFound(_))
+            ),
+            "{round}"
+        );
+        load(&store, &oci_layout_tar(&img, "example.org/ok:1")[..], &host).unwrap();
+        store
+            .remove("example.org/ok:1", false, &no_containers)
+            .unwrap();
+        load(&store, &docker_save_tar(&img, &["keep:1"])[..], &host).unwrap();
+    }
+}

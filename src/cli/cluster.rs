@@ -11,6 +11,7 @@ use crate::cluster::token::{JoinToken, TokenRole as ClusterTokenRole};
 use crate::daemon::node::DaemonConfig;
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "daemon")]
 /// Run the node daemon (what systemd starts).
 pub struct DaemonCommand {
@@ -48,6 +49,7 @@ pub struct DaemonCommand {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "init")]
 /// Create a new cluster with this node as its first manager.
 pub struct InitCommand {
@@ -78,6 +80,7 @@ pub struct InitCommand {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "join")]
 /// Join a cluster as a worker or manager, as the token says.
 pub struct JoinCommand {
@@ -106,6 +109,7 @@ pub enum TokenRole {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "join-token")]
 /// Print or rotate the token that admits workers or managers.
 pub struct JoinTokenCommand {
@@ -123,6 +127,7 @@ pub struct JoinTokenCommand {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "leave")]
 /// Leave the cluster.
 pub struct LeaveCommand {
@@ -151,6 +156,14 @@ pub fn daemon(global: &Global, cmd: DaemonCommand) -> anyhow::Result<ExitCode> {
     if let Some(l) = &cmd.log_level {
         crate::logging::set_level(l).map_err(|e| UsageError(format!("--log-level: {e}")))?;
     }
+    let hostname = cmd.hostname.unwrap_or_else(system_hostname);
+    check_hostname(&hostname)?;
+    let labels: Vec<(String, String)> = cmd
+        .label
+        .iter()
+        .map(|l| parse_label("--label", l))
+        .collect::<Result<_, _>>()?;
+    check_labels(&labels)?;
     let cfg = DaemonConfig {
         data_dir: cmd
             .data_dir
@@ -166,12 +179,8 @@ pub fn daemon(global: &Global, cmd: DaemonCommand) -> anyhow::Result<ExitCode> {
             .as_deref()
             .map(|a| parse_addr("--advertise-addr", a))
             .transpose()?,
-        hostname: cmd.hostname.unwrap_or_else(system_hostname),
-        labels: cmd
-            .label
-            .iter()
-            .map(|l| parse_label("--label", l))
-            .collect::<Result<_, _>>()?,
+        hostname,
+        labels,
         registry: crate::image::pull::RegistryConfig {
             insecure: cmd
                 .insecure_registry
@@ -187,6 +196,39 @@ pub fn daemon(global: &Global, cmd: DaemonCommand) -> anyhow::Result<ExitCode> {
     };
     crate::daemon::node::run(cfg)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The limits the cluster state holds a node's name to, checked before the daemon
+/// starts: `init` and `join` would refuse it later, far from the flag.
+fn check_hostname(h: &str) -> Result<(), UsageError> {
+    use crate::cluster::MAX_HOSTNAME;
+    if h.is_empty() || h.len() > MAX_HOSTNAME {
+        return Err(UsageError(format!(
+            "--hostname: a node name is 1 to {MAX_HOSTNAME} bytes, this one is {}",
+            h.len()
+        )));
+    }
+    Ok(())
+}
+
+/// See [`check_hostname`]: the cluster's label limits.
+fn check_labels(labels: &[(String, String)]) -> Result<(), UsageError> {
+    use crate::cluster::{MAX_LABELS, MAX_LABEL_BYTES};
+    if labels.len() > MAX_LABELS {
+        return Err(UsageError(format!(
+            "--label: at most {MAX_LABELS} labels, {} given",
+            labels.len()
+        )));
+    }
+    for (k, v) in labels {
+        if k.len() > MAX_LABEL_BYTES || v.len() > MAX_LABEL_BYTES {
+            let shown: String = k.chars().take(32).collect();
+            return Err(UsageError(format!(
+                "--label: {shown:?}: keys and values are at most {MAX_LABEL_BYTES} bytes"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A registry host as a reference names it (`host[:port]`, no scheme, no path).

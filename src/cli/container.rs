@@ -16,6 +16,7 @@ use crate::runtime::logs::LogLimits;
 use crate::runtime::spec::{ContainerSpec, DeviceSpec, MountKind, MountSpec, NetworkMode};
 
 #[derive(FromArgs, Debug, Default, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "run")]
 /// Create and start a container on this node.
 pub struct RunCommand {
@@ -119,9 +120,9 @@ pub struct RunCommand {
     #[argh(option)]
     pub stop_signal: Option<String>,
 
-    /// seconds between the stop signal and SIGKILL (default 10)
+    /// seconds between the stop signal and SIGKILL (default 10; -1: no SIGKILL)
     #[argh(option)]
-    pub stop_timeout: Option<u64>,
+    pub stop_timeout: Option<i64>,
 
     /// health check command, run with /bin/sh -c inside the container
     #[argh(option)]
@@ -161,6 +162,7 @@ pub struct RunCommand {
 }
 
 #[derive(FromArgs, Debug, Default, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "ps")]
 /// List containers on this node.
 pub struct PsCommand {
@@ -186,12 +188,13 @@ pub struct PsCommand {
 }
 
 #[derive(FromArgs, Debug, Default, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "stop")]
 /// Stop containers: SIGTERM, then SIGKILL after a grace period.
 pub struct StopCommand {
-    /// seconds to wait before SIGKILL (default 10)
+    /// seconds to wait before SIGKILL (default: the container's; -1: no SIGKILL)
     #[argh(option, short = 't')]
-    pub time: Option<u64>,
+    pub time: Option<i64>,
 
     /// container ids or names
     #[argh(positional)]
@@ -199,6 +202,7 @@ pub struct StopCommand {
 }
 
 #[derive(FromArgs, Debug, Default, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "kill")]
 /// Send a signal to containers.
 pub struct KillCommand {
@@ -212,6 +216,7 @@ pub struct KillCommand {
 }
 
 #[derive(FromArgs, Debug, Default, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "rm")]
 /// Remove containers.
 pub struct RmCommand {
@@ -229,6 +234,7 @@ pub struct RmCommand {
 }
 
 #[derive(FromArgs, Debug, Default, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "inspect")]
 /// Show details of containers, tasks, services, nodes, networks or images, as JSON.
 pub struct InspectCommand {
@@ -242,6 +248,7 @@ pub struct InspectCommand {
 }
 
 #[derive(FromArgs, Debug, Default, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "exec")]
 /// Run a command in a running container.
 pub struct ExecCommand {
@@ -279,6 +286,7 @@ pub struct ExecCommand {
 }
 
 #[derive(FromArgs, Debug, Default, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "logs")]
 /// Print a container's logs.
 pub struct LogsCommand {
@@ -286,9 +294,9 @@ pub struct LogsCommand {
     #[argh(switch, short = 'f')]
     pub follow: bool,
 
-    /// lines from the end of the log (default all)
+    /// lines from the end of the log: a number, or all (default; so is -1)
     #[argh(option)]
-    pub tail: Option<u64>,
+    pub tail: Option<String>,
 
     /// only lines since this time, RFC 3339 or relative (e.g. 10m)
     #[argh(option)]
@@ -303,8 +311,9 @@ pub struct LogsCommand {
     pub container: String,
 }
 
-/// `64m`, `1g`, `512k`, `1048576` to bytes.
+/// `64m`, `1g`, `512k`, `1048576` to bytes, within the memory limits the daemon takes.
 fn parse_bytes(flag: &str, s: &str) -> Result<i64, UsageError> {
+    use crate::runtime::spec::{MAX_MEMORY, MIN_MEMORY};
     let t = s.trim().to_ascii_lowercase();
     let t = t.strip_suffix('b').unwrap_or(&t);
     let (num, mult) = match t.chars().last() {
@@ -315,15 +324,25 @@ fn parse_bytes(flag: &str, s: &str) -> Result<i64, UsageError> {
     };
     let n: f64 = num
         .parse()
-        .map_err(|_| UsageError(format!("{flag}: {s:?} is not a size like 64m or 1g")))?;
-    #[allow(clippy::cast_possible_truncation)]
-    let bytes = (n * mult as f64) as i64;
-    if !n.is_finite() || bytes < 4 << 20 {
+        .ok()
+        .filter(|n: &f64| n.is_finite())
+        .ok_or_else(|| UsageError(format!("{flag}: {s:?} is not a size like 64m or 1g")))?;
+    #[allow(clippy::cast_precision_loss)] // powers of two, exact in an f64
+    let bytes = n * mult as f64;
+    #[allow(clippy::cast_precision_loss)]
+    if bytes < MIN_MEMORY as f64 {
         return Err(UsageError(format!(
             "{flag}: {s:?} is below the 4 MiB minimum"
         )));
     }
-    Ok(bytes)
+    #[allow(clippy::cast_precision_loss)]
+    if bytes > MAX_MEMORY as f64 {
+        return Err(UsageError(format!(
+            "{flag}: {s:?} is above the 1 PiB maximum"
+        )));
+    }
+    #[allow(clippy::cast_possible_truncation)] // within 4 MiB..1 PiB, checked above
+    Ok(bytes as i64)
 }
 
 /// `500ms`, `30s`, `1m`, `1h`, `1m30s` (Go's duration form, as Docker takes).
@@ -360,8 +379,38 @@ pub fn parse_duration(flag: &str, s: &str) -> Result<std::time::Duration, UsageE
     Ok(std::time::Duration::from_millis(ms))
 }
 
+/// A grace period before SIGKILL: seconds, or -1 for none (wait as long as it takes),
+/// as Docker takes it.
+fn grace_period(flag: &str, t: Option<i64>) -> Result<Option<i64>, UsageError> {
+    match t {
+        Some(t) if t < -1 => Err(UsageError(format!(
+            "{flag}: {t}: give seconds, or -1 to wait without a limit"
+        ))),
+        t => Ok(t),
+    }
+}
+
+/// `stop -t`: see [`grace_period`].
+fn stop_timeout(t: Option<i64>) -> Result<Option<i64>, UsageError> {
+    grace_period("--time", t)
+}
+
+/// `logs --tail`: a count, or all lines for `all` or a negative number (as Docker).
+fn tail_lines(t: Option<&str>) -> Result<Option<u64>, UsageError> {
+    match t {
+        None | Some("all") => Ok(None),
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) if n < 0 => Ok(None),
+            Ok(n) => Ok(u64::try_from(n).ok()),
+            Err(_) => Err(UsageError(format!(
+                "--tail: {v:?} is not a number of lines or all"
+            ))),
+        },
+    }
+}
+
 /// Turns the flags into the spec the daemon gets; every error names its flag.
-fn resolve_run(c: &RunCommand) -> Result<(ContainerSpec, Option<u64>), UsageError> {
+fn resolve_run(c: &RunCommand) -> Result<(ContainerSpec, Option<i64>), UsageError> {
     if c.interactive || c.tty {
         return Err(UsageError(
             "-i/-t: interactive containers are not supported yet".into(),
@@ -379,6 +428,14 @@ fn resolve_run(c: &RunCommand) -> Result<(ContainerSpec, Option<u64>), UsageErro
         // Docker allows it; so do we (the daemon removes it when it exits).
     }
     Reference::parse(&c.image).map_err(|e| UsageError(e.to_string()))?;
+    if let Some(n) = &c.name {
+        if !crate::runtime::spec::valid_container_name(n) {
+            return Err(UsageError(format!(
+                "--name: {n:?} is not a valid name: [a-zA-Z0-9][a-zA-Z0-9_.-]* (up to 128)"
+            )));
+        }
+    }
+    let stop_timeout = grace_period("--stop-timeout", c.stop_timeout)?;
     let network = match c.network.as_deref() {
         None | Some("none") => NetworkMode::None,
         Some("host") => NetworkMode::Host,
@@ -409,16 +466,9 @@ fn resolve_run(c: &RunCommand) -> Result<(ContainerSpec, Option<u64>), UsageErro
         }
         let kind = if src.starts_with('/') {
             MountKind::Bind
-        } else if !src.is_empty()
-            && src
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-        {
-            MountKind::Volume
         } else {
-            return Err(UsageError(format!(
-                "-v: source {src:?} is neither an absolute path nor a volume name"
-            )));
+            // A name, checked with the rest of the spec below.
+            MountKind::Volume
         };
         mounts.push(MountSpec {
             kind,
@@ -481,12 +531,9 @@ fn resolve_run(c: &RunCommand) -> Result<(ContainerSpec, Option<u64>), UsageErro
         Some(x) => {
             let v: f64 = x
                 .parse()
-                .map_err(|_| UsageError(format!("--cpus: {x:?} is not a number")))?;
-            if !(0.01..=1024.0).contains(&v) {
-                return Err(UsageError(format!(
-                    "--cpus: {x} is out of range (0.01 to 1024)"
-                )));
-            }
+                .ok()
+                .filter(|v: &f64| v.is_finite())
+                .ok_or_else(|| UsageError(format!("--cpus: {x:?} is not a number")))?;
             Some(v)
         }
     };
@@ -529,13 +576,16 @@ fn resolve_run(c: &RunCommand) -> Result<(ContainerSpec, Option<u64>), UsageErro
         devices,
         labels,
     };
+    // What the daemon checks too (the host's CPUs, volume names): this is the same
+    // host, so the user gets a usage error before anything is asked.
+    crate::runtime::spec::validate(&spec, crate::runtime::spec::host_cpus()).map_err(UsageError)?;
     crate::runtime::spec::capabilities(&spec, u64::MAX)
         .map_err(|e| UsageError(format!("--cap-add/--cap-drop: {e}")))?;
     if let Some(sig) = &c.stop_signal {
         crate::daemon::containers::signal_number(sig)
             .map_err(|e| UsageError(format!("--stop-signal: {e}")))?;
     }
-    Ok((spec, c.stop_timeout))
+    Ok((spec, stop_timeout))
 }
 
 fn log_limits(opts: &[String]) -> Result<LogLimits, UsageError> {
@@ -715,14 +765,15 @@ pub fn logs(global: &Global, c: LogsCommand) -> anyhow::Result<ExitCode> {
     if c.since.is_some() {
         return not_implemented("logs --since");
     }
+    let tail = tail_lines(c.tail.as_deref())?;
     if c.follow {
-        follow_logs(global, &c.container, c.tail, c.timestamps)?;
+        follow_logs(global, &c.container, tail, c.timestamps)?;
         return Ok(ExitCode::SUCCESS);
     }
     let req = Request::Container(ContainerRequest::Logs {
         container: c.container,
         follow: false,
-        tail: c.tail,
+        tail,
     });
     let resp = crate::api::call_streaming(
         &global.socket,
@@ -862,7 +913,7 @@ pub fn stop(global: &Global, c: StopCommand) -> anyhow::Result<ExitCode> {
     // The daemon waits up to the grace period for each container.
     let req = Request::Container(ContainerRequest::Stop {
         containers: c.containers,
-        timeout: c.time,
+        timeout: stop_timeout(c.time)?,
     });
     print_stream_done(global, &req)
 }
@@ -950,6 +1001,84 @@ pub fn exec(global: &Global, c: ExecCommand) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn run_cmd(args: &[&str]) -> RunCommand {
+        RunCommand::from_args(&["run"], args).expect("parses")
+    }
+
+    fn refused(args: &[&str], flag: &str) {
+        let err = resolve_run(&run_cmd(args)).expect_err("refused");
+        assert!(err.0.starts_with(flag), "{args:?}: {}", err.0);
+    }
+
+    #[test]
+    fn volume_names_follow_docker() {
+        for bad in ["..", ".", "a", ".x", "-x", "_x", "a/b"] {
+            refused(&["-v", &format!("{bad}:/x"), "busybox"], "-v");
+        }
+        for good in ["ab", "my-vol_1.2", "0x", "a.."] {
+            let (spec, _) = resolve_run(&run_cmd(&["-v", &format!("{good}:/x"), "busybox"]))
+                .unwrap_or_else(|e| panic!("{good}: {e}"));
+            assert_eq!(spec.mounts[0].kind, MountKind::Volume);
+            assert_eq!(spec.mounts[0].source, good);
+        }
+    }
+
+    #[test]
+    fn limits_are_bounded() {
+        refused(
+            &["--memory", "99999999999999999999g", "busybox"],
+            "--memory",
+        );
+        refused(&["--memory", "2048p", "busybox"], "--memory");
+        refused(&["--memory", "nan", "busybox"], "--memory");
+        refused(&["--memory", "inf", "busybox"], "--memory");
+        refused(&["--memory", "1m", "busybox"], "--memory");
+        let (spec, _) = resolve_run(&run_cmd(&["--memory", "1.5g", "busybox"])).unwrap();
+        assert_eq!(spec.memory, Some(3 << 29));
+        let n = crate::runtime::spec::host_cpus();
+        let too_many = (n + 1).to_string();
+        let err = resolve_run(&run_cmd(&["--cpus", &too_many, "busybox"])).unwrap_err();
+        assert_eq!(
+            err.0,
+            format!("--cpus: range of CPUs is from 0.01 to {n}.00, as there are only {n} CPUs available")
+        );
+        refused(&["--cpus", "1000", "busybox"], "--cpus");
+        refused(&["--cpus", "0.001", "busybox"], "--cpus");
+        refused(&["--cpus", "NaN", "busybox"], "--cpus");
+        let (spec, _) = resolve_run(&run_cmd(&["--cpus", &n.to_string(), "busybox"])).unwrap();
+        assert_eq!(spec.cpus, Some(n as f64));
+    }
+
+    #[test]
+    fn docker_values_for_no_limit_are_taken() {
+        // --stop-timeout -1: no SIGKILL, wait for the container however long it takes.
+        let (_, t) = resolve_run(&run_cmd(&["--stop-timeout", "-1", "busybox"])).unwrap();
+        assert_eq!(t, Some(-1));
+        refused(&["--stop-timeout", "-2", "busybox"], "--stop-timeout");
+        let stop = StopCommand::from_args(&["stop"], &["-t", "-1", "c"]).unwrap();
+        assert_eq!(stop_timeout(stop.time), Ok(Some(-1)));
+        assert!(stop_timeout(Some(-5)).unwrap_err().0.starts_with("--time"));
+        // logs --tail: all, -1 (any negative, as Docker) or a count.
+        for (v, want) in [
+            ("all", None),
+            ("-1", None),
+            ("0", Some(0)),
+            ("25", Some(25)),
+        ] {
+            let l = LogsCommand::from_args(&["logs"], &["--tail", v, "c"]).unwrap();
+            assert_eq!(tail_lines(l.tail.as_deref()), Ok(want), "{v}");
+        }
+        assert!(tail_lines(Some("x")).unwrap_err().0.starts_with("--tail"));
+    }
+
+    #[test]
+    fn a_bad_name_is_a_usage_error() {
+        refused(&["--name", "a b", "busybox"], "--name");
+        refused(&["--name", "-x", "busybox"], "--name");
+        refused(&["-w", "tmp", "busybox"], "-w");
+        resolve_run(&run_cmd(&["--name", "web-1.a_b", "busybox"])).unwrap();
+    }
 
     #[test]
     fn durations() {

@@ -18,6 +18,7 @@ use crate::transport::key::decode_hex32;
 use crate::transport::{Config, Event, PeerKey, Psk, MAX_MESSAGE_SIZE};
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "debug")]
 /// Developer tools that drive one layer by hand.
 pub struct DebugCommand {
@@ -26,6 +27,7 @@ pub struct DebugCommand {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand)]
 pub enum DebugSubcommand {
     Transport(TransportCommand),
@@ -33,6 +35,7 @@ pub enum DebugSubcommand {
     Write(WriteCommand),
 }
 
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[derive(FromArgs, Debug, PartialEq)]
 #[argh(subcommand, name = "write")]
 /// Commit label writes on this node's record through Raft (run on the leader): a load
@@ -48,11 +51,13 @@ pub struct WriteCommand {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "info")]
 /// Print what the local daemon knows about itself: id, role, leader (never forwarded).
 pub struct InfoCommand {}
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "transport")]
 /// Exercise the encrypted UDP transport (Noise IKpsk2) between two endpoints.
 pub struct TransportCommand {
@@ -61,6 +66,7 @@ pub struct TransportCommand {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand)]
 pub enum TransportSubcommand {
     Listen(TransportListen),
@@ -69,6 +75,7 @@ pub enum TransportSubcommand {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "listen")]
 /// Accept handshakes and print each message received.
 pub struct TransportListen {
@@ -94,6 +101,7 @@ pub struct TransportListen {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "send")]
 /// Handshake with a listener and send messages.
 pub struct TransportSend {
@@ -139,6 +147,7 @@ pub struct TransportSend {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "demo")]
 /// Run a listener and a sender in one process on loopback.
 pub struct TransportDemo {}

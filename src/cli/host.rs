@@ -12,6 +12,7 @@ use super::Global;
 use crate::api::{ContainerRequest, Request};
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "install")]
 /// Install this binary and its systemd unit, then start the daemon.
 pub struct InstallCommand {
@@ -37,6 +38,7 @@ pub struct InstallCommand {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "uninstall")]
 /// Stop the daemon and remove its binary and systemd unit.
 pub struct UninstallCommand {

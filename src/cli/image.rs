@@ -15,6 +15,7 @@ use crate::image::pull::{read_docker_config, Credentials, LayerState, Progress};
 use crate::image::reference::{Digest, Reference};
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "image")]
 /// Manage images on this node.
 pub struct ImageCommand {
@@ -23,6 +24,7 @@ pub struct ImageCommand {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand)]
 pub enum ImageSubcommand {
     Pull(ImagePull),
@@ -34,6 +36,7 @@ pub enum ImageSubcommand {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "pull")]
 /// Pull an image from a registry.
 pub struct ImagePull {
@@ -51,6 +54,7 @@ pub struct ImagePull {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "ls")]
 /// List images.
 pub struct ImageLs {
@@ -80,6 +84,7 @@ pub struct ImageLs {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "rm")]
 /// Remove images.
 pub struct ImageRm {
@@ -93,6 +98,7 @@ pub struct ImageRm {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "load")]
 /// Load images from a docker-save or OCI archive.
 pub struct ImageLoad {
@@ -106,6 +112,7 @@ pub struct ImageLoad {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "prune")]
 /// Remove unused images.
 pub struct ImagePrune {
@@ -119,6 +126,7 @@ pub struct ImagePrune {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "inspect")]
 /// Show details of images.
 pub struct ImageInspect {

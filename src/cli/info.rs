@@ -12,6 +12,7 @@ use super::{call, Global, UsageError};
 use crate::api::{InfoView, Request, Response};
 use crate::cluster::NodeRole;
 
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[derive(FromArgs, Debug, PartialEq)]
 #[argh(subcommand, name = "info")]
 /// Show this node's swarm state, its Raft log and dropped-error counts.

@@ -11,6 +11,7 @@ use argh::FromArgs;
 use crate::runtime::{helper, keeper};
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "runtime-helper")]
 /// (internal) the container keeper and its libcontainer helper.
 pub struct RuntimeHelperCommand {
@@ -19,6 +20,7 @@ pub struct RuntimeHelperCommand {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand)]
 pub enum HelperSubcommand {
     Keeper(KeeperArgs),
@@ -27,6 +29,7 @@ pub enum HelperSubcommand {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "exec")]
 /// run a process in container ID; exits with its status.
 pub struct ExecArgs {
@@ -54,6 +57,7 @@ pub struct ExecArgs {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "keeper")]
 /// run the keeper for a containers directory.
 pub struct KeeperArgs {
@@ -63,6 +67,7 @@ pub struct KeeperArgs {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "create")]
 /// create and start container ID from DIR/ID/bundle; fds 3 and 4 are its stdout and stderr.
 pub struct CreateArgs {
@@ -78,6 +83,8 @@ pub struct CreateArgs {
 pub const EXEC_FAILED: u8 = 126;
 
 pub fn run(cmd: RuntimeHelperCommand) -> anyhow::Result<ExitCode> {
+    // Started through /proc/self/exe, whose last component would be our name.
+    crate::runtime::set_process_name();
     match cmd.command {
         HelperSubcommand::Keeper(a) => {
             keeper::run(&a.dir)?;

@@ -13,6 +13,7 @@ use std::process::ExitCode;
 
 use argh::FromArgs;
 
+pub mod argv;
 pub mod cluster;
 pub mod container;
 pub mod debug;
@@ -86,6 +87,7 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_FAILURE: u8 = 1;
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 /// Docker Swarm mode as one small static binary for edge and ARM hosts.
 pub struct Swarmlet {
     /// print the version and exit
@@ -121,6 +123,7 @@ impl Global {
 // cannot box a subcommand variant.
 #[allow(clippy::large_enum_variant)]
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand)]
 pub enum Command {
     Daemon(cluster::DaemonCommand),

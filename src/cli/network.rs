@@ -7,6 +7,7 @@ use argh::FromArgs;
 use super::{not_implemented, Global};
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "network")]
 /// Manage overlay networks (managers only).
 pub struct NetworkCommand {
@@ -15,6 +16,7 @@ pub struct NetworkCommand {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand)]
 pub enum NetworkSubcommand {
     Create(NetworkCreate),
@@ -24,6 +26,7 @@ pub enum NetworkSubcommand {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "create")]
 /// Create an overlay network.
 pub struct NetworkCreate {
@@ -65,6 +68,7 @@ pub struct NetworkCreate {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "ls")]
 /// List networks.
 pub struct NetworkLs {
@@ -82,6 +86,7 @@ pub struct NetworkLs {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "inspect")]
 /// Show details of networks.
 pub struct NetworkInspect {
@@ -91,6 +96,7 @@ pub struct NetworkInspect {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "rm")]
 /// Remove networks no service uses.
 pub struct NetworkRm {

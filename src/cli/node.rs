@@ -9,6 +9,7 @@ use crate::api::{NodeView, Request, Response};
 use crate::cluster::{Availability as ClusterAvailability, NodeRole};
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "node")]
 /// Manage cluster nodes (managers only).
 pub struct NodeCommand {
@@ -17,6 +18,7 @@ pub struct NodeCommand {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand)]
 pub enum NodeSubcommand {
     Ls(NodeLs),
@@ -29,6 +31,7 @@ pub enum NodeSubcommand {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "ls")]
 /// List nodes.
 pub struct NodeLs {
@@ -46,6 +49,7 @@ pub struct NodeLs {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "inspect")]
 /// Show details of nodes ("self" is this node).
 pub struct NodeInspect {
@@ -59,6 +63,7 @@ pub struct NodeInspect {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "ps")]
 /// List the tasks on a node (default: this node).
 pub struct NodePs {
@@ -76,6 +81,7 @@ pub struct NodePs {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "promote")]
 /// Make workers managers.
 pub struct NodePromote {
@@ -85,6 +91,7 @@ pub struct NodePromote {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "demote")]
 /// Make managers workers.
 pub struct NodeDemote {
@@ -112,6 +119,7 @@ pub enum Role {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "update")]
 /// Change a node's availability, role or labels.
 pub struct NodeUpdate {
@@ -137,6 +145,7 @@ pub struct NodeUpdate {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "rm")]
 /// Remove nodes from the cluster; their keys are revoked.
 pub struct NodeRm {

@@ -11,6 +11,7 @@ use argh::{FromArgValue, FromArgs};
 use super::{not_implemented, Global};
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "service")]
 /// Manage services (managers only).
 pub struct ServiceCommand {
@@ -19,6 +20,7 @@ pub struct ServiceCommand {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand)]
 pub enum ServiceSubcommand {
     Create(ServiceCreate),
@@ -67,6 +69,7 @@ pub enum EndpointMode {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "create")]
 /// Create a service.
 pub struct ServiceCreate {
@@ -180,6 +183,7 @@ pub struct ServiceCreate {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "ls")]
 /// List services with their running/desired task counts.
 pub struct ServiceLs {
@@ -193,6 +197,7 @@ pub struct ServiceLs {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "ps")]
 /// List the tasks of a service.
 pub struct ServicePs {
@@ -210,6 +215,7 @@ pub struct ServicePs {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "inspect")]
 /// Show details of services.
 pub struct ServiceInspect {
@@ -223,6 +229,7 @@ pub struct ServiceInspect {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "scale")]
 /// Set the replica count of replicated services.
 pub struct ServiceScale {
@@ -232,6 +239,7 @@ pub struct ServiceScale {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "update")]
 /// Change a service; tasks are replaced by a rolling update.
 pub struct ServiceUpdate {
@@ -373,6 +381,7 @@ pub struct ServiceUpdate {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "rollback")]
 /// Go back to a service's previous spec, by a rolling update.
 pub struct ServiceRollback {
@@ -382,6 +391,7 @@ pub struct ServiceRollback {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "rm")]
 /// Remove services and their tasks.
 pub struct ServiceRm {
@@ -391,6 +401,7 @@ pub struct ServiceRm {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
+#[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "logs")]
 /// Print the logs of all tasks of a service.
 pub struct ServiceLogs {

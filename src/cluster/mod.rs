@@ -306,7 +306,10 @@ impl ClusterState {
                     return Err(ApplyError::Invalid("id does not match key".into()));
                 }
                 if n.hostname.is_empty() || n.hostname.len() > MAX_HOSTNAME {
-                    return Err(ApplyError::Invalid("hostname empty or too long".into()));
+                    return Err(ApplyError::Invalid(format!(
+                        "a node name (daemon --hostname) is 1 to {MAX_HOSTNAME} bytes, this one is {}",
+                        n.hostname.len()
+                    )));
                 }
                 check_labels(&n.labels)
             }

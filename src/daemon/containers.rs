@@ -25,7 +25,10 @@ const KEEPER_TIMEOUT: Duration = Duration::from_secs(30);
 /// status before the supervisor removes it.
 const AUTO_REMOVE_GRACE: Duration = Duration::from_secs(5);
 /// Docker's default grace period between the stop signal and SIGKILL.
-pub const DEFAULT_STOP_TIMEOUT: u64 = 10;
+pub const DEFAULT_STOP_TIMEOUT: i64 = 10;
+/// How long one wait for an exit lasts when no grace period ends it (`-1`): the wait is
+/// repeated until the container exits.
+const UNBOUNDED_WAIT_SLICE: Duration = Duration::from_secs(60);
 
 /// A container as created.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -39,7 +42,8 @@ pub struct ContainerRecord {
     /// Milliseconds since the epoch.
     pub created: u64,
     pub stop_signal: String,
-    pub stop_timeout: u64,
+    /// Seconds between the stop signal and SIGKILL; -1: no SIGKILL, wait.
+    pub stop_timeout: i64,
     pub auto_remove: bool,
     pub log: LogLimits,
     #[serde(default)]
@@ -168,15 +172,6 @@ fn random_name(id: &str) -> String {
         ADJ[n % ADJ.len()],
         NOUN[(n / ADJ.len()) % NOUN.len()]
     )
-}
-
-fn valid_name(n: &str) -> bool {
-    let b = n.as_bytes();
-    !b.is_empty()
-        && b.len() <= 128
-        && b[0].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
 impl Containers {
@@ -335,10 +330,12 @@ impl Containers {
             restart,
         } = req;
         let health = super::health::resolve(image.config.config.healthcheck.as_ref(), &health)?;
+        // Whoever sent the request: a volume named `..` would be the data dir.
+        crate::runtime::spec::validate(&spec, crate::runtime::spec::host_cpus())?;
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let id = random_id()?;
         let name = match name {
-            Some(n) if !valid_name(&n) => {
+            Some(n) if !crate::runtime::spec::valid_container_name(&n) => {
                 return Err(format!(
                     "--name: {n:?} is not a valid name: [a-zA-Z0-9][a-zA-Z0-9_.-]* (up to 128)"
                 ))
@@ -465,7 +462,8 @@ impl Containers {
     }
 
     /// The stop signal, then SIGKILL after the grace period. Waits for the exit.
-    pub fn stop(&self, what: &str, timeout: Option<u64>) -> Result<String, String> {
+    /// A negative `timeout` (Docker's -1) waits without a limit.
+    pub fn stop(&self, what: &str, timeout: Option<i64>) -> Result<String, String> {
         let v = self.find(what)?;
         if !matches!(v.status, Status::Running { .. }) {
             return Ok(v.record.name); // Docker: stopping a stopped container succeeds
@@ -474,12 +472,18 @@ impl Containers {
         let mut rs = self.restart_state(&id);
         rs.stopped_by_user = true;
         self.save_restart_state(&id, &rs);
-        let grace = Duration::from_secs(timeout.unwrap_or(v.record.stop_timeout));
+        let grace = u64::try_from(timeout.unwrap_or(v.record.stop_timeout))
+            .ok()
+            .map(Duration::from_secs);
         let sig = signal_number(&v.record.stop_signal)?;
         let _ = self.keeper(&KeeperRequest::Kill {
             id: id.clone(),
             signal: sig,
         });
+        let Some(grace) = grace else {
+            while !self.wait_exit(&id, UNBOUNDED_WAIT_SLICE)? {}
+            return Ok(v.record.name);
+        };
         if !self.wait_exit(&id, grace)? {
             let _ = self.keeper(&KeeperRequest::Kill {
                 id: id.clone(),
@@ -610,7 +614,7 @@ impl Containers {
         if cmd.is_empty() {
             return Err("exec: no command".into());
         }
-        let mut c = std::process::Command::new(&self.exe);
+        let mut c = crate::runtime::command(&self.exe);
         c.arg("runtime-helper")
             .arg("exec")
             .arg(&v.record.id)
@@ -868,6 +872,7 @@ mod tests {
         assert_eq!(signal_number("10"), Ok(10));
         assert!(signal_number("SIGNOPE").unwrap_err().contains("SIGNOPE"));
         assert!(signal_number("0").is_err());
+        let valid_name = crate::runtime::spec::valid_container_name;
         assert!(valid_name("web-1.a_b"));
         assert!(!valid_name("-x") && !valid_name("a b") && !valid_name(""));
         let n = random_name("0123abcd");

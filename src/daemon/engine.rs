@@ -34,8 +34,10 @@ pub type Frames = smol::channel::Sender<Response>;
 impl Engine {
     pub fn open(data_dir: &std::path::Path, registry: RegistryConfig) -> anyhow::Result<Engine> {
         let store = Store::open(&data_dir.join("images"))?;
-        let exe = std::env::current_exe()?;
-        let containers = std::sync::Arc::new(Containers::open(data_dir, &exe)?);
+        // Not the path the binary was started from: after an upgrade replaced the file,
+        // that names another build (or nothing).
+        let exe = std::path::Path::new(crate::runtime::SELF_EXE);
+        let containers = std::sync::Arc::new(Containers::open(data_dir, exe)?);
         let c = containers.clone();
         std::thread::Builder::new()
             .name("health".into())

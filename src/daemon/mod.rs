@@ -9,5 +9,6 @@ pub mod health;
 pub mod keyfile;
 pub mod node;
 pub mod server;
+pub mod startup;
 pub mod transport;
 pub mod wal;

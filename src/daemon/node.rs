@@ -108,6 +108,7 @@ enum Wake {
 
 /// Runs the daemon until it fails. Holds an exclusive lock on the data directory.
 pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
+    super::startup::preflight(&cfg.data_dir, &cfg.socket)?;
     fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
     fs::set_permissions(&cfg.data_dir, fs::Permissions::from_mode(0o700))

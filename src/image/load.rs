@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::oci::{self, Compression, Descriptor, ImageConfig, Index, Manifest, Platform};
 use super::reference::{Digest, Reference};
 use super::store::{now_secs, remove_any, unique, ImageRecord, LayerRecord, Store, StoreError};
-use super::unpack::unpack;
+use super::unpack::{unpack, UnpackError};
 
 /// One loaded image: its id and the names it got.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,7 +38,15 @@ pub fn load(store: &Store, r: impl Read, platform: &Platform) -> Result<Vec<Load
     let dir = store.tmp_dir().join(format!("load-{}", unique()));
     std::fs::create_dir(&dir).map_err(|e| StoreError::Io(dir.display().to_string(), e))?;
     let res = (|| {
-        unpack(r, &dir).map_err(|e| bad(format!("not a readable tar archive: {e}")))?;
+        unpack(r, &dir).map_err(|e| match e {
+            // Writing failed (a full disk, say): not the tarball's fault.
+            UnpackError::Entry(name, cause) => StoreError::Io(
+                format!("unpacking tarball entry {name:?} into {}", dir.display()),
+                cause,
+            ),
+            UnpackError::Read(_) => bad(format!("not a readable tar archive: {e}")),
+            e => bad(e.to_string()),
+        })?;
         if dir.join("index.json").is_file() {
             load_oci(store, &dir, platform)
         } else if dir.join("manifest.json").is_file() {

@@ -222,6 +222,20 @@ impl Store {
     ) -> Result<Digest, StoreError> {
         if let Some(d) = diff_id {
             if self.has_layer(&d) {
+                // Not unpacked again, but the blob must still be what its name says:
+                // a record would otherwise carry a digest no one checked.
+                if let Some(expected) = blob {
+                    let mut h = HashingReader::new(r);
+                    io::copy(&mut h, &mut io::sink()).map_err(io_err("layer stream"))?;
+                    let got = h.finish();
+                    if got != expected {
+                        return Err(StoreError::Digest {
+                            what: "layer blob".into(),
+                            expected,
+                            got,
+                        });
+                    }
+                }
                 return Ok(d);
             }
         }

@@ -51,10 +51,13 @@ pub fn unpack(r: impl Read, dest: &Path) -> Result<Unpacked, UnpackError> {
     .map_err(|e| UnpackError::Entry(dest.display().to_string(), e.into()))?;
     let mut ar = tar::Archive::new(r);
     let mut done = Unpacked::default();
+    // The last entry read, to say where a broken stream broke.
+    let mut last: Option<String> = None;
     for entry in ar.entries().map_err(UnpackError::Read)? {
-        let mut entry = entry.map_err(UnpackError::Read)?;
+        let mut entry = entry.map_err(|e| read_error(last.as_deref(), e))?;
         let raw = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw).into_owned();
+        last = Some(shown.clone());
         let Some(parts) = normalise(&raw).map_err(|why| UnpackError::Escape(shown.clone(), why))?
         else {
             continue; // the root itself ("/", "./")
@@ -147,7 +150,17 @@ pub fn unpack(r: impl Read, dest: &Path) -> Result<Unpacked, UnpackError> {
                 )
                 .map_err(|e| err(e.into()))?;
                 let mut file = std::fs::File::from(fd);
-                done.bytes += io::copy(&mut entry, &mut file).map_err(err)?;
+                // The size after any PAX record; the tar reader ends an entry quietly
+                // where the stream ends, so the count is checked against it.
+                let size = entry.size();
+                let copied = io::copy(&mut entry, &mut file).map_err(err)?;
+                if copied != size {
+                    return Err(err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("truncated: the stream ends after {copied} of its {size} bytes"),
+                    )));
+                }
+                done.bytes += copied;
                 // Owner before mode: chown clears set-id bits.
                 rfs::fchown(&file, owner.0, owner.1).map_err(|e| err(e.into()))?;
                 rfs::fchmod(&file, mode).map_err(|e| err(e.into()))?;
@@ -210,17 +223,16 @@ pub fn unpack(r: impl Read, dest: &Path) -> Result<Unpacked, UnpackError> {
                     tar::EntryType::Block => FileType::BlockDevice,
                     _ => FileType::Fifo,
                 };
-                let major = h.device_major().map_err(err)?.unwrap_or(0);
-                let minor = h.device_minor().map_err(err)?.unwrap_or(0);
+                // A FIFO has no device number (Python's tarfile leaves the fields NUL).
+                let dev = if ft == FileType::Fifo {
+                    0
+                } else {
+                    let (major, minor) = device_fields(&h).map_err(err)?;
+                    rfs::makedev(major, minor)
+                };
                 remove_existing(&parent, name).map_err(err)?;
-                rfs::mknodat(
-                    &parent,
-                    name.as_os_str(),
-                    ft,
-                    mode,
-                    rfs::makedev(major, minor),
-                )
-                .map_err(|e| err(e.into()))?;
+                rfs::mknodat(&parent, name.as_os_str(), ft, mode, dev)
+                    .map_err(|e| err(e.into()))?;
                 rfs::chownat(
                     &parent,
                     name.as_os_str(),
@@ -229,12 +241,46 @@ pub fn unpack(r: impl Read, dest: &Path) -> Result<Unpacked, UnpackError> {
                     AtFlags::SYMLINK_NOFOLLOW,
                 )
                 .map_err(|e| err(e.into()))?;
+                // mknod applied the umask, and chown may clear set-id bits: the mode
+                // as the layer gives it, last. The node was just made here, by name,
+                // in a directory no one else writes to.
+                rfs::chmodat(&parent, name.as_os_str(), mode, AtFlags::empty())
+                    .map_err(|e| err(e.into()))?;
             }
             other => return Err(UnpackError::Unsupported(shown, other)),
         }
         done.entries += 1;
     }
     Ok(done)
+}
+
+/// A broken stream, named after the last entry read whole.
+fn read_error(last: Option<&str>, e: io::Error) -> UnpackError {
+    match last {
+        Some(name) => UnpackError::Read(io::Error::new(
+            e.kind(),
+            format!("after entry {name:?}: {e}"),
+        )),
+        None => UnpackError::Read(e),
+    }
+}
+
+/// The device major and minor of a character or block device entry. Empty fields
+/// (all NUL or spaces, as some writers leave them) are 0, as GNU tar reads them.
+fn device_fields(h: &tar::Header) -> io::Result<(u32, u32)> {
+    // The ustar and GNU layouts both keep them at these offsets.
+    let empty = |r: std::ops::Range<usize>| h.as_bytes()[r].iter().all(|c| matches!(c, 0 | b' '));
+    let major = if empty(329..337) {
+        0
+    } else {
+        h.device_major()?.unwrap_or(0)
+    };
+    let minor = if empty(337..345) {
+        0
+    } else {
+        h.device_minor()?.unwrap_or(0)
+    };
+    Ok((major, minor))
 }
 
 fn bad_id() -> io::Error {
@@ -508,6 +554,71 @@ mod tests {
         let mut buf = [0u8; 4];
         let n = rfs::getxattr(d.join("var"), OPAQUE_XATTR, &mut buf).unwrap();
         assert_eq!(&buf[..n], b"y");
+    }
+
+    #[test]
+    #[ignore = "needs root"]
+    fn special_files_keep_their_mode_and_take_nul_device_fields() {
+        use tar::EntryType as E;
+        let t = Tmp::new("special");
+        let mut b = tar::Builder::new(Vec::new());
+        // As Python's tarfile writes a FIFO: device fields all NUL.
+        for (name, kind, mode, dev) in [
+            (&b"fifo"[..], E::Fifo, 0o666, None),
+            (b"null", E::Char, 0o666, Some((1, 3))),
+            (b"loop", E::Block, 0o640, Some((7, 0))),
+        ] {
+            let mut h = tar::Header::new_ustar();
+            h.set_path(std::str::from_utf8(name).unwrap()).unwrap();
+            h.set_entry_type(kind);
+            h.set_size(0);
+            h.set_mode(mode);
+            h.set_uid(0);
+            h.set_gid(0);
+            match dev {
+                Some((major, minor)) => {
+                    h.set_device_major(major).unwrap();
+                    h.set_device_minor(minor).unwrap();
+                }
+                None => {
+                    let u = h.as_ustar_mut().unwrap();
+                    u.dev_major = [0; 8];
+                    u.dev_minor = [0; 8];
+                }
+            }
+            h.set_cksum();
+            b.append(&h, &[][..]).unwrap();
+        }
+        unpack(&b.into_inner().unwrap()[..], &t.0).unwrap();
+        let m = |n: &str| std::fs::symlink_metadata(t.0.join(n)).unwrap();
+        assert!(m("fifo").file_type().is_fifo());
+        assert_eq!(m("fifo").permissions().mode() & 0o7777, 0o666);
+        assert!(m("null").file_type().is_char_device());
+        assert_eq!(m("null").rdev(), rustix::fs::makedev(1, 3));
+        assert_eq!(m("null").permissions().mode() & 0o7777, 0o666);
+        assert!(m("loop").file_type().is_block_device());
+        assert_eq!(m("loop").permissions().mode() & 0o7777, 0o640);
+    }
+
+    #[test]
+    #[ignore = "needs root"]
+    fn a_truncated_entry_is_named() {
+        let t = Tmp::new("trunc");
+        let mut b = tar::Builder::new(Vec::new());
+        raw(&mut b, b"first", tar::EntryType::Regular, b"ok", b"");
+        raw(
+            &mut b,
+            b"bin/cut-short",
+            tar::EntryType::Regular,
+            &[7u8; 5000],
+            b"",
+        );
+        let tar = b.into_inner().unwrap();
+        // The second entry's header and 1,000 of its 5,000 bytes.
+        let err = unpack(&tar[..512 * 3 + 1000], &t.0).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("\"bin/cut-short\""), "{msg}");
+        assert!(msg.contains("truncated"), "{msg}");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context};
@@ -138,8 +138,9 @@ pub fn call(dir: &Path, req: &KeeperRequest, timeout: Duration) -> io::Result<Ke
     decode(&body).map_err(io::Error::other)
 }
 
-/// Makes sure a keeper serves `dir`, starting one from the swarmlet binary `exe`
-/// (detached, in its own session, so it outlives the caller) if none answers.
+/// Makes sure a keeper serves `dir`, starting one from the swarmlet binary `exe` (the
+/// daemon gives [`super::SELF_EXE`]) detached, in its own session, so it outlives the
+/// caller, if none answers.
 pub fn ensure(dir: &Path, exe: &Path) -> anyhow::Result<()> {
     if matches!(
         call(dir, &KeeperRequest::Ping, CLIENT_READ),
@@ -161,7 +162,7 @@ pub fn ensure(dir: &Path, exe: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("cannot open {}", dir.join("keeper.log").display()))?;
         Stdio::from(file)
     };
-    let mut cmd = Command::new(exe);
+    let mut cmd = super::command(exe);
     cmd.arg("runtime-helper")
         .arg("keeper")
         .arg(dir)
@@ -680,8 +681,8 @@ fn helper(
     args: &[&str],
     stdio: Option<(&OwnedFd, &OwnedFd)>,
 ) -> anyhow::Result<String> {
-    let exe = std::env::current_exe().context("finding the swarmlet binary")?;
-    let mut cmd = Command::new(exe);
+    // The keeper's own build, even if an upgrade replaced the file since it started.
+    let mut cmd = super::command(Path::new(super::SELF_EXE));
     cmd.arg("runtime-helper")
         .args(args)
         .arg("--dir")

@@ -227,6 +227,112 @@ fn cap_bit(name: &str) -> u64 {
         .map_or(0, |i| 1u64 << i)
 }
 
+/// Smallest memory limit taken (`--memory`): below it a container cannot start a shell.
+pub const MIN_MEMORY: i64 = 4 << 20;
+/// Largest memory limit taken: a pebibyte, above any host swarmlet runs on. Beyond it the
+/// figure is a typing mistake, and near 2^63 the kernel turns it into "no limit".
+pub const MAX_MEMORY: i64 = 1 << 50;
+/// Smallest CPU share (`--cpus`), as Docker: a 1 ms quota in a 100 ms period.
+pub const MIN_CPUS: f64 = 0.01;
+
+/// Docker's rule for a volume name: `[a-zA-Z0-9][a-zA-Z0-9_.-]+`. The first character
+/// keeps `.` and `..` out, which would name the volumes directory itself or its parent,
+/// the data dir.
+pub fn valid_volume_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.len() >= 2
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+/// Docker's rule for a container name: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, here up to 128
+/// characters (it names a directory and shows in `ps`).
+pub fn valid_container_name(n: &str) -> bool {
+    let b = n.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+/// How many CPUs this process may run on (its affinity mask, which is what Docker
+/// counts), at least 1.
+pub fn host_cpus() -> usize {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set, and sched_getaffinity writes at
+    // most its size into it.
+    let n = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
+            usize::try_from(libc::CPU_COUNT(&set)).unwrap_or(0)
+        } else {
+            0
+        }
+    };
+    if n > 0 {
+        n
+    } else {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    }
+}
+
+/// Checks a spec as the daemon must, whoever sent it (the CLI checks the same before
+/// asking): volume names, absolute paths, limits within range on a host with
+/// `host_cpus` CPUs. Errors name the flag.
+pub fn validate(spec: &ContainerSpec, host_cpus: usize) -> Result<(), String> {
+    for m in &spec.mounts {
+        let flag = if m.kind == MountKind::Tmpfs {
+            "--tmpfs"
+        } else {
+            "-v"
+        };
+        if !m.target.starts_with('/') {
+            return Err(format!(
+                "{flag}: target {:?} must be an absolute path",
+                m.target
+            ));
+        }
+        match m.kind {
+            MountKind::Bind if !m.source.starts_with('/') => {
+                return Err(format!(
+                    "-v: bind source {:?} must be an absolute path",
+                    m.source
+                ))
+            }
+            MountKind::Volume if !valid_volume_name(&m.source) => {
+                return Err(format!(
+                    "-v: {:?} is not a volume name ([a-zA-Z0-9][a-zA-Z0-9_.-]+, two characters at least); give an absolute path for a host directory",
+                    m.source
+                ))
+            }
+            _ => {}
+        }
+    }
+    if let Some(m) = spec.memory {
+        if !(MIN_MEMORY..=MAX_MEMORY).contains(&m) {
+            return Err(format!("--memory: {m} bytes is outside 4 MiB to 1 PiB"));
+        }
+    }
+    if let Some(c) = spec.cpus {
+        #[allow(clippy::cast_precision_loss)] // a CPU count is far below 2^52
+        let max = host_cpus as f64;
+        if !(MIN_CPUS..=max).contains(&c) {
+            return Err(format!(
+                "--cpus: range of CPUs is from 0.01 to {host_cpus}.00, as there are only {host_cpus} CPUs available"
+            ));
+        }
+    }
+    if let Some(w) = &spec.workdir {
+        if !w.starts_with('/') {
+            return Err(format!(
+                "-w: working directory {w:?} must be an absolute path"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The capability set after `--privileged`, `--cap-add` and `--cap-drop`, within
 /// `bounding` (what the host lets us give: Docker's `--privileged` means every
 /// capability the daemon has). Asking for one outside it is an error naming it.
@@ -554,6 +660,57 @@ mod tests {
             env: Some(vec!["PATH=/custom".into(), "A=image".into()]),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn validate_refuses_what_reaches_outside_or_beyond_the_host() {
+        let vol = |name: &str| ContainerSpec {
+            mounts: vec![MountSpec {
+                kind: MountKind::Volume,
+                source: name.into(),
+                target: "/x".into(),
+                readonly: false,
+            }],
+            ..Default::default()
+        };
+        for bad in ["..", ".", "", "a", "../x", "a/b", "-a"] {
+            let err = validate(&vol(bad), 2).unwrap_err();
+            assert!(err.starts_with("-v: "), "{bad:?}: {err}");
+        }
+        validate(&vol("data"), 2).unwrap();
+        let bind = ContainerSpec {
+            mounts: vec![MountSpec {
+                kind: MountKind::Bind,
+                source: "rel".into(),
+                target: "/x".into(),
+                readonly: false,
+            }],
+            ..Default::default()
+        };
+        assert!(validate(&bind, 2).is_err());
+        let cpus = |c: f64| ContainerSpec {
+            cpus: Some(c),
+            ..Default::default()
+        };
+        validate(&cpus(2.0), 2).unwrap();
+        validate(&cpus(0.01), 2).unwrap();
+        assert_eq!(
+            validate(&cpus(2.5), 2).unwrap_err(),
+            "--cpus: range of CPUs is from 0.01 to 2.00, as there are only 2 CPUs available"
+        );
+        assert!(validate(&cpus(f64::NAN), 2).is_err());
+        let mem = |m: i64| ContainerSpec {
+            memory: Some(m),
+            ..Default::default()
+        };
+        validate(&mem(64 << 20), 2).unwrap();
+        assert!(validate(&mem(i64::MAX), 2).is_err());
+        assert!(validate(&mem(1), 2).is_err());
+        let wd = ContainerSpec {
+            workdir: Some("tmp".into()),
+            ..Default::default()
+        };
+        assert!(validate(&wd, 2).unwrap_err().starts_with("-w: "));
     }
 
     #[test]

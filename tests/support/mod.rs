@@ -28,6 +28,8 @@ pub struct Daemon {
     extra: Vec<String>,
     /// Extra environment of the daemon process (test knobs).
     env: Vec<(String, String)>,
+    /// The binary the daemon runs from ([`BIN`] unless a test gives another).
+    pub bin: PathBuf,
 }
 
 impl Daemon {
@@ -39,6 +41,14 @@ impl Daemon {
     /// A daemon on loopback started with extra `daemon` flags.
     pub fn with_args(tag: &str, name: &str, ip: &str, extra: &[&str]) -> Daemon {
         Daemon::start_new(tag, name, ip, None, extra)
+    }
+
+    /// A daemon started from the binary at `bin` (a copy a test replaces, say).
+    pub fn from_binary(tag: &str, name: &str, ip: &str, bin: &std::path::Path) -> Daemon {
+        let mut d = Daemon::prepare(tag, name, ip, None, &[]);
+        d.bin = bin.to_path_buf();
+        d.start();
+        d
     }
 
     /// A daemon inside the network namespace `netns` (made by [`Net::host`]).
@@ -76,6 +86,7 @@ impl Daemon {
             child: None,
             extra: extra.iter().map(|s| (*s).to_string()).collect(),
             env: vec![],
+            bin: PathBuf::from(BIN),
         }
     }
 
@@ -98,10 +109,10 @@ impl Daemon {
         let mut cmd = match &self.netns {
             Some(ns) => {
                 let mut c = Command::new("nsenter");
-                c.arg(format!("--net=/var/run/netns/{ns}")).arg(BIN);
+                c.arg(format!("--net=/var/run/netns/{ns}")).arg(&self.bin);
                 c
             }
-            None => Command::new(BIN),
+            None => Command::new(&self.bin),
         };
         cmd.arg("--socket")
             .arg(self.sock())
