@@ -60,6 +60,12 @@ pub struct KeeperArgs {
     /// the containers directory
     #[argh(positional)]
     pub dir: PathBuf,
+    /// take over from a keeper that re-executed itself (the file it left)
+    #[argh(option)]
+    pub handover: Option<PathBuf>,
+    /// tests only: speak this keeper protocol version, as an older keeper would
+    #[argh(option)]
+    pub test_protocol_version: Option<u8>,
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
@@ -80,7 +86,13 @@ pub const EXEC_FAILED: u8 = 126;
 pub fn run(cmd: RuntimeHelperCommand) -> anyhow::Result<ExitCode> {
     match cmd.command {
         HelperSubcommand::Keeper(a) => {
-            keeper::run(&a.dir)?;
+            keeper::run(
+                &a.dir,
+                &keeper::KeeperOptions {
+                    handover: a.handover,
+                    test_protocol_version: a.test_protocol_version,
+                },
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         HelperSubcommand::Create(a) => {

@@ -6,8 +6,6 @@ pub mod addr;
 pub mod containers;
 pub mod engine;
 pub mod health;
-pub mod keyfile;
 pub mod node;
 pub mod server;
-pub mod transport;
 pub mod wal;

@@ -21,10 +21,12 @@ use crate::cluster::token::{join_psk, JoinToken, TokenRole};
 use crate::cluster::{
     self, Availability, ClusterState, Command, NodeRecord, NodeRole, NodeStatus, Tokens,
 };
-use crate::daemon::transport::{os_random, Driver};
+use crate::daemon::server;
 use crate::daemon::wal::Wal;
-use crate::daemon::{keyfile, server};
 use crate::gossip::{self, Gossip};
+use crate::model::DEFAULT_PORT;
+use crate::netio::keyfile;
+use crate::netio::transport::{os_random, Driver};
 use crate::raft::{self, ConfigChange, Index, NodeId, Payload, Raft, Role, Snapshot};
 use crate::transport::{self, Event as TEvent, PeerKey, PeerPolicy, Psk, PskId};
 
@@ -38,8 +40,6 @@ const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 const API_QUEUE: usize = 64;
 /// Format version of the membership file.
 const MEMBERSHIP_VERSION: u8 = 1;
-/// Default cluster port.
-pub const DEFAULT_PORT: u16 = 2377;
 /// PSK ids of join handshakes.
 const PSK_WORKER: PskId = PskId(1);
 const PSK_MANAGER: PskId = PskId(2);

@@ -87,7 +87,7 @@ async fn serve_conn(
         let (ftx, frx) = smol::channel::bounded(64);
         smol::unblock(move || engine.serve(req, &ftx)).detach();
         while let Ok(frame) = frx.recv().await {
-            if s.write_all(&api::encode(&frame)).await.is_err() {
+            if s.write_all(&api::encode_response(&frame)).await.is_err() {
                 break;
             }
         }
@@ -103,7 +103,7 @@ async fn serve_conn(
         }
         Err(e) => Response::Error(format!("bad request: {e}")),
     };
-    s.write_all(&api::encode(&resp)).await?;
+    s.write_all(&api::encode_response(&resp)).await?;
     Ok(())
 }
 
