@@ -98,6 +98,13 @@ impl Reference {
         } else {
             path
         };
+        // Counted as Docker counts it, normalised: a name that fits only without its
+        // registry would print as a reference that no longer parses.
+        if domain.len() + 1 + path.len() > MAX_NAME {
+            return Err(bad(
+                "name must be at most 255 characters with its registry (docker.io/library/ counts)",
+            ));
+        }
         let tag = match (tag, digest) {
             (Some(t), _) => Some(t.to_string()),
             (None, None) => Some("latest".to_string()),
@@ -255,6 +262,21 @@ mod tests {
             Digest::of(b"").hex(),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
+    }
+
+    /// Found by the `oci_documents` fuzz target: a 250-character Hub name parsed, but
+    /// printed with `docker.io/library/` it was over the limit and did not parse again.
+    #[test]
+    fn the_name_limit_counts_the_normalised_name() {
+        let name = "a".repeat(255 - "docker.io/library/".len());
+        let r = p(&name);
+        assert_eq!(Reference::parse(&r.to_string()), Ok(r));
+        let long = format!("{name}a");
+        let e = Reference::parse(&long).unwrap_err().to_string();
+        assert!(e.contains("255 characters with its registry"), "{e}");
+        assert!(Reference::parse(&format!("docker.io/library/{long}")).is_err());
+        assert!(Reference::parse(&format!("example.com/{}", "b".repeat(243))).is_ok());
+        assert!(Reference::parse(&format!("example.com/{}", "b".repeat(244))).is_err());
     }
 
     #[test]
