@@ -1,10 +1,14 @@
 //! What the CLI and the local daemon say to each other over the unix socket.
 //!
-//! Framing: a 4-byte little-endian length, then a version byte and a postcard-encoded
-//! [`Request`] or [`Response`]. One request per connection. The socket is created mode
-//! 0600 in a root-owned directory: only root can drive the daemon, as with dockerd.
+//! Framing is [`crate::frame`]'s under [`PROTOCOL`]: a 4-byte length, the API version
+//! byte and a postcard-encoded [`Request`] or [`Response`]. One request per connection.
+//! The socket is created mode 0600 in a root-owned directory: only root can drive the
+//! daemon, as with dockerd.
+//!
+//! Below the daemon: this module imports the shared vocabulary (`crate::model`) and the
+//! cluster's pure types, never `crate::daemon`.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -13,15 +17,24 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::token::TokenRole;
 use crate::cluster::{Availability, NodeRole, NodeStatus};
-use crate::daemon::containers::ContainerView;
-use crate::image::pull::{Credentials, Progress};
+pub use crate::frame::FrameError;
+use crate::frame::Protocol;
+use crate::model::container::{ContainerSpec, ContainerView, LogLimits, RestartPolicy};
+use crate::model::health::HealthFlags;
+use crate::model::image::{Credentials, Progress};
 use crate::raft::NodeId;
-use crate::runtime::spec::ContainerSpec;
 
-/// Format version of API frames.
+/// Format version of API frames. The CLI and the daemon are the same binary, so a
+/// mismatch means a CLI and a daemon of different builds: refused, naming both versions.
 const API_VERSION: u8 = 1;
 /// Largest frame either side accepts: a `node ls` of thousands of nodes fits.
 pub const MAX_FRAME: usize = 16 << 20;
+/// The API's framing: its version and limit, checked on send and on receive.
+pub const PROTOCOL: Protocol = Protocol {
+    name: "API",
+    version: API_VERSION,
+    max_body: MAX_FRAME,
+};
 /// How long the CLI waits for an answer (a Raft commit or a join takes well under this).
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Environment variable that overrides the socket path, as DOCKER_HOST does.
@@ -132,9 +145,9 @@ pub struct RunRequest {
     pub stop_timeout: Option<i64>,
     pub auto_remove: bool,
     pub auth: Option<Credentials>,
-    pub health: crate::daemon::health::HealthFlags,
-    pub log: crate::runtime::logs::LogLimits,
-    pub restart: crate::daemon::containers::RestartPolicy,
+    pub health: HealthFlags,
+    pub log: LogLimits,
+    pub restart: RestartPolicy,
 }
 
 /// One line of a container's output.
@@ -264,49 +277,30 @@ pub enum Response {
     Exit(Option<i32>),
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum FrameError {
-    // Transparent: the message is the cause's, said once (not again as its source).
-    #[error(transparent)]
-    Io(#[from] io::Error),
-    #[error("the daemon closed the connection before answering (did it stop? its log says why)")]
-    Closed,
-    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
-    TooLarge(usize),
-    #[error("unknown API version {0} (is the daemon the same swarmlet version?)")]
-    Version(u8),
-    #[error("malformed frame: {0}")]
-    Malformed(String),
+/// A whole frame (length included) for `v`; refuses one over [`MAX_FRAME`].
+pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, FrameError> {
+    PROTOCOL.encode(v)
 }
 
-pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    let mut body = vec![API_VERSION];
-    body.extend(postcard::to_allocvec(v).expect("invariant: API types serialise"));
-    let mut out = (u32::try_from(body.len()).unwrap_or(u32::MAX))
-        .to_le_bytes()
-        .to_vec();
-    out.extend(body);
-    out
+/// What the daemon sends for `resp`: the frame, or, when the answer is too large to
+/// send, an error frame saying so (the CLI gets a reason, not a closed connection).
+pub fn encode_response(resp: &Response) -> Vec<u8> {
+    match PROTOCOL.encode(resp) {
+        Ok(f) => f,
+        Err(e) => PROTOCOL
+            .encode(&Response::Error(format!("cannot send the answer: {e}")))
+            .expect("invariant: a short error frame fits the limit"),
+    }
 }
 
 /// Decodes a frame body (after the length).
 pub fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, FrameError> {
-    match body.first() {
-        Some(&API_VERSION) => {
-            postcard::from_bytes(&body[1..]).map_err(|e| FrameError::Malformed(e.to_string()))
-        }
-        Some(&v) => Err(FrameError::Version(v)),
-        None => Err(FrameError::Malformed("empty frame".into())),
-    }
+    PROTOCOL.decode(body)
 }
 
 /// Checks a frame length read off the wire.
 pub fn frame_len(header: [u8; 4]) -> Result<usize, FrameError> {
-    let len = u32::from_le_bytes(header) as usize;
-    if len > MAX_FRAME {
-        return Err(FrameError::TooLarge(len));
-    }
-    Ok(len)
+    PROTOCOL.body_len(header)
 }
 
 /// Blocking client call: what the CLI does.
@@ -318,13 +312,8 @@ pub fn call(socket: &Path, req: &Request) -> Result<Response, CallError> {
         })?;
     s.set_read_timeout(Some(CLIENT_TIMEOUT))
         .map_err(FrameError::from)?;
-    s.write_all(&encode(req)).map_err(FrameError::from)?;
-    let mut header = [0u8; 4];
-    s.read_exact(&mut header).map_err(answer_error)?;
-    let len = frame_len(header)?;
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).map_err(answer_error)?;
-    Ok(decode(&body)?)
+    PROTOCOL.write(&mut s, req)?;
+    PROTOCOL.read(&mut s).map_err(answer_error)
 }
 
 /// Like [`call`] for requests answered with intermediate frames (`Progress`,
@@ -342,14 +331,9 @@ pub fn call_streaming(
             cause: e,
         })?;
     s.set_read_timeout(idle).map_err(FrameError::from)?;
-    s.write_all(&encode(req)).map_err(FrameError::from)?;
+    PROTOCOL.write(&mut s, req)?;
     loop {
-        let mut header = [0u8; 4];
-        s.read_exact(&mut header).map_err(answer_error)?;
-        let len = frame_len(header)?;
-        let mut body = vec![0u8; len];
-        s.read_exact(&mut body).map_err(answer_error)?;
-        match decode(&body)? {
+        match PROTOCOL.read(&mut s).map_err(answer_error)? {
             r @ (Response::Progress(_) | Response::LogChunk(_)) => on_frame(r),
             other => return Ok(other),
         }
@@ -360,6 +344,8 @@ pub fn call_streaming(
 pub enum CallError {
     #[error("cannot reach the swarmlet daemon at {path}: {cause} (is `swarmlet daemon` running? set --socket or {SOCKET_ENV} to use another)")]
     Connect { path: String, cause: io::Error },
+    #[error("the daemon closed the connection before answering (did it stop? its log says why)")]
+    Closed,
     // Not a `source`: the message already holds it, and `{:#}` would print it again.
     #[error("talking to the daemon: {0}")]
     Frame(FrameError),
@@ -373,11 +359,10 @@ impl From<FrameError> for CallError {
 
 /// An error reading the daemon's answer: the end of the stream there means the daemon
 /// went away mid-request.
-fn answer_error(e: io::Error) -> FrameError {
-    if e.kind() == io::ErrorKind::UnexpectedEof {
-        FrameError::Closed
-    } else {
-        FrameError::Io(e)
+fn answer_error(e: FrameError) -> CallError {
+    match e {
+        FrameError::Closed(_) => CallError::Closed,
+        other => CallError::Frame(other),
     }
 }
 
@@ -393,25 +378,32 @@ mod tests {
             label_add: vec![("zone".into(), "a".into())],
             label_rm: vec![],
         };
-        let f = encode(&r);
+        let f = encode(&r).unwrap();
         let len = frame_len(f[..4].try_into().unwrap()).unwrap();
         assert_eq!(len, f.len() - 4);
         assert_eq!(decode::<Request>(&f[4..]).unwrap(), r);
         assert!(matches!(
             frame_len((MAX_FRAME as u32 + 1).to_le_bytes()),
-            Err(FrameError::TooLarge(_))
+            Err(FrameError::TooLarge { .. })
         ));
         assert!(matches!(
             decode::<Request>(&[9, 0]),
-            Err(FrameError::Version(9))
-        ));
-        assert!(matches!(
-            decode::<Request>(&[]),
-            Err(FrameError::Malformed(_))
+            Err(FrameError::Version { got: 9, .. })
         ));
         assert!(matches!(
             decode::<Request>(&[API_VERSION, 250, 250]),
-            Err(FrameError::Malformed(_))
+            Err(FrameError::Malformed { .. })
         ));
+    }
+
+    #[test]
+    fn an_answer_too_large_to_send_becomes_an_error_frame() {
+        let huge = Response::Json("x".repeat(MAX_FRAME));
+        assert!(matches!(encode(&huge), Err(FrameError::TooLarge { .. })));
+        let f = encode_response(&huge);
+        match decode::<Response>(&f[4..]).unwrap() {
+            Response::Error(e) => assert!(e.contains("exceeds"), "{e}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -26,7 +26,7 @@ impl Drop for Dir {
     }
 }
 
-fn no_containers(_: &swarmlet::image::reference::Digest) -> Option<String> {
+fn no_containers(_: &swarmlet::model::Digest) -> Option<String> {
     None
 }
 
@@ -80,7 +80,7 @@ fn loads_both_tarball_kinds_and_removes_by_docker_rules() {
         .unwrap_err();
     assert!(err.to_string().contains("must be forced"), "{err}");
     // An image a container uses is not removed.
-    let used = |_: &swarmlet::image::reference::Digest| Some("c0ffee".to_string());
+    let used = |_: &swarmlet::model::Digest| Some("c0ffee".to_string());
     store.remove("bb", false, &no_containers).unwrap();
     let err = store
         .remove("example.org/tools/bb:1", false, &used)

@@ -14,9 +14,10 @@ use serde_json::json;
 use support::image::{sha, Layer, TestImage};
 use support::registry::{Options, Registry};
 use swarmlet::image::oci::Platform;
-use swarmlet::image::pull::{pull, Credentials, LayerState, Progress, PullError, RegistryConfig};
+use swarmlet::image::pull::{pull, PullError, RegistryConfig};
 use swarmlet::image::reference::Reference;
 use swarmlet::image::store::Store;
+use swarmlet::model::image::{Credentials, LayerState, Progress};
 
 struct Dir(std::path::PathBuf);
 impl Dir {

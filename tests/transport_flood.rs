@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
-use swarmlet::daemon::transport::Driver;
+use swarmlet::netio::transport::Driver;
 use swarmlet::transport::wire;
 use swarmlet::transport::{Config, Event, PeerKey, Stats};
 

@@ -499,7 +499,7 @@ pub static COMMANDS: &[Cmd] = &[
     },
     Cmd {
         path: "runtime-helper keeper",
-        values: &[],
+        values: &["--handover", "--test-protocol-version"],
         switches: &["--help"],
         greedy: false,
     },

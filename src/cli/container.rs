@@ -9,11 +9,12 @@ use argh::FromArgs;
 use super::image::{credentials_for, print_table, PullView, PULL_IDLE};
 use super::{call, not_implemented, print_done, print_json, Global, UsageError};
 use crate::api::{ContainerRequest, Request, Response, RunRequest};
-use crate::daemon::containers::{RestartPolicy, Status};
-use crate::daemon::health::{HealthFlags, HealthStatus};
 use crate::image::reference::Reference;
-use crate::runtime::logs::LogLimits;
-use crate::runtime::spec::{ContainerSpec, DeviceSpec, MountKind, MountSpec, NetworkMode};
+use crate::model::container::{
+    signal_number, ContainerSpec, DeviceSpec, LogLimits, MountKind, MountSpec, NetworkMode,
+    RestartPolicy, Status,
+};
+use crate::model::health::{HealthFlags, HealthStatus};
 
 #[derive(FromArgs, Debug, Default, PartialEq)]
 #[cfg_attr(test, derive(argh::ArgsInfo))]
@@ -582,8 +583,7 @@ fn resolve_run(c: &RunCommand) -> Result<(ContainerSpec, Option<i64>), UsageErro
     crate::runtime::spec::capabilities(&spec, u64::MAX)
         .map_err(|e| UsageError(format!("--cap-add/--cap-drop: {e}")))?;
     if let Some(sig) = &c.stop_signal {
-        crate::daemon::containers::signal_number(sig)
-            .map_err(|e| UsageError(format!("--stop-signal: {e}")))?;
+        signal_number(sig).map_err(|e| UsageError(format!("--stop-signal: {e}")))?;
     }
     Ok((spec, stop_timeout))
 }
@@ -921,8 +921,7 @@ pub fn stop(global: &Global, c: StopCommand) -> anyhow::Result<ExitCode> {
 pub fn kill(global: &Global, c: KillCommand) -> anyhow::Result<ExitCode> {
     need(&c.containers, "kill")?;
     let signal = c.signal.unwrap_or_else(|| "SIGKILL".into());
-    crate::daemon::containers::signal_number(&signal)
-        .map_err(|e| UsageError(format!("--signal: {e}")))?;
+    signal_number(&signal).map_err(|e| UsageError(format!("--signal: {e}")))?;
     print_done(call(
         global,
         &Request::Container(ContainerRequest::Kill {

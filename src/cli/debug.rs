@@ -12,8 +12,8 @@ use anyhow::Context;
 use argh::FromArgs;
 
 use super::UsageError;
-use crate::daemon::keyfile;
-use crate::daemon::transport::{os_random, Driver};
+use crate::netio::keyfile;
+use crate::netio::transport::{os_random, Driver};
 use crate::transport::key::decode_hex32;
 use crate::transport::{Config, Event, PeerKey, Psk, MAX_MESSAGE_SIZE};
 

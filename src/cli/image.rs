@@ -11,8 +11,10 @@ use argh::FromArgs;
 use super::{call, not_implemented, print_done, print_json, Global, UsageError};
 use crate::api::{ImageRequest, Request, Response};
 use crate::image::oci::Platform;
-use crate::image::pull::{read_docker_config, Credentials, LayerState, Progress};
-use crate::image::reference::{Digest, Reference};
+use crate::image::pull::read_docker_config;
+use crate::image::reference::Reference;
+use crate::model::image::{Credentials, LayerState, Progress};
+use crate::model::Digest;
 
 #[derive(FromArgs, Debug, PartialEq)]
 #[cfg_attr(test, derive(argh::ArgsInfo))]
@@ -517,7 +519,6 @@ impl Drop for TempFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::reference::Digest;
 
     fn layer(d: u8, state: LayerState) -> Progress {
         Progress::Layer {

@@ -64,6 +64,12 @@ pub struct KeeperArgs {
     /// the containers directory
     #[argh(positional)]
     pub dir: PathBuf,
+    /// take over from a keeper that re-executed itself (the file it left)
+    #[argh(option)]
+    pub handover: Option<PathBuf>,
+    /// tests only: speak this keeper protocol version, as an older keeper would
+    #[argh(option)]
+    pub test_protocol_version: Option<u8>,
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
@@ -87,7 +93,13 @@ pub fn run(cmd: RuntimeHelperCommand) -> anyhow::Result<ExitCode> {
     crate::runtime::set_process_name();
     match cmd.command {
         HelperSubcommand::Keeper(a) => {
-            keeper::run(&a.dir)?;
+            keeper::run(
+                &a.dir,
+                &keeper::KeeperOptions {
+                    handover: a.handover,
+                    test_protocol_version: a.test_protocol_version,
+                },
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         HelperSubcommand::Create(a) => {

@@ -70,7 +70,7 @@ pub fn parse_addr(flag: &str, s: &str) -> Result<std::net::SocketAddr, UsageErro
         return Ok(a);
     }
     if let Ok(ip) = s.parse::<std::net::IpAddr>() {
-        return Ok(std::net::SocketAddr::new(ip, crate::control::DEFAULT_PORT));
+        return Ok(std::net::SocketAddr::new(ip, crate::model::DEFAULT_PORT));
     }
     Err(UsageError(format!(
         "{flag}: {s:?} is not an IP address or IP:PORT (interface names are not supported yet)"

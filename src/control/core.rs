@@ -17,8 +17,7 @@ use crate::logging::Level;
 use crate::raft::{ConfigChange, Index, NodeId, Payload, ProposeError, Role, Term};
 use crate::transport::{PeerKey, Psk, PskId};
 
-/// Default cluster port.
-pub const DEFAULT_PORT: u16 = 2377;
+pub use crate::model::DEFAULT_PORT;
 /// PSK ids of join handshakes: which token's secret keys the session.
 pub const PSK_WORKER: PskId = PskId(1);
 pub const PSK_MANAGER: PskId = PskId(2);

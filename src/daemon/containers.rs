@@ -11,98 +11,25 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::health::{HealthSpec, HealthState};
-use crate::image::reference::Digest;
 use crate::image::store::{remove_any, write_atomic, ImageRecord, Store};
-use crate::runtime::keeper::{self, ContainerState, KeeperRequest, KeeperResponse};
-use crate::runtime::logs::LogLimits;
+use crate::model::container::{
+    signal_number, ContainerRecord, ContainerView, MountKind, RestartPolicy, Status,
+    DEFAULT_STOP_TIMEOUT,
+};
+use crate::model::health::HealthState;
+use crate::model::Digest;
+use crate::runtime::keeper::{self, ContainerState, KeeperLink, KeeperRequest, KeeperResponse};
 use crate::runtime::rootfs::{mount_overlay, unmount_overlay};
-use crate::runtime::spec::{identity, runtime_spec, ContainerSpec, MountKind};
+use crate::runtime::spec::{identity, runtime_spec};
 
 const RECORD: &str = "container.json";
 const KEEPER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an exited `--rm` container is left for an attached `run` to collect its
 /// status before the supervisor removes it.
 const AUTO_REMOVE_GRACE: Duration = Duration::from_secs(5);
-/// Docker's default grace period between the stop signal and SIGKILL.
-pub const DEFAULT_STOP_TIMEOUT: i64 = 10;
 /// How long one wait for an exit lasts when no grace period ends it (`-1`): the wait is
 /// repeated until the container exits.
 const UNBOUNDED_WAIT_SLICE: Duration = Duration::from_secs(60);
-
-/// A container as created.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ContainerRecord {
-    pub id: String,
-    pub name: String,
-    /// The image as the user named it.
-    pub image: String,
-    pub image_id: Digest,
-    pub spec: ContainerSpec,
-    /// Milliseconds since the epoch.
-    pub created: u64,
-    pub stop_signal: String,
-    /// Seconds between the stop signal and SIGKILL; -1: no SIGKILL, wait.
-    pub stop_timeout: i64,
-    pub auto_remove: bool,
-    pub log: LogLimits,
-    #[serde(default)]
-    pub health: Option<HealthSpec>,
-    #[serde(default)]
-    pub restart: RestartPolicy,
-    /// The image's unpacked layers, bottom first: enough to mount the root filesystem
-    /// again after a reboot (the image cannot be removed while the container exists).
-    #[serde(default)]
-    pub lower: Vec<PathBuf>,
-}
-
-/// Where a container is in its life.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Status {
-    Created,
-    Running {
-        pid: i32,
-        started_at: u64,
-    },
-    Exited {
-        /// None when it ended while nobody could observe its status.
-        code: Option<i32>,
-        oom_killed: bool,
-        started_at: u64,
-        finished_at: u64,
-    },
-}
-
-/// When the daemon starts a container again after it exits (`--restart`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RestartPolicy {
-    #[default]
-    No,
-    /// After a non-zero exit, at most this many times (0: no limit).
-    OnFailure(u32),
-    /// After any exit; also when the daemon starts, even if it had been stopped.
-    Always,
-    /// After any exit, unless it was stopped by the user (also across daemon restarts).
-    UnlessStopped,
-}
-
-impl RestartPolicy {
-    pub fn parse(s: &str) -> Result<RestartPolicy, String> {
-        match s.split_once(':') {
-            None if s == "no" => Ok(RestartPolicy::No),
-            None if s == "always" => Ok(RestartPolicy::Always),
-            None if s == "unless-stopped" => Ok(RestartPolicy::UnlessStopped),
-            None if s == "on-failure" => Ok(RestartPolicy::OnFailure(0)),
-            Some(("on-failure", n)) => n
-                .parse()
-                .map(RestartPolicy::OnFailure)
-                .map_err(|_| format!("{s:?}: the count after on-failure: must be a number")),
-            _ => Err(format!(
-                "{s:?}: expected no, always, unless-stopped or on-failure[:MAX]"
-            )),
-        }
-    }
-}
 
 /// The restart bookkeeping of a container (`<id>/restart.json`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,19 +52,12 @@ pub struct ExecSpec {
     pub timeout: Option<Duration>,
 }
 
-/// A record with its status.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ContainerView {
-    pub record: ContainerRecord,
-    pub status: Status,
-    /// Health of the current run, for containers with a check.
-    pub health: Option<HealthState>,
-}
-
 pub struct Containers {
     dir: PathBuf,
     volumes: PathBuf,
     exe: PathBuf,
+    /// The keeper and the protocol version it speaks (what `keeper::ensure` found).
+    link: Mutex<KeeperLink>,
     /// Serialises creation and removal (names must stay unique).
     lock: Mutex<()>,
     /// The records as last read from disk; this daemon is their only writer, so the
@@ -177,25 +97,31 @@ fn random_name(id: &str) -> String {
 impl Containers {
     pub fn open(data_dir: &Path, exe: &Path) -> anyhow::Result<Containers> {
         let dir = data_dir.join("containers");
-        keeper::ensure(&dir, exe)?;
+        let link = keeper::ensure(&dir, exe)?;
         let c = Containers {
             dir,
             volumes: data_dir.join("volumes"),
             exe: exe.to_path_buf(),
+            link: Mutex::new(link),
             lock: Mutex::new(()),
             cache: Mutex::new(None),
         };
         Ok(c)
     }
 
+    fn link(&self) -> KeeperLink {
+        self.link.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     fn keeper(&self, req: &KeeperRequest) -> Result<KeeperResponse, String> {
-        let first = keeper::call(&self.dir, req, KEEPER_TIMEOUT);
+        let first = self.link().call(req, KEEPER_TIMEOUT);
         let resp = match first {
             Ok(r) => r,
             Err(_) => {
                 // The keeper went away (killed?): start another, which adopts what runs.
-                keeper::ensure(&self.dir, &self.exe).map_err(|e| format!("{e:#}"))?;
-                keeper::call(&self.dir, req, KEEPER_TIMEOUT)
+                let link = keeper::ensure(&self.dir, &self.exe).map_err(|e| format!("{e:#}"))?;
+                *self.link.lock().unwrap_or_else(|p| p.into_inner()) = link.clone();
+                link.call(req, KEEPER_TIMEOUT)
                     .map_err(|e| format!("talking to the keeper: {e}"))?
             }
         };
@@ -507,7 +433,9 @@ impl Containers {
                 id: id.to_string(),
                 timeout_ms: u64::try_from(slice.as_millis()).unwrap_or(u64::MAX),
             };
-            let resp = keeper::call(&self.dir, &req, slice + KEEPER_TIMEOUT)
+            let resp = self
+                .link()
+                .call(&req, slice + KEEPER_TIMEOUT)
                 .map_err(|e| format!("talking to the keeper: {e}"))?;
             match resp {
                 KeeperResponse::States(v) if v.first().is_none_or(|s| s.exit.is_some()) => {
@@ -815,63 +743,12 @@ fn status_of(s: Option<&ContainerState>) -> Status {
     }
 }
 
-/// `SIGTERM`, `TERM`, `term` or `15`.
-pub fn signal_number(s: &str) -> Result<i32, String> {
-    if let Ok(n) = s.parse::<i32>() {
-        if (1..=64).contains(&n) {
-            return Ok(n);
-        }
-        return Err(format!("invalid signal: {s}"));
-    }
-    let up = s.to_ascii_uppercase();
-    let name = up.strip_prefix("SIG").unwrap_or(&up);
-    let n = match name {
-        "HUP" => 1,
-        "INT" => 2,
-        "QUIT" => 3,
-        "ILL" => 4,
-        "TRAP" => 5,
-        "ABRT" => 6,
-        "BUS" => 7,
-        "FPE" => 8,
-        "KILL" => 9,
-        "USR1" => 10,
-        "SEGV" => 11,
-        "USR2" => 12,
-        "PIPE" => 13,
-        "ALRM" => 14,
-        "TERM" => 15,
-        "CHLD" => 17,
-        "CONT" => 18,
-        "STOP" => 19,
-        "TSTP" => 20,
-        "TTIN" => 21,
-        "TTOU" => 22,
-        "URG" => 23,
-        "XCPU" => 24,
-        "XFSZ" => 25,
-        "VTALRM" => 26,
-        "PROF" => 27,
-        "WINCH" => 28,
-        "IO" => 29,
-        "PWR" => 30,
-        "SYS" => 31,
-        _ => return Err(format!("invalid signal: {s}")),
-    };
-    Ok(n)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn signals_and_names() {
-        assert_eq!(signal_number("SIGTERM"), Ok(15));
-        assert_eq!(signal_number("kill"), Ok(9));
-        assert_eq!(signal_number("10"), Ok(10));
-        assert!(signal_number("SIGNOPE").unwrap_err().contains("SIGNOPE"));
-        assert!(signal_number("0").is_err());
+    fn names() {
         let valid_name = crate::runtime::spec::valid_container_name;
         assert!(valid_name("web-1.a_b"));
         assert!(!valid_name("-x") && !valid_name("a b") && !valid_name(""));

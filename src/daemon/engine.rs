@@ -7,13 +7,16 @@ use std::path::PathBuf;
 
 use std::time::Duration;
 
-use super::containers::{ContainerView, Containers, ExecSpec, Status};
+use super::containers::{Containers, ExecSpec};
 use crate::api::{ContainerRequest, ImageRequest, ImageView, LogLine, Request, Response};
 use crate::image::load::load;
 use crate::image::oci::Platform;
-use crate::image::pull::{pull, Progress, RegistryConfig};
-use crate::image::reference::{Digest, Reference};
+use crate::image::pull::{pull, RegistryConfig};
+use crate::image::reference::Reference;
 use crate::image::store::{ImageRecord, Store};
+use crate::model::container::{ContainerView, Status};
+use crate::model::image::Progress;
+use crate::model::Digest;
 use crate::runtime::logs::{Follower, Record, Stream};
 
 /// How often the supervisor looks at exited containers: the shortest restart backoff.
@@ -244,7 +247,7 @@ impl Engine {
         &self,
         reference: &str,
         platform: Option<&str>,
-        auth: Option<crate::image::pull::Credentials>,
+        auth: Option<crate::model::image::Credentials>,
         out: &Frames,
     ) -> Result<Response, String> {
         let r = Reference::parse(reference).map_err(|e| e.to_string())?;

@@ -5,52 +5,27 @@
 //! (`<id>/health.json`), so `ps` and `inspect` show it and a restarted daemon goes on
 //! from it.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
-use super::containers::{Containers, ExecSpec, Status};
+use super::containers::{Containers, ExecSpec};
 use crate::image::oci::HealthConfig;
 use crate::image::store::write_atomic;
+use crate::model::container::Status;
+use crate::model::health::{HealthFlags, HealthSpec, HealthState, Probe};
 use crate::runtime::keeper::now_ms;
 
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_RETRIES: u32 = 3;
-/// Results kept in the state, as Docker keeps five.
-const LOG_KEEP: usize = 5;
 /// Output kept per result.
 const OUTPUT_KEEP: usize = 4096;
 const FILE: &str = "health.json";
 /// How often the monitor looks for probes that are due: the shortest interval allowed
 /// (`--health-interval` is at least 100 ms).
 const HEALTH_TICK: Duration = Duration::from_millis(100);
-
-/// How a container is checked.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HealthSpec {
-    /// The command (argv; `CMD-SHELL` checks are `/bin/sh -c ...`).
-    pub test: Vec<String>,
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub start_period: Duration,
-    pub retries: u32,
-}
-
-/// What the user said on the command line (each overrides the image's).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HealthFlags {
-    pub cmd: Option<String>,
-    pub interval: Option<Duration>,
-    pub timeout: Option<Duration>,
-    pub start_period: Option<Duration>,
-    pub retries: Option<u32>,
-    /// `--no-healthcheck`: none, whatever the image says.
-    pub disable: bool,
-}
 
 /// The image's HEALTHCHECK with the flags on top; None when there is no check.
 pub fn resolve(
@@ -97,75 +72,6 @@ pub fn resolve(
             .unwrap_or(Duration::ZERO),
         retries,
     }))
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum HealthStatus {
-    Starting,
-    Healthy,
-    Unhealthy,
-}
-
-impl HealthStatus {
-    pub fn name(self) -> &'static str {
-        match self {
-            HealthStatus::Starting => "starting",
-            HealthStatus::Healthy => "healthy",
-            HealthStatus::Unhealthy => "unhealthy",
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Probe {
-    pub start: u64,
-    pub end: u64,
-    pub exit_code: i32,
-    pub output: String,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HealthState {
-    pub status: HealthStatus,
-    pub failing_streak: u32,
-    pub log: VecDeque<Probe>,
-    /// The container start this state belongs to (a restart starts over).
-    pub started_at: u64,
-}
-
-impl HealthState {
-    /// The state before any probe of a run that started at `started_at`.
-    pub fn starting(started_at: u64) -> HealthState {
-        HealthState::new(started_at)
-    }
-
-    fn new(started_at: u64) -> HealthState {
-        HealthState {
-            status: HealthStatus::Starting,
-            failing_streak: 0,
-            log: VecDeque::new(),
-            started_at,
-        }
-    }
-
-    /// Folds one probe result in.
-    pub fn record(&mut self, spec: &HealthSpec, probe: Probe) {
-        let in_start_period = probe.start
-            < self.started_at + u64::try_from(spec.start_period.as_millis()).unwrap_or(u64::MAX);
-        if probe.exit_code == 0 {
-            self.status = HealthStatus::Healthy;
-            self.failing_streak = 0;
-        } else if !(in_start_period && self.status == HealthStatus::Starting) {
-            self.failing_streak += 1;
-            if self.failing_streak >= spec.retries {
-                self.status = HealthStatus::Unhealthy;
-            }
-        }
-        self.log.push_back(probe);
-        while self.log.len() > LOG_KEEP {
-            self.log.pop_front();
-        }
-    }
 }
 
 /// The saved state of a container, if it has one for its current start.
@@ -235,7 +141,7 @@ pub fn monitor(containers: Arc<Containers>) {
                 out.truncate(OUTPUT_KEEP);
                 let mut st = load(&cdir)
                     .filter(|s| s.started_at == started_at)
-                    .unwrap_or_else(|| HealthState::new(started_at));
+                    .unwrap_or_else(|| HealthState::starting(started_at));
                 st.record(
                     &spec,
                     Probe {
@@ -258,53 +164,6 @@ pub fn monitor(containers: Arc<Containers>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn spec() -> HealthSpec {
-        HealthSpec {
-            test: vec!["true".into()],
-            interval: Duration::from_secs(1),
-            timeout: Duration::from_secs(1),
-            start_period: Duration::from_secs(10),
-            retries: 2,
-        }
-    }
-
-    fn probe(at: u64, code: i32) -> Probe {
-        Probe {
-            start: at,
-            end: at + 1,
-            exit_code: code,
-            output: String::new(),
-        }
-    }
-
-    #[test]
-    fn status_follows_dockers_rules() {
-        let s = spec();
-        let mut st = HealthState::new(1_000);
-        st.record(&s, probe(2_000, 1));
-        assert_eq!(
-            (st.status, st.failing_streak),
-            (HealthStatus::Starting, 0),
-            "start period"
-        );
-        st.record(&s, probe(3_000, 0));
-        assert_eq!(st.status, HealthStatus::Healthy);
-        st.record(&s, probe(4_000, 1));
-        assert_eq!(
-            (st.status, st.failing_streak),
-            (HealthStatus::Healthy, 1),
-            "counts once healthy"
-        );
-        st.record(&s, probe(5_000, 1));
-        assert_eq!(st.status, HealthStatus::Unhealthy);
-        st.record(&s, probe(6_000, 0));
-        assert_eq!((st.status, st.failing_streak), (HealthStatus::Healthy, 0));
-        for i in 0..10 {
-            st.record(&s, probe(20_000 + i, 1));
-        }
-        assert_eq!(st.log.len(), LOG_KEEP);
-    }
 
     #[test]
     fn image_and_flags() {

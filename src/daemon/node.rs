@@ -21,9 +21,10 @@ use smol::channel::{Receiver, Sender};
 use crate::api::{Request, Response};
 use crate::cluster;
 use crate::control::{Bound, Identity, Io, LogWrite, Membership, RequestId, Stack, StackConfig};
-use crate::daemon::transport::{os_random, Driver};
+use crate::daemon::server;
 use crate::daemon::wal::{Wal, WalError};
-use crate::daemon::{keyfile, server};
+use crate::netio::keyfile;
+use crate::netio::transport::{os_random, Driver};
 use crate::transport::{self, Event as TEvent, PeerKey, PeerPolicy, Psk, PskId, SendError};
 
 /// API requests queued for the loop; more wait in their connection tasks.

@@ -134,7 +134,7 @@ impl Drop for Slot {
 /// Tells a client over the connection limit why, without waiting on it: one
 /// non-blocking write into a fresh socket's empty buffer, then the connection closes.
 fn refuse_at_once(s: &smol::net::unix::UnixStream) {
-    let frame = api::encode(&Response::Error(format!(
+    let frame = api::encode_response(&Response::Error(format!(
         "the daemon is serving {MAX_CONNECTIONS} connections, its limit; try again when some have ended"
     )));
     let _ = rustix::io::write(s, &frame);
@@ -194,7 +194,8 @@ async fn serve_conn(
     let body = match read_request(&mut s, REQUEST_TIMEOUT, MAX_REQUEST).await {
         Ok(body) => body,
         Err(Refusal::Answer(why)) => {
-            s.write_all(&api::encode(&Response::Error(why))).await?;
+            s.write_all(&api::encode_response(&Response::Error(why)))
+                .await?;
             return Ok(());
         }
         Err(Refusal::Gone) => return Ok(()),
@@ -205,7 +206,7 @@ async fn serve_conn(
         let (ftx, frx) = smol::channel::bounded(64);
         smol::unblock(move || engine.serve(req, &ftx)).detach();
         while let Ok(frame) = frx.recv().await {
-            if s.write_all(&api::encode(&frame)).await.is_err() {
+            if s.write_all(&api::encode_response(&frame)).await.is_err() {
                 break;
             }
         }
@@ -221,7 +222,7 @@ async fn serve_conn(
         }
         Err(e) => Response::Error(format!("bad request: {e}")),
     };
-    s.write_all(&api::encode(&resp)).await?;
+    s.write_all(&api::encode_response(&resp)).await?;
     Ok(())
 }
 
@@ -236,7 +237,7 @@ mod tests {
             let limit = Duration::from_millis(100);
             // Whole: the body comes back.
             let (mut a, mut b) = UnixStream::pair().unwrap();
-            let frame = api::encode(&Request::Info);
+            let frame = api::encode(&Request::Info).unwrap();
             a.write_all(&frame).await.unwrap();
             assert_eq!(
                 read_request(&mut b, limit, 64).await.unwrap(),

@@ -29,8 +29,8 @@ use crate::raft::{Entry, HardState, Index, Ready, Snapshot, SnapshotMeta};
 /// loop. Read once, when a log is opened.
 pub const SLOW_SYNC_ENV: &str = "SWARMLET_TEST_SLOW_SYNC_MS";
 
-/// Format version of record payloads.
-const RECORD_VERSION: u8 = 1;
+/// Format version of record payloads (their first byte).
+pub const RECORD_VERSION: u8 = 1;
 const HEADER: usize = 8;
 /// Largest record we write or accept: a full append batch or a snapshot of a large
 /// cluster's state fits many times over; a bigger length field is corruption.
@@ -82,14 +82,20 @@ fn frame_value<T: Serialize>(v: &T) -> Vec<u8> {
     let mut payload = vec![RECORD_VERSION];
     // Serialising our own in-memory types cannot fail.
     payload.extend(postcard::to_allocvec(v).expect("invariant: WAL types serialise"));
+    frame_payload(&payload)
+}
+
+/// `[len][crc32][payload]` around any payload (which should start with
+/// [`RECORD_VERSION`]): what the fuzz targets build damaged logs with.
+pub fn frame_payload(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + payload.len());
     out.extend_from_slice(
         &u32::try_from(payload.len())
             .unwrap_or(u32::MAX)
             .to_le_bytes(),
     );
-    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    out.extend(payload);
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
     out
 }
 
@@ -222,12 +228,13 @@ fn apply(rec: Record, st: &mut Recovered) -> bool {
         Record::Truncate(i) => st.entries.retain(|x| x.index < i),
         Record::Snapshot(meta) => {
             st.entries.retain(|x| x.index > meta.index);
+            // The marker is written after its snapshot file: a file missing, or older
+            // than the marker, was lost, and the entries it covered are gone with it.
             if st
                 .snapshot
                 .as_ref()
-                .is_some_and(|s| s.meta.index < meta.index)
+                .is_none_or(|s| s.meta.index < meta.index)
             {
-                // The marker names a newer snapshot than the file holds: the file was lost.
                 return false;
             }
         }
@@ -450,14 +457,17 @@ struct SnapshotFile {
     data: Vec<u8>,
 }
 
-fn encode_snapshot(s: &Snapshot) -> Vec<u8> {
+/// The snapshot file's bytes for `s`: one framed record.
+pub fn encode_snapshot(s: &Snapshot) -> Vec<u8> {
     frame_value(&SnapshotFile {
         meta: s.meta.clone(),
         data: s.data.clone(),
     })
 }
 
-fn decode_snapshot(buf: &[u8]) -> Option<Snapshot> {
+/// Reads a snapshot file; None if it is damaged in any way (length, checksum, version,
+/// contents).
+pub fn decode_snapshot(buf: &[u8]) -> Option<Snapshot> {
     if buf.len() < HEADER {
         return None;
     }
@@ -526,6 +536,34 @@ mod tests {
 
     fn last_segment(dir: &Path) -> PathBuf {
         list_segments(&dir.join("wal")).unwrap().pop().unwrap().1
+    }
+
+    /// Found by the `wal_recovery` fuzz target: entries, then a snapshot marker whose
+    /// snapshot file is missing, opened as a log starting after the marker with no
+    /// snapshot before it (a gap Raft would be restored with).
+    #[test]
+    fn a_snapshot_marker_without_its_file_is_corruption() {
+        let d = TempDir::new("marker");
+        let wal = d.0.join("wal");
+        fs::create_dir_all(&wal).unwrap();
+        let mut seg = frame(&Record::Entries(vec![
+            entry(1, 1, b"a"),
+            entry(1, 2, b"b"),
+            entry(1, 3, b"c"),
+        ]));
+        seg.extend(frame(&Record::Snapshot(SnapshotMeta {
+            index: Index(1),
+            term: Term(1),
+            membership: Membership::default(),
+        })));
+        fs::write(wal.join(segment_name(1)), seg).unwrap();
+        match Wal::open(&d.0) {
+            Err(WalError::Corrupt { why, .. }) => {
+                assert_eq!(why, "log entries missing between records")
+            }
+            Ok((_, st)) => panic!("opened with a gap: entries {:?}", st.entries),
+            Err(e) => panic!("{e}"),
+        }
     }
 
     #[test]

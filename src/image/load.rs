@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::oci::{self, Compression, Descriptor, ImageConfig, Index, Manifest, Platform};
-use super::reference::{Digest, Reference};
+use super::reference::Reference;
 use super::store::{now_secs, remove_any, unique, ImageRecord, LayerRecord, Store, StoreError};
 use super::unpack::{unpack, UnpackError};
+use crate::model::Digest;
 
 /// One loaded image: its id and the names it got.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -17,9 +17,12 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 use thiserror::Error;
 
+use crate::model::image::{Credentials, LayerState, Progress};
+use crate::model::Digest;
+
 use super::load::{pick_platform, platforms_of};
 use super::oci::{self, Descriptor, ImageConfig, Index, Manifest, Platform};
-use super::reference::{Digest, Reference};
+use super::reference::Reference;
 use super::store::{
     now_secs, ChannelReader, Chunk, ImageRecord, LayerRecord, Store, StoreError, UnpackedLayer,
 };
@@ -74,12 +77,6 @@ pub struct RegistryConfig {
     pub certs_dir: Option<PathBuf>,
     /// Credentials by registry host, as a Docker `config.json` holds them.
     pub auths: BTreeMap<String, Credentials>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Credentials {
-    pub username: String,
-    pub password: String,
 }
 
 /// Reads the `auths` of a Docker-compatible `config.json`: `{"auths": {"host":
@@ -143,22 +140,6 @@ pub fn read_docker_config(path: &Path) -> Result<BTreeMap<String, Credentials>, 
         out.insert(host, creds);
     }
     Ok(out)
-}
-
-/// What a pull reports as it goes (the CLI draws a line per layer from these).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Progress {
-    Resolved { digest: Digest, platform: String },
-    Layer { digest: Digest, state: LayerState },
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LayerState {
-    Exists,
-    Waiting,
-    Downloading { done: u64, total: u64 },
-    Extracting,
-    Done,
 }
 
 /// The result of a pull.

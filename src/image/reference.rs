@@ -6,6 +6,8 @@ use std::fmt;
 
 use thiserror::Error;
 
+use crate::model::Digest;
+
 /// The registry a name without a domain belongs to.
 pub const DEFAULT_DOMAIN: &str = "docker.io";
 /// The host that actually serves Docker Hub's registry API.
@@ -17,48 +19,6 @@ const MAX_TAG: usize = 128;
 pub enum RefError {
     #[error("invalid reference {0:?}: {1}")]
     Invalid(String, &'static str),
-}
-
-/// A sha256 digest (the only algorithm registries use in practice).
-#[derive(
-    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-pub struct Digest(pub [u8; 32]);
-
-impl Digest {
-    /// Parses `sha256:<64 lowercase hex>`.
-    pub fn parse(s: &str) -> Option<Digest> {
-        let hex = s.strip_prefix("sha256:")?;
-        if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return None;
-        }
-        let mut out = [0u8; 32];
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
-        }
-        Some(Digest(out))
-    }
-
-    pub fn hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    pub fn of(bytes: &[u8]) -> Digest {
-        use sha2::Digest as _;
-        Digest(sha2::Sha256::digest(bytes).into())
-    }
-}
-
-impl fmt::Display for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", self.hex())
-    }
-}
-
-impl fmt::Debug for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", &self.hex()[..12])
-    }
 }
 
 /// A parsed, normalised reference.
@@ -138,6 +98,13 @@ impl Reference {
         } else {
             path
         };
+        // Counted as Docker counts it, normalised: a name that fits only without its
+        // registry would print as a reference that no longer parses.
+        if domain.len() + 1 + path.len() > MAX_NAME {
+            return Err(bad(
+                "name must be at most 255 characters with its registry (docker.io/library/ counts)",
+            ));
+        }
         let tag = match (tag, digest) {
             (Some(t), _) => Some(t.to_string()),
             (None, None) => Some("latest".to_string()),
@@ -295,6 +262,21 @@ mod tests {
             Digest::of(b"").hex(),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
+    }
+
+    /// Found by the `oci_documents` fuzz target: a 250-character Hub name parsed, but
+    /// printed with `docker.io/library/` it was over the limit and did not parse again.
+    #[test]
+    fn the_name_limit_counts_the_normalised_name() {
+        let name = "a".repeat(255 - "docker.io/library/".len());
+        let r = p(&name);
+        assert_eq!(Reference::parse(&r.to_string()), Ok(r));
+        let long = format!("{name}a");
+        let e = Reference::parse(&long).unwrap_err().to_string();
+        assert!(e.contains("255 characters with its registry"), "{e}");
+        assert!(Reference::parse(&format!("docker.io/library/{long}")).is_err());
+        assert!(Reference::parse(&format!("example.com/{}", "b".repeat(243))).is_ok());
+        assert!(Reference::parse(&format!("example.com/{}", "b".repeat(244))).is_err());
     }
 
     #[test]

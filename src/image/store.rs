@@ -25,8 +25,9 @@ use sha2::Digest as _;
 use thiserror::Error;
 
 use super::oci::{Compression, ImageConfig, Platform};
-use super::reference::{Digest, Reference};
+use super::reference::Reference;
 use super::unpack::{unpack, UnpackError};
+use crate::model::Digest;
 
 #[derive(Debug, Error)]
 pub enum StoreError {

@@ -10,25 +10,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::container::LogLimits;
+
 /// A line longer than this is written in pieces.
 pub const MAX_LINE: usize = 16 << 10;
-
-/// Size cap of each file and how many files are kept.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogLimits {
-    pub max_size: u64,
-    pub max_files: u32,
-}
-
-impl Default for LogLimits {
-    /// 10 MiB in 2 files: at most 20 MiB per container.
-    fn default() -> Self {
-        LogLimits {
-            max_size: 10 << 20,
-            max_files: 2,
-        }
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Stream {
@@ -100,6 +85,19 @@ impl LogWriter {
         if !self.pending[i].is_empty() {
             let line = std::mem::take(&mut self.pending[i]);
             self.record(stream, &line, false)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the unfinished lines of both streams as partial records (`P`), so
+    /// nothing is held only in memory (before the keeper re-executes itself); what
+    /// follows on each stream goes on the line in the next record.
+    pub fn flush_partial(&mut self) -> io::Result<()> {
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            let piece = std::mem::take(&mut self.pending[stream as usize]);
+            if !piece.is_empty() {
+                self.record(stream, &piece, true)?;
+            }
         }
         Ok(())
     }
@@ -415,6 +413,24 @@ mod tests {
         assert_eq!(recs.len(), 3);
         assert!(recs[0].partial && recs[1].partial && !recs[2].partial);
         assert_eq!(recs.iter().map(|r| r.text.len()).sum::<usize>(), long.len());
+        // A writer flushed mid-line (a keeper about to re-execute) and a new one on the
+        // same file: one partial record, then the rest of the line.
+        let mut w = LogWriter::open(&dir.join("handed"), LogLimits::default()).unwrap();
+        w.write(Stream::Stdout, b"done\nhalf a ").unwrap();
+        w.flush_partial().unwrap();
+        drop(w);
+        let mut w = LogWriter::open(&dir.join("handed"), LogLimits::default()).unwrap();
+        w.write(Stream::Stdout, b"line\n").unwrap();
+        let recs = read_all(&dir.join("handed"), 1).unwrap();
+        let got: Vec<(&[u8], bool)> = recs.iter().map(|r| (&r.text[..], r.partial)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (&b"done"[..], false),
+                (&b"half a "[..], true),
+                (&b"line"[..], false)
+            ]
+        );
         // Rotation keeps at most 3 files of at most 4 KiB, the newest lines last.
         let mut w = LogWriter::open(&path, limits).unwrap();
         for i in 0..1000 {

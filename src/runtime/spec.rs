@@ -6,10 +6,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::image::oci::RunConfig;
+use crate::model::container::{ContainerSpec, MountKind, NetworkMode};
 
 /// Docker's default capabilities.
 pub const DEFAULT_CAPS: &[&str] = &[
@@ -97,64 +97,6 @@ const READONLY_PATHS: &[&str] = &[
 ];
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum NetworkMode {
-    /// Its own network namespace with only loopback (the networking issue wires more).
-    #[default]
-    None,
-    /// The host's network namespace.
-    Host,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum MountKind {
-    /// A host path.
-    Bind,
-    /// A named volume: a directory the daemon keeps under its data dir.
-    Volume,
-    Tmpfs,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MountSpec {
-    pub kind: MountKind,
-    /// Host path (bind), volume name, or empty (tmpfs).
-    pub source: String,
-    pub target: String,
-    pub readonly: bool,
-}
-
-/// A host device made available in the container (`--device /dev/ttyUSB0[:/dev/x][:rwm]`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeviceSpec {
-    pub host: String,
-    pub container: String,
-    pub access: String,
-}
-
-/// What the user asked for, beyond the image.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct ContainerSpec {
-    pub entrypoint: Option<Vec<String>>,
-    /// Replaces the image's Cmd when not empty.
-    pub cmd: Vec<String>,
-    pub env: Vec<String>,
-    pub workdir: Option<String>,
-    pub user: Option<String>,
-    pub hostname: Option<String>,
-    pub network: NetworkMode,
-    pub mounts: Vec<MountSpec>,
-    pub memory: Option<i64>,
-    /// CPUs, e.g. 0.5.
-    pub cpus: Option<f64>,
-    pub pids_limit: Option<i64>,
-    pub privileged: bool,
-    pub cap_add: Vec<String>,
-    pub cap_drop: Vec<String>,
-    pub devices: Vec<DeviceSpec>,
-    pub labels: BTreeMap<String, String>,
-}
 
 /// Resolved identity of the process.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -652,6 +594,7 @@ fn read_in_root(rootfs: &Path, rel: &str) -> Result<Option<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::container::MountSpec;
 
     fn image() -> RunConfig {
         RunConfig {

@@ -41,6 +41,7 @@ const NANOS_PER_TOKEN: u64 = 1_000_000_000 / HANDSHAKES_PER_SEC_PER_IP;
 const BUCKET_NANOS: u64 = NANOS_PER_TOKEN * HANDSHAKE_BURST_PER_IP;
 
 /// Responder side: issues and checks cookies.
+#[derive(Clone)]
 pub struct CookieChecker {
     secret: [u8; 32],
     born: Instant,
@@ -111,6 +112,7 @@ pub fn open_cookie(
 }
 
 /// Counts handshake initiations per second to decide when we are under load.
+#[derive(Clone)]
 pub struct LoadMeter {
     window_start: Instant,
     count: u32,
@@ -141,6 +143,7 @@ impl LoadMeter {
 }
 
 /// Token buckets per source IP.
+#[derive(Clone)]
 pub struct RateLimiter {
     buckets: BTreeMap<IpAddr, (u64, Instant)>,
 }

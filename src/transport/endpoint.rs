@@ -219,6 +219,7 @@ impl Stats {
     }
 }
 
+#[derive(Clone)]
 struct Session {
     psk_id: PskId,
     local_index: u32,
@@ -281,6 +282,7 @@ impl Session {
     }
 }
 
+#[derive(Clone)]
 struct Pending {
     hs: Initiator,
     local_index: u32,
@@ -307,6 +309,7 @@ enum Slot {
     Next,
 }
 
+#[derive(Clone)]
 struct Peer {
     addr: Option<SocketAddr>,
     psk: Psk,
@@ -481,6 +484,32 @@ impl Endpoint {
 
     pub fn public_key(&self) -> PeerKey {
         self.public
+    }
+
+    /// A copy of this endpoint, sessions, counters and RNG included, for fuzz targets
+    /// and tests that replay many inputs from one established state instead of redoing
+    /// its handshakes (X25519 dominates their time). Never for real traffic: both copies
+    /// would seal under the same keys and counters, which reuses nonces.
+    pub fn fork_for_testing(&self) -> Endpoint {
+        Endpoint {
+            cfg: self.cfg.clone(),
+            secret: self.secret.clone(),
+            public: self.public,
+            our_mac1_key: self.our_mac1_key,
+            rng: self.rng.clone(),
+            peers: self.peers.clone(),
+            index: self.index.clone(),
+            cookies: self.cookies.clone(),
+            load: self.load.clone(),
+            limiter: self.limiter.clone(),
+            reassembly: self.reassembly.clone(),
+            transmits: self.transmits.clone(),
+            events: self.events.clone(),
+            stats: self.stats,
+            epoch: self.epoch,
+            wall_nanos_at_epoch: self.wall_nanos_at_epoch,
+            last_timestamp: self.last_timestamp,
+        }
     }
 
     pub fn stats(&self) -> Stats {

@@ -32,6 +32,7 @@ pub enum FragmentError {
     Malformed,
 }
 
+#[derive(Clone)]
 struct Partial {
     buf: Vec<u8>,
     /// Bit per fragment index.
@@ -56,6 +57,7 @@ pub struct ReassemblyStats {
 }
 
 /// Partial messages keyed by (peer, message id).
+#[derive(Clone)]
 pub struct Reassembler<K> {
     partials: BTreeMap<(K, u32), Partial>,
     reserved: usize,

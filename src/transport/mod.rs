@@ -2,7 +2,7 @@
 //! task dispatch, logs) rides this over one UDP port.
 //!
 //! Pure: nothing here touches a socket, a clock or the OS's randomness. The daemon's
-//! driver (`crate::daemon::transport`) owns the socket and the timers and feeds
+//! driver (`crate::netio::transport`) owns the socket and the timers and feeds
 //! [`Endpoint`]; the deterministic simulator feeds the same type with a virtual clock.
 //!
 //! Layers, bottom up:

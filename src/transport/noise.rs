@@ -123,6 +123,7 @@ pub const fn response_len(payload_len: usize) -> usize {
 }
 
 /// An initiator waiting for the response.
+#[derive(Clone)]
 pub struct Initiator {
     sym: Symmetric,
     e: StaticSecret,

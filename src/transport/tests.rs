@@ -812,3 +812,39 @@ fn psk_ids_select_the_join_key_and_are_reported() {
     manager.handle_datagram(now, aj, &mut init, &mut members_only);
     assert_eq!(manager.stats().handshake_denied, 1);
 }
+
+#[test]
+fn a_fork_behaves_exactly_as_its_original() {
+    let mut p = Pair::new(Config::default(), 40);
+    p.send(A, b"hello").unwrap();
+    p.run_for(Duration::from_millis(50));
+    assert_eq!(p.messages(B), vec![b"hello".to_vec()]);
+    let mut fork = p.eps[B].fork_for_testing();
+    p.send(A, b"again").unwrap();
+    let mut datagrams = Vec::new();
+    while let Some(t) = p.eps[A].poll_transmit() {
+        datagrams.push(t.data);
+    }
+    assert!(!datagrams.is_empty());
+    let mut admit = |_: &PeerKey, _: SocketAddr| Some(PSK);
+    let now = p.now;
+    for ep in [&mut p.eps[B], &mut fork] {
+        for d in &datagrams {
+            ep.handle_datagram(now, p.addrs[A], &mut d.clone(), &mut admit);
+        }
+    }
+    let drain = |ep: &mut Endpoint| {
+        let mut out = Vec::new();
+        while let Some(t) = ep.poll_transmit() {
+            out.push(format!("{t:?}"));
+        }
+        while let Some(e) = ep.poll_event() {
+            out.push(format!("{e:?}"));
+        }
+        out
+    };
+    let (a, b) = (drain(&mut p.eps[B]), drain(&mut fork));
+    assert!(a.iter().any(|e| e.contains("Message")), "{a:?}");
+    assert_eq!(a, b);
+    assert_eq!(p.eps[B].stats(), fork.stats());
+}
