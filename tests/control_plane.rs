@@ -211,6 +211,7 @@ fn node_ls_on_a_survivor_names_the_new_leader_soon_after_a_kill() {
         ms[leader].start();
     }
     times.sort();
+    eprintln!("kill -9 to a survivor's node ls naming the new leader: {times:?}");
     let median = times[times.len() / 2];
     assert!(
         median < Duration::from_millis(1500),
