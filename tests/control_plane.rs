@@ -19,6 +19,21 @@ fn raft_figure(d: &Daemon, name: &str) -> u64 {
     info(d)["Swarm"]["Raft"][name].as_u64().unwrap()
 }
 
+/// `init` on the first (with `init_flags`), every other joins it as a manager.
+fn form_cluster(ms: &[Daemon], init_flags: &[&str]) {
+    let addr = ms[0].addr();
+    let mut init = vec!["init", "--listen-addr", &addr];
+    init.extend_from_slice(init_flags);
+    ms[0].ok(&init);
+    let token = ms[0]
+        .ok(&["join-token", "manager", "-q"])
+        .trim()
+        .to_string();
+    for m in &ms[1..] {
+        m.ok(&["join", &token, &addr, "--listen-addr", &m.addr()]);
+    }
+}
+
 /// The `node inspect self` document without the fields that may change across a
 /// restart of a one-node cluster (none should, but the leader mark is Raft's, not the
 /// state's).
@@ -96,14 +111,7 @@ fn a_slow_disk_does_not_stall_gossip_or_raft_timers() {
     let ms: Vec<Daemon> = (1..=3)
         .map(|i| Daemon::with_env("cp-slow", &format!("m{i}"), &format!("127.0.62.{i}"), &slow))
         .collect();
-    ms[0].ok(&["init", "--listen-addr", &ms[0].addr()]);
-    let token = ms[0]
-        .ok(&["join-token", "manager", "-q"])
-        .trim()
-        .to_string();
-    for m in &ms[1..] {
-        m.ok(&["join", &token, &ms[0].addr(), "--listen-addr", &m.addr()]);
-    }
+    form_cluster(&ms, &[]);
     let healthy = |ls: &str| {
         ls.matches("Ready").count() == 3
             && ls.matches("Reachable").count() == 2
@@ -165,14 +173,7 @@ fn node_ls_on_a_survivor_names_the_new_leader_soon_after_a_kill() {
         let n = net.host(i, &addr);
         ms.push(Daemon::in_netns("cp-fail", &n, &format!("m{i}"), &addr));
     }
-    ms[0].ok(&["init", "--listen-addr", &ms[0].addr()]);
-    let token = ms[0]
-        .ok(&["join-token", "manager", "-q"])
-        .trim()
-        .to_string();
-    for m in &ms[1..] {
-        m.ok(&["join", &token, &ms[0].addr(), "--listen-addr", &m.addr()]);
-    }
+    form_cluster(&ms, &[]);
     let mut times = Vec::new();
     for _ in 0..5 {
         let healthy = || {
@@ -227,20 +228,7 @@ fn a_manager_far_behind_catches_up_from_the_leaders_snapshot() {
     let mut ms: Vec<Daemon> = (1..=3)
         .map(|i| Daemon::new("cp-behind", &format!("m{i}"), &format!("127.0.63.{i}")))
         .collect();
-    ms[0].ok(&[
-        "init",
-        "--listen-addr",
-        &ms[0].addr(),
-        "--snapshot-interval",
-        "100",
-    ]);
-    let token = ms[0]
-        .ok(&["join-token", "manager", "-q"])
-        .trim()
-        .to_string();
-    for m in &ms[1..] {
-        m.ok(&["join", &token, &ms[0].addr(), "--listen-addr", &m.addr()]);
-    }
+    form_cluster(&ms, &["--snapshot-interval", "100"]);
     let healthy = |ms: &[Daemon]| {
         let ls = ms[0].ls();
         ls.matches("Ready").count() == 3 && ls.matches("Reachable").count() == 2
