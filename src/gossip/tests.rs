@@ -9,6 +9,7 @@ use rand_core::{RngCore, SeedableRng};
 
 use super::{Config, Event, Gossip, Message, Status};
 use crate::raft::NodeId;
+use crate::transport::wire::FRAGMENT_PAYLOAD;
 
 struct InFlight {
     from: NodeId,
@@ -31,7 +32,26 @@ pub(crate) struct Cluster {
     flights: BTreeMap<u64, InFlight>,
     seq: u64,
     pub events: Vec<(Instant, NodeId, Event)>,
+    /// Messages sent (lost ones included), their encoded bytes and transport datagrams.
     pub messages: u64,
+    pub bytes: u64,
+    pub datagrams: u64,
+    /// Largest encoded message seen.
+    pub largest: usize,
+}
+
+/// Wire size of a gossip message: its postcard encoding plus the daemon's version byte
+/// and `PeerMsg` tag.
+pub(crate) fn wire_len(msg: &Message) -> usize {
+    postcard::to_allocvec(msg).expect("messages encode").len() + 2
+}
+
+/// Ids with their top bit set: ten-byte varints, as the daemon's key-derived ids are.
+pub(crate) const REAL_ID_BASE: u64 = 1 << 63;
+
+/// Metadata as long as the daemon's (a 32-byte key and an IPv4 socket address).
+pub(crate) fn real_meta(i: u64) -> Vec<u8> {
+    format!("node-{i:035}").into_bytes()
 }
 
 impl Cluster {
@@ -61,7 +81,26 @@ impl Cluster {
             seq: 0,
             events: vec![],
             messages: 0,
+            bytes: 0,
+            datagrams: 0,
+            largest: 0,
         }
+    }
+
+    /// A cluster of one node, `first`; others come with [`Cluster::add`].
+    pub fn empty(first: NodeId, meta: Vec<u8>, seed: u64, cfg: &Config) -> Cluster {
+        let mut c = Cluster::new(0, seed, cfg);
+        c.add(first, meta, cfg, None);
+        c
+    }
+
+    /// A new node `id`, started now, joining through `seed` if given.
+    pub fn add(&mut self, id: NodeId, meta: Vec<u8>, cfg: &Config, seed: Option<NodeId>) {
+        let mut g = Gossip::new(cfg.clone(), id, meta, self.now, self.rng.next_u64());
+        if let Some(s) = seed {
+            g.join(s);
+        }
+        self.nodes.insert(id, g);
     }
 
     fn drain(&mut self, id: NodeId) {
@@ -76,11 +115,18 @@ impl Cluster {
             self.events.push((self.now, id, e));
         }
         for (to, msg) in out {
+            let len = wire_len(&msg);
+            let frags = len.div_ceil(FRAGMENT_PAYLOAD);
             self.messages += 1;
+            self.bytes += len as u64;
+            self.datagrams += frags as u64;
+            self.largest = self.largest.max(len);
             if self.down.contains(&id) || self.cut.contains(&(id, to)) {
                 continue;
             }
-            if self.loss > 0 && self.rng.next_u32() % 1000 < self.loss {
+            // Loss is per datagram, as on the wire: the transport loses a message when
+            // any of its fragments is lost.
+            if self.loss > 0 && (0..frags).any(|_| self.rng.next_u32() % 1000 < self.loss) {
                 continue;
             }
             let delay = Duration::from_micros(200 + u64::from(self.rng.next_u32() % 1500));
@@ -452,4 +498,119 @@ fn bench_thousand_nodes_at_one_percent_loss() {
         "BENCH gossip_1000_false_positives {:.1} per_simulated_hour",
         fp as f64 * 3600.0 / span.as_secs_f64()
     );
+}
+
+/// Every node sees each of the other `n - 1` alive.
+fn all_see_all(c: &Cluster, n: usize) -> bool {
+    c.nodes.len() == n
+        && c.nodes
+            .values()
+            .all(|g| g.members().filter(|(_, s)| *s == Status::Alive).count() == n - 1)
+}
+
+struct JoinRun {
+    /// From the last join until every node saw every other alive (None: not within
+    /// the run).
+    converged: Option<Duration>,
+    /// Suspect and Dead events about nodes that never failed.
+    false_suspicions: usize,
+    false_deaths: usize,
+    largest: usize,
+}
+
+/// `n` nodes with daemon-sized ids and metadata join through node 1, one every
+/// `span / (n - 1)`, each knowing only the seed; the run goes on until every node sees
+/// every other alive or `limit` after the last join.
+fn join_run(n: u64, span: Duration, seed: u64, loss: u32, limit: Duration) -> JoinRun {
+    let cfg = Config::default();
+    let id = |i: u64| NodeId(REAL_ID_BASE + i);
+    let mut c = Cluster::empty(id(1), real_meta(1), seed, &cfg);
+    c.loss = loss;
+    let gap = span / (n as u32 - 1).max(1);
+    for i in 2..=n {
+        c.run(gap);
+        c.add(id(i), real_meta(i), &cfg, Some(id(1)));
+    }
+    let last_join = c.now;
+    let step = Duration::from_millis(100);
+    let mut converged = None;
+    while c.now.duration_since(last_join) < limit {
+        c.run(step);
+        if all_see_all(&c, n as usize) {
+            converged = Some(c.now.duration_since(last_join));
+            break;
+        }
+    }
+    let count = |f: fn(&Event) -> bool| c.events.iter().filter(|(_, _, e)| f(e)).count();
+    JoinRun {
+        converged,
+        false_suspicions: count(|e| matches!(e, Event::Suspect { .. })),
+        false_deaths: count(|e| matches!(e, Event::Dead { .. } | Event::Left { .. })),
+        largest: c.largest,
+    }
+}
+
+/// Traffic per node per second of a settled `n`-node cluster at 1% loss, over `window`:
+/// (messages, bytes, datagrams).
+fn steady_traffic(n: u64, seed: u64, window: Duration) -> (f64, f64, f64) {
+    let cfg = Config::default();
+    let id = |i: u64| NodeId(REAL_ID_BASE + i);
+    let mut c = Cluster::empty(id(1), real_meta(1), seed, &cfg);
+    c.loss = 10;
+    for i in 2..=n {
+        c.add(id(i), real_meta(i), &cfg, Some(id(1)));
+    }
+    let mut waited = Duration::ZERO;
+    while !all_see_all(&c, n as usize) {
+        assert!(
+            waited < Duration::from_secs(1200),
+            "{n} nodes never converged"
+        );
+        c.run(Duration::from_secs(1));
+        waited += Duration::from_secs(1);
+    }
+    // Let join-time news finish its retransmissions.
+    c.run(Duration::from_secs(30));
+    let (m, b, d) = (c.messages, c.bytes, c.datagrams);
+    c.run(window);
+    let per = |x: u64| x as f64 / n as f64 / window.as_secs_f64();
+    (per(c.messages - m), per(c.bytes - b), per(c.datagrams - d))
+}
+
+/// `just bench`: 1,000 nodes joining through one seed at 1% loss, one every 10 ms;
+/// how long after the last join until every node sees every other alive.
+#[test]
+#[ignore = "benchmark: run by `just bench`"]
+fn bench_join_convergence() {
+    let r = join_run(
+        1000,
+        Duration::from_secs(10),
+        2024,
+        10,
+        Duration::from_secs(600),
+    );
+    println!(
+        "BENCH gossip_1000_join_convergence {:.1} s",
+        r.converged.map_or(f64::NAN, |d| d.as_secs_f64())
+    );
+    println!(
+        "BENCH gossip_1000_join_false_suspicions {} events",
+        r.false_suspicions
+    );
+    println!(
+        "BENCH gossip_1000_join_false_deaths {} events",
+        r.false_deaths
+    );
+    println!("BENCH gossip_1000_join_largest_message {} bytes", r.largest);
+}
+
+#[test]
+#[ignore = "benchmark: run by `just bench`"]
+fn bench_steady_traffic() {
+    for n in [5, 1000] {
+        let (m, b, d) = steady_traffic(n, 7, Duration::from_secs(60));
+        println!("BENCH gossip_{n}_steady_messages {m:.2} per_node_per_s");
+        println!("BENCH gossip_{n}_steady_bytes {b:.0} per_node_per_s");
+        println!("BENCH gossip_{n}_steady_datagrams {d:.2} per_node_per_s");
+    }
 }
