@@ -200,6 +200,19 @@ mod tests {
     }
 
     #[test]
+    fn gossip_metadata_fits_gossips_limit() {
+        let widest = GossipMeta {
+            key: PeerKey([0xff; 32]),
+            addr: "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535"
+                .parse()
+                .unwrap(),
+        };
+        let len = widest.encode().len();
+        assert!(len <= crate::gossip::MAX_META, "{len} bytes");
+        assert_eq!(GossipMeta::decode(&widest.encode()), Some(widest));
+    }
+
+    #[test]
     fn membership_round_trips() {
         let m = Membership {
             cluster_id: [4; 16],
