@@ -27,10 +27,13 @@ qemu-test ARCH="x86_64":
     just cross-build {{ARCH}}
     SWARMLET_QEMU_ARCH={{ARCH}} cargo nextest run --test qemu
 
-# Formatting and clippy, warnings denied.
+# Formatting and clippy, warnings denied; the fuzz targets (a crate of their own) must
+# still build, so an API change cannot leave them behind.
 lint:
     cargo fmt --check
     cargo clippy --all-targets -- -D warnings
+    cargo fmt --check --manifest-path fuzz/Cargo.toml
+    cargo check --manifest-path fuzz/Cargo.toml --bins
 
 # Every benchmark (BENCH lines), with Docker Swarm measured side by side. The VM bench
 # boots the static binaries, so both arches are built first.

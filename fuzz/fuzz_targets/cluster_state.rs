@@ -7,7 +7,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use swarmlet::cluster::token::JoinToken;
-use swarmlet::cluster::{ClusterState, Command, Tokens};
+use swarmlet::cluster::{ClusterSpec, ClusterState, Command, Tokens};
 use swarmlet_fuzz::Input;
 
 fuzz_target!(|data: &[u8]| {
@@ -25,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
             worker: [1; 16],
             manager: [2; 16],
         },
+        ClusterSpec::default(),
     );
     // The format's version byte, so that mutations reach the decoders.
     let version = empty.encode()[0];
