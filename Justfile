@@ -8,6 +8,14 @@ arches := "aarch64 x86_64"
 # The binary must fit small edge boxes: `just size` fails above this (8 MiB).
 max_size_bytes := "8388608"
 
+# Tests that need root are marked `#[ignore = "needs root..."]`: run as root (as CI is),
+# `test` and `qemu-test` run them too; elsewhere nextest reports them skipped.
+ignored_tests := if `id -u` == "0" { "--run-ignored all" } else { "" }
+
+# Benchmark-style tests (named bench_*, ignored, run by `just bench`) never run in `test`:
+# this filter leaves them out, and nextest reports them skipped.
+no_bench_tests := "not test(/(^|::)bench_/)"
+
 # List the recipes.
 default:
     @just --list
@@ -16,16 +24,17 @@ default:
 build:
     cargo build --release
 
-# All unit and integration tests, with cargo-nextest. The virtual-machine tests
-# (tests/qemu.rs) boot the static x86_64 binary, so it is built first.
+# All unit and integration tests, with cargo-nextest; those that need root only when run
+# as root. The virtual-machine tests (tests/qemu.rs) boot the static x86_64 binary, so it
+# is built first.
 test:
     just cross-build x86_64
-    cargo nextest run --workspace --all-targets
+    cargo nextest run --workspace --all-targets {{ignored_tests}} -E '{{no_bench_tests}}'
 
 # Only the virtual-machine tests, with ARCH guests (x86_64 or aarch64).
 qemu-test ARCH="x86_64":
     just cross-build {{ARCH}}
-    SWARMLET_QEMU_ARCH={{ARCH}} cargo nextest run --test qemu
+    SWARMLET_QEMU_ARCH={{ARCH}} cargo nextest run --test qemu {{ignored_tests}} -E '{{no_bench_tests}}'
 
 # Formatting and clippy, warnings denied; the fuzz targets (a crate of their own) must
 # still build, so an API change cannot leave them behind.

@@ -41,19 +41,9 @@ fn run(d: &Daemon, args: &[&str]) -> (i32, String, String) {
     )
 }
 
-fn ready() -> bool {
-    if !support::is_root() {
-        eprintln!("skipping: needs root");
-        return false;
-    }
-    true
-}
-
 #[test]
+#[ignore = "needs root"]
 fn what_a_container_sees() {
-    if !ready() {
-        return;
-    }
     let d = daemon("ctr-see", "127.0.33.1");
     let (code, out, err) = run(
         &d,
@@ -143,10 +133,8 @@ fn what_a_container_sees() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn limits_and_confinement() {
-    if !ready() {
-        return;
-    }
     let d = daemon("ctr-lim", "127.0.33.2");
     // A memory hog is OOM-killed and reported as such.
     let id = d.ok(&[
@@ -242,10 +230,8 @@ fn limits_and_confinement() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn containers_outlive_a_killed_daemon() {
-    if !ready() {
-        return;
-    }
     let mut d = daemon("ctr-kill", "127.0.33.3");
     let chatty = d.ok(&[
         "run",
@@ -349,10 +335,8 @@ fn containers_outlive_a_killed_daemon() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_health_check_flips_to_unhealthy_when_its_command_fails() {
-    if !ready() {
-        return;
-    }
     let d = daemon("ctr-health", "127.0.33.4");
     let id = d.ok(&[
         "run",
@@ -400,10 +384,8 @@ fn a_health_check_flips_to_unhealthy_when_its_command_fails() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn logs_rotate_at_the_cap() {
-    if !ready() {
-        return;
-    }
     let d = daemon("ctr-logs", "127.0.33.5");
     let id = d.ok(&[
         "run",
@@ -450,10 +432,8 @@ fn logs_rotate_at_the_cap() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn restart_policies() {
-    if !ready() {
-        return;
-    }
     let mut d = daemon("ctr-restart", "127.0.33.6");
     fn inspect(d: &Daemon, name: &str) -> serde_json::Value {
         serde_json::from_str::<serde_json::Value>(&d.ok(&["inspect", name])).unwrap()[0].clone()

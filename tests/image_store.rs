@@ -1,6 +1,7 @@
 //! The image store through the library: loading `docker save` and OCI-layout tarballs,
 //! names, removal and pruning, and tarballs that are broken or hostile. Needs root (the
-//! unpacker sets owners and makes overlay whiteouts); without it the tests skip.
+//! unpacker sets owners and makes overlay whiteouts): marked ignored, so the runner reports
+//! them skipped unless run as root.
 
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)] // test code
 
@@ -31,11 +32,8 @@ fn no_containers(_: &swarmlet::model::Digest) -> Option<String> {
 }
 
 #[test]
+#[ignore = "needs root: layers unpack with their owners"]
 fn loads_both_tarball_kinds_and_removes_by_docker_rules() {
-    if !support::is_root() {
-        eprintln!("skipping: needs root");
-        return;
-    }
     let d = Dir::new("load");
     let store = Store::open(&d.0).unwrap();
     let img = TestImage::busybox(json!({"Cmd": ["/bin/sh"], "Env": ["A=1"]}));
@@ -103,10 +101,8 @@ fn loads_both_tarball_kinds_and_removes_by_docker_rules() {
 }
 
 #[test]
+#[ignore = "needs root: layers unpack with their owners"]
 fn prune_removes_unnamed_images_and_their_layers() {
-    if !support::is_root() {
-        return;
-    }
     let d = Dir::new("prune");
     let store = Store::open(&d.0).unwrap();
     let a = TestImage::busybox(json!({"Cmd": ["a"]}));
@@ -134,10 +130,8 @@ fn prune_removes_unnamed_images_and_their_layers() {
 }
 
 #[test]
+#[ignore = "needs root: layers unpack with their owners"]
 fn broken_and_hostile_tarballs_are_refused_and_leave_nothing() {
-    if !support::is_root() {
-        return;
-    }
     let d = Dir::new("bad");
     let store = Store::open(&d.0).unwrap();
     let host = Platform::host();

@@ -1,27 +1,70 @@
-//! `swarmlet install` / `uninstall` into scratch directories (this machine has no
-//! systemd running, so no systemctl is called): the binary and the unit land, the unit
-//! passes `systemd-analyze verify`, nothing is overwritten without --force, and
-//! uninstall removes them, keeping or purging the state directory as told. And the
-//! daemon's log lines carry journald priorities when its stderr is journald's stream.
+//! `swarmlet install` / `uninstall` into scratch directories: the binary and the unit
+//! land, the unit passes `systemd-analyze verify`, nothing is overwritten without --force,
+//! uninstall removes them, keeping or purging the state directory as told, and systemctl
+//! is called (reload, enable, restart; disable) only where systemd runs. And the daemon's
+//! log lines carry journald priorities when its stderr is journald's stream.
 
 #![allow(clippy::unwrap_used)] // test code
 
 mod support;
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn swarmlet(args: &[&str]) -> std::process::Output {
-    Command::new(support::BIN).args(args).output().unwrap()
+/// A stand-in `systemctl` that records its arguments, one call a line, first on the PATH
+/// the commands under test run with: on a host where systemd runs, the test enables and
+/// restarts nothing, and checks the calls instead.
+struct FakeSystemctl {
+    path_var: std::ffi::OsString,
+    log: PathBuf,
+}
+
+impl FakeSystemctl {
+    fn new(dir: &Path) -> FakeSystemctl {
+        use std::os::unix::fs::OpenOptionsExt;
+        let bin = dir.join("fake-bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let log = dir.join("systemctl.log");
+        let script = format!("#!/bin/sh\necho \"$*\" >> '{}'\n", log.display());
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o755)
+            .open(bin.join("systemctl"))
+            .unwrap();
+        std::io::Write::write_all(&mut f, script.as_bytes()).unwrap();
+        drop(f);
+        let mut dirs = vec![bin];
+        dirs.extend(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        ));
+        let path_var = std::env::join_paths(dirs).unwrap();
+        FakeSystemctl { path_var, log }
+    }
+
+    /// The calls since the last look, and forgets them.
+    fn take_calls(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let _ = std::fs::remove_file(&self.log);
+        text.lines().map(str::to_string).collect()
+    }
 }
 
 #[test]
 fn install_verify_and_uninstall() {
-    if std::path::Path::new("/run/systemd/system").is_dir() {
-        eprintln!("skipping: systemd runs here, and install would enable the unit");
-        return;
-    }
+    // Where systemd runs (its runtime directory exists), install and uninstall drive it.
+    let systemd = Path::new("/run/systemd/system").is_dir();
     let dir = std::env::temp_dir().join(format!("swarmlet-install-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let systemctl = FakeSystemctl::new(&dir);
+    let swarmlet = |args: &[&str]| -> std::process::Output {
+        Command::new(support::BIN)
+            .args(args)
+            .env("PATH", &systemctl.path_var)
+            .output()
+            .unwrap()
+    };
     let (bin_dir, unit_dir, data) = (dir.join("bin"), dir.join("units"), dir.join("data"));
     let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
     let dirs = [
@@ -38,6 +81,24 @@ fn install_verify_and_uninstall() {
     let args: Vec<&str> = install_owned.iter().map(String::as_str).collect();
     let o = swarmlet(&args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let calls = systemctl.take_calls();
+    if systemd {
+        assert_eq!(
+            calls,
+            [
+                "daemon-reload",
+                "enable swarmlet.service",
+                "restart swarmlet.service"
+            ]
+        );
+    } else {
+        assert!(calls.is_empty(), "no systemd, no systemctl: {calls:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("systemd is not running here"),
+            "{}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+    }
     let bin = bin_dir.join("swarmlet");
     assert_eq!(
         std::fs::read(&bin).unwrap(),
@@ -89,6 +150,7 @@ fn install_verify_and_uninstall() {
 
     // Uninstall keeps the state directory unless purged.
     std::fs::create_dir_all(data.join("images")).unwrap();
+    systemctl.take_calls();
     let owned = with_dirs(&[
         "--socket".to_string(),
         s(&dir.join("no.sock")),
@@ -99,6 +161,12 @@ fn install_verify_and_uninstall() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(!bin.exists() && !unit_dir.join("swarmlet.service").exists());
     assert!(data.exists(), "kept without --purge");
+    let calls = systemctl.take_calls();
+    if systemd {
+        assert_eq!(calls, ["disable --now swarmlet.service", "daemon-reload"]);
+    } else {
+        assert!(calls.is_empty(), "no systemd, no systemctl: {calls:?}");
+    }
     let mut purge = un.to_vec();
     purge.push("--purge");
     assert!(swarmlet(&purge).status.success());

@@ -30,11 +30,8 @@ fn inspect(vm: &mut Vm, name: &str) -> serde_json::Value {
 /// so v2 limits are checked here: each limit lands in the container's v2 cgroup files
 /// and the kernel enforces it.
 #[test]
+#[ignore = "needs root and QEMU"]
 fn containers_on_cgroup_v2() {
-    if !support::is_root() {
-        eprintln!("skipping: needs root");
-        return;
-    }
     let spec = VmSpec::new("cg2");
     let img = guest_image(spec.arch, json!({"Cmd": ["/bin/sh"], "WorkingDir": "/tmp"}));
     let spec = spec.file("/srv/bb.tar", docker_save_tar(&img, &["bb:1"]), 0o644);
@@ -117,11 +114,8 @@ fn containers_on_cgroup_v2() {
 /// test made, no uplink), `init` on one, `join` with the printed token on the others,
 /// three Ready nodes; then one VM dies and the survivors mark it Down.
 #[test]
+#[ignore = "needs root and QEMU"]
 fn three_vms_form_a_cluster_and_notice_a_dead_one() {
-    if !support::is_root() {
-        eprintln!("skipping: needs root");
-        return;
-    }
     let mut c = Cluster::boot(3);
     // What the networking issues will drive is in the guests' kernel: IPVS answers,
     // and the VXLAN, bridge and nftables modules are in.
@@ -144,11 +138,8 @@ fn three_vms_form_a_cluster_and_notice_a_dead_one() {
 /// A node whose link is cut is marked Down by the others, and Ready again once the link
 /// is back, with no restart.
 #[test]
+#[ignore = "needs root and QEMU"]
 fn a_cut_link_marks_a_node_down_until_it_is_restored() {
-    if !support::is_root() {
-        eprintln!("skipping: needs root");
-        return;
-    }
     let mut c = Cluster::boot(3);
     c.form();
     c.cut(2);

@@ -33,18 +33,6 @@ impl Drop for Dir {
     }
 }
 
-fn ready() -> bool {
-    if !support::is_root() {
-        eprintln!("skipping: needs root");
-        return false;
-    }
-    assert!(
-        Registry::available(),
-        "docker-registry is missing: run ./bootstrap.sh deps"
-    );
-    true
-}
-
 fn insecure(reg: &Registry) -> RegistryConfig {
     RegistryConfig {
         insecure: vec![reg.host()],
@@ -73,10 +61,8 @@ fn platform_image(arch: &'static str, variant: Option<&'static str>) -> TestImag
 }
 
 #[test]
+#[ignore = "needs root"]
 fn pulls_by_tag_digest_and_platform() {
-    if !ready() {
-        return;
-    }
     let reg = Registry::start("plain", Options::default());
     let single = TestImage::busybox(json!({"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]})).build();
     reg.push_image("test/bb", Some("1"), &single);
@@ -240,10 +226,8 @@ fn pulls_by_tag_digest_and_platform() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn basic_auth_and_tls() {
-    if !ready() {
-        return;
-    }
     let img = TestImage::busybox(json!({})).build();
     let d = Dir::new("auth");
     let store = Store::open(&d.0).unwrap();
@@ -301,10 +285,8 @@ fn basic_auth_and_tls() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_registry_killed_mid_layer_leaves_no_image_and_the_next_pull_resumes() {
-    if !ready() {
-        return;
-    }
     let mut reg = Registry::start("kill", Options::default());
     // A layer of incompressible data, big enough that it cannot sit whole in socket
     // buffers; the progress callback below slows the reader down.

@@ -45,6 +45,10 @@ impl Registry {
     }
 
     pub fn start(tag: &str, opts: Options) -> Registry {
+        assert!(
+            Registry::available(),
+            "docker-registry is missing: run ./bootstrap.sh deps"
+        );
         let dir = std::env::temp_dir().join(format!("swarmlet-reg-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("data")).unwrap();
