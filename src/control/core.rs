@@ -255,6 +255,9 @@ pub struct Manager {
     /// When each promoted worker was last told to start Raft.
     promoted_sent: BTreeMap<NodeId, Instant>,
     load: Option<Load>,
+    /// The `join` that made this node a manager, answered once the state arrives (or
+    /// at the deadline).
+    joined: Option<(RequestId, Instant)>,
 }
 
 /// Who hears the outcome of a proposal.
@@ -417,7 +420,8 @@ impl Control {
                 .min(),
             _ => None,
         };
-        [join, forward, promote].into_iter().flatten().min()
+        let joined = self.manager().and_then(|m| m.joined.map(|(_, at)| at));
+        [join, forward, promote, joined].into_iter().flatten().min()
     }
 
     pub fn handle(&mut self, now: Instant, input: Input) {
@@ -447,6 +451,7 @@ impl Control {
         }
         self.forward_timers(now);
         self.nudge_promoted(now);
+        self.finish_manager_join(Some(now));
     }
 
     // ---- queries for the driver --------------------------------------------------
@@ -743,7 +748,7 @@ impl Control {
         });
     }
 
-    fn on_join_answer(&mut self, from: PeerKey, msg: PeerMsg) {
+    fn on_join_answer(&mut self, now: Instant, from: PeerKey, msg: PeerMsg) {
         let expected =
             matches!(&self.state, NodeState::Joining(j) if j.manager == from && j.bound.is_some());
         if !expected {
@@ -777,16 +782,50 @@ impl Control {
             NodeRole::Manager => NodeState::Manager(Box::new(Manager::new(member, None))),
         };
         self.learn_peers(&managers);
-        if role == NodeRole::Manager {
-            self.emit(Effect::StartRaft { bootstrap: None });
-        }
         self.start_gossip(b.advertise);
+        match self.manager_mut() {
+            // A new manager answers once the leader's state has reached it, so that
+            // what the user runs next (`join-token`, `node ls`) works.
+            Some(m) => {
+                m.joined = Some((j.request, now + JOIN_TIMEOUT));
+                self.emit(Effect::StartRaft { bootstrap: None });
+            }
+            None => self.emit(Effect::Answer {
+                id: j.request,
+                resp: Response::Done(format!(
+                    "This node joined a swarm as a {}.",
+                    role_name(role)
+                )),
+            }),
+        }
+    }
+
+    /// Answers a manager's `join` once it has the cluster state, or, at `now`, once the
+    /// wait for it is over.
+    fn finish_manager_join(&mut self, now: Option<Instant>) {
+        let Some(m) = self.manager_mut() else { return };
+        let due = match (m.joined, now) {
+            (Some(_), None) => m.cluster.is_some(),
+            (Some((_, at)), Some(now)) => now >= at,
+            (None, _) => false,
+        };
+        if !due {
+            return;
+        }
+        let Some((id, _)) = m.joined.take() else {
+            return;
+        };
+        let text = if m.cluster.is_some() {
+            "This node joined a swarm as a manager.".to_string()
+        } else {
+            format!(
+                "This node joined a swarm as a manager, but the leader's state has not reached it within {} s; manager commands answer once it has",
+                JOIN_TIMEOUT.as_secs()
+            )
+        };
         self.emit(Effect::Answer {
-            id: j.request,
-            resp: Response::Done(format!(
-                "This node joined a swarm as a {}.",
-                role_name(role)
-            )),
+            id,
+            resp: Response::Done(text),
         });
     }
 
@@ -802,7 +841,7 @@ impl Control {
                 labels,
             } => self.on_join_request(from, psk, role, hostname, advertise, labels),
             m @ (PeerMsg::JoinAccepted { .. } | PeerMsg::JoinRefused(_)) => {
-                self.on_join_answer(from, m)
+                self.on_join_answer(now, from, m)
             }
             PeerMsg::ForwardJoin {
                 joiner,
@@ -1221,6 +1260,7 @@ impl Control {
     /// After the state changed (`removed` nodes left it, `demoted` managers are workers
     /// now): keep peers, voters and reads in line with it.
     fn after_apply(&mut self, now: Instant, removed: &[NodeId], demoted: &[NodeId]) {
+        self.finish_manager_join(None);
         self.refresh_peers(removed, demoted);
         self.serve_ready_reads();
         self.reconcile_voters();
@@ -1526,6 +1566,10 @@ impl Control {
     /// Forgets the cluster (after `leave`): every part of membership is closed down.
     pub(super) fn forget_cluster(&mut self) {
         let was_manager = matches!(self.state, NodeState::Manager(_));
+        if let Some((id, _)) = self.manager_mut().and_then(|m| m.joined.take()) {
+            let resp = Response::Error("this node left the swarm while joining it".into());
+            self.emit(Effect::Answer { id, resp });
+        }
         self.fail_pending();
         let peers: Vec<PeerKey> = self
             .member()
@@ -1655,6 +1699,7 @@ impl Manager {
             answered: VecDeque::new(),
             promoted_sent: BTreeMap::new(),
             load: None,
+            joined: None,
         }
     }
 

@@ -495,6 +495,87 @@ fn join_through_a_follower_is_relayed_both_ways() {
     assert!(matches!(joiner.state(), NodeState::Worker(_)));
 }
 
+/// A new manager's `join` is answered once the leader's state reached it, so the
+/// commands the user runs next work; or, without it, at the deadline, saying so.
+#[test]
+fn a_manager_join_answers_once_the_state_arrives() {
+    let s = state(&[1], &[]);
+    for state_arrives in [true, false] {
+        let now = Instant::now();
+        let mut j = Control::new(ident(5), None, [5; 32]);
+        let token = JoinToken {
+            role: TokenRole::Manager,
+            manager: key(1),
+            secret: s.tokens.manager,
+        };
+        j.handle(
+            now,
+            api(
+                1,
+                Request::Join {
+                    token: token.to_string(),
+                    manager: addr(1),
+                    listen: None,
+                    advertise: None,
+                },
+            ),
+        );
+        j.handle(
+            now,
+            Input::Bound(Ok(Bound {
+                listen: addr(5),
+                advertise: addr(5),
+            })),
+        );
+        drain(&mut j);
+        let accepted = PeerMsg::JoinAccepted {
+            cluster_id: [1; 16],
+            role: NodeRole::Manager,
+            managers: vec![(id(1), key(1), addr(1))],
+        };
+        j.handle(now, peer(1, accepted));
+        let e = drain(&mut j);
+        assert!(e.contains(&Effect::StartRaft { bootstrap: None }));
+        assert!(
+            !e.iter().any(|e| matches!(e, Effect::Answer { .. })),
+            "{e:#?}"
+        );
+        assert_eq!(j.poll_timeout(), Some(now + JOIN_TIMEOUT));
+        if state_arrives {
+            let mut with_me = s.clone();
+            with_me
+                .apply(&Command::AddNode(record(
+                    5,
+                    NodeRole::Manager,
+                    NodeStatus::Ready,
+                )))
+                .unwrap();
+            j.handle(
+                now,
+                Input::Snapshot {
+                    index: Index(4),
+                    data: with_me.encode(),
+                },
+            );
+            assert!(drain(&mut j).contains(&Effect::Answer {
+                id: 1,
+                resp: Response::Done("This node joined a swarm as a manager.".into()),
+            }));
+        } else {
+            j.handle_timeout(now + JOIN_TIMEOUT);
+            let e = drain(&mut j);
+            assert!(
+                matches!(
+                    &e[..],
+                    [Effect::Answer { id: 1, resp: Response::Done(t) }] if t.contains("has not reached it")
+                ),
+                "{e:#?}"
+            );
+        }
+        assert_eq!(j.poll_timeout(), None);
+    }
+}
+
 #[test]
 fn a_join_that_hears_nothing_gives_up_and_closes_its_port() {
     let now = Instant::now();
