@@ -19,4 +19,6 @@ pub mod gossip;
 pub mod image;
 pub mod raft;
 pub mod runtime;
+#[cfg(test)]
+pub mod sim;
 pub mod transport;

@@ -336,13 +336,18 @@ impl Control {
                 }
             }
         };
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        // Forwarded requests are numbered from a random start: the leader remembers its
+        // answers by (asker, id), and a restarted asker counting from 1 again would be
+        // handed the answers of its previous life. Half the range leaves room to count.
+        let next_forward = rng.next_u64() >> 1;
         Control {
             me,
             state,
-            rng: ChaCha20Rng::from_seed(seed),
+            rng,
             out: VecDeque::new(),
             forwarded: BTreeMap::new(),
-            next_forward: 0,
+            next_forward,
             next_tag: 0,
             counters: Counters::default(),
         }
