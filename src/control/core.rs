@@ -44,6 +44,12 @@ pub const MAX_FORWARDED: usize = 256;
 pub const MAX_REMEMBERED_ANSWERS: usize = 256;
 /// A promoted worker is told to start Raft this often until it answers the leader.
 pub const PROMOTE_RETRY: Duration = Duration::from_secs(1);
+/// A node of the cluster state that the leader's gossip has not heard of at all for this
+/// long is marked Down. A live member announces itself to gossip as it starts, and a
+/// full exchange every 10 s fills any gap, so silence this long means nobody the leader
+/// hears from has heard of it since they started: it died while they were away (or its
+/// join never completed).
+pub const UNHEARD_GRACE: Duration = Duration::from_secs(15);
 
 /// A local API request, numbered by the driver.
 pub type RequestId = u64;
@@ -255,6 +261,10 @@ pub struct Manager {
     answered: VecDeque<((PeerKey, u64), Response)>,
     /// When each promoted worker was last told to start Raft.
     promoted_sent: BTreeMap<NodeId, Instant>,
+    /// Leader: since when gossip has had no word on each node of the state it has none
+    /// on, and when to look again.
+    unheard: BTreeMap<NodeId, Instant>,
+    check_unheard_at: Option<Instant>,
 }
 
 /// Who hears the outcome of a proposal.
@@ -402,7 +412,11 @@ impl Control {
                 .min(),
             _ => None,
         };
-        [join, forward, promote].into_iter().flatten().min()
+        let unheard = self.manager().and_then(|m| m.check_unheard_at);
+        [join, forward, promote, unheard]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     pub fn handle(&mut self, now: Instant, input: Input) {
@@ -432,6 +446,13 @@ impl Control {
         }
         self.forward_timers(now);
         self.nudge_promoted(now);
+        if self
+            .manager()
+            .and_then(|m| m.check_unheard_at)
+            .is_some_and(|t| now >= t)
+        {
+            self.check_unheard(now);
+        }
     }
 
     // ---- queries for the driver --------------------------------------------------
@@ -1070,6 +1091,9 @@ impl Control {
         if view.role == Role::Leader && (old.role != Role::Leader || old.voters != view.voters) {
             self.reconcile_statuses();
         }
+        if view.role == Role::Leader && old.role != Role::Leader {
+            self.check_unheard(now);
+        }
         self.reconcile_voters();
         self.maybe_step_down();
         self.nudge_promoted(now);
@@ -1144,6 +1168,7 @@ impl Control {
         m.applied = m.applied.max(index);
         let waiter = m.committing.remove(&index);
         let (mut removed, mut demoted) = (vec![], vec![]);
+        let mut status_of = None;
         let result = match payload {
             Payload::Command(bytes) => match (Command::decode(bytes), m.cluster.as_mut()) {
                 (Ok(cmd), Some(c)) => {
@@ -1153,6 +1178,8 @@ impl Control {
                         (Ok(()), Command::SetRole { id, role }) if *role == NodeRole::Worker => {
                             demoted.push(*id)
                         }
+                        (Ok(()), Command::SetStatus { id, .. }) => status_of = Some(*id),
+                        (Ok(()), Command::AddNode(n)) => status_of = Some(n.id),
                         _ => {}
                     }
                     r
@@ -1167,6 +1194,11 @@ impl Control {
             self.finish_waiter(w, result);
         }
         self.after_apply(now, &removed, &demoted);
+        if let Some(id) = status_of {
+            // A status proposed by an earlier leader can commit under us after what
+            // gossip told us since (or a node comes in after gossip saw it): put it right.
+            self.report_status(id);
+        }
     }
 
     fn finish_waiter(&mut self, w: Waiter, result: Result<(), String>) {
@@ -1235,10 +1267,9 @@ impl Control {
         });
         let gone: Vec<PeerKey> = removed
             .iter()
-            .filter_map(|id| {
-                member.liveness.remove(id);
-                member.peers.remove(id).map(|(k, _)| k)
-            })
+            // Gossip's word on a removed node is kept: gossip says nothing new about a
+            // node whose status did not change, and the node may join again.
+            .filter_map(|id| member.peers.remove(id).map(|(k, _)| k))
             .collect();
         for key in gone {
             // Removed from the cluster: its key is no longer accepted.
@@ -1412,12 +1443,49 @@ impl Control {
         let Some(c) = m.cluster.as_ref() else { return };
         let Some(n) = c.nodes.get(&id) else { return };
         let want = match m.member.liveness.get(&id) {
+            // We lead, so we are up: a record marked Down while we were away is put right.
+            _ if id == self.me.id => NodeStatus::Ready,
             Some(gossip::Status::Alive) => NodeStatus::Ready,
             Some(gossip::Status::Dead | gossip::Status::Left) => NodeStatus::Down,
             _ => return,
         };
-        if n.status != want && id != self.me.id {
+        if n.status != want {
             self.propose(Command::SetStatus { id, status: want }, Waiter::Nobody);
+        }
+    }
+
+    /// Leader: marks Down the nodes gossip has had no word on for [`UNHEARD_GRACE`]
+    /// (gossip only tells of nodes someone has heard of since starting: a leader whose
+    /// every peer restarted after a node died never hears of it); then looks again later.
+    fn check_unheard(&mut self, now: Instant) {
+        let me = self.me.id;
+        let Some(m) = self.manager_mut() else { return };
+        if m.raft.role != Role::Leader {
+            m.unheard.clear();
+            m.check_unheard_at = None;
+            return;
+        }
+        let Some(c) = m.cluster.as_ref() else { return };
+        let mut down = Vec::new();
+        let mut unheard = BTreeMap::new();
+        for n in c.nodes.values().filter(|n| n.id != me) {
+            if m.member.liveness.contains_key(&n.id) {
+                continue;
+            }
+            let since = m.unheard.get(&n.id).copied().unwrap_or(now);
+            unheard.insert(n.id, since);
+            if n.status == NodeStatus::Ready && now >= since + UNHEARD_GRACE {
+                down.push(n.id);
+            }
+        }
+        m.unheard = unheard;
+        m.check_unheard_at = Some(now + UNHEARD_GRACE / 3);
+        for id in down {
+            let cmd = Command::SetStatus {
+                id,
+                status: NodeStatus::Down,
+            };
+            self.propose(cmd, Waiter::Nobody);
         }
     }
 
@@ -1575,6 +1643,8 @@ impl Manager {
             serving: BTreeSet::new(),
             answered: VecDeque::new(),
             promoted_sent: BTreeMap::new(),
+            unheard: BTreeMap::new(),
+            check_unheard_at: None,
         }
     }
 

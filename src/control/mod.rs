@@ -29,7 +29,7 @@ mod tests;
 pub use self::core::{
     Bound, Control, Counters, Effect, Identity, Input, NodeState, RaftView, Reply, RequestId,
     DEFAULT_PORT, FORWARD_DEADLINE, FORWARD_RETRY, JOIN_TIMEOUT, MEMBER_PSK, PSK_MANAGER,
-    PSK_WORKER,
+    PSK_WORKER, UNHEARD_GRACE,
 };
 pub use msg::{GossipMeta, ManagerAddr, Membership, PeerMsg};
 pub use stack::{Io, LogWrite, RaftLog, Stack, StackConfig};

@@ -720,8 +720,28 @@ impl Gossip {
             return;
         }
         let Some(m) = self.members.get_mut(&u.id) else {
-            if self.members.len() >= MAX_MEMBERS || matches!(u.status, Status::Dead | Status::Left)
-            {
+            if self.members.len() >= MAX_MEMBERS {
+                return;
+            }
+            if matches!(u.status, Status::Dead | Status::Left) {
+                // A member we never saw alive, dead or gone: remember it as the others
+                // do, so a node that (re)started knows what they know (a new leader
+                // reports node statuses from this view). If it is in fact back, it
+                // refutes with a higher incarnation.
+                let (id, status) = (u.id, u.status);
+                self.members.insert(
+                    id,
+                    Member {
+                        incarnation: u.incarnation,
+                        status,
+                        meta: u.meta,
+                        suspicion: None,
+                    },
+                );
+                self.events.push_back(match status {
+                    Status::Dead => Event::Dead { id },
+                    _ => Event::Left { id },
+                });
                 return;
             }
             let status = u.status;

@@ -5,11 +5,13 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use crate::api::Request;
-use crate::cluster::{self, NodeRole};
+use crate::cluster::{
+    self, ClusterSpec, ClusterState, Command, NodeRecord, NodeRole, NodeStatus, Tokens,
+};
 use crate::control::{
     Control, Effect, Identity, Input, ManagerAddr, Membership, PeerMsg, RaftView,
 };
-use crate::raft::{Role, Term};
+use crate::raft::{Index, NodeId, Role, Term};
 use crate::transport::PeerKey;
 
 fn identity(k: u8) -> Identity {
@@ -95,4 +97,204 @@ fn a_restarted_manager_does_not_reuse_forwarded_request_ids() {
         before, after,
         "the restarted node's first forward reuses an id"
     );
+}
+
+fn record(k: u8, role: NodeRole, status: NodeStatus) -> NodeRecord {
+    let me = identity(k);
+    NodeRecord {
+        id: me.id,
+        key: me.key,
+        addr: addr(k),
+        hostname: me.hostname,
+        role,
+        availability: cluster::Availability::Active,
+        labels: Default::default(),
+        status,
+    }
+}
+
+fn two_node_state(status: NodeStatus) -> ClusterState {
+    let mut state = ClusterState::new(
+        [7; 16],
+        Tokens {
+            worker: [1; 16],
+            manager: [2; 16],
+        },
+        ClusterSpec::default(),
+    );
+    for rec in [
+        record(1, NodeRole::Manager, NodeStatus::Ready),
+        record(2, NodeRole::Manager, status),
+    ] {
+        state.apply(&Command::AddNode(rec)).unwrap();
+    }
+    state
+}
+
+fn proposals(c: &mut Control) -> Vec<Command> {
+    let mut out = Vec::new();
+    while let Some(e) = c.poll_effect() {
+        if let Effect::Propose { cmd, .. } = e {
+            out.push(cmd);
+        }
+    }
+    out
+}
+
+fn committed(c: &mut Control, index: u64, cmd: &Command) {
+    let payload = crate::raft::Payload::Command(cmd.encode());
+    let index = Index(index);
+    c.handle(Instant::now(), Input::Committed { index, payload });
+}
+
+/// SIM_SEED=1 and 2: a manager that was down while another led is marked Down; when it
+/// leads itself later, nobody marks it Ready again (the leader reported the status of
+/// every node but itself), and `node ls` shows the leader Down for ever.
+#[test]
+fn a_leader_marked_down_while_away_marks_itself_ready() {
+    let now = Instant::now();
+    let mut c = follower(1);
+    let data = two_node_state(NodeStatus::Down).encode();
+    c.handle(
+        now,
+        Input::Snapshot {
+            index: Index(9),
+            data,
+        },
+    );
+    let view = RaftView {
+        role: Role::Leader,
+        leader: Some(identity(2).id),
+        term: Term(4),
+        voters: [identity(1).id, identity(2).id].into_iter().collect(),
+        ..RaftView::default()
+    };
+    c.handle(now, Input::Raft(view));
+    let ready = Command::SetStatus {
+        id: identity(2).id,
+        status: NodeStatus::Ready,
+    };
+    assert!(
+        proposals(&mut c).contains(&ready),
+        "the new leader proposes its own record Ready"
+    );
+}
+
+/// SIM_SEED=3 and 6: a node that (re)started learnt of members that were dead or had left
+/// only as news it ignored (it kept only members it could see alive). Made leader, it
+/// had no word on them, so their records stayed Ready for ever. It now knows what the
+/// others know.
+#[test]
+fn a_fresh_gossip_member_learns_who_is_dead_or_gone() {
+    use crate::gossip::{Config, Event, Gossip, Message, Status, Update};
+    let now = Instant::now();
+    let (me, peer, dead, gone) = (NodeId(1), NodeId(2), NodeId(3), NodeId(4));
+    let mut g = Gossip::new(Config::default(), me, vec![], now, 1);
+    let update = |id, status| Update {
+        id,
+        incarnation: 2,
+        status,
+        from: peer,
+        meta: vec![],
+    };
+    let members = vec![
+        update(peer, Status::Alive),
+        update(dead, Status::Dead),
+        update(gone, Status::Left),
+    ];
+    let sync = Message::Sync {
+        members,
+        reply: false,
+    };
+    g.handle_message(now, peer, sync);
+    assert_eq!(g.status_of(dead), Some(Status::Dead));
+    assert_eq!(g.status_of(gone), Some(Status::Left));
+    let events: Vec<Event> = std::iter::from_fn(|| g.poll_event()).collect();
+    assert!(events.contains(&Event::Dead { id: dead }), "{events:?}");
+    assert!(events.contains(&Event::Left { id: gone }), "{events:?}");
+}
+
+/// A leader of the state of `two_node_state` plus worker node 5, with gossip's `word` on
+/// node 5 given first.
+fn leader_with_worker(word: Option<Input>) -> Control {
+    let now = Instant::now();
+    let mut c = follower(4);
+    let mut state = two_node_state(NodeStatus::Ready);
+    state
+        .apply(&Command::AddNode(record(
+            5,
+            NodeRole::Worker,
+            NodeStatus::Ready,
+        )))
+        .unwrap();
+    c.handle(
+        now,
+        Input::Snapshot {
+            index: Index(9),
+            data: state.encode(),
+        },
+    );
+    if let Some(w) = word {
+        c.handle(now, w);
+    }
+    let view = RaftView {
+        role: Role::Leader,
+        leader: Some(identity(2).id),
+        term: Term(4),
+        voters: [identity(1).id, identity(2).id].into_iter().collect(),
+        ..RaftView::default()
+    };
+    c.handle(now, Input::Raft(view));
+    c
+}
+
+/// SIM_SEED=7: the leader forgot gossip's word on a node when the node was removed, and
+/// gossip does not repeat itself while nothing changes: the node, dead, joined again
+/// (its record Ready) and stayed Ready for ever.
+#[test]
+fn a_node_added_again_gets_the_status_gossip_knows() {
+    let id = identity(5).id;
+    let dead = Input::Gossip(crate::gossip::Event::Dead { id });
+    let mut c = leader_with_worker(Some(dead));
+    let down = Command::SetStatus {
+        id,
+        status: NodeStatus::Down,
+    };
+    assert!(proposals(&mut c).contains(&down));
+    committed(&mut c, 10, &down);
+    committed(&mut c, 11, &Command::RemoveNode(id));
+    let _ = proposals(&mut c);
+    let again = Command::AddNode(record(5, NodeRole::Worker, NodeStatus::Ready));
+    committed(&mut c, 12, &again);
+    assert!(
+        proposals(&mut c).contains(&down),
+        "the node, dead by gossip, is marked Down as it comes back into the state"
+    );
+}
+
+/// SIM_SEED=6: a node died, then every manager restarted; their gossip had never heard
+/// of it, so no event ever said it was dead, and it stayed Ready for ever. A leader marks
+/// Down what gossip has not heard of within the grace period.
+#[test]
+fn a_leader_marks_down_a_node_gossip_never_heard_of() {
+    let start = Instant::now();
+    let mut c = leader_with_worker(None);
+    let down = Command::SetStatus {
+        id: identity(5).id,
+        status: NodeStatus::Down,
+    };
+    assert!(!proposals(&mut c).contains(&down), "not at once");
+    let mut now = start;
+    while now < start + crate::control::UNHEARD_GRACE * 2 {
+        now = c
+            .poll_timeout()
+            .expect("the leader looks again later")
+            .max(now);
+        c.handle_timeout(now);
+        if proposals(&mut c).contains(&down) {
+            assert!(now >= start + crate::control::UNHEARD_GRACE);
+            return;
+        }
+    }
+    panic!("never marked Down");
 }
