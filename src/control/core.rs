@@ -1139,7 +1139,7 @@ impl Control {
         // A snapshot from the leader replacing our state may skip removals and
         // demotions; a snapshot loaded at start-up (no state yet) may be older than the
         // membership file, and removes nothing.
-        let (removed, demoted) = match &m.cluster {
+        let (mut removed, demoted): (Vec<NodeId>, Vec<NodeId>) = match &m.cluster {
             Some(old) => (
                 old.nodes
                     .keys()
@@ -1158,6 +1158,22 @@ impl Control {
             ),
             None => (vec![], vec![]),
         };
+        // Peers learnt before we had a state (a worker's, through gossip) that the state
+        // does not hold were removed before our time: forget them too. The managers of
+        // the membership file stay, whatever the age of the snapshot.
+        let managers = &m.member.membership.managers;
+        let stale: Vec<NodeId> = m
+            .member
+            .peers
+            .keys()
+            .copied()
+            .filter(|id| {
+                !state.nodes.contains_key(id)
+                    && !managers.iter().any(|(mid, _, _)| mid == id)
+                    && !removed.contains(id)
+            })
+            .collect();
+        removed.extend(stale);
         m.cluster = Some(state);
         m.applied = index;
         self.after_apply(now, &removed, &demoted);
@@ -1415,8 +1431,12 @@ impl Control {
         let me = self.me.id;
         let (id, status) = match e {
             gossip::Event::Alive { id, meta } => {
+                // A manager knows the members from its cluster state. Gossip still
+                // carries removed nodes (they keep talking to workers, and refute their
+                // suspicion), and must not bring them back into the transport's peers.
+                let outside = self.cluster().is_some_and(|c| !c.nodes.contains_key(&id));
                 if let Some(m) = GossipMeta::decode(&meta) {
-                    if cluster::node_id(&m.key) == id && id != me {
+                    if cluster::node_id(&m.key) == id && id != me && !outside {
                         self.learn_peers(&[(id, m.key, m.addr)]);
                     }
                 }

@@ -298,3 +298,86 @@ fn a_leader_marks_down_a_node_gossip_never_heard_of() {
     }
     panic!("never marked Down");
 }
+
+fn alive(k: u8) -> Input {
+    let me = identity(k);
+    let meta = crate::control::GossipMeta {
+        key: me.key,
+        addr: addr(k),
+    };
+    Input::Gossip(crate::gossip::Event::Alive {
+        id: me.id,
+        meta: meta.encode(),
+    })
+}
+
+/// SIM_SEED=3 and 12: a removed node that keeps running still gossips with the workers,
+/// and refutes the suspicion of the managers that dropped it; each refutation reached
+/// them as "alive" and made them its peer again, and the leader accepted its messages.
+#[test]
+fn a_manager_does_not_take_a_removed_node_back_from_gossip() {
+    let mut c = follower(1);
+    let data = two_node_state(NodeStatus::Ready).encode();
+    c.handle(
+        Instant::now(),
+        Input::Snapshot {
+            index: Index(9),
+            data,
+        },
+    );
+    while c.poll_effect().is_some() {}
+    let removed = identity(5).key;
+    c.handle(Instant::now(), alive(5));
+    assert!(
+        !c.admits(&removed),
+        "a node outside the state is admitted from gossip"
+    );
+    while let Some(e) = c.poll_effect() {
+        assert!(
+            !matches!(e, Effect::SetPeer { key, .. } if key == removed),
+            "a node outside the state becomes a transport peer"
+        );
+    }
+}
+
+/// SIM_SEED=13: a worker learns its peers from gossip, among them a node removed later.
+/// Promoted, it got its first state from the leader's snapshot, which removed nothing
+/// (there was no older state to compare with), so it went on admitting the removed node.
+#[test]
+fn a_promoted_worker_forgets_peers_its_first_state_does_not_hold() {
+    let now = Instant::now();
+    let mut worker_ship = membership(2, &[1]);
+    worker_ship.role = NodeRole::Worker;
+    let mut c = Control::new(identity(2), Some(worker_ship), [3; 32]);
+    c.resume();
+    c.handle(now, alive(5));
+    assert!(
+        c.admits(&identity(5).key),
+        "a worker admits what gossip shows"
+    );
+    let promoted = PeerMsg::Promoted {
+        managers: vec![manager_addr(1), manager_addr(2)],
+    };
+    c.handle(
+        now,
+        Input::Peer {
+            from: identity(1).key,
+            psk: None,
+            msg: promoted,
+        },
+    );
+    let data = two_node_state(NodeStatus::Ready).encode();
+    c.handle(
+        now,
+        Input::Snapshot {
+            index: Index(9),
+            data,
+        },
+    );
+    let mut forgot = false;
+    while let Some(e) = c.poll_effect() {
+        forgot |= e == Effect::RemovePeer(identity(5).key);
+    }
+    assert!(forgot, "the transport forgets the removed node");
+    assert!(!c.admits(&identity(5).key));
+}
