@@ -29,6 +29,9 @@ pub const MEMBER_PSK: Psk = [0; 32];
 /// How long a join waits for the manager's answer. A wrong or rotated token fails the
 /// handshake silently (that is the point of the PSK), so silence is the only signal.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// A joiner repeats its request this often until answered: a request or its answer lost
+/// must not fail a join whose node the cluster has added meanwhile.
+pub const JOIN_RETRY: Duration = Duration::from_secs(1);
 /// A request forwarded to the leader and not answered within this is sent again (the
 /// message or its answer was lost; the leader recognises the repeat).
 pub const FORWARD_RETRY: Duration = Duration::from_secs(1);
@@ -42,6 +45,10 @@ pub const MAX_FORWARDED: usize = 256;
 /// The leader remembers this many answers to forwarded writes, so a repeat of a write
 /// that already committed gets its answer instead of running twice.
 pub const MAX_REMEMBERED_ANSWERS: usize = 256;
+/// Removed nodes a manager remembers, so gossip cannot bring them back as peers: far more
+/// than a cluster removes in a daemon's life; past it, only managers that follow a leader
+/// keep them out.
+pub const MAX_REMOVED_REMEMBERED: usize = 4096;
 /// A promoted worker is told to start Raft this often until it answers the leader.
 pub const PROMOTE_RETRY: Duration = Duration::from_secs(1);
 /// A node of the cluster state that the leader's gossip has not heard of at all for this
@@ -74,9 +81,11 @@ pub struct RaftView {
     pub leader: Option<NodeId>,
     pub term: Term,
     pub voters: BTreeSet<NodeId>,
+    /// Members Raft replicates to without counting them: managers on their way in.
+    pub learners: BTreeSet<NodeId>,
     /// A membership change is appended and not yet committed.
     pub config_pending: bool,
-    /// Leader only: voters that have acknowledged nothing yet (a promoted worker that
+    /// Leader only: members that have acknowledged nothing yet (a promoted worker that
     /// has not started Raft).
     pub unreached: BTreeSet<NodeId>,
 }
@@ -88,6 +97,7 @@ impl Default for RaftView {
             leader: None,
             term: Term(0),
             voters: BTreeSet::new(),
+            learners: BTreeSet::new(),
             config_pending: false,
             unreached: BTreeSet::new(),
         }
@@ -225,6 +235,10 @@ pub struct Joining {
     /// Set once the port is open and the request sent.
     bound: Option<Bound>,
     deadline: Instant,
+    /// When to repeat the request, once bound.
+    resend_at: Instant,
+    /// Why the last manager asked us to wait, for the timeout's message.
+    waiting: Option<String>,
 }
 
 /// What every node in a cluster has.
@@ -236,6 +250,9 @@ pub struct Member {
     peers: BTreeMap<NodeId, (PeerKey, SocketAddr)>,
     /// Gossip's last word on each member.
     liveness: BTreeMap<NodeId, gossip::Status>,
+    /// Nodes this process saw leave the cluster state: gossip, which still carries them,
+    /// must not bring them back as peers.
+    removed: BTreeSet<NodeId>,
 }
 
 /// What a manager has on top.
@@ -261,6 +278,10 @@ pub struct Manager {
     answered: VecDeque<((PeerKey, u64), Response)>,
     /// When each promoted worker was last told to start Raft.
     promoted_sent: BTreeMap<NodeId, Instant>,
+    /// Made a manager (promoted, or joined as one) and not yet seen among the voters:
+    /// the first state it gets may be the leader's snapshot from before the promotion,
+    /// which says it is a worker, and that is no demotion.
+    until_voter: bool,
     /// Leader: since when gossip has had no word on each node of the state it has none
     /// on, and when to look again.
     unheard: BTreeMap<NodeId, Instant>,
@@ -395,7 +416,7 @@ impl Control {
     /// When [`Control::handle_timeout`] must next be called, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let join = match &self.state {
-            NodeState::Joining(j) => Some(j.deadline),
+            NodeState::Joining(j) => Some(j.deadline.min(j.resend_at)),
             _ => None,
         };
         let forward = self
@@ -434,14 +455,27 @@ impl Control {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        if let NodeState::Joining(j) = &self.state {
+        if let NodeState::Joining(j) = &mut self.state {
             if now >= j.deadline {
-                let why = format!(
-                    "no answer from the manager at {} within {} s: the token may be wrong or rotated, or the address unreachable",
-                    j.manager_addr,
-                    JOIN_TIMEOUT.as_secs()
-                );
+                let why = match &j.waiting {
+                    Some(w) => format!(
+                        "the manager at {} could not decide within {} s: {w}",
+                        j.manager_addr,
+                        JOIN_TIMEOUT.as_secs()
+                    ),
+                    None => format!(
+                        "no answer from the manager at {} within {} s: the token may be wrong or rotated, or the address unreachable",
+                        j.manager_addr,
+                        JOIN_TIMEOUT.as_secs()
+                    ),
+                };
                 self.abandon_join(why);
+            } else if now >= j.resend_at {
+                j.resend_at = now + JOIN_RETRY;
+                if let Some(b) = j.bound {
+                    let (to, role) = (j.manager, j.token_role);
+                    self.send_join_request(to, role, b.advertise);
+                }
             }
         }
         self.forward_timers(now);
@@ -651,17 +685,10 @@ impl Control {
                         psk: j.psk,
                         psk_id,
                     });
-                    self.send(
-                        j.manager,
-                        PeerMsg::JoinRequest {
-                            role: j.token_role,
-                            hostname: self.me.hostname.clone(),
-                            advertise: b.advertise,
-                            labels: self.me.labels.clone(),
-                        },
-                    );
+                    self.send_join_request(j.manager, j.token_role, b.advertise);
                     j.bound = Some(b);
                     j.deadline = now + JOIN_TIMEOUT;
+                    j.resend_at = now + JOIN_RETRY;
                     self.state = NodeState::Joining(j);
                 }
                 Err(e) => self.emit(Effect::Answer {
@@ -674,6 +701,16 @@ impl Control {
                 self.counters.messages_ignored += 1;
             }
         }
+    }
+
+    fn send_join_request(&mut self, to: PeerKey, role: TokenRole, advertise: SocketAddr) {
+        let msg = PeerMsg::JoinRequest {
+            role,
+            hostname: self.me.hostname.clone(),
+            advertise,
+            labels: self.me.labels.clone(),
+        };
+        self.send(to, msg);
     }
 
     fn finish_init(&mut self, init: Initializing, b: Bound) {
@@ -758,6 +795,12 @@ impl Control {
         }
         let (cluster_id, role, managers) = match msg {
             PeerMsg::JoinRefused(why) => return self.abandon_join(format!("join refused: {why}")),
+            PeerMsg::JoinWait(why) => {
+                if let NodeState::Joining(j) = &mut self.state {
+                    j.waiting = Some(why);
+                }
+                return;
+            }
             PeerMsg::JoinAccepted {
                 cluster_id,
                 role,
@@ -780,7 +823,11 @@ impl Control {
         let member = Member::new(membership);
         self.state = match role {
             NodeRole::Worker => NodeState::Worker(member),
-            NodeRole::Manager => NodeState::Manager(Box::new(Manager::new(member, None))),
+            NodeRole::Manager => {
+                let mut m = Manager::new(member, None);
+                m.until_voter = true;
+                NodeState::Manager(Box::new(m))
+            }
         };
         self.learn_peers(&managers);
         if role == NodeRole::Manager {
@@ -807,7 +854,7 @@ impl Control {
                 advertise,
                 labels,
             } => self.on_join_request(from, psk, role, hostname, advertise, labels),
-            m @ (PeerMsg::JoinAccepted { .. } | PeerMsg::JoinRefused(_)) => {
+            m @ (PeerMsg::JoinAccepted { .. } | PeerMsg::JoinRefused(_) | PeerMsg::JoinWait(_)) => {
                 self.on_join_answer(from, m)
             }
             PeerMsg::ForwardJoin {
@@ -856,6 +903,7 @@ impl Control {
             },
             PeerMsg::ApiRedirect { id, leader } => self.redirect(now, id, leader),
             PeerMsg::Promoted { managers } => self.on_promoted(from, managers),
+            PeerMsg::Demoted => self.on_demoted(from),
         }
     }
 
@@ -881,7 +929,9 @@ impl Control {
         member.membership.role = NodeRole::Manager;
         member.membership.managers = managers.clone();
         self.emit(Effect::SaveMembership(Some(member.membership.clone())));
-        self.state = NodeState::Manager(Box::new(Manager::new(member, None)));
+        let mut m = Manager::new(member, None);
+        m.until_voter = true;
+        self.state = NodeState::Manager(Box::new(m));
         self.learn_peers(&managers);
         self.emit(Effect::StartRaft { bootstrap: None });
         self.log(Level::Info, "this node is now a manager".into());
@@ -1035,7 +1085,16 @@ impl Control {
             Ok(index) => {
                 m.committing.insert(index, waiter);
             }
-            Err(e) => self.fail_waiter(waiter, e.to_string()),
+            Err(e) => self.wait_or_fail(waiter, e.to_string()),
+        }
+    }
+
+    /// Like `fail_waiter`, but a joiner only hears it must wait: its node may still be
+    /// added (the entry can commit under the next leader), and it asks again.
+    fn wait_or_fail(&mut self, waiter: Waiter, why: String) {
+        match waiter {
+            Waiter::Join { key, via, .. } => self.answer_joiner(key, via, PeerMsg::JoinWait(why)),
+            w => self.fail_waiter(w, why),
         }
     }
 
@@ -1076,7 +1135,11 @@ impl Control {
     }
 
     fn on_raft(&mut self, now: Instant, view: RaftView) {
+        let me = self.me.id;
         let Some(m) = self.manager_mut() else { return };
+        if view.voters.contains(&me) {
+            m.until_voter = false;
+        }
         let old = std::mem::replace(&mut m.raft, view.clone());
         let lost_leadership = old.role == Role::Leader && view.role != Role::Leader;
         if lost_leadership {
@@ -1112,10 +1175,10 @@ impl Control {
             .collect();
         for w in committing.into_values().chain(proposing.into_values()) {
             let why = match &w {
-                Waiter::Join { .. } => "the manager lost the leadership; try again".into(),
+                Waiter::Join { .. } => "the manager lost the leadership".into(),
                 _ => "this manager lost the leadership before the change committed; it may or may not have been applied: check, then retry".into(),
             };
-            self.fail_waiter(w, why);
+            self.wait_or_fail(w, why);
         }
         for r in reads.into_iter().chain(ready) {
             self.answer(
@@ -1281,6 +1344,12 @@ impl Control {
             member.membership.managers = managers;
             member.membership.clone()
         });
+        if member.removed.len() + removed.len() <= MAX_REMOVED_REMEMBERED {
+            member.removed.extend(removed);
+        }
+        for (id, _, _) in &nodes {
+            member.removed.remove(id);
+        }
         let gone: Vec<PeerKey> = removed
             .iter()
             // Gossip's word on a removed node is kept: gossip says nothing new about a
@@ -1305,19 +1374,39 @@ impl Control {
         if m.raft.role != Role::Leader || m.raft.config_pending {
             return;
         }
-        let voters = &m.raft.voters;
+        let (voters, learners) = (&m.raft.voters, &m.raft.learners);
         let want: Vec<NodeId> = c.managers().map(|n| n.id).collect();
-        let add = want.iter().find(|id| !voters.contains(id)).copied();
-        let remove = voters.iter().find(|v| !want.contains(v)).copied();
+        // A manager becomes a voter in two steps: a learner first, which Raft replicates
+        // to without counting it, then a voter once it has acknowledged something (it
+        // runs Raft). One that never comes up (its join's answer was lost, it crashed
+        // mid-join, it died before hearing of its promotion) never holds a vote nobody
+        // casts: with two voters that would lose the quorum for good. Only a manager that
+        // gossip shows alive is taken in at all.
+        let coming = want
+            .iter()
+            .filter(|id| !voters.contains(id) && self.alive(**id));
+        let learn = coming.clone().find(|id| !learners.contains(id)).copied();
+        let vote = coming
+            .clone()
+            .find(|id| learners.contains(id) && !m.raft.unreached.contains(id))
+            .copied();
+        let remove = voters
+            .iter()
+            .chain(learners.iter())
+            .find(|v| !want.contains(v))
+            .copied();
         let me = self.me.id;
-        match (add, remove) {
+        match (learn.or(vote), remove) {
+            (Some(id), _) if learn == Some(id) => {
+                self.emit(Effect::ChangeVoters(ConfigChange::AddLearner(id)))
+            }
             (Some(id), _) => self.emit(Effect::ChangeVoters(ConfigChange::AddVoter(id))),
-            // A demoted or removed leader hands over before it leaves the voters.
             (None, Some(v)) if v == me => {
                 let next = want
                     .iter()
+                    .filter(|id| voters.contains(id))
                     .find(|id| !m.raft.unreached.contains(id))
-                    .or(want.first())
+                    .or(want.iter().find(|id| voters.contains(id)))
                     .copied();
                 if let Some(next) = next {
                     self.emit(Effect::TransferLeadership(next));
@@ -1326,6 +1415,20 @@ impl Control {
             (None, Some(v)) => self.emit(Effect::ChangeVoters(ConfigChange::Remove(v))),
             (None, None) => {}
         }
+    }
+
+    /// The leader says our removal from the voters is committed (we missed the entries
+    /// that said so, and campaign with an old configuration): stop Raft and carry on as
+    /// a worker. Only a manager we know may say so.
+    fn on_demoted(&mut self, from: PeerKey) {
+        let known = self.member().is_some_and(|m| {
+            m.membership.managers.iter().any(|(_, k, _)| *k == from) && m.knows_key(&from)
+        });
+        if !known || !matches!(self.state, NodeState::Manager(_)) {
+            self.counters.messages_ignored += 1;
+            return;
+        }
+        self.step_down();
     }
 
     /// A manager that was demoted, once it is out of Raft's voters, stops Raft and
@@ -1338,9 +1441,16 @@ impl Control {
             .as_ref()
             .and_then(|c| c.nodes.get(&me))
             .is_some_and(|n| n.role == NodeRole::Worker);
-        if !demoted || m.raft.voters.contains(&me) || m.raft.voters.is_empty() {
+        // The removal must be committed: an uncommitted one can be undone by a new
+        // leader, and we would be a voter that runs no Raft.
+        let out = !m.raft.voters.contains(&me) && !m.raft.voters.is_empty();
+        if !demoted || !out || m.raft.config_pending || m.until_voter {
             return;
         }
+        self.step_down();
+    }
+
+    fn step_down(&mut self) {
         self.fail_pending();
         let NodeState::Manager(m) = std::mem::replace(&mut self.state, NodeState::Idle) else {
             return;
@@ -1431,10 +1541,20 @@ impl Control {
         let me = self.me.id;
         let (id, status) = match e {
             gossip::Event::Alive { id, meta } => {
-                // A manager knows the members from its cluster state. Gossip still
-                // carries removed nodes (they keep talking to workers, and refute their
-                // suspicion), and must not bring them back into the transport's peers.
-                let outside = self.cluster().is_some_and(|c| !c.nodes.contains_key(&id));
+                // A manager that follows a leader knows the members from its cluster
+                // state. Gossip still carries removed nodes (they keep talking to
+                // workers, and refute their suspicion), and must not bring them back into
+                // the transport's peers. A manager with no leader learns from gossip as
+                // a worker does: its state may lag far behind (restarted from an old
+                // snapshot), and the managers it has not heard of are the ones it must
+                // elect a leader with.
+                let outside = self.manager().is_some_and(|m| {
+                    m.member.removed.contains(&id)
+                        || m.raft.leader.is_some()
+                            && m.cluster
+                                .as_ref()
+                                .is_some_and(|c| !c.nodes.contains_key(&id))
+                });
                 if let Some(m) = GossipMeta::decode(&meta) {
                     if cluster::node_id(&m.key) == id && id != me && !outside {
                         self.learn_peers(&[(id, m.key, m.addr)]);
@@ -1451,6 +1571,10 @@ impl Control {
         }
         if status != gossip::Status::Suspect {
             self.report_status(id);
+        }
+        if status == gossip::Status::Alive {
+            // A manager that comes up may now become a voter.
+            self.reconcile_voters();
         }
     }
 
@@ -1581,6 +1705,8 @@ impl Control {
             psk: token.psk(),
             bound: None,
             deadline: now + JOIN_TIMEOUT,
+            resend_at: now + JOIN_TIMEOUT,
+            waiting: None,
         });
     }
 
@@ -1588,8 +1714,20 @@ impl Control {
     /// manager that relays the answer, when the joiner reached a follower.
     pub(super) fn propose_join(&mut self, j: super::requests::JoinAsk, via: Option<PeerKey>) {
         if !self.is_leader() {
-            let why = "leadership moved; try again".to_string();
-            return self.answer_joiner(j.key, via, PeerMsg::JoinRefused(why));
+            let why = "the leadership moved".to_string();
+            return self.answer_joiner(j.key, via, PeerMsg::JoinWait(why));
+        }
+        if self.answer_known_joiner(j.key, j.role, via) {
+            return;
+        }
+        let pending = self.manager().is_some_and(|m| {
+            m.proposing
+                .values()
+                .chain(m.committing.values())
+                .any(|w| matches!(w, Waiter::Join { key, .. } if *key == j.key))
+        });
+        if pending {
+            return; // a repeat: the answer to the first request will come
         }
         let role = match j.role {
             TokenRole::Worker => NodeRole::Worker,
@@ -1619,6 +1757,42 @@ impl Control {
         );
     }
 
+    /// A joiner already in the cluster state (its answer was lost and it asks again, or
+    /// it left and comes back) is accepted with the record it has, if the role matches.
+    /// Returns whether it was answered.
+    pub(super) fn answer_known_joiner(
+        &mut self,
+        key: PeerKey,
+        role: TokenRole,
+        via: Option<PeerKey>,
+    ) -> bool {
+        let want = match role {
+            TokenRole::Worker => NodeRole::Worker,
+            TokenRole::Manager => NodeRole::Manager,
+        };
+        let Some(c) = self.cluster() else {
+            return false;
+        };
+        let Some(n) = c.node_by_key(&key) else {
+            return false;
+        };
+        let answer = if n.role == want {
+            PeerMsg::JoinAccepted {
+                cluster_id: c.cluster_id,
+                role: want,
+                managers: self.manager_list(),
+            }
+        } else {
+            PeerMsg::JoinRefused(format!(
+                "node {} is already in the swarm as a {}; remove it first",
+                n.id,
+                role_name(n.role)
+            ))
+        };
+        self.answer_joiner(key, via, answer);
+        true
+    }
+
     /// Sends a join answer to the joiner, directly or through the manager it reached.
     pub(super) fn answer_joiner(&mut self, joiner: PeerKey, via: Option<PeerKey>, answer: PeerMsg) {
         match via {
@@ -1640,6 +1814,7 @@ impl Member {
             membership,
             peers: BTreeMap::new(),
             liveness: BTreeMap::new(),
+            removed: BTreeSet::new(),
         }
     }
 
@@ -1663,6 +1838,7 @@ impl Manager {
             serving: BTreeSet::new(),
             answered: VecDeque::new(),
             promoted_sent: BTreeMap::new(),
+            until_voter: false,
             unheard: BTreeMap::new(),
             check_unheard_at: None,
         }

@@ -21,9 +21,9 @@
 //! `EraseLog` are rare (start of Raft, demotion): the driver may finish the write in
 //! flight first and then answer them before taking the next effect.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -128,6 +128,8 @@ pub struct StackCounters {
     pub undecodable: u64,
     /// Raft or gossip messages from a key that is not a member's (a joiner's).
     pub not_from_member: u64,
+    /// Vote requests a node new to Raft got from a member that is no manager it knows.
+    pub votes_not_from_manager: u64,
     /// Messages for nodes whose key we do not know.
     pub unaddressable: u64,
     /// Voter changes and leadership transfers Raft refused (retried later).
@@ -149,7 +151,16 @@ pub struct Stack {
     /// Writes waiting for the job in flight to finish (snapshots the stack took).
     queued: Vec<LogWrite>,
     counters: StackCounters,
+    /// When each stale campaigner was last told it is no manager.
+    demoted_told: BTreeMap<PeerKey, Instant>,
 }
+
+/// A campaigner that is no manager is told so at most this often (its pre-votes come
+/// every election timeout, 0.5-1 s).
+const DEMOTED_RETRY: Duration = Duration::from_secs(2);
+/// Stale campaigners remembered at once; past this the memory starts afresh (a few
+/// messages more is the only cost).
+const MAX_DEMOTED_TOLD: usize = 64;
 
 impl Stack {
     /// `seed` keys the control core's RNG (token secrets: give it OS randomness) and
@@ -176,6 +187,7 @@ impl Stack {
             held: None,
             queued: Vec::new(),
             counters: StackCounters::default(),
+            demoted_told: BTreeMap::new(),
         }
     }
 
@@ -250,7 +262,18 @@ impl Stack {
             PeerMsg::Raft(_) | PeerMsg::Gossip(_) if !member => {
                 self.counters.not_from_member += 1;
             }
+            PeerMsg::Raft(raft::Message::PreVote { .. } | raft::Message::Vote { .. })
+                if !self.raft_peer(&from, id) =>
+            {
+                self.counters.votes_not_from_manager += 1;
+            }
             PeerMsg::Raft(m) => {
+                if matches!(
+                    m,
+                    raft::Message::PreVote { .. } | raft::Message::Vote { .. }
+                ) {
+                    self.tell_demoted(now, from, id);
+                }
                 if let Some(r) = self.raft.as_mut() {
                     r.step(now, id, m);
                 }
@@ -263,6 +286,60 @@ impl Stack {
             msg => self.control.handle(now, Input::Peer { from, psk, msg }),
         }
         self.drive(now);
+    }
+
+    /// A worker of the cluster state campaigns: it missed its demotion and runs Raft
+    /// with an old configuration, where nobody replicates to it any more. The leader
+    /// tells it, once its removal from the configuration is committed (before that its
+    /// vote may still count), and at most once per `DEMOTED_RETRY`.
+    fn tell_demoted(&mut self, now: Instant, key: PeerKey, id: NodeId) {
+        let Some(r) = self.raft.as_ref() else { return };
+        let committed = r.role() == Role::Leader && !r.config_pending();
+        let worker = self
+            .control
+            .cluster()
+            .and_then(|c| c.node_by_key(&key))
+            .is_some_and(|n| n.role == NodeRole::Worker);
+        if !committed || !worker || r.membership().contains(id) {
+            return;
+        }
+        if self
+            .demoted_told
+            .get(&key)
+            .is_some_and(|t| now < *t + DEMOTED_RETRY)
+        {
+            return;
+        }
+        if self.demoted_told.len() >= MAX_DEMOTED_TOLD {
+            self.demoted_told.clear();
+        }
+        self.demoted_told.insert(key, now);
+        self.io.push_back(Io::Send {
+            to: key,
+            data: PeerMsg::Demoted.encode(),
+        });
+    }
+
+    /// Whether Raft may consider a vote request from `key`. A node whose log does not yet
+    /// hold a configuration with itself in it (a manager that has just joined or been
+    /// promoted, its log empty) hears only managers it was told of: of the cluster state,
+    /// of the membership file (the leader's list at the join or promotion). Otherwise
+    /// a member that still believes it is a manager after its demotion or removal, and
+    /// campaigns with an old configuration naming this node's id, would get its vote: two
+    /// leaders in one term (SIM_SEED=212 of the control simulation). A node with a
+    /// configuration of its own follows Raft's rules: filtering there would keep a
+    /// lagging voter from electing a manager it has not heard of yet (SIM_SEED=217).
+    fn raft_peer(&self, key: &PeerKey, _id: NodeId) -> bool {
+        let c = &self.control;
+        let me = c.id();
+        self.raft
+            .as_ref()
+            .is_some_and(|r| r.membership().contains(me))
+            || c.cluster()
+                .and_then(|s| s.node_by_key(key))
+                .is_some_and(|n| n.role == NodeRole::Manager)
+            || c.membership()
+                .is_some_and(|m| m.managers.iter().any(|(_, k, _)| k == key))
     }
 
     pub fn handle_api(&mut self, now: Instant, id: RequestId, req: Request) {
@@ -591,7 +668,8 @@ impl Stack {
             role: status.role,
             leader: status.leader,
             term: status.term,
-            voters: status.membership.members().collect(),
+            voters: status.membership.voters.clone(),
+            learners: status.membership.learners.clone(),
             config_pending: r.config_pending(),
             unreached: r
                 .progress()
@@ -643,6 +721,7 @@ impl Stack {
         let counters = [
             ("peer_messages_undecodable", sc.undecodable),
             ("peer_messages_not_from_member", sc.not_from_member),
+            ("raft_votes_not_from_manager", sc.votes_not_from_manager),
             ("peer_messages_unaddressable", sc.unaddressable),
             ("peer_messages_ignored", cc.messages_ignored),
             ("raft_refusals", sc.raft_refusals),

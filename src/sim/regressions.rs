@@ -381,3 +381,248 @@ fn a_promoted_worker_forgets_peers_its_first_state_does_not_hold() {
     assert!(forgot, "the transport forgets the removed node");
     assert!(!c.admits(&identity(5).key));
 }
+
+/// SIM_SEED=2: a worker promoted right after the leader took a snapshot got that snapshot
+/// first: a state in which it is a worker and a configuration without it. It took that
+/// for a demotion and stopped Raft, while the leader made it a voter: with two voters
+/// the cluster had lost its quorum for good.
+#[test]
+fn a_promoted_worker_does_not_take_an_older_snapshot_for_a_demotion() {
+    let now = Instant::now();
+    let mut ship = membership(2, &[1]);
+    ship.role = NodeRole::Worker;
+    let mut c = Control::new(identity(2), Some(ship), [5; 32]);
+    c.resume();
+    let promoted = PeerMsg::Promoted {
+        managers: vec![manager_addr(1), manager_addr(2)],
+    };
+    let from = identity(1).key;
+    c.handle(
+        now,
+        Input::Peer {
+            from,
+            psk: None,
+            msg: promoted,
+        },
+    );
+    while c.poll_effect().is_some() {}
+    // The leader's snapshot from before the promotion: node 2 a worker, one voter.
+    let mut state = two_node_state(NodeStatus::Ready);
+    state
+        .apply(&Command::SetRole {
+            id: identity(2).id,
+            role: NodeRole::Worker,
+        })
+        .unwrap();
+    c.handle(
+        now,
+        Input::Snapshot {
+            index: Index(17),
+            data: state.encode(),
+        },
+    );
+    let view = RaftView {
+        role: Role::Follower,
+        leader: Some(identity(1).id),
+        term: Term(3),
+        voters: [identity(1).id].into_iter().collect(),
+        ..RaftView::default()
+    };
+    c.handle(now, Input::Raft(view));
+    while let Some(e) = c.poll_effect() {
+        assert_ne!(
+            e,
+            Effect::StopRaft,
+            "stepped down on a state older than its promotion"
+        );
+    }
+    assert!(matches!(c.state(), crate::control::NodeState::Manager(_)));
+}
+
+/// SIM_SEED=212: a manager removed while it was down came back with its old log and
+/// campaigned with its old configuration, which still named a node that had since been
+/// removed and had joined again, its log empty. That node knew the campaigner from gossip
+/// and voted for it: two leaders in one term, each with a majority of its configuration.
+/// Vote requests are now heard only from managers (of the state, the membership file,
+/// or Raft's configuration).
+#[test]
+fn a_fresh_manager_votes_only_for_managers_it_knows() {
+    use crate::control::{GossipMeta, Io, RaftLog, Stack, StackConfig};
+    use crate::gossip::{Message, Status, Update};
+    use crate::transport::PskId;
+    let now = Instant::now();
+    // Node 2 has just joined as a manager through node 1: its log is empty.
+    let ship = membership(2, &[1, 2]);
+    let mut s = Stack::new(identity(2), Some(ship), StackConfig::default(), [9; 32]);
+    s.resume(now);
+    let drain = |s: &mut Stack| {
+        let mut sent = Vec::new();
+        while let Some(io) = s.poll_io() {
+            match io {
+                Io::OpenLog => s.log_opened(now, RaftLog::default()),
+                Io::Persist { job, .. } => s.persisted(now, job),
+                Io::Send { to, .. } => sent.push(to),
+                _ => {}
+            }
+        }
+        sent
+    };
+    drain(&mut s);
+    // Node 1 gossips that node 5, a member, is alive.
+    let five = identity(5);
+    let meta = GossipMeta {
+        key: five.key,
+        addr: addr(5),
+    };
+    let update = Update {
+        id: five.id,
+        incarnation: 1,
+        status: Status::Alive,
+        from: identity(1).id,
+        meta: meta.encode(),
+    };
+    let sync = PeerMsg::Gossip(Message::Sync {
+        members: vec![update],
+        reply: false,
+    });
+    s.handle_message(now, identity(1).key, Some(PskId::MEMBER), &sync.encode());
+    drain(&mut s);
+    assert!(s.control().admits(&five.key), "node 5 is a member we know");
+    let vote = PeerMsg::Raft(crate::raft::Message::Vote {
+        term: Term(7),
+        last_index: Index(10),
+        last_term: Term(3),
+        transfer: false,
+    });
+    s.handle_message(now, five.key, Some(PskId::MEMBER), &vote.encode());
+    let sent = drain(&mut s);
+    assert!(!sent.contains(&five.key), "answered node 5's vote request");
+    let voted = s.raft().and_then(|r| r.hard_state().vote);
+    assert_ne!(voted, Some(five.id), "voted for a node that is no manager");
+}
+
+/// SIM_SEED=12 (and 52 of the first 500 seeds): a manager that missed the entries of its
+/// own demotion (down or cut off meanwhile) never learnt it: the leader no longer
+/// replicates to a non-voter, so it campaigned with its old configuration for ever, a
+/// manager by its own account and a worker by the cluster's. The leader now answers such
+/// a campaign with `Demoted`; only a manager it knows can make it step down.
+#[test]
+fn a_manager_that_missed_its_demotion_steps_down_when_told() {
+    let now = Instant::now();
+    let demoted = |c: &mut Control, from: u8| {
+        let from = identity(from).key;
+        c.handle(
+            now,
+            Input::Peer {
+                from,
+                psk: None,
+                msg: PeerMsg::Demoted,
+            },
+        );
+        let mut stopped = false;
+        while let Some(e) = c.poll_effect() {
+            stopped |= e == Effect::StopRaft;
+        }
+        stopped
+    };
+    let mut c = follower(6);
+    assert!(!demoted(&mut c, 9), "a stranger cannot demote a manager");
+    assert!(matches!(c.state(), crate::control::NodeState::Manager(_)));
+    assert!(demoted(&mut c, 1), "the leader can");
+    assert!(matches!(c.state(), crate::control::NodeState::Worker(_)));
+    assert_eq!(c.membership().map(|m| m.role), Some(NodeRole::Worker));
+}
+
+/// SIM_SEED=1 (and 22 of the first 500 seeds): a joiner sent its request once; when the
+/// answer was lost (or a manager said "no leader right now", or lost the leadership
+/// before the entry committed), it gave up, and the cluster kept a node that never
+/// came: a manager whose vote nobody cast. Now it asks again every second until its
+/// timeout, transient refusals only make it wait, and a manager that finds the joiner
+/// already in the state accepts it again.
+#[test]
+fn a_joiner_asks_again_and_a_known_joiner_is_accepted_again() {
+    use crate::cluster::token::{JoinToken, TokenRole};
+    use crate::control::{Bound, PSK_WORKER};
+    let now = Instant::now();
+    let five = identity(5);
+    let token = JoinToken {
+        role: TokenRole::Worker,
+        manager: identity(1).key,
+        secret: [1; 16],
+    };
+    let mut j = Control::new(five.clone(), None, [7; 32]);
+    let req = Request::Join {
+        token: token.to_string(),
+        manager: addr(1),
+        listen: None,
+        advertise: None,
+    };
+    j.handle(now, Input::Api { id: 1, req });
+    let bound = Bound {
+        listen: addr(5),
+        advertise: addr(5),
+    };
+    j.handle(now, Input::Bound(Ok(bound)));
+    let requests = |c: &mut Control| {
+        std::iter::from_fn(|| c.poll_effect())
+            .filter(|e| {
+                matches!(
+                    e,
+                    Effect::Send {
+                        msg: PeerMsg::JoinRequest { .. },
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    assert_eq!(requests(&mut j), 1);
+    let wait = PeerMsg::JoinWait("no leader is elected right now".into());
+    let from = identity(1).key;
+    j.handle(
+        now,
+        Input::Peer {
+            from,
+            psk: Some(PSK_WORKER),
+            msg: wait,
+        },
+    );
+    assert!(
+        matches!(j.state(), crate::control::NodeState::Joining(_)),
+        "waits"
+    );
+    let later = j.poll_timeout().expect("a join has a timer");
+    assert!(later <= now + crate::control::JOIN_RETRY);
+    j.handle_timeout(later);
+    assert_eq!(requests(&mut j), 1, "asked again");
+
+    // The leader already added node 5 (its first answer was lost).
+    let mut l = leader_with_worker(None);
+    let _ = proposals(&mut l);
+    let msg = PeerMsg::JoinRequest {
+        role: TokenRole::Worker,
+        hostname: five.hostname.clone(),
+        advertise: addr(5),
+        labels: vec![],
+    };
+    l.handle(
+        now,
+        Input::Peer {
+            from: five.key,
+            psk: Some(PSK_WORKER),
+            msg,
+        },
+    );
+    let answers: Vec<Effect> = std::iter::from_fn(|| l.poll_effect()).collect();
+    assert!(
+        answers.iter().any(|e| matches!(
+            e,
+            Effect::Send { to, msg: PeerMsg::JoinAccepted { role: NodeRole::Worker, .. } } if *to == five.key
+        )),
+        "accepted again: {answers:?}"
+    );
+    assert!(
+        !answers.iter().any(|e| matches!(e, Effect::Propose { .. })),
+        "not added twice"
+    );
+}
