@@ -374,7 +374,12 @@ fn a_restarted_cluster_elects_with_a_voter_change_after_its_snapshot() {
         net.nodes.insert(NodeId(id), r);
     }
     let l = elect(&mut net);
-    let i = net.nodes.get_mut(&l).unwrap().propose(b"x".to_vec()).unwrap();
+    let i = net
+        .nodes
+        .get_mut(&l)
+        .unwrap()
+        .propose(b"x".to_vec())
+        .unwrap();
     net.settle();
     net.advance(Duration::from_millis(300));
     for id in 1..=3 {
@@ -423,7 +428,9 @@ fn a_new_leader_changes_no_voters_before_its_term_commits() {
     deliver(&mut net, b, a); // acknowledged: committed
     let r = net.nodes.get_mut(&a).unwrap();
     assert!(!r.config_pending());
-    assert!(r.propose_config(ConfigChange::AddLearner(NodeId(9))).is_ok());
+    assert!(r
+        .propose_config(ConfigChange::AddLearner(NodeId(9)))
+        .is_ok());
 }
 
 #[test]
