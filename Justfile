@@ -103,10 +103,10 @@ size:
 demo:
     cargo run --release -- debug transport demo
 
-# Seeds start at the clock so each run explores new ones; a failure prints the seed, and
-# SIM_SEED=<seed> cargo test --lib raft::sim::replay (or sim::control::replay) replays it.
-# Run N more seeds of the Raft simulation and of the whole-control-plane simulation
-# (release build; BASE fixes the first seed).
+# Seeds start at the clock (or BASE) so each run explores new ones; a failure prints the
+# seed, and SIM_SEED=<seed> cargo test --lib raft::sim::replay (or sim::control::replay)
+# replays it.
+# Run N more seeds of the Raft and the control-plane simulations (release build).
 sim N="10000" BASE="":
     #!/usr/bin/env bash
     set -euo pipefail
