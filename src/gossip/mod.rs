@@ -206,9 +206,10 @@ pub struct Gossip {
     out: VecDeque<(NodeId, Message)>,
     events: VecDeque<Event>,
     left: bool,
-    /// Members we were told to join through. Until one of them answers (we know no
-    /// member at all), the join is sent again every probe interval: a lost join
-    /// datagram must not leave a node alone forever.
+    /// Members we were told to join through. While we know no member alive (none at
+    /// all, or only dead ones: what others told a restarted node, or what each side of
+    /// a healed partition thinks of the other), the join is sent again every probe
+    /// interval: a lost join datagram must not leave a node alone forever.
     join_seeds: Vec<NodeId>,
 }
 
@@ -392,7 +393,9 @@ impl Gossip {
         if now >= self.next_probe_at {
             self.next_probe_at = now + self.scaled(self.cfg.probe_interval);
             self.start_probe(now);
-            if self.members.is_empty() {
+            // No member alive in our view (none known yet, or all dead as others told
+            // us, or as we judged during a partition): ask the seeds again.
+            if self.live_members().next().is_none() {
                 for seed in self.join_seeds.clone() {
                     let members = self.full_state();
                     self.out.push_back((
