@@ -115,13 +115,16 @@ size:
 demo:
     cargo run --release -- debug transport demo
 
-# Seeds start at the clock so each run explores new ones; a failure prints the seed, and
-# SIM_SEED=<seed> cargo test --lib raft::sim::replay replays it.
-# Run N more seeds of the Raft simulation (release build).
-sim N="10000":
+# Seeds start at the clock (or BASE) so each run explores new ones; a failure prints the
+# seed, and SIM_SEED=<seed> cargo test --lib raft::sim::replay (or sim::control::replay)
+# replays it.
+# Run N more seeds of the Raft and the control-plane simulations (release build).
+sim N="10000" BASE="":
     #!/usr/bin/env bash
     set -euo pipefail
-    base=$(date +%s)
+    base="{{BASE}}"
+    base=${base:-$(date +%s)}
     echo "sim: seeds $base..$((base + {{N}}))"
-    SIM_SEEDS={{N}} SIM_SEED_BASE=$base CARGO_PROFILE_RELEASE_PANIC=unwind \
-        cargo test --release --lib raft::sim::replay -- --nocapture
+    export SIM_SEEDS={{N}} SIM_SEED_BASE=$base CARGO_PROFILE_RELEASE_PANIC=unwind
+    cargo test --release --lib raft::sim::replay -- --nocapture
+    cargo test --release --lib sim::control::replay -- --nocapture

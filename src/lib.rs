@@ -22,4 +22,6 @@ pub mod model;
 pub mod netio;
 pub mod raft;
 pub mod runtime;
+#[cfg(test)]
+pub mod sim;
 pub mod transport;

@@ -28,6 +28,9 @@ pub const MEMBER_PSK: Psk = [0; 32];
 /// How long a join waits for the manager's answer. A wrong or rotated token fails the
 /// handshake silently (that is the point of the PSK), so silence is the only signal.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// A joiner repeats its request this often until answered: a request or its answer lost
+/// must not fail a join whose node the cluster has added meanwhile.
+pub const JOIN_RETRY: Duration = Duration::from_secs(1);
 /// A request forwarded to the leader and not answered within this is sent again (the
 /// message or its answer was lost; the leader recognises the repeat).
 pub const FORWARD_RETRY: Duration = Duration::from_secs(1);
@@ -41,8 +44,18 @@ pub const MAX_FORWARDED: usize = 256;
 /// The leader remembers this many answers to forwarded writes, so a repeat of a write
 /// that already committed gets its answer instead of running twice.
 pub const MAX_REMEMBERED_ANSWERS: usize = 256;
+/// Removed nodes a manager remembers, so gossip cannot bring them back as peers: far more
+/// than a cluster removes in a daemon's life; past it, only managers that follow a leader
+/// keep them out.
+pub const MAX_REMOVED_REMEMBERED: usize = 4096;
 /// A promoted worker is told to start Raft this often until it answers the leader.
 pub const PROMOTE_RETRY: Duration = Duration::from_secs(1);
+/// A node of the cluster state that the leader's gossip has not heard of at all for this
+/// long is marked Down. A live member announces itself to gossip as it starts, and a
+/// full exchange every 10 s fills any gap, so silence this long means nobody the leader
+/// hears from has heard of it since they started: it died while they were away (or its
+/// join never completed).
+pub const UNHEARD_GRACE: Duration = Duration::from_secs(15);
 
 /// A local API request, numbered by the driver.
 pub type RequestId = u64;
@@ -67,9 +80,11 @@ pub struct RaftView {
     pub leader: Option<NodeId>,
     pub term: Term,
     pub voters: BTreeSet<NodeId>,
+    /// Members Raft replicates to without counting them: managers on their way in.
+    pub learners: BTreeSet<NodeId>,
     /// A membership change is appended and not yet committed.
     pub config_pending: bool,
-    /// Leader only: voters that have acknowledged nothing yet (a promoted worker that
+    /// Leader only: members that have acknowledged nothing yet (a promoted worker that
     /// has not started Raft).
     pub unreached: BTreeSet<NodeId>,
 }
@@ -81,6 +96,7 @@ impl Default for RaftView {
             leader: None,
             term: Term(0),
             voters: BTreeSet::new(),
+            learners: BTreeSet::new(),
             config_pending: false,
             unreached: BTreeSet::new(),
         }
@@ -218,6 +234,10 @@ pub struct Joining {
     /// Set once the port is open and the request sent.
     bound: Option<Bound>,
     deadline: Instant,
+    /// When to repeat the request, once bound.
+    resend_at: Instant,
+    /// Why the last manager asked us to wait, for the timeout's message.
+    waiting: Option<String>,
 }
 
 /// What every node in a cluster has.
@@ -229,6 +249,9 @@ pub struct Member {
     peers: BTreeMap<NodeId, (PeerKey, SocketAddr)>,
     /// Gossip's last word on each member.
     liveness: BTreeMap<NodeId, gossip::Status>,
+    /// Nodes this process saw leave the cluster state: gossip, which still carries them,
+    /// must not bring them back as peers.
+    removed: BTreeSet<NodeId>,
 }
 
 /// What a manager has on top.
@@ -258,6 +281,14 @@ pub struct Manager {
     /// The `join` that made this node a manager, answered once the state arrives (or
     /// at the deadline).
     joined: Option<(RequestId, Instant)>,
+    /// Made a manager (promoted, or joined as one) and not yet seen among the voters:
+    /// the first state it gets may be the leader's snapshot from before the promotion,
+    /// which says it is a worker, and that is no demotion.
+    until_voter: bool,
+    /// Leader: since when gossip has had no word on each node of the state it has none
+    /// on, and when to look again.
+    unheard: BTreeMap<NodeId, Instant>,
+    check_unheard_at: Option<Instant>,
 }
 
 /// Who hears the outcome of a proposal.
@@ -359,13 +390,18 @@ impl Control {
                 }
             }
         };
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        // Forwarded requests are numbered from a random start: the leader remembers its
+        // answers by (asker, id), and a restarted asker counting from 1 again would be
+        // handed the answers of its previous life. Half the range leaves room to count.
+        let next_forward = rng.next_u64() >> 1;
         Control {
             me,
             state,
-            rng: ChaCha20Rng::from_seed(seed),
+            rng,
             out: VecDeque::new(),
             forwarded: BTreeMap::new(),
-            next_forward: 0,
+            next_forward,
             next_tag: 0,
             counters: Counters::default(),
         }
@@ -403,7 +439,7 @@ impl Control {
     /// When [`Control::handle_timeout`] must next be called, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let join = match &self.state {
-            NodeState::Joining(j) => Some(j.deadline),
+            NodeState::Joining(j) => Some(j.deadline.min(j.resend_at)),
             _ => None,
         };
         let forward = self
@@ -421,7 +457,11 @@ impl Control {
             _ => None,
         };
         let joined = self.manager().and_then(|m| m.joined.map(|(_, at)| at));
-        [join, forward, promote, joined].into_iter().flatten().min()
+        let unheard = self.manager().and_then(|m| m.check_unheard_at);
+        [join, forward, promote, joined, unheard]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     pub fn handle(&mut self, now: Instant, input: Input) {
@@ -439,19 +479,39 @@ impl Control {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        if let NodeState::Joining(j) = &self.state {
+        if let NodeState::Joining(j) = &mut self.state {
             if now >= j.deadline {
-                let why = format!(
-                    "no answer from the manager at {} within {} s: the token may be wrong or rotated, or the address unreachable",
-                    j.manager_addr,
-                    JOIN_TIMEOUT.as_secs()
-                );
+                let why = match &j.waiting {
+                    Some(w) => format!(
+                        "the manager at {} could not decide within {} s: {w}",
+                        j.manager_addr,
+                        JOIN_TIMEOUT.as_secs()
+                    ),
+                    None => format!(
+                        "no answer from the manager at {} within {} s: the token may be wrong or rotated, or the address unreachable",
+                        j.manager_addr,
+                        JOIN_TIMEOUT.as_secs()
+                    ),
+                };
                 self.abandon_join(why);
+            } else if now >= j.resend_at {
+                j.resend_at = now + JOIN_RETRY;
+                if let Some(b) = j.bound {
+                    let (to, role) = (j.manager, j.token_role);
+                    self.send_join_request(to, role, b.advertise);
+                }
             }
         }
         self.forward_timers(now);
         self.nudge_promoted(now);
         self.finish_manager_join(Some(now));
+        if self
+            .manager()
+            .and_then(|m| m.check_unheard_at)
+            .is_some_and(|t| now >= t)
+        {
+            self.check_unheard(now);
+        }
     }
 
     // ---- queries for the driver --------------------------------------------------
@@ -650,17 +710,10 @@ impl Control {
                         psk: j.psk,
                         psk_id,
                     });
-                    self.send(
-                        j.manager,
-                        PeerMsg::JoinRequest {
-                            role: j.token_role,
-                            hostname: self.me.hostname.clone(),
-                            advertise: b.advertise,
-                            labels: self.me.labels.clone(),
-                        },
-                    );
+                    self.send_join_request(j.manager, j.token_role, b.advertise);
                     j.bound = Some(b);
                     j.deadline = now + JOIN_TIMEOUT;
+                    j.resend_at = now + JOIN_RETRY;
                     self.state = NodeState::Joining(j);
                 }
                 Err(e) => self.emit(Effect::Answer {
@@ -673,6 +726,16 @@ impl Control {
                 self.counters.messages_ignored += 1;
             }
         }
+    }
+
+    fn send_join_request(&mut self, to: PeerKey, role: TokenRole, advertise: SocketAddr) {
+        let msg = PeerMsg::JoinRequest {
+            role,
+            hostname: self.me.hostname.clone(),
+            advertise,
+            labels: self.me.labels.clone(),
+        };
+        self.send(to, msg);
     }
 
     fn finish_init(&mut self, init: Initializing, b: Bound) {
@@ -757,6 +820,12 @@ impl Control {
         }
         let (cluster_id, role, managers) = match msg {
             PeerMsg::JoinRefused(why) => return self.abandon_join(format!("join refused: {why}")),
+            PeerMsg::JoinWait(why) => {
+                if let NodeState::Joining(j) = &mut self.state {
+                    j.waiting = Some(why);
+                }
+                return;
+            }
             PeerMsg::JoinAccepted {
                 cluster_id,
                 role,
@@ -779,7 +848,11 @@ impl Control {
         let member = Member::new(membership);
         self.state = match role {
             NodeRole::Worker => NodeState::Worker(member),
-            NodeRole::Manager => NodeState::Manager(Box::new(Manager::new(member, None))),
+            NodeRole::Manager => {
+                let mut m = Manager::new(member, None);
+                m.until_voter = true;
+                NodeState::Manager(Box::new(m))
+            }
         };
         self.learn_peers(&managers);
         self.start_gossip(b.advertise);
@@ -840,7 +913,7 @@ impl Control {
                 advertise,
                 labels,
             } => self.on_join_request(from, psk, role, hostname, advertise, labels),
-            m @ (PeerMsg::JoinAccepted { .. } | PeerMsg::JoinRefused(_)) => {
+            m @ (PeerMsg::JoinAccepted { .. } | PeerMsg::JoinRefused(_) | PeerMsg::JoinWait(_)) => {
                 self.on_join_answer(now, from, m)
             }
             PeerMsg::ForwardJoin {
@@ -889,6 +962,7 @@ impl Control {
             },
             PeerMsg::ApiRedirect { id, leader } => self.redirect(now, id, leader),
             PeerMsg::Promoted { managers } => self.on_promoted(from, managers),
+            PeerMsg::Demoted => self.on_demoted(from),
         }
     }
 
@@ -914,7 +988,9 @@ impl Control {
         member.membership.role = NodeRole::Manager;
         member.membership.managers = managers.clone();
         self.emit(Effect::SaveMembership(Some(member.membership.clone())));
-        self.state = NodeState::Manager(Box::new(Manager::new(member, None)));
+        let mut m = Manager::new(member, None);
+        m.until_voter = true;
+        self.state = NodeState::Manager(Box::new(m));
         self.learn_peers(&managers);
         self.emit(Effect::StartRaft { bootstrap: None });
         self.log(Level::Info, "this node is now a manager".into());
@@ -1068,7 +1144,16 @@ impl Control {
             Ok(index) => {
                 m.committing.insert(index, waiter);
             }
-            Err(e) => self.fail_waiter(waiter, e.to_string()),
+            Err(e) => self.wait_or_fail(waiter, e.to_string()),
+        }
+    }
+
+    /// Like `fail_waiter`, but a joiner only hears it must wait: its node may still be
+    /// added (the entry can commit under the next leader), and it asks again.
+    fn wait_or_fail(&mut self, waiter: Waiter, why: String) {
+        match waiter {
+            Waiter::Join { key, via, .. } => self.answer_joiner(key, via, PeerMsg::JoinWait(why)),
+            w => self.fail_waiter(w, why),
         }
     }
 
@@ -1119,7 +1204,11 @@ impl Control {
     }
 
     fn on_raft(&mut self, now: Instant, view: RaftView) {
+        let me = self.me.id;
         let Some(m) = self.manager_mut() else { return };
+        if view.voters.contains(&me) {
+            m.until_voter = false;
+        }
         let old = std::mem::replace(&mut m.raft, view.clone());
         let lost_leadership = old.role == Role::Leader && view.role != Role::Leader;
         if lost_leadership {
@@ -1133,6 +1222,9 @@ impl Control {
         }
         if view.role == Role::Leader && (old.role != Role::Leader || old.voters != view.voters) {
             self.reconcile_statuses();
+        }
+        if view.role == Role::Leader && old.role != Role::Leader {
+            self.check_unheard(now);
         }
         self.reconcile_voters();
         self.maybe_step_down();
@@ -1152,10 +1244,10 @@ impl Control {
             .collect();
         for w in committing.into_values().chain(proposing.into_values()) {
             let why = match &w {
-                Waiter::Join { .. } => "the manager lost the leadership; try again".into(),
+                Waiter::Join { .. } => "the manager lost the leadership".into(),
                 _ => "this manager lost the leadership before the change committed; it may or may not have been applied: check, then retry".into(),
             };
-            self.fail_waiter(w, why);
+            self.wait_or_fail(w, why);
         }
         for r in reads.into_iter().chain(ready) {
             self.answer(
@@ -1179,7 +1271,7 @@ impl Control {
         // A snapshot from the leader replacing our state may skip removals and
         // demotions; a snapshot loaded at start-up (no state yet) may be older than the
         // membership file, and removes nothing.
-        let (removed, demoted) = match &m.cluster {
+        let (mut removed, demoted): (Vec<NodeId>, Vec<NodeId>) = match &m.cluster {
             Some(old) => (
                 old.nodes
                     .keys()
@@ -1198,6 +1290,22 @@ impl Control {
             ),
             None => (vec![], vec![]),
         };
+        // Peers learnt before we had a state (a worker's, through gossip) that the state
+        // does not hold were removed before our time: forget them too. The managers of
+        // the membership file stay, whatever the age of the snapshot.
+        let managers = &m.member.membership.managers;
+        let stale: Vec<NodeId> = m
+            .member
+            .peers
+            .keys()
+            .copied()
+            .filter(|id| {
+                !state.nodes.contains_key(id)
+                    && !managers.iter().any(|(mid, _, _)| mid == id)
+                    && !removed.contains(id)
+            })
+            .collect();
+        removed.extend(stale);
         m.cluster = Some(state);
         m.applied = index;
         self.after_apply(now, &removed, &demoted);
@@ -1208,6 +1316,7 @@ impl Control {
         m.applied = m.applied.max(index);
         let waiter = m.committing.remove(&index);
         let (mut removed, mut demoted) = (vec![], vec![]);
+        let mut status_of = None;
         let result = match payload {
             Payload::Command(bytes) => match (Command::decode(bytes), m.cluster.as_mut()) {
                 (Ok(cmd), Some(c)) => {
@@ -1217,6 +1326,8 @@ impl Control {
                         (Ok(()), Command::SetRole { id, role }) if *role == NodeRole::Worker => {
                             demoted.push(*id)
                         }
+                        (Ok(()), Command::SetStatus { id, .. }) => status_of = Some(*id),
+                        (Ok(()), Command::AddNode(n)) => status_of = Some(n.id),
                         _ => {}
                     }
                     r
@@ -1231,6 +1342,11 @@ impl Control {
             self.finish_waiter(w, result);
         }
         self.after_apply(now, &removed, &demoted);
+        if let Some(id) = status_of {
+            // A status proposed by an earlier leader can commit under us after what
+            // gossip told us since (or a node comes in after gossip saw it): put it right.
+            self.report_status(id);
+        }
     }
 
     fn finish_waiter(&mut self, w: Waiter, result: Result<(), String>) {
@@ -1304,12 +1420,17 @@ impl Control {
             member.membership.managers = managers;
             member.membership.clone()
         });
+        if member.removed.len() + removed.len() <= MAX_REMOVED_REMEMBERED {
+            member.removed.extend(removed);
+        }
+        for (id, _, _) in &nodes {
+            member.removed.remove(id);
+        }
         let gone: Vec<PeerKey> = removed
             .iter()
-            .filter_map(|id| {
-                member.liveness.remove(id);
-                member.peers.remove(id).map(|(k, _)| k)
-            })
+            // Gossip's word on a removed node is kept: gossip says nothing new about a
+            // node whose status did not change, and the node may join again.
+            .filter_map(|id| member.peers.remove(id).map(|(k, _)| k))
             .collect();
         for key in gone {
             // Removed from the cluster: its key is no longer accepted.
@@ -1329,19 +1450,39 @@ impl Control {
         if m.raft.role != Role::Leader || m.raft.config_pending {
             return;
         }
-        let voters = &m.raft.voters;
+        let (voters, learners) = (&m.raft.voters, &m.raft.learners);
         let want: Vec<NodeId> = c.managers().map(|n| n.id).collect();
-        let add = want.iter().find(|id| !voters.contains(id)).copied();
-        let remove = voters.iter().find(|v| !want.contains(v)).copied();
+        // A manager becomes a voter in two steps: a learner first, which Raft replicates
+        // to without counting it, then a voter once it has acknowledged something (it
+        // runs Raft). One that never comes up (its join's answer was lost, it crashed
+        // mid-join, it died before hearing of its promotion) never holds a vote nobody
+        // casts: with two voters that would lose the quorum for good. Only a manager that
+        // gossip shows alive is taken in at all.
+        let coming = want
+            .iter()
+            .filter(|id| !voters.contains(id) && self.alive(**id));
+        let learn = coming.clone().find(|id| !learners.contains(id)).copied();
+        let vote = coming
+            .clone()
+            .find(|id| learners.contains(id) && !m.raft.unreached.contains(id))
+            .copied();
+        let remove = voters
+            .iter()
+            .chain(learners.iter())
+            .find(|v| !want.contains(v))
+            .copied();
         let me = self.me.id;
-        match (add, remove) {
+        match (learn.or(vote), remove) {
+            (Some(id), _) if learn == Some(id) => {
+                self.emit(Effect::ChangeVoters(ConfigChange::AddLearner(id)))
+            }
             (Some(id), _) => self.emit(Effect::ChangeVoters(ConfigChange::AddVoter(id))),
-            // A demoted or removed leader hands over before it leaves the voters.
             (None, Some(v)) if v == me => {
                 let next = want
                     .iter()
+                    .filter(|id| voters.contains(id))
                     .find(|id| !m.raft.unreached.contains(id))
-                    .or(want.first())
+                    .or(want.iter().find(|id| voters.contains(id)))
                     .copied();
                 if let Some(next) = next {
                     self.emit(Effect::TransferLeadership(next));
@@ -1350,6 +1491,20 @@ impl Control {
             (None, Some(v)) => self.emit(Effect::ChangeVoters(ConfigChange::Remove(v))),
             (None, None) => {}
         }
+    }
+
+    /// The leader says our removal from the voters is committed (we missed the entries
+    /// that said so, and campaign with an old configuration): stop Raft and carry on as
+    /// a worker. Only a manager we know may say so.
+    fn on_demoted(&mut self, from: PeerKey) {
+        let known = self.member().is_some_and(|m| {
+            m.membership.managers.iter().any(|(_, k, _)| *k == from) && m.knows_key(&from)
+        });
+        if !known || !matches!(self.state, NodeState::Manager(_)) {
+            self.counters.messages_ignored += 1;
+            return;
+        }
+        self.step_down();
     }
 
     /// A manager that was demoted, once it is out of Raft's voters, stops Raft and
@@ -1362,9 +1517,16 @@ impl Control {
             .as_ref()
             .and_then(|c| c.nodes.get(&me))
             .is_some_and(|n| n.role == NodeRole::Worker);
-        if !demoted || m.raft.voters.contains(&me) || m.raft.voters.is_empty() {
+        // The removal must be committed: an uncommitted one can be undone by a new
+        // leader, and we would be a voter that runs no Raft.
+        let out = !m.raft.voters.contains(&me) && !m.raft.voters.is_empty();
+        if !demoted || !out || m.raft.config_pending || m.until_voter {
             return;
         }
+        self.step_down();
+    }
+
+    fn step_down(&mut self) {
         self.fail_pending();
         let NodeState::Manager(m) = std::mem::replace(&mut self.state, NodeState::Idle) else {
             return;
@@ -1503,8 +1665,22 @@ impl Control {
         let me = self.me.id;
         let (id, status) = match e {
             gossip::Event::Alive { id, meta } => {
+                // A manager that follows a leader knows the members from its cluster
+                // state. Gossip still carries removed nodes (they keep talking to
+                // workers, and refute their suspicion), and must not bring them back into
+                // the transport's peers. A manager with no leader learns from gossip as
+                // a worker does: its state may lag far behind (restarted from an old
+                // snapshot), and the managers it has not heard of are the ones it must
+                // elect a leader with.
+                let outside = self.manager().is_some_and(|m| {
+                    m.member.removed.contains(&id)
+                        || m.raft.leader.is_some()
+                            && m.cluster
+                                .as_ref()
+                                .is_some_and(|c| !c.nodes.contains_key(&id))
+                });
                 if let Some(m) = GossipMeta::decode(&meta) {
-                    if cluster::node_id(&m.key) == id && id != me {
+                    if cluster::node_id(&m.key) == id && id != me && !outside {
                         self.learn_peers(&[(id, m.key, m.addr)]);
                     }
                 }
@@ -1520,6 +1696,10 @@ impl Control {
         if status != gossip::Status::Suspect {
             self.report_status(id);
         }
+        if status == gossip::Status::Alive {
+            // A manager that comes up may now become a voter.
+            self.reconcile_voters();
+        }
     }
 
     /// The leader records what gossip learnt about a node in the replicated state.
@@ -1531,12 +1711,49 @@ impl Control {
         let Some(c) = m.cluster.as_ref() else { return };
         let Some(n) = c.nodes.get(&id) else { return };
         let want = match m.member.liveness.get(&id) {
+            // We lead, so we are up: a record marked Down while we were away is put right.
+            _ if id == self.me.id => NodeStatus::Ready,
             Some(gossip::Status::Alive) => NodeStatus::Ready,
             Some(gossip::Status::Dead | gossip::Status::Left) => NodeStatus::Down,
             _ => return,
         };
-        if n.status != want && id != self.me.id {
+        if n.status != want {
             self.propose(Command::SetStatus { id, status: want }, Waiter::Nobody);
+        }
+    }
+
+    /// Leader: marks Down the nodes gossip has had no word on for [`UNHEARD_GRACE`]
+    /// (gossip only tells of nodes someone has heard of since starting: a leader whose
+    /// every peer restarted after a node died never hears of it); then looks again later.
+    fn check_unheard(&mut self, now: Instant) {
+        let me = self.me.id;
+        let Some(m) = self.manager_mut() else { return };
+        if m.raft.role != Role::Leader {
+            m.unheard.clear();
+            m.check_unheard_at = None;
+            return;
+        }
+        let Some(c) = m.cluster.as_ref() else { return };
+        let mut down = Vec::new();
+        let mut unheard = BTreeMap::new();
+        for n in c.nodes.values().filter(|n| n.id != me) {
+            if m.member.liveness.contains_key(&n.id) {
+                continue;
+            }
+            let since = m.unheard.get(&n.id).copied().unwrap_or(now);
+            unheard.insert(n.id, since);
+            if n.status == NodeStatus::Ready && now >= since + UNHEARD_GRACE {
+                down.push(n.id);
+            }
+        }
+        m.unheard = unheard;
+        m.check_unheard_at = Some(now + UNHEARD_GRACE / 3);
+        for id in down {
+            let cmd = Command::SetStatus {
+                id,
+                status: NodeStatus::Down,
+            };
+            self.propose(cmd, Waiter::Nobody);
         }
     }
 
@@ -1616,6 +1833,8 @@ impl Control {
             psk: token.psk(),
             bound: None,
             deadline: now + JOIN_TIMEOUT,
+            resend_at: now + JOIN_TIMEOUT,
+            waiting: None,
         });
     }
 
@@ -1623,8 +1842,20 @@ impl Control {
     /// manager that relays the answer, when the joiner reached a follower.
     pub(super) fn propose_join(&mut self, j: super::requests::JoinAsk, via: Option<PeerKey>) {
         if !self.is_leader() {
-            let why = "leadership moved; try again".to_string();
-            return self.answer_joiner(j.key, via, PeerMsg::JoinRefused(why));
+            let why = "the leadership moved".to_string();
+            return self.answer_joiner(j.key, via, PeerMsg::JoinWait(why));
+        }
+        if self.answer_known_joiner(j.key, j.role, via) {
+            return;
+        }
+        let pending = self.manager().is_some_and(|m| {
+            m.proposing
+                .values()
+                .chain(m.committing.values())
+                .any(|w| matches!(w, Waiter::Join { key, .. } if *key == j.key))
+        });
+        if pending {
+            return; // a repeat: the answer to the first request will come
         }
         let role = match j.role {
             TokenRole::Worker => NodeRole::Worker,
@@ -1654,6 +1885,42 @@ impl Control {
         );
     }
 
+    /// A joiner already in the cluster state (its answer was lost and it asks again, or
+    /// it left and comes back) is accepted with the record it has, if the role matches.
+    /// Returns whether it was answered.
+    pub(super) fn answer_known_joiner(
+        &mut self,
+        key: PeerKey,
+        role: TokenRole,
+        via: Option<PeerKey>,
+    ) -> bool {
+        let want = match role {
+            TokenRole::Worker => NodeRole::Worker,
+            TokenRole::Manager => NodeRole::Manager,
+        };
+        let Some(c) = self.cluster() else {
+            return false;
+        };
+        let Some(n) = c.node_by_key(&key) else {
+            return false;
+        };
+        let answer = if n.role == want {
+            PeerMsg::JoinAccepted {
+                cluster_id: c.cluster_id,
+                role: want,
+                managers: self.manager_list(),
+            }
+        } else {
+            PeerMsg::JoinRefused(format!(
+                "node {} is already in the swarm as a {}; remove it first",
+                n.id,
+                role_name(n.role)
+            ))
+        };
+        self.answer_joiner(key, via, answer);
+        true
+    }
+
     /// Sends a join answer to the joiner, directly or through the manager it reached.
     pub(super) fn answer_joiner(&mut self, joiner: PeerKey, via: Option<PeerKey>, answer: PeerMsg) {
         match via {
@@ -1675,6 +1942,7 @@ impl Member {
             membership,
             peers: BTreeMap::new(),
             liveness: BTreeMap::new(),
+            removed: BTreeSet::new(),
         }
     }
 
@@ -1700,6 +1968,9 @@ impl Manager {
             promoted_sent: BTreeMap::new(),
             load: None,
             joined: None,
+            until_voter: false,
+            unheard: BTreeMap::new(),
+            check_unheard_at: None,
         }
     }
 

@@ -28,8 +28,8 @@ mod tests;
 
 pub use self::core::{
     Bound, Control, Counters, Effect, Identity, Input, NodeState, RaftView, Reply, RequestId,
-    DEFAULT_PORT, FORWARD_DEADLINE, FORWARD_RETRY, JOIN_TIMEOUT, MEMBER_PSK, PSK_MANAGER,
-    PSK_WORKER,
+    DEFAULT_PORT, FORWARD_DEADLINE, FORWARD_RETRY, JOIN_RETRY, JOIN_TIMEOUT,
+    MAX_REMOVED_REMEMBERED, MEMBER_PSK, PSK_MANAGER, PSK_WORKER, UNHEARD_GRACE,
 };
 pub use msg::{GossipMeta, ManagerAddr, Membership, PeerMsg};
 pub use stack::{Io, LogWrite, RaftLog, Stack, StackConfig};

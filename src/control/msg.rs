@@ -84,6 +84,12 @@ pub enum PeerMsg {
     Promoted {
         managers: Vec<ManagerAddr>,
     },
+    /// From the leader to a node it demoted (or removed) that still campaigns: its
+    /// removal from the voters is committed, stop Raft.
+    Demoted,
+    /// From a manager to a joiner: the join cannot be decided now (no leader, or the
+    /// leadership moved before it committed); the joiner keeps asking until its timeout.
+    JoinWait(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -407,11 +407,20 @@ impl Control {
         let Some(c) = self.cluster() else {
             return self.answer(reply, Response::Error(NOT_A_MANAGER.into()));
         };
+        let raft = self.manager().map(|m| m.raft());
         for id in &ids {
             let Some(n) = c.nodes.get(id) else { continue };
+            // A demoted manager leaves Raft's configuration after the demotion commits;
+            // removed before that, its messages are refused while its vote still counts.
+            let in_raft = raft.is_some_and(|r| r.voters.contains(id) || r.learners.contains(id));
             let refusal = if n.role == NodeRole::Manager {
                 format!(
                     "node {} ({}) is a manager; demote it with `swarmlet node demote` before removing it",
+                    n.id, n.hostname
+                )
+            } else if in_raft {
+                format!(
+                    "node {} ({}) is still leaving the managers; try again in a moment",
                     n.id, n.hostname
                 )
             } else if n.status == NodeStatus::Ready && !force {
@@ -452,9 +461,10 @@ impl Control {
         if psk != Some(expected) {
             return refuse(self, "the join token does not match the role asked for");
         }
-        let Some(m) = self.manager() else {
+        if self.manager().is_none() {
             return refuse(self, "this node is not a manager");
-        };
+        }
+        let Some(m) = self.manager() else { return };
         let (raft_role, leader) = (m.raft().role, m.raft().leader);
         let ask = JoinAsk {
             key: from,
@@ -475,9 +485,9 @@ impl Control {
                     labels: ask.labels,
                 },
             ),
-            (_, None) => refuse(
-                self,
-                "no leader is elected right now; try again in a moment",
+            (_, None) => self.send(
+                from,
+                PeerMsg::JoinWait("no leader is elected right now".into()),
             ),
         }
     }

@@ -21,9 +21,9 @@
 //! `EraseLog` are rare (start of Raft, demotion): the driver may finish the write in
 //! flight first and then answer them before taking the next effect.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -128,6 +128,8 @@ pub struct StackCounters {
     pub undecodable: u64,
     /// Raft or gossip messages from a key that is not a member's (a joiner's).
     pub not_from_member: u64,
+    /// Vote requests a node new to Raft got from a member that is no manager it knows.
+    pub votes_not_from_manager: u64,
     /// Messages for nodes whose key we do not know.
     pub unaddressable: u64,
     /// Voter changes and leadership transfers Raft refused (retried later).
@@ -149,7 +151,18 @@ pub struct Stack {
     /// Writes waiting for the job in flight to finish (snapshots the stack took).
     queued: Vec<LogWrite>,
     counters: StackCounters,
+    /// When each stale campaigner was last told it is no manager.
+    demoted_told: BTreeMap<PeerKey, Instant>,
+    /// The members of the latest snapshot Raft holds (as far as the stack knows).
+    snapshot_members: Option<raft::Membership>,
 }
+
+/// A campaigner that is no manager is told so at most this often (its pre-votes come
+/// every election timeout, 0.5-1 s).
+const DEMOTED_RETRY: Duration = Duration::from_secs(2);
+/// Stale campaigners remembered at once; past this the memory starts afresh (a few
+/// messages more is the only cost).
+const MAX_DEMOTED_TOLD: usize = 64;
 
 impl Stack {
     /// `seed` keys the control core's RNG (token secrets: give it OS randomness) and
@@ -176,6 +189,8 @@ impl Stack {
             held: None,
             queued: Vec::new(),
             counters: StackCounters::default(),
+            demoted_told: BTreeMap::new(),
+            snapshot_members: None,
         }
     }
 
@@ -250,7 +265,18 @@ impl Stack {
             PeerMsg::Raft(_) | PeerMsg::Gossip(_) if !member => {
                 self.counters.not_from_member += 1;
             }
+            PeerMsg::Raft(raft::Message::PreVote { .. } | raft::Message::Vote { .. })
+                if !self.raft_peer(&from, id) =>
+            {
+                self.counters.votes_not_from_manager += 1;
+            }
             PeerMsg::Raft(m) => {
+                if matches!(
+                    m,
+                    raft::Message::PreVote { .. } | raft::Message::Vote { .. }
+                ) {
+                    self.tell_demoted(now, from, id);
+                }
                 if let Some(r) = self.raft.as_mut() {
                     r.step(now, id, m);
                 }
@@ -263,6 +289,60 @@ impl Stack {
             msg => self.control.handle(now, Input::Peer { from, psk, msg }),
         }
         self.drive(now);
+    }
+
+    /// A worker of the cluster state campaigns: it missed its demotion and runs Raft
+    /// with an old configuration, where nobody replicates to it any more. The leader
+    /// tells it, once its removal from the configuration is committed (before that its
+    /// vote may still count), and at most once per `DEMOTED_RETRY`.
+    fn tell_demoted(&mut self, now: Instant, key: PeerKey, id: NodeId) {
+        let Some(r) = self.raft.as_ref() else { return };
+        let committed = r.role() == Role::Leader && !r.config_pending();
+        let worker = self
+            .control
+            .cluster()
+            .and_then(|c| c.node_by_key(&key))
+            .is_some_and(|n| n.role == NodeRole::Worker);
+        if !committed || !worker || r.membership().contains(id) {
+            return;
+        }
+        if self
+            .demoted_told
+            .get(&key)
+            .is_some_and(|t| now < *t + DEMOTED_RETRY)
+        {
+            return;
+        }
+        if self.demoted_told.len() >= MAX_DEMOTED_TOLD {
+            self.demoted_told.clear();
+        }
+        self.demoted_told.insert(key, now);
+        self.io.push_back(Io::Send {
+            to: key,
+            data: PeerMsg::Demoted.encode(),
+        });
+    }
+
+    /// Whether Raft may consider a vote request from `key`. A node whose log does not yet
+    /// hold a configuration with itself in it (a manager that has just joined or been
+    /// promoted, its log empty) hears only managers it was told of: of the cluster state,
+    /// of the membership file (the leader's list at the join or promotion). Otherwise
+    /// a member that still believes it is a manager after its demotion or removal, and
+    /// campaigns with an old configuration naming this node's id, would get its vote: two
+    /// leaders in one term (SIM_SEED=212 of the control simulation). A node with a
+    /// configuration of its own follows Raft's rules: filtering there would keep a
+    /// lagging voter from electing a manager it has not heard of yet (SIM_SEED=217).
+    fn raft_peer(&self, key: &PeerKey, _id: NodeId) -> bool {
+        let c = &self.control;
+        let me = c.id();
+        self.raft
+            .as_ref()
+            .is_some_and(|r| r.membership().contains(me))
+            || c.cluster()
+                .and_then(|s| s.node_by_key(key))
+                .is_some_and(|n| n.role == NodeRole::Manager)
+            || c.membership()
+                .is_some_and(|m| m.managers.iter().any(|(_, k, _)| k == key))
     }
 
     pub fn handle_api(&mut self, now: Instant, id: RequestId, req: Request) {
@@ -283,6 +363,7 @@ impl Stack {
         let raft = match self.bootstrap.take() {
             Some(state) => {
                 let (mut r, snap) = Raft::bootstrap(id, self.cfg.raft.clone(), state, now, seed);
+                self.snapshot_members = Some(snap.meta.membership.clone());
                 self.queued.push(LogWrite::Snapshot {
                     snapshot: snap,
                     hard: r.hard_state(),
@@ -301,6 +382,7 @@ impl Stack {
                     let (index, data) = (snap.meta.index, snap.data.clone());
                     self.control.handle(now, Input::Snapshot { index, data });
                 }
+                self.snapshot_members = Some(snap.meta.membership.clone());
                 let mut r = Raft::restore(
                     id,
                     self.cfg.raft.clone(),
@@ -339,6 +421,7 @@ impl Stack {
             self.send_id(env.to, &msg);
         }
         if let Some(s) = held.snapshot {
+            self.snapshot_members = Some(s.meta.membership.clone());
             let (index, data) = (s.meta.index, s.data);
             self.control.handle(now, Input::Snapshot { index, data });
         }
@@ -412,6 +495,7 @@ impl Stack {
                 self.raft = None;
                 self.view = None;
                 self.bootstrap = None;
+                self.snapshot_members = None;
                 self.queued.clear();
                 // What waited on a write now has nobody to go to.
                 self.held = None;
@@ -534,7 +618,17 @@ impl Stack {
         let interval = self.control.snapshot_interval();
         let Some(r) = self.raft.as_mut() else { return };
         let applied = r.status().applied;
-        if applied.0.saturating_sub(r.snapshot_index().0) < interval {
+        // A member that has acknowledged nothing yet catches up from the snapshot. One
+        // older than the latest change of members hands it configurations it is no
+        // longer in, or was alone in: the node that initialized the cluster, re-added
+        // with an empty log, found itself the only voter of the first snapshot and
+        // elected itself (SIM_SEED=1005192 of the control simulation). The leader takes a
+        // fresh snapshot for it.
+        let newcomer = r.role() == Role::Leader
+            && self.view.as_ref().is_some_and(|v| !v.unreached.is_empty())
+            && self.snapshot_members.as_ref() != Some(r.membership())
+            && applied > r.snapshot_index();
+        if applied.0.saturating_sub(r.snapshot_index().0) < interval && !newcomer {
             return;
         }
         let Some(state) = self.control.cluster() else {
@@ -544,6 +638,7 @@ impl Stack {
         let Some(meta) = r.compact(applied, data.clone()) else {
             return;
         };
+        self.snapshot_members = Some(meta.membership.clone());
         let last = r.status().last_index;
         let tail: Vec<Entry> = (applied.0 + 1..=last.0)
             .filter_map(|i| r.log_entry(Index(i)).cloned())
@@ -599,6 +694,7 @@ impl Stack {
             leader: status.leader,
             term: status.term,
             voters: status.membership.voters.clone(),
+            learners: status.membership.learners.clone(),
             config_pending: r.config_pending(),
             unreached: r
                 .progress()
@@ -650,6 +746,7 @@ impl Stack {
         let counters = [
             ("peer_messages_undecodable", sc.undecodable),
             ("peer_messages_not_from_member", sc.not_from_member),
+            ("raft_votes_not_from_manager", sc.votes_not_from_manager),
             ("peer_messages_unaddressable", sc.unaddressable),
             ("peer_messages_ignored", cc.messages_ignored),
             ("raft_refusals", sc.raft_refusals),

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::core::MAX_FORWARDED;
+use super::core::{JOIN_RETRY, MAX_FORWARDED, UNHEARD_GRACE};
 use super::*;
 use crate::api::{Request, Response};
 use crate::cluster::token::{JoinToken, TokenRole};
@@ -95,6 +95,33 @@ fn membership(role: NodeRole, me: u8, managers: &[u8]) -> Membership {
     }
 }
 
+/// Gossip shows nodes `ns` alive to `c`.
+fn seen_alive(c: &mut Control, now: Instant, ns: &[u8]) {
+    for n in ns {
+        let meta = GossipMeta {
+            key: key(*n),
+            addr: addr(*n),
+        };
+        let alive = gossip::Event::Alive {
+            id: id(*n),
+            meta: meta.encode(),
+        };
+        c.handle(now, Input::Gossip(alive));
+    }
+    drain(c);
+}
+
+/// The id of a forwarded request in a `Send` effect.
+fn forward_id(e: &Effect) -> u64 {
+    match e {
+        Effect::Send {
+            msg: PeerMsg::ApiForward { id, .. },
+            ..
+        } => *id,
+        e => panic!("not a forwarded request: {e:?}"),
+    }
+}
+
 fn drain(c: &mut Control) -> Vec<Effect> {
     std::iter::from_fn(|| c.poll_effect()).collect()
 }
@@ -105,6 +132,7 @@ fn view(role: Role, leader: Option<u8>, voters: &[u8]) -> RaftView {
         leader: leader.map(id),
         term: Term(2),
         voters: voters.iter().map(|v| id(*v)).collect(),
+        learners: BTreeSet::new(),
         config_pending: false,
         unreached: BTreeSet::new(),
     }
@@ -602,6 +630,18 @@ fn a_join_that_hears_nothing_gives_up_and_closes_its_port() {
     drain(&mut c);
     c.handle(now, api(2, join));
     assert!(error_of(&drain(&mut c), 2).contains("already in progress"));
+    // Asked again every second (a request or its answer may be lost), then given up.
+    let mut t = now;
+    while t + JOIN_RETRY < now + JOIN_TIMEOUT {
+        assert_eq!(c.poll_timeout(), Some(t + JOIN_RETRY));
+        t += JOIN_RETRY;
+        c.handle_timeout(t);
+        let e = drain(&mut c);
+        assert!(
+            matches!(&e[..], [Effect::Send { to, msg: PeerMsg::JoinRequest { .. } }] if *to == key(1)),
+            "{e:#?}"
+        );
+    }
     assert_eq!(c.poll_timeout(), Some(now + JOIN_TIMEOUT));
     c.handle_timeout(now + JOIN_TIMEOUT - Duration::from_millis(1));
     assert_eq!(drain(&mut c), vec![]);
@@ -656,12 +696,14 @@ fn follower_forwards_requests_and_relays_the_answer() {
     let s = state(&[1, 2, 3], &[]);
     let (mut f, now) = manager(2, &s, view(Role::Follower, Some(1), &[1, 2, 3]));
     f.handle(now, api(7, Request::NodeList));
+    let e = drain(&mut f);
+    let id = forward_id(&e[0]);
     assert_eq!(
-        drain(&mut f),
+        e,
         vec![Effect::Send {
             to: key(1),
             msg: PeerMsg::ApiForward {
-                id: 1,
+                id,
                 req: Request::NodeList
             },
         }]
@@ -672,7 +714,7 @@ fn follower_forwards_requests_and_relays_the_answer() {
         peer(
             1,
             PeerMsg::ApiReply {
-                id: 99,
+                id: id.wrapping_add(99),
                 resp: Response::Done("x".into()),
             },
         ),
@@ -683,7 +725,7 @@ fn follower_forwards_requests_and_relays_the_answer() {
         peer(
             1,
             PeerMsg::ApiReply {
-                id: 1,
+                id,
                 resp: Response::Nodes(vec![]),
             },
         ),
@@ -707,7 +749,10 @@ fn forwarded_requests_follow_the_leader_and_never_wait_out_a_dead_one() {
     let (mut f, now) = manager(2, &s, view(Role::Follower, Some(1), &[1, 2, 3]));
     f.handle(now, api(7, Request::NodeList));
     f.handle(now, api(8, Request::NodeList));
-    drain(&mut f);
+    let e = drain(&mut f);
+    // Numbered on from a random start, so a restarted node never reuses an id.
+    let (id1, id2) = (forward_id(&e[0]), forward_id(&e[1]));
+    assert_eq!(id2, id1 + 1);
     assert_eq!(f.poll_timeout(), Some(now + FORWARD_RETRY));
 
     // No answer within the retry interval: asked again, same id.
@@ -718,7 +763,7 @@ fn forwarded_requests_follow_the_leader_and_never_wait_out_a_dead_one() {
     assert!(e.contains(&Effect::Send {
         to: key(1),
         msg: PeerMsg::ApiForward {
-            id: 1,
+            id: id1,
             req: Request::NodeList
         },
     }));
@@ -732,14 +777,14 @@ fn forwarded_requests_follow_the_leader_and_never_wait_out_a_dead_one() {
             Effect::Send {
                 to: key(3),
                 msg: PeerMsg::ApiForward {
-                    id: 1,
+                    id: id1,
                     req: Request::NodeList
                 },
             },
             Effect::Send {
                 to: key(3),
                 msg: PeerMsg::ApiForward {
-                    id: 2,
+                    id: id2,
                     req: Request::NodeList
                 },
             },
@@ -752,7 +797,7 @@ fn forwarded_requests_follow_the_leader_and_never_wait_out_a_dead_one() {
         peer(
             3,
             PeerMsg::ApiRedirect {
-                id: 1,
+                id: id1,
                 leader: None,
             },
         ),
@@ -1032,19 +1077,55 @@ fn reads_wait_for_the_state_to_reach_their_index() {
 fn the_leader_keeps_voters_equal_to_the_managers_one_change_at_a_time() {
     let s = state(&[1, 2, 3], &[5]);
     let (mut l, now) = manager(1, &s, view(Role::Follower, Some(2), &[1]));
-    // Becoming leader with only itself as a voter: add the others, one at a time (in
-    // the order of their ids).
-    let (first, second) = if id(2) < id(3) { (2, 3) } else { (3, 2) };
+    // Becoming leader with only itself as a voter: managers gossip has not shown alive
+    // are not taken in (a vote nobody casts could cost the quorum).
     l.handle(now, Input::Raft(view(Role::Leader, Some(1), &[1])));
+    assert_eq!(drain(&mut l), vec![]);
+    // Once alive, each comes in as a learner first, in the order of their ids, one
+    // change at a time.
+    let (first, second) = if id(2) < id(3) { (2, 3) } else { (3, 2) };
+    seen_alive(&mut l, now, &[2, 3]);
+    l.handle(now, Input::Raft(view(Role::Leader, Some(1), &[1])));
+    assert_eq!(
+        drain(&mut l),
+        vec![Effect::ChangeVoters(ConfigChange::AddLearner(id(first)))]
+    );
+    let mut pending = view(Role::Leader, Some(1), &[1]);
+    pending.learners = [id(first)].into_iter().collect();
+    pending.config_pending = true;
+    l.handle(now, Input::Raft(pending.clone()));
+    assert_eq!(drain(&mut l), vec![], "nothing while a change is pending");
+    pending.config_pending = false;
+    l.handle(now, Input::Raft(pending));
+    assert_eq!(
+        drain(&mut l),
+        vec![Effect::ChangeVoters(ConfigChange::AddLearner(id(second)))]
+    );
+    // A learner becomes a voter only once it has acknowledged something (it runs Raft).
+    let mut v = view(Role::Leader, Some(1), &[1]);
+    v.learners = [id(2), id(3)].into_iter().collect();
+    v.unreached = v.learners.clone();
+    l.handle(now, Input::Raft(v.clone()));
+    let e = drain(&mut l);
+    assert!(
+        e.iter().all(|e| matches!(
+            e,
+            Effect::Send {
+                msg: PeerMsg::Promoted { .. },
+                ..
+            }
+        )),
+        "no vote for a learner that is silent, only a word to start Raft: {e:#?}"
+    );
+    v.unreached.remove(&id(first));
+    l.handle(now, Input::Raft(v));
     assert_eq!(
         drain(&mut l),
         vec![Effect::ChangeVoters(ConfigChange::AddVoter(id(first)))]
     );
-    let mut pending = view(Role::Leader, Some(1), &[1, first]);
-    pending.config_pending = true;
-    l.handle(now, Input::Raft(pending));
-    assert_eq!(drain(&mut l), vec![], "nothing while a change is pending");
-    l.handle(now, Input::Raft(view(Role::Leader, Some(1), &[1, first])));
+    let mut v = view(Role::Leader, Some(1), &[1, first]);
+    v.learners = [id(second)].into_iter().collect();
+    l.handle(now, Input::Raft(v));
     assert_eq!(
         drain(&mut l),
         vec![Effect::ChangeVoters(ConfigChange::AddVoter(id(second)))]
@@ -1091,9 +1172,10 @@ fn promotion_adds_a_voter_and_tells_the_worker_until_it_answers() {
             result: Ok(Index(11)),
         },
     );
+    seen_alive(&mut l, now, &[5]);
     l.handle(now, committed(&cmd, 11));
     let e = drain(&mut l);
-    assert!(e.contains(&Effect::ChangeVoters(ConfigChange::AddVoter(id(5)))));
+    assert!(e.contains(&Effect::ChangeVoters(ConfigChange::AddLearner(id(5)))));
     assert!(e.iter().any(|e| matches!(
         e,
         Effect::Answer { id: 1, resp: Response::Done(t) } if t.contains("promoted to a manager")
@@ -1109,8 +1191,10 @@ fn promotion_adds_a_voter_and_tells_the_worker_until_it_answers() {
         "the membership file names the new manager: {e:#?}"
     );
 
-    // Raft added it; it has not answered yet: tell it to start Raft, every second.
-    let mut v = view(Role::Leader, Some(1), &[1, 5]);
+    // Raft added it as a learner; it has not answered yet: tell it to start Raft, every
+    // second.
+    let mut v = view(Role::Leader, Some(1), &[1]);
+    v.learners = [id(5)].into_iter().collect();
     v.unreached = [id(5)].into_iter().collect();
     l.handle(now, Input::Raft(v.clone()));
     let promoted = PeerMsg::Promoted {
@@ -1134,10 +1218,20 @@ fn promotion_adds_a_voter_and_tells_the_worker_until_it_answers() {
             msg: promoted.clone()
         }]
     );
+    // It answered: now it gets a vote.
     v.unreached.clear();
     l.handle(now, Input::Raft(v));
+    assert_eq!(
+        drain(&mut l),
+        vec![Effect::ChangeVoters(ConfigChange::AddVoter(id(5)))]
+    );
+    l.handle(now, Input::Raft(view(Role::Leader, Some(1), &[1, 5])));
     assert_eq!(drain(&mut l), vec![]);
-    assert_eq!(l.poll_timeout(), None);
+    assert_eq!(
+        l.poll_timeout(),
+        Some(now + UNHEARD_GRACE / 3),
+        "no more reminders: only the leader's periodic look for unheard nodes"
+    );
 
     // The worker starts Raft when a manager it knows says so (and only then).
     let (mut w, _) = worker(5, &[1]);
@@ -1346,7 +1440,9 @@ fn a_leader_that_loses_its_majority_answers_its_pending_requests() {
     assert!(error_of(&e, 2).contains("lost the leadership"));
     assert!(e.contains(&Effect::Send {
         to: key(7),
-        msg: PeerMsg::JoinRefused("the manager lost the leadership; try again".into()),
+        // Not refused: the entry that adds it may still commit under the next leader,
+        // and the joiner, asking again, will hear so.
+        msg: PeerMsg::JoinWait("the manager lost the leadership".into()),
     }));
     assert!(e.contains(&Effect::Send {
         to: key(2),

@@ -285,9 +285,10 @@ pub struct Gossip {
     out: VecDeque<(NodeId, Message)>,
     events: VecDeque<Event>,
     left: bool,
-    /// Members we were told to join through. Until one of them answers (we know no
-    /// member at all), the join is sent again every probe interval: a lost join
-    /// datagram must not leave a node alone forever.
+    /// Members we were told to join through. While we know no member alive (none at
+    /// all, or only dead ones: what others told a restarted node, or what each side of
+    /// a healed partition thinks of the other), the join is sent again every probe
+    /// interval: a lost join datagram must not leave a node alone forever.
     join_seeds: Vec<NodeId>,
 }
 
@@ -554,7 +555,9 @@ impl Gossip {
         if now >= self.next_probe_at {
             self.next_probe_at = now + self.scaled(self.cfg.probe_interval);
             self.start_probe(now);
-            if self.members.is_empty() {
+            // No member alive in our view (none known yet, or all dead as others told
+            // us, or as we judged during a partition): ask the seeds again.
+            if self.live_members().next().is_none() {
                 for seed in self.join_seeds.clone() {
                     self.send_join(seed);
                 }
@@ -920,8 +923,28 @@ impl Gossip {
             return;
         }
         let Some(m) = self.members.get_mut(&u.id) else {
-            if self.members.len() >= MAX_MEMBERS || matches!(u.status, Status::Dead | Status::Left)
-            {
+            if self.members.len() >= MAX_MEMBERS {
+                return;
+            }
+            if matches!(u.status, Status::Dead | Status::Left) {
+                // A member we never saw alive, dead or gone: remember it as the others
+                // do, so a node that (re)started knows what they know (a new leader
+                // reports node statuses from this view). If it is in fact back, it
+                // refutes with a higher incarnation.
+                let (id, status) = (u.id, u.status);
+                self.members.insert(
+                    id,
+                    Member {
+                        incarnation: u.incarnation,
+                        status,
+                        meta: u.meta,
+                        suspicion: None,
+                    },
+                );
+                self.events.push_back(match status {
+                    Status::Dead => Event::Dead { id },
+                    _ => Event::Left { id },
+                });
                 return;
             }
             let status = u.status;

@@ -24,8 +24,8 @@
 //! healthy leader: peers that heard from a leader within the election timeout refuse to
 //! pre-vote or vote), batched replication with per-follower flow control (probe, then up
 //! to `max_inflight` pipelined appends), snapshots sent in chunks, single-server
-//! membership changes (one at a time, effective when appended; a node never campaigns
-//! with an unapplied change), leadership transfer, and ReadIndex reads.
+//! membership changes (one at a time, effective when appended, none before the leader's
+//! term has committed an entry), leadership transfer, and ReadIndex reads.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -433,10 +433,11 @@ impl Raft {
         Ok(self.append_local(Payload::Command(data)))
     }
 
-    /// Proposes one membership change; refused while another is uncommitted.
+    /// Proposes one membership change; refused while another is uncommitted, and until
+    /// an entry of this leader's term has committed.
     pub fn propose_config(&mut self, change: ConfigChange) -> Result<Index, ProposeError> {
         self.check_can_propose()?;
-        if self.membership_index > self.commit {
+        if self.config_pending() {
             return Err(ProposeError::ConfigPending);
         }
         self.membership.apply(&change)?;
@@ -514,10 +515,17 @@ impl Raft {
         self.log.entry(i)
     }
 
-    /// Whether a membership change is appended but not yet committed (no other may be
-    /// proposed until it is).
+    /// Whether no membership change may be proposed now: one is appended but not yet
+    /// committed, or (on a leader) no entry of its term has committed yet. The second
+    /// is the errata to single-server changes in the Raft thesis: a change appended
+    /// before the leader's term commits could be lost to a candidate elected under an
+    /// older configuration, together with entries committed under the newer one.
     pub fn config_pending(&self) -> bool {
-        self.membership_index > self.commit
+        let term_uncommitted = match &self.state {
+            State::Leader(l) => self.commit < l.term_start,
+            _ => false,
+        };
+        self.membership_index > self.commit || term_uncommitted
     }
 
     /// The index the latest snapshot covers.
@@ -639,8 +647,12 @@ impl Raft {
         }
     }
 
+    /// A voter of the latest configuration in the log campaigns, committed or not (the
+    /// thesis' rule; safe given the errata in [`Raft::config_pending`]). Waiting for the
+    /// change to be applied would deadlock a cluster whose every node restarted: none
+    /// knows its last change committed until a leader says so.
     fn can_campaign(&self) -> bool {
-        self.membership.is_voter(self.id) && self.membership_index <= self.applied
+        self.membership.is_voter(self.id)
     }
 
     fn reset_election_timer(&mut self, now: Instant) {

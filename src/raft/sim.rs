@@ -1,5 +1,5 @@
-//! Deterministic simulation of a Raft cluster: real `Raft` cores on a virtual clock and a
-//! virtual network, every choice drawn from one seeded RNG. Faults: loss, duplication,
+//! Deterministic simulation of a Raft cluster: real `Raft` cores on a virtual clock and
+//! the simulated network of [`crate::sim::net`], every choice drawn from seeded RNGs. Faults: loss, duplication,
 //! delay and reordering, symmetric and one-way partitions, crashes that lose the writes
 //! of the turn they interrupt, and restarts from what was persisted.
 //!
@@ -23,6 +23,7 @@ use super::node::{Config, Raft, Ready, Role};
 use super::types::{
     Entry, HardState, Index, Membership, Message, NodeId, Payload, Snapshot, SnapshotMeta, Term,
 };
+use crate::sim::net::{Faults, Net};
 
 /// What a crashed node finds on disk.
 #[derive(Clone, Default)]
@@ -44,14 +45,6 @@ struct Node {
     disk: Disk,
     machine: Machine,
     seed_counter: u64,
-}
-
-struct InFlight {
-    at: Instant,
-    seq: u64,
-    from: NodeId,
-    to: NodeId,
-    msg: Message,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -80,12 +73,9 @@ pub struct Sim {
     rng: ChaCha8Rng,
     cfg: Config,
     nodes: BTreeMap<NodeId, Node>,
-    net: Vec<InFlight>,
-    seq: u64,
-    loss: u32,
-    dup: u32,
-    /// Directed links that drop everything: (from, to).
-    cut: Vec<(NodeId, NodeId)>,
+    /// The network shared with the control-plane simulation: loss, duplication, latency
+    /// with jitter, and partitions as directed cuts.
+    net: Net<NodeId, Message>,
     leaders: BTreeMap<Term, NodeId>,
     committed: BTreeMap<Index, Entry>,
     applied: BTreeMap<Index, Entry>,
@@ -97,10 +87,6 @@ pub struct Sim {
     compact_every: usize,
     /// Clients submit operations only while this is set.
     clients_active: bool,
-}
-
-fn per_mille(rng: &mut ChaCha8Rng, p: u32) -> bool {
-    p > 0 && rng.next_u32() % 1000 < p
 }
 
 impl Sim {
@@ -153,8 +139,15 @@ impl Sim {
                 },
             );
         }
-        let loss = [0, 10, 50, 100][rng.next_u32() as usize % 4];
-        let dup = [0, 10, 50][rng.next_u32() as usize % 3];
+        let faults = Faults {
+            loss: [0, 10, 50, 100][rng.next_u32() as usize % 4],
+            dup: [0, 10, 50][rng.next_u32() as usize % 3],
+            min_latency: Duration::from_micros(100),
+            max_latency: Duration::from_micros(3_100),
+            spike: 0,
+            spike_latency: Duration::ZERO,
+        };
+        let net = Net::new(rng.next_u64(), faults);
         let compact_every = [20, 50, 1000][rng.next_u32() as usize % 3];
         Sim {
             seed,
@@ -162,11 +155,7 @@ impl Sim {
             rng,
             cfg,
             nodes: map,
-            net: Vec::new(),
-            seq: 0,
-            loss,
-            dup,
-            cut: Vec::new(),
+            net,
             leaders: BTreeMap::new(),
             committed: BTreeMap::new(),
             applied: BTreeMap::new(),
@@ -328,25 +317,7 @@ impl Sim {
     }
 
     fn transmit(&mut self, from: NodeId, to: NodeId, msg: Message) {
-        if self.cut.contains(&(from, to)) || per_mille(&mut self.rng, self.loss) {
-            return;
-        }
-        let copies = if per_mille(&mut self.rng, self.dup) {
-            2
-        } else {
-            1
-        };
-        for _ in 0..copies {
-            let delay = Duration::from_micros(100 + u64::from(self.rng.next_u32() % 3000));
-            self.seq += 1;
-            self.net.push(InFlight {
-                at: self.now + delay,
-                seq: self.seq,
-                from,
-                to,
-                msg: msg.clone(),
-            });
-        }
+        self.net.send(self.now, from, to, msg);
     }
 
     // ---- the workload -------------------------------------------------------------
@@ -566,23 +537,23 @@ impl Sim {
             3 => {
                 // Isolate one node both ways.
                 let a = pick(&mut self.rng);
-                self.cut = ids.iter().flat_map(|b| [(a, *b), (*b, a)]).collect();
+                self.net.heal();
+                self.net.isolate(a, &ids);
             }
             4 => {
                 // One-way: a can send but not hear.
                 let a = pick(&mut self.rng);
-                self.cut = ids.iter().map(|b| (*b, a)).collect();
+                self.net.heal();
+                self.net.deafen(a, &ids);
             }
             5 => {
                 // Split into two groups.
                 let split = 1 + self.rng.next_u32() as usize % (ids.len() - 1);
                 let (l, r) = ids.split_at(split);
-                self.cut = l
-                    .iter()
-                    .flat_map(|a| r.iter().flat_map(move |b| [(*a, *b), (*b, *a)]))
-                    .collect();
+                self.net.heal();
+                self.net.split(l, r);
             }
-            _ => self.cut.clear(),
+            _ => self.net.heal(),
         }
     }
 
@@ -652,25 +623,19 @@ impl Sim {
                 .iter()
                 .filter_map(|(id, n)| n.raft.as_ref().map(|r| (r.poll_timeout(), *id)))
                 .min();
-            let delivery = self.net.iter().map(|f| (f.at, f.seq)).min();
+            let delivery = self.net.next_at();
             let mut t = end.min(next_chaos).min(next_client);
             if let Some((at, _)) = timer {
                 t = t.min(at);
             }
-            if let Some((at, _)) = delivery {
+            if let Some(at) = delivery {
                 t = t.min(at);
             }
             self.now = self.now.max(t);
-            if let Some((at, seq)) = delivery.filter(|(at, _)| *at <= self.now) {
-                let pos = self
-                    .net
-                    .iter()
-                    .position(|f| f.at == at && f.seq == seq)
-                    .unwrap();
-                let f = self.net.swap_remove(pos);
-                if let Some(r) = self.nodes.get_mut(&f.to).and_then(|n| n.raft.as_mut()) {
-                    r.step(self.now, f.from, f.msg);
-                    self.process_ready(f.to);
+            if let Some((from, to, msg)) = self.net.pop_due(self.now) {
+                if let Some(r) = self.nodes.get_mut(&to).and_then(|n| n.raft.as_mut()) {
+                    r.step(self.now, from, msg);
+                    self.process_ready(to);
                 }
             } else if let Some((at, id)) = timer.filter(|(at, _)| *at <= self.now) {
                 let _ = at;
@@ -696,9 +661,9 @@ impl Sim {
     }
 
     pub fn heal(&mut self) {
-        self.cut.clear();
-        self.loss = 0;
-        self.dup = 0;
+        self.net.heal();
+        self.net.faults.loss = 0;
+        self.net.faults.dup = 0;
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         for id in ids {
             self.restart(id);
@@ -729,22 +694,6 @@ impl Sim {
     }
 }
 
-/// Seeds to run: `SIM_SEED` for exactly one, else `SIM_SEEDS` (default `default`).
-fn seeds(default: u64) -> Vec<u64> {
-    if let Ok(s) = std::env::var("SIM_SEED") {
-        return vec![s.parse().expect("SIM_SEED must be a number")];
-    }
-    let n = std::env::var("SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default);
-    let base = std::env::var("SIM_SEED_BASE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0u64);
-    (base..base + n).collect()
-}
-
 fn run_seed(seed: u64) -> u64 {
     let nodes = [3, 5][(seed % 2) as usize];
     let mut sim = Sim::new(seed, nodes);
@@ -761,7 +710,7 @@ fn run_seed(seed: u64) -> u64 {
 fn replay() {
     // Many seeds in CI; the count is small enough for debug builds.
     let mut ops = 0;
-    for seed in seeds(40) {
+    for seed in crate::sim::seeds(40) {
         ops += run_seed(seed);
     }
     assert!(ops > 0, "the workload completed operations");
@@ -770,8 +719,8 @@ fn replay() {
 #[test]
 fn calm_cluster_elects_once_and_serves() {
     let mut sim = Sim::new(1_000_001, 3);
-    sim.loss = 0;
-    sim.dup = 0;
+    sim.net.faults.loss = 0;
+    sim.net.faults.dup = 0;
     sim.run(Duration::from_secs(5), false);
     sim.clients_active = false;
     sim.run(Duration::from_secs(1), false);
