@@ -28,6 +28,10 @@ pub const MEMBER_PSK: Psk = [0; 32];
 /// How long a join waits for the manager's answer. A wrong or rotated token fails the
 /// handshake silently (that is the point of the PSK), so silence is the only signal.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Said of a join whose outcome is unknown (the manager heard it, then could not
+/// decide in time).
+pub const JOIN_UNKNOWN: &str =
+    "the swarm may still add this node: run the same join again to complete it";
 /// A joiner repeats its request this often until answered: a request or its answer lost
 /// must not fail a join whose node the cluster has added meanwhile.
 pub const JOIN_RETRY: Duration = Duration::from_secs(1);
@@ -48,6 +52,9 @@ pub const MAX_REMEMBERED_ANSWERS: usize = 256;
 /// than a cluster removes in a daemon's life; past it, only managers that follow a leader
 /// keep them out.
 pub const MAX_REMOVED_REMEMBERED: usize = 4096;
+/// A manager still without a cluster state asks the managers it knows whether it is
+/// still one this often (see `PeerMsg::RoleQuery`).
+pub const ROLE_QUERY: Duration = Duration::from_secs(2);
 /// A promoted worker is told to start Raft this often until it answers the leader.
 pub const PROMOTE_RETRY: Duration = Duration::from_secs(1);
 /// A node of the cluster state that the leader's gossip has not heard of at all for this
@@ -289,6 +296,8 @@ pub struct Manager {
     /// on, and when to look again.
     unheard: BTreeMap<NodeId, Instant>,
     check_unheard_at: Option<Instant>,
+    /// Made a manager and still without a state: when to ask whether it still is one.
+    role_query_at: Option<Instant>,
 }
 
 /// Who hears the outcome of a proposal.
@@ -458,13 +467,18 @@ impl Control {
         };
         let joined = self.manager().and_then(|m| m.joined.map(|(_, at)| at));
         let unheard = self.manager().and_then(|m| m.check_unheard_at);
-        [join, forward, promote, joined, unheard]
+        let query = self
+            .manager()
+            .filter(|m| m.cluster.is_none())
+            .and_then(|m| m.role_query_at);
+        [join, forward, promote, joined, unheard, query]
             .into_iter()
             .flatten()
             .min()
     }
 
     pub fn handle(&mut self, now: Instant, input: Input) {
+        self.arm_role_query(now);
         match input {
             Input::Api { id, req } => self.on_local_request(now, id, req),
             Input::Peer { from, psk, msg } => self.on_peer(now, from, psk, msg),
@@ -478,12 +492,26 @@ impl Control {
         }
     }
 
+    /// A manager without a state (joined, promoted, or restarted before the leader's
+    /// state reached it) asks after [`ROLE_QUERY`] whether it still is one.
+    fn arm_role_query(&mut self, now: Instant) {
+        if let Some(m) = self.manager_mut() {
+            if m.cluster.is_none() && m.role_query_at.is_none() {
+                m.role_query_at = Some(now + ROLE_QUERY);
+            }
+        }
+    }
+
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.arm_role_query(now);
         if let NodeState::Joining(j) = &mut self.state {
             if now >= j.deadline {
+                // Past the deadline the outcome is unknown: the entry that adds this
+                // node may still commit. Joining again is safe either way (a node the
+                // swarm already holds is accepted again), and says which it was.
                 let why = match &j.waiting {
                     Some(w) => format!(
-                        "the manager at {} could not decide within {} s: {w}",
+                        "the manager at {} could not decide within {} s: {w}; {JOIN_UNKNOWN}",
                         j.manager_addr,
                         JOIN_TIMEOUT.as_secs()
                     ),
@@ -511,6 +539,48 @@ impl Control {
             .is_some_and(|t| now >= t)
         {
             self.check_unheard(now);
+        }
+        self.query_role(now);
+    }
+
+    /// A manager without a state asks the managers it knows whether it still is one.
+    fn query_role(&mut self, now: Instant) {
+        let me = self.me.id;
+        let Some(m) = self.manager_mut() else { return };
+        let due = m.cluster.is_none() && m.role_query_at.is_some_and(|t| now >= t);
+        if !due {
+            return;
+        }
+        m.role_query_at = Some(now + ROLE_QUERY);
+        let managers: Vec<PeerKey> = m
+            .member
+            .membership
+            .managers
+            .iter()
+            .filter(|(id, _, _)| *id != me)
+            .map(|(_, k, _)| *k)
+            .collect();
+        for key in managers {
+            self.send(key, PeerMsg::RoleQuery);
+        }
+    }
+
+    /// Leader: a node asks whether it is still a manager. Told `Demoted` if the state
+    /// makes it a worker and Raft's configuration, committed, no longer holds it.
+    fn on_role_query(&mut self, from: PeerKey) {
+        let Some(m) = self.manager() else {
+            self.counters.messages_ignored += 1;
+            return;
+        };
+        let worker = m
+            .cluster
+            .as_ref()
+            .and_then(|c| c.node_by_key(&from))
+            .is_some_and(|n| n.role == NodeRole::Worker);
+        let id = cluster::node_id(&from);
+        let out = !m.raft.voters.contains(&id) && !m.raft.learners.contains(&id);
+        if m.raft.role == Role::Leader && !m.raft.config_pending && worker && out {
+            self.send(from, PeerMsg::Demoted);
         }
     }
 
@@ -963,6 +1033,7 @@ impl Control {
             PeerMsg::ApiRedirect { id, leader } => self.redirect(now, id, leader),
             PeerMsg::Promoted { managers } => self.on_promoted(from, managers),
             PeerMsg::Demoted => self.on_demoted(from),
+            PeerMsg::RoleQuery => self.on_role_query(from),
         }
     }
 
@@ -1369,6 +1440,9 @@ impl Control {
                 }
                 self.feed_load();
             }
+            // Added meanwhile through another manager (a repeat of the request that
+            // reached a leader before this one): accepted as it is.
+            (Waiter::Join { key, via, .. }, Err(_)) if self.answer_known_joiner(key, via) => {}
             (w, Err(e)) => self.fail_waiter(w, e),
         }
     }
@@ -1536,6 +1610,13 @@ impl Control {
         self.emit(Effect::StopRaft);
         self.emit(Effect::SaveMembership(Some(member.membership.clone())));
         self.state = NodeState::Worker(member);
+        if let Some((id, _)) = m.joined {
+            // Demoted before the leader's state reached it: it is in, as a worker.
+            let resp = Response::Done(
+                "This node joined a swarm as a manager and was demoted to a worker since.".into(),
+            );
+            self.emit(Effect::Answer { id, resp });
+        }
         self.log(Level::Info, "this node is now a worker".into());
     }
 
@@ -1668,16 +1749,18 @@ impl Control {
                 // A manager that follows a leader knows the members from its cluster
                 // state. Gossip still carries removed nodes (they keep talking to
                 // workers, and refute their suspicion), and must not bring them back into
-                // the transport's peers. A manager with no leader learns from gossip as
-                // a worker does: its state may lag far behind (restarted from an old
-                // snapshot), and the managers it has not heard of are the ones it must
-                // elect a leader with.
+                // the transport's peers. A manager with no leader may have a state far
+                // behind (restarted from an old snapshot); of the nodes its state does
+                // not hold, it learns from gossip only the members of its Raft
+                // configuration, the managers it must elect a leader with (Raft knows
+                // their ids, gossip their addresses).
                 let outside = self.manager().is_some_and(|m| {
+                    let in_raft = m.raft.voters.contains(&id) || m.raft.learners.contains(&id);
                     m.member.removed.contains(&id)
-                        || m.raft.leader.is_some()
-                            && m.cluster
-                                .as_ref()
-                                .is_some_and(|c| !c.nodes.contains_key(&id))
+                        || m.cluster
+                            .as_ref()
+                            .is_some_and(|c| !c.nodes.contains_key(&id))
+                            && (m.raft.leader.is_some() || !in_raft)
                 });
                 if let Some(m) = GossipMeta::decode(&meta) {
                     if cluster::node_id(&m.key) == id && id != me && !outside {
@@ -1845,7 +1928,7 @@ impl Control {
             let why = "the leadership moved".to_string();
             return self.answer_joiner(j.key, via, PeerMsg::JoinWait(why));
         }
-        if self.answer_known_joiner(j.key, j.role, via) {
+        if self.answer_known_joiner(j.key, via) {
             return;
         }
         let pending = self.manager().is_some_and(|m| {
@@ -1886,36 +1969,21 @@ impl Control {
     }
 
     /// A joiner already in the cluster state (its answer was lost and it asks again, or
-    /// it left and comes back) is accepted with the record it has, if the role matches.
-    /// Returns whether it was answered.
-    pub(super) fn answer_known_joiner(
-        &mut self,
-        key: PeerKey,
-        role: TokenRole,
-        via: Option<PeerKey>,
-    ) -> bool {
-        let want = match role {
-            TokenRole::Worker => NodeRole::Worker,
-            TokenRole::Manager => NodeRole::Manager,
-        };
+    /// it left and comes back) is accepted with the record it has, in the role the state
+    /// gives it: a user may have promoted or demoted it while its answer was lost, and
+    /// that decision stands over the token it presented (which only let it in). Returns
+    /// whether it was answered.
+    pub(super) fn answer_known_joiner(&mut self, key: PeerKey, via: Option<PeerKey>) -> bool {
         let Some(c) = self.cluster() else {
             return false;
         };
         let Some(n) = c.node_by_key(&key) else {
             return false;
         };
-        let answer = if n.role == want {
-            PeerMsg::JoinAccepted {
-                cluster_id: c.cluster_id,
-                role: want,
-                managers: self.manager_list(),
-            }
-        } else {
-            PeerMsg::JoinRefused(format!(
-                "node {} is already in the swarm as a {}; remove it first",
-                n.id,
-                role_name(n.role)
-            ))
+        let answer = PeerMsg::JoinAccepted {
+            cluster_id: c.cluster_id,
+            role: n.role,
+            managers: self.manager_list(),
         };
         self.answer_joiner(key, via, answer);
         true
@@ -1971,6 +2039,7 @@ impl Manager {
             until_voter: false,
             unheard: BTreeMap::new(),
             check_unheard_at: None,
+            role_query_at: None,
         }
     }
 

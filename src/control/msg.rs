@@ -90,6 +90,11 @@ pub enum PeerMsg {
     /// From a manager to a joiner: the join cannot be decided now (no leader, or the
     /// leadership moved before it committed); the joiner keeps asking until its timeout.
     JoinWait(String),
+    /// From a manager that has no cluster state some time after it was made one (its
+    /// join or promotion may have been undone before the leader's state reached it) to
+    /// the managers it knows: the leader answers `Demoted` if the state now makes it a
+    /// worker, and stays silent otherwise (the state is on its way).
+    RoleQuery,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

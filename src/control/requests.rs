@@ -462,6 +462,12 @@ impl Control {
             return refuse(self, "the join token does not match the role asked for");
         }
         if self.manager().is_none() {
+            if self.member().is_some() {
+                // Demoted since the token was made: an earlier request of this joiner
+                // may have reached the leader before, so this is no final word.
+                let why = "this node is no longer a manager: use a current manager's token";
+                return self.send(from, PeerMsg::JoinWait(why.into()));
+            }
             return refuse(self, "this node is not a manager");
         }
         let Some(m) = self.manager() else { return };

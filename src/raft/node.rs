@@ -724,6 +724,14 @@ impl Raft {
             .count()
     }
 
+    /// Holds nothing at all: a node that joins (or comes back after erasing its log)
+    /// under an id some configuration may still count. It may once have acknowledged
+    /// entries a candidate lacks, or voted in a term it no longer remembers, so it casts
+    /// no vote until a leader has given it a log.
+    fn blank(&self) -> bool {
+        self.log.last_index() == Index(0)
+    }
+
     fn on_pre_vote(
         &mut self,
         now: Instant,
@@ -734,6 +742,7 @@ impl Raft {
     ) {
         let granted = term > self.hard.term
             && !self.in_lease(now)
+            && !self.blank()
             && self.log.is_up_to_date(last_index, last_term);
         let term = if granted { term } else { self.hard.term };
         self.send(from, Message::PreVoteResp { term, granted });
@@ -750,8 +759,10 @@ impl Raft {
 
     fn on_vote(&mut self, now: Instant, from: NodeId, last_index: Index, last_term: Term) {
         let free = self.hard.vote.is_none_or(|v| v == from);
-        let granted =
-            free && self.leader.is_none() && self.log.is_up_to_date(last_index, last_term);
+        let granted = free
+            && self.leader.is_none()
+            && !self.blank()
+            && self.log.is_up_to_date(last_index, last_term);
         if granted {
             self.hard.vote = Some(from);
             self.ready.hard_state = Some(self.hard);
@@ -1070,7 +1081,13 @@ impl Raft {
                 p.next = p.matched.next();
             }
         } else if !matches!(p.flow, Flow::Snapshot { .. }) {
-            // The follower's log ends at `index` or disagrees before it: back off.
+            // The follower's log ends at `index` or disagrees before it: back off. Below
+            // what it acknowledged, it lost its log (a manager that left with --force
+            // and joined again under the same id; or a late, reordered refusal): start
+            // over from what it has, which at worst sends some entries twice.
+            if index < p.matched {
+                p.matched = index;
+            }
             let hint = index.min(p.next.prev()).max(p.matched);
             p.next = hint.next();
             p.flow = Flow::Probe { waiting: false };

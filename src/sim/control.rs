@@ -1402,14 +1402,28 @@ impl Sim {
                 self.fail(format!("node {i}: join answered Done, but it is no member"));
             }
             // Committed: added since it asked, or (a node that left, or whose first
-            // answer was lost) already there and accepted again.
+            // answer was lost) already there and accepted again. A manager's join is
+            // answered once the state reaches it (or at a deadline), and a user may have
+            // demoted or removed it meanwhile: the state must have held it so at some
+            // point since it asked.
             let role = self.nodes[i].disk.membership.as_ref().map(|m| m.role);
-            let added = self
-                .oracle
-                .state
-                .as_ref()
-                .and_then(|s| s.nodes.get(&id))
-                .is_some_and(|r| Some(r.role) == role);
+            let asked_at = asked.committed;
+            let held = |rows: &[Row]| {
+                rows.iter()
+                    .any(|(rid, rrole, ..)| *rid == id && Some(*rrole) == role)
+            };
+            let mut since = self.oracle.history.iter().rev();
+            let added = since
+                .by_ref()
+                .take_while(|(index, _, _)| *index > asked_at)
+                .any(|(_, _, rows)| held(rows))
+                || self
+                    .oracle
+                    .history
+                    .iter()
+                    .rev()
+                    .find(|(index, _, _)| *index <= asked_at)
+                    .is_some_and(|(_, _, rows)| held(rows));
             if !added {
                 self.fail(format!(
                     "node {i}: join answered Done as a {role:?}, but the committed state does not hold it so"
@@ -1426,16 +1440,26 @@ impl Sim {
             // Out of the state too, unless its record was there before (it left, or an
             // earlier join was cut short by a crash), or a user removed it again before
             // its join could learn it was in.
-            let n = &self.nodes[i];
             let added = self.oracle.commands.iter().any(|(index, cmd, ok)| {
                 *ok && *index > asked.committed && matches!(cmd, Command::AddNode(r) if r.id == id)
             });
+            let within = format!("within {} s", JOIN_TIMEOUT.as_secs());
             let still_in = self
                 .oracle
                 .state
                 .as_ref()
                 .is_some_and(|s| s.nodes.contains_key(&id));
-            if added && still_in && !n.left && !n.orphaned {
+            // A join that timed out cannot know whether its node was added (the entry
+            // may commit after the deadline, or its answer may be lost), and says so;
+            // joining again completes it.
+            let timed_out = matches!(&resp, Response::Error(e) if e.contains(&within));
+            if timed_out {
+                // Like a join cut short by a crash: its record may stay with nobody
+                // behind it (Down, for a user to remove or the node to join again).
+                self.nodes[i].orphaned = true;
+            }
+            let n = &self.nodes[i];
+            if added && still_in && !timed_out && !n.left && !n.orphaned {
                 self.fail(format!(
                     "node {i}: {} failed ({}), but the cluster added the node",
                     asked.what,
