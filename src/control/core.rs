@@ -1552,11 +1552,14 @@ impl Control {
             }
             (Some(id), _) => self.emit(Effect::ChangeVoters(ConfigChange::AddVoter(id))),
             (None, Some(v)) if v == me => {
+                // Hand over to a voter gossip shows alive that has acknowledged
+                // something; a dead one would take the transfer and never finish it.
+                let live = |id: &&NodeId| voters.contains(*id) && self.alive(**id);
                 let next = want
                     .iter()
-                    .filter(|id| voters.contains(id))
+                    .filter(live)
                     .find(|id| !m.raft.unreached.contains(id))
-                    .or(want.iter().find(|id| voters.contains(id)))
+                    .or(want.iter().find(live))
                     .copied();
                 if let Some(next) = next {
                     self.emit(Effect::TransferLeadership(next));
