@@ -194,8 +194,13 @@ pub enum Effect {
     StartRaft {
         bootstrap: Option<Vec<u8>>,
     },
-    /// Stop Raft and erase its log (a demoted manager's log is of no further use).
-    StopRaft,
+    /// Stop Raft; `erase` its log when the node leaves the cluster. A demoted manager
+    /// keeps its log (and its term and vote): promoted again, it carries on from them,
+    /// as Raft requires of a member that comes back, instead of returning blank under
+    /// an id older configurations may still count.
+    StopRaft {
+        erase: bool,
+    },
     StartGossip {
         advertise: SocketAddr,
         seeds: Vec<NodeId>,
@@ -1300,6 +1305,36 @@ impl Control {
         self.reconcile_voters();
         self.maybe_step_down();
         self.nudge_promoted(now);
+        self.drop_strangers();
+    }
+
+    /// A manager forgets peers that neither its state nor Raft's configuration holds:
+    /// nodes removed before the snapshot it restarted from, which its membership file
+    /// still names because they were managers once. Raft's configuration, taken from the
+    /// whole log, keeps every manager it may need to elect a leader with; a worker added
+    /// after the snapshot comes back when its entry is applied.
+    fn drop_strangers(&mut self) {
+        let me = self.me.id;
+        let Some(m) = self.manager() else { return };
+        let Some(c) = m.cluster.as_ref() else { return };
+        if m.raft.voters.is_empty() {
+            return; // Raft has not told us its configuration yet
+        }
+        let stale: Vec<NodeId> = m
+            .member
+            .peers
+            .keys()
+            .copied()
+            .filter(|id| {
+                *id != me
+                    && !c.nodes.contains_key(id)
+                    && !m.raft.voters.contains(id)
+                    && !m.raft.learners.contains(id)
+            })
+            .collect();
+        if !stale.is_empty() {
+            self.refresh_peers(&stale, &[]);
+        }
     }
 
     /// Answers every request still waiting for a commit: a manager that lost the
@@ -1456,6 +1491,7 @@ impl Control {
         self.reconcile_voters();
         self.maybe_step_down();
         self.nudge_promoted(now);
+        self.drop_strangers();
     }
 
     pub(super) fn manager_list(&self) -> Vec<ManagerAddr> {
@@ -1610,7 +1646,7 @@ impl Control {
         };
         let mut member = m.member;
         member.membership.role = NodeRole::Worker;
-        self.emit(Effect::StopRaft);
+        self.emit(Effect::StopRaft { erase: false });
         self.emit(Effect::SaveMembership(Some(member.membership.clone())));
         self.state = NodeState::Worker(member);
         if let Some((id, _)) = m.joined {
@@ -1868,7 +1904,6 @@ impl Control {
 
     /// Forgets the cluster (after `leave`): every part of membership is closed down.
     pub(super) fn forget_cluster(&mut self) {
-        let was_manager = matches!(self.state, NodeState::Manager(_));
         if let Some((id, _)) = self.manager_mut().and_then(|m| m.joined.take()) {
             let resp = Response::Error("this node left the swarm while joining it".into());
             self.emit(Effect::Answer { id, resp });
@@ -1880,9 +1915,8 @@ impl Control {
             .unwrap_or_default();
         self.state = NodeState::Idle;
         self.emit(Effect::LeaveGossip);
-        if was_manager {
-            self.emit(Effect::StopRaft);
-        }
+        // A demoted manager kept its log: leaving erases it too.
+        self.emit(Effect::StopRaft { erase: true });
         for k in peers {
             self.emit(Effect::RemovePeer(k));
         }
@@ -1983,10 +2017,24 @@ impl Control {
         let Some(n) = c.node_by_key(&key) else {
             return false;
         };
-        let answer = PeerMsg::JoinAccepted {
-            cluster_id: c.cluster_id,
-            role: n.role,
-            managers: self.manager_list(),
+        // A manager Raft has heard from that joins again has lost its log (it left with
+        // --force): as the same voter, blank, it could help elect a leader missing
+        // entries it once acknowledged. It must leave the voters first.
+        let heard = self.manager().is_some_and(|m| {
+            (m.raft.voters.contains(&n.id) || m.raft.learners.contains(&n.id))
+                && !m.raft.unreached.contains(&n.id)
+        });
+        let answer = if n.role == NodeRole::Manager && heard {
+            PeerMsg::JoinRefused(format!(
+                "node {} left the swarm while a manager and its Raft log is gone; on a manager, demote it (`swarmlet node demote {}`), then join again",
+                n.id, n.hostname
+            ))
+        } else {
+            PeerMsg::JoinAccepted {
+                cluster_id: c.cluster_id,
+                role: n.role,
+                managers: self.manager_list(),
+            }
         };
         self.answer_joiner(key, via, answer);
         true
