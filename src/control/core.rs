@@ -194,13 +194,10 @@ pub enum Effect {
     StartRaft {
         bootstrap: Option<Vec<u8>>,
     },
-    /// Stop Raft; `erase` its log when the node leaves the cluster. A demoted manager
-    /// keeps its log (and its term and vote): promoted again, it carries on from them,
-    /// as Raft requires of a member that comes back, instead of returning blank under
-    /// an id older configurations may still count.
-    StopRaft {
-        erase: bool,
-    },
+    /// Stop Raft and erase its log (a demoted or departing manager's log is of no
+    /// further use: promoted again, it starts blank, and casts no vote until a leader
+    /// has given it a log).
+    StopRaft,
     StartGossip {
         advertise: SocketAddr,
         seeds: Vec<NodeId>,
@@ -1305,36 +1302,6 @@ impl Control {
         self.reconcile_voters();
         self.maybe_step_down();
         self.nudge_promoted(now);
-        self.drop_strangers();
-    }
-
-    /// A manager forgets peers that neither its state nor Raft's configuration holds:
-    /// nodes removed before the snapshot it restarted from, which its membership file
-    /// still names because they were managers once. Raft's configuration, taken from the
-    /// whole log, keeps every manager it may need to elect a leader with; a worker added
-    /// after the snapshot comes back when its entry is applied.
-    fn drop_strangers(&mut self) {
-        let me = self.me.id;
-        let Some(m) = self.manager() else { return };
-        let Some(c) = m.cluster.as_ref() else { return };
-        if m.raft.voters.is_empty() {
-            return; // Raft has not told us its configuration yet
-        }
-        let stale: Vec<NodeId> = m
-            .member
-            .peers
-            .keys()
-            .copied()
-            .filter(|id| {
-                *id != me
-                    && !c.nodes.contains_key(id)
-                    && !m.raft.voters.contains(id)
-                    && !m.raft.learners.contains(id)
-            })
-            .collect();
-        if !stale.is_empty() {
-            self.refresh_peers(&stale, &[]);
-        }
     }
 
     /// Answers every request still waiting for a commit: a manager that lost the
@@ -1491,7 +1458,6 @@ impl Control {
         self.reconcile_voters();
         self.maybe_step_down();
         self.nudge_promoted(now);
-        self.drop_strangers();
     }
 
     pub(super) fn manager_list(&self) -> Vec<ManagerAddr> {
@@ -1646,7 +1612,7 @@ impl Control {
         };
         let mut member = m.member;
         member.membership.role = NodeRole::Worker;
-        self.emit(Effect::StopRaft { erase: false });
+        self.emit(Effect::StopRaft);
         self.emit(Effect::SaveMembership(Some(member.membership.clone())));
         self.state = NodeState::Worker(member);
         if let Some((id, _)) = m.joined {
@@ -1915,8 +1881,7 @@ impl Control {
             .unwrap_or_default();
         self.state = NodeState::Idle;
         self.emit(Effect::LeaveGossip);
-        // A demoted manager kept its log: leaving erases it too.
-        self.emit(Effect::StopRaft { erase: true });
+        self.emit(Effect::StopRaft);
         for k in peers {
             self.emit(Effect::RemovePeer(k));
         }

@@ -491,7 +491,7 @@ impl Stack {
                 self.bootstrap = bootstrap;
                 self.io.push_back(Io::OpenLog);
             }
-            Effect::StopRaft { erase } => {
+            Effect::StopRaft => {
                 self.raft = None;
                 self.view = None;
                 self.bootstrap = None;
@@ -499,9 +499,7 @@ impl Stack {
                 self.queued.clear();
                 // What waited on a write now has nobody to go to.
                 self.held = None;
-                if erase {
-                    self.io.push_back(Io::EraseLog);
-                }
+                self.io.push_back(Io::EraseLog);
             }
             Effect::StartGossip { advertise, seeds } => {
                 let meta = GossipMeta {

@@ -1291,13 +1291,10 @@ fn demotion_removes_the_voter_and_the_demoted_node_stops_raft() {
     let (mut d, _) = manager(3, &s, view(Role::Follower, Some(1), &[1, 2, 3]));
     d.handle(now, committed(&cmd, 11));
     let e = drain(&mut d);
-    assert!(
-        !e.contains(&Effect::StopRaft { erase: false }),
-        "still a voter: {e:#?}"
-    );
+    assert!(!e.contains(&Effect::StopRaft), "still a voter: {e:#?}");
     d.handle(now, Input::Raft(view(Role::Follower, Some(1), &[1, 2])));
     let e = drain(&mut d);
-    assert_eq!(e[0], Effect::StopRaft { erase: false });
+    assert_eq!(e[0], Effect::StopRaft);
     assert!(matches!(&e[1], Effect::SaveMembership(Some(m)) if m.role == NodeRole::Worker));
     assert!(matches!(d.state(), NodeState::Worker(_)));
 
@@ -1598,7 +1595,7 @@ fn leaving_closes_everything_down_and_managers_must_force() {
     assert!(error_of(&drain(&mut m), 3).contains("--force"));
     m.handle(now, api(4, Request::Leave { force: true }));
     let e = drain(&mut m);
-    assert!(e.contains(&Effect::StopRaft { erase: true }));
+    assert!(e.contains(&Effect::StopRaft));
     assert!(
         error_of(&e, 2).contains("left the swarm"),
         "a forwarded request is answered"

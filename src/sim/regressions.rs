@@ -429,7 +429,7 @@ fn a_promoted_worker_does_not_take_an_older_snapshot_for_a_demotion() {
     while let Some(e) = c.poll_effect() {
         assert_ne!(
             e,
-            Effect::StopRaft { erase: false },
+            Effect::StopRaft,
             "stepped down on a state older than its promotion"
         );
     }
@@ -517,7 +517,7 @@ fn a_manager_that_missed_its_demotion_steps_down_when_told() {
         );
         let mut stopped = false;
         while let Some(e) = c.poll_effect() {
-            stopped |= e == Effect::StopRaft { erase: false };
+            stopped |= e == Effect::StopRaft;
         }
         stopped
     };
