@@ -261,6 +261,8 @@ pub struct Member {
     /// Nodes this process saw leave the cluster state: gossip, which still carries them,
     /// must not bring them back as peers.
     removed: BTreeSet<NodeId>,
+    /// A worker replicated to: when it may next ask whether it is a manager.
+    role_query_at: Option<Instant>,
 }
 
 /// What a manager has on top.
@@ -568,22 +570,48 @@ impl Control {
     }
 
     /// Leader: a node asks whether it is still a manager. Told `Demoted` if the state
-    /// makes it a worker and Raft's configuration, committed, no longer holds it.
+    /// makes it a worker and Raft's configuration, committed, no longer holds it; told
+    /// `Promoted` if the state makes it a manager (a worker that stepped down on a
+    /// demotion that a promotion then undid).
     fn on_role_query(&mut self, from: PeerKey) {
         let Some(m) = self.manager() else {
             self.counters.messages_ignored += 1;
             return;
         };
-        let worker = m
+        if m.raft.role != Role::Leader {
+            return;
+        }
+        let role = m
             .cluster
             .as_ref()
             .and_then(|c| c.node_by_key(&from))
-            .is_some_and(|n| n.role == NodeRole::Worker);
+            .map(|n| n.role);
         let id = cluster::node_id(&from);
         let out = !m.raft.voters.contains(&id) && !m.raft.learners.contains(&id);
-        if m.raft.role == Role::Leader && !m.raft.config_pending && worker && out {
-            self.send(from, PeerMsg::Demoted);
+        match role {
+            Some(NodeRole::Worker) if !m.raft.config_pending && out => {
+                self.send(from, PeerMsg::Demoted)
+            }
+            Some(NodeRole::Manager) => {
+                let managers = self.manager_list();
+                self.send(from, PeerMsg::Promoted { managers });
+            }
+            _ => {}
         }
+    }
+
+    /// A worker that the leader replicates to is in Raft's configuration: it asks the
+    /// leader (at most every [`ROLE_QUERY`]) whether it is a manager after all.
+    pub(super) fn replicated_to_worker(&mut self, now: Instant, from: PeerKey) {
+        let NodeState::Worker(w) = &mut self.state else {
+            return;
+        };
+        let known = w.membership.managers.iter().any(|(_, k, _)| *k == from) && w.knows_key(&from);
+        if !known || w.role_query_at.is_some_and(|t| now < t) {
+            return;
+        }
+        w.role_query_at = Some(now + ROLE_QUERY);
+        self.send(from, PeerMsg::RoleQuery);
     }
 
     // ---- queries for the driver --------------------------------------------------
@@ -2027,6 +2055,7 @@ impl Member {
             peers: BTreeMap::new(),
             liveness: BTreeMap::new(),
             removed: BTreeSet::new(),
+            role_query_at: None,
         }
     }
 

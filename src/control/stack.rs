@@ -277,8 +277,18 @@ impl Stack {
                 ) {
                     self.tell_demoted(now, from, id);
                 }
-                if let Some(r) = self.raft.as_mut() {
-                    r.step(now, id, m);
+                match self.raft.as_mut() {
+                    Some(r) => r.step(now, id, m),
+                    // A leader replicates to us: its configuration counts us, though we
+                    // run no Raft (we stepped down on a demotion a promotion undid).
+                    None if matches!(
+                        m,
+                        raft::Message::Append { .. } | raft::Message::Snapshot { .. }
+                    ) =>
+                    {
+                        self.control.replicated_to_worker(now, from)
+                    }
+                    None => {}
                 }
             }
             PeerMsg::Gossip(m) => {
