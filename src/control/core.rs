@@ -55,6 +55,12 @@ pub const MAX_REMOVED_REMEMBERED: usize = 4096;
 /// A manager still without a cluster state asks the managers it knows whether it is
 /// still one this often (see `PeerMsg::RoleQuery`).
 pub const ROLE_QUERY: Duration = Duration::from_secs(2);
+/// A campaigner is told who leads at most this often (it pre-votes every election
+/// timeout, 0.5-1 s).
+pub const LEADER_HINT_RETRY: Duration = Duration::from_secs(2);
+/// Campaigners remembered at once; past this the memory starts afresh (a few hints
+/// more is the only cost).
+const MAX_LEADER_TOLD: usize = 64;
 /// A promoted worker is told to start Raft this often until it answers the leader.
 pub const PROMOTE_RETRY: Duration = Duration::from_secs(1);
 /// A node of the cluster state that the leader's gossip has not heard of at all for this
@@ -288,6 +294,8 @@ pub struct Manager {
     answered: VecDeque<((PeerKey, u64), Response)>,
     /// When each promoted worker was last told to start Raft.
     promoted_sent: BTreeMap<NodeId, Instant>,
+    /// Campaigners told who leads, and when (see `PeerMsg::LeaderHint`).
+    leader_told: BTreeMap<PeerKey, Instant>,
     load: Option<Load>,
     /// The `join` that made this node a manager, answered once the state arrives (or
     /// at the deadline).
@@ -598,6 +606,47 @@ impl Control {
             }
             _ => {}
         }
+    }
+
+    /// A manager campaigns (pre-votes us) while we follow a leader: tell it who leads, at
+    /// most every [`LEADER_HINT_RETRY`].
+    pub fn campaign_heard(&mut self, now: Instant, from: PeerKey) {
+        let me = (self.me.id, self.me.key);
+        let Some(m) = self.manager_mut() else { return };
+        let Some(leader) = m.raft.leader else { return };
+        if cluster::node_id(&from) == leader
+            || m.leader_told
+                .get(&from)
+                .is_some_and(|t| now < *t + LEADER_HINT_RETRY)
+        {
+            return;
+        }
+        let hint = if leader == me.0 {
+            (me.0, me.1, m.member.membership.advertise)
+        } else {
+            let Some(&(key, addr)) = m.member.peers.get(&leader) else {
+                return;
+            };
+            (leader, key, addr)
+        };
+        if m.leader_told.len() >= MAX_LEADER_TOLD {
+            m.leader_told.clear();
+        }
+        m.leader_told.insert(from, now);
+        self.send(from, PeerMsg::LeaderHint(hint));
+    }
+
+    /// Told who leads by a manager we know: take the leader as a peer (unless it was
+    /// removed), so its handshake and appends get through.
+    fn on_leader_hint(&mut self, from: PeerKey, (id, key, addr): ManagerAddr) {
+        let trusted = self.manager().is_some_and(|m| {
+            m.member.knows_key(&from) && !m.member.removed.contains(&id) && m.raft.leader.is_none()
+        });
+        if !trusted || cluster::node_id(&key) != id || id == self.me.id {
+            self.counters.messages_ignored += 1;
+            return;
+        }
+        self.learn_peers(&[(id, key, addr)]);
     }
 
     /// A worker that the leader replicates to is in Raft's configuration: it asks the
@@ -1064,6 +1113,7 @@ impl Control {
             PeerMsg::Promoted { managers } => self.on_promoted(from, managers),
             PeerMsg::Demoted => self.on_demoted(from),
             PeerMsg::RoleQuery => self.on_role_query(from),
+            PeerMsg::LeaderHint(leader) => self.on_leader_hint(from, leader),
         }
     }
 
@@ -2079,6 +2129,7 @@ impl Manager {
             serving: BTreeSet::new(),
             answered: VecDeque::new(),
             promoted_sent: BTreeMap::new(),
+            leader_told: BTreeMap::new(),
             load: None,
             joined: None,
             until_voter: false,

@@ -95,6 +95,11 @@ pub enum PeerMsg {
     /// the managers it knows: the leader answers `Demoted` if the state now makes it a
     /// worker, and stays silent otherwise (the state is on its way).
     RoleQuery,
+    /// From a manager that follows a leader to a manager that campaigns (pre-votes) in
+    /// vain: who leads now. A manager restarted far behind may know neither the leader's
+    /// key nor its address (it joined after the state the campaigner holds), and without
+    /// them it refuses the leader's handshake and never catches up.
+    LeaderHint(ManagerAddr),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

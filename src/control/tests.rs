@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::core::{JOIN_RETRY, MAX_FORWARDED, ROLE_QUERY, UNHEARD_GRACE};
+use super::core::{JOIN_RETRY, LEADER_HINT_RETRY, MAX_FORWARDED, ROLE_QUERY, UNHEARD_GRACE};
 use super::*;
 use crate::api::{Request, Response};
 use crate::cluster::token::{JoinToken, TokenRole};
@@ -828,6 +828,50 @@ fn forwarded_requests_follow_the_leader_and_never_wait_out_a_dead_one() {
     // And a new request fails at once while nobody leads.
     f.handle(t1, api(9, Request::NodeList));
     assert!(error_of(&drain(&mut f), 9).contains("no leader is elected"));
+}
+
+/// A manager restarted far behind campaigns in vain and knows neither the key nor the
+/// address of the leader elected since (SIM_SEED=4000059): a follower tells it who
+/// leads, at most every two seconds, and it takes the leader as a peer.
+#[test]
+fn a_campaigner_is_told_who_leads_and_learns_the_leader() {
+    let s = state(&[1, 2, 3, 4], &[]);
+    let (mut f, now) = manager(2, &s, view(Role::Follower, Some(4), &[1, 2, 3, 4]));
+    f.campaign_heard(now, key(3));
+    let hint = PeerMsg::LeaderHint((id(4), key(4), addr(4)));
+    assert_eq!(
+        drain(&mut f),
+        vec![Effect::Send {
+            to: key(3),
+            msg: hint.clone()
+        }]
+    );
+    f.campaign_heard(now + Duration::from_secs(1), key(3));
+    assert_eq!(drain(&mut f), vec![], "not again within the retry interval");
+    f.campaign_heard(now + LEADER_HINT_RETRY, key(3));
+    assert_eq!(drain(&mut f).len(), 1);
+    // The leader campaigning itself hears nothing.
+    f.campaign_heard(now + LEADER_HINT_RETRY * 2, key(4));
+    assert_eq!(drain(&mut f), vec![]);
+
+    // The campaigner, its state from before node 4 joined and no leader known.
+    let old = state(&[1, 2, 3], &[]);
+    let (mut c, _) = manager(3, &old, view(Role::PreCandidate, None, &[1, 2, 3]));
+    assert!(!c.admits(&key(4)));
+    // From a stranger, nothing.
+    c.handle(now, peer(9, hint.clone()));
+    assert_eq!(drain(&mut c), vec![]);
+    c.handle(now, peer(2, hint));
+    assert_eq!(
+        drain(&mut c),
+        vec![Effect::SetPeer {
+            key: key(4),
+            addr: addr(4),
+            psk: MEMBER_PSK,
+            psk_id: PskId::MEMBER
+        }]
+    );
+    assert!(c.admits(&key(4)));
 }
 
 #[test]
