@@ -1429,6 +1429,24 @@ impl Sim {
                     "node {i}: join answered Done as a {role:?}, but the committed state does not hold it so"
                 ));
             }
+            // Removed while its answer was on the way: it is a member that does not
+            // know it was removed, like one removed after joining.
+            let in_state = self
+                .oracle
+                .state
+                .as_ref()
+                .is_some_and(|s| s.nodes.contains_key(&id));
+            if !in_state {
+                self.nodes[i].removed_at =
+                    self.oracle
+                        .commands
+                        .iter()
+                        .rev()
+                        .find_map(|(index, cmd, ok)| {
+                            (*ok && matches!(cmd, Command::RemoveNode(r) if *r == id))
+                                .then_some(*index)
+                        });
+            }
         } else {
             self.stats.joins_failed += 1;
             if state != "idle" || has_membership || open {
