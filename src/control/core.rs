@@ -1957,9 +1957,13 @@ impl Control {
             .member()
             .map(|m| m.peers.values().map(|(k, _)| *k).collect())
             .unwrap_or_default();
+        let was_manager = matches!(self.state, NodeState::Manager(_));
         self.state = NodeState::Idle;
         self.emit(Effect::LeaveGossip);
-        self.emit(Effect::StopRaft);
+        if was_manager {
+            // A worker runs no Raft and holds no log (a demotion erased it).
+            self.emit(Effect::StopRaft);
+        }
         for k in peers {
             self.emit(Effect::RemovePeer(k));
         }
