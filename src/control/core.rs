@@ -100,6 +100,9 @@ pub struct RaftView {
     /// Leader only: members that have acknowledged nothing yet (a promoted worker that
     /// has not started Raft).
     pub unreached: BTreeSet<NodeId>,
+    /// The highest index Raft knows committed. Entries reach the core once durable, so
+    /// its state may lag this for a moment (a leader just elected or restarted).
+    pub commit: Index,
 }
 
 impl Default for RaftView {
@@ -112,6 +115,7 @@ impl Default for RaftView {
             learners: BTreeSet::new(),
             config_pending: false,
             unreached: BTreeSet::new(),
+            commit: Index(0),
         }
     }
 }
@@ -481,7 +485,7 @@ impl Control {
         let unheard = self.manager().and_then(|m| m.check_unheard_at);
         let query = self
             .manager()
-            .filter(|m| m.cluster.is_none())
+            .filter(|m| m.unsure_of_role(self.me.id))
             .and_then(|m| m.role_query_at);
         [join, forward, promote, joined, unheard, query]
             .into_iter()
@@ -490,7 +494,6 @@ impl Control {
     }
 
     pub fn handle(&mut self, now: Instant, input: Input) {
-        self.arm_role_query(now);
         match input {
             Input::Api { id, req } => self.on_local_request(now, id, req),
             Input::Peer { from, psk, msg } => self.on_peer(now, from, psk, msg),
@@ -502,13 +505,17 @@ impl Control {
             Input::Read { ctx, result } => self.on_read(ctx, result),
             Input::Gossip(e) => self.on_gossip(e),
         }
+        self.arm_role_query(now);
     }
 
-    /// A manager without a state (joined, promoted, or restarted before the leader's
-    /// state reached it) asks after [`ROLE_QUERY`] whether it still is one.
+    /// A manager unsure of its role (see [`Manager::unsure_of_role`]) asks after
+    /// [`ROLE_QUERY`] whether it still is one.
     fn arm_role_query(&mut self, now: Instant) {
+        let me = self.me.id;
         if let Some(m) = self.manager_mut() {
-            if m.cluster.is_none() && m.role_query_at.is_none() {
+            if !m.unsure_of_role(me) {
+                m.role_query_at = None;
+            } else if m.role_query_at.is_none() {
                 m.role_query_at = Some(now + ROLE_QUERY);
             }
         }
@@ -553,13 +560,14 @@ impl Control {
             self.check_unheard(now);
         }
         self.query_role(now);
+        self.arm_role_query(now);
     }
 
-    /// A manager without a state asks the managers it knows whether it still is one.
+    /// A manager unsure of its role asks the managers it knows whether it still is one.
     fn query_role(&mut self, now: Instant) {
         let me = self.me.id;
         let Some(m) = self.manager_mut() else { return };
-        let due = m.cluster.is_none() && m.role_query_at.is_some_and(|t| now >= t);
+        let due = m.unsure_of_role(me) && m.role_query_at.is_some_and(|t| now >= t);
         if !due {
             return;
         }
@@ -586,7 +594,7 @@ impl Control {
             self.counters.messages_ignored += 1;
             return;
         };
-        if m.raft.role != Role::Leader {
+        if m.raft.role != Role::Leader || !m.state_current() {
             return;
         }
         let role = m
@@ -647,6 +655,11 @@ impl Control {
             return;
         }
         self.learn_peers(&[(id, key, addr)]);
+        // It may campaign in vain because the swarm demoted it and took it out of Raft
+        // in entries it never got (a leader does not replicate to a node it removed):
+        // ask the leader, who says `Demoted` if so. Hints come at most every
+        // LEADER_HINT_RETRY, so these questions do too.
+        self.send(key, PeerMsg::RoleQuery);
     }
 
     /// A worker that the leader replicates to is in Raft's configuration: it asks the
@@ -1601,7 +1614,7 @@ impl Control {
     fn reconcile_voters(&mut self) {
         let Some(m) = self.manager() else { return };
         let Some(c) = m.cluster.as_ref() else { return };
-        if m.raft.role != Role::Leader || m.raft.config_pending {
+        if m.raft.role != Role::Leader || m.raft.config_pending || !m.state_current() {
             return;
         }
         let (voters, learners) = (&m.raft.voters, &m.raft.learners);
@@ -2145,6 +2158,23 @@ impl Manager {
 
     pub(super) fn raft(&self) -> &RaftView {
         &self.raft
+    }
+
+    /// Whether this manager should ask the leader if it still is one: it has no state
+    /// yet (joined, promoted, or restarted before the leader's state reached it), or its
+    /// state made it a worker and the configuration change that takes it out of Raft
+    /// has not reached it (a leader stops replicating to a node it removed, so that
+    /// change may never come).
+    /// Whether the state holds everything Raft knows committed: a leader acts on the
+    /// state (voters, role answers) only then, never on a stale one that would undo
+    /// what it does not know yet (a restarted leader replaying its log).
+    fn state_current(&self) -> bool {
+        self.cluster.is_some() && self.applied >= self.raft.commit
+    }
+
+    fn unsure_of_role(&self, me: NodeId) -> bool {
+        let Some(c) = &self.cluster else { return true };
+        !self.until_voter && c.nodes.get(&me).is_some_and(|n| n.role == NodeRole::Worker)
     }
 }
 

@@ -716,6 +716,7 @@ impl Stack {
                         .collect()
                 })
                 .unwrap_or_default(),
+            commit: status.commit,
         };
         if self.view.as_ref() == Some(&view) {
             return false;

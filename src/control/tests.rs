@@ -135,6 +135,7 @@ fn view(role: Role, leader: Option<u8>, voters: &[u8]) -> RaftView {
         learners: BTreeSet::new(),
         config_pending: false,
         unreached: BTreeSet::new(),
+        commit: Index(0),
     }
 }
 
@@ -568,7 +569,8 @@ fn a_manager_join_answers_once_the_state_arrives() {
             !e.iter().any(|e| matches!(e, Effect::Answer { .. })),
             "{e:#?}"
         );
-        assert_eq!(j.poll_timeout(), Some(now + JOIN_TIMEOUT));
+        // Without a state it does not know it is a manager: it asks after ROLE_QUERY.
+        assert_eq!(j.poll_timeout(), Some(now + ROLE_QUERY.min(JOIN_TIMEOUT)));
         if state_arrives {
             let mut with_me = s.clone();
             with_me
@@ -862,14 +864,22 @@ fn a_campaigner_is_told_who_leads_and_learns_the_leader() {
     c.handle(now, peer(9, hint.clone()));
     assert_eq!(drain(&mut c), vec![]);
     c.handle(now, peer(2, hint));
+    // It takes the leader as a peer and asks it whether it is still a manager (the swarm
+    // may have demoted it in entries it never got).
     assert_eq!(
         drain(&mut c),
-        vec![Effect::SetPeer {
-            key: key(4),
-            addr: addr(4),
-            psk: MEMBER_PSK,
-            psk_id: PskId::MEMBER
-        }]
+        vec![
+            Effect::SetPeer {
+                key: key(4),
+                addr: addr(4),
+                psk: MEMBER_PSK,
+                psk_id: PskId::MEMBER
+            },
+            Effect::Send {
+                to: key(4),
+                msg: PeerMsg::RoleQuery
+            }
+        ]
     );
     assert!(c.admits(&key(4)));
 }
@@ -1340,6 +1350,41 @@ fn demotion_removes_the_voter_and_the_demoted_node_stops_raft() {
     let e = drain(&mut d);
     assert_eq!(e[0], Effect::StopRaft);
     assert!(matches!(&e[1], Effect::SaveMembership(Some(m)) if m.role == NodeRole::Worker));
+    assert!(matches!(d.state(), NodeState::Worker(_)));
+
+    // The configuration that drops it may never reach it (a leader does not replicate to
+    // a node it removed): it asks the managers, and the leader, whose committed
+    // configuration no longer holds it, says it was demoted.
+    let (mut d, now) = manager(3, &s, view(Role::Follower, Some(1), &[1, 2, 3]));
+    assert_eq!(d.poll_timeout(), None);
+    d.handle(now, committed(&cmd, 11));
+    drain(&mut d);
+    let at = d.poll_timeout().expect("the role query's timer");
+    assert_eq!(at, now + ROLE_QUERY);
+    d.handle_timeout(at);
+    let asked: Vec<_> = drain(&mut d)
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Send {
+                to,
+                msg: PeerMsg::RoleQuery,
+            } => Some(to),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked, vec![key(1), key(2)]);
+    l.handle(now, Input::Raft(view(Role::Leader, Some(1), &[1, 2])));
+    drain(&mut l);
+    l.handle(now, peer(3, PeerMsg::RoleQuery));
+    assert_eq!(
+        drain(&mut l),
+        vec![Effect::Send {
+            to: key(3),
+            msg: PeerMsg::Demoted
+        }]
+    );
+    d.handle(now, peer(1, PeerMsg::Demoted));
+    assert_eq!(drain(&mut d)[0], Effect::StopRaft);
     assert!(matches!(d.state(), NodeState::Worker(_)));
 
     // The last manager cannot be demoted.
