@@ -61,6 +61,9 @@ pub const LEADER_HINT_RETRY: Duration = Duration::from_secs(2);
 /// Campaigners remembered at once; past this the memory starts afresh (a few hints
 /// more is the only cost).
 const MAX_LEADER_TOLD: usize = 64;
+/// Managers a worker remembers from gossip (Raft clusters have a handful; this bounds
+/// what a peer's claims can make it store).
+const MAX_MANAGERS_REMEMBERED: usize = 64;
 /// A promoted worker is told to start Raft this often until it answers the leader.
 pub const PROMOTE_RETRY: Duration = Duration::from_secs(1);
 /// A node of the cluster state that the leader's gossip has not heard of at all for this
@@ -314,6 +317,8 @@ pub struct Manager {
     check_unheard_at: Option<Instant>,
     /// Made a manager and still without a state: when to ask whether it still is one.
     role_query_at: Option<Instant>,
+    /// The leader a `LeaderHint` named, whose `Demoted` counts.
+    hinted_leader: Option<PeerKey>,
 }
 
 /// Who hears the outcome of a proposal.
@@ -450,6 +455,10 @@ impl Control {
 
     pub fn state(&self) -> &NodeState {
         &self.state
+    }
+
+    pub fn is_manager(&self) -> bool {
+        matches!(self.state, NodeState::Manager(_))
     }
 
     pub fn counters(&self) -> &Counters {
@@ -655,6 +664,9 @@ impl Control {
             return;
         }
         self.learn_peers(&[(id, key, addr)]);
+        if let Some(m) = self.manager_mut() {
+            m.hinted_leader = Some(key);
+        }
         // It may campaign in vain because the swarm demoted it and took it out of Raft
         // in entries it never got (a leader does not replicate to a node it removed):
         // ask the leader, who says `Demoted` if so. Hints come at most every
@@ -1609,6 +1621,40 @@ impl Control {
         }
     }
 
+    /// A worker keeps the managers gossip tells of in its membership file: a restart
+    /// looks for the cluster there, and the managers it joined through may be gone by
+    /// then (a rack that loses power comes back without the node it was set up from).
+    /// A manager's list comes from the cluster state instead.
+    fn remember_manager(&mut self, id: NodeId, meta: &GossipMeta) {
+        let NodeState::Worker(w) = &mut self.state else {
+            return;
+        };
+        let list = &mut w.membership.managers;
+        let entry = (id, meta.key, meta.addr);
+        let at = list.iter().position(|(i, _, _)| *i == id);
+        let changed = match (at, meta.manager) {
+            (None, Some(true)) if list.len() < MAX_MANAGERS_REMEMBERED => {
+                list.push(entry);
+                list.sort_by_key(|(i, _, _)| *i);
+                true
+            }
+            (Some(i), Some(true)) if list[i] != entry => {
+                list[i] = entry;
+                true
+            }
+            // Demoted; the last one known stays, a place to look is better than none.
+            (Some(i), Some(false)) if list.len() > 1 => {
+                list.remove(i);
+                true
+            }
+            _ => false,
+        };
+        if changed {
+            let saved = w.membership.clone();
+            self.emit(Effect::SaveMembership(Some(saved)));
+        }
+    }
+
     /// The leader keeps Raft's voters equal to the managers in the cluster state, one
     /// change at a time.
     fn reconcile_voters(&mut self) {
@@ -1667,8 +1713,12 @@ impl Control {
     /// that said so, and campaign with an old configuration): stop Raft and carry on as
     /// a worker. Only a manager we know may say so.
     fn on_demoted(&mut self, from: PeerKey) {
+        // A leader a known manager told us of counts: it may have joined after our
+        // state, which then does not name it.
+        let hinted = self.manager().is_some_and(|m| m.hinted_leader == Some(from));
         let known = self.member().is_some_and(|m| {
-            m.membership.managers.iter().any(|(_, k, _)| *k == from) && m.knows_key(&from)
+            (hinted || m.membership.managers.iter().any(|(_, k, _)| *k == from))
+                && m.knows_key(&from)
         });
         if !known || !matches!(self.state, NodeState::Manager(_)) {
             self.counters.messages_ignored += 1;
@@ -1861,6 +1911,7 @@ impl Control {
                 if let Some(m) = GossipMeta::decode(&meta) {
                     if cluster::node_id(&m.key) == id && id != me && !outside {
                         self.learn_peers(&[(id, m.key, m.addr)]);
+                        self.remember_manager(id, &m);
                     }
                 }
                 (id, gossip::Status::Alive)
@@ -2153,6 +2204,7 @@ impl Manager {
             unheard: BTreeMap::new(),
             check_unheard_at: None,
             role_query_at: None,
+            hinted_leader: None,
         }
     }
 

@@ -144,19 +144,37 @@ impl PeerMsg {
 }
 
 /// What gossip carries about each node, so any member can address any other.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// On the wire: the key and address (postcard), then one byte, 1 for a manager. The
+/// byte came later: a meta without it is from an older node and says nothing of its
+/// role, and older nodes read the key and address and ignore the rest.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GossipMeta {
     pub key: PeerKey,
     pub addr: SocketAddr,
+    /// Whether it is a manager (None: an older node, which does not say). Workers keep
+    /// the managers they hear of in their membership file, so a restart finds the
+    /// cluster even when the managers it joined through are gone.
+    pub manager: Option<bool>,
 }
 
 impl GossipMeta {
     pub fn encode(&self) -> Vec<u8> {
-        postcard::to_allocvec(self).expect("invariant: gossip meta serialises")
+        let mut b =
+            postcard::to_allocvec(&(self.key, self.addr)).expect("invariant: gossip meta serialises");
+        if let Some(m) = self.manager {
+            b.push(u8::from(m));
+        }
+        b
     }
 
     pub fn decode(b: &[u8]) -> Option<GossipMeta> {
-        postcard::from_bytes(b).ok()
+        let ((key, addr), rest) = postcard::take_from_bytes::<(PeerKey, SocketAddr)>(b).ok()?;
+        Some(GossipMeta {
+            key,
+            addr,
+            manager: rest.first().map(|b| *b == 1),
+        })
     }
 }
 
@@ -194,6 +212,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn gossip_meta_carries_the_role_and_reads_across_versions() {
+        let key = PeerKey([7; 32]);
+        let addr: SocketAddr = "10.0.0.7:2377".parse().unwrap();
+        for manager in [None, Some(false), Some(true)] {
+            let m = GossipMeta { key, addr, manager };
+            assert_eq!(GossipMeta::decode(&m.encode()), Some(m));
+        }
+        // An older node's meta (key and address only) says nothing of the role.
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Old {
+            key: PeerKey,
+            addr: SocketAddr,
+        }
+        let old = postcard::to_allocvec(&Old { key, addr }).unwrap();
+        assert_eq!(
+            GossipMeta::decode(&old),
+            Some(GossipMeta {
+                key,
+                addr,
+                manager: None
+            })
+        );
+        // And an older node reads ours.
+        let new = GossipMeta {
+            key,
+            addr,
+            manager: Some(true),
+        };
+        assert_eq!(
+            postcard::from_bytes::<Old>(&new.encode()).unwrap(),
+            Old { key, addr }
+        );
+        assert_eq!(GossipMeta::decode(&[1, 2, 3]), None);
+    }
+
+    #[test]
     fn peer_messages_round_trip_and_refuse_garbage() {
         let m = PeerMsg::ApiForward {
             id: 7,
@@ -222,6 +276,7 @@ mod tests {
             addr: "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535"
                 .parse()
                 .unwrap(),
+            manager: Some(true),
         };
         let len = widest.encode().len();
         assert!(len <= crate::gossip::MAX_META, "{len} bytes");

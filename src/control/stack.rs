@@ -140,6 +140,8 @@ pub struct Stack {
     control: Control,
     raft: Option<Raft>,
     gossip: Option<Gossip>,
+    /// What gossip says about us; its role follows the control core's.
+    meta: Option<GossipMeta>,
     cfg: StackConfig,
     rng: ChaCha8Rng,
     io: VecDeque<Io>,
@@ -180,6 +182,7 @@ impl Stack {
             control: Control::new(me, membership, control_seed),
             raft: None,
             gossip: None,
+            meta: None,
             cfg,
             rng,
             io: VecDeque::new(),
@@ -461,6 +464,7 @@ impl Stack {
             progress |= self.drain_raft(now);
             progress |= self.drain_gossip(now);
             progress |= self.refresh_view(now);
+            progress |= self.refresh_meta();
             if !progress {
                 break;
             }
@@ -516,6 +520,7 @@ impl Stack {
                 let meta = GossipMeta {
                     key: self.control.me.key,
                     addr: advertise,
+                    manager: Some(self.control.is_manager()),
                 };
                 let seed = self.rng.next_u64();
                 let mut g = Gossip::new(
@@ -529,6 +534,7 @@ impl Stack {
                     g.join(s);
                 }
                 self.gossip = Some(g);
+                self.meta = Some(meta);
             }
             Effect::LeaveGossip => {
                 if let Some(g) = self.gossip.as_mut() {
@@ -536,6 +542,7 @@ impl Stack {
                 }
                 self.drain_gossip(now);
                 self.gossip = None;
+                self.meta = None;
             }
             Effect::Propose { tag, cmd } => {
                 let result = match self.raft.as_mut() {
@@ -691,6 +698,20 @@ impl Stack {
             }),
             None => self.counters.unaddressable += 1,
         }
+    }
+
+    /// Spreads a change of our role (promoted, demoted) through gossip.
+    fn refresh_meta(&mut self) -> bool {
+        let manager = self.control.is_manager();
+        let (Some(g), Some(meta)) = (self.gossip.as_mut(), self.meta.as_mut()) else {
+            return false;
+        };
+        if meta.manager == Some(manager) {
+            return false;
+        }
+        meta.manager = Some(manager);
+        g.set_meta(meta.encode());
+        true
     }
 
     /// Tells the control core when what it knows of Raft changed.

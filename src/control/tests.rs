@@ -101,6 +101,7 @@ fn seen_alive(c: &mut Control, now: Instant, ns: &[u8]) {
         let meta = GossipMeta {
             key: key(*n),
             addr: addr(*n),
+            manager: None,
         };
         let alive = gossip::Event::Alive {
             id: id(*n),
@@ -882,6 +883,10 @@ fn a_campaigner_is_told_who_leads_and_learns_the_leader() {
         ]
     );
     assert!(c.admits(&key(4)));
+    // Its state does not name node 4 a manager, yet the leader's word counts.
+    c.handle(now, peer(4, PeerMsg::Demoted));
+    assert_eq!(drain(&mut c)[0], Effect::StopRaft);
+    assert!(matches!(c.state(), NodeState::Worker(_)));
 }
 
 #[test]
@@ -1625,6 +1630,7 @@ fn the_leader_records_what_gossip_says_and_catches_up_when_elected() {
     let meta = GossipMeta {
         key: key(9),
         addr: addr(9),
+        manager: Some(false),
     };
     let (mut w, _) = worker(5, &[1]);
     w.handle(
@@ -1653,6 +1659,54 @@ fn the_leader_records_what_gossip_says_and_catches_up_when_elected() {
         }),
     );
     assert_eq!(drain(&mut w), vec![]);
+}
+
+#[test]
+fn a_worker_remembers_the_managers_gossip_tells_of() {
+    // Joined through manager 1 alone; managers 2 and 3 came later. Were 1 to die and
+    // the worker restart, it would look for the cluster only at 1.
+    let (mut w, now) = worker(5, &[1]);
+    let alive = |n: u8, manager: Option<bool>| {
+        let meta = GossipMeta {
+            key: key(n),
+            addr: addr(n),
+            manager,
+        };
+        Input::Gossip(gossip::Event::Alive {
+            id: id(n),
+            meta: meta.encode(),
+        })
+    };
+    let saved = |e: &[Effect]| {
+        e.iter()
+            .filter_map(|e| match e {
+                Effect::SaveMembership(Some(m)) => Some(m.managers.clone()),
+                _ => None,
+            })
+            .next_back()
+    };
+    w.handle(now, alive(2, Some(true)));
+    let mut want = [1, 2].map(|n| (id(n), key(n), addr(n))).to_vec();
+    want.sort_by_key(|(i, _, _)| *i);
+    assert_eq!(saved(&drain(&mut w)), Some(want.clone()));
+    // Nothing new, nothing saved; an older node that does not say, nothing either.
+    w.handle(now, alive(2, Some(true)));
+    w.handle(now, alive(4, None));
+    w.handle(now, alive(6, Some(false)));
+    assert_eq!(saved(&drain(&mut w)), None);
+    // Demoted: forgotten, but never the last one known.
+    w.handle(now, alive(2, Some(false)));
+    assert_eq!(
+        saved(&drain(&mut w)),
+        Some(vec![(id(1), key(1), addr(1))])
+    );
+    w.handle(now, alive(1, Some(false)));
+    assert_eq!(saved(&drain(&mut w)), None);
+    // A manager keeps its list from the cluster state, not from gossip.
+    let s = state(&[1, 2], &[]);
+    let (mut m, _) = manager(2, &s, view(Role::Follower, Some(1), &[1, 2]));
+    m.handle(now, alive(3, Some(true)));
+    assert_eq!(saved(&drain(&mut m)), None);
 }
 
 #[test]

@@ -301,6 +301,7 @@ fn alive(k: u8) -> Input {
     let meta = crate::control::GossipMeta {
         key: me.key,
         addr: addr(k),
+        manager: None,
     };
     Input::Gossip(crate::gossip::Event::Alive {
         id: me.id,
@@ -470,6 +471,7 @@ fn a_fresh_manager_votes_only_for_managers_it_knows() {
     let meta = GossipMeta {
         key: five.key,
         addr: addr(5),
+        manager: Some(false),
     };
     let update = Update {
         id: five.id,
