@@ -1468,7 +1468,10 @@ impl Control {
         };
         // Peers learnt before we had a state (a worker's, through gossip) that the state
         // does not hold were removed before our time: forget them too. The managers of
-        // the membership file stay, whatever the age of the snapshot.
+        // the membership file stay while the snapshot is our own from start-up, which
+        // may be older than the file; one from the leader replacing our state is newer
+        // than anything we applied, so a manager it does not hold was removed.
+        let from_leader = m.cluster.is_some();
         let managers = &m.member.membership.managers;
         let stale: Vec<NodeId> = m
             .member
@@ -1477,7 +1480,7 @@ impl Control {
             .copied()
             .filter(|id| {
                 !state.nodes.contains_key(id)
-                    && !managers.iter().any(|(mid, _, _)| mid == id)
+                    && (from_leader || !managers.iter().any(|(mid, _, _)| mid == id))
                     && !removed.contains(id)
             })
             .collect();

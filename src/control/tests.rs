@@ -1828,6 +1828,35 @@ fn a_restarted_manager_keeps_the_peers_its_old_snapshot_does_not_name() {
         &[1, 2]
     )))));
     assert!(!c.admits(&key(3)));
+
+    // Restarted again from the old snapshot, which never held node 3: the file's manager
+    // 3 stays a peer until the leader's snapshot, which replaces that state and does not
+    // hold node 3 either: removed while we were down.
+    let mut c = Control::new(
+        ident(1),
+        Some(membership(NodeRole::Manager, 1, &[1, 2, 3])),
+        [1; 32],
+    );
+    c.resume();
+    c.handle(
+        now,
+        Input::Snapshot {
+            index: Index(1),
+            data: old.encode(),
+        },
+    );
+    drain(&mut c);
+    assert!(c.admits(&key(3)));
+    c.handle(
+        now,
+        Input::Snapshot {
+            index: Index(30),
+            data: newer.encode(),
+        },
+    );
+    let e = drain(&mut c);
+    assert!(e.contains(&Effect::RemovePeer(key(3))), "{e:#?}");
+    assert!(!c.admits(&key(3)));
 }
 
 #[test]
