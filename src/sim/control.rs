@@ -1649,7 +1649,26 @@ impl Sim {
                 || !managers.contains(id)
                 || self.nodes.iter().any(|n| n.id == *id && n.gone())
         };
-        let alive = voters.iter().filter(|id| !gone(id)).count();
+        // A voter counts only if every leader has it caught up: one far behind, or one
+        // the leader cannot reach (it may not know the leader, who joined after its
+        // state), votes for nobody useful. `node ls` shows it Unreachable; an operator
+        // would not force another manager out then.
+        let caught_up = |id: &NodeId| {
+            self.nodes
+                .iter()
+                .filter_map(|n| n.run.as_ref().and_then(|r| r.stack.raft()))
+                .filter(|r| r.role() == Role::Leader)
+                .all(|r| {
+                    *id == r.id()
+                        || r.progress()
+                            .and_then(|p| p.get(id).copied())
+                            .is_some_and(|m| m >= r.status().commit)
+                })
+        };
+        let alive = voters
+            .iter()
+            .filter(|id| !gone(id) && caught_up(id))
+            .count();
         let dead_learners = learners.iter().filter(|id| gone(id)).count();
         alive * 2 > voters.len() + dead_learners
     }
