@@ -598,12 +598,17 @@ impl Control {
     /// makes it a worker and Raft's configuration, committed, no longer holds it; told
     /// `Promoted` if the state makes it a manager (a worker that stepped down on a
     /// demotion that a promotion then undid).
-    fn on_role_query(&mut self, from: PeerKey) {
+    fn on_role_query(&mut self, now: Instant, from: PeerKey) {
         let Some(m) = self.manager() else {
             self.counters.messages_ignored += 1;
             return;
         };
-        if m.raft.role != Role::Leader || !m.state_current() {
+        if m.raft.role != Role::Leader {
+            // A follower tells who leads: the asker may not know the leader at all
+            // (it joined after the asker's state), and then cannot even hear from it.
+            return self.campaign_heard(now, from);
+        }
+        if !m.state_current() {
             return;
         }
         let role = m
@@ -1137,7 +1142,7 @@ impl Control {
             PeerMsg::ApiRedirect { id, leader } => self.redirect(now, id, leader),
             PeerMsg::Promoted { managers } => self.on_promoted(from, managers),
             PeerMsg::Demoted => self.on_demoted(from),
-            PeerMsg::RoleQuery => self.on_role_query(from),
+            PeerMsg::RoleQuery => self.on_role_query(now, from),
             PeerMsg::LeaderHint(leader) => self.on_leader_hint(from, leader),
         }
     }
@@ -2215,11 +2220,13 @@ impl Manager {
         &self.raft
     }
 
-    /// Whether this manager should ask the leader if it still is one: it has no state
-    /// yet (joined, promoted, or restarted before the leader's state reached it), or its
-    /// state made it a worker and the configuration change that takes it out of Raft
-    /// has not reached it (a leader stops replicating to a node it removed, so that
-    /// change may never come).
+    /// Whether this manager should ask the managers it knows whether it still is one,
+    /// and who leads: it has no state yet (joined, promoted, or restarted before the
+    /// leader's state reached it); its state made it a worker and the configuration
+    /// change that takes it out of Raft has not reached it (a leader stops replicating
+    /// to a node it removed, so that change may never come); or it knows no leader (one
+    /// elected after its state may be a node it has never heard of, whose messages it
+    /// refuses; a follower's `LeaderHint` answer names it).
     /// Whether the state holds everything Raft knows committed: a leader acts on the
     /// state (voters, role answers) only then, never on a stale one that would undo
     /// what it does not know yet (a restarted leader replaying its log).
@@ -2229,7 +2236,9 @@ impl Manager {
 
     fn unsure_of_role(&self, me: NodeId) -> bool {
         let Some(c) = &self.cluster else { return true };
-        !self.until_voter && c.nodes.get(&me).is_some_and(|n| n.role == NodeRole::Worker)
+        let demoted =
+            !self.until_voter && c.nodes.get(&me).is_some_and(|n| n.role == NodeRole::Worker);
+        demoted || self.raft.leader.is_none()
     }
 }
 

@@ -592,7 +592,8 @@ fn a_manager_join_answers_once_the_state_arrives() {
                 id: 1,
                 resp: Response::Done("This node joined a swarm as a manager.".into()),
             }));
-            assert_eq!(j.poll_timeout(), None);
+            // Only the question of who leads (Raft has not said yet) remains.
+            assert_eq!(j.poll_timeout(), Some(now + ROLE_QUERY));
         } else {
             j.handle_timeout(now + JOIN_TIMEOUT);
             let e = drain(&mut j);
@@ -826,7 +827,8 @@ fn forwarded_requests_follow_the_leader_and_never_wait_out_a_dead_one() {
     assert_eq!(e.len(), 2);
     assert!(error_of(&e, 7).contains("no leader is elected"));
     assert!(error_of(&e, 8).contains("no leader is elected"));
-    assert_eq!(f.poll_timeout(), None);
+    // Nothing waits; only, should no leader show up, the managers are asked who leads.
+    assert_eq!(f.poll_timeout(), Some(t1 + ROLE_QUERY));
 
     // And a new request fails at once while nobody leads.
     f.handle(t1, api(9, Request::NodeList));
@@ -856,11 +858,35 @@ fn a_campaigner_is_told_who_leads_and_learns_the_leader() {
     // The leader campaigning itself hears nothing.
     f.campaign_heard(now + LEADER_HINT_RETRY * 2, key(4));
     assert_eq!(drain(&mut f), vec![]);
+    // A manager that does not campaign (its old configuration lacks it) but knows no
+    // leader asks who leads; a follower answers with the same hint.
+    f.handle(now + LEADER_HINT_RETRY * 2, peer(1, PeerMsg::RoleQuery));
+    assert_eq!(
+        drain(&mut f),
+        vec![Effect::Send {
+            to: key(1),
+            msg: hint.clone()
+        }]
+    );
 
     // The campaigner, its state from before node 4 joined and no leader known.
     let old = state(&[1, 2, 3], &[]);
-    let (mut c, _) = manager(3, &old, view(Role::PreCandidate, None, &[1, 2, 3]));
+    let (mut c, now) = manager(3, &old, view(Role::PreCandidate, None, &[1, 2, 3]));
     assert!(!c.admits(&key(4)));
+    // Leaderless, it asks the managers it knows after ROLE_QUERY.
+    assert_eq!(c.poll_timeout(), Some(now + ROLE_QUERY));
+    c.handle_timeout(now + ROLE_QUERY);
+    let asked: Vec<_> = drain(&mut c)
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Send {
+                to,
+                msg: PeerMsg::RoleQuery,
+            } => Some(to),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked, vec![key(1), key(2)]);
     // From a stranger, nothing.
     c.handle(now, peer(9, hint.clone()));
     assert_eq!(drain(&mut c), vec![]);
