@@ -2084,6 +2084,12 @@ impl Control {
             let why = "the leadership moved".to_string();
             return self.answer_joiner(j.key, via, PeerMsg::JoinWait(why));
         }
+        if !self.manager().is_some_and(|m| m.state_current()) {
+            // A leader just elected (or restarted) applies what it has not yet: its
+            // state may give a known joiner a role the swarm has changed since.
+            let why = "the leader is catching up with the log".to_string();
+            return self.answer_joiner(j.key, via, PeerMsg::JoinWait(why));
+        }
         if self.answer_known_joiner(j.key, via) {
             return;
         }

@@ -442,6 +442,21 @@ fn join_through_a_follower_is_relayed_both_ways() {
         [Effect::Send { to, msg: PeerMsg::JoinRefused(_) }] if *to == key(5)
     ));
 
+    // A leader whose state lags what Raft committed (just elected, replaying) asks the
+    // joiner to wait rather than decide on a stale state.
+    let mut behind = view(Role::Leader, Some(1), &[1, 2]);
+    behind.commit = Index(12);
+    leader.handle(now, Input::Raft(behind));
+    drain(&mut leader);
+    leader.handle(now, peer(2, forward.clone()));
+    assert!(matches!(
+        &drain(&mut leader)[..],
+        [Effect::Send { to, msg: PeerMsg::JoinRelay { answer, .. } }]
+            if *to == key(2) && matches!(**answer, PeerMsg::JoinWait(ref w) if w.contains("catching up"))
+    ));
+    leader.handle(now, Input::Raft(view(Role::Leader, Some(1), &[1, 2])));
+    drain(&mut leader);
+
     // The leader proposes, and answers through the follower once it commits.
     leader.handle(now, peer(2, forward));
     let (tag, cmd) = proposal(&drain(&mut leader));
