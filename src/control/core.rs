@@ -106,6 +106,9 @@ pub struct RaftView {
     /// The highest index Raft knows committed. Entries reach the core once durable, so
     /// its state may lag this for a moment (a leader just elected or restarted).
     pub commit: Index,
+    /// Leader only: an entry of its term has committed (until then `commit` may lag
+    /// what earlier leaders committed).
+    pub term_committed: bool,
 }
 
 impl Default for RaftView {
@@ -119,6 +122,7 @@ impl Default for RaftView {
             config_pending: false,
             unreached: BTreeSet::new(),
             commit: Index(0),
+            term_committed: false,
         }
     }
 }
@@ -2237,7 +2241,8 @@ impl Manager {
     /// state (voters, role answers) only then, never on a stale one that would undo
     /// what it does not know yet (a restarted leader replaying its log).
     fn state_current(&self) -> bool {
-        self.cluster.is_some() && self.applied >= self.raft.commit
+        let commit_known = self.raft.role != Role::Leader || self.raft.term_committed;
+        self.cluster.is_some() && commit_known && self.applied >= self.raft.commit
     }
 
     fn unsure_of_role(&self, me: NodeId) -> bool {

@@ -738,6 +738,7 @@ impl Stack {
                 })
                 .unwrap_or_default(),
             commit: status.commit,
+            term_committed: r.term_committed(),
         };
         if self.view.as_ref() == Some(&view) {
             return false;

@@ -137,6 +137,7 @@ fn view(role: Role, leader: Option<u8>, voters: &[u8]) -> RaftView {
         config_pending: false,
         unreached: BTreeSet::new(),
         commit: Index(0),
+        term_committed: role == Role::Leader,
     }
 }
 
@@ -444,16 +445,22 @@ fn join_through_a_follower_is_relayed_both_ways() {
 
     // A leader whose state lags what Raft committed (just elected, replaying) asks the
     // joiner to wait rather than decide on a stale state.
+    // So does one whose own term has nothing committed yet: its commit index may lag
+    // what earlier leaders committed.
     let mut behind = view(Role::Leader, Some(1), &[1, 2]);
     behind.commit = Index(12);
-    leader.handle(now, Input::Raft(behind));
-    drain(&mut leader);
-    leader.handle(now, peer(2, forward.clone()));
-    assert!(matches!(
-        &drain(&mut leader)[..],
-        [Effect::Send { to, msg: PeerMsg::JoinRelay { answer, .. } }]
-            if *to == key(2) && matches!(**answer, PeerMsg::JoinWait(ref w) if w.contains("catching up"))
-    ));
+    let mut unsure = view(Role::Leader, Some(1), &[1, 2]);
+    unsure.term_committed = false;
+    for v in [behind, unsure] {
+        leader.handle(now, Input::Raft(v));
+        drain(&mut leader);
+        leader.handle(now, peer(2, forward.clone()));
+        assert!(matches!(
+            &drain(&mut leader)[..],
+            [Effect::Send { to, msg: PeerMsg::JoinRelay { answer, .. } }]
+                if *to == key(2) && matches!(**answer, PeerMsg::JoinWait(ref w) if w.contains("catching up"))
+        ));
+    }
     leader.handle(now, Input::Raft(view(Role::Leader, Some(1), &[1, 2])));
     drain(&mut leader);
 

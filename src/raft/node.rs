@@ -520,6 +520,12 @@ impl Raft {
     /// is the errata to single-server changes in the Raft thesis: a change appended
     /// before the leader's term commits could be lost to a candidate elected under an
     /// older configuration, together with entries committed under the newer one.
+    /// Leader: whether an entry of its own term has committed, so that its commit index
+    /// covers everything any earlier leader committed. False on a follower.
+    pub fn term_committed(&self) -> bool {
+        matches!(&self.state, State::Leader(l) if self.commit >= l.term_start)
+    }
+
     pub fn config_pending(&self) -> bool {
         let term_uncommitted = match &self.state {
             State::Leader(l) => self.commit < l.term_start,
