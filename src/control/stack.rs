@@ -464,7 +464,7 @@ impl Stack {
             progress |= self.drain_raft(now);
             progress |= self.drain_gossip(now);
             progress |= self.refresh_view(now);
-            progress |= self.refresh_meta();
+            progress |= self.refresh_meta(now);
             if !progress {
                 break;
             }
@@ -700,8 +700,11 @@ impl Stack {
         }
     }
 
-    /// Spreads a change of our role (promoted, demoted) through gossip.
-    fn refresh_meta(&mut self) -> bool {
+    /// Spreads a change of our role (promoted, demoted) through gossip, and shows the
+    /// control core again who gossip has alive: what a node learns from gossip depends
+    /// on its role (a manager refuses nodes its state lacks, a worker has no state), and
+    /// gossip reports a member only when its status changes.
+    fn refresh_meta(&mut self, now: Instant) -> bool {
         let manager = self.control.is_manager();
         let (Some(g), Some(meta)) = (self.gossip.as_mut(), self.meta.as_mut()) else {
             return false;
@@ -711,6 +714,17 @@ impl Stack {
         }
         meta.manager = Some(manager);
         g.set_meta(meta.encode());
+        let alive: Vec<gossip::Event> = g
+            .members()
+            .filter(|(_, s)| *s == gossip::Status::Alive)
+            .filter_map(|(id, _)| {
+                let meta = g.meta_of(id)?.to_vec();
+                Some(gossip::Event::Alive { id, meta })
+            })
+            .collect();
+        for e in alive {
+            self.control.handle(now, Input::Gossip(e));
+        }
         true
     }
 
