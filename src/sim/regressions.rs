@@ -167,6 +167,7 @@ fn a_leader_marked_down_while_away_marks_itself_ready() {
         leader: Some(identity(2).id),
         term: Term(4),
         voters: [identity(1).id, identity(2).id].into_iter().collect(),
+        term_committed: true,
         ..RaftView::default()
     };
     c.handle(now, Input::Raft(view));
@@ -239,6 +240,7 @@ fn leader_with_worker(word: Option<Input>) -> Control {
         leader: Some(identity(2).id),
         term: Term(4),
         voters: [identity(1).id, identity(2).id].into_iter().collect(),
+        term_committed: true,
         ..RaftView::default()
     };
     c.handle(now, Input::Raft(view));
