@@ -665,17 +665,28 @@ impl Control {
     /// Told who leads by a manager we know: take the leader as a peer (unless it was
     /// removed), so its handshake and appends get through.
     fn on_leader_hint(&mut self, from: PeerKey, (id, key, addr): ManagerAddr) {
+        // The sender must be a manager we know (our Raft configuration or membership
+        // file) and not removed. The leader it names leads now, so it is a member even
+        // if we saw it removed once: it joined again after our state.
+        let sender = cluster::node_id(&from);
         let trusted = self.manager().is_some_and(|m| {
-            m.member.knows_key(&from) && !m.member.removed.contains(&id) && m.raft.leader.is_none()
+            let manager = m.raft.voters.contains(&sender)
+                || m.raft.learners.contains(&sender)
+                || m.member.membership.managers.iter().any(|(_, k, _)| *k == from);
+            manager
+                && m.member.knows_key(&from)
+                && !m.member.removed.contains(&sender)
+                && m.raft.leader.is_none()
         });
         if !trusted || cluster::node_id(&key) != id || id == self.me.id {
             self.counters.messages_ignored += 1;
             return;
         }
-        self.learn_peers(&[(id, key, addr)]);
         if let Some(m) = self.manager_mut() {
+            m.member.removed.remove(&id);
             m.hinted_leader = Some(key);
         }
+        self.learn_peers(&[(id, key, addr)]);
         // It may campaign in vain because the swarm demoted it and took it out of Raft
         // in entries it never got (a leader does not replicate to a node it removed):
         // ask the leader, who says `Demoted` if so. Hints come at most every
