@@ -1256,14 +1256,20 @@ impl Control {
     }
 
     fn redirect(&mut self, now: Instant, id: u64, leader: Option<NodeId>) {
-        if !self.forwarded.contains_key(&id) {
+        let Some(asked) = self.forwarded.get(&id).map(|f| f.to) else {
             self.counters.messages_ignored += 1;
             return;
-        }
+        };
         // Our own view of the leader is as good as the redirecting node's, and newer
-        // if it changed since: prefer ours when it names one.
-        let ours = self.manager().and_then(|m| m.raft.leader);
-        self.reroute(now, id, ours.or(leader));
+        // if it changed since: prefer ours when it names one, unless ours is the very
+        // node that just said it does not lead (ours is stale then; sending it back
+        // there would bounce between the two at network speed).
+        let ours = self
+            .manager()
+            .and_then(|m| m.raft.leader)
+            .filter(|l| *l != asked);
+        let theirs = leader.filter(|l| *l != asked);
+        self.reroute(now, id, ours.or(theirs));
     }
 
     fn forward_timers(&mut self, now: Instant) {

@@ -839,15 +839,14 @@ fn forwarded_requests_follow_the_leader_and_never_wait_out_a_dead_one() {
             },
         ),
     );
+    // Our own view still names node 3, but node 3 just said otherwise: not sent back
+    // there (the two would bounce it at network speed; SIM_SEED=10003248).
     let e = drain(&mut f);
-    assert!(
-        matches!(&e[..], [Effect::Send { to, .. }] if *to == key(3)),
-        "{e:#?}"
-    );
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(error_of(&e, 7).contains("no leader is elected"));
     f.handle(t1, Input::Raft(view(Role::PreCandidate, None, &[1, 2, 3])));
     let e = drain(&mut f);
-    assert_eq!(e.len(), 2);
-    assert!(error_of(&e, 7).contains("no leader is elected"));
+    assert_eq!(e.len(), 1);
     assert!(error_of(&e, 8).contains("no leader is elected"));
     // Nothing waits; only, should no leader show up, the managers are asked who leads.
     assert_eq!(f.poll_timeout(), Some(t1 + ROLE_QUERY));
