@@ -2253,7 +2253,8 @@ impl Manager {
     /// change that takes it out of Raft has not reached it (a leader stops replicating
     /// to a node it removed, so that change may never come); or it knows no leader (one
     /// elected after its state may be a node it has never heard of, whose messages it
-    /// refuses; a follower's `LeaderHint` answer names it).
+    /// refuses; a follower's `LeaderHint` answer names it); or it is no voter in its own
+    /// configuration (a learner, or out of it).
     /// Whether the state holds everything Raft knows committed: a leader acts on the
     /// state (voters, role answers) only then, never on a stale one that would undo
     /// what it does not know yet (a restarted leader replaying its log).
@@ -2266,7 +2267,11 @@ impl Manager {
         let Some(c) = &self.cluster else { return true };
         let demoted =
             !self.until_voter && c.nodes.get(&me).is_some_and(|n| n.role == NodeRole::Worker);
-        demoted || self.raft.leader.is_none()
+        // A learner never campaigns, so it learns of no new term by itself: if its
+        // leader lost the leadership and the next one dropped it, its view of who leads
+        // stays stale for ever.
+        let learner = !self.raft.voters.contains(&me);
+        demoted || learner || self.raft.leader.is_none()
     }
 }
 

@@ -1439,6 +1439,16 @@ fn demotion_removes_the_voter_and_the_demoted_node_stops_raft() {
     assert_eq!(drain(&mut d)[0], Effect::StopRaft);
     assert!(matches!(d.state(), NodeState::Worker(_)));
 
+    // A learner (promoted, its leader deposed before it became a voter) never
+    // campaigns and so never hears of a new term: it asks too (SIM_SEED=10003248).
+    let (mut learner, now) = manager(3, &s, view(Role::Follower, Some(1), &[1, 2]));
+    assert_eq!(learner.poll_timeout(), Some(now + ROLE_QUERY));
+    learner.handle_timeout(now + ROLE_QUERY);
+    assert!(drain(&mut learner).contains(&Effect::Send {
+        to: key(1),
+        msg: PeerMsg::RoleQuery
+    }));
+
     // The last manager cannot be demoted.
     let one = state(&[1], &[]);
     let (mut solo, _) = manager(1, &one, view(Role::Leader, Some(1), &[1]));
