@@ -323,6 +323,8 @@ pub struct Manager {
     role_query_at: Option<Instant>,
     /// The leader a `LeaderHint` named, whose `Demoted` counts.
     hinted_leader: Option<PeerKey>,
+    /// Leader: the term in which gossip's word on every node was last recorded.
+    statuses_reconciled: Option<Term>,
 }
 
 /// Who hears the outcome of a proposal.
@@ -1422,9 +1424,12 @@ impl Control {
                 self.reroute(now, id, view.leader);
             }
         }
-        if view.role == Role::Leader && (old.role != Role::Leader || old.voters != view.voters) {
-            self.reconcile_statuses();
+        if old.voters != view.voters {
+            if let Some(m) = self.manager_mut() {
+                m.statuses_reconciled = None;
+            }
         }
+        self.maybe_reconcile_statuses();
         if view.role == Role::Leader && old.role != Role::Leader {
             self.check_unheard(now);
         }
@@ -1587,6 +1592,7 @@ impl Control {
         self.finish_manager_join(None);
         self.refresh_peers(removed, demoted);
         self.serve_ready_reads();
+        self.maybe_reconcile_statuses();
         self.reconcile_voters();
         self.maybe_step_down();
         self.nudge_promoted(now);
@@ -2017,6 +2023,22 @@ impl Control {
     }
 
     /// A new leader catches up with what gossip said while nobody led.
+    /// A leader records gossip's word on every node once per term (and again when the
+    /// voters change), as soon as its state is current: a stale one may lack the nodes
+    /// that changed since (a manager that joined and died while it was behind).
+    fn maybe_reconcile_statuses(&mut self) {
+        let Some(m) = self.manager_mut() else { return };
+        let term = m.raft.term;
+        if m.raft.role != Role::Leader
+            || !m.state_current()
+            || m.statuses_reconciled == Some(term)
+        {
+            return;
+        }
+        m.statuses_reconciled = Some(term);
+        self.reconcile_statuses();
+    }
+
     fn reconcile_statuses(&mut self) {
         let ids: Vec<NodeId> = self
             .manager()
@@ -2240,6 +2262,7 @@ impl Manager {
             check_unheard_at: None,
             role_query_at: None,
             hinted_leader: None,
+            statuses_reconciled: None,
         }
     }
 
