@@ -167,6 +167,12 @@ struct Node {
     orphaned: bool,
     /// Removed from the cluster while holding its membership: it must be refused.
     removed_at: Option<Index>,
+    /// Removed while its join's answer was on the way, or soon after it came: a repeat
+    /// of that join sent before the answer came may still reach the leader and add it
+    /// again (it is a member then, as it believes).
+    join_in_flight: bool,
+    /// When its last join was answered Done.
+    joined_at: Option<Instant>,
     /// A join is being prepared for it (token asked for).
     reserved: bool,
     /// Highest commit index of this node already compared with the oracle.
@@ -447,6 +453,8 @@ impl Sim {
                     left: false,
                     orphaned: false,
                     removed_at: None,
+                    join_in_flight: false,
+                    joined_at: None,
                     reserved: false,
                     seen_commit: Index(0),
                     checked_applied: None,
@@ -1233,12 +1241,20 @@ impl Sim {
                     }
                     self.nodes[j].left = false;
                     self.nodes[j].orphaned = false;
+                    // Joins repeat every JOIN_RETRY until answered; a repeat sent just
+                    // before the answer may arrive after this removal.
+                    let window = crate::control::JOIN_RETRY * 2;
+                    self.nodes[j].join_in_flight = self.nodes[j]
+                        .joined_at
+                        .is_some_and(|t| self.now.saturating_duration_since(t) <= window);
                     self.note(format!("removal of {j} committed at {}", index.0));
                 }
             }
             Command::AddNode(rec) => {
                 if let Some(j) = self.nodes.iter().position(|n| n.id == rec.id) {
-                    if let Some(at) = self.nodes[j].removed_at {
+                    if std::mem::take(&mut self.nodes[j].join_in_flight) {
+                        self.nodes[j].removed_at = None;
+                    } else if let Some(at) = self.nodes[j].removed_at {
                         self.fail(format!(
                             "node {j}, removed at index {}, is back in the state at {}",
                             at.0, index.0
@@ -1399,6 +1415,7 @@ impl Sim {
         let manager = n.is_manager();
         if let Response::Done(_) = resp {
             self.stats.joins_done += 1;
+            self.nodes[i].joined_at = Some(self.now);
             self.stats.managers_joined += u64::from(manager);
             self.nodes[i].left = false;
             self.nodes[i].orphaned = false;
@@ -1441,6 +1458,7 @@ impl Sim {
                 .as_ref()
                 .is_some_and(|s| s.nodes.contains_key(&id));
             if !in_state {
+                self.nodes[i].join_in_flight = true;
                 self.nodes[i].removed_at =
                     self.oracle
                         .commands
