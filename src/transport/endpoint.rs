@@ -982,6 +982,15 @@ impl Endpoint {
                     .saturating_sub(cfg.keepalive_timeout + cfg.handshake_retry);
         p.addr = Some(from);
         p.disarm(Timer::ReplyExpected);
+        if slot == Slot::Previous && crossing_pick(p, self.public < key, cfg) {
+            // Handshakes crossed: each side holds both sessions, and the peer sends on
+            // the one we put aside. Both settle on the session the lower key initiated,
+            // or each would send on what the other keeps only for PREVIOUS_SESSION_GRACE.
+            let (cur, prev) = (p.current.take(), p.previous.take());
+            p.current = prev;
+            p.previous = cur;
+            p.previous_until = Some(now + PREVIOUS_SESSION_GRACE);
+        }
         if slot == Slot::Next {
             let s = p.next.take().expect("invariant: slot is Next");
             install_current(p, s, now, cfg, &mut self.index);
@@ -1083,6 +1092,19 @@ impl Endpoint {
 }
 
 /// Makes `s` the current session; the old current one lingers as previous.
+/// Whether the peer's use of our previous session means the two crossed handshakes and
+/// that session is the one both should keep: made within two handshake retries of the
+/// current one (a rekey's previous is minutes older), and initiated by the lower key
+/// (`we_are_lower`), so both sides pick the same.
+fn crossing_pick(p: &Peer, we_are_lower: bool, cfg: &Config) -> bool {
+    let (Some(cur), Some(prev)) = (p.current.as_ref(), p.previous.as_ref()) else {
+        return false;
+    };
+    let close = cur.created.max(prev.created) - cur.created.min(prev.created)
+        <= cfg.handshake_retry * 2;
+    close && prev.initiator == we_are_lower && cur.initiator != prev.initiator
+}
+
 fn install_current(
     p: &mut Peer,
     s: Session,
