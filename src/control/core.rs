@@ -674,7 +674,11 @@ impl Control {
         let trusted = self.manager().is_some_and(|m| {
             let manager = m.raft.voters.contains(&sender)
                 || m.raft.learners.contains(&sender)
-                || m.member.membership.managers.iter().any(|(_, k, _)| *k == from);
+                || m.member
+                    .membership
+                    .managers
+                    .iter()
+                    .any(|(_, k, _)| *k == from);
             manager
                 && m.member.knows_key(&from)
                 && !m.member.removed.contains(&sender)
@@ -1750,7 +1754,9 @@ impl Control {
     fn on_demoted(&mut self, from: PeerKey) {
         // A leader a known manager told us of counts: it may have joined after our
         // state, which then does not name it.
-        let hinted = self.manager().is_some_and(|m| m.hinted_leader == Some(from));
+        let hinted = self
+            .manager()
+            .is_some_and(|m| m.hinted_leader == Some(from));
         let known = self.member().is_some_and(|m| {
             (hinted || m.membership.managers.iter().any(|(_, k, _)| *k == from))
                 && m.knows_key(&from)
@@ -2029,9 +2035,7 @@ impl Control {
     fn maybe_reconcile_statuses(&mut self) {
         let Some(m) = self.manager_mut() else { return };
         let term = m.raft.term;
-        if m.raft.role != Role::Leader
-            || !m.state_current()
-            || m.statuses_reconciled == Some(term)
+        if m.raft.role != Role::Leader || !m.state_current() || m.statuses_reconciled == Some(term)
         {
             return;
         }

@@ -160,8 +160,8 @@ pub struct GossipMeta {
 
 impl GossipMeta {
     pub fn encode(&self) -> Vec<u8> {
-        let mut b =
-            postcard::to_allocvec(&(self.key, self.addr)).expect("invariant: gossip meta serialises");
+        let mut b = postcard::to_allocvec(&(self.key, self.addr))
+            .expect("invariant: gossip meta serialises");
         if let Some(m) = self.manager {
             b.push(u8::from(m));
         }

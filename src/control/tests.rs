@@ -1758,10 +1758,7 @@ fn a_worker_remembers_the_managers_gossip_tells_of() {
     assert_eq!(saved(&drain(&mut w)), None);
     // Demoted: forgotten, but never the last one known.
     w.handle(now, alive(2, Some(false)));
-    assert_eq!(
-        saved(&drain(&mut w)),
-        Some(vec![(id(1), key(1), addr(1))])
-    );
+    assert_eq!(saved(&drain(&mut w)), Some(vec![(id(1), key(1), addr(1))]));
     w.handle(now, alive(1, Some(false)));
     assert_eq!(saved(&drain(&mut w)), None);
     // A manager keeps its list from the cluster state, not from gossip.

@@ -1100,8 +1100,8 @@ fn crossing_pick(p: &Peer, we_are_lower: bool, cfg: &Config) -> bool {
     let (Some(cur), Some(prev)) = (p.current.as_ref(), p.previous.as_ref()) else {
         return false;
     };
-    let close = cur.created.max(prev.created) - cur.created.min(prev.created)
-        <= cfg.handshake_retry * 2;
+    let close =
+        cur.created.max(prev.created) - cur.created.min(prev.created) <= cfg.handshake_retry * 2;
     close && prev.initiator == we_are_lower && cur.initiator != prev.initiator
 }
 
