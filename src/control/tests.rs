@@ -200,6 +200,20 @@ fn proposal(effects: &[Effect]) -> (u64, Command) {
     p[0].clone()
 }
 
+/// To whom `effects` send a `RoleQuery`, in order.
+fn role_queries(effects: &[Effect]) -> Vec<PeerKey> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Send {
+                to,
+                msg: PeerMsg::RoleQuery,
+            } => Some(*to),
+            _ => None,
+        })
+        .collect()
+}
+
 fn api(id: RequestId, req: Request) -> Input {
     Input::Api { id, req }
 }
@@ -897,17 +911,7 @@ fn a_campaigner_is_told_who_leads_and_learns_the_leader() {
     // Leaderless, it asks the managers it knows after ROLE_QUERY.
     assert_eq!(c.poll_timeout(), Some(now + ROLE_QUERY));
     c.handle_timeout(now + ROLE_QUERY);
-    let asked: Vec<_> = drain(&mut c)
-        .into_iter()
-        .filter_map(|e| match e {
-            Effect::Send {
-                to,
-                msg: PeerMsg::RoleQuery,
-            } => Some(to),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(asked, vec![key(1), key(2)]);
+    assert_eq!(role_queries(&drain(&mut c)), vec![key(1), key(2)]);
     // From a stranger, nothing.
     c.handle(now, peer(9, hint.clone()));
     assert_eq!(drain(&mut c), vec![]);
@@ -1414,17 +1418,7 @@ fn demotion_removes_the_voter_and_the_demoted_node_stops_raft() {
     let at = d.poll_timeout().expect("the role query's timer");
     assert_eq!(at, now + ROLE_QUERY);
     d.handle_timeout(at);
-    let asked: Vec<_> = drain(&mut d)
-        .into_iter()
-        .filter_map(|e| match e {
-            Effect::Send {
-                to,
-                msg: PeerMsg::RoleQuery,
-            } => Some(to),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(asked, vec![key(1), key(2)]);
+    assert_eq!(role_queries(&drain(&mut d)), vec![key(1), key(2)]);
     l.handle(now, Input::Raft(view(Role::Leader, Some(1), &[1, 2])));
     drain(&mut l);
     l.handle(now, peer(3, PeerMsg::RoleQuery));
