@@ -200,6 +200,13 @@ fn proposal(effects: &[Effect]) -> (u64, Command) {
     p[0].clone()
 }
 
+fn snapshot(index: u64, s: &ClusterState) -> Input {
+    Input::Snapshot {
+        index: Index(index),
+        data: s.encode(),
+    }
+}
+
 /// To whom `effects` send a `RoleQuery`, in order.
 fn role_queries(effects: &[Effect]) -> Vec<PeerKey> {
     effects
@@ -1830,13 +1837,7 @@ fn a_restarted_manager_keeps_the_peers_its_old_snapshot_does_not_name() {
 
     // The snapshot predates nodes 2 and 3.
     let old = state(&[1], &[]);
-    c.handle(
-        now,
-        Input::Snapshot {
-            index: Index(1),
-            data: old.encode(),
-        },
-    );
+    c.handle(now, snapshot(1, &old));
     let e = drain(&mut c);
     assert!(
         !e.iter().any(|e| matches!(e, Effect::RemovePeer(_))),
@@ -1850,13 +1851,7 @@ fn a_restarted_manager_keeps_the_peers_its_old_snapshot_does_not_name() {
     assert_eq!(c.peer_key(id(3)), Some(key(3)));
 
     // A snapshot from the leader that dropped node 3 does remove it.
-    c.handle(
-        now,
-        Input::Snapshot {
-            index: Index(20),
-            data: state(&[1, 2, 3], &[]).encode(),
-        },
-    );
+    c.handle(now, snapshot(20, &state(&[1, 2, 3], &[])));
     drain(&mut c);
     let mut newer = state(&[1, 2, 3], &[]);
     newer
@@ -1866,13 +1861,7 @@ fn a_restarted_manager_keeps_the_peers_its_old_snapshot_does_not_name() {
         })
         .unwrap();
     newer.apply(&Command::RemoveNode(id(3))).unwrap();
-    c.handle(
-        now,
-        Input::Snapshot {
-            index: Index(30),
-            data: newer.encode(),
-        },
-    );
+    c.handle(now, snapshot(30, &newer));
     let e = drain(&mut c);
     assert!(e.contains(&Effect::RemovePeer(key(3))), "{e:#?}");
     assert!(e.contains(&Effect::SaveMembership(Some(membership(
@@ -1891,22 +1880,10 @@ fn a_restarted_manager_keeps_the_peers_its_old_snapshot_does_not_name() {
         [1; 32],
     );
     c.resume();
-    c.handle(
-        now,
-        Input::Snapshot {
-            index: Index(1),
-            data: old.encode(),
-        },
-    );
+    c.handle(now, snapshot(1, &old));
     drain(&mut c);
     assert!(c.admits(&key(3)));
-    c.handle(
-        now,
-        Input::Snapshot {
-            index: Index(30),
-            data: newer.encode(),
-        },
-    );
+    c.handle(now, snapshot(30, &newer));
     let e = drain(&mut c);
     assert!(e.contains(&Effect::RemovePeer(key(3))), "{e:#?}");
     assert!(!c.admits(&key(3)));
