@@ -280,6 +280,9 @@ pub struct Member {
     removed: BTreeSet<NodeId>,
     /// A worker replicated to: when it may next ask whether it is a manager.
     role_query_at: Option<Instant>,
+    /// Members whose gossip metadata says they are managers: whom a manager unsure of
+    /// its role also asks (its state may predate their promotion).
+    gossip_managers: BTreeSet<NodeId>,
 }
 
 /// What a manager has on top.
@@ -587,14 +590,23 @@ impl Control {
             return;
         }
         m.role_query_at = Some(now + ROLE_QUERY);
-        let managers: Vec<PeerKey> = m
-            .member
+        let member = &m.member;
+        let mut managers: Vec<PeerKey> = member
             .membership
             .managers
             .iter()
             .filter(|(id, _, _)| *id != me)
             .map(|(_, k, _)| *k)
             .collect();
+        // And the managers gossip names that we can address: our state may predate
+        // their promotion, and our configuration name only nodes gone since.
+        for id in &member.gossip_managers {
+            if let Some((k, _)) = member.peers.get(id) {
+                if *id != me && !managers.contains(k) {
+                    managers.push(*k);
+                }
+            }
+        }
         for key in managers {
             self.send(key, PeerMsg::RoleQuery);
         }
@@ -667,13 +679,14 @@ impl Control {
     /// Told who leads by a manager we know: take the leader as a peer (unless it was
     /// removed), so its handshake and appends get through.
     fn on_leader_hint(&mut self, from: PeerKey, (id, key, addr): ManagerAddr) {
-        // The sender must be a manager we know (our Raft configuration or membership
-        // file) and not removed. The leader it names leads now, so it is a member even
+        // The sender must be a manager we know (our Raft configuration, membership file
+        // or gossip) and not removed. The leader it names leads now, so it is a member even
         // if we saw it removed once: it joined again after our state.
         let sender = cluster::node_id(&from);
         let trusted = self.manager().is_some_and(|m| {
             let manager = m.raft.voters.contains(&sender)
                 || m.raft.learners.contains(&sender)
+                || m.member.gossip_managers.contains(&sender)
                 || m.member
                     .membership
                     .managers
@@ -1758,7 +1771,9 @@ impl Control {
             .manager()
             .is_some_and(|m| m.hinted_leader == Some(from));
         let known = self.member().is_some_and(|m| {
-            (hinted || m.membership.managers.iter().any(|(_, k, _)| *k == from))
+            (hinted
+                || m.gossip_managers.contains(&cluster::node_id(&from))
+                || m.membership.managers.iter().any(|(_, k, _)| *k == from))
                 && m.knows_key(&from)
         });
         if !known || !matches!(self.state, NodeState::Manager(_)) {
@@ -1953,6 +1968,18 @@ impl Control {
                     if cluster::node_id(&m.key) == id && id != me && !outside {
                         self.learn_peers(&[(id, m.key, m.addr)]);
                         self.remember_manager(id, &m);
+                    }
+                    if let Some(member) = self.member_mut() {
+                        let g = &mut member.gossip_managers;
+                        match m.manager {
+                            Some(true) if g.len() < MAX_MANAGERS_REMEMBERED => {
+                                g.insert(id);
+                            }
+                            Some(false) => {
+                                g.remove(&id);
+                            }
+                            _ => {}
+                        }
                     }
                 }
                 (id, gossip::Status::Alive)
@@ -2235,6 +2262,7 @@ impl Member {
             liveness: BTreeMap::new(),
             removed: BTreeSet::new(),
             role_query_at: None,
+            gossip_managers: BTreeSet::new(),
         }
     }
 

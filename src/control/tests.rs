@@ -1929,3 +1929,44 @@ fn join_tokens_are_printed_by_any_manager_and_admit_by_role() {
     assert!(error_of(&drain(&mut w), 2).contains("not a swarm manager"));
     assert_eq!(w.join_psk(PSK_WORKER), None);
 }
+
+/// SIM_SEED=50000617: a manager restarted far behind, whose Raft configuration names only
+/// nodes that left or became workers and whose state predates the managers now leading,
+/// had nobody to ask who leads. It asks the managers gossip names too, and believes
+/// their hint.
+#[test]
+fn a_leaderless_manager_also_asks_the_managers_gossip_names() {
+    // Its state predates node 4's promotion: node 4 is a worker there.
+    let s = state(&[1, 2, 3], &[4]);
+    let (mut c, now) = manager(3, &s, view(Role::PreCandidate, None, &[1, 2, 3]));
+    let alive = |n: u8, manager: Option<bool>| {
+        let meta = GossipMeta {
+            key: key(n),
+            addr: addr(n),
+            manager,
+        };
+        Input::Gossip(gossip::Event::Alive {
+            id: id(n),
+            meta: meta.encode(),
+        })
+    };
+    c.handle(now, alive(4, Some(true)));
+    drain(&mut c);
+    c.handle_timeout(now + ROLE_QUERY);
+    let asked = role_queries(&drain(&mut c));
+    assert_eq!(asked.len(), 3, "{asked:?}");
+    for n in [1, 2, 4] {
+        assert!(asked.contains(&key(n)), "{asked:?}");
+    }
+    // Its answer (who leads) counts.
+    c.handle(now, peer(4, PeerMsg::LeaderHint((id(5), key(5), addr(5)))));
+    assert!(drain(&mut c).contains(&Effect::Send {
+        to: key(5),
+        msg: PeerMsg::RoleQuery
+    }));
+    // Demoted again (gossip says so): no longer asked.
+    c.handle(now, alive(4, Some(false)));
+    drain(&mut c);
+    c.handle_timeout(now + ROLE_QUERY * 2);
+    assert!(!role_queries(&drain(&mut c)).contains(&key(4)));
+}
