@@ -2251,6 +2251,26 @@ impl Sim {
             ));
         }
         let control = run.stack.control();
+        // A worker that knows no live manager (the ones it joined through or heard of
+        // are gone, and it heard of no others before it restarted) refuses every
+        // stranger's handshake and is cut off for good, as a Swarm worker would be:
+        // joining again is the way back.
+        let live_manager = |id: &NodeId| {
+            self.nodes.iter().any(|m| {
+                m.id == *id && m.fate == Fate::Live && m.removed_at.is_none() && !m.left
+            }) && state
+                .nodes
+                .get(id)
+                .is_some_and(|r| r.role == NodeRole::Manager)
+        };
+        let cut_off = matches!(control.state(), NodeState::Worker(_))
+            && control
+                .membership()
+                .is_some_and(|m| !m.managers.iter().any(|(id, _, _)| live_manager(id)))
+            && !state.nodes.keys().any(|id| *id != n.id && control.peer_key(*id).is_some());
+        if cut_off {
+            return;
+        }
         let role = control.membership().map(|m| m.role);
         match (record, role) {
             (Some(r), Some(role)) => {
