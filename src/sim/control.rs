@@ -752,18 +752,6 @@ impl Sim {
         let now = self.now;
         let run = self.run_mut(i);
         let psk = run.endpoint.as_ref().and_then(|e| e.session_psk_id(&peer));
-        if std::env::var("SIM_DBG").is_ok() {
-            let from = self.nodes.iter().position(|n| n.key == peer);
-            let m = crate::control::PeerMsg::decode(data)
-                .map(|m| format!("{m:?}").chars().take(150).collect::<String>())
-                .unwrap_or_default();
-            if !m.starts_with("Gossip") {
-                eprintln!(
-                    "DBG {:?} node {i} gets from {from:?} {m}",
-                    self.now.saturating_duration_since(self.start)
-                );
-            }
-        }
         self.check_refused(i, peer, psk);
         self.run_mut(i).stack.handle_message(now, peer, psk, data);
     }
