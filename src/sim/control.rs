@@ -2244,18 +2244,22 @@ impl Sim {
         // stranger's handshake and is cut off for good, as a Swarm worker would be:
         // joining again is the way back.
         let live_manager = |id: &NodeId| {
-            self.nodes.iter().any(|m| {
-                m.id == *id && m.fate == Fate::Live && m.removed_at.is_none() && !m.left
-            }) && state
-                .nodes
-                .get(id)
-                .is_some_and(|r| r.role == NodeRole::Manager)
+            self.nodes
+                .iter()
+                .any(|m| m.id == *id && m.fate == Fate::Live && m.removed_at.is_none() && !m.left)
+                && state
+                    .nodes
+                    .get(id)
+                    .is_some_and(|r| r.role == NodeRole::Manager)
         };
         let cut_off = matches!(control.state(), NodeState::Worker(_))
             && control
                 .membership()
                 .is_some_and(|m| !m.managers.iter().any(|(id, _, _)| live_manager(id)))
-            && !state.nodes.keys().any(|id| *id != n.id && control.peer_key(*id).is_some());
+            && !state
+                .nodes
+                .keys()
+                .any(|id| *id != n.id && control.peer_key(*id).is_some());
         if cut_off {
             return;
         }
