@@ -200,6 +200,19 @@ fn proposal(effects: &[Effect]) -> (u64, Command) {
     p[0].clone()
 }
 
+/// Gossip says node `n` is alive, a manager or not (None: an older node's metadata).
+fn alive_as(n: u8, manager: Option<bool>) -> Input {
+    let meta = GossipMeta {
+        key: key(n),
+        addr: addr(n),
+        manager,
+    };
+    Input::Gossip(gossip::Event::Alive {
+        id: id(n),
+        meta: meta.encode(),
+    })
+}
+
 fn snapshot(index: u64, s: &ClusterState) -> Input {
     Input::Snapshot {
         index: Index(index),
@@ -1729,17 +1742,6 @@ fn a_worker_remembers_the_managers_gossip_tells_of() {
     // Joined through manager 1 alone; managers 2 and 3 came later. Were 1 to die and
     // the worker restart, it would look for the cluster only at 1.
     let (mut w, now) = worker(5, &[1]);
-    let alive = |n: u8, manager: Option<bool>| {
-        let meta = GossipMeta {
-            key: key(n),
-            addr: addr(n),
-            manager,
-        };
-        Input::Gossip(gossip::Event::Alive {
-            id: id(n),
-            meta: meta.encode(),
-        })
-    };
     let saved = |e: &[Effect]| {
         e.iter()
             .filter_map(|e| match e {
@@ -1748,24 +1750,24 @@ fn a_worker_remembers_the_managers_gossip_tells_of() {
             })
             .next_back()
     };
-    w.handle(now, alive(2, Some(true)));
+    w.handle(now, alive_as(2, Some(true)));
     let mut want = [1, 2].map(|n| (id(n), key(n), addr(n))).to_vec();
     want.sort_by_key(|(i, _, _)| *i);
     assert_eq!(saved(&drain(&mut w)), Some(want.clone()));
     // Nothing new, nothing saved; an older node that does not say, nothing either.
-    w.handle(now, alive(2, Some(true)));
-    w.handle(now, alive(4, None));
-    w.handle(now, alive(6, Some(false)));
+    w.handle(now, alive_as(2, Some(true)));
+    w.handle(now, alive_as(4, None));
+    w.handle(now, alive_as(6, Some(false)));
     assert_eq!(saved(&drain(&mut w)), None);
     // Demoted: forgotten, but never the last one known.
-    w.handle(now, alive(2, Some(false)));
+    w.handle(now, alive_as(2, Some(false)));
     assert_eq!(saved(&drain(&mut w)), Some(vec![(id(1), key(1), addr(1))]));
-    w.handle(now, alive(1, Some(false)));
+    w.handle(now, alive_as(1, Some(false)));
     assert_eq!(saved(&drain(&mut w)), None);
     // A manager keeps its list from the cluster state, not from gossip.
     let s = state(&[1, 2], &[]);
     let (mut m, _) = manager(2, &s, view(Role::Follower, Some(1), &[1, 2]));
-    m.handle(now, alive(3, Some(true)));
+    m.handle(now, alive_as(3, Some(true)));
     assert_eq!(saved(&drain(&mut m)), None);
 }
 
@@ -1939,18 +1941,7 @@ fn a_leaderless_manager_also_asks_the_managers_gossip_names() {
     // Its state predates node 4's promotion: node 4 is a worker there.
     let s = state(&[1, 2, 3], &[4]);
     let (mut c, now) = manager(3, &s, view(Role::PreCandidate, None, &[1, 2, 3]));
-    let alive = |n: u8, manager: Option<bool>| {
-        let meta = GossipMeta {
-            key: key(n),
-            addr: addr(n),
-            manager,
-        };
-        Input::Gossip(gossip::Event::Alive {
-            id: id(n),
-            meta: meta.encode(),
-        })
-    };
-    c.handle(now, alive(4, Some(true)));
+    c.handle(now, alive_as(4, Some(true)));
     drain(&mut c);
     c.handle_timeout(now + ROLE_QUERY);
     let asked = role_queries(&drain(&mut c));
@@ -1965,7 +1956,7 @@ fn a_leaderless_manager_also_asks_the_managers_gossip_names() {
         msg: PeerMsg::RoleQuery
     }));
     // Demoted again (gossip says so): no longer asked.
-    c.handle(now, alive(4, Some(false)));
+    c.handle(now, alive_as(4, Some(false)));
     drain(&mut c);
     c.handle_timeout(now + ROLE_QUERY * 2);
     assert!(!role_queries(&drain(&mut c)).contains(&key(4)));
