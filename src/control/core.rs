@@ -52,8 +52,9 @@ pub const MAX_REMEMBERED_ANSWERS: usize = 256;
 /// than a cluster removes in a daemon's life; past it, only managers that follow a leader
 /// keep them out.
 pub const MAX_REMOVED_REMEMBERED: usize = 4096;
-/// A manager still without a cluster state asks the managers it knows whether it is
-/// still one this often (see `PeerMsg::RoleQuery`).
+/// A manager unsure of its role asks the managers it knows whether it still is one, and
+/// who leads, this often (see `PeerMsg::RoleQuery`); so does a worker a leader still
+/// replicates to.
 pub const ROLE_QUERY: Duration = Duration::from_secs(2);
 /// A campaigner is told who leads at most this often (it pre-votes every election
 /// timeout, 0.5-1 s).
@@ -322,7 +323,7 @@ pub struct Manager {
     /// on, and when to look again.
     unheard: BTreeMap<NodeId, Instant>,
     check_unheard_at: Option<Instant>,
-    /// Made a manager and still without a state: when to ask whether it still is one.
+    /// Unsure of its role (see `unsure_of_role`): when to ask whether it still is one.
     role_query_at: Option<Instant>,
     /// The leader a `LeaderHint` named, whose `Demoted` counts.
     hinted_leader: Option<PeerKey>,
@@ -624,7 +625,7 @@ impl Control {
         if m.raft.role != Role::Leader {
             // A follower tells who leads: the asker may not know the leader at all
             // (it joined after the asker's state), and then cannot even hear from it.
-            return self.campaign_heard(now, from);
+            return self.tell_who_leads(now, from);
         }
         if !m.state_current() {
             return;
@@ -648,9 +649,9 @@ impl Control {
         }
     }
 
-    /// A manager campaigns (pre-votes us) while we follow a leader: tell it who leads, at
-    /// most every [`LEADER_HINT_RETRY`].
-    pub fn campaign_heard(&mut self, now: Instant, from: PeerKey) {
+    /// A manager campaigns in vain (pre-votes us) or asks who it is (`RoleQuery`) while
+    /// we follow a leader: tell it who leads, at most every [`LEADER_HINT_RETRY`].
+    pub fn tell_who_leads(&mut self, now: Instant, from: PeerKey) {
         let me = (self.me.id, self.me.key);
         let Some(m) = self.manager_mut() else { return };
         let Some(leader) = m.raft.leader else { return };
@@ -1707,6 +1708,22 @@ impl Control {
         }
     }
 
+    /// Keeps which members gossip calls managers (see `Member::gossip_managers`).
+    fn note_gossip_role(&mut self, id: NodeId, manager: Option<bool>) {
+        let Some(g) = self.member_mut().map(|m| &mut m.gossip_managers) else {
+            return;
+        };
+        match manager {
+            Some(true) if g.len() < MAX_MANAGERS_REMEMBERED => {
+                g.insert(id);
+            }
+            Some(false) => {
+                g.remove(&id);
+            }
+            _ => {}
+        }
+    }
+
     /// The leader keeps Raft's voters equal to the managers in the cluster state, one
     /// change at a time.
     fn reconcile_voters(&mut self) {
@@ -1964,23 +1981,15 @@ impl Control {
                             .is_some_and(|c| !c.nodes.contains_key(&id))
                             && (m.raft.leader.is_some() || !in_raft)
                 });
-                if let Some(m) = GossipMeta::decode(&meta) {
-                    if cluster::node_id(&m.key) == id && id != me && !outside {
+                // Metadata naming another node's key is not believed.
+                let meta = GossipMeta::decode(&meta)
+                    .filter(|m| cluster::node_id(&m.key) == id && id != me);
+                if let Some(m) = meta {
+                    if !outside {
                         self.learn_peers(&[(id, m.key, m.addr)]);
                         self.remember_manager(id, &m);
                     }
-                    if let Some(member) = self.member_mut() {
-                        let g = &mut member.gossip_managers;
-                        match m.manager {
-                            Some(true) if g.len() < MAX_MANAGERS_REMEMBERED => {
-                                g.insert(id);
-                            }
-                            Some(false) => {
-                                g.remove(&id);
-                            }
-                            _ => {}
-                        }
-                    }
+                    self.note_gossip_role(id, m.manager);
                 }
                 (id, gossip::Status::Alive)
             }
@@ -2055,7 +2064,6 @@ impl Control {
         }
     }
 
-    /// A new leader catches up with what gossip said while nobody led.
     /// A leader records gossip's word on every node once per term (and again when the
     /// voters change), as soon as its state is current: a stale one may lack the nodes
     /// that changed since (a manager that joined and died while it was behind).
@@ -2070,6 +2078,7 @@ impl Control {
         self.reconcile_statuses();
     }
 
+    /// Proposes, for every node of the state, what gossip last said of it.
     fn reconcile_statuses(&mut self) {
         let ids: Vec<NodeId> = self
             .manager()
@@ -2302,14 +2311,6 @@ impl Manager {
         &self.raft
     }
 
-    /// Whether this manager should ask the managers it knows whether it still is one,
-    /// and who leads: it has no state yet (joined, promoted, or restarted before the
-    /// leader's state reached it); its state made it a worker and the configuration
-    /// change that takes it out of Raft has not reached it (a leader stops replicating
-    /// to a node it removed, so that change may never come); or it knows no leader (one
-    /// elected after its state may be a node it has never heard of, whose messages it
-    /// refuses; a follower's `LeaderHint` answer names it); or it is no voter in its own
-    /// configuration (a learner, or out of it).
     /// Whether the state holds everything Raft knows committed: a leader acts on the
     /// state (voters, role answers) only then, never on a stale one that would undo
     /// what it does not know yet (a restarted leader replaying its log).
@@ -2318,6 +2319,14 @@ impl Manager {
         self.cluster.is_some() && commit_known && self.applied >= self.raft.commit
     }
 
+    /// Whether this manager should ask the managers it knows whether it still is one,
+    /// and who leads: it has no state yet (joined, promoted, or restarted before the
+    /// leader's state reached it); its state made it a worker and the configuration
+    /// change that takes it out of Raft has not reached it (a leader stops replicating
+    /// to a node it removed, so that change may never come); or it knows no leader (one
+    /// elected after its state may be a node it has never heard of, whose messages it
+    /// refuses; a follower's `LeaderHint` answer names it); or it is no voter in its own
+    /// configuration (a learner, or out of it).
     fn unsure_of_role(&self, me: NodeId) -> bool {
         let Some(c) = &self.cluster else { return true };
         let demoted =

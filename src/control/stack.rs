@@ -279,7 +279,7 @@ impl Stack {
                     raft::Message::PreVote { .. } | raft::Message::Vote { .. }
                 ) {
                     self.tell_demoted(now, from, id);
-                    self.control.campaign_heard(now, from);
+                    self.control.tell_who_leads(now, from);
                 }
                 match self.raft.as_mut() {
                     Some(r) => r.step(now, id, m),

@@ -897,7 +897,7 @@ fn forwarded_requests_follow_the_leader_and_never_wait_out_a_dead_one() {
 fn a_campaigner_is_told_who_leads_and_learns_the_leader() {
     let s = state(&[1, 2, 3, 4], &[]);
     let (mut f, now) = manager(2, &s, view(Role::Follower, Some(4), &[1, 2, 3, 4]));
-    f.campaign_heard(now, key(3));
+    f.tell_who_leads(now, key(3));
     let hint = PeerMsg::LeaderHint((id(4), key(4), addr(4)));
     assert_eq!(
         drain(&mut f),
@@ -906,12 +906,12 @@ fn a_campaigner_is_told_who_leads_and_learns_the_leader() {
             msg: hint.clone()
         }]
     );
-    f.campaign_heard(now + Duration::from_secs(1), key(3));
+    f.tell_who_leads(now + Duration::from_secs(1), key(3));
     assert_eq!(drain(&mut f), vec![], "not again within the retry interval");
-    f.campaign_heard(now + LEADER_HINT_RETRY, key(3));
+    f.tell_who_leads(now + LEADER_HINT_RETRY, key(3));
     assert_eq!(drain(&mut f).len(), 1);
     // The leader campaigning itself hears nothing.
-    f.campaign_heard(now + LEADER_HINT_RETRY * 2, key(4));
+    f.tell_who_leads(now + LEADER_HINT_RETRY * 2, key(4));
     assert_eq!(drain(&mut f), vec![]);
     // A manager that does not campaign (its old configuration lacks it) but knows no
     // leader asks who leads; a follower answers with the same hint.

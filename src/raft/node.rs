@@ -515,23 +515,20 @@ impl Raft {
         self.log.entry(i)
     }
 
-    /// Whether no membership change may be proposed now: one is appended but not yet
-    /// committed, or (on a leader) no entry of its term has committed yet. The second
-    /// is the errata to single-server changes in the Raft thesis: a change appended
-    /// before the leader's term commits could be lost to a candidate elected under an
-    /// older configuration, together with entries committed under the newer one.
     /// Leader: whether an entry of its own term has committed, so that its commit index
     /// covers everything any earlier leader committed. False on a follower.
     pub fn term_committed(&self) -> bool {
         matches!(&self.state, State::Leader(l) if self.commit >= l.term_start)
     }
 
+    /// Whether no membership change may be proposed now: one is appended but not yet
+    /// committed, or (on a leader) no entry of its term has committed yet. The second
+    /// is the errata to single-server changes in the Raft thesis: a change appended
+    /// before the leader's term commits could be lost to a candidate elected under an
+    /// older configuration, together with entries committed under the newer one.
     pub fn config_pending(&self) -> bool {
-        let term_uncommitted = match &self.state {
-            State::Leader(l) => self.commit < l.term_start,
-            _ => false,
-        };
-        self.membership_index > self.commit || term_uncommitted
+        let leader = matches!(self.state, State::Leader(_));
+        self.membership_index > self.commit || (leader && !self.term_committed())
     }
 
     /// The index the latest snapshot covers.

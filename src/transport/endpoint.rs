@@ -1091,7 +1091,6 @@ impl Endpoint {
     }
 }
 
-/// Makes `s` the current session; the old current one lingers as previous.
 /// Whether the peer's use of our previous session means the two crossed handshakes and
 /// that session is the one both should keep: made within two handshake retries of the
 /// current one (a rekey's previous is minutes older), and initiated by the lower key
@@ -1105,6 +1104,7 @@ fn crossing_pick(p: &Peer, we_are_lower: bool, cfg: &Config) -> bool {
     close && prev.initiator == we_are_lower && cur.initiator != prev.initiator
 }
 
+/// Makes `s` the current session; the old current one lingers as previous.
 fn install_current(
     p: &mut Peer,
     s: Session,
