@@ -674,16 +674,22 @@ impl Control {
             m.leader_told.clear();
         }
         m.leader_told.insert(from, now);
-        self.send(from, PeerMsg::LeaderHint(hint));
+        let term = m.raft.term;
+        self.send(from, PeerMsg::LeaderHint { leader: hint, term });
     }
 
-    /// Told who leads by a manager we know: take the leader as a peer (unless it was
-    /// removed), so its handshake and appends get through.
-    fn on_leader_hint(&mut self, from: PeerKey, (id, key, addr): ManagerAddr) {
+    /// Told who leads by a manager we know: take the leader as a peer, so its handshake
+    /// and appends get through.
+    fn on_leader_hint(&mut self, from: PeerKey, (id, key, addr): ManagerAddr, term: Term) {
         // The sender must be a manager we know (our Raft configuration, membership file
-        // or gossip) and not removed. The leader it names leads now, so it is a member even
-        // if we saw it removed once: it joined again after our state.
+        // or gossip) and not removed. Its word is as fresh as its term: a manager cut off
+        // since an older term names the leader of then (SIM_SEED=60009858: a node demoted
+        // and removed since, which this hint would have let back in). A node we saw
+        // removed is believed to lead only in a term after ours: it joined again since.
         let sender = cluster::node_id(&from);
+        let fresh = self.manager().is_some_and(|m| {
+            term > m.raft.term || (term == m.raft.term && !m.member.removed.contains(&id))
+        });
         let trusted = self.manager().is_some_and(|m| {
             let manager = m.raft.voters.contains(&sender)
                 || m.raft.learners.contains(&sender)
@@ -698,7 +704,7 @@ impl Control {
                 && !m.member.removed.contains(&sender)
                 && m.raft.leader.is_none()
         });
-        if !trusted || cluster::node_id(&key) != id || id == self.me.id {
+        if !trusted || !fresh || cluster::node_id(&key) != id || id == self.me.id {
             self.counters.messages_ignored += 1;
             return;
         }
@@ -1178,7 +1184,7 @@ impl Control {
             PeerMsg::Promoted { managers } => self.on_promoted(from, managers),
             PeerMsg::Demoted => self.on_demoted(from),
             PeerMsg::RoleQuery => self.on_role_query(now, from),
-            PeerMsg::LeaderHint(leader) => self.on_leader_hint(from, leader),
+            PeerMsg::LeaderHint { leader, term } => self.on_leader_hint(from, leader, term),
         }
     }
 

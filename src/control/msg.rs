@@ -13,7 +13,7 @@ use crate::api::{Request, Response};
 use crate::cluster::token::TokenRole;
 use crate::cluster::NodeRole;
 use crate::gossip;
-use crate::raft::{self, NodeId};
+use crate::raft::{self, NodeId, Term};
 use crate::transport::{PeerKey, MAX_MESSAGE_SIZE};
 
 /// Format version of peer messages.
@@ -98,8 +98,12 @@ pub enum PeerMsg {
     /// From a manager that follows a leader to a manager that campaigns (pre-votes) in
     /// vain: who leads now. A manager restarted far behind may know neither the leader's
     /// key nor its address (it joined after the state the campaigner holds), and without
-    /// them it refuses the leader's handshake and never catches up.
-    LeaderHint(ManagerAddr),
+    /// them it refuses the leader's handshake and never catches up. `term` is the
+    /// sender's: a hint from a manager cut off since an older term names an old leader.
+    LeaderHint {
+        leader: ManagerAddr,
+        term: Term,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
