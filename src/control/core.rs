@@ -401,6 +401,8 @@ pub struct Counters {
     pub messages_ignored: u64,
     /// Forwarded answers too large for one transport message (answered with an error).
     pub answers_too_large: u64,
+    /// Messages from removed nodes answered `Removed`.
+    pub removal_notices: u64,
 }
 
 /// The control core. See the module documentation for the driving loop.
@@ -1185,7 +1187,52 @@ impl Control {
             PeerMsg::Demoted => self.on_demoted(from),
             PeerMsg::RoleQuery => self.on_role_query(now, from),
             PeerMsg::LeaderHint { leader, term } => self.on_leader_hint(from, leader, term),
+            PeerMsg::Removed => self.on_removed(from),
         }
+    }
+
+    /// The leader tells us the cluster removed us: we leave, as `leave` does (Docker's
+    /// node goes inactive too). Only a manager we know is believed.
+    fn on_removed(&mut self, from: PeerKey) {
+        let known = self.member().is_some_and(|m| {
+            (m.gossip_managers.contains(&cluster::node_id(&from))
+                || m.membership.managers.iter().any(|(_, k, _)| *k == from))
+                && m.knows_key(&from)
+        });
+        if !known {
+            self.counters.messages_ignored += 1;
+            return;
+        }
+        self.forget_cluster();
+        self.log(
+            Level::Warning,
+            "the swarm removed this node (`node rm`): it is in no swarm now; join again with a token to come back".into(),
+        );
+    }
+
+    /// Whether `key` belongs to a node we saw removed and should hear so from us: we
+    /// lead, with a current state (a state replayed from an older point could name a
+    /// removal undone since), and its key is no longer in the state. The transport then
+    /// lets its handshake through, and any message on that session is answered
+    /// `Removed` (see `tell_removed`).
+    pub fn owes_removal_notice(&self, key: &PeerKey) -> bool {
+        let id = cluster::node_id(key);
+        self.manager().is_some_and(|m| {
+            m.raft.role == Role::Leader
+                && m.state_current()
+                && m.member.removed.contains(&id)
+                && m.cluster
+                    .as_ref()
+                    .is_some_and(|c| c.node_by_key(key).is_none())
+        })
+    }
+
+    /// A message from a removed node (see `owes_removal_notice`): tell it, then close
+    /// its session again.
+    pub fn tell_removed(&mut self, key: PeerKey) {
+        self.counters.removal_notices += 1;
+        self.send(key, PeerMsg::Removed);
+        self.emit(Effect::RemovePeer(key));
     }
 
     /// The leader told us (a worker) we are a manager now: start Raft with nothing; the

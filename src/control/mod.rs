@@ -32,4 +32,4 @@ pub use self::core::{
     MAX_REMOVED_REMEMBERED, MEMBER_PSK, PSK_MANAGER, PSK_WORKER, UNHEARD_GRACE,
 };
 pub use msg::{GossipMeta, ManagerAddr, Membership, PeerMsg};
-pub use stack::{Io, LogWrite, RaftLog, Stack, StackConfig};
+pub use stack::{Admission, Io, LogWrite, RaftLog, Stack, StackConfig};

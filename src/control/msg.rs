@@ -104,6 +104,9 @@ pub enum PeerMsg {
         leader: ManagerAddr,
         term: Term,
     },
+    /// From the leader to a node the cluster removed that still talks to it (it was
+    /// off, or cut off, when it was removed): it is no member any more, and leaves.
+    Removed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -37,7 +37,7 @@ use crate::logging::Level;
 use crate::raft::{
     self, Entry, HardState, Index, NodeId, Raft, ReadState, Ready, Role, Snapshot, SnapshotMeta,
 };
-use crate::transport::{PeerKey, Psk, PskId};
+use crate::transport::{PeerKey, PeerPolicy, Psk, PskId};
 
 /// One durable write of Raft's state, in the order given.
 #[derive(Clone, Debug, PartialEq)]
@@ -264,6 +264,17 @@ impl Stack {
         // over the session its token keyed: what counts is its key, not the session.)
         let member = self.control.admits(&from);
         let id = cluster::node_id(&from);
+        // A member session from a key we no longer admit (removed since the handshake,
+        // or let in only to hear that it was removed): nothing it says counts.
+        if !member && psk == Some(PskId::MEMBER) {
+            if self.control.owes_removal_notice(&from) {
+                self.control.tell_removed(from);
+            } else {
+                self.counters.not_from_member += 1;
+            }
+            self.drive(now);
+            return;
+        }
         match msg {
             PeerMsg::Raft(_) | PeerMsg::Gossip(_) if !member => {
                 self.counters.not_from_member += 1;
@@ -800,6 +811,7 @@ impl Stack {
             ("raft_refusals", sc.raft_refusals),
             ("proposals_refused", cc.proposals_refused),
             ("answers_too_large", cc.answers_too_large),
+            ("removal_notices", cc.removal_notices),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -867,4 +879,23 @@ fn writes_of(ready: &Ready, hard: HardState) -> Vec<LogWrite> {
         w.push(LogWrite::Entries(ready.append.clone()));
     }
     w
+}
+
+/// The transport's admission of handshakes, for the daemon and the simulation alike:
+/// members (and removed nodes the leader must tell so) with the member PSK, joiners with
+/// their token's.
+pub struct Admission<'a>(pub &'a Stack);
+
+impl PeerPolicy for Admission<'_> {
+    fn admit(&mut self, peer: &PeerKey, _: SocketAddr) -> Option<Psk> {
+        let c = self.0.control();
+        (c.admits(peer) || c.owes_removal_notice(peer)).then_some(super::MEMBER_PSK)
+    }
+
+    fn admit_with(&mut self, peer: &PeerKey, from: SocketAddr, id: PskId) -> Option<Psk> {
+        match id {
+            PskId::MEMBER => self.admit(peer, from),
+            _ => self.0.control().join_psk(id),
+        }
+    }
 }

@@ -1588,6 +1588,59 @@ fn a_stale_hint_does_not_bring_back_a_removed_node() {
     assert!(c.admits(&key(4)));
 }
 
+/// A node removed while it was off or cut off comes back and talks to the leader: the
+/// leader lets its handshake through only to tell it `Removed`, and it leaves the swarm
+/// (Docker's removed node goes inactive too). Before, it stayed a worker no manager
+/// answered, and its gossip kept suspecting live managers.
+#[test]
+fn a_removed_node_that_comes_back_is_told_and_leaves() {
+    let s = state(&[1, 2, 3], &[6]);
+    let (mut l, now) = manager(1, &s, view(Role::Leader, Some(1), &[1, 2, 3]));
+    let (mut f, _) = manager(2, &s, view(Role::Follower, Some(1), &[1, 2, 3]));
+    assert!(!l.owes_removal_notice(&key(6)), "a member is not told");
+    let cmd = Command::RemoveNode(id(6));
+    for c in [&mut l, &mut f] {
+        c.handle(now, committed(&cmd, 11));
+        drain(c);
+    }
+    assert!(!l.admits(&key(6)));
+    assert!(l.owes_removal_notice(&key(6)));
+    assert!(!f.owes_removal_notice(&key(6)), "only the leader tells");
+    assert!(!l.owes_removal_notice(&key(7)), "nor a stranger");
+    l.tell_removed(key(6));
+    assert_eq!(
+        drain(&mut l),
+        vec![
+            Effect::Send {
+                to: key(6),
+                msg: PeerMsg::Removed
+            },
+            Effect::RemovePeer(key(6)),
+        ]
+    );
+    // A leader whose state is not current may hold a removal undone since.
+    l.handle(
+        now,
+        Input::Raft(RaftView {
+            term_committed: false,
+            ..view(Role::Leader, Some(1), &[1, 2, 3])
+        }),
+    );
+    assert!(!l.owes_removal_notice(&key(6)));
+
+    // The removed worker believes a manager it knows, not a stranger.
+    let (mut w, now) = worker(6, &[1]);
+    w.handle(now, peer(9, PeerMsg::Removed));
+    assert_eq!(drain(&mut w), vec![]);
+    assert!(matches!(w.state(), NodeState::Worker(_)));
+    w.handle(now, peer(1, PeerMsg::Removed));
+    let e = drain(&mut w);
+    assert!(e.contains(&Effect::LeaveGossip), "{e:?}");
+    assert!(e.contains(&Effect::SaveMembership(None)), "{e:?}");
+    assert!(e.contains(&Effect::RemovePeer(key(1))), "{e:?}");
+    assert!(matches!(w.state(), NodeState::Idle));
+}
+
 /// A leader cut off from its majority steps down: every request waiting on it hears so
 /// at once (the outcome is unknown), joins included.
 #[test]

@@ -20,12 +20,14 @@ use smol::channel::{Receiver, Sender};
 
 use crate::api::{Request, Response};
 use crate::cluster;
-use crate::control::{Bound, Identity, Io, LogWrite, Membership, RequestId, Stack, StackConfig};
+use crate::control::{
+    Admission, Bound, Identity, Io, LogWrite, Membership, RequestId, Stack, StackConfig,
+};
 use crate::daemon::server;
 use crate::daemon::wal::{Wal, WalError};
 use crate::netio::keyfile;
 use crate::netio::transport::{os_random, Driver};
-use crate::transport::{self, Event as TEvent, PeerKey, PeerPolicy, Psk, PskId, SendError};
+use crate::transport::{self, Event as TEvent, PeerKey, SendError};
 
 /// API requests queued for the loop; more wait in their connection tasks.
 const API_QUEUE: usize = 64;
@@ -81,25 +83,6 @@ struct Node {
 /// Benchmark-only: set to 1, log writes and syncs run on the loop's own thread, as they
 /// did before they moved to the blocking pool (`just bench` compares the two).
 pub const SYNC_ON_LOOP_ENV: &str = "SWARMLET_BENCH_SYNC_ON_LOOP";
-
-/// Lets the transport talk to members (no PSK) and to token holders (the token's PSK).
-struct Policy<'a>(&'a Stack);
-
-impl PeerPolicy for Policy<'_> {
-    fn admit(&mut self, peer: &PeerKey, _: SocketAddr) -> Option<Psk> {
-        self.0
-            .control()
-            .admits(peer)
-            .then_some(crate::control::MEMBER_PSK)
-    }
-
-    fn admit_with(&mut self, peer: &PeerKey, from: SocketAddr, id: PskId) -> Option<Psk> {
-        match id {
-            PskId::MEMBER => self.admit(peer, from),
-            _ => self.0.control().join_psk(id),
-        }
-    }
-}
 
 /// What woke the loop besides the transport.
 enum Wake {
@@ -238,7 +221,7 @@ impl Node {
                 smol::future::or(async { Wake::Api(rx.recv().await) }, written).await
             };
             let woke = match self.transport.as_mut() {
-                Some(d) => d.turn(&mut Policy(&self.stack), deadline, other).await?,
+                Some(d) => d.turn(&mut Admission(&self.stack), deadline, other).await?,
                 None => {
                     let timer = async {
                         match deadline {

@@ -52,12 +52,13 @@ use crate::api::{NodeView, Request, Response};
 use crate::cluster::token::{JoinToken, TokenRole};
 use crate::cluster::{self, Availability, ClusterState, Command, NodeRole, NodeStatus};
 use crate::control::{
-    Bound, Identity, Io, LogWrite, Membership, NodeState, RaftLog, RequestId, Stack, StackConfig,
-    FORWARD_DEADLINE, JOIN_TIMEOUT, MEMBER_PSK, UNHEARD_GRACE,
+    Admission, Bound, Identity, Io, LogWrite, Membership, NodeState, RaftLog, RequestId, Stack,
+    StackConfig, FORWARD_DEADLINE, JOIN_TIMEOUT, UNHEARD_GRACE,
 };
+use crate::gossip;
 use crate::logging::Level;
 use crate::raft::{Entry, HardState, Index, NodeId, Payload, Role, Snapshot, Term};
-use crate::transport::{self, Endpoint, Event as TEvent, PeerKey, PeerPolicy, Psk, PskId};
+use crate::transport::{self, Endpoint, Event as TEvent, PeerKey, PskId};
 
 /// Virtual time with faults and the workload: several elections, dozens of joins and
 /// role changes, and a few snapshots at the smallest interval.
@@ -291,23 +292,6 @@ impl Oracle {
     }
 }
 
-/// The transport's admission, as the daemon's: members by key, joiners by their token's
-/// pre-shared key.
-struct Admission<'a>(&'a Stack);
-
-impl PeerPolicy for Admission<'_> {
-    fn admit(&mut self, peer: &PeerKey, _: SocketAddr) -> Option<Psk> {
-        self.0.control().admits(peer).then_some(MEMBER_PSK)
-    }
-
-    fn admit_with(&mut self, peer: &PeerKey, from: SocketAddr, id: PskId) -> Option<Psk> {
-        match id {
-            PskId::MEMBER => self.admit(peer, from),
-            _ => self.0.control().join_psk(id),
-        }
-    }
-}
-
 /// What a run did, summed over seeds for the test's own assertions.
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
@@ -330,6 +314,8 @@ pub struct Stats {
     /// Member messages a worker accepted from a node removed from the cluster (a worker
     /// holds no cluster state to know better).
     pub removed_heard_by_workers: u64,
+    /// Removed nodes the leader told so, which left.
+    pub removed_left: u64,
 }
 
 impl Stats {
@@ -351,6 +337,7 @@ impl Stats {
         self.max_term = self.max_term.max(o.max_term);
         self.send_errors += o.send_errors;
         self.removed_heard_by_workers += o.removed_heard_by_workers;
+        self.removed_left += o.removed_left;
     }
 }
 
@@ -865,6 +852,9 @@ impl Sim {
                 });
             }
             Io::Log(level, text) => {
+                if text.starts_with("the swarm removed this node") {
+                    self.stats.removed_left += 1;
+                }
                 if level == Level::Error {
                     self.fail(format!("node {i} logged an error: {text}"));
                 }
@@ -1343,14 +1333,17 @@ impl Sim {
         let Some(run) = self.nodes[i].run.as_ref() else {
             return;
         };
-        let knows = run.stack.control().cluster().is_some_and(|c| {
-            !c.nodes.contains_key(&self.nodes[r].id)
-                && run
-                    .stack
-                    .raft()
-                    .is_some_and(|raft| raft.status().applied >= removed)
-        });
-        if knows {
+        // The stack takes nothing from a key it does not admit (the leader answers a
+        // removed node `Removed`): what must hold is that it does not admit it.
+        let admitted = run.stack.control().admits(&from)
+            && run.stack.control().cluster().is_some_and(|c| {
+                !c.nodes.contains_key(&self.nodes[r].id)
+                    && run
+                        .stack
+                        .raft()
+                        .is_some_and(|raft| raft.status().applied >= removed)
+            });
+        if admitted {
             self.fail(format!(
                 "node {i} accepted a message from node {r}, removed at index {}",
                 removed.0
@@ -2212,6 +2205,35 @@ impl Sim {
                     });
                 if admits {
                     self.fail(format!("settled: manager {j} admits removed node {i}"));
+                }
+            }
+            // A removed node that still acts as a member and talks to the leader (its
+            // gossip has the leader alive, so it probes it) hears `Removed` and leaves.
+            let member = n.run.as_ref().and_then(|r| {
+                let c = r.stack.control();
+                let alive: Vec<NodeId> = r
+                    .stack
+                    .gossip()
+                    .map(|g| {
+                        g.members()
+                            .filter(|(_, st)| *st == gossip::Status::Alive)
+                            .map(|(id, _)| id)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (!matches!(c.state(), NodeState::Idle)).then_some(alive)
+            });
+            if let Some(alive) = member {
+                let told_by = self.nodes.iter().position(|m| {
+                    alive.contains(&m.id)
+                        && m.run
+                            .as_ref()
+                            .is_some_and(|r| r.stack.control().owes_removal_notice(&key))
+                });
+                if let Some(j) = told_by {
+                    self.fail(format!(
+                        "settled: removed node {i} still acts as a member, though it probes leader {j}, which would tell it"
+                    ));
                 }
             }
             return;
