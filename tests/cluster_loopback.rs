@@ -184,6 +184,21 @@ fn three_managers_two_workers_failover_and_bad_input() {
     wait_ls(&m2, 5, "w2 gone", |l| {
         row(l, "w2").is_none() && l.len() == 5
     });
+    // A running worker removed with --force hears so from the leader and leaves: it
+    // does not linger as a worker no manager answers.
+    m2.ok(&["node", "rm", "--force", "w1"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let info = w1.ok(&["info"]);
+        if info.contains("Swarm: inactive") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "w1 still in a swarm after its removal: {info}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // A corrupt WAL makes the daemon refuse to start, naming the file.
     m3.kill9();

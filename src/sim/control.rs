@@ -2208,7 +2208,9 @@ impl Sim {
                 }
             }
             // A removed node that still acts as a member and talks to the leader (its
-            // gossip has the leader alive, so it probes it) hears `Removed` and leaves.
+            // gossip has the leader alive, and it has the leader's address, so it probes
+            // it) hears `Removed` and leaves. (One that knows no leader's address, a
+            // manager restarted far behind, stays as it is until `leave`.)
             let member = n.run.as_ref().and_then(|r| {
                 let c = r.stack.control();
                 let alive: Vec<NodeId> = r
@@ -2216,7 +2218,9 @@ impl Sim {
                     .gossip()
                     .map(|g| {
                         g.members()
-                            .filter(|(_, st)| *st == gossip::Status::Alive)
+                            .filter(|(id, st)| {
+                                *st == gossip::Status::Alive && c.peer_key(*id).is_some()
+                            })
                             .map(|(id, _)| id)
                             .collect()
                     })

@@ -841,7 +841,9 @@ impl Endpoint {
                 self.stats.peer_table_full += 1;
                 return;
             }
-            self.peers.insert(key, Peer::new(&key, None, psk));
+            let mut p = Peer::new(&key, None, psk);
+            p.psk_id = psk_id;
+            self.peers.insert(key, p);
         }
         let local = self.new_index(key);
         let mut ephemeral = [0u8; 32];
@@ -858,8 +860,9 @@ impl Endpoint {
             self.stats.handshake_failed += 1;
             return;
         };
+        // The PSK our own initiations use stays as `set_peer` gave it: the peer's choice
+        // (a join token's, say) is for its handshakes, and ours name their own id.
         p.greatest_timestamp = ts;
-        p.psk = psk;
         p.addr = Some(from);
         wire::reserve_macs(&mut pkt);
         wire::seal_macs(&mut pkt, &p.mac1_key, p.fresh_cookie(now));

@@ -813,6 +813,72 @@ fn psk_ids_select_the_join_key_and_are_reported() {
     assert_eq!(manager.stats().handshake_denied, 1);
 }
 
+/// A manager that knows a node as a member (member PSK) answers that node's handshake
+/// keyed with a join token; the manager's own later handshakes must still use the member
+/// PSK they name. They took the token's, and every one failed (SIM_SEED=100000852: a
+/// removed node never heard that it was removed).
+#[test]
+fn answering_a_join_handshake_keeps_our_own_psk() {
+    use super::endpoint::{PeerPolicy, PskId};
+    struct Manager;
+    impl PeerPolicy for Manager {
+        fn admit(&mut self, _: &PeerKey, _: SocketAddr) -> Option<Psk> {
+            Some(PSK)
+        }
+        fn admit_with(&mut self, _: &PeerKey, _: SocketAddr, id: PskId) -> Option<Psk> {
+            match id {
+                PskId::MEMBER => Some(PSK),
+                _ => Some([0x77; 32]),
+            }
+        }
+    }
+    let cfg = Config::default();
+    let now = Instant::now();
+    let mut node = Endpoint::new(cfg.clone(), [1; 32], [2; 32], now, 10);
+    let mut manager = Endpoint::new(cfg.clone(), [3; 32], [4; 32], now, 10);
+    let (kn, km) = (node.public_key(), manager.public_key());
+    let (an, am): (SocketAddr, SocketAddr) =
+        ("10.0.0.1:1".parse().unwrap(), "10.0.0.2:2".parse().unwrap());
+    manager.set_peer(kn, an, PSK).unwrap();
+    node.set_peer_with(km, am, [0x77; 32], PskId(1)).unwrap();
+    let exchange = |node: &mut Endpoint, manager: &mut Endpoint, t: Instant| {
+        for _ in 0..4 {
+            while let Some(mut d) = node.poll_transmit() {
+                manager.handle_datagram(t, an, &mut d.data, &mut Manager);
+            }
+            while let Some(mut d) = manager.poll_transmit() {
+                let mut member = |_: &PeerKey, _: SocketAddr| Some(PSK);
+                node.handle_datagram(t, am, &mut d.data, &mut member);
+            }
+        }
+    };
+    node.send(now, km, b"join please").unwrap();
+    exchange(&mut node, &mut manager, now);
+    assert_eq!(manager.session_psk_id(&kn), Some(PskId(1)));
+    // Later (the session expired), the manager starts a handshake of its own.
+    let later = now + cfg.reject_after_time + Duration::from_secs(1);
+    manager.handle_timeout(later);
+    exchange(&mut node, &mut manager, later);
+    manager.send(later, kn, b"from the manager").unwrap();
+    exchange(&mut node, &mut manager, later);
+    let mut got = Vec::new();
+    while let Some(e) = node.poll_event() {
+        got.push(e);
+    }
+    assert!(
+        got.contains(&Event::Message {
+            peer: km,
+            data: b"from the manager".to_vec()
+        }),
+        "{got:?}"
+    );
+    assert_eq!(
+        manager.stats().handshake_failed + node.stats().handshake_failed,
+        0
+    );
+    assert_eq!(node.session_psk_id(&km), Some(PskId::MEMBER));
+}
+
 #[test]
 fn a_fork_behaves_exactly_as_its_original() {
     let mut p = Pair::new(Config::default(), 40);
