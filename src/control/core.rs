@@ -158,10 +158,12 @@ pub enum Input {
         result: Result<Index, ProposeError>,
     },
     Raft(RaftView),
-    /// Raft installed a snapshot: the state machine is `data` as of `index`.
+    /// Raft installed a snapshot: the state machine is `data` as of `index`, from our
+    /// own disk at start-up or sent by the leader (`from_leader`).
     Snapshot {
         index: Index,
         data: Vec<u8>,
+        from_leader: bool,
     },
     /// A committed entry, in log order.
     Committed {
@@ -521,7 +523,11 @@ impl Control {
             Input::Bound(result) => self.on_bound(now, result),
             Input::Proposed { tag, result } => self.on_proposed(tag, result),
             Input::Raft(view) => self.on_raft(now, view),
-            Input::Snapshot { index, data } => self.on_snapshot(now, index, &data),
+            Input::Snapshot {
+                index,
+                data,
+                from_leader,
+            } => self.on_snapshot(now, index, &data, from_leader),
             Input::Committed { index, payload } => self.on_committed(now, index, &payload),
             Input::Read { ctx, result } => self.on_read(ctx, result),
             Input::Gossip(e) => self.on_gossip(e),
@@ -1187,18 +1193,16 @@ impl Control {
             PeerMsg::Demoted => self.on_demoted(from),
             PeerMsg::RoleQuery => self.on_role_query(now, from),
             PeerMsg::LeaderHint { leader, term } => self.on_leader_hint(from, leader, term),
-            PeerMsg::Removed => self.on_removed(from),
+            PeerMsg::Removed => self.on_removed(from, psk),
         }
     }
 
     /// The leader tells us the cluster removed us: we leave, as `leave` does (Docker's
-    /// node goes inactive too). Only a manager we know is believed.
-    fn on_removed(&mut self, from: PeerKey) {
-        let known = self.member().is_some_and(|m| {
-            (m.gossip_managers.contains(&cluster::node_id(&from))
-                || m.membership.managers.iter().any(|(_, k, _)| *k == from))
-                && m.knows_key(&from)
-        });
+    /// node goes inactive too). A member we know says so over a member session (it
+    /// may lead since our removal, and we never heard that it is a manager:
+    /// SIM_SEED=120005134); only a leader with a current state sends it.
+    fn on_removed(&mut self, from: PeerKey, psk: Option<PskId>) {
+        let known = psk == Some(PskId::MEMBER) && self.member().is_some_and(|m| m.knows_key(&from));
         if !known {
             self.counters.messages_ignored += 1;
             return;
@@ -1535,7 +1539,7 @@ impl Control {
         }
     }
 
-    fn on_snapshot(&mut self, now: Instant, index: Index, data: &[u8]) {
+    fn on_snapshot(&mut self, now: Instant, index: Index, data: &[u8], from_leader: bool) {
         let state = match ClusterState::decode(data) {
             Ok(s) => s,
             Err(e) => {
@@ -1571,9 +1575,12 @@ impl Control {
         // Peers learnt before we had a state (a worker's, through gossip) that the state
         // does not hold were removed before our time: forget them too. The managers of
         // the membership file stay while the snapshot is our own from start-up, which
-        // may be older than the file; one from the leader replacing our state is newer
-        // than anything we applied, so a manager it does not hold was removed.
-        let from_leader = m.cluster.is_some();
+        // may be older than the file; one from the leader is newer than anything we
+        // applied or were told, so a manager it does not hold was removed (or joins in
+        // the entries that follow, which teach it again). A promoted node's list of
+        // managers may be old: the transport delivers what it queued for a node once
+        // the node is back, and SIM_SEED=120003628 had a `Promoted` arrive 16 s late,
+        // naming a manager removed since.
         let managers = &m.member.membership.managers;
         let stale: Vec<NodeId> = m
             .member

@@ -405,7 +405,15 @@ impl Stack {
                 });
                 if !snap.data.is_empty() {
                     let (index, data) = (snap.meta.index, snap.data.clone());
-                    self.control.handle(now, Input::Snapshot { index, data });
+                    let from_leader = false;
+                    self.control.handle(
+                        now,
+                        Input::Snapshot {
+                            index,
+                            data,
+                            from_leader,
+                        },
+                    );
                 }
                 self.snapshot_members = Some(snap.meta.membership.clone());
                 let mut r = Raft::restore(
@@ -448,7 +456,15 @@ impl Stack {
         if let Some(s) = held.snapshot {
             self.snapshot_members = Some(s.meta.membership.clone());
             let (index, data) = (s.meta.index, s.data);
-            self.control.handle(now, Input::Snapshot { index, data });
+            let from_leader = true;
+            self.control.handle(
+                now,
+                Input::Snapshot {
+                    index,
+                    data,
+                    from_leader,
+                },
+            );
         }
         for e in held.committed {
             let (index, payload) = (e.index, e.payload);

@@ -160,6 +160,7 @@ fn a_leader_marked_down_while_away_marks_itself_ready() {
         Input::Snapshot {
             index: Index(9),
             data,
+            from_leader: false,
         },
     );
     let view = RaftView {
@@ -230,6 +231,7 @@ fn leader_with_worker(word: Option<Input>) -> Control {
         Input::Snapshot {
             index: Index(9),
             data: state.encode(),
+            from_leader: false,
         },
     );
     if let Some(w) = word {
@@ -323,6 +325,7 @@ fn a_manager_does_not_take_a_removed_node_back_from_gossip() {
         Input::Snapshot {
             index: Index(9),
             data,
+            from_leader: false,
         },
     );
     while c.poll_effect().is_some() {}
@@ -372,6 +375,7 @@ fn a_promoted_worker_forgets_peers_its_first_state_does_not_hold() {
         Input::Snapshot {
             index: Index(9),
             data,
+            from_leader: true,
         },
     );
     let mut forgot = false;
@@ -419,6 +423,7 @@ fn a_promoted_worker_does_not_take_an_older_snapshot_for_a_demotion() {
         Input::Snapshot {
             index: Index(17),
             data: state.encode(),
+            from_leader: true,
         },
     );
     let view = RaftView {
