@@ -51,6 +51,7 @@ bench:
     cargo bench --bench transport
     cargo bench --bench cluster
     cargo bench --bench runtime
+    cargo bench --bench services
     just cross-build
     cargo bench --bench vm
     cargo test --release --lib gossip::tests::bench_ -- --ignored --nocapture

@@ -22,6 +22,7 @@ pub mod model;
 pub mod netio;
 pub mod raft;
 pub mod runtime;
+pub mod services;
 #[cfg(test)]
 pub mod sim;
 pub mod transport;
