@@ -4,6 +4,8 @@
 
 pub mod constraint;
 pub mod scheduler;
+pub mod spec;
+pub mod task;
 
 use std::fmt;
 
