@@ -57,11 +57,28 @@ fn misbehaving_clients_get_error_frames_and_the_daemon_goes_on() {
     assert!(e.contains("no whole request within"), "{e}");
     assert!(start.elapsed() >= REQUEST_TIMEOUT - Duration::from_millis(100));
 
-    // Every slot held by a silent client: one more is told the daemon is full.
-    let held: Vec<UnixStream> = (0..MAX_CONNECTIONS).map(|_| connect()).collect();
-    std::thread::sleep(Duration::from_millis(200)); // all accepted
-    let mut extra = connect();
-    let e = error_frame(&mut extra, Duration::from_secs(2));
+    // Every slot held by a silent client: one more is told the daemon is full. Under
+    // load the daemon may not have accepted them all yet, and a probe can still get a
+    // slot (then it holds one too, and the next probe tries again).
+    let mut held: Vec<UnixStream> = (0..MAX_CONNECTIONS).map(|_| connect()).collect();
+    let deadline = Instant::now() + REQUEST_TIMEOUT / 2;
+    let refused = loop {
+        let mut extra = connect();
+        extra
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut header = [0u8; 4];
+        if extra.read_exact(&mut header).is_ok() {
+            let mut body = vec![0u8; frame_len(header).unwrap()];
+            extra.read_exact(&mut body).unwrap();
+            break decode::<Response>(&body).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no probe was refused");
+        held.push(extra);
+    };
+    let Response::Error(e) = refused else {
+        panic!("expected an error frame, got {refused:?}");
+    };
     assert!(
         e.contains(&format!("serving {MAX_CONNECTIONS} connections")),
         "{e}"
