@@ -403,19 +403,11 @@ impl Stack {
                     meta: SnapshotMeta::default(),
                     data: vec![],
                 });
-                if !snap.data.is_empty() {
-                    let (index, data) = (snap.meta.index, snap.data.clone());
-                    let from_leader = false;
-                    self.control.handle(
-                        now,
-                        Input::Snapshot {
-                            index,
-                            data,
-                            from_leader,
-                        },
-                    );
+                if snap.data.is_empty() {
+                    self.snapshot_members = Some(snap.meta.membership.clone());
+                } else {
+                    self.install_snapshot(now, &snap.meta, snap.data.clone(), false);
                 }
-                self.snapshot_members = Some(snap.meta.membership.clone());
                 let mut r = Raft::restore(
                     id,
                     self.cfg.raft.clone(),
@@ -447,6 +439,27 @@ impl Stack {
         self.drive(now);
     }
 
+    /// Hands the control core the state a snapshot holds: our own at start-up, or the
+    /// leader's (`from_leader`).
+    fn install_snapshot(
+        &mut self,
+        now: Instant,
+        meta: &SnapshotMeta,
+        data: Vec<u8>,
+        from_leader: bool,
+    ) {
+        self.snapshot_members = Some(meta.membership.clone());
+        let index = meta.index;
+        self.control.handle(
+            now,
+            Input::Snapshot {
+                index,
+                data,
+                from_leader,
+            },
+        );
+    }
+
     /// Sends, applies and answers what a durable `Ready` held.
     fn release(&mut self, now: Instant, held: Held) {
         for env in held.messages {
@@ -454,17 +467,7 @@ impl Stack {
             self.send_id(env.to, &msg);
         }
         if let Some(s) = held.snapshot {
-            self.snapshot_members = Some(s.meta.membership.clone());
-            let (index, data) = (s.meta.index, s.data);
-            let from_leader = true;
-            self.control.handle(
-                now,
-                Input::Snapshot {
-                    index,
-                    data,
-                    from_leader,
-                },
-            );
+            self.install_snapshot(now, &s.meta, s.data, true);
         }
         for e in held.committed {
             let (index, payload) = (e.index, e.payload);
