@@ -23,7 +23,18 @@ use super::ServiceId;
 use crate::raft::NodeId;
 
 /// CPU (in billionths of a core, Docker's NanoCPUs) and memory (bytes).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct Resources {
     pub nano_cpus: u64,
     pub memory: u64,

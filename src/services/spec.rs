@@ -3,9 +3,14 @@
 //! for the CLI (which checks before it asks) and the leader (which checks again, since
 //! any client can send anything); its messages are Docker's where Docker has one.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::constraint::Constraint;
+use super::scheduler::Resources;
+use crate::model::container::ContainerSpec;
+use crate::model::health::HealthSpec;
 
 /// Longest service name: a DNS label, as Docker requires.
 pub const MAX_NAME: usize = 63;
@@ -44,6 +49,172 @@ impl Mode {
     }
 }
 
+/// When a task that stopped is replaced (`--restart-condition`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestartCondition {
+    None,
+    /// Not after an exit with status 0.
+    OnFailure,
+    #[default]
+    Any,
+}
+
+/// Swarm's restart policy: every restart is a new task (a new container), in the same
+/// slot (or on the same node, for a global service).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartPolicy {
+    pub condition: RestartCondition,
+    /// Between a task's end and its replacement's start (Docker: 5 s). Not applied when
+    /// the task's node died or was drained.
+    pub delay_ms: u64,
+    /// Restarts per slot and spec version; 0 for no limit.
+    pub max_attempts: u64,
+    /// Only restarts within this window count towards `max_attempts`; 0 for ever.
+    pub window_ms: u64,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            condition: RestartCondition::Any,
+            delay_ms: 5_000,
+            max_attempts: 0,
+            window_ms: 0,
+        }
+    }
+}
+
+/// What a rolling update (or rollback) does when a task fails (`--update-failure-action`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureAction {
+    #[default]
+    Pause,
+    Continue,
+    Rollback,
+}
+
+/// Whether a slot's old task stops before its replacement starts (`--update-order`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UpdateOrder {
+    #[default]
+    StopFirst,
+    StartFirst,
+}
+
+/// How a rolling update or a rollback proceeds; Docker's defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateConfig {
+    /// Slots replaced at once; 0 for all.
+    pub parallelism: u64,
+    /// Between one batch finishing and the next.
+    pub delay_ms: u64,
+    pub failure_action: FailureAction,
+    /// How long a new task must keep running to count as a success.
+    pub monitor_ms: u64,
+    /// Failures tolerated, as parts per million of the slots updated (Docker's ratio
+    /// 0..1, kept exact).
+    pub max_failure_ppm: u32,
+    pub order: UpdateOrder,
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        UpdateConfig {
+            parallelism: 1,
+            delay_ms: 0,
+            failure_action: FailureAction::Pause,
+            monitor_ms: 5_000,
+            max_failure_ppm: 0,
+            order: UpdateOrder::StopFirst,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub constraints: Vec<Constraint>,
+    /// `--replicas-max-per-node`; 0 for no limit.
+    pub max_replicas: u64,
+    /// `--placement-pref spread=<label>`: the labels to spread over, outermost first.
+    pub spread: Vec<String>,
+}
+
+/// What each task of a service runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskTemplate {
+    pub image: String,
+    pub container: ContainerSpec,
+    pub stop_signal: Option<String>,
+    /// Between the stop signal and SIGKILL (Docker: 10 s).
+    pub stop_grace_ms: u64,
+    /// `None`: the image's own; `Some` with no test: `--no-healthcheck`.
+    pub health: Option<HealthSpec>,
+    pub restart: RestartPolicy,
+    pub placement: Placement,
+    /// `--reserve-cpu` and `--reserve-memory`: what the scheduler sets aside.
+    pub reserve: Resources,
+    /// Raised by `service update --force`: every task counts as changed.
+    pub force_update: u64,
+}
+
+impl TaskTemplate {
+    pub fn new(image: &str) -> TaskTemplate {
+        TaskTemplate {
+            image: image.to_string(),
+            container: ContainerSpec::default(),
+            stop_signal: None,
+            stop_grace_ms: 10_000,
+            health: None,
+            restart: RestartPolicy::default(),
+            placement: Placement::default(),
+            reserve: Resources::default(),
+            force_update: 0,
+        }
+    }
+}
+
+/// A service as `service create` defines it and `service update` changes it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    pub name: String,
+    /// `-l`: the service's own labels (not copied to its containers).
+    pub labels: BTreeMap<String, String>,
+    pub mode: Mode,
+    pub task: TaskTemplate,
+    pub update: UpdateConfig,
+    pub rollback: UpdateConfig,
+}
+
+impl ServiceSpec {
+    /// What `service create NAME IMAGE` makes: one replica, Docker's defaults.
+    pub fn new(name: &str, image: &str) -> ServiceSpec {
+        ServiceSpec {
+            name: name.to_string(),
+            labels: BTreeMap::new(),
+            mode: Mode::Replicated { replicas: 1 },
+            task: TaskTemplate::new(image),
+            update: UpdateConfig::default(),
+            rollback: UpdateConfig::default(),
+        }
+    }
+
+    /// Checks a spec as the leader takes it: the first problem, in Docker's words
+    /// where Docker has some.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        check_name(&self.name)?;
+        check_mode(&self.mode)?;
+        if self.task.image.trim().is_empty() {
+            return Err(SpecError::NoImage);
+        }
+        for u in [&self.update, &self.rollback] {
+            if u.max_failure_ppm > 1_000_000 {
+                return Err(SpecError::FailureRatio);
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
     #[error("invalid name {0:?}: a service name is 1 to {MAX_NAME} letters, digits and dashes, starting and ending with a letter or digit")]
@@ -54,6 +225,8 @@ pub enum SpecError {
     TooManyReplicas(u64),
     #[error("max-concurrent must be at least 1")]
     NoConcurrency,
+    #[error("TaskSpec: update-maxfailureratio cannot be less than 0 or bigger than 1")]
+    FailureRatio,
     #[error("{0}")]
     Constraint(#[from] super::constraint::ConstraintError),
 }
@@ -132,6 +305,33 @@ mod tests {
             "replicated job"
         );
         assert!(Mode::GlobalJob.is_job() && !Mode::Global.is_job());
+    }
+
+    #[test]
+    fn a_new_spec_has_dockers_defaults_and_validates() {
+        let s = ServiceSpec::new("web", "nginx:alpine");
+        assert_eq!(s.mode, Mode::Replicated { replicas: 1 });
+        assert_eq!(s.task.restart.delay_ms, 5_000);
+        assert_eq!(s.task.restart.condition, RestartCondition::Any);
+        assert_eq!(s.task.stop_grace_ms, 10_000);
+        assert_eq!(s.update.parallelism, 1);
+        assert_eq!(s.update.monitor_ms, 5_000);
+        assert_eq!(s.update.failure_action, FailureAction::Pause);
+        assert_eq!(s.rollback.order, UpdateOrder::StopFirst);
+        assert_eq!(s.validate(), Ok(()));
+
+        let mut bad = s.clone();
+        bad.task.image = " ".into();
+        assert_eq!(
+            bad.validate().unwrap_err().to_string(),
+            "ContainerSpec: image reference must be provided"
+        );
+        let mut bad = s.clone();
+        bad.rollback.max_failure_ppm = 1_000_001;
+        assert_eq!(bad.validate(), Err(SpecError::FailureRatio));
+        let mut bad = s;
+        bad.name = "my_web".into();
+        assert!(matches!(bad.validate(), Err(SpecError::Name(_))));
     }
 
     #[test]
