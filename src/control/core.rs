@@ -56,6 +56,8 @@ pub const MAX_REMOVED_REMEMBERED: usize = 4096;
 /// who leads, this often (see `PeerMsg::RoleQuery`); so does a worker a leader still
 /// replicates to.
 pub const ROLE_QUERY: Duration = Duration::from_secs(2);
+/// What a node logs when the leader tells it the swarm removed it, and it leaves.
+pub const REMOVED_LOG: &str = "the swarm removed this node (`node rm`): it is in no swarm now; join again with a token to come back";
 /// A campaigner is told who leads at most this often (it pre-votes every election
 /// timeout, 0.5-1 s).
 pub const LEADER_HINT_RETRY: Duration = Duration::from_secs(2);
@@ -695,10 +697,9 @@ impl Control {
         // and removed since, which this hint would have let back in). A node we saw
         // removed is believed to lead only in a term after ours: it joined again since.
         let sender = cluster::node_id(&from);
-        let fresh = self.manager().is_some_and(|m| {
-            term > m.raft.term || (term == m.raft.term && !m.member.removed.contains(&id))
-        });
         let trusted = self.manager().is_some_and(|m| {
+            let fresh =
+                term > m.raft.term || (term == m.raft.term && !m.member.removed.contains(&id));
             let manager = m.raft.voters.contains(&sender)
                 || m.raft.learners.contains(&sender)
                 || m.member.gossip_managers.contains(&sender)
@@ -708,11 +709,12 @@ impl Control {
                     .iter()
                     .any(|(_, k, _)| *k == from);
             manager
+                && fresh
                 && m.member.knows_key(&from)
                 && !m.member.removed.contains(&sender)
                 && m.raft.leader.is_none()
         });
-        if !trusted || !fresh || cluster::node_id(&key) != id || id == self.me.id {
+        if !trusted || cluster::node_id(&key) != id || id == self.me.id {
             self.counters.messages_ignored += 1;
             return;
         }
@@ -1208,10 +1210,7 @@ impl Control {
             return;
         }
         self.forget_cluster();
-        self.log(
-            Level::Warning,
-            "the swarm removed this node (`node rm`): it is in no swarm now; join again with a token to come back".into(),
-        );
+        self.log(Level::Warning, REMOVED_LOG.into());
     }
 
     /// Whether `key` belongs to a node we saw removed and should hear so from us: we

@@ -29,7 +29,7 @@ mod tests;
 pub use self::core::{
     Bound, Control, Counters, Effect, Identity, Input, NodeState, RaftView, Reply, RequestId,
     DEFAULT_PORT, FORWARD_DEADLINE, FORWARD_RETRY, JOIN_RETRY, JOIN_TIMEOUT,
-    MAX_REMOVED_REMEMBERED, MEMBER_PSK, PSK_MANAGER, PSK_WORKER, UNHEARD_GRACE,
+    MAX_REMOVED_REMEMBERED, MEMBER_PSK, PSK_MANAGER, PSK_WORKER, REMOVED_LOG, UNHEARD_GRACE,
 };
 pub use msg::{GossipMeta, ManagerAddr, Membership, PeerMsg};
 pub use stack::{Admission, Io, LogWrite, RaftLog, Stack, StackConfig};

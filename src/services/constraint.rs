@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::NodeRole;
 use crate::raft::NodeId;
 
-/// Longest constraint we take, key, operator and value together.
+/// Longest constraint we take, key, operator and value together: far past any real
+/// label (labels themselves stop at 256 bytes), and it bounds what one spec makes every
+/// manager store and match against every node.
 pub const MAX_CONSTRAINT_BYTES: usize = 512;
 
 /// What a constraint compares.

@@ -217,7 +217,7 @@ impl<'a> Scheduler<'a> {
             .filter(|&i| !matches!(self.fails(i, g), Some(Filter::Ready | Filter::Constraints)))
             .map(|i| self.rank(g, i))
             .collect();
-        let mut nodes = Vec::with_capacity(count.min(self.nodes.len().max(1) * 64));
+        let mut nodes = Vec::new();
         while nodes.len() < count {
             let Some(Reverse((_, _, id, i))) = heap.pop() else {
                 break;

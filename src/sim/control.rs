@@ -53,7 +53,7 @@ use crate::cluster::token::{JoinToken, TokenRole};
 use crate::cluster::{self, Availability, ClusterState, Command, NodeRole, NodeStatus};
 use crate::control::{
     Admission, Bound, Identity, Io, LogWrite, Membership, NodeState, RaftLog, RequestId, Stack,
-    StackConfig, FORWARD_DEADLINE, JOIN_TIMEOUT, UNHEARD_GRACE,
+    StackConfig, FORWARD_DEADLINE, JOIN_TIMEOUT, REMOVED_LOG, UNHEARD_GRACE,
 };
 use crate::gossip;
 use crate::logging::Level;
@@ -852,7 +852,7 @@ impl Sim {
                 });
             }
             Io::Log(level, text) => {
-                if text.starts_with("the swarm removed this node") {
+                if text == REMOVED_LOG {
                     self.stats.removed_left += 1;
                 }
                 if level == Level::Error {
