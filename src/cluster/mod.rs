@@ -8,19 +8,21 @@
 pub mod token;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::raft::NodeId;
+use crate::services::store::{ServiceCommand, Store, StoreError};
 use crate::transport::crypto::hash;
 use crate::transport::PeerKey;
 use token::{TokenRole, TokenSecret};
 
-/// Format version of the encoded state. Version 1 (before the cluster spec) is still
-/// read, so a node upgraded in place loads the snapshot its old version wrote.
-const STATE_VERSION: u8 = 2;
+/// Format version of the encoded state. Versions 1 (before the cluster spec) and 2
+/// (before services) are still read, so a node upgraded in place loads the snapshot its
+/// old version wrote.
+const STATE_VERSION: u8 = 3;
+const STATE_VERSION_2: u8 = 2;
 const STATE_VERSION_1: u8 = 1;
 /// Format version of encoded commands (Raft log entries, which outlive upgrades).
 const COMMAND_VERSION: u8 = 1;
@@ -48,43 +50,7 @@ pub fn node_id(key: &PeerKey) -> NodeId {
     ))
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum NodeRole {
-    Manager,
-    Worker,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Availability {
-    Active,
-    Pause,
-    Drain,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum NodeStatus {
-    Ready,
-    Down,
-}
-
-impl fmt::Display for Availability {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Availability::Active => "Active",
-            Availability::Pause => "Pause",
-            Availability::Drain => "Drain",
-        })
-    }
-}
-
-impl fmt::Display for NodeStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            NodeStatus::Ready => "Ready",
-            NodeStatus::Down => "Down",
-        })
-    }
-}
+pub use crate::model::node::{Availability, NodeRole, NodeStatus};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -130,12 +96,22 @@ impl Default for ClusterSpec {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
     pub cluster_id: [u8; 16],
     pub nodes: BTreeMap<NodeId, NodeRecord>,
     pub tokens: Tokens,
     pub spec: ClusterSpec,
+    pub services: Store,
+}
+
+/// The state as version 2 wrote it.
+#[derive(Deserialize)]
+struct ClusterStateV2 {
+    cluster_id: [u8; 16],
+    nodes: BTreeMap<NodeId, NodeRecord>,
+    tokens: Tokens,
+    spec: ClusterSpec,
 }
 
 /// The state as version 1 wrote it.
@@ -147,7 +123,7 @@ struct ClusterStateV1 {
 }
 
 /// Changes to the cluster state; the payload of Raft commands.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     AddNode(NodeRecord),
     RemoveNode(NodeId),
@@ -173,6 +149,8 @@ pub enum Command {
         role: TokenRole,
         secret: TokenSecret,
     },
+    /// Services and tasks (appended last: older entries keep their encoding).
+    Service(ServiceCommand),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -185,6 +163,8 @@ pub enum ApplyError {
     LastManager(NodeId),
     #[error("node record is invalid: {0}")]
     Invalid(String),
+    #[error("{0}")]
+    Service(#[from] StoreError),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -256,6 +236,7 @@ impl ClusterState {
             nodes: BTreeMap::new(),
             tokens,
             spec,
+            services: Store::default(),
         }
     }
 
@@ -273,6 +254,17 @@ impl ClusterState {
                     nodes: v1.nodes,
                     tokens: v1.tokens,
                     spec: ClusterSpec::default(),
+                    services: Store::default(),
+                })
+            }
+            (STATE_VERSION_2, rest) => {
+                let v2: ClusterStateV2 = body(rest)?;
+                Ok(ClusterState {
+                    cluster_id: v2.cluster_id,
+                    nodes: v2.nodes,
+                    tokens: v2.tokens,
+                    spec: v2.spec,
+                    services: Store::default(),
                 })
             }
             (v, _) => Err(DecodeError::Version(v)),
@@ -344,6 +336,7 @@ impl ClusterState {
                 check_labels(&labels)
             }
             Command::RotateToken { .. } => Ok(()),
+            Command::Service(c) => Ok(self.services.validate(c)?),
         }
     }
 
@@ -385,6 +378,7 @@ impl ClusterState {
                 TokenRole::Worker => self.tokens.worker = *secret,
                 TokenRole::Manager => self.tokens.manager = *secret,
             },
+            Command::Service(c) => self.services.apply(c)?,
         }
         Ok(())
     }
@@ -556,6 +550,31 @@ mod tests {
         let loaded = ClusterState::decode(&old).unwrap();
         assert_eq!(loaded, s);
         assert_eq!(loaded.spec.snapshot_interval, DEFAULT_SNAPSHOT_INTERVAL);
+    }
+
+    #[test]
+    fn state_of_version_two_still_loads() {
+        #[derive(Serialize)]
+        struct V2<'a> {
+            cluster_id: [u8; 16],
+            nodes: &'a BTreeMap<NodeId, NodeRecord>,
+            tokens: &'a Tokens,
+            spec: &'a ClusterSpec,
+        }
+        let mut s = state();
+        s.spec.snapshot_interval = 77;
+        let old = encode(
+            STATE_VERSION_2,
+            &V2 {
+                cluster_id: s.cluster_id,
+                nodes: &s.nodes,
+                tokens: &s.tokens,
+                spec: &s.spec,
+            },
+        );
+        let loaded = ClusterState::decode(&old).unwrap();
+        assert_eq!(loaded, s);
+        assert!(loaded.services.services.is_empty());
     }
 
     #[test]

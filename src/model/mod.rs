@@ -10,6 +10,7 @@ pub mod container;
 pub mod digest;
 pub mod health;
 pub mod image;
+pub mod node;
 
 pub use digest::Digest;
 

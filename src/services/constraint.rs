@@ -12,7 +12,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::NodeRole;
+use crate::model::node::NodeRole;
 use crate::raft::NodeId;
 
 /// Longest constraint we take, key, operator and value together: far past any real

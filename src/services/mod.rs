@@ -5,6 +5,7 @@
 pub mod constraint;
 pub mod scheduler;
 pub mod spec;
+pub mod store;
 pub mod task;
 
 use std::fmt;
