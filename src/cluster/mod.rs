@@ -150,7 +150,7 @@ pub enum Command {
         secret: TokenSecret,
     },
     /// Services and tasks (appended last: older entries keep their encoding).
-    Service(ServiceCommand),
+    Service(Box<ServiceCommand>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
