@@ -3,10 +3,14 @@
 //! they read no clock and do no I/O: state and `now` in, decisions out.
 
 pub mod constraint;
+pub mod orchestrator;
 pub mod scheduler;
 pub mod spec;
 pub mod store;
 pub mod task;
+
+#[cfg(test)]
+mod tests;
 
 use std::fmt;
 

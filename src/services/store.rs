@@ -138,6 +138,10 @@ pub struct Task {
     pub created_ms: u64,
     /// When `state` last changed.
     pub state_ms: u64,
+    /// When its node first reported it running: an update watches it from then on.
+    pub running_ms: Option<u64>,
+    /// Its place in the order tasks were made (its id comes from it).
+    pub seq: u64,
 }
 
 impl Task {
@@ -159,7 +163,8 @@ pub struct TaskReport {
 /// One decision of the orchestrator.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TaskOp {
-    /// A new task; its id must be the store's next (`Store::next_task_id`).
+    /// A new task; its id must be the store's next (`Store::next_task_id`). Its times
+    /// and `seq` are the store's to set.
     Create(Task),
     /// A pending task gets a node.
     Assign { task: TaskId, node: NodeId },
@@ -330,6 +335,9 @@ impl Store {
                     t.message = r.message.clone();
                     t.error = r.error.clone();
                     t.state_ms = *at_ms;
+                    if r.state == TaskState::Running {
+                        t.running_ms = Some(*at_ms);
+                    }
                 }
             }
         }
@@ -387,15 +395,18 @@ impl Store {
                 if t.id != self.next_task_id(0) || self.tasks.contains_key(&t.id) {
                     return;
                 }
-                self.tasks_made += 1;
                 let mut t = t.clone();
+                t.seq = self.tasks_made;
                 t.created_ms = at_ms;
                 t.state_ms = at_ms;
+                t.running_ms = None;
+                self.tasks_made += 1;
                 self.tasks.insert(t.id, t);
             }
             TaskOp::Assign { task, node } => {
                 if let Some(t) = self.tasks.get_mut(task) {
-                    if t.node.is_none() && t.state < TaskState::Assigned {
+                    let free = t.node.is_none() || t.node == Some(*node);
+                    if free && t.state < TaskState::Assigned {
                         t.node = Some(*node);
                         t.state = TaskState::Assigned;
                         t.message = "scheduled".into();
@@ -405,7 +416,7 @@ impl Store {
             }
             TaskOp::Pending { task, message } => {
                 if let Some(t) = self.tasks.get_mut(task) {
-                    if t.node.is_none() && t.state <= TaskState::Pending {
+                    if t.state <= TaskState::Pending {
                         if t.state != TaskState::Pending {
                             t.state_ms = at_ms;
                         }
@@ -483,6 +494,8 @@ mod tests {
             error: String::new(),
             created_ms: 0,
             state_ms: 0,
+            running_ms: None,
+            seq: 0,
         }
     }
 
