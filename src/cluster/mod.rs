@@ -351,6 +351,7 @@ impl ClusterState {
             }
             Command::RemoveNode(id) => {
                 self.nodes.remove(id);
+                self.services.nodes.remove(id);
             }
             Command::SetStatus { id, status } => {
                 self.nodes.get_mut(id).expect(missing).status = *status

@@ -2,6 +2,7 @@
 //! when (the scheduler; the orchestrator and the agent follow). Like the other cores
 //! they read no clock and do no I/O: state and `now` in, decisions out.
 
+pub mod agent;
 pub mod constraint;
 pub mod orchestrator;
 pub mod scheduler;

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::constraint::Constraint;
 use super::scheduler::Resources;
 use crate::model::container::ContainerSpec;
-use crate::model::health::HealthSpec;
+use crate::model::health::HealthFlags;
 
 /// Longest service name: a DNS label, as Docker requires.
 pub const MAX_NAME: usize = 63;
@@ -147,8 +147,8 @@ pub struct TaskTemplate {
     pub stop_signal: Option<String>,
     /// Between the stop signal and SIGKILL (Docker: 10 s).
     pub stop_grace_ms: u64,
-    /// `None`: the image's own; `Some` with no test: `--no-healthcheck`.
-    pub health: Option<HealthSpec>,
+    /// The `--health-*` flags, over the image's own check.
+    pub health: HealthFlags,
     pub restart: RestartPolicy,
     pub placement: Placement,
     /// `--reserve-cpu` and `--reserve-memory`: what the scheduler sets aside.
@@ -164,7 +164,7 @@ impl TaskTemplate {
             container: ContainerSpec::default(),
             stop_signal: None,
             stop_grace_ms: 10_000,
-            health: None,
+            health: HealthFlags::default(),
             restart: RestartPolicy::default(),
             placement: Placement::default(),
             reserve: Resources::default(),

@@ -16,6 +16,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::agent::NodeDescription;
 use super::spec::{ServiceSpec, SpecError, TaskTemplate};
 use super::task::TaskState;
 use super::ServiceId;
@@ -214,6 +215,11 @@ pub enum ServiceCommand {
         at_ms: u64,
         reports: Vec<TaskReport>,
     },
+    /// What a node's agent says it offers (platform, engine labels, CPUs, memory).
+    Describe {
+        node: NodeId,
+        desc: NodeDescription,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -237,6 +243,8 @@ pub struct Store {
     pub tasks: BTreeMap<TaskId, Task>,
     /// How many tasks were ever made: the next task's id is `TaskId::from_seq(this)`.
     pub tasks_made: u64,
+    /// What each node's agent last said it offers.
+    pub nodes: BTreeMap<NodeId, NodeDescription>,
 }
 
 impl Store {
@@ -281,7 +289,9 @@ impl Store {
                 true => Ok(()),
                 false => Err(StoreError::UnknownService(id.to_string())),
             },
-            ServiceCommand::Tasks { .. } | ServiceCommand::Report { .. } => Ok(()),
+            ServiceCommand::Tasks { .. }
+            | ServiceCommand::Report { .. }
+            | ServiceCommand::Describe { .. } => Ok(()),
         }
     }
 
@@ -318,6 +328,9 @@ impl Store {
                 for op in ops {
                     self.apply_op(op, *at_ms);
                 }
+            }
+            ServiceCommand::Describe { node, desc } => {
+                self.nodes.insert(*node, desc.clone());
             }
             ServiceCommand::Report {
                 node,

@@ -1,0 +1,327 @@
+//! The agent's decisions, pure: a node's assignments and the containers it has in, what
+//! to start, stop and remove, and what to report, out. The daemon's agent thread
+//! carries them out through the engine.
+//!
+//! The leader sends each node its whole set of assignments, versioned, whenever it
+//! changes; the agent reports the state of every assigned task each second and at once
+//! on a change. A lost message is repaired by the next exchange (the leader answers a
+//! report naming an old version with the current set), so neither side keeps a retry
+//! protocol. A container of a task the set no longer holds is removed; a node cut off
+//! from the managers keeps running what it has.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::spec::TaskTemplate;
+use super::store::{TaskId, TaskReport};
+use super::task::TaskState;
+use super::ServiceId;
+use crate::model::health::HealthStatus;
+use crate::raft::NodeId;
+
+/// Labels an agent puts on its containers (Docker's names): how a restarted daemon
+/// finds the containers of its tasks.
+pub const LABEL_TASK: &str = "com.docker.swarm.task.id";
+pub const LABEL_SERVICE: &str = "com.docker.swarm.service.name";
+pub const LABEL_SERVICE_ID: &str = "com.docker.swarm.service.id";
+pub const LABEL_NODE: &str = "com.docker.swarm.node.id";
+
+/// One task as the leader hands it to its node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub task: TaskId,
+    pub service: ServiceId,
+    pub service_name: String,
+    pub slot: u64,
+    pub node: NodeId,
+    pub desired: TaskState,
+    /// None when the service no longer holds the task's version (updated twice since):
+    /// such a task is never started again.
+    pub template: Option<TaskTemplate>,
+}
+
+impl Assignment {
+    /// Docker's container name: `<service>.<slot>.<task>`, or `<service>.<node>.<task>`
+    /// for a global service's task.
+    pub fn container_name(&self) -> String {
+        match self.slot {
+            0 => format!("{}.{}.{}", self.service_name, self.node, self.task),
+            s => format!("{}.{}.{}", self.service_name, s, self.task),
+        }
+    }
+}
+
+/// The whole set for one node.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Assignments {
+    /// The leader's applied index when the set last changed: every leader computes the
+    /// same set at the same index, so a higher version is always newer.
+    pub version: u64,
+    pub tasks: Vec<Assignment>,
+}
+
+/// What a node tells the leader, each second and on every change.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    /// The version of the set it holds.
+    pub have: u64,
+    pub reports: Vec<TaskReport>,
+    pub desc: NodeDescription,
+}
+
+/// What a node has to offer, as its agent sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeDescription {
+    pub os: String,
+    pub arch: String,
+    /// `daemon --label`: matched by `engine.labels.*`.
+    pub engine_labels: BTreeMap<String, String>,
+    pub nano_cpus: u64,
+    pub memory: u64,
+}
+
+/// A task's container as the node has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Seen {
+    Created,
+    Running { health: Option<HealthStatus> },
+    Exited { code: Option<i32> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Pull the image if missing, create and start the container.
+    Start(TaskId),
+    /// Stop the task's container (its stop signal, then SIGKILL after the grace).
+    Stop(TaskId),
+    /// Stop if running, and remove, a container whose task is no longer assigned.
+    Remove { container: String },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    /// Changed task states (the caller keeps them; they go out in the next status).
+    pub reports: Vec<TaskReport>,
+}
+
+fn report(task: TaskId, state: TaskState, message: &str, error: &str) -> TaskReport {
+    TaskReport {
+        task,
+        state,
+        message: message.to_string(),
+        error: error.to_string(),
+    }
+}
+
+/// Decides what to do. `seen` holds the containers that carry a task label (container
+/// id and state, by task); `busy` the tasks an action is still working on; `known`
+/// the last state reported for each task.
+pub fn plan(
+    assigned: &[Assignment],
+    seen: &BTreeMap<TaskId, (String, Seen)>,
+    busy: &BTreeSet<TaskId>,
+    known: &BTreeMap<TaskId, TaskReport>,
+) -> Plan {
+    let mut p = Plan::default();
+    let state_of = |t: &TaskId| known.get(t).map_or(TaskState::Assigned, |r| r.state);
+    let say = |p: &mut Plan, r: TaskReport| {
+        let same = known
+            .get(&r.task)
+            .is_some_and(|k| k.state == r.state && k.message == r.message);
+        if !same && state_of(&r.task).may_become(r.state) {
+            p.reports.push(r);
+        }
+    };
+    for a in assigned {
+        if busy.contains(&a.task) {
+            continue;
+        }
+        let now = state_of(&a.task);
+        let container = seen.get(&a.task).map(|(_, s)| s);
+        if a.desired > TaskState::Running {
+            match container {
+                Some(Seen::Running { .. }) => p.actions.push(Action::Stop(a.task)),
+                _ if !now.is_terminal() => {
+                    say(&mut p, report(a.task, TaskState::Shutdown, "shutdown", ""))
+                }
+                _ => {}
+            }
+            continue;
+        }
+        match container {
+            None if now < TaskState::Preparing => match a.template {
+                Some(_) => p.actions.push(Action::Start(a.task)),
+                None => say(
+                    &mut p,
+                    report(
+                        a.task,
+                        TaskState::Rejected,
+                        "rejected",
+                        "the service was updated again before this task started",
+                    ),
+                ),
+            },
+            None if !now.is_terminal() => say(
+                &mut p,
+                report(
+                    a.task,
+                    TaskState::Failed,
+                    "failed",
+                    "task: the container is gone",
+                ),
+            ),
+            None => {}
+            Some(Seen::Created) => {}
+            Some(Seen::Running { health }) => match health {
+                Some(HealthStatus::Starting) => {
+                    say(&mut p, report(a.task, TaskState::Starting, "starting", ""))
+                }
+                Some(HealthStatus::Unhealthy) => {
+                    say(
+                        &mut p,
+                        report(
+                            a.task,
+                            TaskState::Failed,
+                            "failed",
+                            "task: unhealthy container",
+                        ),
+                    );
+                    p.actions.push(Action::Stop(a.task));
+                }
+                _ => say(&mut p, report(a.task, TaskState::Running, "running", "")),
+            },
+            Some(Seen::Exited { code }) => {
+                let r = match code {
+                    Some(0) => report(a.task, TaskState::Complete, "finished", ""),
+                    Some(c) => report(
+                        a.task,
+                        TaskState::Failed,
+                        "failed",
+                        &format!("task: non-zero exit ({c})"),
+                    ),
+                    None => report(
+                        a.task,
+                        TaskState::Failed,
+                        "failed",
+                        "task: exit status unknown",
+                    ),
+                };
+                say(&mut p, r);
+            }
+        }
+    }
+    let kept: BTreeSet<TaskId> = assigned.iter().map(|a| a.task).collect();
+    for (task, (container, _)) in seen {
+        if !kept.contains(task) && !busy.contains(task) {
+            p.actions.push(Action::Remove {
+                container: container.clone(),
+            });
+        }
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(task: u64, desired: TaskState) -> Assignment {
+        Assignment {
+            task: TaskId(task),
+            service: ServiceId(1),
+            service_name: "web".into(),
+            slot: 2,
+            node: NodeId(0xab),
+            desired,
+            template: Some(TaskTemplate::new("busybox")),
+        }
+    }
+
+    #[test]
+    fn names_follow_docker() {
+        let x = a(0x1f, TaskState::Running);
+        assert_eq!(x.container_name(), "web.2.000000000000001f");
+        let g = Assignment { slot: 0, ..x };
+        assert_eq!(g.container_name(), "web.00000000000000ab.000000000000001f");
+    }
+
+    #[test]
+    fn starts_reports_stops_and_removes() {
+        let none = BTreeMap::new();
+        let unknown = BTreeMap::new();
+        let idle = BTreeSet::new();
+        let p = plan(&[a(1, TaskState::Running)], &none, &idle, &unknown);
+        assert_eq!(p.actions, vec![Action::Start(TaskId(1))]);
+
+        let mut seen = BTreeMap::new();
+        seen.insert(
+            TaskId(1),
+            ("c1".to_string(), Seen::Running { health: None }),
+        );
+        seen.insert(
+            TaskId(9),
+            ("c9".to_string(), Seen::Exited { code: Some(0) }),
+        );
+        let p = plan(&[a(1, TaskState::Running)], &seen, &idle, &unknown);
+        assert_eq!(p.reports[0].state, TaskState::Running);
+        assert_eq!(
+            p.actions,
+            vec![Action::Remove {
+                container: "c9".into()
+            }],
+            "an unassigned container goes"
+        );
+
+        let mut known = BTreeMap::new();
+        known.insert(TaskId(1), p.reports[0].clone());
+        let p = plan(&[a(1, TaskState::Running)], &seen, &idle, &known);
+        assert!(p.reports.is_empty(), "nothing new to say");
+
+        let p = plan(&[a(1, TaskState::Shutdown)], &seen, &idle, &known);
+        assert_eq!(p.actions[0], Action::Stop(TaskId(1)));
+        let busy = BTreeSet::from([TaskId(1), TaskId(9)]);
+        let p = plan(&[a(1, TaskState::Shutdown)], &seen, &busy, &known);
+        assert!(
+            p.actions.is_empty() && p.reports.is_empty(),
+            "busy tasks wait"
+        );
+    }
+
+    #[test]
+    fn exits_and_health_become_task_states() {
+        let idle = BTreeSet::new();
+        let none = BTreeMap::new();
+        let one = |s: Seen| {
+            let mut m = BTreeMap::new();
+            m.insert(TaskId(1), ("c".to_string(), s));
+            plan(&[a(1, TaskState::Running)], &m, &idle, &none)
+        };
+        let p = one(Seen::Exited { code: Some(3) });
+        assert_eq!(p.reports[0].state, TaskState::Failed);
+        assert_eq!(p.reports[0].error, "task: non-zero exit (3)");
+        assert_eq!(
+            one(Seen::Exited { code: Some(0) }).reports[0].state,
+            TaskState::Complete
+        );
+        let p = one(Seen::Running {
+            health: Some(HealthStatus::Starting),
+        });
+        assert_eq!(p.reports[0].state, TaskState::Starting);
+        let p = one(Seen::Running {
+            health: Some(HealthStatus::Unhealthy),
+        });
+        assert_eq!(p.reports[0].error, "task: unhealthy container");
+        assert_eq!(p.actions, vec![Action::Stop(TaskId(1))]);
+    }
+
+    #[test]
+    fn a_task_whose_template_is_gone_is_rejected_not_started() {
+        let mut x = a(1, TaskState::Running);
+        x.template = None;
+        let p = plan(&[x], &BTreeMap::new(), &BTreeSet::new(), &BTreeMap::new());
+        assert!(p.actions.is_empty());
+        assert_eq!(p.reports[0].state, TaskState::Rejected);
+    }
+}
