@@ -23,6 +23,10 @@ use crate::model::container::{ContainerSpec, ContainerView, LogLimits, RestartPo
 use crate::model::health::HealthFlags;
 use crate::model::image::{Credentials, Progress};
 use crate::raft::NodeId;
+use crate::services::spec::ServiceSpec;
+use crate::services::store::{TaskId, UpdateStatus};
+use crate::services::task::TaskState;
+use crate::services::ServiceId;
 
 /// Format version of API frames. The CLI and the daemon are the same binary, so a
 /// mismatch means a CLI and a daemon of different builds: refused, naming both versions.
@@ -85,6 +89,25 @@ pub enum Request {
     DebugWrite {
         count: u64,
         in_flight: u64,
+    },
+    /// `service create`: answered with the new service's id.
+    ServiceCreate(Box<ServiceSpec>),
+    /// `service update` (the whole new spec, made by the CLI from the current one), or
+    /// with `rollback`, `service rollback` (the spec is ignored).
+    ServiceUpdate {
+        service: String,
+        spec: Box<ServiceSpec>,
+        rollback: bool,
+    },
+    /// `service scale NAME=N...`, all or nothing.
+    ServiceScale(Vec<(String, u64)>),
+    ServiceRemove(Vec<String>),
+    /// `service ls`; with names, `service inspect` (every name must resolve).
+    ServiceList(Option<Vec<String>>),
+    /// `service ps` (of these services) and `node ps` (of that node).
+    TaskList {
+        services: Vec<String>,
+        node: Option<String>,
     },
     /// This node's image store (served by the node itself, never forwarded).
     Image(ImageRequest),
@@ -275,6 +298,47 @@ pub enum Response {
     LogChunk(Vec<LogLine>),
     /// A container's exit status (None: it could not be observed).
     Exit(Option<i32>),
+    Services(Vec<ServiceView>),
+    Tasks(Vec<TaskView>),
+}
+
+/// A service as `service ls` and `service inspect` show it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub id: ServiceId,
+    pub spec: ServiceSpec,
+    pub previous: Option<ServiceSpec>,
+    pub version: u64,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    pub update: Option<UpdateStatus>,
+    /// Tasks running on a node that is up (a task on a Down node is not counted).
+    pub running: u64,
+    /// Tasks it should run: the replicas, or for a global service its nodes' tasks.
+    pub desired: u64,
+    /// Jobs: tasks that completed.
+    pub completed: u64,
+}
+
+/// A task as `service ps` and `node ps` show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskView {
+    pub id: TaskId,
+    pub service_id: ServiceId,
+    pub service: String,
+    pub slot: u64,
+    pub node_id: Option<NodeId>,
+    pub node: Option<String>,
+    /// Its node is Down: what it last reported is not what it is now.
+    pub node_down: bool,
+    pub image: String,
+    pub version: u64,
+    pub desired: TaskState,
+    pub state: TaskState,
+    pub message: String,
+    pub error: String,
+    pub created_ms: u64,
+    pub state_ms: u64,
 }
 
 /// A whole frame (length included) for `v`; refuses one over [`MAX_FRAME`].

@@ -397,7 +397,7 @@ mod tests {
         let service::ServiceSubcommand::Create(c) = s.command else {
             panic!()
         };
-        assert_eq!(c.replicas, Some(3));
+        assert_eq!(c.replicas.as_deref(), Some("3"));
         assert_eq!(c.name.as_deref(), Some("web"));
         assert_eq!(
             (c.image.as_str(), c.args.as_slice()),

@@ -313,7 +313,7 @@ pub struct LogsCommand {
 }
 
 /// `64m`, `1g`, `512k`, `1048576` to bytes, within the memory limits the daemon takes.
-fn parse_bytes(flag: &str, s: &str) -> Result<i64, UsageError> {
+pub fn parse_bytes(flag: &str, s: &str) -> Result<i64, UsageError> {
     use crate::runtime::spec::{MAX_MEMORY, MIN_MEMORY};
     let t = s.trim().to_ascii_lowercase();
     let t = t.strip_suffix('b').unwrap_or(&t);
@@ -792,7 +792,7 @@ pub fn logs(global: &Global, c: LogsCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn ago(ms: u64) -> String {
+pub fn ago(ms: u64) -> String {
     let now = crate::runtime::keeper::now_ms();
     let s = now.saturating_sub(ms) / 1000;
     match s {

@@ -24,6 +24,8 @@ pub mod internal;
 pub mod network;
 pub mod node;
 pub mod service;
+pub mod service_run;
+pub mod service_show;
 
 /// Where the daemon listens for its local clients unless `--socket` says otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/swarmlet/swarmlet.sock";
@@ -267,7 +269,7 @@ mod tests {
         let service::ServiceSubcommand::Create(create) = service.command else {
             panic!("expected service create");
         };
-        assert_eq!(create.replicas, Some(3));
+        assert_eq!(create.replicas.as_deref(), Some("3"));
         assert_eq!(create.name.as_deref(), Some("frontend"));
         assert_eq!(create.network, ["mynet"]);
         assert_eq!(create.publish, ["80:80/tcp"]);

@@ -41,6 +41,12 @@ pub enum Mode {
     Replicated,
     /// one task on every eligible node
     Global,
+    /// --replicas tasks run to completion, --max-concurrent at a time
+    #[argh(name = "replicated-job")]
+    ReplicatedJob,
+    /// one task run to completion on every eligible node
+    #[argh(name = "global-job")]
+    GlobalJob,
 }
 
 /// When a task's container is restarted.
@@ -57,6 +63,16 @@ pub enum RestartCondition {
 pub enum FailureAction {
     Pause,
     Continue,
+    Rollback,
+}
+
+/// Whether an old task stops before its replacement starts.
+#[derive(FromArgValue, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateOrder {
+    #[argh(name = "stop-first")]
+    StopFirst,
+    #[argh(name = "start-first")]
+    StartFirst,
 }
 
 /// How a service's name resolves inside its networks.
@@ -77,13 +93,21 @@ pub struct ServiceCreate {
     #[argh(option)]
     pub name: Option<String>,
 
-    /// replicated or global (default replicated)
+    /// replicated, global, replicated-job or global-job (default replicated)
     #[argh(option)]
     pub mode: Option<Mode>,
 
     /// number of tasks in replicated mode (default 1)
     #[argh(option)]
-    pub replicas: Option<u64>,
+    pub replicas: Option<String>,
+
+    /// most tasks of a replicated job running at once (default: --replicas)
+    #[argh(option)]
+    pub max_concurrent: Option<u64>,
+
+    /// most tasks of this service on one node (default 0: no limit)
+    #[argh(option)]
+    pub replicas_max_per_node: Option<u64>,
 
     /// overlay network to attach to (repeatable)
     #[argh(option)]
@@ -96,6 +120,10 @@ pub struct ServiceCreate {
     /// placement constraint, e.g. node.role==worker or node.labels.storage==ssd (repeatable)
     #[argh(option)]
     pub constraint: Vec<String>,
+
+    /// placement preference, spread=node.labels.NAME (repeatable)
+    #[argh(option)]
+    pub placement_pref: Vec<String>,
 
     /// environment variable, KEY=VALUE (repeatable)
     #[argh(option, short = 'e')]
@@ -121,6 +149,14 @@ pub struct ServiceCreate {
     #[argh(option, short = 'u')]
     pub user: Option<String>,
 
+    /// overwrite the image's entrypoint
+    #[argh(option)]
+    pub entrypoint: Option<String>,
+
+    /// container hostname
+    #[argh(option)]
+    pub hostname: Option<String>,
+
     /// vip or dnsrr (default vip)
     #[argh(option)]
     pub endpoint_mode: Option<EndpointMode>,
@@ -145,17 +181,57 @@ pub struct ServiceCreate {
     #[argh(option)]
     pub update_parallelism: Option<u64>,
 
-    /// wait between update batches, e.g. 10s (default 0s)
+    /// wait between updating tasks, e.g. 10s (default 0s)
     #[argh(option)]
     pub update_delay: Option<String>,
 
-    /// pause or continue when an updated task fails (default pause)
+    /// pause, continue or rollback when an updated task fails (default pause)
     #[argh(option)]
     pub update_failure_action: Option<FailureAction>,
+
+    /// how long to watch an updated task for failure, e.g. 5s (default 5s)
+    #[argh(option)]
+    pub update_monitor: Option<String>,
+
+    /// failures tolerated during an update, 0 to 1 (default 0)
+    #[argh(option)]
+    pub update_max_failure_ratio: Option<String>,
+
+    /// stop-first or start-first (default stop-first)
+    #[argh(option)]
+    pub update_order: Option<UpdateOrder>,
+
+    /// tasks rolled back at once (default 1; 0 = all)
+    #[argh(option)]
+    pub rollback_parallelism: Option<u64>,
+
+    /// wait between rolling back tasks (default 0s)
+    #[argh(option)]
+    pub rollback_delay: Option<String>,
+
+    /// pause or continue when a rolled back task fails (default pause)
+    #[argh(option)]
+    pub rollback_failure_action: Option<FailureAction>,
+
+    /// how long to watch a rolled back task for failure (default 5s)
+    #[argh(option)]
+    pub rollback_monitor: Option<String>,
+
+    /// failures tolerated during a rollback, 0 to 1 (default 0)
+    #[argh(option)]
+    pub rollback_max_failure_ratio: Option<String>,
+
+    /// stop-first or start-first (default stop-first)
+    #[argh(option)]
+    pub rollback_order: Option<UpdateOrder>,
 
     /// time between SIGTERM and SIGKILL when a task stops, e.g. 10s (default 10s)
     #[argh(option)]
     pub stop_grace_period: Option<String>,
+
+    /// signal that stops a task (default the image's, else SIGTERM)
+    #[argh(option)]
+    pub stop_signal: Option<String>,
 
     /// CPU limit per task, e.g. 0.5
     #[argh(option)]
@@ -165,6 +241,10 @@ pub struct ServiceCreate {
     #[argh(option)]
     pub limit_memory: Option<String>,
 
+    /// most processes per task
+    #[argh(option)]
+    pub limit_pids: Option<i64>,
+
     /// CPU a node must have free to run a task, e.g. 0.25
     #[argh(option)]
     pub reserve_cpu: Option<String>,
@@ -172,6 +252,50 @@ pub struct ServiceCreate {
     /// memory a node must have free to run a task, e.g. 32M
     #[argh(option)]
     pub reserve_memory: Option<String>,
+
+    /// health check command (run with /bin/sh -c)
+    #[argh(option)]
+    pub health_cmd: Option<String>,
+
+    /// time between health checks, e.g. 30s
+    #[argh(option)]
+    pub health_interval: Option<String>,
+
+    /// longest a health check may run, e.g. 30s
+    #[argh(option)]
+    pub health_timeout: Option<String>,
+
+    /// failures in a row that make a task unhealthy
+    #[argh(option)]
+    pub health_retries: Option<u32>,
+
+    /// grace after start during which failures do not count
+    #[argh(option)]
+    pub health_start_period: Option<String>,
+
+    /// no health check, whatever the image says
+    #[argh(switch)]
+    pub no_healthcheck: bool,
+
+    /// host device for the tasks, HOST[:CONTAINER][:rwm] (repeatable)
+    #[argh(option)]
+    pub device: Vec<String>,
+
+    /// add a Linux capability (repeatable)
+    #[argh(option)]
+    pub cap_add: Vec<String>,
+
+    /// drop a Linux capability (repeatable)
+    #[argh(option)]
+    pub cap_drop: Vec<String>,
+
+    /// return at once instead of waiting for the tasks to run
+    #[argh(switch, short = 'd')]
+    pub detach: bool,
+
+    /// print only the service id
+    #[argh(switch, short = 'q')]
+    pub quiet: bool,
 
     /// image reference, e.g. nginx:1.25
     #[argh(positional)]
@@ -191,6 +315,10 @@ pub struct ServiceLs {
     #[argh(switch, short = 'q')]
     pub quiet: bool,
 
+    /// output format: table (default) or json (one object per line)
+    #[argh(option)]
+    pub format: Option<String>,
+
     /// filter, KEY=VALUE: id, name, label (repeatable)
     #[argh(option, short = 'f')]
     pub filter: Vec<String>,
@@ -199,7 +327,7 @@ pub struct ServiceLs {
 #[derive(FromArgs, Debug, PartialEq)]
 #[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "ps")]
-/// List the tasks of a service.
+/// List the tasks of services.
 pub struct ServicePs {
     /// filter, KEY=VALUE: id, name, node, desired-state (repeatable)
     #[argh(option, short = 'f')]
@@ -209,9 +337,21 @@ pub struct ServicePs {
     #[argh(switch)]
     pub no_resolve: bool,
 
-    /// service id or name
+    /// do not truncate ids and errors
+    #[argh(switch)]
+    pub no_trunc: bool,
+
+    /// print task ids only
+    #[argh(switch, short = 'q')]
+    pub quiet: bool,
+
+    /// output format: table (default) or json (one object per line)
+    #[argh(option)]
+    pub format: Option<String>,
+
+    /// service ids or names
     #[argh(positional)]
-    pub service: String,
+    pub services: Vec<String>,
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
@@ -233,6 +373,10 @@ pub struct ServiceInspect {
 #[argh(subcommand, name = "scale")]
 /// Set the replica count of replicated services.
 pub struct ServiceScale {
+    /// return at once instead of waiting for the tasks to run
+    #[argh(switch, short = 'd')]
+    pub detach: bool,
+
     /// SERVICE=REPLICAS pairs
     #[argh(positional)]
     pub scales: Vec<String>,
@@ -253,7 +397,11 @@ pub struct ServiceUpdate {
 
     /// number of tasks in replicated mode
     #[argh(option)]
-    pub replicas: Option<u64>,
+    pub replicas: Option<String>,
+
+    /// most tasks of this service on one node (0: no limit)
+    #[argh(option)]
+    pub replicas_max_per_node: Option<u64>,
 
     /// add or replace an environment variable, KEY=VALUE (repeatable)
     #[argh(option)]
@@ -347,9 +495,97 @@ pub struct ServiceUpdate {
     #[argh(option)]
     pub update_delay: Option<String>,
 
-    /// pause or continue when an updated task fails
+    /// pause, continue or rollback when an updated task fails
     #[argh(option)]
     pub update_failure_action: Option<FailureAction>,
+
+    /// how long to watch an updated task for failure, e.g. 5s
+    #[argh(option)]
+    pub update_monitor: Option<String>,
+
+    /// failures tolerated during an update, 0 to 1
+    #[argh(option)]
+    pub update_max_failure_ratio: Option<String>,
+
+    /// stop-first or start-first
+    #[argh(option)]
+    pub update_order: Option<UpdateOrder>,
+
+    /// tasks rolled back at once (0 = all)
+    #[argh(option)]
+    pub rollback_parallelism: Option<u64>,
+
+    /// wait between rolling back tasks
+    #[argh(option)]
+    pub rollback_delay: Option<String>,
+
+    /// pause or continue when a rolled back task fails
+    #[argh(option)]
+    pub rollback_failure_action: Option<FailureAction>,
+
+    /// how long to watch a rolled back task for failure
+    #[argh(option)]
+    pub rollback_monitor: Option<String>,
+
+    /// failures tolerated during a rollback, 0 to 1
+    #[argh(option)]
+    pub rollback_max_failure_ratio: Option<String>,
+
+    /// stop-first or start-first
+    #[argh(option)]
+    pub rollback_order: Option<UpdateOrder>,
+
+    /// signal that stops a task
+    #[argh(option)]
+    pub stop_signal: Option<String>,
+
+    /// most processes per task
+    #[argh(option)]
+    pub limit_pids: Option<i64>,
+
+    /// health check command (run with /bin/sh -c)
+    #[argh(option)]
+    pub health_cmd: Option<String>,
+
+    /// time between health checks
+    #[argh(option)]
+    pub health_interval: Option<String>,
+
+    /// longest a health check may run
+    #[argh(option)]
+    pub health_timeout: Option<String>,
+
+    /// failures in a row that make a task unhealthy
+    #[argh(option)]
+    pub health_retries: Option<u32>,
+
+    /// grace after start during which failures do not count
+    #[argh(option)]
+    pub health_start_period: Option<String>,
+
+    /// no health check, whatever the image says
+    #[argh(switch)]
+    pub no_healthcheck: bool,
+
+    /// overwrite the image's entrypoint
+    #[argh(option)]
+    pub entrypoint: Option<String>,
+
+    /// container hostname
+    #[argh(option)]
+    pub hostname: Option<String>,
+
+    /// go back to the previous spec (as `service rollback`)
+    #[argh(switch)]
+    pub rollback: bool,
+
+    /// return at once instead of waiting for the tasks to run
+    #[argh(switch, short = 'd')]
+    pub detach: bool,
+
+    /// print nothing but errors
+    #[argh(switch, short = 'q')]
+    pub quiet: bool,
 
     /// time between SIGTERM and SIGKILL when a task stops, e.g. 10s
     #[argh(option)]
@@ -385,6 +621,14 @@ pub struct ServiceUpdate {
 #[argh(subcommand, name = "rollback")]
 /// Go back to a service's previous spec, by a rolling update.
 pub struct ServiceRollback {
+    /// return at once instead of waiting for the tasks to run
+    #[argh(switch, short = 'd')]
+    pub detach: bool,
+
+    /// print nothing but errors
+    #[argh(switch, short = 'q')]
+    pub quiet: bool,
+
     /// service id or name
     #[argh(positional)]
     pub service: String,
@@ -426,16 +670,16 @@ pub struct ServiceLogs {
     pub service: String,
 }
 
-pub fn run(_global: &Global, cmd: ServiceCommand) -> anyhow::Result<ExitCode> {
+pub fn run(global: &Global, cmd: ServiceCommand) -> anyhow::Result<ExitCode> {
     match cmd.command {
-        ServiceSubcommand::Create(_) => not_implemented("service create"),
-        ServiceSubcommand::Ls(_) => not_implemented("service ls"),
-        ServiceSubcommand::Ps(_) => not_implemented("service ps"),
-        ServiceSubcommand::Inspect(_) => not_implemented("service inspect"),
-        ServiceSubcommand::Scale(_) => not_implemented("service scale"),
-        ServiceSubcommand::Update(_) => not_implemented("service update"),
-        ServiceSubcommand::Rollback(_) => not_implemented("service rollback"),
-        ServiceSubcommand::Rm(_) => not_implemented("service rm"),
+        ServiceSubcommand::Create(c) => super::service_run::create(global, c),
+        ServiceSubcommand::Ls(c) => super::service_show::ls(global, c),
+        ServiceSubcommand::Ps(c) => super::service_show::ps(global, c),
+        ServiceSubcommand::Inspect(c) => super::service_show::inspect(global, c),
+        ServiceSubcommand::Scale(c) => super::service_run::scale(global, c),
+        ServiceSubcommand::Update(c) => super::service_run::update(global, c),
+        ServiceSubcommand::Rollback(c) => super::service_run::rollback(global, c),
+        ServiceSubcommand::Rm(c) => super::service_run::rm(global, c),
         ServiceSubcommand::Logs(_) => not_implemented("service logs"),
     }
 }

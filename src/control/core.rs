@@ -178,6 +178,8 @@ pub enum Input {
         result: Result<Index, ProposeError>,
     },
     Gossip(gossip::Event),
+    /// What this node's agent says of its tasks (each second and on every change).
+    AgentStatus(Box<crate::services::agent::AgentStatus>),
 }
 
 /// What the control core asks of its driver, in order.
@@ -235,6 +237,8 @@ pub enum Effect {
     TransferLeadership(NodeId),
     ReadIndex(u64),
     Log(Level, String),
+    /// Hand this node's agent its assignments.
+    Assign(Box<crate::services::agent::Assignments>),
 }
 
 /// What a node is.
@@ -333,6 +337,8 @@ pub struct Manager {
     hinted_leader: Option<PeerKey>,
     /// Leader: the term in which gossip's word on every node was last recorded.
     statuses_reconciled: Option<Term>,
+    /// Leader: the orchestrator's rounds and the assignments sent.
+    pub(super) orch: super::services::Orchestration,
 }
 
 /// Who hears the outcome of a proposal.
@@ -350,6 +356,8 @@ enum Waiter {
     Nobody,
     /// One write of a `debug write` load.
     Load,
+    /// An orchestration round.
+    Round,
 }
 
 /// A `debug write` load: `count` label writes on this node's record, `in_flight` at a
@@ -381,6 +389,8 @@ pub enum Reply {
 struct Read {
     reply: Reply,
     only: Option<Vec<String>>,
+    /// A services read (`service ls`, `ps`, `inspect`, `node ps`), or else `node ls`.
+    service: Option<Request>,
     /// The node whose CLI asked ("self", and the `*` in `node ls`).
     asker: NodeId,
 }
@@ -419,6 +429,8 @@ pub struct Control {
     next_forward: u64,
     next_tag: u64,
     counters: Counters,
+    /// The driver's wall clock: an instant and the milliseconds since the epoch then.
+    pub(super) wall: (Instant, u64),
 }
 
 impl Control {
@@ -450,7 +462,15 @@ impl Control {
             next_forward,
             next_tag: 0,
             counters: Counters::default(),
+            wall: (Instant::now(), 0),
         }
+    }
+
+    /// The wall clock at `now` (milliseconds since the epoch): the driver sets it
+    /// often, so a clock stepped by NTP after boot (a Pi without a real-time clock) is
+    /// picked up. Task times in the state come from it.
+    pub fn set_clock(&mut self, now: Instant, unix_ms: u64) {
+        self.wall = (now, unix_ms);
     }
 
     /// Restarts a member from its membership file: no token needed.
@@ -512,7 +532,11 @@ impl Control {
             .manager()
             .filter(|m| m.unsure_of_role(self.me.id))
             .and_then(|m| m.role_query_at);
-        [join, forward, promote, joined, unheard, query]
+        let wake = self
+            .manager()
+            .filter(|m| m.raft.role == Role::Leader)
+            .and_then(|m| m.orch.wake);
+        [join, forward, promote, joined, unheard, query, wake]
             .into_iter()
             .flatten()
             .min()
@@ -533,8 +557,10 @@ impl Control {
             Input::Committed { index, payload } => self.on_committed(now, index, &payload),
             Input::Read { ctx, result } => self.on_read(ctx, result),
             Input::Gossip(e) => self.on_gossip(e),
+            Input::AgentStatus(st) => self.on_agent_status(now, *st),
         }
         self.arm_role_query(now);
+        self.orchestrate(now);
     }
 
     /// A manager unsure of its role (see [`Manager::unsure_of_role`]) asks after
@@ -590,6 +616,7 @@ impl Control {
         }
         self.query_role(now);
         self.arm_role_query(now);
+        self.orchestrate(now);
     }
 
     /// A manager unsure of its role asks the managers it knows whether it still is one.
@@ -1196,7 +1223,19 @@ impl Control {
             PeerMsg::RoleQuery => self.on_role_query(now, from),
             PeerMsg::LeaderHint { leader, term } => self.on_leader_hint(from, leader, term),
             PeerMsg::Removed => self.on_removed(from, psk),
+            PeerMsg::Assign(a) => self.on_assign(from, *a),
+            PeerMsg::AgentStatus(st) => {
+                if self.admits(&from) {
+                    self.agent_status_from(now, cluster::node_id(&from), *st);
+                } else {
+                    self.counters.messages_ignored += 1;
+                }
+            }
         }
+    }
+
+    pub(super) fn count_ignored(&mut self) {
+        self.counters.messages_ignored += 1;
     }
 
     /// The leader tells us the cluster removed us: we leave, as `leave` does (Docker's
@@ -1442,6 +1481,13 @@ impl Control {
                 self.answer_joiner(key, via, PeerMsg::JoinRefused(why))
             }
             Waiter::Nobody => self.counters.proposals_refused += 1,
+            Waiter::Round => {
+                self.counters.proposals_refused += 1;
+                if let Some(m) = self.manager_mut() {
+                    m.orch.in_flight = false;
+                    m.orch.due = true;
+                }
+            }
             Waiter::Load => {
                 if let Some(load) = self.manager_mut().and_then(|m| m.load.take()) {
                     let resp = Response::Error(format!(
@@ -1462,6 +1508,15 @@ impl Control {
             m.proposing.insert(tag, waiter);
         }
         self.emit(Effect::Propose { tag, cmd });
+    }
+
+    /// Proposes what nobody waits on (agents' reports); a refusal is counted.
+    pub(super) fn propose_quietly(&mut self, cmd: Command) {
+        self.propose(cmd, Waiter::Nobody);
+    }
+
+    pub(super) fn propose_round(&mut self, cmd: Command) {
+        self.propose(cmd, Waiter::Round);
     }
 
     pub(super) fn propose_reply(&mut self, cmd: Command, reply: Reply, ok: String) {
@@ -1489,7 +1544,11 @@ impl Control {
         }
         let old = std::mem::replace(&mut m.raft, view.clone());
         let lost_leadership = old.role == Role::Leader && view.role != Role::Leader;
+        if view.role == Role::Leader && old.role != Role::Leader {
+            m.orch.reset();
+        }
         if lost_leadership {
+            m.orch = Default::default();
             self.fail_pending();
         }
         if old.leader != view.leader {
@@ -1595,6 +1654,7 @@ impl Control {
         removed.extend(stale);
         m.cluster = Some(state);
         m.applied = index;
+        m.orch.reset();
         self.after_apply(now, &removed, &demoted);
     }
 
@@ -1616,6 +1676,18 @@ impl Control {
                         (Ok(()), Command::SetStatus { id, .. }) => status_of = Some(*id),
                         (Ok(()), Command::AddNode(n)) => status_of = Some(n.id),
                         _ => {}
+                    }
+                    if r.is_ok() {
+                        m.orch.due = true;
+                        let tasks_changed = match &cmd {
+                            Command::Service(s) => !matches!(
+                                **s,
+                                crate::services::store::ServiceCommand::Describe { .. }
+                            ),
+                            Command::RemoveNode(_) => true,
+                            _ => false,
+                        };
+                        m.orch.assign_due |= tasks_changed;
                     }
                     r
                 }
@@ -1650,6 +1722,11 @@ impl Control {
                 self.answer_joiner(key, via, accepted);
             }
             (Waiter::Nobody, Ok(())) => {}
+            (Waiter::Round, Ok(())) => {
+                if let Some(m) = self.manager_mut() {
+                    m.orch.in_flight = false;
+                }
+            }
             (Waiter::Load, Ok(())) => {
                 if let Some(load) = self.manager_mut().and_then(|m| m.load.as_mut()) {
                     load.committed += 1;
@@ -1987,7 +2064,29 @@ impl Control {
         let Some(m) = self.manager_mut() else { return };
         m.next_read += 1;
         let ctx = m.next_read;
-        m.reads.insert(ctx, Read { reply, only, asker });
+        m.reads.insert(
+            ctx,
+            Read {
+                reply,
+                only,
+                service: None,
+                asker,
+            },
+        );
+        self.emit(Effect::ReadIndex(ctx));
+    }
+
+    pub(super) fn start_service_read(&mut self, req: Request, reply: Reply, asker: NodeId) {
+        let Some(m) = self.manager_mut() else { return };
+        m.next_read += 1;
+        let ctx = m.next_read;
+        let read = Read {
+            reply,
+            only: None,
+            service: Some(req),
+            asker,
+        };
+        m.reads.insert(ctx, read);
         self.emit(Effect::ReadIndex(ctx));
     }
 
@@ -2013,7 +2112,10 @@ impl Control {
             .partition(|(index, _)| *index <= applied);
         m.ready_reads = later;
         for (_, r) in now {
-            let resp = self.node_list(r.only.as_deref(), r.asker);
+            let resp = match &r.service {
+                Some(req) => self.service_read(req, r.asker),
+                None => self.node_list(r.only.as_deref(), r.asker),
+            };
             self.answer(r.reply, resp);
         }
     }
@@ -2334,6 +2436,25 @@ impl Member {
         }
     }
 
+    /// The managers this member knows (from its membership file and gossip), but us.
+    pub(super) fn manager_keys(&self, me: NodeId) -> Vec<PeerKey> {
+        let mut keys: Vec<PeerKey> = self
+            .membership
+            .managers
+            .iter()
+            .filter(|(id, _, _)| *id != me)
+            .map(|(_, k, _)| *k)
+            .collect();
+        for id in &self.gossip_managers {
+            if let Some((k, _)) = self.peers.get(id) {
+                if *id != me && !keys.contains(k) {
+                    keys.push(*k);
+                }
+            }
+        }
+        keys
+    }
+
     fn knows_key(&self, key: &PeerKey) -> bool {
         self.peers.values().any(|(k, _)| k == key)
     }
@@ -2363,7 +2484,20 @@ impl Manager {
             role_query_at: None,
             hinted_leader: None,
             statuses_reconciled: None,
+            orch: Default::default(),
         }
+    }
+
+    pub(super) fn state_is_current(&self) -> bool {
+        self.state_current()
+    }
+
+    pub(super) fn cluster_ref(&self) -> Option<&ClusterState> {
+        self.cluster.as_ref()
+    }
+
+    pub(super) fn applied_index(&self) -> u64 {
+        self.applied.0
     }
 
     pub(super) fn raft(&self) -> &RaftView {
@@ -2406,6 +2540,10 @@ fn is_write(req: &Request) -> bool {
             | Request::NodeSetRole { .. }
             | Request::NodeRemove { .. }
             | Request::JoinToken { rotate: true, .. }
+            | Request::ServiceCreate(_)
+            | Request::ServiceUpdate { .. }
+            | Request::ServiceScale(_)
+            | Request::ServiceRemove(_)
     )
 }
 

@@ -21,6 +21,7 @@
 mod core;
 pub mod msg;
 mod requests;
+mod services;
 pub mod stack;
 
 #[cfg(test)]

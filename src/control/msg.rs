@@ -14,6 +14,7 @@ use crate::cluster::token::TokenRole;
 use crate::cluster::NodeRole;
 use crate::gossip;
 use crate::raft::{self, NodeId, Term};
+use crate::services::agent::{AgentStatus, Assignments};
 use crate::transport::{PeerKey, MAX_MESSAGE_SIZE};
 
 /// Format version of peer messages.
@@ -107,6 +108,12 @@ pub enum PeerMsg {
     /// From the leader to a node the cluster removed that still talks to it (it was
     /// off, or cut off, when it was removed): it is no member any more, and leaves.
     Removed,
+    /// From the leader to a node: every task it is to hold, versioned (see
+    /// `services::agent`).
+    Assign(Box<Assignments>),
+    /// From a node's agent to the leader (workers send it to every manager they know;
+    /// only the leader acts on it): its tasks' states and what it offers.
+    AgentStatus(Box<AgentStatus>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -34,6 +34,12 @@ fn needs_leader(req: &Request) -> bool {
             | Request::NodeSetRole { .. }
             | Request::NodeRemove { .. }
             | Request::JoinToken { rotate: true, .. }
+            | Request::ServiceCreate(_)
+            | Request::ServiceUpdate { .. }
+            | Request::ServiceScale(_)
+            | Request::ServiceRemove(_)
+            | Request::ServiceList(_)
+            | Request::TaskList { .. }
     )
 }
 
@@ -96,7 +102,7 @@ impl Control {
     }
 
     /// Serves a cluster request as the leader; `asker` is the node whose CLI asked.
-    pub(super) fn serve(&mut self, _now: Instant, req: Request, reply: Reply, asker: NodeId) {
+    pub(super) fn serve(&mut self, now: Instant, req: Request, reply: Reply, asker: NodeId) {
         if !self.is_leader() {
             let leader = self.manager().and_then(|m| m.raft().leader);
             let resp = Response::Error(ProposeError::NotLeader(leader).to_string());
@@ -105,6 +111,13 @@ impl Control {
         match req {
             Request::NodeList => self.start_read(None, reply, asker),
             Request::NodeInspect { nodes } => self.start_read(Some(nodes), reply, asker),
+            req @ (Request::ServiceList(_) | Request::TaskList { .. }) => {
+                self.start_service_read(req, reply, asker)
+            }
+            req @ (Request::ServiceCreate(_)
+            | Request::ServiceUpdate { .. }
+            | Request::ServiceScale(_)
+            | Request::ServiceRemove(_)) => self.serve_service(now, req, reply),
             Request::NodeUpdate {
                 node,
                 availability,
@@ -263,7 +276,7 @@ impl Control {
         }
     }
 
-    fn resolve_node(&self, name: &str, asker: NodeId) -> Result<NodeId, String> {
+    pub(super) fn resolve_node(&self, name: &str, asker: NodeId) -> Result<NodeId, String> {
         let c = self.cluster().ok_or(NOT_A_MANAGER)?;
         if name == "self" {
             return Ok(asker);
@@ -365,7 +378,7 @@ impl Control {
     }
 
     /// Checks commands in sequence, as they will apply, then proposes them.
-    fn propose_checked(&mut self, cmds: Vec<Command>, reply: Reply, ok: String) {
+    pub(super) fn propose_checked(&mut self, cmds: Vec<Command>, reply: Reply, ok: String) {
         if let Some(c) = self.cluster() {
             let mut trial = c.clone();
             for cmd in &cmds {

@@ -102,6 +102,8 @@ pub enum Io {
         writes: Vec<LogWrite>,
     },
     Log(Level, String),
+    /// Hand this node's agent its assignments.
+    Assign(Box<crate::services::agent::Assignments>),
 }
 
 /// Timing of the cores the stack makes.
@@ -375,6 +377,17 @@ impl Stack {
         self.drive(now);
     }
 
+    /// What this node's agent says of its tasks.
+    pub fn handle_agent_status(&mut self, now: Instant, st: crate::services::agent::AgentStatus) {
+        self.control.handle(now, Input::AgentStatus(Box::new(st)));
+        self.drive(now);
+    }
+
+    /// The wall clock (see [`Control::set_clock`]).
+    pub fn set_clock(&mut self, now: Instant, unix_ms: u64) {
+        self.control.set_clock(now, unix_ms);
+    }
+
     /// The answer to `Io::Bind`.
     pub fn bound(&mut self, now: Instant, result: Result<Bound, String>) {
         self.control.handle(now, Input::Bound(result));
@@ -532,6 +545,7 @@ impl Stack {
             Effect::RemovePeer(k) => self.io.push_back(Io::RemovePeer(k)),
             Effect::SaveMembership(m) => self.io.push_back(Io::SaveMembership(m)),
             Effect::Log(level, text) => self.io.push_back(Io::Log(level, text)),
+            Effect::Assign(a) => self.io.push_back(Io::Assign(a)),
             Effect::StartRaft { bootstrap } => {
                 self.bootstrap = bootstrap;
                 self.io.push_back(Io::OpenLog);

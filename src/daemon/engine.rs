@@ -82,33 +82,43 @@ impl Engine {
         }
     }
 
+    /// Pulls the image if it is missing (as Docker's `run` does), then creates and
+    /// starts the container. Returns its id.
+    pub fn run(
+        &self,
+        req: crate::api::RunRequest,
+        progress: &(dyn Fn(Progress) + Sync),
+    ) -> Result<String, String> {
+        let image = req.image.clone();
+        let rec = match self.store.resolve(&image) {
+            Ok(r) => r,
+            Err(crate::image::store::StoreError::NotFound(_)) => {
+                let r = Reference::parse(&image).map_err(|e| e.to_string())?;
+                let mut cfg = self.registry.clone();
+                if let Some(a) = &req.auth {
+                    cfg.auths.insert(r.domain.clone(), a.clone());
+                }
+                let got =
+                    pull(&self.store, &r, &Platform::host(), &cfg, progress).map_err(|e| {
+                        format!("Unable to find image '{image}' locally; pulling it failed: {e}")
+                    })?;
+                self.store
+                    .resolve(&got.id.to_string())
+                    .map_err(|e| e.to_string())?
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        self.containers.run(&self.store, &rec, req)
+    }
+
     fn container(&self, req: ContainerRequest, out: &Frames) -> Result<Response, String> {
         let c = &self.containers;
         match req {
             ContainerRequest::Run(req) => {
-                let image = req.image.clone();
-                let rec = match self.store.resolve(&image) {
-                    Ok(r) => r,
-                    Err(crate::image::store::StoreError::NotFound(_)) => {
-                        // As Docker: not here, so pull it first.
-                        let r = Reference::parse(&image).map_err(|e| e.to_string())?;
-                        let mut cfg = self.registry.clone();
-                        if let Some(a) = &req.auth {
-                            cfg.auths.insert(r.domain.clone(), a.clone());
-                        }
-                        let send = |p: Progress| {
-                            let _ = out.send_blocking(Response::Progress(p));
-                        };
-                        let got = pull(&self.store, &r, &Platform::host(), &cfg, &send)
-                            .map_err(|e| format!("Unable to find image '{image}' locally; pulling it failed: {e}"))?;
-                        self.store
-                            .resolve(&got.id.to_string())
-                            .map_err(|e| e.to_string())?
-                    }
-                    Err(e) => return Err(e.to_string()),
+                let send = |p: Progress| {
+                    let _ = out.send_blocking(Response::Progress(p));
                 };
-                let id = c.run(&self.store, &rec, *req)?;
-                Ok(Response::Done(id))
+                self.run(*req, &send).map(Response::Done)
             }
             ContainerRequest::List => Ok(Response::Containers(c.list()?)),
             ContainerRequest::Stop {

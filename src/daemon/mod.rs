@@ -3,6 +3,7 @@
 //! real randomness and real sockets.
 
 pub mod addr;
+pub mod agent;
 pub mod containers;
 pub mod engine;
 pub mod health;

@@ -78,6 +78,7 @@ struct Node {
     sync_on_loop: bool,
     /// The latest a core's timer was handled after its deadline.
     timer_lag_max: std::time::Duration,
+    agent: super::agent::Agent,
 }
 
 /// Benchmark-only: set to 1, log writes and syncs run on the loop's own thread, as they
@@ -88,6 +89,7 @@ pub const SYNC_ON_LOOP_ENV: &str = "SWARMLET_BENCH_SYNC_ON_LOOP";
 enum Wake {
     Api(Result<(Request, Sender<Response>), smol::channel::RecvError>),
     Written((Wal, Result<(), WalError>)),
+    Agent(Result<crate::services::agent::AgentStatus, smol::channel::RecvError>),
 }
 
 /// Runs the daemon until it fails. Holds an exclusive lock on the data directory.
@@ -130,6 +132,7 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         listen: cfg.listen,
         advertise: cfg.advertise,
     };
+    let agent = super::agent::spawn(engine.clone(), me.id, &cfg.labels)?;
     let resume_at = membership.as_ref().map(|m| m.listen);
     let stack = Stack::new(me, membership, StackConfig::default(), os_random()?);
     let mut node = Node {
@@ -145,6 +148,7 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         dropped: Dropped::default(),
         sync_on_loop: std::env::var(SYNC_ON_LOOP_ENV).is_ok_and(|v| v == "1"),
         timer_lag_max: std::time::Duration::ZERO,
+        agent,
     };
     let ex = smol::LocalExecutor::new();
     let (tx, rx) = smol::channel::bounded(API_QUEUE);
@@ -164,6 +168,12 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     }))?;
     drop(lock);
     Ok(())
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn load_membership(dir: &Path) -> anyhow::Result<Option<Membership>> {
@@ -208,8 +218,10 @@ impl Node {
     }
 
     async fn run(&mut self, rx: Receiver<(Request, Sender<Response>)>) -> anyhow::Result<()> {
+        let agent = self.agent.status.clone();
         loop {
             self.carry_out().await?;
+            self.stack.set_clock(Instant::now(), unix_ms());
             let deadline = self.stack.poll_timeout();
             let other = async {
                 let written = async {
@@ -218,7 +230,10 @@ impl Node {
                         None => std::future::pending().await,
                     }
                 };
-                smol::future::or(async { Wake::Api(rx.recv().await) }, written).await
+                let api = smol::future::or(async { Wake::Api(rx.recv().await) }, async {
+                    Wake::Agent(agent.recv().await)
+                });
+                smol::future::or(api, written).await
             };
             let woke = match self.transport.as_mut() {
                 Some(d) => d.turn(&mut Admission(&self.stack), deadline, other).await?,
@@ -237,6 +252,8 @@ impl Node {
                 Some(Wake::Api(Ok((req, reply)))) => self.on_request(req, reply),
                 Some(Wake::Api(Err(_))) => return Err(anyhow!("the API socket server stopped")),
                 Some(Wake::Written((wal, result))) => self.on_written(wal, result)?,
+                Some(Wake::Agent(Ok(st))) => self.stack.handle_agent_status(Instant::now(), st),
+                Some(Wake::Agent(Err(_))) => return Err(anyhow!("the agent stopped")),
                 None => {}
             }
             self.on_transport_events();
@@ -384,6 +401,7 @@ impl Node {
                 }
                 Io::Persist { job, writes } => self.start_write(job, writes).await?,
                 Io::Log(level, text) => crate::logging::emit(level, format_args!("{text}")),
+                Io::Assign(a) => self.agent.assign(a),
             }
         }
         Ok(())

@@ -757,6 +757,8 @@ impl Sim {
                 }
             }
             Io::Answer { id, resp } => self.on_answer(i, id, resp),
+            // No services run in this simulation yet (its nodes have no agent).
+            Io::Assign(_) => {}
             Io::Bind {
                 listen, advertise, ..
             } => {

@@ -1,0 +1,519 @@
+//! Services in the control core: the leader runs the orchestrator, hands each node its
+//! assignments and turns agents' reports into commands; every node passes what its
+//! agent says to the leader; `service ...` requests are served here.
+//!
+//! The orchestrator runs on the leader only, with a current state, one round in flight
+//! at a time (so a round always sees what the last one did), whenever the state changed
+//! or a delay it asked for ran out.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use super::core::{Control, Effect, NodeState, Reply};
+use super::msg::PeerMsg;
+use crate::api::{Request, Response, ServiceView, TaskView};
+use crate::cluster::{ClusterState, Command, NodeStatus};
+use crate::raft::NodeId;
+use crate::services::agent::{AgentStatus, Assignment, Assignments};
+use crate::services::constraint::NodeFacts;
+use crate::services::orchestrator::{reconcile, NodeInfo};
+use crate::services::scheduler::Resources;
+use crate::services::spec::{Mode, ServiceSpec};
+use crate::services::store::{Service, ServiceCommand, TaskId, TaskReport};
+use crate::services::task::TaskState;
+use crate::services::ServiceId;
+use crate::transport::PeerKey;
+
+/// The leader's side of services.
+#[derive(Debug, Default)]
+pub(super) struct Orchestration {
+    /// A round is proposed and not yet applied (or refused).
+    pub in_flight: bool,
+    /// The state changed since the last round.
+    pub due: bool,
+    /// A delay ends: run a round then.
+    pub wake: Option<Instant>,
+    /// Tasks changed: the nodes' sets may have.
+    pub assign_due: bool,
+    /// Per node, a hash of the set last sent and its version.
+    pub sent: BTreeMap<NodeId, ([u8; 32], u64)>,
+}
+
+impl Orchestration {
+    /// Leadership (re)gained, or the state replaced: start over.
+    pub fn reset(&mut self) {
+        *self = Orchestration {
+            due: true,
+            assign_due: true,
+            ..Orchestration::default()
+        };
+    }
+}
+
+const NOT_FOUND: &str = "not found";
+
+impl Control {
+    /// The cluster's wall clock, in milliseconds since the epoch, as the driver last set
+    /// it (commands carry it; the cores never read a clock).
+    pub(super) fn wall_ms(&self, now: Instant) -> u64 {
+        let (at, ms) = self.wall;
+        ms.saturating_add(u64::try_from(now.saturating_duration_since(at).as_millis()).unwrap_or(0))
+    }
+
+    /// What this node's agent says: to the leader, or, when we are the leader, acted on.
+    pub(super) fn on_agent_status(&mut self, now: Instant, st: AgentStatus) {
+        let me = self.me.id;
+        if self.is_leader() {
+            return self.agent_status_from(now, me, st);
+        }
+        let msg = PeerMsg::AgentStatus(Box::new(st));
+        if let Some(l) = self.manager().and_then(|m| m.raft().leader) {
+            return self.send_id(l, msg);
+        }
+        // A worker does not know who leads: it tells every manager it knows, and only
+        // the leader listens.
+        let managers: Vec<PeerKey> = match &self.state {
+            NodeState::Worker(w) => w.manager_keys(me),
+            NodeState::Manager(m) => m
+                .cluster_ref()
+                .map(|c| c.managers().filter(|n| n.id != me).map(|n| n.key).collect())
+                .unwrap_or_default(),
+            _ => return,
+        };
+        for k in managers {
+            self.send(k, msg.clone());
+        }
+    }
+
+    /// The leader hears a node's agent.
+    pub(super) fn agent_status_from(&mut self, now: Instant, node: NodeId, st: AgentStatus) {
+        let current = self.manager().is_some_and(|m| m.state_is_current());
+        let Some(c) = self.cluster().filter(|_| current && self.is_leader()) else {
+            return;
+        };
+        if !c.nodes.contains_key(&node) {
+            return;
+        }
+        let changes: Vec<TaskReport> = st
+            .reports
+            .into_iter()
+            .filter(|r| {
+                c.services
+                    .tasks
+                    .get(&r.task)
+                    .is_some_and(|t| t.node == Some(node) && t.state.may_become(r.state))
+            })
+            .collect();
+        let describe = c.services.nodes.get(&node) != Some(&st.desc);
+        let stale = self
+            .manager()
+            .and_then(|m| m.orch.sent.get(&node))
+            .is_none_or(|(_, v)| *v != st.have);
+        let at_ms = self.wall_ms(now);
+        if !changes.is_empty() {
+            let cmd = ServiceCommand::Report {
+                node,
+                at_ms,
+                reports: changes,
+            };
+            self.propose_quietly(Command::Service(Box::new(cmd)));
+        }
+        if describe {
+            let cmd = ServiceCommand::Describe {
+                node,
+                desc: st.desc,
+            };
+            self.propose_quietly(Command::Service(Box::new(cmd)));
+        }
+        if stale {
+            // Its set was lost on the way, or this leader never sent one.
+            self.dispatch(Some(node));
+        }
+    }
+
+    /// Assignments from a manager (the leader) for this node's agent.
+    pub(super) fn on_assign(&mut self, from: PeerKey, a: Assignments) {
+        let me = self.me.id;
+        let from_manager = match &self.state {
+            NodeState::Worker(w) => w.manager_keys(me).contains(&from),
+            NodeState::Manager(m) => m
+                .cluster_ref()
+                .and_then(|c| c.node_by_key(&from))
+                .is_some_and(|n| n.role == crate::cluster::NodeRole::Manager),
+            _ => false,
+        };
+        if from_manager {
+            self.emit(Effect::Assign(Box::new(a)));
+        } else {
+            self.count_ignored();
+        }
+    }
+
+    /// Runs what is due: assignments out, then an orchestration round.
+    pub(super) fn orchestrate(&mut self, now: Instant) {
+        let current = self.manager().is_some_and(|m| m.state_is_current());
+        if !self.is_leader() || !current {
+            return;
+        }
+        let Some(m) = self.manager() else { return };
+        let (assign_due, busy) = (m.orch.assign_due, m.orch.in_flight);
+        let due = m.orch.due || m.orch.wake.is_some_and(|w| now >= w);
+        if assign_due {
+            self.dispatch(None);
+        }
+        if busy || !due {
+            return;
+        }
+        let at_ms = self.wall_ms(now);
+        let Some(c) = self.cluster() else { return };
+        if c.services.services.is_empty() && c.services.tasks.is_empty() {
+            if let Some(m) = self.manager_mut() {
+                m.orch.due = false;
+                m.orch.wake = None;
+            }
+            return;
+        }
+        let round = {
+            let empty = BTreeMap::new();
+            let infos: Vec<NodeInfo<'_>> = c
+                .nodes
+                .values()
+                .map(|n| {
+                    let d = c.services.nodes.get(&n.id);
+                    NodeInfo {
+                        facts: NodeFacts {
+                            id: n.id,
+                            hostname: &n.hostname,
+                            role: n.role,
+                            os: d.map_or("", |d| d.os.as_str()),
+                            arch: d.map_or("", |d| d.arch.as_str()),
+                            labels: &n.labels,
+                            engine_labels: d.map_or(&empty, |d| &d.engine_labels),
+                        },
+                        ready: n.status == NodeStatus::Ready,
+                        availability: n.availability,
+                        capacity: Resources {
+                            nano_cpus: d.map_or(0, |d| d.nano_cpus),
+                            memory: d.map_or(0, |d| d.memory),
+                        },
+                    }
+                })
+                .collect();
+            reconcile(&c.services, &infos, at_ms)
+        };
+        let wake = round.wake_ms.map(|w| {
+            let ms = w.saturating_sub(at_ms);
+            now + Duration::from_millis(ms)
+        });
+        let Some(m) = self.manager_mut() else { return };
+        m.orch.due = false;
+        m.orch.wake = wake;
+        if round.ops.is_empty() {
+            return;
+        }
+        m.orch.in_flight = true;
+        let cmd = ServiceCommand::Tasks {
+            at_ms,
+            ops: round.ops,
+        };
+        self.propose_round(Command::Service(Box::new(cmd)));
+    }
+
+    /// Sends every node whose set changed (or `only` that node) its assignments.
+    fn dispatch(&mut self, only: Option<NodeId>) {
+        let me = self.me.id;
+        let Some(m) = self.manager() else { return };
+        let Some(c) = m.cluster_ref() else { return };
+        let version = m.applied_index();
+        let mut sets: BTreeMap<NodeId, Vec<Assignment>> = c
+            .nodes
+            .keys()
+            .filter(|n| only.is_none_or(|o| o == **n))
+            .map(|n| (*n, Vec::new()))
+            .collect();
+        for t in c.services.tasks.values() {
+            let Some(set) = t.node.and_then(|n| sets.get_mut(&n)) else {
+                continue;
+            };
+            let svc = c.services.services.get(&t.service);
+            set.push(Assignment {
+                task: t.id,
+                service: t.service,
+                service_name: svc.map_or_else(String::new, |s| s.spec.name.clone()),
+                slot: t.slot,
+                node: t.node.unwrap_or(me),
+                desired: t.desired,
+                template: svc.and_then(|s| s.template(t.version)).cloned(),
+            });
+        }
+        let mut out = Vec::new();
+        for (node, tasks) in sets {
+            let bytes = postcard::to_allocvec(&tasks).unwrap_or_default();
+            let h = crate::transport::crypto::hash(&[&bytes]);
+            match m.orch.sent.get(&node) {
+                // Unchanged: sent again only to repair a node that lost it.
+                Some((old, v)) if *old == h => {
+                    if only.is_some() {
+                        out.push((node, h, *v, tasks));
+                    }
+                }
+                // Nothing for a node this leader never told anything: it asks (its
+                // status names the version it has) if it holds anything to drop.
+                None if tasks.is_empty() && only.is_none() => {}
+                _ => out.push((node, h, version, tasks)),
+            }
+        }
+        let Some(m) = self.manager_mut() else { return };
+        if only.is_none() {
+            m.orch.assign_due = false;
+            let gone: Vec<NodeId> = m
+                .orch
+                .sent
+                .keys()
+                .filter(|n| !m.cluster_ref().is_some_and(|c| c.nodes.contains_key(n)))
+                .copied()
+                .collect();
+            for n in gone {
+                m.orch.sent.remove(&n);
+            }
+        }
+        for (node, h, version, tasks) in out {
+            if let Some(m) = self.manager_mut() {
+                m.orch.sent.insert(node, (h, version));
+            }
+            let a = Assignments { version, tasks };
+            if node == me {
+                self.emit(Effect::Assign(Box::new(a)));
+            } else {
+                self.send_id(node, PeerMsg::Assign(Box::new(a)));
+            }
+        }
+    }
+
+    // ---- requests ------------------------------------------------------------------
+
+    /// Serves a service request as the leader.
+    pub(super) fn serve_service(&mut self, now: Instant, req: Request, reply: Reply) {
+        let at_ms = self.wall_ms(now);
+        let Some(c) = self.cluster() else {
+            return self.answer(reply, Response::Error("no cluster state yet".into()));
+        };
+        let result: Result<(Vec<ServiceCommand>, String), String> = match req {
+            Request::ServiceCreate(spec) => {
+                let id = ServiceId(u64::from_le_bytes(
+                    self.random16()[..8]
+                        .try_into()
+                        .expect("invariant: 16 bytes"),
+                ));
+                let ok = id.to_string();
+                Ok((
+                    vec![ServiceCommand::Create {
+                        id,
+                        spec: *spec,
+                        at_ms,
+                    }],
+                    ok,
+                ))
+            }
+            Request::ServiceUpdate {
+                service,
+                spec,
+                rollback,
+            } => resolve(c, &service).map(|s| {
+                let cmd = ServiceCommand::Update {
+                    id: s.id,
+                    spec: *spec,
+                    at_ms,
+                    rollback,
+                };
+                (vec![cmd], s.spec.name.clone())
+            }),
+            Request::ServiceScale(pairs) => scale(c, &pairs, at_ms),
+            Request::ServiceRemove(names) => names
+                .iter()
+                .map(|n| resolve(c, n).map(|s| (ServiceCommand::Remove(s.id), n.clone())))
+                .collect::<Result<Vec<_>, String>>()
+                .map(|v| {
+                    let ok = v
+                        .iter()
+                        .map(|(_, n)| n.clone())
+                        .collect::<Vec<_>>()
+                        .join("\n");
+                    (v.into_iter().map(|(c, _)| c).collect(), ok)
+                }),
+            _ => Err("not a service request".into()),
+        };
+        match result {
+            Ok((cmds, ok)) => {
+                let cmds = cmds
+                    .into_iter()
+                    .map(|c| Command::Service(Box::new(c)))
+                    .collect();
+                self.propose_checked(cmds, reply, ok);
+            }
+            Err(e) => self.answer(reply, Response::Error(e)),
+        }
+    }
+
+    /// `service ls`, `service inspect`, `service ps`, `node ps` as of the applied state.
+    pub(super) fn service_read(&self, req: &Request, asker: NodeId) -> Response {
+        let Some(c) = self.cluster() else {
+            return Response::Error("no cluster state yet".into());
+        };
+        match req {
+            Request::ServiceList(names) => {
+                let services: Vec<&Service> = match names {
+                    None => c.services.services.values().collect(),
+                    Some(names) => match names.iter().map(|n| resolve(c, n)).collect() {
+                        Ok(v) => v,
+                        Err(e) => return Response::Error(e),
+                    },
+                };
+                Response::Services(services.into_iter().map(|s| service_view(c, s)).collect())
+            }
+            Request::TaskList { services, node } => {
+                let ids: Option<Vec<ServiceId>> = match services.is_empty() {
+                    true => None,
+                    false => match services
+                        .iter()
+                        .map(|n| resolve(c, n).map(|s| s.id))
+                        .collect()
+                    {
+                        Ok(v) => Some(v),
+                        Err(e) => return Response::Error(e),
+                    },
+                };
+                let node = match node {
+                    None => None,
+                    Some(n) => match self.resolve_node(n, asker) {
+                        Ok(id) => Some(id),
+                        Err(e) => return Response::Error(e),
+                    },
+                };
+                let views = c
+                    .services
+                    .tasks
+                    .values()
+                    .filter(|t| ids.as_ref().is_none_or(|ids| ids.contains(&t.service)))
+                    .filter(|t| node.is_none_or(|n| t.node == Some(n)))
+                    .filter_map(|t| task_view(c, t.id))
+                    .collect();
+                Response::Tasks(views)
+            }
+            _ => Response::Error("not a service read".into()),
+        }
+    }
+}
+
+/// A service by name, full id, or unique id prefix.
+fn resolve<'c>(c: &'c ClusterState, name: &str) -> Result<&'c Service, String> {
+    if let Some(s) = c.services.by_name(name) {
+        return Ok(s);
+    }
+    let hits: Vec<&Service> = c
+        .services
+        .services
+        .values()
+        .filter(|s| !name.is_empty() && s.id.to_string().starts_with(name))
+        .collect();
+    match hits.as_slice() {
+        [one] => Ok(one),
+        [] => Err(format!("service {name} {NOT_FOUND}")),
+        _ => Err(format!(
+            "service {name} is ambiguous ({} matches)",
+            hits.len()
+        )),
+    }
+}
+
+fn scale(
+    c: &ClusterState,
+    pairs: &[(String, u64)],
+    at_ms: u64,
+) -> Result<(Vec<ServiceCommand>, String), String> {
+    let mut cmds = Vec::new();
+    let mut lines = Vec::new();
+    for (name, n) in pairs {
+        let s = resolve(c, name)?;
+        let mut spec: ServiceSpec = s.spec.clone();
+        match &mut spec.mode {
+            Mode::Replicated { replicas } => *replicas = *n,
+            Mode::ReplicatedJob { total, .. } => *total = *n,
+            _ => {
+                return Err(format!(
+                    "{name}: scale can only be used with replicated or replicated-job mode"
+                ))
+            }
+        }
+        cmds.push(ServiceCommand::Update {
+            id: s.id,
+            spec,
+            at_ms,
+            rollback: false,
+        });
+        lines.push(format!("{name} scaled to {n}"));
+    }
+    Ok((cmds, lines.join("\n")))
+}
+
+fn service_view(c: &ClusterState, s: &Service) -> ServiceView {
+    let ready = |n: Option<NodeId>| {
+        n.and_then(|n| c.nodes.get(&n))
+            .is_some_and(|n| n.status == NodeStatus::Ready)
+    };
+    let tasks = c.services.tasks.values().filter(|t| t.service == s.id);
+    let (mut running, mut live, mut completed) = (0, 0, 0);
+    for t in tasks {
+        if t.desired == TaskState::Running && t.state == TaskState::Running && ready(t.node) {
+            running += 1;
+        }
+        if t.desired <= TaskState::Running && !t.state.is_terminal() {
+            live += 1;
+        }
+        if t.state == TaskState::Complete && t.version == s.version {
+            completed += 1;
+        }
+    }
+    let desired = match s.spec.mode {
+        Mode::Replicated { replicas } => replicas,
+        Mode::ReplicatedJob { total, .. } => total,
+        Mode::Global | Mode::GlobalJob => live,
+    };
+    ServiceView {
+        id: s.id,
+        spec: s.spec.clone(),
+        previous: s.previous.as_ref().map(|(_, p)| p.clone()),
+        version: s.version,
+        created_ms: s.created_ms,
+        updated_ms: s.updated_ms,
+        update: s.update.clone(),
+        running,
+        desired,
+        completed,
+    }
+}
+
+fn task_view(c: &ClusterState, id: TaskId) -> Option<TaskView> {
+    let t = c.services.tasks.get(&id)?;
+    let svc = c.services.services.get(&t.service);
+    let node = t.node.and_then(|n| c.nodes.get(&n));
+    Some(TaskView {
+        id: t.id,
+        service_id: t.service,
+        service: svc.map_or_else(|| t.service.to_string(), |s| s.spec.name.clone()),
+        slot: t.slot,
+        node_id: t.node,
+        node: node.map(|n| n.hostname.clone()),
+        node_down: t.node.is_some() && node.is_none_or(|n| n.status != NodeStatus::Ready),
+        image: svc
+            .and_then(|s| s.template(t.version))
+            .map_or_else(String::new, |tpl| tpl.image.clone()),
+        version: t.version,
+        desired: t.desired,
+        state: t.state,
+        message: t.message.clone(),
+        error: t.error.clone(),
+        created_ms: t.created_ms,
+        state_ms: t.state_ms,
+    })
+}

@@ -1,0 +1,336 @@
+//! The agent: carries out `services::agent`'s decisions on this node through the engine.
+//! One thread owns the node's assignments and what it last reported; pulls, starts,
+//! stops and removals each run on a thread of their own (a pull can take minutes, and
+//! must not hold up a stop), and report back when done. Nothing is kept on disk: a
+//! restarted daemon finds its tasks' containers by their labels.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::engine::Engine;
+use crate::api::RunRequest;
+use crate::model::container::{LogLimits, RestartPolicy, Status};
+use crate::raft::NodeId;
+use crate::services::agent::{
+    plan, Action, AgentStatus, Assignment, Assignments, NodeDescription, Seen, LABEL_NODE,
+    LABEL_SERVICE, LABEL_SERVICE_ID, LABEL_TASK,
+};
+use crate::services::store::{TaskId, TaskReport};
+use crate::services::task::TaskState;
+
+/// How often the agent looks at its containers and tells the leader where its tasks
+/// are (also at once on every change).
+const TICK: Duration = Duration::from_secs(1);
+
+enum Msg {
+    Assign(Box<Assignments>),
+    /// A worker thread's word on a task (intermediate or final).
+    Report(TaskReport),
+    /// A worker thread finished with a task (or a container, by task id).
+    Done(TaskId),
+}
+
+/// The node loop's side: assignments in, statuses out.
+pub struct Agent {
+    tx: mpsc::Sender<Msg>,
+    pub status: smol::channel::Receiver<AgentStatus>,
+}
+
+impl Agent {
+    pub fn assign(&self, a: Box<Assignments>) {
+        let _ = self.tx.send(Msg::Assign(a));
+    }
+}
+
+pub fn spawn(
+    engine: Arc<Engine>,
+    node: NodeId,
+    labels: &[(String, String)],
+) -> anyhow::Result<Agent> {
+    let (tx, rx) = mpsc::channel();
+    let (status_tx, status) = smol::channel::bounded(4);
+    let desc = describe(labels);
+    let worker_tx = tx.clone();
+    std::thread::Builder::new()
+        .name("agent".into())
+        .spawn(move || {
+            let mut a = Loop {
+                engine,
+                node,
+                desc,
+                set: Assignments::default(),
+                known: BTreeMap::new(),
+                busy: BTreeSet::new(),
+                tx: worker_tx,
+            };
+            a.run(rx, status_tx)
+        })?;
+    Ok(Agent { tx, status })
+}
+
+fn describe(labels: &[(String, String)]) -> NodeDescription {
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .and_then(|kb| kb.parse::<u64>().ok())
+                })
+        })
+        .map_or(0, |kb| kb * 1024);
+    NodeDescription {
+        os: std::env::consts::OS.to_string(),
+        arch: std::env::consts::ARCH.to_string(),
+        engine_labels: labels.iter().cloned().collect(),
+        nano_cpus: crate::runtime::spec::host_cpus() as u64 * 1_000_000_000,
+        memory,
+    }
+}
+
+struct Loop {
+    engine: Arc<Engine>,
+    node: NodeId,
+    desc: NodeDescription,
+    set: Assignments,
+    /// The last state of each assigned task, as reported.
+    known: BTreeMap<TaskId, TaskReport>,
+    /// Tasks a worker thread is busy with.
+    busy: BTreeSet<TaskId>,
+    tx: mpsc::Sender<Msg>,
+}
+
+impl Loop {
+    fn run(&mut self, rx: mpsc::Receiver<Msg>, out: smol::channel::Sender<AgentStatus>) {
+        let mut next_status = Instant::now();
+        loop {
+            let wait = next_status.saturating_duration_since(Instant::now());
+            let mut changed = match rx.recv_timeout(wait) {
+                Ok(m) => self.take(m),
+                Err(mpsc::RecvTimeoutError::Timeout) => false,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            };
+            while let Ok(m) = rx.try_recv() {
+                changed |= self.take(m);
+            }
+            if !changed && Instant::now() < next_status {
+                continue;
+            }
+            changed |= self.reconcile();
+            if changed || Instant::now() >= next_status {
+                let st = AgentStatus {
+                    have: self.set.version,
+                    reports: self.known.values().cloned().collect(),
+                    desc: self.desc.clone(),
+                };
+                // A full queue means the loop is behind: the next tick says it all again.
+                if out.try_send(st).is_err() && out.is_closed() {
+                    return;
+                }
+                next_status = Instant::now() + TICK;
+            }
+        }
+    }
+
+    /// Takes a message in; says whether anything changed.
+    fn take(&mut self, m: Msg) -> bool {
+        match m {
+            Msg::Assign(a) => {
+                if a.version <= self.set.version && self.set.version != 0 {
+                    return false;
+                }
+                self.set = *a;
+                let keep: BTreeSet<TaskId> = self.set.tasks.iter().map(|t| t.task).collect();
+                self.known.retain(|t, _| keep.contains(t));
+                true
+            }
+            Msg::Report(r) => self.note(r),
+            Msg::Done(t) => {
+                self.busy.remove(&t);
+                true
+            }
+        }
+    }
+
+    fn note(&mut self, r: TaskReport) -> bool {
+        let at = self
+            .known
+            .get(&r.task)
+            .map_or(TaskState::Assigned, |k| k.state);
+        let assigned = self.set.tasks.iter().any(|a| a.task == r.task);
+        if assigned && at.may_become(r.state) {
+            self.known.insert(r.task, r);
+            return true;
+        }
+        false
+    }
+
+    /// Looks at the containers and acts; says whether a task's state changed.
+    fn reconcile(&mut self) -> bool {
+        // Until the first set arrives (a restarted daemon), the containers found are
+        // not known to be unassigned: touch nothing.
+        if self.set.version == 0 {
+            return false;
+        }
+        let seen = match self.seen() {
+            Ok(s) => s,
+            Err(e) => {
+                warning!("agent: cannot list containers: {e}");
+                return false;
+            }
+        };
+        let p = plan(&self.set.tasks, &seen, &self.busy, &self.known);
+        let mut changed = false;
+        for r in p.reports {
+            changed |= self.note(r);
+        }
+        for a in p.actions {
+            self.act(a, &seen);
+        }
+        changed
+    }
+
+    fn seen(&self) -> Result<BTreeMap<TaskId, (String, Seen)>, String> {
+        let mut out = BTreeMap::new();
+        for v in self.engine.containers.list()? {
+            let Some(task) = v
+                .record
+                .spec
+                .labels
+                .get(LABEL_TASK)
+                .and_then(|t| u64::from_str_radix(t, 16).ok())
+            else {
+                continue;
+            };
+            let seen = match &v.status {
+                Status::Created => Seen::Created,
+                Status::Running { .. } => Seen::Running {
+                    health: v.health.as_ref().map(|h| h.status),
+                },
+                Status::Exited { code, .. } => Seen::Exited { code: *code },
+            };
+            out.insert(TaskId(task), (v.record.id.clone(), seen));
+        }
+        Ok(out)
+    }
+
+    fn act(&mut self, a: Action, seen: &BTreeMap<TaskId, (String, Seen)>) {
+        let engine = self.engine.clone();
+        let tx = self.tx.clone();
+        match a {
+            Action::Start(task) => {
+                let Some(asg) = self.set.tasks.iter().find(|t| t.task == task).cloned() else {
+                    return;
+                };
+                self.busy.insert(task);
+                self.note(TaskReport {
+                    task,
+                    state: TaskState::Preparing,
+                    message: "preparing".into(),
+                    error: String::new(),
+                });
+                let node = self.node;
+                spawn_worker(move || {
+                    if let Err(e) = start(&engine, node, &asg) {
+                        let _ = tx.send(Msg::Report(TaskReport {
+                            task,
+                            state: TaskState::Rejected,
+                            message: "rejected".into(),
+                            error: e,
+                        }));
+                    }
+                    let _ = tx.send(Msg::Done(task));
+                });
+            }
+            Action::Stop(task) => {
+                let Some((container, _)) = seen.get(&task).cloned() else {
+                    return;
+                };
+                let grace = self
+                    .set
+                    .tasks
+                    .iter()
+                    .find(|t| t.task == task)
+                    .and_then(|t| t.template.as_ref())
+                    .map_or(10, |tpl| tpl.stop_grace_ms.div_ceil(1000) as i64);
+                let desired = self
+                    .set
+                    .tasks
+                    .iter()
+                    .find(|t| t.task == task)
+                    .map_or(TaskState::Shutdown, |t| t.desired);
+                self.busy.insert(task);
+                spawn_worker(move || {
+                    match engine.containers.stop(&container, Some(grace)) {
+                        Ok(_) if desired > TaskState::Running => {
+                            let _ = tx.send(Msg::Report(TaskReport {
+                                task,
+                                state: TaskState::Shutdown,
+                                message: "shutdown".into(),
+                                error: String::new(),
+                            }));
+                        }
+                        Ok(_) => {}
+                        Err(e) => warning!("agent: cannot stop container {container}: {e}"),
+                    }
+                    let _ = tx.send(Msg::Done(task));
+                });
+            }
+            Action::Remove { container } => {
+                let task = seen
+                    .iter()
+                    .find(|(_, (c, _))| *c == container)
+                    .map(|(t, _)| *t);
+                let Some(task) = task else { return };
+                self.busy.insert(task);
+                spawn_worker(move || {
+                    if let Err(e) = engine.containers.remove(&container, true) {
+                        warning!("agent: cannot remove container {container}: {e}");
+                    }
+                    let _ = tx.send(Msg::Done(task));
+                });
+            }
+        }
+    }
+}
+
+fn spawn_worker(f: impl FnOnce() + Send + 'static) {
+    if let Err(e) = std::thread::Builder::new()
+        .name("agent-task".into())
+        .spawn(f)
+    {
+        error!("agent: cannot start a thread: {e}");
+    }
+}
+
+/// Pulls (if needed), creates and starts a task's container.
+fn start(engine: &Engine, node: NodeId, a: &Assignment) -> Result<(), String> {
+    let tpl = a
+        .template
+        .as_ref()
+        .ok_or("the service no longer holds this task's spec")?;
+    let mut spec = tpl.container.clone();
+    spec.labels.insert(LABEL_TASK.into(), a.task.to_string());
+    spec.labels
+        .insert(LABEL_SERVICE.into(), a.service_name.clone());
+    spec.labels
+        .insert(LABEL_SERVICE_ID.into(), a.service.to_string());
+    spec.labels.insert(LABEL_NODE.into(), node.to_string());
+    let req = RunRequest {
+        image: tpl.image.clone(),
+        name: Some(a.container_name()),
+        spec,
+        stop_signal: tpl.stop_signal.clone(),
+        stop_timeout: Some(tpl.stop_grace_ms.div_ceil(1000) as i64),
+        auto_remove: false,
+        auth: None,
+        health: tpl.health.clone(),
+        log: LogLimits::default(),
+        restart: RestartPolicy::No,
+    };
+    engine.run(req, &|_| {}).map(|_| ())
+}
