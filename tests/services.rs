@@ -172,26 +172,35 @@ fn replicated_service_create_scale_update_and_remove() {
         img
     );
 
-    // An update to an image that does not exist rolls back.
-    let out = m.cli(&[
+    // An update to an image that does not exist rolls back, and says so.
+    let nope = image(&reg, "nope");
+    let o = m.cli(&[
         "service",
         "update",
         "--update-failure-action",
         "rollback",
         "--image",
-        &image(&reg, "nope"),
+        &nope,
         "web",
     ]);
-    let _ = out;
-    wait_for(60, "rollback completed", || {
-        let doc: serde_json::Value =
-            serde_json::from_str(&m.ok(&["service", "inspect", "web"])).unwrap();
-        doc[0]["UpdateStatus"]["State"] == "rollback_completed"
-    });
-    wait_for(30, "old image back", || {
-        let rows = running_tasks(m, "web");
-        rows.len() == 2 && rows.iter().all(|r| r.contains(&img2))
-    });
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("update rolled back due to failure or early termination of task"),
+        "{err}"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&m.ok(&["service", "inspect", "web"])).unwrap();
+    assert_eq!(doc[0]["UpdateStatus"]["State"], "rollback_completed");
+    assert_eq!(
+        doc[0]["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"],
+        img2
+    );
+    let rows = running_tasks(m, "web");
+    assert_eq!(rows.len(), 2, "{rows:#?}");
+    assert!(rows.iter().all(|r| r.contains(&img2)), "{rows:#?}");
+    let all = m.ok(&["service", "ps", "--no-trunc", "web"]);
+    assert!(all.contains(&format!("No such image: {nope}")), "{all}");
 
     // Removal takes every container away.
     let out = m.ok(&["service", "rm", "web"]);

@@ -841,13 +841,29 @@ fn progress(svc: &ServiceView, tasks: &[TaskView]) -> Progress {
         text.push_str(&l);
         text.push('\n');
     }
-    let update = svc.update.as_ref();
+    // The update status is this command's own only when the last change started it
+    // (a change of replicas starts none, and an older status stays).
+    let update = svc
+        .update
+        .as_ref()
+        .filter(|u| u.started_ms == svc.updated_ms);
     let failed = match update.map(|u| u.state) {
         Some(UpdateState::Paused | UpdateState::RollbackPaused) => {
             update.map(|u| u.message.clone())
         }
+        Some(UpdateState::RollbackCompleted) => update
+            .filter(|u| u.message.starts_with("rollback completed: "))
+            .map(|u| {
+                u.message
+                    .trim_start_matches("rollback completed: ")
+                    .to_string()
+            }),
         _ => None,
     };
+    // An update that rolls back on failure: a rejected task is the rollback's cue,
+    // not the end of the wait.
+    let rolls_back = update.is_some_and(|u| u.state.in_progress())
+        && svc.spec.update.failure_action == FailureAction::Rollback;
     // A task of the current spec the node refused (no such image, say): the user
     // hears why now instead of waiting through restarts.
     let rejected = tasks
@@ -863,8 +879,7 @@ fn progress(svc: &ServiceView, tasks: &[TaskView]) -> Progress {
         true => done_jobs >= svc.desired,
         false => running >= target && !in_progress && !outdated && pending.is_none(),
     };
-    let rollback_done = update.is_some_and(|u| u.state == UpdateState::RollbackCompleted);
-    let failed = failed.or_else(|| (!done && !rollback_done).then_some(rejected).flatten());
+    let failed = failed.or_else(|| (!done && !rolls_back).then_some(rejected).flatten());
     Progress {
         text,
         done,

@@ -505,9 +505,7 @@ fn task_view(c: &ClusterState, id: TaskId) -> Option<TaskView> {
         node_id: t.node,
         node: node.map(|n| n.hostname.clone()),
         node_down: t.node.is_some() && node.is_none_or(|n| n.status != NodeStatus::Ready),
-        image: svc
-            .and_then(|s| s.template(t.version))
-            .map_or_else(String::new, |tpl| tpl.image.clone()),
+        image: t.image.clone(),
         version: t.version,
         desired: t.desired,
         state: t.state,

@@ -307,12 +307,32 @@ fn spawn_worker(f: impl FnOnce() + Send + 'static) {
     }
 }
 
+/// Pulls the image unless the node has it, with Docker's words for a missing one (what
+/// `service ps` shows in ERROR).
+fn pull_if_missing(engine: &Engine, image: &str) -> Result<(), String> {
+    use crate::image::pull::{pull, PullError};
+    use crate::image::store::StoreError;
+    match engine.store.resolve(image) {
+        Ok(_) => return Ok(()),
+        Err(StoreError::NotFound(_)) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let r = crate::image::reference::Reference::parse(image).map_err(|e| e.to_string())?;
+    let platform = crate::image::oci::Platform::host();
+    match pull(&engine.store, &r, &platform, &engine.registry, &|_| {}) {
+        Ok(_) => Ok(()),
+        Err(PullError::NotFound(_)) => Err(format!("No such image: {image}")),
+        Err(e) => Err(format!("pulling {image}: {e}")),
+    }
+}
+
 /// Pulls (if needed), creates and starts a task's container.
 fn start(engine: &Engine, node: NodeId, a: &Assignment) -> Result<(), String> {
     let tpl = a
         .template
         .as_ref()
         .ok_or("the service no longer holds this task's spec")?;
+    pull_if_missing(engine, &tpl.image)?;
     let mut spec = tpl.container.clone();
     spec.labels.insert(LABEL_TASK.into(), a.task.to_string());
     spec.labels

@@ -224,7 +224,16 @@ impl<'s, 'n> Planner<'s, 'n> {
         if !global && !to_place.is_empty() {
             self.place(svc, to_place, sched);
         }
-        self.update_progress(svc, tasks, &update);
+        // Slots an update must see running its new version before it is complete.
+        let required: Vec<Slot> = wanted
+            .iter()
+            .filter(|s| match s {
+                Slot::Replica(_) => true,
+                Slot::Node(n) => self.node(Some(*n)).is_some_and(|n| self.may_take(n, spec)),
+            })
+            .copied()
+            .collect();
+        self.update_progress(svc, tasks, &update, &required);
     }
 
     /// Whether a node may be given a new task of this service.
@@ -387,7 +396,9 @@ impl<'s, 'n> Planner<'s, 'n> {
             last.state,
             TaskState::Complete | TaskState::Failed | TaskState::Rejected
         );
-        if !ended_itself {
+        // Stopped on request, its node died, or it ran a spec since replaced (an update
+        // or rollback refills the slot now).
+        if !ended_itself || last.version != svc.version {
             // Stopped on request, or its node died: replaced at once.
             return SlotNeeds::New { pending: None };
         }
@@ -439,6 +450,7 @@ impl<'s, 'n> Planner<'s, 'n> {
             slot,
             node,
             version: svc.version,
+            image: svc.spec.task.image.clone(),
             desired: TaskState::Running,
             state,
             message,
@@ -598,7 +610,13 @@ impl<'s, 'n> Planner<'s, 'n> {
     }
 
     /// Moves an update's status on: paused, rolled back, or completed.
-    fn update_progress(&mut self, svc: &Service, tasks: &[&Task], view: &UpdateView) {
+    fn update_progress(
+        &mut self,
+        svc: &Service,
+        tasks: &[&Task],
+        view: &UpdateView,
+        required: &[Slot],
+    ) {
         let Some(status) = svc.update.as_ref().filter(|u| u.state.in_progress()) else {
             return;
         };
@@ -648,7 +666,18 @@ impl<'s, 'n> Planner<'s, 'n> {
                 && t.state < TaskState::Running
                 && self.node_up(t.node)
         });
-        if !outdated && !starting && view.busy == 0 {
+        let fresh: std::collections::BTreeSet<Slot> = tasks
+            .iter()
+            .filter(|t| {
+                t.version == svc.version
+                    && t.is_live()
+                    && t.state == TaskState::Running
+                    && self.node_up(t.node)
+            })
+            .map(|t| slot_of(t))
+            .collect();
+        let all_fresh = required.iter().all(|s| fresh.contains(s));
+        if !outdated && !starting && view.busy == 0 && all_fresh {
             self.ops.push(TaskOp::UpdateStatus {
                 service: svc.id,
                 status: UpdateStatus {
@@ -659,10 +688,11 @@ impl<'s, 'n> Planner<'s, 'n> {
                     },
                     started_ms: status.started_ms,
                     completed_ms: Some(self.now),
-                    message: if rollback {
-                        "rollback completed".into()
-                    } else {
-                        "update completed".into()
+                    message: match (rollback, status.message.starts_with("update rolled back")) {
+                        // An automatic rollback keeps saying why it happened.
+                        (true, true) => format!("rollback completed: {}", status.message),
+                        (true, false) => "rollback completed".into(),
+                        (false, _) => "update completed".into(),
                     },
                 },
             });

@@ -126,8 +126,10 @@ pub struct Task {
     /// slot).
     pub slot: u64,
     pub node: Option<NodeId>,
-    /// The service version the task was made from.
+    /// The service version the task was made from, and its image (shown by `ps` after
+    /// the service moved on).
     pub version: u64,
+    pub image: String,
     /// Running (or Ready, held back), Shutdown, or Remove.
     pub desired: TaskState,
     /// The last state its node reported (or New, Pending, Assigned from the managers).
@@ -501,6 +503,7 @@ mod tests {
             slot,
             node,
             version: 1,
+            image: "busybox".into(),
             desired: TaskState::Running,
             state: TaskState::New,
             message: String::new(),
