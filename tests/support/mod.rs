@@ -56,6 +56,17 @@ impl Daemon {
         Daemon::start_new(tag, name, ip, Some(netns.to_string()), &[])
     }
 
+    /// A daemon inside `netns` started with extra `daemon` flags.
+    pub fn in_netns_with_args(
+        tag: &str,
+        netns: &str,
+        name: &str,
+        ip: &str,
+        extra: &[&str],
+    ) -> Daemon {
+        Daemon::start_new(tag, name, ip, Some(netns.to_string()), extra)
+    }
+
     /// A daemon on loopback with extra environment variables (test knobs).
     pub fn with_env(tag: &str, name: &str, ip: &str, env: &[(&str, &str)]) -> Daemon {
         let mut d = Daemon::prepare(tag, name, ip, None, &[]);
@@ -346,8 +357,25 @@ impl Net {
         net
     }
 
-    fn hub(&self) -> String {
+    pub fn hub(&self) -> String {
         format!("{}-hub", self.prefix)
+    }
+
+    /// Gives the hub's bridge an address (a service the hosts reach, such as a
+    /// registry, runs in the hub namespace). Returns the hub namespace's name.
+    pub fn hub_addr(&self, addr: &str) -> String {
+        let hub = self.hub();
+        ip(&[
+            "-n",
+            &hub,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "br0",
+        ]);
+        ip(&["-n", &hub, "link", "set", "lo", "up"]);
+        hub
     }
 
     /// A host namespace with `addr`/24 on `eth0`, whose peer `p<i>` is on the bridge.

@@ -16,6 +16,9 @@ use super::image::{sha, Built};
 pub struct Registry {
     pub dir: PathBuf,
     pub port: u16,
+    /// Where it listens: loopback, or an address inside `netns`.
+    ip: String,
+    netns: Option<String>,
     child: Option<Child>,
     pub user: Option<(String, String)>,
     pub tls: bool,
@@ -80,6 +83,8 @@ impl Registry {
         let mut r = Registry {
             dir,
             port: 0,
+            ip: "127.0.0.1".into(),
+            netns: None,
             child: None,
             user: opts.basic_auth.map(|(u, p)| (u.to_string(), p.to_string())),
             tls: opts.tls,
@@ -90,10 +95,18 @@ impl Registry {
 
     /// Starts the process (on `port`, or any free port) and waits for it to listen.
     fn launch(&mut self, port: Option<u16>) {
-        let mut cmd = Command::new("docker-registry");
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/var/run/netns/{ns}"))
+                    .arg("docker-registry");
+                c
+            }
+            None => Command::new("docker-registry"),
+        };
         cmd.arg("serve").arg(self.dir.join("config.yml"));
         if let Some(p) = port {
-            cmd.env("REGISTRY_HTTP_ADDR", format!("127.0.0.1:{p}"));
+            cmd.env("REGISTRY_HTTP_ADDR", format!("{}:{p}", self.ip));
         }
         let mut child = cmd
             .stdout(Stdio::null())
@@ -102,12 +115,13 @@ impl Registry {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let needle = format!("listening on {}:", self.ip);
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if !sent {
-                    if let Some(i) = line.find("listening on 127.0.0.1:") {
-                        let rest = &line[i + "listening on 127.0.0.1:".len()..];
+                    if let Some(i) = line.find(&needle) {
+                        let rest = &line[i + needle.len()..];
                         let port: String = rest.chars().take_while(char::is_ascii_digit).collect();
                         let _ = tx.send(port.parse::<u16>().unwrap());
                         sent = true;
@@ -123,7 +137,17 @@ impl Registry {
     }
 
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
+    }
+
+    /// Serves the same storage from inside network namespace `netns` at `ip` (same
+    /// port): for nodes in namespaces, after the test pushed its images over loopback.
+    pub fn move_into(&mut self, netns: &str, ip: &str) {
+        self.kill();
+        self.netns = Some(netns.to_string());
+        self.ip = ip.to_string();
+        let port = self.port;
+        self.launch(Some(port));
     }
 
     pub fn kill(&mut self) {
