@@ -136,6 +136,14 @@ impl<'s, 'n> Planner<'s, 'n> {
                 task: t.id,
                 desired,
             });
+            // No node will ever report on a task that never got one: it ends here.
+            if t.node.is_none() && !t.state.is_terminal() {
+                self.ops.push(TaskOp::Observe {
+                    task: t.id,
+                    state: TaskState::Shutdown,
+                    message: "shut down before it was placed".into(),
+                });
+            }
         }
     }
 
@@ -322,10 +330,20 @@ impl<'s, 'n> Planner<'s, 'n> {
             // The rest are being replaced (start-first) or doubled: they go once the
             // good one runs.
             let others: Vec<&Task> = live.iter().filter(|t| t.id != best.id).copied().collect();
-            if !others.is_empty()
-                && (best.state == TaskState::Running || order == UpdateOrder::StopFirst)
-            {
-                for t in others {
+            // A start-first replacement that already failed once stops the wait for
+            // tasks that must leave their node (drain, constraints): the node is emptied.
+            let replacement_failed = ts.iter().any(|t| {
+                t.version == svc.version
+                    && matches!(
+                        t.state,
+                        TaskState::Failed | TaskState::Rejected | TaskState::Complete
+                    )
+            });
+            for t in others {
+                let go = best.state == TaskState::Running
+                    || order == UpdateOrder::StopFirst
+                    || (replacement_failed && !self.may_stay(t, spec));
+                if go {
                     self.desire(t, TaskState::Shutdown);
                 }
             }
@@ -340,7 +358,8 @@ impl<'s, 'n> Planner<'s, 'n> {
         if let Some(old) = live.first().copied() {
             // Live, but outdated or on a node it may not stay on.
             let unwanted = !self.may_stay(old, spec);
-            if !unwanted {
+            // A task still waiting for a node runs nothing: replaced for free.
+            if !unwanted && old.node.is_some() {
                 if *budget == 0 {
                     return SlotNeeds::Nothing;
                 }
@@ -536,10 +555,40 @@ impl<'s, 'n> Planner<'s, 'n> {
 
     /// How many more slots an update may take on now, and what it saw.
     fn update_budget(&mut self, svc: &Service, tasks: &[&Task]) -> UpdateView {
-        let Some(status) = svc.update.as_ref().filter(|u| u.state.in_progress()) else {
-            return UpdateView::default();
-        };
         let cfg = self.update_config(svc);
+        let Some(status) = svc.update.as_ref().filter(|u| u.state.in_progress()) else {
+            // A finished update still replaces the outdated tasks it could not reach (a
+            // node that was down comes back), at its pace; a paused one does not.
+            let paused = svc.update.as_ref().is_some_and(|u| {
+                matches!(u.state, UpdateState::Paused | UpdateState::RollbackPaused)
+            });
+            let busy = tasks
+                .iter()
+                .filter(|t| {
+                    (t.version != svc.version
+                        && t.desired > TaskState::Running
+                        && !t.state.is_terminal()
+                        && self.node_up(t.node))
+                        || (t.version == svc.version
+                            && t.is_live()
+                            && t.state < TaskState::Running
+                            && self.node_up(t.node))
+                })
+                .count() as u64;
+            let parallelism = if cfg.parallelism == 0 {
+                u64::MAX
+            } else {
+                cfg.parallelism
+            };
+            return UpdateView {
+                free: if paused {
+                    0
+                } else {
+                    parallelism.saturating_sub(busy)
+                },
+                ..UpdateView::default()
+            };
+        };
         let since = status.started_ms;
         let mut busy = 0u64;
         let mut failed: Option<TaskId> = None;
@@ -559,7 +608,16 @@ impl<'s, 'n> Planner<'s, 'n> {
                 continue;
             }
             match (t.state, t.running_ms) {
-                (s, _) if t.is_live() && s < TaskState::Running => busy += 1,
+                // Starting, or waiting for a node: the update waits too (stopping more
+                // tasks whose replacements cannot be placed would take the service
+                // down). One bound to a Down node waits outside the update.
+                (s, _)
+                    if t.is_live()
+                        && s < TaskState::Running
+                        && (t.node.is_none() || self.node_up(t.node)) =>
+                {
+                    busy += 1;
+                }
                 (TaskState::Running, Some(r)) if t.desired <= TaskState::Running => {
                     // The slot's worker rests `delay` once its new task runs.
                     let rest_until = r.saturating_add(cfg.delay_ms);
@@ -653,12 +711,11 @@ impl<'s, 'n> Planner<'s, 'n> {
                 return;
             }
         }
+        // Tasks on a Down node are not waited for: they are updated when it is back.
         let outdated = tasks.iter().any(|t| {
             t.version != svc.version
-                && (t.is_live()
-                    || (t.desired > TaskState::Running
-                        && !t.state.is_terminal()
-                        && self.node_up(t.node)))
+                && (t.is_live() || (t.desired > TaskState::Running && !t.state.is_terminal()))
+                && self.node_up(t.node)
         });
         let starting = tasks.iter().any(|t| {
             t.version == svc.version
@@ -666,13 +723,13 @@ impl<'s, 'n> Planner<'s, 'n> {
                 && t.state < TaskState::Running
                 && self.node_up(t.node)
         });
+        // A slot whose new task finds no node is as updated as it can be.
         let fresh: std::collections::BTreeSet<Slot> = tasks
             .iter()
             .filter(|t| {
                 t.version == svc.version
                     && t.is_live()
-                    && t.state == TaskState::Running
-                    && self.node_up(t.node)
+                    && (t.state == TaskState::Running && self.node_up(t.node) || t.node.is_none())
             })
             .map(|t| slot_of(t))
             .collect();

@@ -206,6 +206,10 @@ impl ServiceSpec {
         if self.task.image.trim().is_empty() {
             return Err(SpecError::NoImage);
         }
+        let global = matches!(self.mode, Mode::Global | Mode::GlobalJob);
+        if global && self.task.placement.max_replicas > 0 {
+            return Err(SpecError::MaxReplicasGlobal);
+        }
         for u in [&self.update, &self.rollback] {
             if u.max_failure_ppm > 1_000_000 {
                 return Err(SpecError::FailureRatio);
@@ -225,6 +229,8 @@ pub enum SpecError {
     TooManyReplicas(u64),
     #[error("max-concurrent must be at least 1")]
     NoConcurrency,
+    #[error("replicas-max-per-node can only be used with replicated or replicated-job mode")]
+    MaxReplicasGlobal,
     #[error("TaskSpec: update-maxfailureratio cannot be less than 0 or bigger than 1")]
     FailureRatio,
     #[error("{0}")]

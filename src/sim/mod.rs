@@ -13,6 +13,8 @@
 pub mod control;
 pub mod net;
 #[cfg(test)]
+mod orchestrator;
+#[cfg(test)]
 mod regressions;
 
 /// Seeds to run: `SIM_SEED` for exactly one, else `SIM_SEEDS` of them (`default` when
