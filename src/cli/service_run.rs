@@ -58,6 +58,63 @@ struct Common<'a> {
     publish: &'a [String],
 }
 
+/// The shared flags of `create` and `update` (fields of the same name in both), with
+/// the list flags that differ between them given.
+macro_rules! common {
+    ($c:expr, $env:expr, $clabel:expr, $mount:expr, $device:expr, $cap_add:expr, $cap_drop:expr, $network:expr, $publish:expr) => {
+        Common {
+            env: $env,
+            container_label: $clabel,
+            mount: $mount,
+            workdir: $c.workdir.as_deref(),
+            user: $c.user.as_deref(),
+            entrypoint: $c.entrypoint.as_deref(),
+            hostname: $c.hostname.as_deref(),
+            replicas_max_per_node: $c.replicas_max_per_node,
+            restart_condition: $c.restart_condition,
+            restart_delay: $c.restart_delay.as_deref(),
+            restart_max_attempts: $c.restart_max_attempts,
+            restart_window: $c.restart_window.as_deref(),
+            update: UpdateFlags {
+                which: "update",
+                parallelism: $c.update_parallelism,
+                delay: $c.update_delay.as_deref(),
+                failure_action: $c.update_failure_action,
+                monitor: $c.update_monitor.as_deref(),
+                max_failure_ratio: $c.update_max_failure_ratio.as_deref(),
+                order: $c.update_order,
+            },
+            rollback: UpdateFlags {
+                which: "rollback",
+                parallelism: $c.rollback_parallelism,
+                delay: $c.rollback_delay.as_deref(),
+                failure_action: $c.rollback_failure_action,
+                monitor: $c.rollback_monitor.as_deref(),
+                max_failure_ratio: $c.rollback_max_failure_ratio.as_deref(),
+                order: $c.rollback_order,
+            },
+            stop_grace_period: $c.stop_grace_period.as_deref(),
+            stop_signal: $c.stop_signal.as_deref(),
+            limit_cpu: $c.limit_cpu.as_deref(),
+            limit_memory: $c.limit_memory.as_deref(),
+            limit_pids: $c.limit_pids,
+            reserve_cpu: $c.reserve_cpu.as_deref(),
+            reserve_memory: $c.reserve_memory.as_deref(),
+            health_cmd: $c.health_cmd.as_deref(),
+            health_interval: $c.health_interval.as_deref(),
+            health_timeout: $c.health_timeout.as_deref(),
+            health_retries: $c.health_retries,
+            health_start_period: $c.health_start_period.as_deref(),
+            no_healthcheck: $c.no_healthcheck,
+            device: $device,
+            cap_add: $cap_add,
+            cap_drop: $cap_drop,
+            network: $network,
+            publish: $publish,
+        }
+    };
+}
+
 struct UpdateFlags<'a> {
     /// `update` or `rollback`: the flags' prefix.
     which: &'static str,
@@ -413,56 +470,17 @@ fn resolve_create(c: &ServiceCreate) -> Result<ServiceSpec, UsageError> {
             })?;
         spec.task.placement.spread.push(label.to_string());
     }
-    let common = Common {
-        env: &c.env,
-        container_label: &c.container_label,
-        mount: &c.mount,
-        workdir: c.workdir.as_deref(),
-        user: c.user.as_deref(),
-        entrypoint: c.entrypoint.as_deref(),
-        hostname: c.hostname.as_deref(),
-        replicas_max_per_node: c.replicas_max_per_node,
-        restart_condition: c.restart_condition,
-        restart_delay: c.restart_delay.as_deref(),
-        restart_max_attempts: c.restart_max_attempts,
-        restart_window: c.restart_window.as_deref(),
-        update: UpdateFlags {
-            which: "update",
-            parallelism: c.update_parallelism,
-            delay: c.update_delay.as_deref(),
-            failure_action: c.update_failure_action,
-            monitor: c.update_monitor.as_deref(),
-            max_failure_ratio: c.update_max_failure_ratio.as_deref(),
-            order: c.update_order,
-        },
-        rollback: UpdateFlags {
-            which: "rollback",
-            parallelism: c.rollback_parallelism,
-            delay: c.rollback_delay.as_deref(),
-            failure_action: c.rollback_failure_action,
-            monitor: c.rollback_monitor.as_deref(),
-            max_failure_ratio: c.rollback_max_failure_ratio.as_deref(),
-            order: c.rollback_order,
-        },
-        stop_grace_period: c.stop_grace_period.as_deref(),
-        stop_signal: c.stop_signal.as_deref(),
-        limit_cpu: c.limit_cpu.as_deref(),
-        limit_memory: c.limit_memory.as_deref(),
-        limit_pids: c.limit_pids,
-        reserve_cpu: c.reserve_cpu.as_deref(),
-        reserve_memory: c.reserve_memory.as_deref(),
-        health_cmd: c.health_cmd.as_deref(),
-        health_interval: c.health_interval.as_deref(),
-        health_timeout: c.health_timeout.as_deref(),
-        health_retries: c.health_retries,
-        health_start_period: c.health_start_period.as_deref(),
-        no_healthcheck: c.no_healthcheck,
-        device: &c.device,
-        cap_add: &c.cap_add,
-        cap_drop: &c.cap_drop,
-        network: &c.network,
-        publish: &c.publish,
-    };
+    let common = common!(
+        c,
+        &c.env,
+        &c.container_label,
+        &c.mount,
+        &c.device,
+        &c.cap_add,
+        &c.cap_drop,
+        &c.network,
+        &c.publish
+    );
     apply(&mut spec, &common)?;
     spec.validate().map_err(|e| UsageError(e.to_string()))?;
     Ok(spec)
@@ -563,56 +581,17 @@ fn resolve_update(c: &ServiceUpdate, spec: &mut ServiceSpec) -> Result<(), Usage
     if c.force {
         spec.task.force_update += 1;
     }
-    let common = Common {
-        env: &[],
-        container_label: &[],
-        mount: &c.mount_add,
-        workdir: c.workdir.as_deref(),
-        user: c.user.as_deref(),
-        entrypoint: c.entrypoint.as_deref(),
-        hostname: c.hostname.as_deref(),
-        replicas_max_per_node: c.replicas_max_per_node,
-        restart_condition: c.restart_condition,
-        restart_delay: c.restart_delay.as_deref(),
-        restart_max_attempts: c.restart_max_attempts,
-        restart_window: c.restart_window.as_deref(),
-        update: UpdateFlags {
-            which: "update",
-            parallelism: c.update_parallelism,
-            delay: c.update_delay.as_deref(),
-            failure_action: c.update_failure_action,
-            monitor: c.update_monitor.as_deref(),
-            max_failure_ratio: c.update_max_failure_ratio.as_deref(),
-            order: c.update_order,
-        },
-        rollback: UpdateFlags {
-            which: "rollback",
-            parallelism: c.rollback_parallelism,
-            delay: c.rollback_delay.as_deref(),
-            failure_action: c.rollback_failure_action,
-            monitor: c.rollback_monitor.as_deref(),
-            max_failure_ratio: c.rollback_max_failure_ratio.as_deref(),
-            order: c.rollback_order,
-        },
-        stop_grace_period: c.stop_grace_period.as_deref(),
-        stop_signal: c.stop_signal.as_deref(),
-        limit_cpu: c.limit_cpu.as_deref(),
-        limit_memory: c.limit_memory.as_deref(),
-        limit_pids: c.limit_pids,
-        reserve_cpu: c.reserve_cpu.as_deref(),
-        reserve_memory: c.reserve_memory.as_deref(),
-        health_cmd: c.health_cmd.as_deref(),
-        health_interval: c.health_interval.as_deref(),
-        health_timeout: c.health_timeout.as_deref(),
-        health_retries: c.health_retries,
-        health_start_period: c.health_start_period.as_deref(),
-        no_healthcheck: c.no_healthcheck,
-        device: &[],
-        cap_add: &[],
-        cap_drop: &[],
-        network: &c.network_add,
-        publish: &c.publish_add,
-    };
+    let common = common!(
+        c,
+        &[],
+        &[],
+        &c.mount_add,
+        &[],
+        &[],
+        &[],
+        &c.network_add,
+        &c.publish_add
+    );
     apply(spec, &common)?;
     spec.validate().map_err(|e| UsageError(e.to_string()))
 }
@@ -821,13 +800,12 @@ fn progress(svc: &ServiceView, tasks: &[TaskView]) -> Progress {
         .filter(|t| t.version == svc.version && t.state == TaskState::Running && !t.node_down)
         .count() as u64;
     let done_jobs = svc.completed;
-    for (i, (_, t)) in by_slot.iter().enumerate() {
+    for t in by_slot.values() {
         let label = if global {
             t.node.clone().unwrap_or_default()
         } else {
             format!("{}/{}", t.slot, svc.desired)
         };
-        let _ = i;
         lines.push(format!("{label}: {:<9} {}", t.state.name(), bar(t.state)));
     }
     let mut text = match job {

@@ -429,8 +429,9 @@ pub struct Control {
     next_forward: u64,
     next_tag: u64,
     counters: Counters,
-    /// The driver's wall clock: an instant and the milliseconds since the epoch then.
-    pub(super) wall: (Instant, u64),
+    /// The driver's wall clock: an instant and the milliseconds since the epoch then
+    /// (None until the driver first sets it: the core reads no clock).
+    pub(super) wall: Option<(Instant, u64)>,
 }
 
 impl Control {
@@ -462,7 +463,7 @@ impl Control {
             next_forward,
             next_tag: 0,
             counters: Counters::default(),
-            wall: (Instant::now(), 0),
+            wall: None,
         }
     }
 
@@ -470,7 +471,7 @@ impl Control {
     /// often, so a clock stepped by NTP after boot (a Pi without a real-time clock) is
     /// picked up. Task times in the state come from it.
     pub fn set_clock(&mut self, now: Instant, unix_ms: u64) {
-        self.wall = (now, unix_ms);
+        self.wall = Some((now, unix_ms));
     }
 
     /// Restarts a member from its membership file: no token needed.
@@ -1680,9 +1681,12 @@ impl Control {
                     if r.is_ok() {
                         m.orch.due = true;
                         let tasks_changed = match &cmd {
+                            // Reports and descriptions change no node's set (a set holds
+                            // no observed state): the sets need not be recomputed.
                             Command::Service(s) => !matches!(
                                 **s,
                                 crate::services::store::ServiceCommand::Describe { .. }
+                                    | crate::services::store::ServiceCommand::Report { .. }
                             ),
                             Command::RemoveNode(_) => true,
                             _ => false,

@@ -56,7 +56,7 @@ impl Control {
     /// The cluster's wall clock, in milliseconds since the epoch, as the driver last set
     /// it (commands carry it; the cores never read a clock).
     pub(super) fn wall_ms(&self, now: Instant) -> u64 {
-        let (at, ms) = self.wall;
+        let Some((at, ms)) = self.wall else { return 0 };
         ms.saturating_add(u64::try_from(now.saturating_duration_since(at).as_millis()).unwrap_or(0))
     }
 
