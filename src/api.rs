@@ -19,7 +19,7 @@ use crate::cluster::token::TokenRole;
 use crate::cluster::{Availability, NodeRole, NodeStatus};
 pub use crate::frame::FrameError;
 use crate::frame::Protocol;
-use crate::model::container::{ContainerSpec, ContainerView, LogLimits, RestartPolicy};
+use crate::model::container::{ContainerSpec, ContainerView, LogCursor, LogLimits, RestartPolicy};
 use crate::model::health::HealthFlags;
 use crate::model::image::{Credentials, Progress};
 use crate::raft::NodeId;
@@ -109,6 +109,12 @@ pub enum Request {
         services: Vec<String>,
         node: Option<String>,
     },
+    /// `service logs`: a chunk of each of these containers' logs on `node` (this
+    /// node's own, or another's through the cluster transport). Managers only.
+    NodeLogs {
+        node: NodeId,
+        reads: Vec<LogRead>,
+    },
     /// This node's image store (served by the node itself, never forwarded).
     Image(ImageRequest),
     /// This node's containers (served by the node itself, never forwarded).
@@ -181,6 +187,49 @@ pub struct LogLine {
     /// Whether the line goes on in the next record (a piece of an overlong line).
     pub partial: bool,
     pub text: Vec<u8>,
+}
+
+/// Containers' logs read in one request, and bytes of log each answer carries at most
+/// (shared among the containers). One answer must fit a message between nodes.
+pub const MAX_LOG_READS: usize = 16;
+pub const LOG_ANSWER_BYTES: usize = 512 << 10;
+/// Longest container name a log read may name (Docker's names are far shorter).
+pub const MAX_LOG_NAME: usize = 512;
+// The records of an answer encode in fewer bytes than they take in the file; what
+// else a piece holds is a cursor, flags and a short error.
+const _: () = assert!(
+    LOG_ANSWER_BYTES + MAX_LOG_READS * (MAX_LOG_NAME + 256)
+        <= crate::transport::MAX_MESSAGE_SIZE - 1024
+);
+
+/// One container's log to read: from the last `n` records (`Tail(None)`: from the
+/// start), or on from where an earlier read stopped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRead {
+    pub container: String,
+    pub from: LogFrom,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogFrom {
+    Tail(Option<u64>),
+    At(LogCursor),
+}
+
+/// What a node read of one container's log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogPiece {
+    Lines {
+        lines: Vec<LogLine>,
+        /// Where to read on from.
+        next: LogCursor,
+        /// More is there already: ask again at once.
+        more: bool,
+    },
+    /// The node holds no such container (the task never started there, or it was
+    /// removed).
+    NoContainer,
+    Failed(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -300,6 +349,8 @@ pub enum Response {
     Exit(Option<i32>),
     Services(Vec<ServiceView>),
     Tasks(Vec<TaskView>),
+    /// The answer to `NodeLogs`: a piece per read, in order.
+    LogPieces(Vec<LogPiece>),
 }
 
 /// A service as `service ls` and `service inspect` show it.

@@ -212,3 +212,215 @@ fn replicated_service_create_scale_update_and_remove() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("not found"));
 }
+
+/// The task ids `service ps` shows (12 characters) of tasks running.
+fn running_ids(d: &Daemon, svc: &str) -> Vec<String> {
+    running_tasks(d, svc)
+        .iter()
+        .map(|r| r.split_whitespace().next().unwrap().to_string())
+        .collect()
+}
+
+/// `talk.<slot>.<id>@<node>` and the text of a prefixed log line, checking the form.
+fn split_line(l: &str) -> (String, String) {
+    let (prefix, text) = l
+        .split_once("| ")
+        .unwrap_or_else(|| panic!("no prefix: {l:?}"));
+    assert!(prefix.ends_with("    "), "{l:?}");
+    (prefix.trim_end().to_string(), text.to_string())
+}
+
+#[test]
+#[ignore = "needs root"]
+fn service_logs_gathers_every_node_and_names_the_ones_it_cannot_reach() {
+    let t = "svc-logs";
+    let reg = registry(t);
+    let mut ds = cluster(t, &reg, 3);
+    let img = image(&reg, "1");
+    let script = "echo oops >&2; sleep 1; for i in 1 2 3; do echo line $i; done; sleep 600";
+    ds[0].ok(&[
+        "service",
+        "create",
+        "--name",
+        "talk",
+        "--replicas",
+        "3",
+        &img,
+        "sh",
+        "-c",
+        script,
+    ]);
+    let ids = running_ids(&ds[0], "talk");
+    assert_eq!(ids.len(), 3);
+    let (first, others) = ds.split_at_mut(1);
+    let m = &first[0];
+    let logs = |args: &[&str]| {
+        let mut full = vec!["service", "logs"];
+        full.extend_from_slice(args);
+        let o = m.cli(&full);
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    // Wait until every replica has written its lines.
+    wait_for(20, "every replica's lines", || {
+        logs(&["talk"]).1.matches("| line 3").count() == 3
+    });
+
+    // Every replica's lines, from every node, under Docker's prefix, the `|` aligned;
+    // stderr lines on stderr.
+    let (code, out, err) = logs(&["talk"]);
+    assert_eq!(code, Some(0), "{err}");
+    let rows: Vec<(String, String)> = out.lines().map(split_line).collect();
+    assert_eq!(rows.len(), 9, "{out}");
+    let bars: std::collections::BTreeSet<usize> =
+        out.lines().map(|l| l.find('|').unwrap()).collect();
+    assert_eq!(bars.len(), 1, "{out}");
+    let mut seen = std::collections::BTreeSet::new();
+    for (prefix, _) in &rows {
+        let (task, node) = prefix.split_once('@').unwrap();
+        let parts: Vec<&str> = task.split('.').collect();
+        assert_eq!(parts.len(), 3, "{prefix}");
+        assert_eq!(parts[0], "talk");
+        assert!(parts[1].parse::<u64>().is_ok(), "{prefix}");
+        assert!(ids.contains(&parts[2].to_string()), "{prefix} vs {ids:?}");
+        seen.insert((node.to_string(), parts[2].to_string()));
+    }
+    let nodes: std::collections::BTreeSet<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(nodes, ["n1", "n2", "n3"].into(), "{out}");
+    assert_eq!(seen.len(), 3, "{out}");
+    for (node, _) in &seen {
+        for i in 1..=3 {
+            let want = format!("line {i}");
+            assert!(
+                rows.iter()
+                    .any(|(p, t)| p.ends_with(&format!("@{node}")) && *t == want),
+                "{node} {want}: {out}"
+            );
+        }
+    }
+    assert_eq!(err.matches("| oops").count(), 3, "{err}");
+
+    // --tail 1: the last line of each; -t: each line starts with its time.
+    let (code, out, err) = logs(&["--tail", "1", "-t", "talk"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(err.is_empty(), "{err}");
+    for l in out.lines() {
+        let (time, rest) = l.split_once(' ').unwrap();
+        assert!(
+            time.len() == 30 && time.ends_with('Z') && time.as_bytes()[10] == b'T',
+            "{l}"
+        );
+        assert_eq!(split_line(rest).1, "line 3", "{l}");
+    }
+    // --raw: the text alone; --no-task-ids, --no-trunc: the prefix as Docker's.
+    let (_, out, _) = logs(&["--raw", "talk"]);
+    let mut raw: Vec<&str> = out.lines().collect();
+    raw.sort_unstable();
+    assert_eq!(
+        raw,
+        [
+            "line 1", "line 1", "line 1", "line 2", "line 2", "line 2", "line 3", "line 3",
+            "line 3"
+        ]
+    );
+    let (_, out, _) = logs(&["--no-task-ids", "--tail", "1", "talk"]);
+    for l in out.lines() {
+        let (prefix, _) = split_line(l);
+        assert_eq!(
+            prefix.split('@').next().unwrap().split('.').count(),
+            2,
+            "{l}"
+        );
+    }
+    let (_, out, _) = logs(&["--no-trunc", "--tail", "1", "talk"]);
+    for l in out.lines() {
+        let (prefix, _) = split_line(l);
+        let task = prefix.split('@').next().unwrap();
+        assert_eq!(task.rsplit('.').next().unwrap().len(), 16, "{l}");
+    }
+    // One task, by its id.
+    let (code, out, err) = logs(&[&ids[0]]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(
+        out.lines().all(|l| l.contains(&format!(".{}@", ids[0]))),
+        "{out}"
+    );
+    // Bad input names the culprit.
+    let (code, _, err) = logs(&["--tail", "some", "talk"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--tail"), "{err}");
+    let (code, _, err) = logs(&["nope"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no such service or task: nope"), "{err}");
+
+    // A node whose daemon is gone is named on stderr; the others' lines still come.
+    others[1].kill9();
+    let (code, out, err) = logs(&["talk"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("node n3"), "{err}");
+    for node in ["n1", "n2"] {
+        for i in 1..=3 {
+            assert!(
+                out.lines().any(
+                    |l| l.contains(&format!("@{node} ")) && l.ends_with(&format!("| line {i}"))
+                ),
+                "{node} line {i}: {out}"
+            );
+        }
+    }
+    assert!(!out.contains("@n3 "), "{out}");
+
+    // -f goes on streaming from the nodes that answer: a line written later shows up.
+    let mut child = std::process::Command::new(support::BIN)
+        .arg("--socket")
+        .arg(m.sock())
+        .args(["service", "logs", "-f", "--tail", "0", "talk"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stdout).lines() {
+            if tx.send(l.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let ps = m.ok(&["ps"]);
+    let name = ps
+        .split_whitespace()
+        .find(|w| w.starts_with("talk."))
+        .unwrap_or_else(|| panic!("no task container on n1: {ps}"))
+        .to_string();
+    std::thread::sleep(Duration::from_secs(1));
+    m.ok(&["exec", &name, "sh", "-c", "echo later >/proc/1/fd/1"]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let got = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) if l.ends_with("| later") => break l,
+            Ok(_) => {}
+            Err(_) => {
+                let _ = child.kill();
+                let o = child.wait_with_output().unwrap();
+                panic!(
+                    "no later line from -f: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+            }
+        }
+    };
+    assert!(got.contains("@n1 "), "{got}");
+    child.kill().unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("node n3"), "{err}");
+}

@@ -290,8 +290,18 @@ pub static COMMANDS: &[Cmd] = &[
     },
     Cmd {
         path: "service logs",
-        values: &["--tail", "--since"],
-        switches: &["--help", "--follow", "-f", "--timestamps", "-t"],
+        values: &["--tail", "-n", "--since"],
+        switches: &[
+            "--help",
+            "--follow",
+            "-f",
+            "--timestamps",
+            "-t",
+            "--no-task-ids",
+            "--no-trunc",
+            "--no-resolve",
+            "--raw",
+        ],
         greedy: false,
     },
     Cmd {

@@ -397,7 +397,7 @@ fn stop_timeout(t: Option<i64>) -> Result<Option<i64>, UsageError> {
 }
 
 /// `logs --tail`: a count, or all lines for `all` or a negative number (as Docker).
-fn tail_lines(t: Option<&str>) -> Result<Option<u64>, UsageError> {
+pub(super) fn tail_lines(t: Option<&str>) -> Result<Option<u64>, UsageError> {
     match t {
         None | Some("all") => Ok(None),
         Some(v) => match v.parse::<i64>() {

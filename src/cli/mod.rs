@@ -24,6 +24,7 @@ pub mod internal;
 pub mod network;
 pub mod node;
 pub mod service;
+pub mod service_logs;
 pub mod service_run;
 pub mod service_show;
 

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use argh::{FromArgValue, FromArgs};
 
-use super::{not_implemented, Global};
+use super::Global;
 
 #[derive(FromArgs, Debug, PartialEq)]
 #[cfg_attr(test, derive(argh::ArgsInfo))]
@@ -647,15 +647,15 @@ pub struct ServiceRm {
 #[derive(FromArgs, Debug, PartialEq)]
 #[cfg_attr(test, derive(argh::ArgsInfo))]
 #[argh(subcommand, name = "logs")]
-/// Print the logs of all tasks of a service.
+/// Print the logs of every task of a service, or of one task, gathered from every node.
 pub struct ServiceLogs {
-    /// keep streaming new lines
+    /// keep streaming new lines, from every node that answers, until interrupted
     #[argh(switch, short = 'f')]
     pub follow: bool,
 
-    /// lines from the end of each task's log (default all)
-    #[argh(option)]
-    pub tail: Option<u64>,
+    /// lines from the end of each task's log: a number, or all (default; so is -1)
+    #[argh(option, short = 'n')]
+    pub tail: Option<String>,
 
     /// only lines since this time, RFC 3339 or relative (e.g. 10m)
     #[argh(option)]
@@ -665,7 +665,23 @@ pub struct ServiceLogs {
     #[argh(switch, short = 't')]
     pub timestamps: bool,
 
-    /// service id or name
+    /// leave task ids out of the line prefixes
+    #[argh(switch)]
+    pub no_task_ids: bool,
+
+    /// print whole task ids
+    #[argh(switch)]
+    pub no_trunc: bool,
+
+    /// print service and node ids, not names, in the line prefixes
+    #[argh(switch)]
+    pub no_resolve: bool,
+
+    /// print the lines alone, without prefixes
+    #[argh(switch)]
+    pub raw: bool,
+
+    /// service id or name, or a task id
     #[argh(positional)]
     pub service: String,
 }
@@ -680,6 +696,6 @@ pub fn run(global: &Global, cmd: ServiceCommand) -> anyhow::Result<ExitCode> {
         ServiceSubcommand::Update(c) => super::service_run::update(global, c),
         ServiceSubcommand::Rollback(c) => super::service_run::rollback(global, c),
         ServiceSubcommand::Rm(c) => super::service_run::rm(global, c),
-        ServiceSubcommand::Logs(_) => not_implemented("service logs"),
+        ServiceSubcommand::Logs(c) => super::service_logs::logs(global, c),
     }
 }

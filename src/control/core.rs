@@ -180,6 +180,11 @@ pub enum Input {
     Gossip(gossip::Event),
     /// What this node's agent says of its tasks (each second and on every change).
     AgentStatus(Box<crate::services::agent::AgentStatus>),
+    /// The answer to [`Effect::ReadLogs`].
+    LogsRead {
+        reply: Reply,
+        result: Result<Vec<crate::api::LogPiece>, String>,
+    },
 }
 
 /// What the control core asks of its driver, in order.
@@ -239,6 +244,13 @@ pub enum Effect {
     Log(Level, String),
     /// Hand this node's agent its assignments.
     Assign(Box<crate::services::agent::Assignments>),
+    /// Read a chunk of these containers' logs on this node (off the loop: it reads
+    /// files) and answer with [`Input::LogsRead`]; for `reply` (our CLI, or a manager
+    /// that asked).
+    ReadLogs {
+        reply: Reply,
+        reads: Vec<crate::api::LogRead>,
+    },
 }
 
 /// What a node is.
@@ -427,6 +439,8 @@ pub struct Control {
     out: VecDeque<Effect>,
     forwarded: BTreeMap<u64, Forwarded>,
     next_forward: u64,
+    /// Log reads of our CLI waiting on other nodes (see `control::logs`).
+    pub(super) log_asks: BTreeMap<u64, super::logs::LogAsk>,
     next_tag: u64,
     counters: Counters,
     /// The driver's wall clock: an instant and the milliseconds since the epoch then
@@ -461,6 +475,7 @@ impl Control {
             out: VecDeque::new(),
             forwarded: BTreeMap::new(),
             next_forward,
+            log_asks: BTreeMap::new(),
             next_tag: 0,
             counters: Counters::default(),
             wall: None,
@@ -537,7 +552,12 @@ impl Control {
             .manager()
             .filter(|m| m.raft.role == Role::Leader)
             .and_then(|m| m.orch.wake);
-        [join, forward, promote, joined, unheard, query, wake]
+        let logs = self
+            .log_asks
+            .values()
+            .map(super::logs::LogAsk::wake_at)
+            .min();
+        [join, forward, promote, joined, unheard, query, wake, logs]
             .into_iter()
             .flatten()
             .min()
@@ -559,6 +579,7 @@ impl Control {
             Input::Read { ctx, result } => self.on_read(ctx, result),
             Input::Gossip(e) => self.on_gossip(e),
             Input::AgentStatus(st) => self.on_agent_status(now, *st),
+            Input::LogsRead { reply, result } => self.on_logs_read(reply, result),
         }
         self.arm_role_query(now);
         self.orchestrate(now);
@@ -606,6 +627,7 @@ impl Control {
             }
         }
         self.forward_timers(now);
+        self.log_timers(now);
         self.nudge_promoted(now);
         self.finish_manager_join(Some(now));
         if self
@@ -834,6 +856,13 @@ impl Control {
         let mut b = [0u8; 16];
         self.rng.fill_bytes(&mut b);
         b
+    }
+
+    /// A fresh id for a request we send another node (forwarded requests, log reads):
+    /// counted from a random start (see `new`).
+    pub(super) fn next_ask_id(&mut self) -> u64 {
+        self.next_forward += 1;
+        self.next_forward
     }
 
     pub(super) fn tag(&mut self) -> u64 {
@@ -1225,6 +1254,8 @@ impl Control {
             PeerMsg::LeaderHint { leader, term } => self.on_leader_hint(from, leader, term),
             PeerMsg::Removed => self.on_removed(from, psk),
             PeerMsg::Assign(a) => self.on_assign(from, *a),
+            PeerMsg::LogRead { id, reads } => self.on_log_read(from, id, reads),
+            PeerMsg::LogPieces { id, result } => self.on_log_pieces(from, id, result),
             PeerMsg::AgentStatus(st) => {
                 if self.admits(&from) {
                     self.agent_status_from(now, cluster::node_id(&from), *st);
@@ -1320,8 +1351,7 @@ impl Control {
                 )),
             });
         }
-        self.next_forward += 1;
-        let id = self.next_forward;
+        let id = self.next_ask_id();
         self.send_id(
             to,
             PeerMsg::ApiForward {

@@ -19,6 +19,7 @@
 //! Nothing here reads a clock, a socket, a file or an unseeded RNG.
 
 mod core;
+mod logs;
 pub mod msg;
 mod requests;
 mod services;
@@ -32,5 +33,6 @@ pub use self::core::{
     DEFAULT_PORT, FORWARD_DEADLINE, FORWARD_RETRY, JOIN_RETRY, JOIN_TIMEOUT,
     MAX_REMOVED_REMEMBERED, MEMBER_PSK, PSK_MANAGER, PSK_WORKER, REMOVED_LOG, UNHEARD_GRACE,
 };
+pub use logs::{LOG_DEADLINE, LOG_RETRY};
 pub use msg::{GossipMeta, ManagerAddr, Membership, PeerMsg};
 pub use stack::{Admission, Io, LogWrite, RaftLog, Stack, StackConfig};

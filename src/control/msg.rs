@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::{Request, Response};
+use crate::api::{LogPiece, LogRead, Request, Response};
 use crate::cluster::token::TokenRole;
 use crate::cluster::NodeRole;
 use crate::gossip;
@@ -114,6 +114,18 @@ pub enum PeerMsg {
     /// From a node's agent to the leader (workers send it to every manager they know;
     /// only the leader acts on it): its tasks' states and what it offers.
     AgentStatus(Box<AgentStatus>),
+    /// From a manager to a node, for its CLI's `service logs`: read a chunk of each of
+    /// these containers' logs. Reads start at a cursor, so a repeat (the manager
+    /// repeats one left unanswered) reads the same again.
+    LogRead {
+        id: u64,
+        reads: Vec<LogRead>,
+    },
+    /// The answer: a piece per read, in order, or why there is none.
+    LogPieces {
+        id: u64,
+        result: Result<Vec<LogPiece>, String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -80,6 +80,13 @@ impl Control {
                 }
                 false => error(self, "debug write runs on the leader only".into()),
             },
+            // Served by this manager itself: logs are read on the nodes, not from the
+            // cluster state.
+            Request::NodeLogs { node, reads } => match &self.state {
+                NodeState::Manager(_) => self.start_log_read(now, id, node, reads),
+                NodeState::Worker(_) => error(self, NOT_A_MANAGER.into()),
+                _ => error(self, NOT_IN_SWARM.into()),
+            },
             Request::Info | Request::Image(_) | Request::Container(_) => error(
                 self,
                 "this request is served by the daemon itself, not the control core".into(),

@@ -133,19 +133,23 @@ impl Control {
 
     /// Assignments from a manager (the leader) for this node's agent.
     pub(super) fn on_assign(&mut self, from: PeerKey, a: Assignments) {
-        let me = self.me.id;
-        let from_manager = match &self.state {
-            NodeState::Worker(w) => w.manager_keys(me).contains(&from),
-            NodeState::Manager(m) => m
-                .cluster_ref()
-                .and_then(|c| c.node_by_key(&from))
-                .is_some_and(|n| n.role == crate::cluster::NodeRole::Manager),
-            _ => false,
-        };
-        if from_manager {
+        if self.is_from_manager(&from) {
             self.emit(Effect::Assign(Box::new(a)));
         } else {
             self.count_ignored();
+        }
+    }
+
+    /// Whether `from` is a manager of our cluster: as our state says on a manager, as
+    /// our membership file and gossip say on a worker.
+    pub(super) fn is_from_manager(&self, from: &PeerKey) -> bool {
+        match &self.state {
+            NodeState::Worker(w) => w.manager_keys(self.me.id).contains(from),
+            NodeState::Manager(m) => m
+                .cluster_ref()
+                .and_then(|c| c.node_by_key(from))
+                .is_some_and(|n| n.role == crate::cluster::NodeRole::Manager),
+            _ => false,
         }
     }
 

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use super::core::{Bound, Control, Effect, Input, NodeState, RaftView, RequestId};
+use super::core::{Bound, Control, Effect, Input, NodeState, RaftView, Reply, RequestId};
 use super::msg::{GossipMeta, Membership, PeerMsg};
 use crate::api::{InfoView, RaftInfo, Request, Response};
 use crate::cluster::{self, NodeRole};
@@ -104,6 +104,11 @@ pub enum Io {
     Log(Level, String),
     /// Hand this node's agent its assignments.
     Assign(Box<crate::services::agent::Assignments>),
+    /// Read these containers' logs (off the loop), then call [`Stack::logs_read`].
+    ReadLogs {
+        reply: Reply,
+        reads: Vec<crate::api::LogRead>,
+    },
 }
 
 /// Timing of the cores the stack makes.
@@ -383,6 +388,17 @@ impl Stack {
         self.drive(now);
     }
 
+    /// The answer to `Io::ReadLogs`.
+    pub fn logs_read(
+        &mut self,
+        now: Instant,
+        reply: Reply,
+        result: Result<Vec<crate::api::LogPiece>, String>,
+    ) {
+        self.control.handle(now, Input::LogsRead { reply, result });
+        self.drive(now);
+    }
+
     /// The wall clock (see [`Control::set_clock`]).
     pub fn set_clock(&mut self, now: Instant, unix_ms: u64) {
         self.control.set_clock(now, unix_ms);
@@ -546,6 +562,7 @@ impl Stack {
             Effect::SaveMembership(m) => self.io.push_back(Io::SaveMembership(m)),
             Effect::Log(level, text) => self.io.push_back(Io::Log(level, text)),
             Effect::Assign(a) => self.io.push_back(Io::Assign(a)),
+            Effect::ReadLogs { reply, reads } => self.io.push_back(Io::ReadLogs { reply, reads }),
             Effect::StartRaft { bootstrap } => {
                 self.bootstrap = bootstrap;
                 self.io.push_back(Io::OpenLog);

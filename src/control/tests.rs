@@ -2092,3 +2092,209 @@ fn a_leaderless_manager_also_asks_the_managers_gossip_names() {
     c.handle_timeout(now + ROLE_QUERY * 2);
     assert!(!role_queries(&drain(&mut c)).contains(&key(4)));
 }
+
+/// `service logs` across nodes: a manager reads its own node's logs through its driver
+/// and asks any other node with `LogRead`, repeats an unanswered read, takes the answer
+/// only from the node asked, and gives up at the deadline; a worker serves reads from
+/// managers only.
+#[test]
+fn log_reads_go_to_the_node_and_its_answer_comes_back() {
+    use crate::api::{LogFrom, LogPiece, LogRead, MAX_LOG_READS};
+    use crate::model::container::LogCursor;
+    let reads = vec![LogRead {
+        container: "web.1.abc".into(),
+        from: LogFrom::Tail(Some(3)),
+    }];
+    let s = state(&[1, 2], &[5]);
+    let (mut m, now) = manager(2, &s, view(Role::Follower, Some(1), &[1, 2]));
+    // Its own node: read by the driver, answered to the CLI.
+    m.handle(
+        now,
+        api(
+            1,
+            Request::NodeLogs {
+                node: id(2),
+                reads: reads.clone(),
+            },
+        ),
+    );
+    assert_eq!(
+        drain(&mut m),
+        vec![Effect::ReadLogs {
+            reply: Reply::Local(1),
+            reads: reads.clone()
+        }]
+    );
+    let piece = LogPiece::Lines {
+        lines: vec![],
+        next: LogCursor { file: 9, offset: 4 },
+        more: false,
+    };
+    m.handle(
+        now,
+        Input::LogsRead {
+            reply: Reply::Local(1),
+            result: Ok(vec![piece.clone()]),
+        },
+    );
+    assert_eq!(
+        drain(&mut m),
+        vec![Effect::Answer {
+            id: 1,
+            resp: Response::LogPieces(vec![piece.clone()])
+        }]
+    );
+    // A worker's: asked over the transport, repeated each second until answered.
+    m.handle(
+        now,
+        api(
+            2,
+            Request::NodeLogs {
+                node: id(5),
+                reads: reads.clone(),
+            },
+        ),
+    );
+    let ask = match drain(&mut m).as_slice() {
+        [Effect::Send {
+            to,
+            msg: PeerMsg::LogRead { id, reads: r },
+        }] if *to == key(5) && *r == reads => *id,
+        e => panic!("{e:#?}"),
+    };
+    assert_eq!(m.poll_timeout(), Some(now + LOG_RETRY));
+    m.handle_timeout(now + LOG_RETRY);
+    assert!(matches!(
+        drain(&mut m).as_slice(),
+        [Effect::Send { msg: PeerMsg::LogRead { id, .. }, .. }] if *id == ask
+    ));
+    // Only the node asked may answer; then a repeat answer is ignored.
+    let answer = PeerMsg::LogPieces {
+        id: ask,
+        result: Ok(vec![piece.clone()]),
+    };
+    m.handle(now, peer(1, answer.clone()));
+    assert!(drain(&mut m).is_empty());
+    m.handle(now, peer(5, answer.clone()));
+    assert_eq!(
+        drain(&mut m),
+        vec![Effect::Answer {
+            id: 2,
+            resp: Response::LogPieces(vec![piece.clone()])
+        }]
+    );
+    m.handle(now, peer(5, answer));
+    assert!(drain(&mut m).is_empty());
+    // A node that never answers: an error naming why, at the deadline.
+    m.handle(
+        now,
+        api(
+            3,
+            Request::NodeLogs {
+                node: id(5),
+                reads: reads.clone(),
+            },
+        ),
+    );
+    drain(&mut m);
+    m.handle_timeout(now + LOG_DEADLINE);
+    assert!(error_of(&drain(&mut m), 3).contains("down or unreachable"));
+    assert_eq!(m.poll_timeout(), None);
+    // Too many reads, or a node nobody knows: refused at once.
+    let many = vec![reads[0].clone(); MAX_LOG_READS + 1];
+    m.handle(
+        now,
+        api(
+            4,
+            Request::NodeLogs {
+                node: id(5),
+                reads: many.clone(),
+            },
+        ),
+    );
+    assert!(error_of(&drain(&mut m), 4).contains("the limit is 16"));
+    m.handle(
+        now,
+        api(
+            5,
+            Request::NodeLogs {
+                node: id(77),
+                reads: reads.clone(),
+            },
+        ),
+    );
+    assert!(error_of(&drain(&mut m), 5).contains("not known"));
+
+    // The worker serves a manager's read through its driver, and answers it.
+    let (mut w, now) = worker(5, &[1, 2]);
+    w.handle(
+        now,
+        peer(
+            2,
+            PeerMsg::LogRead {
+                id: 44,
+                reads: reads.clone(),
+            },
+        ),
+    );
+    let reply = Reply::Remote { to: key(2), id: 44 };
+    assert_eq!(
+        drain(&mut w),
+        vec![Effect::ReadLogs {
+            reply,
+            reads: reads.clone()
+        }]
+    );
+    w.handle(
+        now,
+        Input::LogsRead {
+            reply,
+            result: Err("disk on fire".into()),
+        },
+    );
+    assert_eq!(
+        drain(&mut w),
+        vec![Effect::Send {
+            to: key(2),
+            msg: PeerMsg::LogPieces {
+                id: 44,
+                result: Err("disk on fire".into())
+            }
+        }]
+    );
+    // Not from a manager, or too many: nothing read.
+    w.handle(now, peer(6, PeerMsg::LogRead { id: 45, reads }));
+    assert!(drain(&mut w).is_empty());
+    w.handle(
+        now,
+        peer(
+            1,
+            PeerMsg::LogRead {
+                id: 46,
+                reads: many,
+            },
+        ),
+    );
+    assert!(matches!(
+        drain(&mut w).as_slice(),
+        [Effect::Send {
+            msg: PeerMsg::LogPieces {
+                id: 46,
+                result: Err(_)
+            },
+            ..
+        }]
+    ));
+    // A worker's CLI cannot ask.
+    w.handle(
+        now,
+        api(
+            9,
+            Request::NodeLogs {
+                node: id(5),
+                reads: vec![],
+            },
+        ),
+    );
+    assert!(error_of(&drain(&mut w), 9).contains("not a swarm manager"));
+}

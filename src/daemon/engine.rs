@@ -8,16 +8,33 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::containers::{Containers, ExecSpec};
-use crate::api::{ContainerRequest, ImageRequest, ImageView, LogLine, Request, Response};
+use crate::api::{
+    ContainerRequest, ImageRequest, ImageView, LogFrom, LogLine, LogPiece, LogRead, Request,
+    Response, LOG_ANSWER_BYTES, MAX_LOG_READS,
+};
 use crate::image::load::load;
 use crate::image::oci::Platform;
 use crate::image::pull::{pull, RegistryConfig};
 use crate::image::reference::Reference;
 use crate::image::store::{ImageRecord, Store};
+use crate::model::container::LogCursor;
 use crate::model::container::{ContainerView, Status};
 use crate::model::image::Progress;
 use crate::model::Digest;
-use crate::runtime::logs::{Follower, Record, Stream};
+use crate::runtime::logs::{self, Follower, Record, Stream};
+
+// Each container of a full log read gets a budget that holds its longest record.
+const _: () = assert!(LOG_ANSWER_BYTES / MAX_LOG_READS >= logs::MIN_CHUNK);
+
+/// A log record as the API carries it.
+fn log_line(r: Record) -> LogLine {
+    LogLine {
+        time: r.time,
+        stderr: r.stream == Stream::Stderr,
+        partial: r.partial,
+        text: r.text,
+    }
+}
 
 /// How often the supervisor looks at exited containers: the shortest restart backoff.
 const SUPERVISOR_TICK: Duration = Duration::from_millis(100);
@@ -201,15 +218,7 @@ impl Engine {
             if recs.is_empty() {
                 return true;
             }
-            let lines = recs
-                .into_iter()
-                .map(|r| LogLine {
-                    time: r.time,
-                    stderr: r.stream == Stream::Stderr,
-                    partial: r.partial,
-                    text: r.text,
-                })
-                .collect();
+            let lines = recs.into_iter().map(log_line).collect();
             out.send_blocking(Response::LogChunk(lines)).is_ok()
         };
         if !send(recs) {
@@ -234,6 +243,44 @@ impl Engine {
             }
         }
         Ok(Response::Done(String::new()))
+    }
+
+    /// `service logs` on this node (for its own CLI or a manager's): a chunk of each
+    /// container's log, the answer's byte budget shared among them. Names match exactly
+    /// (a peer's request never picks a container by id prefix). Blocking.
+    pub fn read_logs(&self, reads: &[LogRead]) -> Result<Vec<LogPiece>, String> {
+        if reads.len() > MAX_LOG_READS {
+            return Err(format!(
+                "{} log reads in one request; the limit is {MAX_LOG_READS}",
+                reads.len()
+            ));
+        }
+        let all = self.containers.list()?;
+        let budget = LOG_ANSWER_BYTES / reads.len().max(1);
+        let pieces = reads
+            .iter()
+            .map(|r| {
+                let Some(v) = all.iter().find(|v| v.record.name == r.container) else {
+                    return LogPiece::NoContainer;
+                };
+                let path = self.containers.log_path(&v.record.id);
+                let files = v.record.log.max_files;
+                let from = match r.from {
+                    LogFrom::At(c) => Ok(c),
+                    LogFrom::Tail(None) => Ok(LogCursor::default()),
+                    LogFrom::Tail(Some(n)) => logs::tail_cursor(&path, files, n),
+                };
+                match from.and_then(|from| logs::read_chunk(&path, files, from, budget)) {
+                    Ok(c) => LogPiece::Lines {
+                        lines: c.records.into_iter().map(log_line).collect(),
+                        next: c.next,
+                        more: c.more,
+                    },
+                    Err(e) => LogPiece::Failed(format!("reading the log of {}: {e}", r.container)),
+                }
+            })
+            .collect();
+        Ok(pieces)
     }
 
     /// Serves one image request (blocking).

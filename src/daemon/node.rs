@@ -21,7 +21,7 @@ use smol::channel::{Receiver, Sender};
 use crate::api::{Request, Response};
 use crate::cluster;
 use crate::control::{
-    Admission, Bound, Identity, Io, LogWrite, Membership, RequestId, Stack, StackConfig,
+    Admission, Bound, Identity, Io, LogWrite, Membership, Reply, RequestId, Stack, StackConfig,
 };
 use crate::daemon::server;
 use crate::daemon::wal::{Wal, WalError};
@@ -31,6 +31,11 @@ use crate::transport::{self, Event as TEvent, PeerKey, SendError};
 
 /// API requests queued for the loop; more wait in their connection tasks.
 const API_QUEUE: usize = 64;
+/// Log reads (`service logs`) on the blocking pool at once. Each holds up to one
+/// answer's budget (`api::LOG_ANSWER_BYTES`) twice over, as bytes read and as lines;
+/// a peer's read beyond this is dropped (its manager repeats it a second later), our
+/// CLI's is told to try again.
+const MAX_LOG_JOBS: usize = 4;
 
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
@@ -57,6 +62,8 @@ struct Dropped {
     answers_undelivered: u64,
     /// Messages queued for a peer whose handshakes went unanswered.
     unreachable_messages: u64,
+    /// Peers' log reads dropped while [`MAX_LOG_JOBS`] ran.
+    log_reads_busy: u64,
 }
 
 /// A log write running on the blocking pool.
@@ -79,7 +86,14 @@ struct Node {
     /// The latest a core's timer was handled after its deadline.
     timer_lag_max: std::time::Duration,
     agent: super::agent::Agent,
+    engine: std::sync::Arc<super::engine::Engine>,
+    /// Log reads running on the blocking pool, and where they report.
+    log_jobs: usize,
+    logs_done: (Sender<LogsDone>, Receiver<LogsDone>),
 }
+
+/// A log read finished: for whom, and what it read.
+type LogsDone = (Reply, Result<Vec<crate::api::LogPiece>, String>);
 
 /// Benchmark-only: set to 1, log writes and syncs run on the loop's own thread, as they
 /// did before they moved to the blocking pool (`just bench` compares the two).
@@ -90,6 +104,7 @@ enum Wake {
     Api(Result<(Request, Sender<Response>), smol::channel::RecvError>),
     Written((Wal, Result<(), WalError>)),
     Agent(Result<crate::services::agent::AgentStatus, smol::channel::RecvError>),
+    Logs(LogsDone),
 }
 
 /// Runs the daemon until it fails. Holds an exclusive lock on the data directory.
@@ -149,6 +164,9 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         sync_on_loop: std::env::var(SYNC_ON_LOOP_ENV).is_ok_and(|v| v == "1"),
         timer_lag_max: std::time::Duration::ZERO,
         agent,
+        engine: engine.clone(),
+        log_jobs: 0,
+        logs_done: smol::channel::bounded(MAX_LOG_JOBS),
     };
     let ex = smol::LocalExecutor::new();
     let (tx, rx) = smol::channel::bounded(API_QUEUE);
@@ -219,6 +237,7 @@ impl Node {
 
     async fn run(&mut self, rx: Receiver<(Request, Sender<Response>)>) -> anyhow::Result<()> {
         let agent = self.agent.status.clone();
+        let logs = self.logs_done.1.clone();
         loop {
             self.carry_out().await?;
             self.stack.set_clock(Instant::now(), unix_ms());
@@ -233,7 +252,14 @@ impl Node {
                 let api = smol::future::or(async { Wake::Api(rx.recv().await) }, async {
                     Wake::Agent(agent.recv().await)
                 });
-                smol::future::or(api, written).await
+                let logs = async {
+                    match logs.recv().await {
+                        Ok(done) => Wake::Logs(done),
+                        // We hold a sender: never closed.
+                        Err(_) => std::future::pending().await,
+                    }
+                };
+                smol::future::or(smol::future::or(api, logs), written).await
             };
             let woke = match self.transport.as_mut() {
                 Some(d) => d.turn(&mut Admission(&self.stack), deadline, other).await?,
@@ -254,6 +280,10 @@ impl Node {
                 Some(Wake::Written((wal, result))) => self.on_written(wal, result)?,
                 Some(Wake::Agent(Ok(st))) => self.stack.handle_agent_status(Instant::now(), st),
                 Some(Wake::Agent(Err(_))) => return Err(anyhow!("the agent stopped")),
+                Some(Wake::Logs((reply, result))) => {
+                    self.log_jobs -= 1;
+                    self.stack.logs_read(Instant::now(), reply, result);
+                }
                 None => {}
             }
             self.on_transport_events();
@@ -402,6 +432,7 @@ impl Node {
                 Io::Persist { job, writes } => self.start_write(job, writes).await?,
                 Io::Log(level, text) => crate::logging::emit(level, format_args!("{text}")),
                 Io::Assign(a) => self.agent.assign(a),
+                Io::ReadLogs { reply, reads } => self.read_logs(reply, reads),
             }
         }
         Ok(())
@@ -430,6 +461,29 @@ impl Node {
         });
         self.writing = Some((job, task));
         Ok(())
+    }
+
+    /// Reads logs on the blocking pool; the loop hears of it as `Wake::Logs`.
+    fn read_logs(&mut self, reply: Reply, reads: Vec<crate::api::LogRead>) {
+        if self.log_jobs >= MAX_LOG_JOBS {
+            match reply {
+                Reply::Local(_) => {
+                    let why = format!("{MAX_LOG_JOBS} log reads are running; try again");
+                    self.stack.logs_read(Instant::now(), reply, Err(why));
+                }
+                Reply::Remote { .. } => self.dropped.log_reads_busy += 1,
+            }
+            return;
+        }
+        self.log_jobs += 1;
+        let engine = self.engine.clone();
+        let done = self.logs_done.0.clone();
+        smol::spawn(async move {
+            let result = smol::unblock(move || engine.read_logs(&reads)).await;
+            // Bounded by MAX_LOG_JOBS, which this job holds a place of: never full.
+            let _ = done.send((reply, result)).await;
+        })
+        .detach();
     }
 
     fn send(&mut self, to: PeerKey, data: &[u8]) {
@@ -506,6 +560,7 @@ impl Node {
                 ("membership_not_saved", d.membership_not_saved),
                 ("answers_undelivered", d.answers_undelivered),
                 ("messages_to_unreachable_peers", d.unreachable_messages),
+                ("log_reads_busy", d.log_reads_busy),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v)),

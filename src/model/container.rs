@@ -88,6 +88,15 @@ impl Default for LogLimits {
     }
 }
 
+/// Where a reader stands in a container's log: the file, by inode (a rotation renames
+/// a file but keeps its inode), and the byte offset in it. The default names no file:
+/// the start of the oldest file kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogCursor {
+    pub file: u64,
+    pub offset: u64,
+}
+
 /// A container as created.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ContainerRecord {

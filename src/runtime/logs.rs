@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::container::LogLimits;
+use crate::model::container::{LogCursor, LogLimits};
 
 /// A line longer than this is written in pieces.
 pub const MAX_LINE: usize = 16 << 10;
@@ -213,6 +213,184 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (year, month, day)
 }
 
+/// The file behind the `n`-th name of a log (`log`, `log.1`, ...).
+fn name_of(path: &Path, n: u32) -> PathBuf {
+    if n == 0 {
+        path.to_path_buf()
+    } else {
+        numbered(path, n)
+    }
+}
+
+/// The inodes behind a log's names, oldest first.
+fn names(path: &Path, max_files: u32) -> Vec<(u32, u64)> {
+    (0..max_files.max(1))
+        .rev()
+        .filter_map(|n| {
+            std::fs::metadata(name_of(path, n))
+                .ok()
+                .map(|m| (n, std::os::unix::fs::MetadataExt::ino(&m)))
+        })
+        .collect()
+}
+
+/// Every file of a log, oldest first, with its inode, opened as one consistent view:
+/// the names did not move (a rotation) while they were opened. Rotated files never
+/// change again.
+fn open_view(path: &Path, max_files: u32) -> io::Result<Vec<(u64, File)>> {
+    use std::os::unix::fs::MetadataExt;
+    loop {
+        let before = names(path, max_files);
+        let mut files = Vec::with_capacity(before.len());
+        for (n, _) in &before {
+            if let Ok(f) = File::open(name_of(path, *n)) {
+                files.push((f.metadata()?.ino(), f));
+            }
+        }
+        if names(path, max_files) == before
+            && files
+                .iter()
+                .map(|(i, _)| *i)
+                .eq(before.iter().map(|(_, i)| *i))
+        {
+            return Ok(files);
+        }
+    }
+}
+
+/// Records read from a log by [`read_chunk`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    pub records: Vec<Record>,
+    /// Where the next read starts.
+    pub next: LogCursor,
+    /// More is there already: read again at once rather than waiting.
+    pub more: bool,
+}
+
+/// Bytes read backwards at a time by [`tail_cursor`].
+const TAIL_BLOCK: usize = 64 << 10;
+/// The smallest budget [`read_chunk`] takes: a whole record of the longest line fits.
+pub const MIN_CHUNK: usize = 2 * MAX_LINE;
+
+/// The records of a log from `from` on, up to `budget` bytes of it (at least
+/// [`MIN_CHUNK`]), across rotations, never holding more than the budget: a reader that
+/// keeps the returned cursor misses nothing still kept and reads nothing twice. A
+/// cursor whose file was rotated out of what is kept (or that names no file) starts at
+/// the oldest file there is; one past its file's end (a log kept in one file is
+/// truncated in place) starts that file again. Bytes after a rotated file's last line
+/// (a torn write) are skipped, as is a run of `budget` bytes without a line end (no
+/// record is that long), so no content stalls a reader.
+pub fn read_chunk(
+    path: &Path,
+    max_files: u32,
+    from: LogCursor,
+    budget: usize,
+) -> io::Result<Chunk> {
+    use std::os::unix::fs::FileExt;
+    let budget = budget.max(MIN_CHUNK);
+    let files = open_view(path, max_files)?;
+    let (mut k, mut offset) = match files.iter().position(|(i, _)| *i == from.file) {
+        Some(k) => (k, from.offset),
+        None => (0, 0),
+    };
+    let mut buf = vec![0u8; budget];
+    while let Some((ino, f)) = files.get(k) {
+        if offset > f.metadata()?.len() {
+            offset = 0;
+        }
+        let mut n = 0;
+        while n < budget {
+            match f.read_at(&mut buf[n..], offset + n as u64)? {
+                0 => break,
+                got => n += got,
+            }
+        }
+        let last_file = k + 1 == files.len();
+        match buf[..n].iter().rposition(|b| *b == b'\n') {
+            Some(end) => {
+                let records = buf[..end]
+                    .split(|b| *b == b'\n')
+                    .filter_map(parse_record)
+                    .collect();
+                return Ok(Chunk {
+                    records,
+                    next: LogCursor {
+                        file: *ino,
+                        offset: offset + end as u64 + 1,
+                    },
+                    more: n == budget || !last_file,
+                });
+            }
+            None if n == budget => {
+                return Ok(Chunk {
+                    records: Vec::new(),
+                    next: LogCursor {
+                        file: *ino,
+                        offset: offset + n as u64,
+                    },
+                    more: true,
+                })
+            }
+            None if !last_file => {
+                k += 1;
+                offset = 0;
+            }
+            None => {
+                return Ok(Chunk {
+                    records: Vec::new(),
+                    next: LogCursor { file: *ino, offset },
+                    more: false,
+                })
+            }
+        }
+    }
+    Ok(Chunk {
+        records: Vec::new(),
+        next: from,
+        more: false,
+    })
+}
+
+/// Where the last `n` records of a log start (the log's end for 0; its start when it
+/// holds fewer), found by reading backwards a block at a time: memory stays at one
+/// block whatever the log's size. An unfinished record at the end is not counted; it
+/// is read once finished.
+pub fn tail_cursor(path: &Path, max_files: u32, n: u64) -> io::Result<LogCursor> {
+    use std::os::unix::fs::FileExt;
+    let files = open_view(path, max_files)?;
+    // The line end of each of the last `n` records, and the one before them.
+    let mut want = n.saturating_add(1);
+    let mut block = vec![0u8; TAIL_BLOCK];
+    for (ino, f) in files.iter().rev() {
+        let mut end = f.metadata()?.len();
+        while end > 0 {
+            let start = end.saturating_sub(TAIL_BLOCK as u64);
+            #[allow(clippy::cast_possible_truncation)] // at most TAIL_BLOCK
+            let len = (end - start) as usize;
+            f.read_exact_at(&mut block[..len], start)?;
+            for (i, b) in block[..len].iter().enumerate().rev() {
+                if *b == b'\n' {
+                    want -= 1;
+                    if want == 0 {
+                        return Ok(LogCursor {
+                            file: *ino,
+                            offset: start + i as u64 + 1,
+                        });
+                    }
+                }
+            }
+            end = start;
+        }
+    }
+    Ok(files
+        .first()
+        .map_or(LogCursor::default(), |(ino, _)| LogCursor {
+            file: *ino,
+            offset: 0,
+        }))
+}
+
 /// Reads records appended to a log after a point, across rotations (`logs -f`).
 pub struct Follower {
     path: PathBuf,
@@ -238,51 +416,10 @@ impl Follower {
         Ok((recs, f))
     }
 
-    /// The inodes behind the log's names, oldest first.
-    fn names(&self) -> Vec<(u32, u64)> {
-        (0..self.max_files)
-            .rev()
-            .filter_map(|n| {
-                let p = if n == 0 {
-                    self.path.clone()
-                } else {
-                    numbered(&self.path, n)
-                };
-                std::fs::metadata(p)
-                    .ok()
-                    .map(|m| (n, std::os::unix::fs::MetadataExt::ino(&m)))
-            })
-            .collect()
-    }
-
     /// Records written since the last call.
     pub fn poll(&mut self) -> io::Result<Vec<Record>> {
         use std::io::{Read, Seek, SeekFrom};
-        use std::os::unix::fs::MetadataExt;
-        // Open every file of one consistent view: the names did not move (a rotation)
-        // while they were opened. Rotated files never change again.
-        let mut files = loop {
-            let before = self.names();
-            let mut files = Vec::with_capacity(before.len());
-            for (n, _) in &before {
-                let p = if *n == 0 {
-                    self.path.clone()
-                } else {
-                    numbered(&self.path, *n)
-                };
-                if let Ok(f) = File::open(p) {
-                    files.push((f.metadata()?.ino(), f));
-                }
-            }
-            if self.names() == before
-                && files
-                    .iter()
-                    .map(|(i, _)| *i)
-                    .eq(before.iter().map(|(_, i)| *i))
-            {
-                break files;
-            }
-        };
+        let mut files = open_view(&self.path, self.max_files)?;
         // From the cursor's file on; if it is gone (never existed, or rotated out of
         // what is kept), every file there is is newer.
         let (first, offset) = match files.iter().position(|(i, _)| *i == self.ino) {
@@ -362,6 +499,156 @@ mod tests {
                 .iter()
                 .map(|r| {
                     std::str::from_utf8(&r.text).unwrap()["line ".len()..]
+                        .parse()
+                        .unwrap()
+                })
+                .collect();
+            assert_eq!(
+                nums.len(),
+                LINES as usize,
+                "round {round}: lost or repeated"
+            );
+            assert!(
+                nums.iter().enumerate().all(|(i, n)| *n == i as u32),
+                "round {round}: out of order"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Every record from `from` on, read a chunk of `budget` at a time.
+    fn read_chunks(path: &Path, max_files: u32, from: LogCursor, budget: usize) -> Vec<Vec<u8>> {
+        let mut cursor = from;
+        let mut out = Vec::new();
+        loop {
+            let c = read_chunk(path, max_files, cursor, budget).unwrap();
+            assert!(
+                c.records.iter().map(|r| r.text.len() + 40).sum::<usize>() <= budget.max(MIN_CHUNK)
+            );
+            out.extend(c.records.into_iter().map(|r| r.text));
+            cursor = c.next;
+            if !c.more {
+                return out;
+            }
+        }
+    }
+
+    #[test]
+    fn chunks_and_tails_across_rotations() {
+        let dir = std::env::temp_dir().join(format!("swarmlet-chunks-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log");
+        let limits = LogLimits {
+            max_size: 4096,
+            max_files: 3,
+        };
+        // An empty log: nothing, from anywhere.
+        assert_eq!(tail_cursor(&path, 3, 5).unwrap(), LogCursor::default());
+        assert!(read_chunks(&path, 3, LogCursor::default(), 0).is_empty());
+        let mut w = LogWriter::open(&path, limits).unwrap();
+        for i in 0..1000 {
+            w.write(Stream::Stdout, format!("line {i}\n").as_bytes())
+                .unwrap();
+        }
+        let all: Vec<Vec<u8>> = read_all(&path, 3)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.text)
+            .collect();
+        assert!(all.len() > 100 && all.len() < 1000);
+        // Read whole in small chunks (each at least MIN_CHUNK) or from the tail.
+        assert_eq!(read_chunks(&path, 3, LogCursor::default(), 1), all);
+        for n in [0u64, 1, 5, 150, 10_000, u64::MAX] {
+            let from = tail_cursor(&path, 3, n).unwrap();
+            let got = read_chunks(&path, 3, from, MIN_CHUNK);
+            let keep = usize::try_from(n).unwrap_or(usize::MAX).min(all.len());
+            assert_eq!(got, all[all.len() - keep..], "tail {n}");
+        }
+        // An unfinished last record is neither counted nor read until finished.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"2026-11-25T01:02:03.000000000Z stdout F unfini")
+            .unwrap();
+        let from = tail_cursor(&path, 3, 1).unwrap();
+        let c = read_chunk(&path, 3, from, MIN_CHUNK).unwrap();
+        assert_eq!(c.records.len(), 1);
+        assert_eq!(c.records[0].text, b"line 999");
+        assert!(!c.more);
+        let c2 = read_chunk(&path, 3, c.next, MIN_CHUNK).unwrap();
+        assert!(c2.records.is_empty() && c2.next == c.next);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"shed\n")
+            .unwrap();
+        let c3 = read_chunk(&path, 3, c.next, MIN_CHUNK).unwrap();
+        assert_eq!(c3.records[0].text, b"unfinished");
+        // A run of bytes with no line end longer than the budget is skipped, not
+        // waited on; a cursor past its file's end (truncated in place) starts again.
+        let junk = dir.join("junk");
+        let mut bytes = vec![b'x'; 3 * MIN_CHUNK];
+        bytes.extend_from_slice(b"\n2026-11-25T01:02:03.000000000Z stderr F after\n");
+        std::fs::write(&junk, &bytes).unwrap();
+        assert_eq!(
+            read_chunks(&junk, 1, LogCursor::default(), 0),
+            vec![b"after".to_vec()]
+        );
+        let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&junk).unwrap());
+        let past = LogCursor {
+            file: ino,
+            offset: 1 << 40,
+        };
+        assert_eq!(read_chunks(&junk, 1, past, 0), vec![b"after".to_vec()]);
+        // A cursor naming a file no longer kept starts at the oldest one.
+        let gone = LogCursor { file: 1, offset: 7 };
+        assert_eq!(read_chunks(&path, 3, gone, 0).len(), all.len() + 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn chunks_while_written_miss_nothing_and_repeat_nothing() {
+        let dir = std::env::temp_dir().join(format!("swarmlet-chunkw-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let limits = LogLimits {
+            max_size: 16 << 10,
+            max_files: 100,
+        };
+        const LINES: u32 = 20_000;
+        for round in 0..10u32 {
+            let path = dir.join(format!("log{round}"));
+            let mut w = LogWriter::open(&path, limits).unwrap();
+            w.write(Stream::Stdout, b"line 0\n").unwrap();
+            let done = std::sync::atomic::AtomicBool::new(false);
+            let got = std::thread::scope(|s| {
+                s.spawn(|| {
+                    for i in 1..LINES {
+                        w.write(Stream::Stdout, format!("line {i}\n").as_bytes())
+                            .unwrap();
+                    }
+                    done.store(true, std::sync::atomic::Ordering::SeqCst);
+                });
+                std::thread::sleep(std::time::Duration::from_micros(u64::from(round) * 300));
+                let mut cursor = LogCursor::default();
+                let mut texts = Vec::new();
+                loop {
+                    let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                    let c = read_chunk(&path, limits.max_files, cursor, MIN_CHUNK).unwrap();
+                    texts.extend(c.records.into_iter().map(|r| r.text));
+                    cursor = c.next;
+                    if finished && !c.more {
+                        break texts;
+                    }
+                }
+            });
+            let nums: Vec<u32> = got
+                .iter()
+                .map(|t| {
+                    std::str::from_utf8(t).unwrap()["line ".len()..]
                         .parse()
                         .unwrap()
                 })

@@ -758,7 +758,7 @@ impl Sim {
             }
             Io::Answer { id, resp } => self.on_answer(i, id, resp),
             // No services run in this simulation yet (its nodes have no agent).
-            Io::Assign(_) => {}
+            Io::Assign(_) | Io::ReadLogs { .. } => {}
             Io::Bind {
                 listen, advertise, ..
             } => {
