@@ -23,14 +23,16 @@ fn registry(tag: &str) -> Registry {
     reg
 }
 
-fn cluster(tag: &str, reg: &Registry, n: usize) -> Vec<Daemon> {
+/// `n` daemons on 127.0.`net`.1 and up (each test its own `net`: nextest runs them side
+/// by side).
+fn cluster(tag: &str, reg: &Registry, n: usize, net: u8) -> Vec<Daemon> {
     let insecure = reg.host();
     let ds: Vec<Daemon> = (0..n)
         .map(|i| {
             Daemon::with_args(
                 tag,
                 &format!("n{}", i + 1),
-                &format!("127.0.52.{}", i + 1),
+                &format!("127.0.{net}.{}", i + 1),
                 &["--insecure-registry", &insecure],
             )
         })
@@ -78,7 +80,7 @@ fn image(reg: &Registry, tag: &str) -> String {
 fn replicated_service_create_scale_update_and_remove() {
     let t = "svc-basic";
     let reg = registry(t);
-    let ds = cluster(t, &reg, 3);
+    let ds = cluster(t, &reg, 3, 52);
     let m = &ds[0];
     let img = image(&reg, "1");
 
@@ -235,7 +237,7 @@ fn split_line(l: &str) -> (String, String) {
 fn service_logs_gathers_every_node_and_names_the_ones_it_cannot_reach() {
     let t = "svc-logs";
     let reg = registry(t);
-    let mut ds = cluster(t, &reg, 3);
+    let mut ds = cluster(t, &reg, 3, 53);
     let img = image(&reg, "1");
     let script = "echo oops >&2; sleep 1; for i in 1 2 3; do echo line $i; done; sleep 600";
     ds[0].ok(&[

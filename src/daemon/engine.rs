@@ -21,7 +21,7 @@ use crate::model::container::LogCursor;
 use crate::model::container::{ContainerView, Status};
 use crate::model::image::Progress;
 use crate::model::Digest;
-use crate::runtime::logs::{self, Follower, Record, Stream};
+use crate::runtime::logs::{self, Record, Stream};
 
 // Each container of a full log read gets a budget that holds its longest record.
 const _: () = assert!(LOG_ANSWER_BYTES / MAX_LOG_READS >= logs::MIN_CHUNK);
@@ -206,40 +206,36 @@ impl Engine {
         let c = &self.containers;
         let v = c.find(container)?;
         let path = c.log_path(&v.record.id);
-        let (mut recs, mut follower) =
-            Follower::from_start(&path, v.record.log.max_files).map_err(|e| e.to_string())?;
-        if let Some(t) = tail {
-            let t = usize::try_from(t).unwrap_or(usize::MAX);
-            if recs.len() > t {
-                recs.drain(..recs.len() - t);
-            }
-        }
-        let send = |recs: Vec<Record>| -> bool {
-            if recs.is_empty() {
-                return true;
-            }
-            let lines = recs.into_iter().map(log_line).collect();
-            out.send_blocking(Response::LogChunk(lines)).is_ok()
+        let files = v.record.log.max_files;
+        let io = |e: std::io::Error| format!("reading the log of {container}: {e}");
+        // A chunk at a time from a cursor: memory stays at one chunk whatever the log's
+        // size, and --tail finds its start reading backwards.
+        let mut cursor = match tail {
+            Some(n) => logs::tail_cursor(&path, files, n).map_err(io)?,
+            None => LogCursor::default(),
         };
-        if !send(recs) {
-            return Ok(Response::Done(String::new()));
-        }
-        if follow {
-            loop {
-                let running = matches!(c.find(&v.record.id)?.status, Status::Running { .. });
-                let new = follower.poll().map_err(|e| e.to_string())?;
-                let had = !new.is_empty();
-                if !send(new) {
+        loop {
+            // Asked before reading, so what it wrote before exiting is read.
+            let running = follow && matches!(c.find(&v.record.id)?.status, Status::Running { .. });
+            let chunk = logs::read_chunk(&path, files, cursor, LOG_ANSWER_BYTES).map_err(io)?;
+            cursor = chunk.next;
+            let had = !chunk.records.is_empty();
+            if had {
+                let lines = chunk.records.into_iter().map(log_line).collect();
+                if out.send_blocking(Response::LogChunk(lines)).is_err() {
                     break;
                 }
-                if !running && !had {
-                    break;
-                }
-                if !had {
-                    // Until more output, or the exit (after which the keeper has taken
-                    // every last byte from the pipes).
-                    c.wait_exit(&v.record.id, FOLLOW_WAIT)?;
-                }
+            }
+            if chunk.more {
+                continue;
+            }
+            if !follow || (!running && !had) {
+                break;
+            }
+            if !had {
+                // Until more output, or the exit (after which the keeper has taken
+                // every last byte from the pipes).
+                c.wait_exit(&v.record.id, FOLLOW_WAIT)?;
             }
         }
         Ok(Response::Done(String::new()))

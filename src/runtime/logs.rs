@@ -180,7 +180,16 @@ fn parse_record(line: &[u8]) -> Option<Record> {
 /// Every record of a log (rotated files first, oldest first). Malformed lines (a torn
 /// last write) are skipped.
 pub fn read_all(path: &Path, max_files: u32) -> io::Result<Vec<Record>> {
-    Follower::from_start(path, max_files).map(|(recs, _)| recs)
+    let mut out = Vec::new();
+    let mut cursor = LogCursor::default();
+    loop {
+        let c = read_chunk(path, max_files, cursor, 1 << 20)?;
+        out.extend(c.records);
+        cursor = c.next;
+        if !c.more {
+            return Ok(out);
+        }
+    }
 }
 
 /// Formats a time as `2026-11-25T01:02:03.123456789Z`.
@@ -391,61 +400,6 @@ pub fn tail_cursor(path: &Path, max_files: u32, n: u64) -> io::Result<LogCursor>
         }))
 }
 
-/// Reads records appended to a log after a point, across rotations (`logs -f`).
-pub struct Follower {
-    path: PathBuf,
-    max_files: u32,
-    /// The file the cursor is in (0: none yet, read every file from the top).
-    ino: u64,
-    offset: u64,
-    pending: Vec<u8>,
-}
-
-impl Follower {
-    /// The whole log so far, then whatever is appended (`logs`, `logs -f`): no record
-    /// written meanwhile is missed or read twice, even across rotations.
-    pub fn from_start(path: &Path, max_files: u32) -> io::Result<(Vec<Record>, Follower)> {
-        let mut f = Follower {
-            path: path.to_path_buf(),
-            max_files: max_files.max(1),
-            ino: 0,
-            offset: 0,
-            pending: Vec::new(),
-        };
-        let recs = f.poll()?;
-        Ok((recs, f))
-    }
-
-    /// Records written since the last call.
-    pub fn poll(&mut self) -> io::Result<Vec<Record>> {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut files = open_view(&self.path, self.max_files)?;
-        // From the cursor's file on; if it is gone (never existed, or rotated out of
-        // what is kept), every file there is is newer.
-        let (first, offset) = match files.iter().position(|(i, _)| *i == self.ino) {
-            Some(k) => (k, self.offset),
-            None => (0, 0),
-        };
-        let mut bytes = Vec::new();
-        for (k, (ino, f)) in files.iter_mut().enumerate().skip(first) {
-            let from = if k == first { offset } else { 0 };
-            f.seek(SeekFrom::Start(from))?;
-            let n = f.read_to_end(&mut bytes)?;
-            self.ino = *ino;
-            self.offset = from + n as u64;
-        }
-        self.pending.extend_from_slice(&bytes);
-        let mut out = Vec::new();
-        while let Some(nl) = self.pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.pending.drain(..=nl).collect();
-            if let Some(r) = parse_record(&line[..line.len() - 1]) {
-                out.push(r);
-            }
-        }
-        Ok(out)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -458,62 +412,6 @@ mod tests {
         assert_eq!(civil_from_days(20_782), (2026, 11, 25));
         let t = UNIX_EPOCH + std::time::Duration::new(1_795_568_523, 5);
         assert_eq!(rfc3339_nanos(t), "2026-11-25T01:02:03.000000005Z");
-    }
-
-    #[test]
-    fn following_while_written_misses_nothing_and_repeats_nothing() {
-        let dir = std::env::temp_dir().join(format!("swarmlet-follow-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        // Rotating often, but keeping every file: each line must be read exactly once.
-        let limits = LogLimits {
-            max_size: 16 << 10,
-            max_files: 100,
-        };
-        const LINES: u32 = 20_000;
-        for round in 0..20u32 {
-            let path = dir.join(format!("log{round}"));
-            let mut w = LogWriter::open(&path, limits).unwrap();
-            w.write(Stream::Stdout, b"line 0\n").unwrap();
-            let done = std::sync::atomic::AtomicBool::new(false);
-            let got = std::thread::scope(|s| {
-                s.spawn(|| {
-                    for i in 1..LINES {
-                        w.write(Stream::Stdout, format!("line {i}\n").as_bytes())
-                            .unwrap();
-                    }
-                    done.store(true, std::sync::atomic::Ordering::SeqCst);
-                });
-                // Join the writer at a different point each round.
-                std::thread::sleep(std::time::Duration::from_micros(u64::from(round) * 150));
-                let (mut recs, mut f) = Follower::from_start(&path, limits.max_files).unwrap();
-                loop {
-                    let finished = done.load(std::sync::atomic::Ordering::SeqCst);
-                    recs.extend(f.poll().unwrap());
-                    if finished {
-                        break recs;
-                    }
-                }
-            });
-            let nums: Vec<u32> = got
-                .iter()
-                .map(|r| {
-                    std::str::from_utf8(&r.text).unwrap()["line ".len()..]
-                        .parse()
-                        .unwrap()
-                })
-                .collect();
-            assert_eq!(
-                nums.len(),
-                LINES as usize,
-                "round {round}: lost or repeated"
-            );
-            assert!(
-                nums.iter().enumerate().all(|(i, n)| *n == i as u32),
-                "round {round}: out of order"
-            );
-        }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Every record from `from` on, read a chunk of `budget` at a time.
