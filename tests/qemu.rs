@@ -250,9 +250,28 @@ fn a_dead_vms_replica_runs_again_on_the_survivors() {
         t.elapsed()
     );
     let on = running_on(&all);
-    for (_, vm) in c.vms.iter().enumerate().filter(|(i, _)| *i != dead) {
+    // Both survivors hold a replica, and their own engines run the containers.
+    let mut up = 0;
+    for (_, vm) in c.vms.iter_mut().enumerate().filter(|(i, _)| *i != dead) {
         assert!(on.contains(&vm.name), "{} runs none of {on:?}", vm.name);
+        let ps = vm.ok("swarmlet ps");
+        up += ps
+            .lines()
+            .filter(|l| l.contains("web.") && l.contains(" Up "))
+            .count();
     }
+    assert_eq!(up, 3, "containers running on the survivors");
+    // In the table, the dead node's task is its slot's history, under its replacement.
+    let table = c.vms[survivor].ok("swarmlet service ps web");
+    let row = table
+        .lines()
+        .find(|l| l.split_whitespace().any(|w| w == dead_name))
+        .unwrap_or_else(|| panic!("no row for {dead_name}: {table}"));
+    assert!(row.contains(" \\_ web."), "{table}");
+    assert!(
+        row.contains(&format!("node {dead_name} is down")),
+        "{table}"
+    );
     // The dead node's task is not reported running: shut down, its state unknown.
     for t in all.iter().filter(|t| t["Node"] == dead_name.as_str()) {
         assert_eq!(t["DesiredState"], "Shutdown", "{t}");
