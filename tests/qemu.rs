@@ -157,3 +157,131 @@ fn a_cut_link_marks_a_node_down_until_it_is_restored() {
         Duration::from_secs(60),
     );
 }
+
+/// `service ps --format json` rows of `svc`, as seen from `vm` (a manager).
+fn tasks(vm: &mut Vm, svc: &str) -> Vec<serde_json::Value> {
+    vm.ok(&format!("swarmlet service ps --format json {svc}"))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// Nodes of the tasks desired running and reported running, sorted.
+fn running_on(tasks: &[serde_json::Value]) -> Vec<String> {
+    let mut v: Vec<String> = tasks
+        .iter()
+        .filter(|t| t["DesiredState"] == "Running")
+        .filter(|t| {
+            t["CurrentState"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("Running"))
+        })
+        .map(|t| t["Node"].as_str().unwrap_or_default().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Issue 11's scenario on real kernels: three VMs (three managers), a 3-replica service
+/// from an image loaded on each node (no registry), one task per node; one VM's plug
+/// pulled, and its replica runs again on a survivor while `service ls` says 3/3.
+#[test]
+#[ignore = "needs root and QEMU"]
+fn a_dead_vms_replica_runs_again_on_the_survivors() {
+    let arch = Arch::from_env();
+    let img = guest_image(arch, json!({"Cmd": ["/bin/sh"]}));
+    let tar = docker_save_tar(&img, &["bb:1"]);
+    let mut c = Cluster::boot_with(3, |_, spec| spec.file("/srv/bb.tar", tar.clone(), 0o644));
+    c.form();
+    for vm in &mut c.vms {
+        vm.ok("swarmlet image load -q -i /srv/bb.tar");
+    }
+
+    let t = Instant::now();
+    let (code, out) = c.vms[0].exec(
+        "swarmlet service create --name web --replicas 3 bb:1 sleep 100000",
+        Duration::from_secs(180),
+    );
+    assert_eq!(code, 0, "service create exited {code}: {out}");
+    assert!(out.contains("verify: Service converged"), "{out}");
+    eprintln!("3/3 after {:?} (under emulation)", t.elapsed());
+    let all = tasks(&mut c.vms[0], "web");
+    assert_eq!(
+        running_on(&all),
+        ["node0", "node1", "node2"],
+        "one task per node: {all:#?}"
+    );
+    // Each node runs the container itself, not only in the managers' books.
+    for vm in &mut c.vms {
+        let ps = vm.ok("swarmlet ps");
+        assert_eq!(ps.matches(" Up ").count(), 1, "{}: {ps}", vm.name);
+        assert!(ps.contains("web."), "{}: {ps}", vm.name);
+    }
+
+    // A non-leader goes, so two of the three managers (a quorum) stay to reschedule.
+    let ls = c.vms[0].ok("swarmlet node ls");
+    let leader = ls
+        .lines()
+        .find(|l| l.contains("Leader"))
+        .unwrap_or_else(|| panic!("no leader: {ls}"));
+    let dead = (0..3)
+        .rev()
+        .find(|&i| !leader.contains(&format!(" node{i} ")))
+        .unwrap();
+    let dead_name = format!("node{dead}");
+    let survivor = (dead + 1) % 3;
+    c.kill(dead);
+    let t = Instant::now();
+    let deadline = t + Duration::from_secs(120);
+    let all = loop {
+        let all = tasks(&mut c.vms[survivor], "web");
+        let on = running_on(&all);
+        if on.len() == 3 && !on.contains(&dead_name) {
+            break all;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{dead_name}'s replica not running on a survivor after 120 s: {all:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!(
+        "3 replicas on the survivors {:?} after the kill (under emulation)",
+        t.elapsed()
+    );
+    let on = running_on(&all);
+    // Both survivors hold a replica, and their own engines run the containers.
+    let mut up = 0;
+    for (_, vm) in c.vms.iter_mut().enumerate().filter(|(i, _)| *i != dead) {
+        assert!(on.contains(&vm.name), "{} runs none of {on:?}", vm.name);
+        let ps = vm.ok("swarmlet ps");
+        up += ps
+            .lines()
+            .filter(|l| l.contains("web.") && l.contains(" Up "))
+            .count();
+    }
+    assert_eq!(up, 3, "containers running on the survivors");
+    // In the table, the dead node's task is its slot's history, under its replacement.
+    let table = c.vms[survivor].ok("swarmlet service ps web");
+    let row = table
+        .lines()
+        .find(|l| l.split_whitespace().any(|w| w == dead_name))
+        .unwrap_or_else(|| panic!("no row for {dead_name}: {table}"));
+    assert!(row.contains(" \\_ web."), "{table}");
+    assert!(
+        row.contains(&format!("node {dead_name} is down")),
+        "{table}"
+    );
+    // The dead node's task is not reported running: shut down, its state unknown.
+    for t in all.iter().filter(|t| t["Node"] == dead_name.as_str()) {
+        assert_eq!(t["DesiredState"], "Shutdown", "{t}");
+        let state = t["CurrentState"].as_str().unwrap();
+        assert!(!state.starts_with("Running"), "{t}");
+    }
+    let ls = c.vms[survivor].ok("swarmlet service ls");
+    let row = ls
+        .lines()
+        .find(|l| l.contains(" web "))
+        .unwrap_or_else(|| panic!("{ls}"));
+    assert!(row.contains(" 3/3 "), "{ls}");
+}

@@ -162,11 +162,18 @@ fn task_error(t: &TaskView, no_trunc: bool) -> String {
     }
 }
 
+/// The slot a task fills: its number for a replicated task, its node for a global one
+/// (slot 0). A replica replaced on another node stays in its slot's history.
+fn slot_key(t: &TaskView) -> (&str, u64, Option<crate::raft::NodeId>) {
+    let node = if t.slot == 0 { t.node_id } else { None };
+    (&t.service, t.slot, node)
+}
+
 /// Tasks in Docker's order: by service and slot, the newest first within a slot.
 fn ordered(mut v: Vec<TaskView>) -> Vec<TaskView> {
     v.sort_by(|a, b| {
-        (&a.service, a.slot, a.node_id)
-            .cmp(&(&b.service, b.slot, b.node_id))
+        slot_key(a)
+            .cmp(&slot_key(b))
             .then(b.created_ms.cmp(&a.created_ms))
     });
     v
@@ -208,10 +215,10 @@ fn print_tasks(v: Vec<TaskView>, no_trunc: bool, quiet: bool, as_json: bool) {
     ]
     .map(String::from)
     .to_vec()];
-    let mut prev: Option<(String, u64, Option<crate::raft::NodeId>)> = None;
+    let mut prev = None;
     for t in &v {
-        let key = (t.service.clone(), t.slot, t.node_id);
-        let name = if prev.as_ref() == Some(&key) {
+        let key = slot_key(t);
+        let name = if prev == Some(key) {
             format!(" \\_ {}", task_name(t))
         } else {
             task_name(t)
@@ -458,4 +465,55 @@ pub fn inspect(global: &Global, c: ServiceInspect) -> anyhow::Result<ExitCode> {
         serde_json::to_string_pretty(&docs).expect("invariant: JSON serialises")
     );
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::NodeId;
+    use crate::services::store::TaskId;
+    use crate::services::ServiceId;
+
+    fn task(id: u64, slot: u64, node: u64, created_ms: u64) -> TaskView {
+        TaskView {
+            id: TaskId(id),
+            service_id: ServiceId(1),
+            service: "web".into(),
+            slot,
+            node_id: Some(NodeId(node)),
+            node: Some(format!("n{node}")),
+            node_down: false,
+            image: "bb:1".into(),
+            version: 1,
+            desired: TaskState::Running,
+            state: TaskState::Running,
+            message: String::new(),
+            error: String::new(),
+            created_ms,
+            state_ms: created_ms,
+        }
+    }
+
+    #[test]
+    fn a_replica_moved_to_another_node_stays_in_its_slot() {
+        // Slot 1 ran on node 2, then on node 3 after node 2 died; slot 2 on node 1.
+        let v = ordered(vec![
+            task(10, 1, 2, 100),
+            task(11, 2, 1, 100),
+            task(12, 1, 3, 200),
+        ]);
+        let ids: Vec<u64> = v.iter().map(|t| t.id.0).collect();
+        assert_eq!(ids, [12, 10, 11], "slot 1 newest first, then slot 2");
+    }
+
+    #[test]
+    fn a_global_service_has_a_slot_per_node() {
+        let v = ordered(vec![
+            task(10, 0, 2, 100),
+            task(11, 0, 1, 100),
+            task(12, 0, 2, 200),
+        ]);
+        let ids: Vec<u64> = v.iter().map(|t| t.id.0).collect();
+        assert_eq!(ids, [11, 12, 10]);
+    }
 }
