@@ -17,11 +17,18 @@ mod orchestrator;
 #[cfg(test)]
 mod regressions;
 
-/// Seeds to run: `SIM_SEED` for exactly one, else `SIM_SEEDS` of them (`default` when
+/// Seeds to run: `SIM_SEED` for exactly those (one, or several comma separated), else `SIM_SEEDS` of them (`default` when
 /// unset) from `SIM_SEED_BASE` (0 when unset).
 pub fn seeds(default: u64) -> Vec<u64> {
     if let Ok(s) = std::env::var("SIM_SEED") {
-        return vec![s.parse().expect("SIM_SEED must be a number")];
+        return s
+            .split(',')
+            .map(|s| {
+                s.trim()
+                    .parse()
+                    .expect("SIM_SEED must be numbers, comma separated")
+            })
+            .collect();
     }
     let n = std::env::var("SIM_SEEDS")
         .ok()

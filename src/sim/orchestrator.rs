@@ -35,7 +35,9 @@ use crate::services::constraint::{Constraint, NodeFacts};
 use crate::services::orchestrator::{reconcile, NodeInfo};
 use crate::services::scheduler::Resources;
 use crate::services::spec::{FailureAction, Mode, ServiceSpec, UpdateOrder};
-use crate::services::store::{ServiceCommand, Store, Task, TaskId, TaskReport, UpdateState};
+use crate::services::store::{
+    ServiceCommand, Store, Task, TaskId, TaskOp, TaskReport, UpdateState,
+};
 use crate::services::task::TaskState;
 use crate::services::ServiceId;
 
@@ -343,33 +345,68 @@ impl Sim {
         (!ids.is_empty()).then(|| ids[self.rng.next_u32() as usize % ids.len()])
     }
 
+    /// Applies a command; the tasks it touches must move only forward and never change
+    /// node.
     fn apply(&mut self, cmd: ServiceCommand) {
+        let touched: Vec<TaskId> = match &cmd {
+            ServiceCommand::Tasks { ops, .. } => ops
+                .iter()
+                .filter_map(|op| match op {
+                    TaskOp::Desire { task, .. }
+                    | TaskOp::Assign { task, .. }
+                    | TaskOp::Pending { task, .. }
+                    | TaskOp::Observe { task, .. } => Some(*task),
+                    _ => None,
+                })
+                .collect(),
+            ServiceCommand::Report { reports, .. } => reports.iter().map(|r| r.task).collect(),
+            _ => Vec::new(),
+        };
+        let before: Vec<(TaskId, Option<NodeId>, TaskState, TaskState)> = touched
+            .iter()
+            .filter_map(|id| self.store.tasks.get(id))
+            .map(|t| (t.id, t.node, t.state, t.desired))
+            .collect();
         if let Err(e) = self.store.apply(&cmd) {
             self.fail(format!("a command the simulation made was refused: {e}"));
+        }
+        for (id, node, state, desired) in before {
+            let Some(t) = self.store.tasks.get(&id) else {
+                continue;
+            };
+            if node.is_some() && node != t.node {
+                self.fail(format!("task {id} moved from {node:?} to {:?}", t.node));
+            }
+            if t.state < state || t.desired < desired && desired != TaskState::Ready {
+                self.fail(format!(
+                    "task {id} went back: {state:?}/{desired:?} -> {:?}/{:?}",
+                    t.state, t.desired
+                ));
+            }
         }
     }
 
     /// An orchestration round, applied as one entry.
     fn round(&mut self) {
-        let before = self.store.clone();
         let r = reconcile(&self.store, &self.infos(), self.now);
         let made = r
             .ops
             .iter()
-            .filter(|o| matches!(o, crate::services::store::TaskOp::Create(_)))
+            .filter(|o| matches!(o, TaskOp::Create(_)))
             .count();
         if let Ok(watch) = std::env::var("SIM_WATCH_SERVICE") {
             let watch = ServiceId(watch.parse().unwrap_or(0));
             for op in &r.ops {
                 let about = match op {
-                    crate::services::store::TaskOp::Create(t) => t.service == watch,
-                    crate::services::store::TaskOp::UpdateStatus { service, .. }
-                    | crate::services::store::TaskOp::Rollback { service, .. } => *service == watch,
-                    crate::services::store::TaskOp::Desire { task, .. }
-                    | crate::services::store::TaskOp::Assign { task, .. }
-                    | crate::services::store::TaskOp::Pending { task, .. }
-                    | crate::services::store::TaskOp::Observe { task, .. }
-                    | crate::services::store::TaskOp::Delete(task) => self
+                    TaskOp::Create(t) => t.service == watch,
+                    TaskOp::UpdateStatus { service, .. } | TaskOp::Rollback { service, .. } => {
+                        *service == watch
+                    }
+                    TaskOp::Desire { task, .. }
+                    | TaskOp::Assign { task, .. }
+                    | TaskOp::Pending { task, .. }
+                    | TaskOp::Observe { task, .. }
+                    | TaskOp::Delete(task) => self
                         .store
                         .tasks
                         .get(task)
@@ -385,7 +422,6 @@ impl Sim {
             at_ms: self.now,
             ops: r.ops,
         });
-        self.check_transition(&before);
     }
 
     /// Agents: each task moves a step with some chance, as containers take their time.
@@ -477,37 +513,16 @@ impl Sim {
                 .all(|c| c.matches(&self.facts(n)))
     }
 
-    fn check_transition(&self, before: &Store) {
-        for (id, t) in &self.store.tasks {
-            if let Some(old) = before.tasks.get(id) {
-                if old.node.is_some() && old.node != t.node {
-                    self.fail(format!(
-                        "task {id} moved from {:?} to {:?}",
-                        old.node, t.node
-                    ));
-                }
-                if t.state < old.state || t.desired < old.desired && old.desired != TaskState::Ready
-                {
-                    self.fail(format!(
-                        "task {id} went back: {:?}/{:?} -> {:?}/{:?}",
-                        old.state, old.desired, t.state, t.desired
-                    ));
-                }
-            }
-        }
-    }
-
     /// Invariants that hold at every step.
     fn check_step(&self) {
+        let mut by_service: BTreeMap<ServiceId, Vec<&Task>> = BTreeMap::new();
+        for t in self.store.tasks.values() {
+            by_service.entry(t.service).or_default().push(t);
+        }
         for svc in self.store.services.values() {
             let max = svc.spec.task.placement.max_replicas;
             let mut per_node: BTreeMap<NodeId, u64> = BTreeMap::new();
-            let tasks: Vec<&Task> = self
-                .store
-                .tasks
-                .values()
-                .filter(|t| t.service == svc.id)
-                .collect();
+            let tasks = by_service.remove(&svc.id).unwrap_or_default();
             for t in &tasks {
                 if let (true, Some(n)) = (t.is_live(), t.node) {
                     if self.node(Some(n)).is_some_and(|n| n.ready) {
@@ -593,11 +608,12 @@ impl Sim {
             });
             // A new task counts where this update stopped (or is stopping) an outdated
             // one: a slot an earlier failed update left empty is refilled at once, as
-            // recovery, not within the update's parallelism.
+            // recovery, not within the update's parallelism; so is a slot a scale-down
+            // removed (desired Remove) and a scale-up brought back.
             let replaced_here = ts.iter().any(|t| {
                 t.version != svc.version
                     && t.node.is_some()
-                    && t.desired > TaskState::Running
+                    && t.desired == TaskState::Shutdown
                     && (t.state == TaskState::Shutdown && t.state_ms >= u.started_ms
                         || !t.state.is_terminal())
             });
@@ -749,9 +765,10 @@ impl Sim {
                     let want = replicas.min(room);
                     if fresh != want || running.len() as u64 != want {
                         self.fail(format!(
-                            "{}: {fresh} current tasks running ({} in all), expected {want} (replicas {replicas}, {eligible} eligible nodes, max {max})",
+                            "{}: {fresh} current tasks running ({} in all), expected {want} (replicas {replicas}, {eligible} eligible nodes, max {max})\n{}",
                             spec.name,
-                            running.len()
+                            running.len(),
+                            self.dump(svc.id)
                         ));
                     }
                 }
