@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use support::image::TestImage;
 use support::registry::{Options, Registry};
-use support::{proc_field, wait_until, Daemon, Net};
+use support::{proc_field, row_has, wait_until, Daemon, Net};
 
 use swarmlet::cluster::NodeRole;
 use swarmlet::raft::NodeId;
@@ -132,7 +132,7 @@ const QUIET: Duration = Duration::from_secs(60);
 
 /// A 3-node cluster (node 0 the manager, 1 and 2 workers) driven through its CLI on the
 /// manager: what the measurements below need from swarmlet and from Docker Swarm alike.
-pub trait Swarm {
+pub trait Swarm: Sync {
     fn name(&self) -> &'static str;
     /// `service create --replicas N` of a long sleep, blocking until the CLI says it
     /// converged unless `detach`.
@@ -149,6 +149,8 @@ pub trait Swarm {
     fn set_link(&self, node: usize, up: bool);
     /// Whether `node ls` says every node is Ready.
     fn ready(&self) -> bool;
+    /// Whether `node ls` says node `node` is Down.
+    fn down(&self, node: usize) -> bool;
     /// The daemon of `node`.
     fn daemon_pid(&self, node: usize) -> u32;
     /// Every process of `node`: the daemon and the runtime below it.
@@ -160,6 +162,8 @@ struct Figures {
     create_cli: Vec<Duration>,
     create_ls: Vec<Duration>,
     cut: Vec<Duration>,
+    /// From the cut until `node ls` (polled alongside) says the node is Down.
+    cut_to_down: Vec<Duration>,
     manager_rss_mib: f64,
     manager_node_rss_mib: f64,
     manager_writes_per_hour: f64,
@@ -219,7 +223,8 @@ fn measure(s: &impl Swarm) -> Figures {
     s.create("warm", 3, false);
     remove_and_wait(s, &["warm"]);
 
-    let (mut create_cli, mut create_ls, mut cut) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut create_cli, mut create_ls) = (Vec::new(), Vec::new());
+    let (mut cut, mut cut_to_down) = (Vec::new(), Vec::new());
     for round in 0..CLUSTER_ROUNDS {
         let blocking = format!("b{round}");
         let t0 = Instant::now();
@@ -248,12 +253,22 @@ fn measure(s: &impl Swarm) -> Figures {
         );
         let t0 = Instant::now();
         s.set_link(node, false);
-        let took = poll_from(t0, "replicas running on the survivors", || {
-            let on = s.running(&svc);
-            on.len() == 3 && !on.contains(&node)
+        // Where the time goes: a second user polls `node ls` meanwhile.
+        let (took, down) = std::thread::scope(|scope| {
+            let down = scope.spawn(|| poll_from(t0, "cut node Down", || s.down(node)));
+            let took = poll_from(t0, "replicas running on the survivors", || {
+                let on = s.running(&svc);
+                on.len() == 3 && !on.contains(&node)
+            });
+            (took, down.join().unwrap())
         });
         cut.push(took);
-        eprintln!("{name}: round {round}: node cut -> 3 running on survivors in {took:?}");
+        cut_to_down.push(down);
+        eprintln!(
+            "{name}: round {round}: create {:?} (blocking), {:?} (-d, to 3/3); node cut -> \
+             Down in node ls {down:?}, 3 running on survivors in {took:?}",
+            create_cli[round], create_ls[round]
+        );
         s.set_link(node, true);
         wait_until(120, "cut node ready again", || s.ready());
         remove_and_wait(s, &[&svc]);
@@ -289,6 +304,7 @@ fn measure(s: &impl Swarm) -> Figures {
         create_cli,
         create_ls,
         cut,
+        cut_to_down,
         manager_rss_mib,
         manager_node_rss_mib,
         manager_writes_per_hour,
@@ -425,6 +441,10 @@ impl Swarm for Ours {
         ok && ls.matches("Ready").count() == self.nodes.len()
     }
 
+    fn down(&self, node: usize) -> bool {
+        row_has(&self.nodes[0].ls(), &self.nodes[node].name, "Down")
+    }
+
     fn daemon_pid(&self, node: usize) -> u32 {
         self.nodes[node].pid()
     }
@@ -466,6 +486,10 @@ fn print(side: &str, f: &Figures) {
     println!(
         "BENCH {side}_node_cut_to_replicas_running_max {:.2} s",
         max(&f.cut)
+    );
+    println!(
+        "BENCH {side}_node_cut_to_down_in_node_ls_median {:.2} s",
+        median(&f.cut_to_down)
     );
     println!(
         "BENCH {side}_manager_daemon_rss_100_tasks {:.1} MiB",

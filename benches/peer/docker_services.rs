@@ -177,6 +177,16 @@ impl Swarm for DockerCluster {
         out.lines().filter(|l| l.trim() == "Ready").count() == self.nodes.len()
     }
 
+    fn down(&self, node: usize) -> bool {
+        let out = self
+            .manager()
+            .docker(&["node", "ls", "--format", "{{.ID}} {{.Status}}"])
+            .1;
+        let id = &self.nodes[node].id;
+        out.lines()
+            .any(|l| l.split_whitespace().eq([id.as_str(), "Down"]))
+    }
+
     fn daemon_pid(&self, node: usize) -> u32 {
         self.nodes[node].child.as_ref().unwrap().id()
     }
