@@ -18,16 +18,34 @@ pub struct Ours {
     pub manager_rss_mib: f64,
 }
 
-struct Dockerd {
-    dir: PathBuf,
+/// Debian's docker CLI (20.10, the daemon's own version) when it is there: another
+/// `docker` earlier on the PATH may be a newer client.
+fn docker_cli() -> &'static str {
+    const DEBIAN: &str = "/usr/bin/docker";
+    if std::path::Path::new(DEBIAN).exists() {
+        DEBIAN
+    } else {
+        "docker"
+    }
+}
+
+pub(crate) struct Dockerd {
+    pub(crate) dir: PathBuf,
     netns: String,
-    ip: String,
-    child: Option<Child>,
-    id: String,
+    pub(crate) ip: String,
+    pub(crate) child: Option<Child>,
+    pub(crate) id: String,
+    /// Extra `dockerd` flags.
+    extra: Vec<String>,
 }
 
 impl Dockerd {
-    fn new(netns: &str, name: &str, ip: &str) -> Dockerd {
+    pub(crate) fn new(netns: &str, name: &str, ip: &str) -> Dockerd {
+        Dockerd::with_args(netns, name, ip, &[])
+    }
+
+    /// A dockerd started with extra flags (`--insecure-registry`, say).
+    pub(crate) fn with_args(netns: &str, name: &str, ip: &str, extra: &[&str]) -> Dockerd {
         let dir = std::env::temp_dir().join(format!("swarmlet-dk-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -37,6 +55,7 @@ impl Dockerd {
             ip: ip.into(),
             child: None,
             id: String::new(),
+            extra: extra.iter().map(|s| (*s).to_string()).collect(),
         };
         d.start();
         d
@@ -61,6 +80,7 @@ impl Dockerd {
                 "--ip-masq=false",
                 "--bridge=none",
             ])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -74,8 +94,8 @@ impl Dockerd {
             .to_string();
     }
 
-    fn docker(&self, args: &[&str]) -> (bool, String) {
-        let o = Command::new("docker")
+    pub(crate) fn docker(&self, args: &[&str]) -> (bool, String) {
+        let o = Command::new(docker_cli())
             .arg("-H")
             .arg(format!("unix://{}", self.dir.join("sock").display()))
             .args(args)
@@ -89,7 +109,7 @@ impl Dockerd {
     }
 
     /// dockerd's pid and that of the containerd it started (found by its config path).
-    fn pids(&self) -> Vec<u32> {
+    pub(crate) fn pids(&self) -> Vec<u32> {
         let mut pids: Vec<u32> = self.child.iter().map(Child::id).collect();
         let marker = self.dir.join("exec").join("containerd");
         let marker = marker.to_string_lossy();
@@ -117,7 +137,7 @@ impl Dockerd {
         wait_until(10, "containerd gone", || self.pids().is_empty());
     }
 
-    fn rss_mib(&self) -> f64 {
+    pub(crate) fn rss_mib(&self) -> f64 {
         let kib: u64 = self
             .pids()
             .iter()
@@ -126,7 +146,7 @@ impl Dockerd {
         kib as f64 / 1024.0
     }
 
-    fn disk_writes(&self) -> u64 {
+    pub(crate) fn disk_writes(&self) -> u64 {
         self.pids()
             .iter()
             .map(|p| proc_field(*p, "io", "write_bytes:"))
@@ -136,6 +156,9 @@ impl Dockerd {
 
 impl Drop for Dockerd {
     fn drop(&mut self) {
+        // Containers outlive a killed dockerd and shim: end every process whose root is
+        // a container's root file system under our data root.
+        kill_rooted_below(&self.dir);
         if self.child.is_some() {
             self.kill9();
         }
@@ -143,6 +166,18 @@ impl Drop for Dockerd {
         // (deepest first) before the directory goes.
         unmount_below(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// SIGKILLs every process whose root directory lies below `dir`.
+fn kill_rooted_below(dir: &std::path::Path) {
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if std::fs::read_link(format!("/proc/{pid}/root")).is_ok_and(|r| r.starts_with(dir)) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).output();
+        }
     }
 }
 
