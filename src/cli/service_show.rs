@@ -162,11 +162,19 @@ fn task_error(t: &TaskView, no_trunc: bool) -> String {
     }
 }
 
-/// Tasks in Docker's order: by service and slot, the newest first within a slot.
+/// The tasks one `service ps` group holds, newest first, the older under `\_` (as
+/// Docker groups them by task name): a replicated slot's, whichever nodes they ran on,
+/// or a global service's tasks on one node (slot 0).
+fn group(t: &TaskView) -> (&str, u64, Option<crate::raft::NodeId>) {
+    let node = if t.slot == 0 { t.node_id } else { None };
+    (&t.service, t.slot, node)
+}
+
+/// Tasks in Docker's order: by service and group, the newest first within a group.
 fn ordered(mut v: Vec<TaskView>) -> Vec<TaskView> {
     v.sort_by(|a, b| {
-        (&a.service, a.slot, a.node_id)
-            .cmp(&(&b.service, b.slot, b.node_id))
+        group(a)
+            .cmp(&group(b))
             .then(b.created_ms.cmp(&a.created_ms))
     });
     v
@@ -208,10 +216,10 @@ fn print_tasks(v: Vec<TaskView>, no_trunc: bool, quiet: bool, as_json: bool) {
     ]
     .map(String::from)
     .to_vec()];
-    let mut prev: Option<(String, u64, Option<crate::raft::NodeId>)> = None;
+    let mut prev = None;
     for t in &v {
-        let key = (t.service.clone(), t.slot, t.node_id);
-        let name = if prev.as_ref() == Some(&key) {
+        let key = group(t);
+        let name = if prev == Some(key) {
             format!(" \\_ {}", task_name(t))
         } else {
             task_name(t)
@@ -458,4 +466,57 @@ pub fn inspect(global: &Global, c: ServiceInspect) -> anyhow::Result<ExitCode> {
         serde_json::to_string_pretty(&docs).expect("invariant: JSON serialises")
     );
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::NodeId;
+    use crate::services::store::TaskId;
+    use crate::services::ServiceId;
+
+    fn task(id: u64, slot: u64, node: u64, created_ms: u64) -> TaskView {
+        TaskView {
+            id: TaskId(id),
+            service_id: ServiceId(1),
+            service: "web".into(),
+            slot,
+            node_id: Some(NodeId(node)),
+            node: Some(format!("n{node}")),
+            node_down: false,
+            image: "img".into(),
+            version: 1,
+            desired: TaskState::Running,
+            state: TaskState::Running,
+            message: String::new(),
+            error: String::new(),
+            created_ms,
+            state_ms: created_ms,
+        }
+    }
+
+    #[test]
+    fn a_slot_is_one_group_whichever_nodes_its_tasks_ran_on() {
+        // Slot 1 ran on node 3, then (node 3 cut off) on node 1, then (an update) on 2.
+        let v = vec![
+            task(10, 1, 3, 100),
+            task(11, 1, 1, 200),
+            task(12, 1, 2, 300),
+        ];
+        let ids: Vec<u64> = ordered(v).iter().map(|t| t.id.0).collect();
+        assert_eq!(ids, [12, 11, 10]);
+        let (a, b) = (task(10, 1, 3, 100), task(11, 1, 1, 200));
+        assert_eq!(group(&a), group(&b), "one `\\_` group");
+    }
+
+    #[test]
+    fn a_global_service_groups_by_node() {
+        let v = vec![
+            task(10, 0, 2, 100),
+            task(11, 0, 1, 200),
+            task(12, 0, 2, 300),
+        ];
+        let ids: Vec<u64> = ordered(v).iter().map(|t| t.id.0).collect();
+        assert_eq!(ids, [11, 12, 10]);
+    }
 }
