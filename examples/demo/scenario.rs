@@ -233,11 +233,12 @@ pub fn run(opts: &Options) -> Transcript {
     }
     let [(n1, a1), (n2, a2), (n3, a3)] = NODES;
     t.say(&format!(
-        "swarmlet demo: the seed's walk through Swarm mode, on three nodes made on this machine.\n\
-         {n1} {a1}, {n2} {a2} and {n3} {a3} each run `swarmlet daemon` in a network\n\
-         namespace of its own, on one bridge with no uplink; a registry at {reg_host} on\n\
-         that bridge serves demo:1.0 and demo:2.0 (busybox, built just now). Each command\n\
-         runs against the daemon of the node its prompt names (its --socket left out).\n"
+        "swarmlet demo: the seed's walk through Swarm mode, on three nodes made on this machine:\n\
+         {n1} {a1}, {n2} {a2} and {n3} {a3},\n\
+         each a `swarmlet daemon` in a network namespace of its own, on one bridge with no\n\
+         uplink. A registry at {reg_host} on that bridge serves demo:1.0 and\n\
+         demo:2.0 (busybox, built just now). Each command runs against the daemon of the\n\
+         node its prompt names (its --socket left out); `host#` lines run on this machine.\n"
     ));
 
     t.note("1. A swarm: node1 starts it, node2 and node3 join as workers");
