@@ -2,7 +2,8 @@
 # Set up a fresh Debian 12 machine (with Rust installed by rustup) and run swarmlet's demo or
 # tests. Safe to run again: everything already installed is skipped.
 #
-#   ./bootstrap.sh demo   install what is needed, then `just demo`
+#   ./bootstrap.sh demo   install what is needed, then `just demo` (a three-node cluster
+#                         in network namespaces on this machine; needs root)
 #   ./bootstrap.sh test   install what is needed, then `just test`
 #   ./bootstrap.sh deps   install what is needed, nothing else
 #   ./bootstrap.sh peers  install the peers `just bench` measures against (docker.io),
@@ -12,11 +13,13 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 # Debian packages: clang/lld/llvm (llvm-ar) compile C dependencies for the musl targets,
-# qemu-user-static runs the aarch64 binary, busybox-static is the test containers' userland,
-# iproute2/nftables for the networking tests, file to check that binaries are static,
-# systemd for `systemd-analyze verify` of the unit (it is not made the init system),
-# docker-registry (a real registry for pull tests), apache2-utils (htpasswd) and openssl
-# (its certificates), qemu-system-x86 and qemu-system-arm for the virtual-machine tests.
+# qemu-user-static runs the aarch64 binary, busybox-static is the userland of the test
+# and demo containers, iproute2 makes the demo's and the tests' network namespaces (with
+# util-linux's nsenter, which Debian always has), nftables for the networking tests, file
+# to check that binaries are static, systemd for `systemd-analyze verify` of the unit (it
+# is not made the init system), docker-registry (a real registry for the pull tests and
+# the demo), apache2-utils (htpasswd) and openssl (its certificates), qemu-system-x86 and
+# qemu-system-arm for the virtual-machine tests.
 APT_PACKAGES=(clang lld llvm qemu-user-static busybox-static iproute2 nftables file systemd
     docker-registry apache2-utils openssl ca-certificates qemu-system-x86 qemu-system-arm)
 # The aarch64 virtual machines boot Debian's arm64 kernel and busybox, which the tests

@@ -13,7 +13,13 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_swarmlet");
+/// The swarmlet binary cargo built for this test or benchmark. Cargo names it to tests
+/// and benchmarks only; the demo (an example, `examples/demo/`) runs `swarmlet` from
+/// its PATH, which it points at the binary built beside it.
+pub const BIN: &str = match option_env!("CARGO_BIN_EXE_swarmlet") {
+    Some(bin) => bin,
+    None => "swarmlet",
+};
 
 /// One `swarmlet daemon` process with its own data dir and API socket. Its stderr goes
 /// to `<dir>/log`, which is printed if the test panics. Dropping it kills the process

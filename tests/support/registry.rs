@@ -143,10 +143,15 @@ impl Registry {
     /// Serves the same storage from inside network namespace `netns` at `ip` (same
     /// port): for nodes in namespaces, after the test pushed its images over loopback.
     pub fn move_into(&mut self, netns: &str, ip: &str) {
+        let port = self.port;
+        self.move_into_port(netns, ip, port);
+    }
+
+    /// [`Registry::move_into`] on another port (free in a namespace the caller made).
+    pub fn move_into_port(&mut self, netns: &str, ip: &str, port: u16) {
         self.kill();
         self.netns = Some(netns.to_string());
         self.ip = ip.to_string();
-        let port = self.port;
         self.launch(Some(port));
     }
 
