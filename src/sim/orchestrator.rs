@@ -583,9 +583,18 @@ impl Sim {
                         || (t.node.is_some() && !up(t)))
             }) || ts.iter().any(|t| t.version != svc.version && t.node.is_some() && !up(t))
                 || ts.iter().any(|t| self.lost.contains(&t.id))
-                // A new task retired again (drain, constraints): moved, not updated.
+                // A new task retired again (drain, constraints): moved, not updated;
+                // start-first, it is still desired running while its replacement starts.
                 || ts.iter().any(|t| {
                     t.version == svc.version && t.created_ms >= u.started_ms && t.desired > TaskState::Running
+                })
+                || ts.iter().any(|t| {
+                    t.version == svc.version
+                        && t.is_live()
+                        && self.node(t.node).is_some_and(|n| {
+                            n.availability == Availability::Drain
+                                || !svc.spec.task.placement.constraints.iter().all(|c| c.matches(&self.facts(n)))
+                        })
                 })
                 // An outdated task retired by a drain or a constraint, not by the update.
                 || ts.iter().any(|t| {
@@ -763,7 +772,9 @@ impl Sim {
                         _ => eligible * max + kept,
                     };
                     let want = replicas.min(room);
-                    if fresh != want || running.len() as u64 != want {
+                    // A stalled update (its new task finds no node) leaves the
+                    // rest outdated, still running.
+                    if (fresh != want && !stalled) || running.len() as u64 != want {
                         self.fail(format!(
                             "{}: {fresh} current tasks running ({} in all), expected {want} (replicas {replicas}, {eligible} eligible nodes, max {max})\n{}",
                             spec.name,
@@ -842,7 +853,7 @@ pub fn run_seed(seed: u64) -> Stats {
 }
 
 #[test]
-#[ignore = "not yet clean: seeds 2, 9, 29 (update parallelism checker) and 16, 35, 36 (replica count with max per node) fail; being worked on under issue 11"]
+#[ignore = "not yet clean: about 1 seed in 20 fails (update parallelism and replica counts with start-first updates, max per node, paused nodes); being worked on under issue 11"]
 fn replay() {
     let seeds = super::seeds(20);
     let quiet = seeds.len() > 1;
