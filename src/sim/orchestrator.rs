@@ -502,6 +502,19 @@ impl Sim {
         }
     }
 
+    /// Whether a task's node sends it away (drained, or its constraints no longer met).
+    fn must_leave(&self, t: &Task, spec: &ServiceSpec) -> bool {
+        self.node(t.node).is_some_and(|n| {
+            n.availability == Availability::Drain
+                || !spec
+                    .task
+                    .placement
+                    .constraints
+                    .iter()
+                    .all(|c| c.matches(&self.facts(n)))
+        })
+    }
+
     fn eligible(&self, n: &SimNode, spec: &ServiceSpec) -> bool {
         n.ready
             && n.availability == Availability::Active
@@ -591,19 +604,13 @@ impl Sim {
                 || ts.iter().any(|t| {
                     t.version == svc.version
                         && t.is_live()
-                        && self.node(t.node).is_some_and(|n| {
-                            n.availability == Availability::Drain
-                                || !svc.spec.task.placement.constraints.iter().all(|c| c.matches(&self.facts(n)))
-                        })
+                        && self.must_leave(t, &svc.spec)
                 })
                 // An outdated task retired by a drain or a constraint, not by the update.
                 || ts.iter().any(|t| {
                     t.version != svc.version
                         && t.desired > TaskState::Running
-                        && self.node(t.node).is_some_and(|n| {
-                            n.availability == Availability::Drain
-                                || !svc.spec.task.placement.constraints.iter().all(|c| c.matches(&self.facts(n)))
-                        })
+                        && self.must_leave(t, &svc.spec)
                 });
             if disturbed {
                 continue;
