@@ -19,7 +19,7 @@ use serde_json::json;
 
 use crate::support::image::{Item, Layer, TestImage};
 use crate::support::registry::{self, Registry};
-use crate::support::{cleanup_containers, unmount_below, wait_until, Daemon, Net};
+use crate::support::{cleanup_containers, unmount_below, Daemon, Net};
 
 /// Names the demo's temporary directories (`swarmlet-demo-<pid>-<node>`,
 /// `swarmlet-reg-demo-<pid>`).
@@ -148,6 +148,32 @@ fn image(version: &str) -> TestImage {
 
 /// Nodes running a task of `svc` that is meant to run, and the images they run, from
 /// `service ps --format json`.
+/// Polls `f` until it holds; after `secs`, panics naming `what` with the cluster as the
+/// leader and each node see it, so a failed run says where it stuck.
+fn settle(secs: u64, what: &str, nodes: &[Daemon], mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        if start.elapsed() > Duration::from_secs(secs) {
+            let m = &nodes[0];
+            let mut seen = String::new();
+            for args in [
+                &["node", "ls"][..],
+                &["service", "ls"],
+                &["service", "ps", "helloworld"],
+                &["service", "ps", "extend-helloworld"],
+                &["service", "inspect", "helloworld"],
+            ] {
+                seen += &format!("node1$ swarmlet {}\n{}\n", args.join(" "), m.run(args).1);
+            }
+            for (i, d) in nodes.iter().enumerate() {
+                seen += &format!("{}$ swarmlet ps\n{}\n", NODES[i].0, d.run(&["ps"]).1);
+            }
+            panic!("timed out after {secs} s: {what}\n{seen}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn running(m: &Daemon, svc: &str) -> Vec<(String, String)> {
     let (ok, out) = m.run(&[
         "service",
@@ -249,7 +275,7 @@ pub fn run(opts: &Options) -> Transcript {
     for d in &nodes[1..] {
         t.swarmlet(d, &["join", token.trim(), &manager]);
     }
-    wait_until(30, "three nodes Ready", || {
+    settle(30, "three nodes Ready", &nodes, || {
         m.ls().matches(" Ready ").count() == 3
     });
     t.swarmlet(m, &["node", "ls"]);
@@ -301,9 +327,10 @@ pub fn run(opts: &Options) -> Transcript {
     let cable = format!("p{}", CUT + 1);
     let cut_at = Instant::now();
     t.ip(&["-n", &hub, "link", "set", &cable, "down"]);
-    wait_until(
+    settle(
         60,
         "the cut node Down and its replicas running elsewhere",
+        &nodes,
         || {
             let r = running(m, "helloworld");
             node_state(m, cut_name).contains(" Down ")
@@ -323,7 +350,7 @@ pub fn run(opts: &Options) -> Transcript {
     ));
     t.ip(&["-n", &hub, "link", "set", &cable, "up"]);
     let cut_node = &nodes[CUT];
-    wait_until(60, "the healed node Ready and settled", || {
+    settle(60, "the healed node Ready and settled", &nodes, || {
         node_state(m, cut_name).contains(" Ready ")
             && running(m, "extend-helloworld").len() == 3
             && containers_of(cut_node, "helloworld") == 0
@@ -350,7 +377,7 @@ pub fn run(opts: &Options) -> Transcript {
             "helloworld",
         ],
     );
-    wait_until(60, "the first two tasks on demo:2.0", || {
+    settle(60, "the first two tasks on demo:2.0", &nodes, || {
         running(m, "helloworld")
             .iter()
             .filter(|(_, i)| *i == v2)
@@ -363,10 +390,10 @@ pub fn run(opts: &Options) -> Transcript {
         &["service", "ps", "-f", "desired-state=running", "helloworld"],
     );
     let update_at = Instant::now();
-    wait_until(180, "the update completed", || {
+    settle(180, "the update completed", &nodes, || {
         update_state(m, "helloworld") == "completed"
     });
-    wait_until(60, "six tasks on demo:2.0", || {
+    settle(60, "six tasks on demo:2.0", &nodes, || {
         let r = running(m, "helloworld");
         r.len() == 6 && r.iter().all(|(_, i)| *i == v2)
     });

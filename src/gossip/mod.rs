@@ -979,6 +979,20 @@ impl Gossip {
         };
         let newer = u.incarnation > m.incarnation;
         let same = u.incarnation == m.incarnation;
+        // Another node's verdict of death about a member we hold live is an accusation,
+        // not a death: we suspect it (or count a confirmation) and it dies here only if
+        // it fails to refute before our own timeout. A node back from a partition holds
+        // everyone it lost dead; taken as deaths, its stale verdicts would kill members
+        // the rest saw alive all along (a healed worker once took a healthy one Down
+        // this way). The price: a real death reaches each node at its own suspicion
+        // timeout rather than at the first one's.
+        let mut u = u;
+        if u.status == Status::Dead
+            && (newer || same)
+            && matches!(m.status, Status::Alive | Status::Suspect)
+        {
+            u.status = Status::Suspect;
+        }
         let changed = match u.status {
             Status::Alive => newer,
             Status::Suspect => {

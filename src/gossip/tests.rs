@@ -322,6 +322,46 @@ fn a_healed_partition_converges() {
     );
 }
 
+/// A node cut off from the rest holds them all dead; when its link comes back, that
+/// stale verdict must not kill members the majority has seen alive all along (the demo's
+/// healed node once took a healthy worker Down this way, and its tasks moved).
+#[test]
+fn a_returning_node_does_not_kill_the_members_it_lost() {
+    for seed in 0..20 {
+        let mut c = Cluster::new(3, seed, &Config::default());
+        c.run(Duration::from_secs(3));
+        for other in [1, 2] {
+            c.cut.push((NodeId(3), NodeId(other)));
+            c.cut.push((NodeId(other), NodeId(3)));
+        }
+        c.run(Duration::from_secs(5));
+        assert_eq!(
+            c.view(NodeId(3), NodeId(1)),
+            Some(Status::Dead),
+            "seed {seed}"
+        );
+        assert_eq!(
+            c.view(NodeId(1), NodeId(3)),
+            Some(Status::Dead),
+            "seed {seed}"
+        );
+        let healed = c.now;
+        c.cut.clear();
+        c.run(Duration::from_secs(10));
+        assert!(all_alive(&c), "seed {seed}: all alive after the heal");
+        let wrong: Vec<_> = c
+            .events
+            .iter()
+            .filter(|(t, by, e)| {
+                *t >= healed
+                    && *by != NodeId(3)
+                    && matches!(e, Event::Dead { id } if *id != NodeId(3))
+            })
+            .collect();
+        assert!(wrong.is_empty(), "seed {seed}: {wrong:?}");
+    }
+}
+
 #[test]
 fn a_lost_join_is_sent_again() {
     let cfg = Config::default();
