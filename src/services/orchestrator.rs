@@ -205,7 +205,16 @@ impl<'s, 'n> Planner<'s, 'n> {
         let mut budget = update.free;
         let mut to_place: Vec<ToPlace> = Vec::new();
         let mut live_jobs = tasks.iter().filter(|t| t.is_live()).count() as u64;
-        for slot in &wanted {
+        // Slots with nothing live on a live node go first: refilling one the update
+        // emptied takes a worker whatever happens, so it must count before other slots
+        // spend the budget on taking more replicas down.
+        let mut order: Vec<Slot> = wanted.clone();
+        order.sort_by_key(|s| {
+            slots
+                .get(s)
+                .is_some_and(|ts| ts.iter().any(|t| t.is_live() && self.node_up(t.node)))
+        });
+        for slot in &order {
             let ts: &[&Task] = slots.get(slot).map_or(&[], |v| v.as_slice());
             self.history(ts);
             let mut outcome = self.slot(svc, *slot, ts, &mut budget);
@@ -230,6 +239,7 @@ impl<'s, 'n> Planner<'s, 'n> {
             }
         }
         if !global && !to_place.is_empty() {
+            to_place.sort_by_key(|w| w.slot);
             self.place(svc, to_place, sched);
         }
         // Slots an update must see running its new version before it is complete.
@@ -339,9 +349,17 @@ impl<'s, 'n> Planner<'s, 'n> {
                         TaskState::Failed | TaskState::Rejected | TaskState::Complete
                     )
             });
+            // A start-first replacement no node can take (the old tasks hold the room:
+            // --replicas-max-per-node, reservations) falls back to stop-first rather
+            // than waiting forever, where stopping the old task frees a node that may
+            // take the new one (not on a paused node: that would only lose a replica).
+            let unplaceable = best.node.is_none() && best.state == TaskState::Pending;
             for t in others {
+                let frees_room =
+                    unplaceable && self.node(t.node).is_some_and(|n| self.may_take(n, spec));
                 let go = best.state == TaskState::Running
                     || order == UpdateOrder::StopFirst
+                    || frees_room
                     || (replacement_failed && !self.may_stay(t, spec));
                 if go {
                     self.desire(t, TaskState::Shutdown);
@@ -593,6 +611,19 @@ impl<'s, 'n> Planner<'s, 'n> {
         let mut busy = 0u64;
         let mut failed: Option<TaskId> = None;
         let mut slots_seen = std::collections::BTreeSet::new();
+        // Slots where this update is replacing an outdated task placed on a live node
+        // (running, stopping, or stopped since it began): a new task there that finds
+        // no node means a replica down, or about to be.
+        let emptied: std::collections::BTreeSet<Slot> = tasks
+            .iter()
+            .filter(|t| {
+                t.version != svc.version
+                    && t.node.is_some()
+                    && self.node_up(t.node)
+                    && (!t.state.is_terminal() || t.state_ms >= since)
+            })
+            .map(|t| slot_of(t))
+            .collect();
         for t in tasks {
             slots_seen.insert(slot_of(t));
             let made_here = t.version == svc.version && t.created_ms >= since;
@@ -608,13 +639,16 @@ impl<'s, 'n> Planner<'s, 'n> {
                 continue;
             }
             match (t.state, t.running_ms) {
-                // Starting, or waiting for a node: the update waits too (stopping more
-                // tasks whose replacements cannot be placed would take the service
-                // down). One bound to a Down node waits outside the update.
+                // Starting, or waiting for a node in a slot the update emptied: the
+                // update waits too (stopping more tasks whose replacements cannot be
+                // placed would take the service down). One bound to a Down node waits
+                // outside the update, as does one replacing a task that never had a
+                // node (nothing ran there: the shortfall predates the update).
                 (s, _)
                     if t.is_live()
                         && s < TaskState::Running
-                        && (t.node.is_none() || self.node_up(t.node)) =>
+                        && (t.node.is_some() && self.node_up(t.node)
+                            || t.node.is_none() && emptied.contains(&slot_of(t))) =>
                 {
                     busy += 1;
                 }
