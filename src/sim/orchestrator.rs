@@ -36,7 +36,7 @@ use crate::services::orchestrator::{reconcile, NodeInfo};
 use crate::services::scheduler::Resources;
 use crate::services::spec::{FailureAction, Mode, ServiceSpec, UpdateOrder};
 use crate::services::store::{
-    ServiceCommand, Store, Task, TaskId, TaskOp, TaskReport, UpdateState,
+    Service, ServiceCommand, Store, Task, TaskId, TaskOp, TaskReport, UpdateState,
 };
 use crate::services::task::TaskState;
 use crate::services::ServiceId;
@@ -203,7 +203,10 @@ impl Sim {
             s.task.placement.max_replicas = 1 + u64::from(self.rng.next_u32() % 2);
         }
         s.task.restart.delay_ms = [0, 500, 5_000][self.rng.next_u32() as usize % 3];
-        s.update.parallelism = u64::from(self.rng.next_u32() % 4);
+        // Parallelism grows with the cluster (0 is unlimited): one or two slots at a time
+        // across 1,000 nodes is minutes of virtual time that checks nothing new.
+        let scale = (self.nodes.len() as u64 / 25).max(1);
+        s.update.parallelism = u64::from(self.rng.next_u32() % 4) * scale;
         s.update.delay_ms = [0, 300, 2_000][self.rng.next_u32() as usize % 3];
         s.update.monitor_ms = [0, 1_000, 5_000][self.rng.next_u32() as usize % 3];
         s.update.order = if self.rng.next_u32() % 2 == 0 {
@@ -216,7 +219,7 @@ impl Sim {
             FailureAction::Rollback,
             FailureAction::Continue,
         ][self.rng.next_u32() as usize % 3];
-        s.rollback.parallelism = 1 + u64::from(self.rng.next_u32() % 3);
+        s.rollback.parallelism = (1 + u64::from(self.rng.next_u32() % 3)) * scale;
         s
     }
 
@@ -687,6 +690,24 @@ impl Sim {
         out
     }
 
+    /// An update waits while a new task finds no node (as Swarm's does).
+    fn stalled(&self, svc: &Service) -> bool {
+        self.store.tasks.values().any(|t| {
+            t.service == svc.id
+                && t.version == svc.version
+                && t.is_live()
+                && t.state == TaskState::Pending
+        })
+    }
+
+    /// An update in progress that must end once nothing else happens: not one to a
+    /// broken image (its new tasks never run), nor one stalled for want of a node.
+    fn update_must_finish(&self, svc: &Service) -> bool {
+        svc.update.as_ref().is_some_and(|u| u.state.in_progress())
+            && svc.spec.task.image != BROKEN
+            && !self.stalled(svc)
+    }
+
     /// Once settled.
     fn check_settled(&self) {
         for svc in self.store.services.values() {
@@ -746,19 +767,14 @@ impl Sim {
             if broken {
                 continue;
             }
-            // An update waits while a new task finds no node (as Swarm's does).
-            let stalled = tasks
-                .iter()
-                .any(|t| t.version == svc.version && t.is_live() && t.state == TaskState::Pending);
-            if let Some(u) = &svc.update {
-                if u.state.in_progress() && !stalled {
-                    self.fail(format!(
-                        "{}: update still {:?} once settled\n{}",
-                        spec.name,
-                        u.state,
-                        self.dump(svc.id)
-                    ));
-                }
+            let stalled = self.stalled(svc);
+            if self.update_must_finish(svc) {
+                self.fail(format!(
+                    "{}: update still {:?} once settled\n{}",
+                    spec.name,
+                    svc.update.as_ref().map(|u| u.state),
+                    self.dump(svc.id)
+                ));
             }
             let fresh = running.iter().filter(|t| t.version == svc.version).count() as u64;
             match spec.mode {
@@ -847,7 +863,7 @@ pub fn run_seed(seed: u64) -> Stats {
             .store
             .services
             .values()
-            .any(|s| s.update.as_ref().is_some_and(|u| u.state.in_progress()))
+            .any(|s| sim.update_must_finish(s))
     {
         sim.step(false);
         extra += 1;
@@ -868,25 +884,51 @@ fn replay() {
     if quiet {
         std::panic::set_hook(Box::new(|_| {}));
     }
+    // Seeds are independent: one thread per core takes the next seed until none are left.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = std::sync::Mutex::new(Vec::new());
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::thread::scope(|scope| {
+        for _ in 0..threads.min(seeds.len()) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(&seed) = seeds.get(i) else { break };
+                let r = std::panic::catch_unwind(|| run_seed(seed));
+                if let Err(e) = &r {
+                    let why = e.downcast_ref::<String>().cloned().unwrap_or_default();
+                    eprintln!("seed {seed}: {}", why.lines().next().unwrap_or_default());
+                }
+                results
+                    .lock()
+                    .expect("no thread panics holding it")
+                    .push((seed, r));
+            });
+        }
+    });
     let mut failed = Vec::new();
     let (mut tasks, mut updates, mut deaths) = (0, 0, 0);
-    for seed in &seeds {
-        match std::panic::catch_unwind(|| run_seed(*seed)) {
+    for (seed, r) in results.into_inner().expect("threads done") {
+        match r {
             Ok(s) => {
+                if !quiet {
+                    eprintln!(
+                        "seed {seed}: {} steps, {} tasks made, {} updates, {} node deaths",
+                        s.steps, s.tasks_made, s.updates, s.deaths
+                    );
+                }
                 tasks += s.tasks_made;
                 updates += s.updates;
                 deaths += s.deaths;
             }
             Err(e) => {
-                let why = e.downcast_ref::<String>().cloned().unwrap_or_default();
-                eprintln!("seed {seed}: {}", why.lines().next().unwrap_or_default());
-                failed.push(*seed);
+                failed.push(seed);
                 if !quiet {
                     std::panic::resume_unwind(e);
                 }
             }
         }
     }
+    failed.sort_unstable();
     std::panic::set_hook(hook);
     eprintln!(
         "orchestrator simulation: {} seeds, {} failed; {tasks} tasks made, {updates} updates, {deaths} node deaths",
