@@ -381,6 +381,12 @@ impl<'s, 'n> Planner<'s, 'n> {
         if let Some(old) = live.first().copied() {
             // Live, but outdated or on a node it may not stay on.
             let unwanted = !self.may_stay(old, spec);
+            // A global task on a node that takes nothing new (paused, or Down) keeps
+            // running outdated: its replacement could not start there. It is updated
+            // once the node takes tasks again.
+            if global && !unwanted && !self.node(old.node).is_some_and(|n| self.may_take(n, spec)) {
+                return SlotNeeds::Nothing;
+            }
             // A task still waiting for a node runs nothing: replaced for free.
             if !unwanted && old.node.is_some() {
                 if *budget == 0 {
@@ -617,15 +623,20 @@ impl<'s, 'n> Planner<'s, 'n> {
         let mut failed: Option<TaskId> = None;
         let mut slots_seen = std::collections::BTreeSet::new();
         // Slots where this update is replacing an outdated task placed on a live node
-        // (running, stopping, or stopped since it began): a new task there that finds
-        // no node means a replica down, or about to be.
+        // (running or stopping), or stopped one since it began (wherever its node is
+        // now: a node that dies after the stop does not give the update its worker
+        // back): a new task there that finds no node means a replica down, or about to
+        // be.
         let emptied: std::collections::BTreeSet<Slot> = tasks
             .iter()
             .filter(|t| {
                 t.version != svc.version
                     && t.node.is_some()
-                    && self.node_up(t.node)
-                    && (!t.state.is_terminal() || t.state_ms >= since)
+                    && if t.state.is_terminal() {
+                        t.state_ms >= since && t.desired > TaskState::Running
+                    } else {
+                        self.node_up(t.node)
+                    }
             })
             .map(|t| slot_of(t))
             .collect();
@@ -751,10 +762,19 @@ impl<'s, 'n> Planner<'s, 'n> {
             }
         }
         // Tasks on a Down node are not waited for: they are updated when it is back.
+        // Nor is a global task on a paused node (it waits for the node, as above).
+        let stuck = |t: &Task| {
+            matches!(slot_of(t), Slot::Node(_))
+                && t.is_live()
+                && !self
+                    .node(t.node)
+                    .is_some_and(|n| self.may_take(n, &svc.spec))
+        };
         let outdated = tasks.iter().any(|t| {
             t.version != svc.version
                 && (t.is_live() || (t.desired > TaskState::Running && !t.state.is_terminal()))
                 && self.node_up(t.node)
+                && !stuck(t)
         });
         let starting = tasks.iter().any(|t| {
             t.version == svc.version
