@@ -238,14 +238,7 @@ impl Sim {
                     self.note(format!("{} dies", self.nodes[i].hostname));
                     self.nodes[i].ready = false;
                     self.nodes[i].running.clear();
-                    let id = self.nodes[i].id;
-                    let lost: Vec<TaskId> = self
-                        .store
-                        .tasks
-                        .values()
-                        .filter(|t| t.node == Some(id) && !t.state.is_terminal())
-                        .map(|t| t.id)
-                        .collect();
+                    let lost: Vec<TaskId> = self.unended_on(i).map(|t| t.id).collect();
                     self.lost.extend(lost);
                 }
             }
@@ -349,15 +342,20 @@ impl Sim {
         }
     }
 
+    /// The tasks on node `i` not yet ended.
+    fn unended_on(&self, i: usize) -> impl Iterator<Item = &Task> {
+        let id = self.nodes[i].id;
+        self.store
+            .tasks
+            .values()
+            .filter(move |t| t.node == Some(id) && !t.state.is_terminal())
+    }
+
     /// Remembers the tasks node `i` now sends away (drain, constraints), whose slots
     /// recover outside any update even if the node takes them back later.
     fn mark_evicted(&mut self, i: usize) {
-        let id = self.nodes[i].id;
         let evicted: Vec<TaskId> = self
-            .store
-            .tasks
-            .values()
-            .filter(|t| t.node == Some(id) && !t.state.is_terminal())
+            .unended_on(i)
             .filter(|t| {
                 self.store
                     .services
