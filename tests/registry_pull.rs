@@ -225,6 +225,34 @@ fn pulls_by_tag_digest_and_platform() {
     assert!(matches!(err, PullError::Transport { .. }), "{err}");
 }
 
+/// Two replicas of one service starting on a node pull the same image at once: both
+/// pulls succeed and the layers land once (the demo's rolling update once paused on
+/// "pulling ...: Directory not empty" from the second).
+#[test]
+#[ignore = "needs root"]
+fn two_pulls_of_one_image_at_once_both_succeed() {
+    let reg = Registry::start("twice", Options::default());
+    let img = TestImage::busybox(json!({"Cmd": ["/bin/sh"]})).build();
+    reg.push_image("test/bb", Some("1"), &img);
+    let cfg = insecure(&reg);
+    let r = Reference::parse(&format!("{}/test/bb:1", reg.host())).unwrap();
+    for round in 0..5 {
+        let d = Dir::new(&format!("twice{round}"));
+        let store = Store::open(&d.0).unwrap();
+        let results: Vec<_> = std::thread::scope(|s| {
+            let pulls: Vec<_> = (0..3)
+                .map(|_| s.spawn(|| pull(&store, &r, &Platform::host(), &cfg, &quiet)))
+                .collect();
+            pulls.into_iter().map(|p| p.join().unwrap()).collect()
+        });
+        for res in results {
+            let got = res.unwrap_or_else(|e| panic!("round {round}: {e}"));
+            assert_eq!(got.id.to_string(), sha(&img.config));
+        }
+        assert!(store.resolve(&r.to_string()).is_ok());
+    }
+}
+
 #[test]
 #[ignore = "needs root"]
 fn basic_auth_and_tls() {

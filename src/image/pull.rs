@@ -778,6 +778,10 @@ pub fn pull(
             jobs.push((l.clone(), *diff_id));
         }
     }
+    // Held until the layers are committed, so a pull that waited finds them there.
+    let claimed: Vec<Digest> = jobs.iter().map(|(l, _)| l.digest).collect();
+    let _claim = store.claim_layers(&claimed);
+    jobs.retain(|(_, diff_id)| !store.has_layer(diff_id));
     let queue = Mutex::new(jobs);
     let failure: Mutex<Option<PullError>> = Mutex::new(None);
     let unpacked: Mutex<Vec<UnpackedLayer>> = Mutex::new(Vec::new());

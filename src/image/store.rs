@@ -103,6 +103,31 @@ pub struct Store {
     /// Serialises changes to `repositories.json` and the image records (one daemon owns
     /// a store; this guards its own threads).
     names: Mutex<()>,
+    /// Layers (by blob digest) a pull in this process is fetching: a second pull of
+    /// the same layer waits for the first instead of writing the same partial file
+    /// (two replicas of one service starting on a node pull the same image at once).
+    fetching: Mutex<BTreeSet<Digest>>,
+    fetched: std::sync::Condvar,
+}
+
+/// Layers claimed by one pull; released (and waiters woken) when dropped.
+pub struct LayerClaim<'a> {
+    store: &'a Store,
+    digests: Vec<Digest>,
+}
+
+impl Drop for LayerClaim<'_> {
+    fn drop(&mut self) {
+        let mut f = self
+            .store
+            .fetching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for d in &self.digests {
+            f.remove(d);
+        }
+        self.store.fetched.notify_all();
+    }
 }
 
 /// Inflated bytes per chunk handed to the tar side (below the allocators' mmap
@@ -163,11 +188,29 @@ impl Store {
         Ok(Store {
             root: root.to_path_buf(),
             names: Mutex::new(()),
+            fetching: Mutex::new(BTreeSet::new()),
+            fetched: std::sync::Condvar::new(),
         })
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Claims layers to fetch, all at once, once no other pull of this process is
+    /// fetching any of them (all or nothing, so two pulls never wait on each other).
+    /// The caller checks again which it still lacks: the pull it waited for may have
+    /// brought them.
+    pub fn claim_layers(&self, digests: &[Digest]) -> LayerClaim<'_> {
+        let mut f = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+        while digests.iter().any(|d| f.contains(d)) {
+            f = self.fetched.wait(f).unwrap_or_else(|p| p.into_inner());
+        }
+        f.extend(digests.iter().copied());
+        LayerClaim {
+            store: self,
+            digests: digests.to_vec(),
+        }
     }
 
     pub fn tmp_dir(&self) -> PathBuf {

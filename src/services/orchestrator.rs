@@ -383,8 +383,18 @@ impl<'s, 'n> Planner<'s, 'n> {
             let unwanted = !self.may_stay(old, spec);
             // A global task on a node that takes nothing new (paused, or Down) keeps
             // running outdated: its replacement could not start there. It is updated
-            // once the node takes tasks again.
+            // once the node takes tasks again. Of several (an update overtaken by the
+            // next), the one running, or else the newest, is kept.
             if global && !unwanted && !self.node(old.node).is_some_and(|n| self.may_take(n, spec)) {
+                let keep = live
+                    .iter()
+                    .max_by_key(|t| (t.state == TaskState::Running, t.seq))
+                    .map(|t| t.id);
+                for t in &live {
+                    if Some(t.id) != keep {
+                        self.desire(t, TaskState::Shutdown);
+                    }
+                }
                 return SlotNeeds::Nothing;
             }
             // A task still waiting for a node runs nothing: replaced for free.

@@ -840,8 +840,11 @@ impl Sim {
                         let paused = n.ready && n.availability == Availability::Pause;
                         if here != want && !(paused && here <= 1) && n.ready {
                             self.fail(format!(
-                                "{}: {here} tasks on {}, expected {want}",
-                                spec.name, n.hostname
+                                "{}: {here} tasks on {} ({:?}), expected {want}\n{}",
+                                spec.name,
+                                n.hostname,
+                                n.availability,
+                                self.dump(svc.id)
                             ));
                         }
                     }
