@@ -76,6 +76,9 @@ struct Sim {
     lost: BTreeSet<TaskId>,
     /// Tasks a drain or a label change sent away: the same.
     evicted: BTreeSet<TaskId>,
+    /// When each task was told to stop: an update counts only the stops it asked for,
+    /// not those of the update it overtook.
+    stop_asked: BTreeMap<TaskId, u64>,
     trace: Vec<String>,
     stats: Stats,
 }
@@ -138,6 +141,7 @@ impl Sim {
             next_service: 1,
             lost: BTreeSet::new(),
             evicted: BTreeSet::new(),
+            stop_asked: BTreeMap::new(),
             trace: Vec::new(),
             stats: Stats {
                 steps: 0,
@@ -404,6 +408,9 @@ impl Sim {
             if node.is_some() && node != t.node {
                 self.fail(format!("task {id} moved from {node:?} to {:?}", t.node));
             }
+            if t.desired >= TaskState::Shutdown && desired < TaskState::Shutdown {
+                self.stop_asked.insert(id, self.now);
+            }
             if t.state < state || t.desired < desired && desired != TaskState::Ready {
                 self.fail(format!(
                     "task {id} went back: {state:?}/{desired:?} -> {:?}/{:?}",
@@ -643,11 +650,17 @@ impl Sim {
                 continue;
             }
             // Desired Remove is a scale-down, not the update.
+            let asked_here = |t: &Task| {
+                self.stop_asked
+                    .get(&t.id)
+                    .is_some_and(|at| *at >= u.started_ms)
+            };
             let stopping_old = ts.iter().any(|t| {
                 t.version != svc.version
                     && t.desired == TaskState::Shutdown
                     && !t.state.is_terminal()
                     && up(t)
+                    && asked_here(t)
             });
             // A new task counts where this update stopped (or is stopping) an outdated
             // one: a slot an earlier failed update left empty is refilled at once, as
@@ -660,8 +673,8 @@ impl Sim {
                     && t.node.is_some()
                     && t.running_ms.is_some()
                     && t.desired == TaskState::Shutdown
-                    && (t.state == TaskState::Shutdown && t.state_ms >= u.started_ms
-                        || !t.state.is_terminal())
+                    && asked_here(t)
+                    && (t.state == TaskState::Shutdown || !t.state.is_terminal())
             });
             let starting_new = replaced_here
                 && ts.iter().any(|t| {
