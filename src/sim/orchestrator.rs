@@ -22,7 +22,7 @@
 //!
 //! `SIM_SEED=<seed> cargo test --lib sim::orchestrator::replay -- --nocapture` replays
 //! one seed (or a comma-separated list); `SIM_SEEDS` and `SIM_SEED_BASE` run more, on
-//! every core (`just sim N`: 10,000 seeds clean, 0 to 9,999, 2026-12-01).
+//! every core (`just sim N`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
