@@ -431,9 +431,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn chunks_and_tails_across_rotations() {
-        let dir = std::env::temp_dir().join(format!("swarmlet-chunks-{}", std::process::id()));
+    /// An empty directory for one test's log, the log's path in it, and small limits
+    /// (4 KiB, 3 files) so a few lines rotate.
+    fn scratch_log(tag: &str) -> (std::path::PathBuf, std::path::PathBuf, LogLimits) {
+        let dir = std::env::temp_dir().join(format!("swarmlet-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("log");
@@ -441,6 +442,12 @@ mod tests {
             max_size: 4096,
             max_files: 3,
         };
+        (dir, path, limits)
+    }
+
+    #[test]
+    fn chunks_and_tails_across_rotations() {
+        let (dir, path, limits) = scratch_log("chunks");
         // An empty log: nothing, from anywhere.
         assert_eq!(tail_cursor(&path, 3, 5).unwrap(), LogCursor::default());
         assert!(read_chunks(&path, 3, LogCursor::default(), 0).is_empty());
@@ -566,14 +573,7 @@ mod tests {
 
     #[test]
     fn lines_pieces_and_rotation() {
-        let dir = std::env::temp_dir().join(format!("swarmlet-logs-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("log");
-        let limits = LogLimits {
-            max_size: 4096,
-            max_files: 3,
-        };
+        let (dir, path, limits) = scratch_log("logs");
         let mut w = LogWriter::open(&path, limits).unwrap();
         w.write(Stream::Stdout, b"hel").unwrap();
         w.write(Stream::Stderr, b"oops\n").unwrap();
