@@ -548,10 +548,14 @@ impl Control {
             .manager()
             .filter(|m| m.unsure_of_role(self.me.id))
             .and_then(|m| m.role_query_at);
+        // An orchestration round waits for the last one to apply and for a current
+        // state; either comes with an input, which runs `orchestrate` anyway. Counting
+        // the wake before then would spin the loop on a deadline already past. After a
+        // refused round nothing runs before the hold ends, whatever the wake says.
         let wake = self
             .manager()
-            .filter(|m| m.raft.role == Role::Leader)
-            .and_then(|m| m.orch.wake);
+            .filter(|m| m.raft.role == Role::Leader && !m.orch.in_flight && m.state_is_current())
+            .and_then(|m| m.orch.hold_until.or(m.orch.wake));
         let logs = self
             .log_asks
             .values()
@@ -1517,6 +1521,7 @@ impl Control {
                 if let Some(m) = self.manager_mut() {
                     m.orch.in_flight = false;
                     m.orch.due = true;
+                    m.orch.refused = true;
                 }
             }
             Waiter::Load => {

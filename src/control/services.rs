@@ -37,7 +37,14 @@ pub(super) struct Orchestration {
     pub assign_due: bool,
     /// Per node, a hash of the set last sent and its version.
     pub sent: BTreeMap<NodeId, ([u8; 32], u64)>,
+    /// The last round was refused (a leadership transfer under way): the next waits
+    /// until then rather than spin.
+    pub refused: bool,
+    pub hold_until: Option<Instant>,
 }
+
+/// How long a refused round waits before the next.
+const ROUND_RETRY: Duration = Duration::from_millis(100);
 
 impl Orchestration {
     /// Leadership (re)gained, or the state replaced: start over.
@@ -169,8 +176,15 @@ impl Control {
         if !self.is_leader() || !current {
             return;
         }
-        let Some(m) = self.manager() else { return };
-        let (assign_due, busy) = (m.orch.assign_due, m.orch.in_flight);
+        let Some(m) = self.manager_mut() else { return };
+        if std::mem::take(&mut m.orch.refused) {
+            m.orch.hold_until = Some(now + ROUND_RETRY);
+        }
+        if m.orch.hold_until.is_some_and(|h| now >= h) {
+            m.orch.hold_until = None;
+        }
+        let held = m.orch.hold_until.is_some();
+        let (assign_due, busy) = (m.orch.assign_due, m.orch.in_flight || held);
         let due = m.orch.due || m.orch.wake.is_some_and(|w| now >= w);
         if assign_due {
             self.dispatch(None);
