@@ -362,7 +362,9 @@ impl<'s, 'n> Planner<'s, 'n> {
             for t in others {
                 let frees_room =
                     unplaceable && self.node(t.node).is_some_and(|n| self.may_take(n, spec));
+                // An old task still waiting for a node runs nothing: it goes at once.
                 let go = best.state == TaskState::Running
+                    || t.node.is_none()
                     || order == UpdateOrder::StopFirst
                     || frees_room
                     || ((replacement_failed || unplaceable) && !self.may_stay(t, spec));
@@ -630,6 +632,7 @@ impl<'s, 'n> Planner<'s, 'n> {
         };
         let since = status.started_ms;
         let mut busy = 0u64;
+        let mut unplaced = 0u64;
         let mut failed: Option<TaskId> = None;
         let mut slots_seen = std::collections::BTreeSet::new();
         // Slots where this update is replacing an outdated task placed on a live node
@@ -677,6 +680,9 @@ impl<'s, 'n> Planner<'s, 'n> {
                             || t.node.is_none() && emptied.contains(&slot_of(t))) =>
                 {
                     busy += 1;
+                    if t.node.is_none() {
+                        unplaced += 1;
+                    }
                 }
                 (TaskState::Running, Some(r)) if t.desired <= TaskState::Running => {
                     // The slot's worker rests `delay` once its new task runs.
@@ -723,6 +729,7 @@ impl<'s, 'n> Planner<'s, 'n> {
                 parallelism.saturating_sub(busy)
             },
             busy,
+            unplaced,
             failed: failed.filter(|_| over),
         }
     }
@@ -803,7 +810,7 @@ impl<'s, 'n> Planner<'s, 'n> {
             .map(|t| slot_of(t))
             .collect();
         let all_fresh = required.iter().all(|s| fresh.contains(s));
-        if !outdated && !starting && view.busy == 0 && all_fresh {
+        if !outdated && !starting && view.busy == view.unplaced && all_fresh {
             self.ops.push(TaskOp::UpdateStatus {
                 service: svc.id,
                 status: UpdateStatus {
@@ -831,6 +838,9 @@ struct UpdateView {
     /// Slots the update may take on now (unlimited when no update runs).
     free: u64,
     busy: u64,
+    /// Of `busy`, new tasks no node can take yet: they hold the update's workers while
+    /// more slots are to go, but do not keep a finished update open.
+    unplaced: u64,
     failed: Option<TaskId>,
 }
 
