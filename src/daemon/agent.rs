@@ -4,7 +4,7 @@
 //! must not hold up a stop), and report back when done. Nothing is kept on disk: a
 //! restarted daemon finds its tasks' containers by their labels.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ use crate::api::RunRequest;
 use crate::model::container::{LogLimits, RestartPolicy, Status};
 use crate::raft::NodeId;
 use crate::services::agent::{
-    plan, Action, AgentStatus, Assignment, Assignments, NodeDescription, Seen, LABEL_NODE,
+    Action, AgentStatus, Assignment, Assignments, Book, NodeDescription, Seen, LABEL_NODE,
     LABEL_SERVICE, LABEL_SERVICE_ID, LABEL_TASK,
 };
 use crate::services::store::{TaskId, TaskReport};
@@ -60,9 +60,7 @@ pub fn spawn(
                 engine,
                 node,
                 desc,
-                set: Assignments::default(),
-                known: BTreeMap::new(),
-                busy: BTreeSet::new(),
+                book: Book::default(),
                 tx: worker_tx,
             };
             a.run(rx, status_tx)
@@ -96,11 +94,7 @@ struct Loop {
     engine: Arc<Engine>,
     node: NodeId,
     desc: NodeDescription,
-    set: Assignments,
-    /// The last state of each assigned task, as reported.
-    known: BTreeMap<TaskId, TaskReport>,
-    /// Tasks a worker thread is busy with.
-    busy: BTreeSet<TaskId>,
+    book: Book,
     tx: mpsc::Sender<Msg>,
 }
 
@@ -122,11 +116,7 @@ impl Loop {
             }
             changed |= self.reconcile();
             if changed || Instant::now() >= next_status {
-                let st = AgentStatus {
-                    have: self.set.version,
-                    reports: self.known.values().cloned().collect(),
-                    desc: self.desc.clone(),
-                };
+                let st = self.book.status(&self.desc);
                 // A full queue means the loop is behind: the next tick says it all again.
                 if out.try_send(st).is_err() && out.is_closed() {
                     return;
@@ -139,41 +129,18 @@ impl Loop {
     /// Takes a message in; says whether anything changed.
     fn take(&mut self, m: Msg) -> bool {
         match m {
-            Msg::Assign(a) => {
-                if a.version <= self.set.version && self.set.version != 0 {
-                    return false;
-                }
-                self.set = *a;
-                let keep: BTreeSet<TaskId> = self.set.tasks.iter().map(|t| t.task).collect();
-                self.known.retain(|t, _| keep.contains(t));
-                true
-            }
-            Msg::Report(r) => self.note(r),
+            Msg::Assign(a) => self.book.assign(*a),
+            Msg::Report(r) => self.book.note(r),
             Msg::Done(t) => {
-                self.busy.remove(&t);
+                self.book.done(t);
                 true
             }
         }
-    }
-
-    fn note(&mut self, r: TaskReport) -> bool {
-        let at = self
-            .known
-            .get(&r.task)
-            .map_or(TaskState::Assigned, |k| k.state);
-        let assigned = self.set.tasks.iter().any(|a| a.task == r.task);
-        if assigned && at.may_become(r.state) {
-            self.known.insert(r.task, r);
-            return true;
-        }
-        false
     }
 
     /// Looks at the containers and acts; says whether a task's state changed.
     fn reconcile(&mut self) -> bool {
-        // Until the first set arrives (a restarted daemon), the containers found are
-        // not known to be unassigned: touch nothing.
-        if self.set.version == 0 {
+        if self.book.set.version == 0 {
             return false;
         }
         let seen = match self.seen() {
@@ -183,12 +150,8 @@ impl Loop {
                 return false;
             }
         };
-        let p = plan(&self.set.tasks, &seen, &self.busy, &self.known);
-        let mut changed = false;
-        for r in p.reports {
-            changed |= self.note(r);
-        }
-        for a in p.actions {
+        let (actions, changed) = self.book.reconcile(&seen);
+        for a in actions {
             self.act(a, &seen);
         }
         changed
@@ -223,16 +186,9 @@ impl Loop {
         let tx = self.tx.clone();
         match a {
             Action::Start(task) => {
-                let Some(asg) = self.set.tasks.iter().find(|t| t.task == task).cloned() else {
-                    return;
+                let Some(asg) = self.book.assignment(task).cloned() else {
+                    return self.book.done(task);
                 };
-                self.busy.insert(task);
-                self.note(TaskReport {
-                    task,
-                    state: TaskState::Preparing,
-                    message: "preparing".into(),
-                    error: String::new(),
-                });
                 let node = self.node;
                 spawn_worker(move || {
                     if let Err(e) = start(&engine, node, &asg) {
@@ -248,22 +204,13 @@ impl Loop {
             }
             Action::Stop(task) => {
                 let Some((container, _)) = seen.get(&task).cloned() else {
-                    return;
+                    return self.book.done(task);
                 };
-                let grace = self
-                    .set
-                    .tasks
-                    .iter()
-                    .find(|t| t.task == task)
+                let asg = self.book.assignment(task);
+                let grace = asg
                     .and_then(|t| t.template.as_ref())
                     .map_or(10, |tpl| tpl.stop_grace_ms.div_ceil(1000) as i64);
-                let desired = self
-                    .set
-                    .tasks
-                    .iter()
-                    .find(|t| t.task == task)
-                    .map_or(TaskState::Shutdown, |t| t.desired);
-                self.busy.insert(task);
+                let desired = asg.map_or(TaskState::Shutdown, |t| t.desired);
                 spawn_worker(move || {
                     match engine.containers.stop(&container, Some(grace)) {
                         Ok(_) if desired > TaskState::Running => {
@@ -280,13 +227,7 @@ impl Loop {
                     let _ = tx.send(Msg::Done(task));
                 });
             }
-            Action::Remove { container } => {
-                let task = seen
-                    .iter()
-                    .find(|(_, (c, _))| *c == container)
-                    .map(|(t, _)| *t);
-                let Some(task) = task else { return };
-                self.busy.insert(task);
+            Action::Remove { task, container } => {
                 spawn_worker(move || {
                     if let Err(e) = engine.containers.remove(&container, true) {
                         warning!("agent: cannot remove container {container}: {e}");

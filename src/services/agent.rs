@@ -95,8 +95,9 @@ pub enum Action {
     Start(TaskId),
     /// Stop the task's container (its stop signal, then SIGKILL after the grace).
     Stop(TaskId),
-    /// Stop if running, and remove, a container whose task is no longer assigned.
-    Remove { container: String },
+    /// Stop if running, and remove, a container whose task is no longer assigned (or
+    /// was created and never started: a daemon that died mid-start left it).
+    Remove { task: TaskId, container: String },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -173,7 +174,27 @@ pub fn plan(
                 ),
             ),
             None => {}
-            Some(Seen::Created) => {}
+            // A start is not working on it (it would be busy): the daemon died between
+            // create and start. It never ran; the orchestrator makes a new task.
+            Some(Seen::Created) => {
+                if !now.is_terminal() {
+                    say(
+                        &mut p,
+                        report(
+                            a.task,
+                            TaskState::Failed,
+                            "failed",
+                            "task: the container was created but never started",
+                        ),
+                    );
+                }
+                if let Some((c, _)) = seen.get(&a.task) {
+                    p.actions.push(Action::Remove {
+                        task: a.task,
+                        container: c.clone(),
+                    });
+                }
+            }
             Some(Seen::Running { health }) => match health {
                 Some(HealthStatus::Starting) => {
                     say(&mut p, report(a.task, TaskState::Starting, "starting", ""))
@@ -216,11 +237,94 @@ pub fn plan(
     for (task, (container, _)) in seen {
         if !kept.contains(task) && !busy.contains(task) {
             p.actions.push(Action::Remove {
+                task: *task,
                 container: container.clone(),
             });
         }
     }
     p
+}
+
+/// What an agent keeps between its looks at the containers: the set it holds, what it
+/// last said of each task, and the tasks an action is working on. The daemon's agent
+/// and the simulation's both run on it.
+#[derive(Debug, Default)]
+pub struct Book {
+    pub set: Assignments,
+    known: BTreeMap<TaskId, TaskReport>,
+    busy: BTreeSet<TaskId>,
+}
+
+impl Book {
+    /// Takes a set from the leader; says whether it replaced the one held (an older or
+    /// repeated set does not).
+    pub fn assign(&mut self, a: Assignments) -> bool {
+        if a.version <= self.set.version && self.set.version != 0 {
+            return false;
+        }
+        self.set = a;
+        let keep: BTreeSet<TaskId> = self.set.tasks.iter().map(|t| t.task).collect();
+        self.known.retain(|t, _| keep.contains(t));
+        true
+    }
+
+    pub fn assignment(&self, task: TaskId) -> Option<&Assignment> {
+        self.set.tasks.iter().find(|a| a.task == task)
+    }
+
+    /// A task's state moves on, if it is assigned and the move goes forward; says
+    /// whether it did.
+    pub fn note(&mut self, r: TaskReport) -> bool {
+        let at = self
+            .known
+            .get(&r.task)
+            .map_or(TaskState::Assigned, |k| k.state);
+        if self.assignment(r.task).is_some() && at.may_become(r.state) {
+            self.known.insert(r.task, r);
+            return true;
+        }
+        false
+    }
+
+    /// An action on `task` is over.
+    pub fn done(&mut self, task: TaskId) {
+        self.busy.remove(&task);
+    }
+
+    /// Decides on the containers `seen`: notes the new task states, marks the tasks it
+    /// acts on busy (a start says Preparing) and returns the actions and whether a
+    /// state changed. Until a first set arrives (a restarted daemon) the containers
+    /// found are not known to be unassigned: nothing is touched.
+    pub fn reconcile(&mut self, seen: &BTreeMap<TaskId, (String, Seen)>) -> (Vec<Action>, bool) {
+        if self.set.version == 0 {
+            return (Vec::new(), false);
+        }
+        let p = plan(&self.set.tasks, seen, &self.busy, &self.known);
+        let mut changed = false;
+        for r in p.reports {
+            changed |= self.note(r);
+        }
+        for a in &p.actions {
+            let task = match a {
+                Action::Start(t) => {
+                    changed |= self.note(report(*t, TaskState::Preparing, "preparing", ""));
+                    *t
+                }
+                Action::Stop(t) | Action::Remove { task: t, .. } => *t,
+            };
+            self.busy.insert(task);
+        }
+        (p.actions, changed)
+    }
+
+    /// What goes to the leader.
+    pub fn status(&self, desc: &NodeDescription) -> AgentStatus {
+        AgentStatus {
+            have: self.set.version,
+            reports: self.known.values().cloned().collect(),
+            desc: desc.clone(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -269,6 +373,7 @@ mod tests {
         assert_eq!(
             p.actions,
             vec![Action::Remove {
+                task: TaskId(9),
                 container: "c9".into()
             }],
             "an unassigned container goes"

@@ -47,6 +47,8 @@ use std::time::{Duration, Instant};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
+mod services;
+
 use super::net::{Faults, Net};
 use crate::api::{NodeView, Request, Response};
 use crate::cluster::token::{JoinToken, TokenRole};
@@ -67,7 +69,7 @@ const ACTIVE: Duration = Duration::from_secs(30);
 /// made just before healing gives up within its timeout, gossip needs a few seconds to
 /// bring every node's liveness to the leader, and a leader elected after healing marks
 /// Down what gossip never heard of after its grace period.
-const SETTLE: Duration = Duration::from_secs(30);
+const SETTLE: Duration = Duration::from_secs(45);
 const _: () = assert!(SETTLE.as_secs() >= JOIN_TIMEOUT.as_secs() + 10);
 const _: () = assert!(SETTLE.as_secs() >= FORWARD_DEADLINE.as_secs() + 10);
 const _: () = assert!(SETTLE.as_secs() >= UNHEARD_GRACE.as_secs() + 10);
@@ -105,6 +107,9 @@ enum Expect {
     Labels(NodeId, Vec<(String, String)>),
     Remove(NodeId),
     Rotate(TokenRole),
+    /// A service create, update, scale or rollback of this name.
+    Service(String),
+    ServiceRemove,
 }
 
 #[derive(Clone, Debug)]
@@ -138,6 +143,7 @@ struct Running {
     endpoint: Option<Endpoint>,
     writing: Option<Writing>,
     open: BTreeMap<RequestId, Asked>,
+    agent: services::Agent,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,6 +162,8 @@ struct Node {
     id: NodeId,
     addr: SocketAddr,
     disk: Disk,
+    /// Its tasks' containers.
+    machine: services::Machine,
     run: Option<Running>,
     /// A crashed node comes back at this time.
     restart_at: Option<Instant>,
@@ -316,6 +324,9 @@ pub struct Stats {
     pub removed_heard_by_workers: u64,
     /// Removed nodes the leader told so, which left.
     pub removed_left: u64,
+    pub tasks_started: u64,
+    pub tasks_rejected: u64,
+    pub services_checked: u64,
 }
 
 impl Stats {
@@ -338,6 +349,9 @@ impl Stats {
         self.send_errors += o.send_errors;
         self.removed_heard_by_workers += o.removed_heard_by_workers;
         self.removed_left += o.removed_left;
+        self.tasks_started += o.tasks_started;
+        self.tasks_rejected += o.tasks_rejected;
+        self.services_checked += o.services_checked;
     }
 }
 
@@ -378,6 +392,8 @@ pub struct Sim {
     instant: (Instant, u64),
     trace: VecDeque<String>,
     pub stats: Stats,
+    /// When each index was learned committed.
+    commit_times: Vec<(Instant, Index)>,
 }
 
 fn per_mille(rng: &mut ChaCha8Rng, p: u32) -> bool {
@@ -434,6 +450,7 @@ impl Sim {
                     id: cluster::node_id(&key),
                     addr: SocketAddr::from(([10, 0, 0, octet], PORT)),
                     disk: Disk::default(),
+                    machine: services::Machine::new(),
                     run: None,
                     restart_at: None,
                     fate: Fate::Live,
@@ -480,6 +497,7 @@ impl Sim {
             instant: (start, 0),
             trace: VecDeque::new(),
             stats: Stats::default(),
+            commit_times: Vec::new(),
         };
         for i in 0..count {
             sim.boot(i);
@@ -645,11 +663,19 @@ impl Sim {
             endpoint,
             writing: None,
             open: BTreeMap::new(),
+            agent: services::Agent::new(self.now),
         });
         n.restart_at = None;
         n.checked_applied = None;
+        // Each machine's wall clock is off by up to 2 s (edge boxes without NTP): a new
+        // leader's clock may be behind the last one's.
+        let skew = i64::from(self.rng.next_u32() % 4_000) - 2_000;
+        let elapsed = i64::try_from(self.now.duration_since(self.start).as_millis())
+            .expect("invariant: runs last minutes");
+        let wall = (WALL_START_NANOS / 1_000_000) as i64 + elapsed + skew;
+        let now = self.now;
+        self.run_mut(i).stack.set_clock(now, wall as u64);
         if resume {
-            let now = self.now;
             self.run_mut(i).stack.resume(now);
         }
         self.note(format!("{i} starts (resume {resume})"));
@@ -678,14 +704,16 @@ impl Sim {
                 }
             }
         }
+        let orphan = run.open.values().any(|a| matches!(a.kind, Kind::Join));
+        let open = run.open.len();
+        self.agent_dies(i, run.agent, fate);
         let n = &mut self.nodes[i];
-        if run.open.values().any(|a| matches!(a.kind, Kind::Join)) {
+        if orphan {
             n.orphaned = true;
         }
         n.reserved = false;
         n.fate = fate;
         self.stats.crashes += 1;
-        let open = run.open.len();
         self.note(format!(
             "{i} crashes ({fate:?}; {open} requests lost, {kept} writes of the job in flight kept)"
         ));
@@ -757,8 +785,9 @@ impl Sim {
                 }
             }
             Io::Answer { id, resp } => self.on_answer(i, id, resp),
-            // No services run in this simulation yet (its nodes have no agent).
-            Io::Assign(_) | Io::ReadLogs { .. } => {}
+            Io::Assign(a) => self.run_mut(i).agent.assign(now, *a),
+            // `service logs` is not asked for here.
+            Io::ReadLogs { .. } => {}
             Io::Bind {
                 listen, advertise, ..
             } => {
@@ -902,6 +931,7 @@ impl Sim {
             r.stack.poll_timeout(),
             r.endpoint.as_ref().and_then(Endpoint::poll_timeout),
             r.writing.as_ref().map(|w| w.done_at),
+            Some(r.agent.deadline()),
         ]
         .into_iter()
         .flatten()
@@ -928,6 +958,10 @@ impl Sim {
             run.stack.handle_timeout(now);
         }
         self.pump(i);
+        if self.run_mut(i).agent.deadline() <= now {
+            self.agent_turn(i);
+            self.pump(i);
+        }
     }
 
     fn deliver(&mut self, from: SocketAddr, to: SocketAddr, mut data: Vec<u8>) {
@@ -1216,6 +1250,7 @@ impl Sim {
     /// The oracle applies a newly committed entry.
     fn learn(&mut self, e: Entry) {
         let index = e.index;
+        self.commit_times.push((self.now, index));
         self.stats.commits += 1;
         let Some((cmd, ok)) = self.oracle.apply(e) else {
             return;
@@ -1538,6 +1573,9 @@ impl Sim {
                     ) => id == c && add == label_add,
                     (Expect::Remove(id), Command::RemoveNode(c)) => id == c,
                     (Expect::Rotate(role), Command::RotateToken { role: r, .. }) => role == r,
+                    (Expect::Service(_) | Expect::ServiceRemove, c) => {
+                        Self::service_write_matches(expect, c)
+                    }
                     _ => false,
                 }
         });
@@ -1709,17 +1747,18 @@ impl Sim {
             return;
         }
         match self.rng.next_u32() % 100 {
-            0..=24 => self.work_join(),
-            25..=29 => self.work_rotate(),
-            30..=41 => self.work_set_role(),
-            42..=51 => self.work_labels(),
-            52..=59 => self.work_remove(),
-            60..=64 => self.work_leave(),
-            65..=82 => self.work_read(),
-            83..=85 => self.work_kill(),
-            86..=89 => self.work_zombie(),
-            90..=94 => self.work_odd_join(),
-            _ => self.work_misdirected(),
+            0..=19 => self.work_join(),
+            20..=23 => self.work_rotate(),
+            24..=33 => self.work_set_role(),
+            34..=42 => self.work_labels(),
+            43..=49 => self.work_remove(),
+            50..=53 => self.work_leave(),
+            54..=66 => self.work_read(),
+            67..=69 => self.work_kill(),
+            70..=72 => self.work_zombie(),
+            73..=76 => self.work_odd_join(),
+            77..=79 => self.work_misdirected(),
+            _ => self.work_service(),
         }
     }
 
@@ -2067,6 +2106,7 @@ impl Sim {
                 self.heal_at = None;
                 self.note("partition healed".into());
             }
+            7 => self.container_dies(),
             6 => {
                 self.net.faults.loss = [0, 5, 20, 50, 100][self.rng.next_u32() as usize % 5];
                 self.net.faults.dup = [0, 10, 30][self.rng.next_u32() as usize % 3];
@@ -2151,6 +2191,7 @@ impl Sim {
         for i in 0..self.nodes.len() {
             self.check_settled_node(i, &state);
         }
+        self.check_settled_services(&state);
     }
 
     /// What the voters of the most advanced manager are up to, to tell a lost quorum
@@ -2307,8 +2348,17 @@ impl Sim {
                     ));
                 }
                 if role == NodeRole::Manager {
+                    // Agents still report (a task that cannot pull its image is
+                    // retried for good): what committed in the last second may be on
+                    // its way.
+                    let settled_at = self
+                        .commit_times
+                        .iter()
+                        .rev()
+                        .find(|(t, _)| self.now.duration_since(*t) >= Duration::from_secs(1))
+                        .map_or(Index(0), |(_, i)| *i);
                     let applied = run.stack.raft().map(|r| r.status().applied);
-                    if applied != Some(self.oracle.applied) {
+                    if applied.is_none_or(|a| a < settled_at) {
                         self.fail(format!(
                             "settled: manager {i} applied {applied:?}, the cluster committed {}",
                             self.oracle.applied.0
@@ -2548,6 +2598,14 @@ fn replay() {
         assert!(
             total.reads_checked > 0,
             "the workload read the state: {total:?}"
+        );
+        assert!(
+            total.tasks_started > 0 && total.tasks_rejected > 0,
+            "agents started tasks, and rejected some: {total:?}"
+        );
+        assert!(
+            total.services_checked > 0,
+            "services were checked once settled: {total:?}"
         );
     }
 }
