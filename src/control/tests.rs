@@ -1794,6 +1794,42 @@ fn proposals_raft_refuses_are_answered_with_the_reason() {
 }
 
 #[test]
+fn a_refused_orchestration_round_waits_before_the_next() {
+    // Found by the control-plane simulation: a round refused during a leadership
+    // transfer was proposed again at once, and again, without the loop returning.
+    let s = state(&[1], &[5]);
+    let (mut l, now) = manager(1, &s, view(Role::Leader, Some(1), &[1]));
+    let create = crate::services::store::ServiceCommand::Create {
+        id: crate::services::ServiceId(7),
+        spec: crate::services::spec::ServiceSpec::new("web", "busybox"),
+        at_ms: 0,
+    };
+    l.handle(now, committed(&Command::Service(Box::new(create)), 11));
+    let (tag, cmd) = proposal(&drain(&mut l));
+    assert!(matches!(cmd, Command::Service(_)), "a round: {cmd:?}");
+    l.handle(
+        now,
+        Input::Proposed {
+            tag,
+            result: Err(ProposeError::Transferring),
+        },
+    );
+    let effects = drain(&mut l);
+    assert!(
+        !effects.iter().any(|e| matches!(e, Effect::Propose { .. })),
+        "no round again at once: {effects:#?}"
+    );
+    let next = l.poll_timeout().expect("a deadline for the next round");
+    assert!(next > now, "the deadline is not already past");
+    l.handle_timeout(next);
+    let (_, cmd) = proposal(&drain(&mut l));
+    assert!(
+        matches!(cmd, Command::Service(_)),
+        "the round again: {cmd:?}"
+    );
+}
+
+#[test]
 fn the_leader_records_what_gossip_says_and_catches_up_when_elected() {
     let s = state(&[1, 2], &[5, 6]);
     let (mut l, now) = manager(1, &s, view(Role::Leader, Some(1), &[1, 2]));

@@ -382,6 +382,49 @@ fn no_eligible_node_keeps_tasks_pending_with_the_reason() {
 }
 
 #[test]
+fn updates_while_no_node_has_room_keep_one_pending_task_per_slot() {
+    // Found by the control-plane simulation: each update made a new pending task per
+    // slot and kept the older ones, which run nothing, desired running.
+    let mut w = World::new(2);
+    for n in &mut w.nodes {
+        n.availability = Availability::Drain;
+    }
+    let mut spec = replicated("web", 2);
+    spec.update.order = UpdateOrder::StartFirst;
+    let svc = w.create(spec);
+    w.settle();
+    for image in ["busybox:2", "busybox:3"] {
+        w.update(svc, |s| s.task.image = image.into());
+        w.settle();
+    }
+    let live: Vec<(u64, u64)> = w
+        .store
+        .tasks
+        .values()
+        .filter(|t| t.is_live())
+        .map(|t| (t.slot, t.version))
+        .collect();
+    let mut live = live;
+    live.sort();
+    assert_eq!(
+        live,
+        vec![(1, 3), (2, 3)],
+        "one pending task per slot, the newest"
+    );
+    let s = &w.store.services[&svc];
+    assert_eq!(
+        s.update.as_ref().map(|u| u.state),
+        Some(UpdateState::Completed),
+        "nothing left the update can do"
+    );
+    for n in &mut w.nodes {
+        n.availability = Availability::Active;
+    }
+    w.settle();
+    assert_eq!(w.running(svc).len(), 2);
+}
+
+#[test]
 fn a_rolling_update_keeps_parallelism() {
     for order in [UpdateOrder::StopFirst, UpdateOrder::StartFirst] {
         let mut w = World::new(3);

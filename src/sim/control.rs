@@ -11,7 +11,8 @@
 //! Interleaved faults: loss, duplication, reordering, partitions (one node both ways,
 //! one way, two sides), crashes that lose the write in flight (a prefix of it may land)
 //! and restarts from what was durable, nodes that die for good, and removed nodes that
-//! come back from the dead. Then the network heals and the cluster settles.
+//! come back from the dead. Then the network heals and the cluster settles. Services
+//! run on every node through a simulated agent ([`services`], which says what it checks).
 //!
 //! Checked on every step:
 //! - no two leaders in one Raft term;
