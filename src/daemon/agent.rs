@@ -26,6 +26,8 @@ const TICK: Duration = Duration::from_secs(1);
 
 enum Msg {
     Assign(Box<Assignments>),
+    /// The node left its cluster.
+    Leave,
     /// A worker thread's word on a task (intermediate or final).
     Report(TaskReport),
     /// A worker thread finished with a task (or a container, by task id).
@@ -41,6 +43,11 @@ pub struct Agent {
 impl Agent {
     pub fn assign(&self, a: Box<Assignments>) {
         let _ = self.tx.send(Msg::Assign(a));
+    }
+
+    /// The node is out of its cluster: its tasks' containers go.
+    pub fn leave(&self) {
+        let _ = self.tx.send(Msg::Leave);
     }
 }
 
@@ -130,6 +137,10 @@ impl Loop {
     fn take(&mut self, m: Msg) -> bool {
         match m {
             Msg::Assign(a) => self.book.assign(*a),
+            Msg::Leave => {
+                self.book.leave();
+                true
+            }
             Msg::Report(r) => self.book.note(r),
             Msg::Done(t) => {
                 self.book.done(t);
@@ -140,9 +151,6 @@ impl Loop {
 
     /// Looks at the containers and acts; says whether a task's state changed.
     fn reconcile(&mut self) -> bool {
-        if self.book.set.version == 0 {
-            return false;
-        }
         let seen = match self.seen() {
             Ok(s) => s,
             Err(e) => {

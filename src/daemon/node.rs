@@ -401,6 +401,9 @@ impl Node {
                     }
                 }
                 Io::SaveMembership(m) => {
+                    if m.is_none() {
+                        self.agent.leave();
+                    }
                     if let Err(e) = save_membership(&self.data_dir, m.as_ref()) {
                         self.dropped.membership_not_saved += 1;
                         error!("cannot save the membership file: {e:#}");

@@ -253,15 +253,19 @@ pub struct Book {
     pub set: Assignments,
     known: BTreeMap<TaskId, TaskReport>,
     busy: BTreeSet<TaskId>,
+    /// The node left its cluster (or was removed): its tasks' containers go, and the
+    /// next cluster's first set is taken whatever its version.
+    out: bool,
 }
 
 impl Book {
     /// Takes a set from the leader; says whether it replaced the one held (an older or
     /// repeated set does not).
     pub fn assign(&mut self, a: Assignments) -> bool {
-        if a.version <= self.set.version && self.set.version != 0 {
+        if a.version <= self.set.version && self.set.version != 0 && !self.out {
             return false;
         }
+        self.out = false;
         self.set = a;
         let keep: BTreeSet<TaskId> = self.set.tasks.iter().map(|t| t.task).collect();
         self.known.retain(|t, _| keep.contains(t));
@@ -270,6 +274,14 @@ impl Book {
 
     pub fn assignment(&self, task: TaskId) -> Option<&Assignment> {
         self.set.tasks.iter().find(|a| a.task == task)
+    }
+
+    /// The node is out of its cluster: nothing is assigned any more (as Swarm does on
+    /// `swarm leave`, its tasks' containers are removed: the managers replaced them).
+    pub fn leave(&mut self) {
+        self.set = Assignments::default();
+        self.known.clear();
+        self.out = true;
     }
 
     /// A task's state moves on, if it is assigned and the move goes forward; says
@@ -296,7 +308,7 @@ impl Book {
     /// state changed. Until a first set arrives (a restarted daemon) the containers
     /// found are not known to be unassigned: nothing is touched.
     pub fn reconcile(&mut self, seen: &BTreeMap<TaskId, (String, Seen)>) -> (Vec<Action>, bool) {
-        if self.set.version == 0 {
+        if self.set.version == 0 && !self.out {
             return (Vec::new(), false);
         }
         let p = plan(&self.set.tasks, seen, &self.busy, &self.known);
@@ -428,5 +440,45 @@ mod tests {
         let p = plan(&[x], &BTreeMap::new(), &BTreeSet::new(), &BTreeMap::new());
         assert!(p.actions.is_empty());
         assert_eq!(p.reports[0].state, TaskState::Rejected);
+    }
+
+    #[test]
+    fn leaving_removes_the_containers_and_takes_the_next_clusters_first_set() {
+        let mut b = Book::default();
+        assert!(b.assign(Assignments {
+            version: 500,
+            tasks: vec![a(1, TaskState::Running)],
+        }));
+        let mut seen = BTreeMap::new();
+        seen.insert(
+            TaskId(1),
+            ("c1".to_string(), Seen::Running { health: None }),
+        );
+        assert!(
+            b.reconcile(&seen).0.is_empty(),
+            "its task runs: nothing to do"
+        );
+        b.leave();
+        assert_eq!(
+            b.reconcile(&seen).0,
+            vec![Action::Remove {
+                task: TaskId(1),
+                container: "c1".into()
+            }]
+        );
+        b.done(TaskId(1));
+        // A new cluster counts its versions from its own start.
+        assert!(b.assign(Assignments {
+            version: 3,
+            tasks: vec![a(2, TaskState::Running)],
+        }));
+        assert_eq!(
+            b.reconcile(&BTreeMap::new()).0,
+            vec![Action::Start(TaskId(2))]
+        );
+        assert!(!b.assign(Assignments {
+            version: 2,
+            tasks: vec![],
+        }));
     }
 }

@@ -841,6 +841,9 @@ impl Sim {
             Io::SaveMembership(m) => {
                 let role = m.as_ref().map(|m| m.role);
                 self.note(format!("{i} saves membership {role:?}"));
+                if m.is_none() {
+                    self.run_mut(i).agent.leave(now);
+                }
                 self.nodes[i].disk.membership = m;
             }
             Io::OpenLog => {

@@ -19,7 +19,8 @@
 //! only where no active eligible node has room; a global service runs one current task
 //! on every active eligible node and none where the node is drained or no longer
 //! eligible. On every live member the running containers are exactly the tasks the
-//! state has running there: nothing duplicated, nothing left behind.
+//! state has running there: nothing duplicated, nothing left behind; a node that left
+//! (or was removed) runs none.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -101,6 +102,12 @@ impl Agent {
         if self.book.assign(a) {
             self.next_status = now;
         }
+    }
+
+    /// The node is out of its cluster.
+    pub fn leave(&mut self, now: Instant) {
+        self.book.leave();
+        self.next_status = now;
     }
 
     /// The daemon dies: a start under way may have created its container and not
@@ -557,6 +564,23 @@ impl Sim {
                 .nodes
                 .get(&n.id)
                 .is_some_and(|r| r.status == NodeStatus::Ready);
+            let outside = n
+                .run
+                .as_ref()
+                .is_some_and(|r| r.stack.control().membership().is_none());
+            if outside {
+                let left: Vec<&TaskId> = n
+                    .machine
+                    .iter()
+                    .filter(|(_, k)| matches!(k.seen, Seen::Running { .. }))
+                    .map(|(t, _)| t)
+                    .collect();
+                if !left.is_empty() {
+                    self.fail(format!(
+                        "settled: node {i} is in no cluster but runs the containers of tasks {left:?}"
+                    ));
+                }
+            }
             if !(member && ready) {
                 continue;
             }
