@@ -35,4 +35,6 @@ pub use self::core::{
 };
 pub use logs::{LOG_DEADLINE, LOG_RETRY};
 pub use msg::{GossipMeta, ManagerAddr, Membership, PeerMsg};
+#[cfg(test)]
+pub(crate) use services::node_facts;
 pub use stack::{Admission, Io, LogWrite, RaftLog, Stack, StackConfig};

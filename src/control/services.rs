@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::core::{Control, Effect, NodeState, Reply};
 use super::msg::PeerMsg;
 use crate::api::{Request, Response, ServiceView, TaskView};
-use crate::cluster::{ClusterState, Command, NodeStatus};
+use crate::cluster::{ClusterState, Command, NodeRecord, NodeStatus};
 use crate::raft::NodeId;
 use crate::services::agent::{AgentStatus, Assignment, Assignments};
 use crate::services::constraint::NodeFacts;
@@ -202,22 +202,13 @@ impl Control {
             return;
         }
         let round = {
-            let empty = BTreeMap::new();
             let infos: Vec<NodeInfo<'_>> = c
                 .nodes
                 .values()
                 .map(|n| {
                     let d = c.services.nodes.get(&n.id);
                     NodeInfo {
-                        facts: NodeFacts {
-                            id: n.id,
-                            hostname: &n.hostname,
-                            role: n.role,
-                            os: d.map_or("", |d| d.os.as_str()),
-                            arch: d.map_or("", |d| d.arch.as_str()),
-                            labels: &n.labels,
-                            engine_labels: d.map_or(&empty, |d| &d.engine_labels),
-                        },
+                        facts: node_facts(c, n),
                         ready: n.status == NodeStatus::Ready,
                         availability: n.availability,
                         capacity: Resources {
@@ -430,6 +421,21 @@ impl Control {
             }
             _ => Response::Error("not a service read".into()),
         }
+    }
+}
+
+/// A node as constraints see it: its record and what its agent said it offers.
+pub(crate) fn node_facts<'c>(c: &'c ClusterState, n: &'c NodeRecord) -> NodeFacts<'c> {
+    static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+    let d = c.services.nodes.get(&n.id);
+    NodeFacts {
+        id: n.id,
+        hostname: &n.hostname,
+        role: n.role,
+        os: d.map_or("", |d| d.os.as_str()),
+        arch: d.map_or("", |d| d.arch.as_str()),
+        labels: &n.labels,
+        engine_labels: d.map_or(&EMPTY, |d| &d.engine_labels),
     }
 }
 

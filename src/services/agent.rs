@@ -116,6 +116,10 @@ fn report(task: TaskId, state: TaskState, message: &str, error: &str) -> TaskRep
     }
 }
 
+fn failed(task: TaskId, why: &str) -> TaskReport {
+    report(task, TaskState::Failed, "failed", why)
+}
+
 /// Decides what to do. `seen` holds the containers that carry a task label (container
 /// id and state, by task); `busy` the tasks an action is still working on; `known`
 /// the last state reported for each task.
@@ -164,29 +168,16 @@ pub fn plan(
                     ),
                 ),
             },
-            None if !now.is_terminal() => say(
-                &mut p,
-                report(
-                    a.task,
-                    TaskState::Failed,
-                    "failed",
-                    "task: the container is gone",
-                ),
-            ),
+            None if !now.is_terminal() => {
+                say(&mut p, failed(a.task, "task: the container is gone"))
+            }
             None => {}
             // A start is not working on it (it would be busy): the daemon died between
             // create and start. It never ran; the orchestrator makes a new task.
             Some(Seen::Created) => {
                 if !now.is_terminal() {
-                    say(
-                        &mut p,
-                        report(
-                            a.task,
-                            TaskState::Failed,
-                            "failed",
-                            "task: the container was created but never started",
-                        ),
-                    );
+                    let why = "task: the container was created but never started";
+                    say(&mut p, failed(a.task, why));
                 }
                 if let Some((c, _)) = seen.get(&a.task) {
                     p.actions.push(Action::Remove {
@@ -200,15 +191,7 @@ pub fn plan(
                     say(&mut p, report(a.task, TaskState::Starting, "starting", ""))
                 }
                 Some(HealthStatus::Unhealthy) => {
-                    say(
-                        &mut p,
-                        report(
-                            a.task,
-                            TaskState::Failed,
-                            "failed",
-                            "task: unhealthy container",
-                        ),
-                    );
+                    say(&mut p, failed(a.task, "task: unhealthy container"));
                     p.actions.push(Action::Stop(a.task));
                 }
                 _ => say(&mut p, report(a.task, TaskState::Running, "running", "")),

@@ -30,9 +30,10 @@ use rand_core::RngCore;
 use super::{millis, per_mille, pick, Expect, Fate, Kind, Sim};
 use crate::api::Request;
 use crate::cluster::{Availability, ClusterState, Command, NodeStatus};
+use crate::control::node_facts;
 use crate::raft::NodeId;
 use crate::services::agent::{Action, Assignments, Book, NodeDescription, Seen};
-use crate::services::constraint::{Constraint, NodeFacts};
+use crate::services::constraint::Constraint;
 use crate::services::spec::{FailureAction, Mode, ServiceSpec, UpdateConfig, UpdateOrder};
 use crate::services::store::{Service, ServiceCommand, TaskId, TaskReport, UpdateState};
 use crate::services::task::TaskState;
@@ -155,22 +156,6 @@ fn runnable(spec: &ServiceSpec) -> bool {
     !spec.task.image.starts_with("missing")
 }
 
-/// The node as the orchestrator matches constraints against it.
-fn facts<'c>(c: &'c ClusterState, id: NodeId) -> Option<NodeFacts<'c>> {
-    static EMPTY: BTreeMap<String, String> = BTreeMap::new();
-    let n = c.nodes.get(&id)?;
-    let d = c.services.nodes.get(&id);
-    Some(NodeFacts {
-        id,
-        hostname: &n.hostname,
-        role: n.role,
-        os: d.map_or("", |d| d.os.as_str()),
-        arch: d.map_or("", |d| d.arch.as_str()),
-        labels: &n.labels,
-        engine_labels: d.map_or(&EMPTY, |d| &d.engine_labels),
-    })
-}
-
 /// Ready, and meets the service's constraints; `active` also asks it to take new tasks.
 fn fits(c: &ClusterState, s: &Service, id: NodeId, active: bool) -> bool {
     let Some(n) = c.nodes.get(&id) else {
@@ -181,16 +166,15 @@ fn fits(c: &ClusterState, s: &Service, id: NodeId, active: bool) -> bool {
         Availability::Pause => !active,
         Availability::Drain => false,
     };
-    n.status == NodeStatus::Ready
-        && takes
-        && facts(c, id).is_some_and(|f| {
-            s.spec
-                .task
-                .placement
-                .constraints
-                .iter()
-                .all(|k| k.matches(&f))
-        })
+    n.status == NodeStatus::Ready && takes && {
+        let f = node_facts(c, n);
+        s.spec
+            .task
+            .placement
+            .constraints
+            .iter()
+            .all(|k| k.matches(&f))
+    }
 }
 
 impl Sim {
