@@ -653,9 +653,26 @@ impl<'s, 'n> Planner<'s, 'n> {
             })
             .map(|t| slot_of(t))
             .collect();
+        // With failure action continue, a slot whose new task failed is done with as
+        // far as the update goes (Swarm moves on and completes): its retries, under the
+        // restart policy, hold no worker and do not keep the update open, nor does the
+        // old task a start-first update kept running there.
+        let gave_up: std::collections::BTreeSet<Slot> = tasks
+            .iter()
+            .filter(|t| {
+                cfg.failure_action == FailureAction::Continue
+                    && t.version == svc.version
+                    && t.created_ms >= since
+                    && matches!(t.state, TaskState::Failed | TaskState::Rejected)
+            })
+            .map(|t| slot_of(t))
+            .collect();
         for t in tasks {
             slots_seen.insert(slot_of(t));
             let made_here = t.version == svc.version && t.created_ms >= since;
+            if made_here && t.state < TaskState::Running && gave_up.contains(&slot_of(t)) {
+                continue;
+            }
             if t.version != svc.version {
                 // An outdated task being stopped by the update holds its worker.
                 if t.desired > TaskState::Running && !t.state.is_terminal() && self.node_up(t.node)
@@ -731,6 +748,7 @@ impl<'s, 'n> Planner<'s, 'n> {
             busy,
             unplaced,
             failed: failed.filter(|_| over),
+            gave_up,
         }
     }
 
@@ -792,12 +810,14 @@ impl<'s, 'n> Planner<'s, 'n> {
                 && (t.is_live() || (t.desired > TaskState::Running && !t.state.is_terminal()))
                 && self.node_up(t.node)
                 && !stuck(t)
+                && !view.gave_up.contains(&slot_of(t))
         });
         let starting = tasks.iter().any(|t| {
             t.version == svc.version
                 && t.is_live()
                 && t.state < TaskState::Running
                 && self.node_up(t.node)
+                && !view.gave_up.contains(&slot_of(t))
         });
         // A slot whose new task finds no node is as updated as it can be.
         let fresh: std::collections::BTreeSet<Slot> = tasks
@@ -809,7 +829,9 @@ impl<'s, 'n> Planner<'s, 'n> {
             })
             .map(|t| slot_of(t))
             .collect();
-        let all_fresh = required.iter().all(|s| fresh.contains(s));
+        let all_fresh = required
+            .iter()
+            .all(|s| fresh.contains(s) || view.gave_up.contains(s));
         if !outdated && !starting && view.busy == view.unplaced && all_fresh {
             self.ops.push(TaskOp::UpdateStatus {
                 service: svc.id,
@@ -842,6 +864,8 @@ struct UpdateView {
     /// more slots are to go, but do not keep a finished update open.
     unplaced: u64,
     failed: Option<TaskId>,
+    /// Slots a `continue` update moved on from after their new task failed.
+    gave_up: std::collections::BTreeSet<Slot>,
 }
 
 enum SlotNeeds {

@@ -509,6 +509,32 @@ fn a_failed_update_pauses_by_default() {
 }
 
 #[test]
+fn a_failed_update_with_continue_goes_on_and_completes() {
+    let mut w = World::new(3);
+    let mut spec = replicated("web", 3);
+    spec.update.failure_action = FailureAction::Continue;
+    let svc = w.create(spec);
+    w.settle();
+    w.broken.insert("busybox:nope".into());
+    w.update(svc, |s| s.task.image = "busybox:nope".into());
+    w.run_for(30_000);
+    let s = &w.store.services[&svc];
+    let u = s.update.as_ref().unwrap();
+    assert_eq!(u.state, UpdateState::Completed, "{}", u.message);
+    // Every slot was tried; none runs the old image, and the restart policy still
+    // retries the new one.
+    assert!(w.running(svc).iter().all(|t| t.version == 2));
+    let tried: BTreeSet<u64> = w
+        .store
+        .tasks
+        .values()
+        .filter(|t| t.version == 2 && t.state == TaskState::Rejected)
+        .map(|t| t.slot)
+        .collect();
+    assert_eq!(tried, BTreeSet::from([1, 2, 3]));
+}
+
+#[test]
 fn removing_a_service_removes_its_tasks() {
     let mut w = World::new(2);
     let svc = w.create(replicated("web", 3));

@@ -743,8 +743,16 @@ impl Sim {
     /// An update in progress that must end once nothing else happens: not one to a
     /// broken image (its new tasks never run), nor one stalled for want of a node.
     fn update_must_finish(&self, svc: &Service) -> bool {
+        // An update to a broken image ends only by its failure action: pause and
+        // rollback end it at once (and are checked for that), continue goes on to the
+        // end (its failed slots retried under the restart policy).
+        let goes_on = svc.spec.update.failure_action == FailureAction::Continue
+            && svc
+                .update
+                .as_ref()
+                .is_some_and(|u| u.state == UpdateState::Updating);
         svc.update.as_ref().is_some_and(|u| u.state.in_progress())
-            && svc.spec.task.image != BROKEN
+            && (svc.spec.task.image != BROKEN || goes_on)
             && !self.stalled(svc)
     }
 
@@ -804,10 +812,6 @@ impl Sim {
                     ));
                 }
             }
-            if broken {
-                continue;
-            }
-            let stalled = self.stalled(svc);
             if self.update_must_finish(svc) {
                 self.fail(format!(
                     "{}: update still {:?} once settled\n{}",
@@ -816,6 +820,10 @@ impl Sim {
                     self.dump(svc.id)
                 ));
             }
+            if broken {
+                continue;
+            }
+            let stalled = self.stalled(svc);
             let fresh = running.iter().filter(|t| t.version == svc.version).count() as u64;
             match spec.mode {
                 Mode::Replicated { replicas } => {
