@@ -151,6 +151,10 @@ impl Loop {
 
     /// Looks at the containers and acts; says whether a task's state changed.
     fn reconcile(&mut self) -> bool {
+        // Not a container list a second on a node in no swarm.
+        if self.book.waiting() {
+            return false;
+        }
         let seen = match self.seen() {
             Ok(s) => s,
             Err(e) => {

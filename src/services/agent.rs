@@ -267,6 +267,12 @@ impl Book {
         self.out = true;
     }
 
+    /// No set yet (a restarted daemon) and not out of a cluster: there is nothing to
+    /// look at the containers for.
+    pub fn waiting(&self) -> bool {
+        self.set.version == 0 && !self.out
+    }
+
     /// A task's state moves on, if it is assigned and the move goes forward; says
     /// whether it did.
     pub fn note(&mut self, r: TaskReport) -> bool {
@@ -291,7 +297,7 @@ impl Book {
     /// state changed. Until a first set arrives (a restarted daemon) the containers
     /// found are not known to be unassigned: nothing is touched.
     pub fn reconcile(&mut self, seen: &BTreeMap<TaskId, (String, Seen)>) -> (Vec<Action>, bool) {
-        if self.set.version == 0 && !self.out {
+        if self.waiting() {
             return (Vec::new(), false);
         }
         let p = plan(&self.set.tasks, seen, &self.busy, &self.known);

@@ -464,15 +464,22 @@ fn a_rolling_update_keeps_parallelism() {
     }
 }
 
-#[test]
-fn a_failed_update_rolls_back_to_the_old_image() {
+/// Three replicas of `busybox` running, then updated to an image that cannot start,
+/// with this failure action.
+fn update_to_a_broken_image(action: FailureAction) -> (World, ServiceId) {
     let mut w = World::new(3);
     let mut spec = replicated("web", 3);
-    spec.update.failure_action = FailureAction::Rollback;
+    spec.update.failure_action = action;
     let svc = w.create(spec);
     w.settle();
     w.broken.insert("busybox:nope".into());
     w.update(svc, |s| s.task.image = "busybox:nope".into());
+    (w, svc)
+}
+
+#[test]
+fn a_failed_update_rolls_back_to_the_old_image() {
+    let (mut w, svc) = update_to_a_broken_image(FailureAction::Rollback);
     w.settle();
     let s = &w.store.services[&svc];
     assert_eq!(
@@ -488,11 +495,12 @@ fn a_failed_update_rolls_back_to_the_old_image() {
 
 #[test]
 fn a_failed_update_pauses_by_default() {
-    let mut w = World::new(3);
-    let svc = w.create(replicated("web", 3));
-    w.settle();
-    w.broken.insert("busybox:nope".into());
-    w.update(svc, |s| s.task.image = "busybox:nope".into());
+    assert_eq!(
+        replicated("web", 3).update.failure_action,
+        FailureAction::Pause,
+        "the default"
+    );
+    let (mut w, svc) = update_to_a_broken_image(FailureAction::Pause);
     // The failed slot is retried every 5 s (the restart policy still holds).
     w.run_for(30_000);
     let s = &w.store.services[&svc];
@@ -510,13 +518,7 @@ fn a_failed_update_pauses_by_default() {
 
 #[test]
 fn a_failed_update_with_continue_goes_on_and_completes() {
-    let mut w = World::new(3);
-    let mut spec = replicated("web", 3);
-    spec.update.failure_action = FailureAction::Continue;
-    let svc = w.create(spec);
-    w.settle();
-    w.broken.insert("busybox:nope".into());
-    w.update(svc, |s| s.task.image = "busybox:nope".into());
+    let (mut w, svc) = update_to_a_broken_image(FailureAction::Continue);
     w.run_for(30_000);
     let s = &w.store.services[&svc];
     let u = s.update.as_ref().unwrap();
