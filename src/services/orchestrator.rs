@@ -399,6 +399,21 @@ impl<'s, 'n> Planner<'s, 'n> {
                 }
                 return SlotNeeds::Nothing;
             }
+            // A start-first replacement that ended by itself while the old task runs on:
+            // its retries keep to the restart policy (delay, attempts) and take no
+            // worker of the update, which has paused, rolled back, or (continue) moved
+            // on from this slot. Without this the slot would be tried again each round.
+            let replacement_ended = ts.last().is_some_and(|l| {
+                l.version == svc.version
+                    && l.seq > old.seq
+                    && matches!(
+                        l.state,
+                        TaskState::Complete | TaskState::Failed | TaskState::Rejected
+                    )
+            });
+            if !unwanted && replacement_ended && order == UpdateOrder::StartFirst {
+                return self.restart(svc, ts);
+            }
             // A task still waiting for a node runs nothing: replaced for free.
             if !unwanted && old.node.is_some() {
                 if *budget == 0 {

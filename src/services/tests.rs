@@ -537,6 +537,48 @@ fn a_failed_update_with_continue_goes_on_and_completes() {
 }
 
 #[test]
+fn a_failed_start_first_update_with_continue_keeps_the_old_tasks_and_completes() {
+    let mut w = World::new(3);
+    let mut spec = replicated("web", 4);
+    spec.update.failure_action = FailureAction::Continue;
+    spec.update.order = UpdateOrder::StartFirst;
+    let svc = w.create(spec);
+    w.settle();
+    w.broken.insert("busybox:nope".into());
+    w.update(svc, |s| s.task.image = "busybox:nope".into());
+    w.run_for(30_000);
+    let u = w.store.services[&svc].update.clone().unwrap();
+    assert_eq!(u.state, UpdateState::Completed, "{}", u.message);
+    // Start-first never took a replica down: the old task runs on in every slot.
+    let old: BTreeSet<u64> = w
+        .running(svc)
+        .iter()
+        .filter(|t| t.version == 1)
+        .map(|t| t.slot)
+        .collect();
+    assert_eq!(old, BTreeSet::from([1, 2, 3, 4]));
+    // Each slot's new task was tried, and its retries keep to the restart policy's
+    // delay (5 s) rather than being made again each round.
+    for slot in 1..=4 {
+        let mut made: Vec<u64> = w
+            .store
+            .tasks
+            .values()
+            .filter(|t| t.version == 2 && t.slot == slot)
+            .map(|t| t.created_ms)
+            .collect();
+        made.sort();
+        assert!(!made.is_empty(), "slot {slot} never tried");
+        for pair in made.windows(2) {
+            assert!(
+                pair[1] - pair[0] >= 5_000,
+                "slot {slot} retried at {made:?}"
+            );
+        }
+    }
+}
+
+#[test]
 fn removing_a_service_removes_its_tasks() {
     let mut w = World::new(2);
     let svc = w.create(replicated("web", 3));
