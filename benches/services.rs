@@ -74,6 +74,7 @@ fn scheduler_bench() {
     let none = BTreeMap::new();
     let hostnames: Vec<String> = (0..NODES).map(|n| format!("pi-{n}")).collect();
     let zone = [Constraint::parse("node.labels.zone==east").unwrap()];
+    let spread = ["node.labels.zone".to_string()];
     let mut best = f64::MAX;
     for _ in 0..ROUNDS {
         let candidates = (0..NODES).map(|n| Candidate {
@@ -104,6 +105,8 @@ fn scheduler_bench() {
                     nano_cpus: if svc % 10 == 0 { 100_000_000 } else { 0 },
                     memory: 0,
                 },
+                // Some spread over the zone label (east, and the nodes without it).
+                spread: if svc % 3 == 0 { &spread } else { &[] },
             };
             let p = s.place(&g, REPLICAS);
             assert!(p.unplaced.is_none(), "{:?}", p.unplaced);

@@ -56,6 +56,23 @@ pub struct NodeFacts<'a> {
     pub engine_labels: &'a BTreeMap<String, String>,
 }
 
+impl<'a> NodeFacts<'a> {
+    /// The value of a `node.labels.<name>` or `engine.labels.<name>` label, as a
+    /// `--placement-pref spread=` names it; the empty string where the node lacks it
+    /// (such nodes spread as one more group, as Docker's do).
+    pub fn label(&self, key: &str) -> &'a str {
+        let (map, name) = match (
+            key.strip_prefix("node.labels."),
+            key.strip_prefix("engine.labels."),
+        ) {
+            (Some(name), _) => (self.labels, name),
+            (_, Some(name)) => (self.engine_labels, name),
+            _ => return "",
+        };
+        map.get(name).map_or("", String::as_str)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConstraintError {
     #[error("constraint expected one operator from ==, !=")]

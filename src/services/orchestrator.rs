@@ -543,6 +543,7 @@ impl<'s, 'n> Planner<'s, 'n> {
             constraints: &spec.task.placement.constraints,
             max_per_node: spec.task.placement.max_replicas,
             reserve: spec.task.reserve,
+            spread: &spec.task.placement.spread,
         }
     }
 

@@ -11,9 +11,16 @@
 //! `no suitable node (scheduling constraints not satisfied on 2 nodes; 1 node not
 //! available for new tasks)`.
 //!
+//! `--placement-pref spread=<label>` comes before that ranking, as Docker's does: the
+//! nodes that pass the filters are grouped by the label's value (nodes without it form
+//! one more group), and each task goes to the group with the fewest tasks of the service
+//! among those with a node that can take it; several preferences nest, outermost
+//! first. Within the last group, the ranking above picks the node.
+//!
 //! Placing a group of N tasks of one service costs O(nodes + N log nodes): the nodes
-//! that pass the filters that do not depend on load go into a heap ordered by load; the
-//! best is popped, checked against the load filters, given the task, and pushed back.
+//! that pass the filters that do not depend on load go into a heap ordered by load (one
+//! heap per spread group); the best is popped, checked against the load filters, given
+//! the task, and pushed back.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -68,6 +75,24 @@ pub struct Group<'a> {
     /// `--replicas-max-per-node`; 0 for no limit.
     pub max_per_node: u64,
     pub reserve: Resources,
+    /// `--placement-pref spread=` labels, outermost first.
+    pub spread: &'a [String],
+}
+
+type Rank = Reverse<(u32, u32, NodeId, usize)>;
+
+/// A group of nodes in the spread tree: those whose spread labels share the values on
+/// the path to it. The root holds every node; a leaf (at the depth of the last
+/// preference, or the root when there is none) holds its nodes in a heap.
+#[derive(Default)]
+struct Branch<'a> {
+    /// Active tasks of the service on the group's nodes.
+    tasks: u32,
+    /// The next preference's groups, by label value (arena indexes).
+    children: BTreeMap<&'a str, usize>,
+    heap: BinaryHeap<Rank>,
+    /// No node in it can take another task of the group.
+    spent: bool,
 }
 
 /// The filters, in the order they run; a node is charged to the first it fails.
@@ -213,14 +238,60 @@ impl<'a> Scheduler<'a> {
     /// Places `count` tasks of `g`, each counted on its node as it goes (so the next
     /// group sees them).
     pub fn place(&mut self, g: &Group<'_>, count: usize) -> Placement {
-        let mut heap: BinaryHeap<Reverse<(u32, u32, NodeId, usize)>> = (0..self.nodes.len())
-            .filter(|&i| !matches!(self.fails(i, g), Some(Filter::Ready | Filter::Constraints)))
-            .map(|i| self.rank(g, i))
-            .collect();
+        // The spread tree, in an arena; 0 is the root.
+        let mut tree: Vec<Branch<'a>> = vec![Branch::default()];
+        for i in 0..self.nodes.len() {
+            if matches!(self.fails(i, g), Some(Filter::Ready | Filter::Constraints)) {
+                continue;
+            }
+            let ours = self.service_tasks(g.service, i);
+            let mut b = 0;
+            for key in g.spread {
+                let value = self.nodes[i].facts.label(key);
+                b = match tree[b].children.get(value) {
+                    Some(&c) => c,
+                    None => {
+                        tree.push(Branch::default());
+                        let c = tree.len() - 1;
+                        tree[b].children.insert(value, c);
+                        c
+                    }
+                };
+                tree[b].tasks = tree[b].tasks.saturating_add(ours);
+            }
+            let r = self.rank(g, i);
+            tree[b].heap.push(r);
+        }
         let mut nodes = Vec::new();
-        while nodes.len() < count {
-            let Some(Reverse((_, _, id, i))) = heap.pop() else {
-                break;
+        let mut path = Vec::with_capacity(g.spread.len());
+        while nodes.len() < count && !tree[0].spent {
+            // Down the tree, to the group with the fewest of ours at each level (the
+            // lowest value on a tie, so a run is reproducible).
+            path.clear();
+            let mut b = 0;
+            while !tree[b].children.is_empty() {
+                let next = tree[b]
+                    .children
+                    .values()
+                    .copied()
+                    .filter(|&c| !tree[c].spent)
+                    .min_by_key(|&c| tree[c].tasks);
+                match next {
+                    Some(c) => {
+                        path.push(c);
+                        b = c;
+                    }
+                    None => break,
+                }
+            }
+            if !tree[b].children.is_empty() {
+                // Every group under it is spent: so is it.
+                tree[b].spent = true;
+                continue;
+            }
+            let Some(Reverse((_, _, id, i))) = tree[b].heap.pop() else {
+                tree[b].spent = true;
+                continue;
             };
             // Load only grows here: a node the load filters turn away stays away.
             if self.fails(i, g).is_some() {
@@ -228,13 +299,17 @@ impl<'a> Scheduler<'a> {
             }
             self.charge(i, g.service, g.reserve);
             nodes.push(id);
-            heap.push(self.rank(g, i));
+            let r = self.rank(g, i);
+            tree[b].heap.push(r);
+            for &p in &path {
+                tree[p].tasks = tree[p].tasks.saturating_add(1);
+            }
         }
         let unplaced = (nodes.len() < count).then(|| self.explain(g));
         Placement { nodes, unplaced }
     }
 
-    fn rank(&self, g: &Group<'_>, i: usize) -> Reverse<(u32, u32, NodeId, usize)> {
+    fn rank(&self, g: &Group<'_>, i: usize) -> Rank {
         Reverse((
             self.service_tasks(g.service, i),
             self.loads[i].tasks,
@@ -294,6 +369,7 @@ mod tests {
             constraints,
             max_per_node: 0,
             reserve: Resources::default(),
+            spread: &[],
         }
     }
 
@@ -379,6 +455,64 @@ mod tests {
             s.check(NodeId(1), &group(&west)),
             Err("scheduling constraints not satisfied on 1 node".to_string())
         );
+    }
+
+    #[test]
+    fn spread_evens_out_over_label_values_first() {
+        let label = |z: &str| -> BTreeMap<String, String> { [("zone".into(), z.into())].into() };
+        let (a, b) = (label("a"), label("b"));
+        // Zone a has three nodes, zone b one, node 5 no zone (a group of its own).
+        let nodes = vec![
+            node(1, &a),
+            node(2, &a),
+            node(3, &a),
+            node(4, &b),
+            node(5, empty()),
+        ];
+        let mut s = Scheduler::new(nodes);
+        // One of ours already runs in zone a.
+        s.add_task(NodeId(1), ServiceId(1), Resources::default());
+        let spread = ["node.labels.zone".to_string()];
+        let mut g = group(&[]);
+        g.spread = &spread;
+        let p = s.place(&g, 5);
+        // The no-zone group ("") and zone b first (none of ours), then round the
+        // three groups; zone a's share goes to its emptiest nodes.
+        assert_eq!(ids(&p), vec![5, 4, 5, 2, 4]);
+        let per_zone = |z: &[u64]| {
+            z.iter()
+                .map(|&n| s.service_tasks(ServiceId(1), s.index[&NodeId(n)]))
+                .sum::<u32>()
+        };
+        assert_eq!(
+            (per_zone(&[1, 2, 3]), per_zone(&[4]), per_zone(&[5])),
+            (2, 2, 2)
+        );
+        // A group whose nodes cannot take more drops out; the rest take the tasks.
+        g.max_per_node = 2;
+        let p = s.place(&g, 5);
+        assert_eq!(ids(&p), vec![3, 1, 2, 3]);
+        assert_eq!(
+            p.unplaced.as_deref(),
+            Some("no suitable node (max replicas per node limit exceed)")
+        );
+    }
+
+    #[test]
+    fn spread_nests_preferences_outermost_first() {
+        let l = |z: &str, r: &str| -> BTreeMap<String, String> {
+            [("zone".into(), z.into()), ("rack".into(), r.into())].into()
+        };
+        let (a1, a2, b1) = (l("a", "1"), l("a", "2"), l("b", "1"));
+        let mut s = Scheduler::new(vec![node(1, &a1), node(2, &a1), node(3, &a2), node(4, &b1)]);
+        let spread = [
+            "node.labels.zone".to_string(),
+            "node.labels.rack".to_string(),
+        ];
+        let mut g = group(&[]);
+        g.spread = &spread;
+        // Zones alternate; within zone a, racks alternate.
+        assert_eq!(ids(&s.place(&g, 4)), vec![1, 4, 3, 4]);
     }
 
     #[test]

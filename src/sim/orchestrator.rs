@@ -228,6 +228,9 @@ impl Sim {
             FailureAction::Continue,
         ][self.rng.next_u32() as usize % 3];
         s.rollback.parallelism = (1 + u64::from(self.rng.next_u32() % 3)) * scale;
+        if self.rng.next_u32() % 4 == 0 {
+            s.task.placement.spread = vec!["node.labels.zone".to_string()];
+        }
         s
     }
 
