@@ -1,6 +1,7 @@
-//! Services on a real cluster: three daemon processes on loopback addresses pulling the
-//! test image from a real registry (Debian's docker-registry), driven through the CLI
-//! as a user would. Needs root (containers) and docker-registry.
+//! Services on a real cluster: three daemon processes, each in its own network
+//! namespace on a bridge with no uplink, pulling the test image from a real registry
+//! (Debian's docker-registry) in the hub namespace, driven through the CLI as a user
+//! would. Needs root (namespaces, containers) and docker-registry.
 
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)] // test code
 
@@ -11,28 +12,37 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use support::image::TestImage;
 use support::registry::{Options, Registry};
-use support::Daemon;
+use support::{Daemon, Net};
 
-/// A registry holding the busybox test image as `bb:1` and `bb:2` (a second tag, so an
-/// update changes the image).
-fn registry(tag: &str) -> Registry {
-    let reg = Registry::start(tag, Options::default());
+/// Daemons, their namespaces and the registry, dropped in that order (daemons stop
+/// before their namespaces go).
+struct Cluster {
+    ds: Vec<Daemon>,
+    _net: Net,
+    reg: Registry,
+}
+
+/// `n` nodes on 10.77.0.1 and up (each test's namespaces are its own, so the
+/// addresses never meet), joined to the first; the registry holds the busybox test
+/// image as `bb:1` and `bb:2` (a second tag, so an update changes the image).
+fn cluster(tag: &str, n: usize) -> Cluster {
+    let mut reg = Registry::start(tag, Options::default());
     let img = TestImage::busybox(json!({"Cmd": ["/bin/sh"]})).build();
     reg.push_image("bb", Some("1"), &img);
     reg.push_image("bb", Some("2"), &img);
-    reg
-}
-
-/// `n` daemons on 127.0.`net`.1 and up (each test its own `net`: nextest runs them side
-/// by side).
-fn cluster(tag: &str, reg: &Registry, n: usize, net: u8) -> Vec<Daemon> {
+    let mut net = Net::new(&tag[tag.len().saturating_sub(4)..]);
+    let hub = net.hub_addr("10.77.0.254");
+    reg.move_into(&hub, "10.77.0.254");
     let insecure = reg.host();
     let ds: Vec<Daemon> = (0..n)
         .map(|i| {
-            Daemon::with_args(
+            let addr = format!("10.77.0.{}", i + 1);
+            let ns = net.host(i + 1, &addr);
+            Daemon::in_netns_with_args(
                 tag,
+                &ns,
                 &format!("n{}", i + 1),
-                &format!("127.0.{net}.{}", i + 1),
+                &addr,
                 &["--insecure-registry", &insecure],
             )
         })
@@ -42,7 +52,7 @@ fn cluster(tag: &str, reg: &Registry, n: usize, net: u8) -> Vec<Daemon> {
     for d in &ds[1..] {
         d.ok(&["join", &wt, &ds[0].addr(), "--listen-addr", &d.addr()]);
     }
-    ds
+    Cluster { ds, _net: net, reg }
 }
 
 fn lines(s: &str) -> Vec<String> {
@@ -79,10 +89,10 @@ fn image(reg: &Registry, tag: &str) -> String {
 #[ignore = "needs root"]
 fn replicated_service_create_scale_update_and_remove() {
     let t = "svc-basic";
-    let reg = registry(t);
-    let ds = cluster(t, &reg, 3, 52);
+    let c = cluster(t, 3);
+    let (ds, reg) = (&c.ds, &c.reg);
     let m = &ds[0];
-    let img = image(&reg, "1");
+    let img = image(reg, "1");
 
     // Bad input: refused, nothing made.
     for (args, want) in [
@@ -93,6 +103,13 @@ fn replicated_service_create_scale_update_and_remove() {
         ),
         (vec!["--constraint", "node.colour==red"], "node.colour"),
         (vec!["--restart-delay", "soon"], "--restart-delay"),
+        (vec!["--replicas", "three"], "invalid replicas value three"),
+        (vec!["--limit-memory", "12zz"], "--limit-memory"),
+        (
+            vec!["--hostname", "{{.Task.Colour}}"],
+            "unknown placeholder",
+        ),
+        (vec!["--endpoint-mode", "dnsrr"], "not supported yet"),
     ] {
         let mut full = vec!["service", "create", "--name", "bad"];
         full.extend(args);
@@ -102,7 +119,27 @@ fn replicated_service_create_scale_update_and_remove() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains(want), "{full:?}: {err}");
     }
+    let o = m.cli(&["service", "create", "--name", "bad", ""]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("invalid reference"));
     assert_eq!(m.ok(&["service", "ls", "-q"]).trim(), "");
+    // An unknown service, to each command that names one.
+    for args in [
+        vec!["service", "update", "--image", &img, "ghost"],
+        vec!["service", "scale", "ghost=2"],
+        vec!["service", "inspect", "ghost"],
+        vec!["service", "ps", "ghost"],
+        vec!["service", "rollback", "ghost"],
+        vec!["service", "logs", "ghost"],
+    ] {
+        let o = m.cli(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("ghost") && (err.contains("not found") || err.contains("no such")),
+            "{args:?}: {err}"
+        );
+    }
 
     // Three replicas, one per node, waited for with progress lines.
     let out = m.ok(&[
@@ -140,27 +177,77 @@ fn replicated_service_create_scale_update_and_remove() {
     let ps = ds[1].ok(&["ps"]);
     assert!(ps.contains("web."), "{ps}");
 
-    // Scale up and down.
-    let out = m.ok(&["service", "scale", "web=6"]);
-    assert!(out.contains("web scaled to 6"), "{out}");
-    assert_eq!(running_tasks(m, "web").len(), 6);
-    m.ok(&["service", "scale", "web=2"]);
-    wait_for(20, "two replicas", || running_tasks(m, "web").len() == 2);
+    // Listings: JSON lines with Docker's keys, ids alone, ids for names.
+    let ls = m.ok(&["service", "ls", "--format", "json", "-f", "name=we"]);
+    let row: serde_json::Value = serde_json::from_str(&lines(&ls)[0]).unwrap();
+    assert_eq!(
+        (&row["Name"], &row["Mode"], &row["Replicas"], &row["Image"]),
+        (
+            &json!("web"),
+            &json!("replicated"),
+            &json!("3/3"),
+            &json!(img)
+        ),
+        "{ls}"
+    );
+    assert_eq!(m.ok(&["service", "ls", "-q", "-f", "name=nope"]), "");
+    assert_eq!(lines(&m.ok(&["service", "ps", "-q", "web"])).len(), 3);
+    let raw = m.ok(&["service", "ps", "--no-resolve", "web"]);
+    assert!(!raw.contains("web.") && !raw.contains(" n1 "), "{raw}");
 
-    // A rolling update, parallelism 2.
-    let img2 = image(&reg, "2");
+    // A second service, detached and quiet: its id alone.
     let out = m.ok(&[
+        "service", "create", "-d", "-q", "--name", "side", &img, "sleep", "600",
+    ]);
+    let id = out.trim();
+    assert!(
+        id.len() >= 12 && id.chars().all(|c| c.is_ascii_hexdigit()),
+        "{out}"
+    );
+    // Scale both at once, up.
+    let out = m.ok(&["service", "scale", "web=4", "side=2"]);
+    assert!(
+        out.contains("web scaled to 4") && out.contains("side scaled to 2"),
+        "{out}"
+    );
+    assert_eq!(running_tasks(m, "web").len(), 4);
+    assert_eq!(running_tasks(m, "side").len(), 2);
+    m.ok(&["service", "rm", "side"]);
+
+    // A rolling update, parallelism 2 over 4 replicas: never more than 2 down.
+    let img2 = image(reg, "2");
+    m.ok(&[
         "service",
         "update",
+        "-d",
         "--update-parallelism",
         "2",
+        "--update-delay",
+        "1s",
         "--image",
         &img2,
         "web",
     ]);
-    assert!(out.contains("verify: Service converged"), "{out}");
+    let mut fewest = u64::MAX;
+    wait_for(60, "the update to complete", || {
+        let doc: serde_json::Value =
+            serde_json::from_str(&m.ok(&["service", "inspect", "web"])).unwrap();
+        let ls = m.ok(&["service", "ls", "--format", "json"]);
+        let row: serde_json::Value = serde_json::from_str(&lines(&ls)[0]).unwrap();
+        let running: u64 = row["Replicas"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        fewest = fewest.min(running);
+        doc[0]["UpdateStatus"]["State"] == "completed" && running == 4
+    });
+    assert!(fewest >= 2, "{fewest} of 4 running during the update");
     let rows = running_tasks(m, "web");
-    assert_eq!(rows.len(), 2);
+    assert_eq!(rows.len(), 4);
     assert!(rows.iter().all(|r| r.contains(&img2)), "{rows:#?}");
     let doc: serde_json::Value =
         serde_json::from_str(&m.ok(&["service", "inspect", "web"])).unwrap();
@@ -173,9 +260,88 @@ fn replicated_service_create_scale_update_and_remove() {
         doc[0]["PreviousSpec"]["TaskTemplate"]["ContainerSpec"]["Image"],
         img
     );
+    let pretty = m.ok(&["service", "inspect", "--pretty", "web"]);
+    for want in [
+        "Name:\t\tweb",
+        " Replicas:\t4",
+        " State:\t\tcompleted",
+        " Parallelism:\t2",
+        " Delay:\t\t1s",
+        &format!(" Image:\t\t{img2}"),
+    ] {
+        assert!(pretty.contains(want), "{want:?} not in {pretty}");
+    }
+
+    // Edits: environment, labels, a constraint, a spread preference, a templated
+    // hostname; forced, so every task is made again. The tasks go to the workers.
+    m.ok(&[
+        "service",
+        "update",
+        "--env-add",
+        "GREETING=hi",
+        "--label-add",
+        "team=edge",
+        "--constraint-add",
+        "node.role==worker",
+        "--placement-pref-add",
+        "spread=node.labels.zone",
+        "--hostname",
+        "{{.Service.Name}}-{{.Task.Slot}}",
+        "--force",
+        "web",
+    ]);
+    let doc: serde_json::Value =
+        serde_json::from_str(&m.ok(&["service", "inspect", "web"])).unwrap();
+    let spec = &doc[0]["Spec"];
+    assert_eq!(spec["Labels"]["team"], "edge");
+    assert_eq!(
+        spec["TaskTemplate"]["ContainerSpec"]["Env"],
+        json!(["GREETING=hi"])
+    );
+    assert_eq!(
+        spec["TaskTemplate"]["Placement"]["Constraints"],
+        json!(["node.role==worker"])
+    );
+    assert_eq!(
+        spec["TaskTemplate"]["Placement"]["Preferences"][0]["Spread"]["SpreadDescriptor"],
+        "node.labels.zone"
+    );
+    let rows = running_tasks(m, "web");
+    assert_eq!(rows.len(), 4, "{rows:#?}");
+    assert!(
+        rows.iter()
+            .all(|r| !r.split_whitespace().any(|w| w == "n1")),
+        "{rows:#?}"
+    );
+    let ps = ds[1].ok(&["ps"]);
+    let name = ps
+        .split_whitespace()
+        .find(|w| w.starts_with("web."))
+        .unwrap_or_else(|| panic!("no task container on n2: {ps}"))
+        .to_string();
+    let slot = name.split('.').nth(1).unwrap();
+    let inside = ds[1].ok(&["exec", &name, "sh", "-c", "echo $(hostname) $GREETING"]);
+    assert_eq!(inside.trim(), format!("web-{slot} hi"));
+    let info: serde_json::Value = serde_json::from_str(&ds[1].ok(&["inspect", &name])).unwrap();
+    assert!(info.to_string().contains(&format!("web-{slot}")), "{info}");
+    // Rolled back by hand: the spec before the edits, on every node again.
+    let out = m.ok(&["service", "rollback", "web"]);
+    assert!(out.contains("verify: Service converged"), "{out}");
+    let doc: serde_json::Value =
+        serde_json::from_str(&m.ok(&["service", "inspect", "web"])).unwrap();
+    assert_eq!(doc[0]["UpdateStatus"]["State"], "rollback_completed");
+    assert_eq!(
+        doc[0]["Spec"]["TaskTemplate"]["Placement"]["Constraints"],
+        json!([])
+    );
+    m.ok(&["service", "scale", "web=2"]);
+    wait_for(20, "two replicas", || running_tasks(m, "web").len() == 2);
+    let rows = running_tasks(m, "web");
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r.contains(&img2)), "{rows:#?}");
 
     // An update to an image that does not exist rolls back, and says so.
-    let nope = image(&reg, "nope");
+    let nope = image(reg, "nope");
     let o = m.cli(&[
         "service",
         "update",
@@ -236,9 +402,10 @@ fn split_line(l: &str) -> (String, String) {
 #[ignore = "needs root"]
 fn service_logs_gathers_every_node_and_names_the_ones_it_cannot_reach() {
     let t = "svc-logs";
-    let reg = registry(t);
-    let mut ds = cluster(t, &reg, 3, 53);
-    let img = image(&reg, "1");
+    let mut c = cluster(t, 3);
+    let reg = &c.reg;
+    let ds = &mut c.ds;
+    let img = image(reg, "1");
     let script = "echo oops >&2; sleep 1; for i in 1 2 3; do echo line $i; done; sleep 600";
     ds[0].ok(&[
         "service",

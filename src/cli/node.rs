@@ -162,7 +162,9 @@ pub fn run(global: &Global, cmd: NodeCommand) -> anyhow::Result<ExitCode> {
     match cmd.command {
         NodeSubcommand::Ls(c) => ls(global, c),
         NodeSubcommand::Inspect(c) => inspect(global, c),
-        NodeSubcommand::Ps(c) => super::service_show::node_ps(global, c.node, &c.filter),
+        NodeSubcommand::Ps(c) => {
+            super::service_show::node_ps(global, c.node, &c.filter, c.no_resolve)
+        }
         NodeSubcommand::Promote(c) => set_role(global, c.nodes, NodeRole::Manager),
         NodeSubcommand::Demote(c) => set_role(global, c.nodes, NodeRole::Worker),
         NodeSubcommand::Update(c) => update(global, c),

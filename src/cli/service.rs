@@ -319,7 +319,7 @@ pub struct ServiceLs {
     #[argh(option)]
     pub format: Option<String>,
 
-    /// filter, KEY=VALUE: id, name, label (repeatable)
+    /// filter, KEY=VALUE: id, name, label, mode (repeatable)
     #[argh(option, short = 'f')]
     pub filter: Vec<String>,
 }
@@ -434,6 +434,22 @@ pub struct ServiceUpdate {
     /// remove a placement constraint (repeatable)
     #[argh(option)]
     pub constraint_rm: Vec<String>,
+
+    /// add a placement preference, spread=node.labels.NAME (repeatable)
+    #[argh(option)]
+    pub placement_pref_add: Vec<String>,
+
+    /// remove a placement preference, spread=node.labels.NAME (repeatable)
+    #[argh(option)]
+    pub placement_pref_rm: Vec<String>,
+
+    /// add a Linux capability (repeatable)
+    #[argh(option)]
+    pub cap_add: Vec<String>,
+
+    /// drop a Linux capability (repeatable)
+    #[argh(option)]
+    pub cap_drop: Vec<String>,
 
     /// add a published port, PUBLISHED:TARGET[/tcp|/udp] (repeatable)
     #[argh(option)]

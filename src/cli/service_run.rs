@@ -55,6 +55,8 @@ struct Common<'a> {
     cap_add: &'a [String],
     cap_drop: &'a [String],
     network: &'a [String],
+    /// `--endpoint-mode` given (taken with the networking issue).
+    endpoint_mode: bool,
     publish: &'a [String],
 }
 
@@ -111,6 +113,7 @@ macro_rules! common {
             cap_drop: $cap_drop,
             network: $network,
             publish: $publish,
+            endpoint_mode: $c.endpoint_mode.is_some(),
         }
     };
 }
@@ -240,6 +243,12 @@ fn apply(spec: &mut ServiceSpec, f: &Common<'_>) -> Result<(), UsageError> {
     if !f.network.is_empty() {
         return Err(UsageError(
             "--network: overlay networks come with the networking issue; not supported yet".into(),
+        ));
+    }
+    if f.endpoint_mode {
+        return Err(UsageError(
+            "--endpoint-mode: service endpoints come with the networking issue; not supported yet"
+                .into(),
         ));
     }
     if !f.publish.is_empty() {
@@ -460,15 +469,8 @@ fn resolve_create(c: &ServiceCreate) -> Result<ServiceSpec, UsageError> {
     spec.task.placement.constraints =
         parse_constraints(&c.constraint).map_err(|e| UsageError(format!("--constraint: {e}")))?;
     for p in &c.placement_pref {
-        let label = p
-            .strip_prefix("spread=")
-            .filter(|l| l.starts_with("node.labels.") || l.starts_with("engine.labels."))
-            .ok_or_else(|| {
-                UsageError(format!(
-                    "--placement-pref: {p:?} is not spread=node.labels.NAME"
-                ))
-            })?;
-        spec.task.placement.spread.push(label.to_string());
+        let label = spread_label("--placement-pref", p)?;
+        spec.task.placement.spread.push(label);
     }
     let common = common!(
         c,
@@ -484,6 +486,18 @@ fn resolve_create(c: &ServiceCreate) -> Result<ServiceSpec, UsageError> {
     apply(&mut spec, &common)?;
     spec.validate().map_err(|e| UsageError(e.to_string()))?;
     Ok(spec)
+}
+
+/// The label of a `spread=node.labels.NAME` (or `engine.labels.NAME`) preference.
+fn spread_label(flag: &str, p: &str) -> Result<String, UsageError> {
+    p.strip_prefix("spread=")
+        .filter(|l| {
+            l.strip_prefix("node.labels.")
+                .or_else(|| l.strip_prefix("engine.labels."))
+                .is_some_and(|name| !name.is_empty())
+        })
+        .map(str::to_string)
+        .ok_or_else(|| UsageError(format!("{flag}: {p:?} is not spread=node.labels.NAME")))
 }
 
 pub fn create(global: &Global, c: ServiceCreate) -> anyhow::Result<ExitCode> {
@@ -575,6 +589,39 @@ fn resolve_update(c: &ServiceUpdate, spec: &mut ServiceSpec) -> Result<(), Usage
         parse_constraints(&c.constraint_add)
             .map_err(|e| UsageError(format!("--constraint-add: {e}")))?,
     );
+    if !c.network_rm.is_empty() {
+        return Err(UsageError(
+            "--network-rm: overlay networks come with the networking issue; not supported yet"
+                .into(),
+        ));
+    }
+    if !c.publish_rm.is_empty() {
+        return Err(UsageError(
+            "--publish-rm: published ports come with the networking issue; not supported yet"
+                .into(),
+        ));
+    }
+    for r in &c.placement_pref_rm {
+        let gone = spread_label("--placement-pref-rm", r)?;
+        p.spread.retain(|l| *l != gone);
+    }
+    for a in &c.placement_pref_add {
+        p.spread.push(spread_label("--placement-pref-add", a)?);
+    }
+    // Docker's: a capability added leaves the drop list, and the other way round.
+    let caps = &mut spec.task.container;
+    for k in &c.cap_add {
+        caps.cap_drop.retain(|x| x != k);
+        if !caps.cap_add.contains(k) {
+            caps.cap_add.push(k.clone());
+        }
+    }
+    for k in &c.cap_drop {
+        caps.cap_add.retain(|x| x != k);
+        if !caps.cap_drop.contains(k) {
+            caps.cap_drop.push(k.clone());
+        }
+    }
     for m in &c.mount_rm {
         spec.task.container.mounts.retain(|x| &x.target != m);
     }
@@ -1008,5 +1055,88 @@ mod tests {
         assert!(s.task.placement.constraints.is_empty());
         assert_eq!(s.task.image, "busybox:2");
         assert_eq!(s.task.force_update, 1);
+    }
+
+    #[test]
+    fn update_edits_preferences_capabilities_and_labels() {
+        let mut s = create_of(&[
+            "--name",
+            "web",
+            "--placement-pref",
+            "spread=node.labels.zone",
+            "--cap-drop",
+            "NET_RAW",
+            "-l",
+            "a=1",
+            "busybox",
+        ])
+        .unwrap();
+        assert_eq!(s.task.placement.spread, vec!["node.labels.zone"]);
+        let u = ServiceUpdate::from_args(
+            &["service", "update"],
+            &[
+                "--placement-pref-rm",
+                "spread=node.labels.zone",
+                "--placement-pref-add",
+                "spread=engine.labels.rack",
+                "--cap-add",
+                "NET_RAW",
+                "--cap-drop",
+                "CHOWN",
+                "--label-add",
+                "b=2",
+                "--label-rm",
+                "a",
+                "--constraint-add",
+                "node.labels.zone==east",
+                "web",
+            ],
+        )
+        .unwrap();
+        resolve_update(&u, &mut s).unwrap();
+        assert_eq!(s.task.placement.spread, vec!["engine.labels.rack"]);
+        assert_eq!(s.task.container.cap_add, vec!["NET_RAW"]);
+        assert_eq!(s.task.container.cap_drop, vec!["CHOWN"]);
+        assert_eq!(
+            s.labels,
+            BTreeMap::from([("b".to_string(), "2".to_string())])
+        );
+        assert_eq!(s.task.placement.constraints.len(), 1);
+    }
+
+    #[test]
+    fn what_comes_with_networking_is_refused_not_ignored() {
+        let e = create_of(&["--endpoint-mode", "dnsrr", "busybox"])
+            .unwrap_err()
+            .0;
+        assert!(e.starts_with("--endpoint-mode:"), "{e}");
+        let mut s = create_of(&["--name", "web", "busybox"]).unwrap();
+        for flag in ["--publish-rm", "--network-rm"] {
+            let u = ServiceUpdate::from_args(&["service", "update"], &[flag, "80", "web"]).unwrap();
+            let e = resolve_update(&u, &mut s).unwrap_err().0;
+            assert!(
+                e.starts_with(flag) && e.contains("not supported yet"),
+                "{e}"
+            );
+        }
+        let e = create_of(&["--placement-pref", "spread=node.labels.", "busybox"])
+            .unwrap_err()
+            .0;
+        assert!(e.starts_with("--placement-pref:"), "{e}");
+    }
+
+    #[test]
+    fn templates_are_checked_when_the_service_is_made() {
+        let s = create_of(&["--hostname", "{{.Service.Name}}-{{.Task.Slot}}", "busybox"]);
+        assert!(s.is_ok());
+        let e = create_of(&["--hostname", "{{.Task.Colour}}", "busybox"])
+            .unwrap_err()
+            .0;
+        assert!(
+            e.starts_with("--hostname: unknown placeholder {{.Task.Colour}}"),
+            "{e}"
+        );
+        let e = create_of(&["-e", "A={{.Node.ID", "busybox"]).unwrap_err().0;
+        assert!(e.starts_with("--env:"), "{e}");
     }
 }

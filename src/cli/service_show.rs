@@ -9,6 +9,7 @@ use super::container::ago;
 use super::service::{ServiceInspect, ServiceLs, ServicePs};
 use super::{call, Global, UsageError};
 use crate::api::{Request, Response, ServiceView, TaskView};
+use crate::model::container::MountKind;
 use crate::services::spec::{
     FailureAction, Mode, RestartCondition, ServiceSpec, UpdateConfig, UpdateOrder,
 };
@@ -77,12 +78,37 @@ fn services(global: &Global, names: Option<Vec<String>>) -> anyhow::Result<Vec<S
     }
 }
 
-pub fn ls(global: &Global, c: ServiceLs) -> anyhow::Result<ExitCode> {
-    if !c.filter.is_empty() {
-        return Err(UsageError("--filter: not supported yet".into()).into());
+/// `service ls -f`: Docker's keys. `id` and `name` match a prefix, `label` a key or
+/// `key=value`, `mode` the mode's name; several filters must all hold.
+fn filter_services(
+    mut v: Vec<ServiceView>,
+    filters: &[String],
+) -> Result<Vec<ServiceView>, UsageError> {
+    for f in filters {
+        let (k, val) = f
+            .split_once('=')
+            .ok_or_else(|| UsageError(format!("--filter: {f:?} is not KEY=VALUE")))?;
+        match k {
+            "id" => v.retain(|s| s.id.to_string().starts_with(val)),
+            "name" => v.retain(|s| s.spec.name.starts_with(val)),
+            "mode" => v.retain(|s| s.spec.mode.name() == val),
+            "label" => v.retain(|s| match val.split_once('=') {
+                Some((lk, lv)) => s.spec.labels.get(lk).is_some_and(|x| x == lv),
+                None => s.spec.labels.contains_key(val),
+            }),
+            _ => {
+                return Err(UsageError(format!(
+                    "--filter: unknown key {k:?} (id, name, label, mode)"
+                )))
+            }
+        }
     }
+    Ok(v)
+}
+
+pub fn ls(global: &Global, c: ServiceLs) -> anyhow::Result<ExitCode> {
     let as_json = json_format(c.format.as_deref())?;
-    let mut v = services(global, None)?;
+    let mut v = filter_services(services(global, None)?, &c.filter)?;
     v.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
     if c.quiet {
         for s in &v {
@@ -298,9 +324,20 @@ pub fn ps(global: &Global, c: ServicePs) -> anyhow::Result<ExitCode> {
         return Err(UsageError("service ps: name at least one service".into()).into());
     }
     let as_json = json_format(c.format.as_deref())?;
-    let v = filter_tasks(tasks(global, c.services, None)?, &c.filter)?;
+    let mut v = filter_tasks(tasks(global, c.services, None)?, &c.filter)?;
+    if c.no_resolve {
+        unresolve(&mut v);
+    }
     print_tasks(v, c.no_trunc, c.quiet, as_json);
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--no-resolve`: services and nodes by id, not by name.
+fn unresolve(v: &mut [TaskView]) {
+    for t in v {
+        t.service = t.service_id.to_string();
+        t.node = t.node_id.map(|n| n.to_string());
+    }
 }
 
 /// `node ps [NODE]` (this node when none is named).
@@ -308,9 +345,13 @@ pub fn node_ps(
     global: &Global,
     node: Option<String>,
     filter: &[String],
+    no_resolve: bool,
 ) -> anyhow::Result<ExitCode> {
     let node = node.unwrap_or_else(|| "self".into());
-    let v = filter_tasks(tasks(global, vec![], Some(node))?, filter)?;
+    let mut v = filter_tasks(tasks(global, vec![], Some(node))?, filter)?;
+    if no_resolve {
+        unresolve(&mut v);
+    }
     print_tasks(v, false, false, false);
     Ok(ExitCode::SUCCESS)
 }
@@ -336,6 +377,33 @@ fn update_json(u: &UpdateConfig) -> serde_json::Value {
             UpdateOrder::StopFirst => "stop-first",
             UpdateOrder::StartFirst => "start-first",
         },
+    })
+}
+
+/// Docker's `Healthcheck`: `Test` is `["NONE"]` for `--no-healthcheck`, `["CMD-SHELL",
+/// cmd]` for `--health-cmd`; durations in nanoseconds. Null when the image decides.
+fn health_json(h: &crate::model::health::HealthFlags) -> serde_json::Value {
+    let test = match (&h.cmd, h.disable) {
+        (_, true) => Some(vec!["NONE".to_string()]),
+        (Some(c), false) => Some(vec!["CMD-SHELL".to_string(), c.clone()]),
+        (None, false) => None,
+    };
+    let ns =
+        |d: Option<std::time::Duration>| d.map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    if test.is_none()
+        && h.interval.is_none()
+        && h.timeout.is_none()
+        && h.retries.is_none()
+        && h.start_period.is_none()
+    {
+        return serde_json::Value::Null;
+    }
+    json!({
+        "Test": test,
+        "Interval": ns(h.interval),
+        "Timeout": ns(h.timeout),
+        "StartPeriod": ns(h.start_period),
+        "Retries": h.retries,
     })
 }
 
@@ -366,6 +434,25 @@ fn spec_json(s: &ServiceSpec) -> serde_json::Value {
                 "Dir": c.workdir,
                 "User": c.user,
                 "Hostname": c.hostname,
+                "Command": c.entrypoint,
+                "Mounts": c.mounts.iter().map(|m| json!({
+                    "Type": match m.kind {
+                        MountKind::Bind => "bind",
+                        MountKind::Volume => "volume",
+                        MountKind::Tmpfs => "tmpfs",
+                    },
+                    "Source": m.source,
+                    "Target": m.target,
+                    "ReadOnly": m.readonly,
+                })).collect::<Vec<_>>(),
+                "Healthcheck": health_json(&t.health),
+                "CapabilityAdd": c.cap_add,
+                "CapabilityDrop": c.cap_drop,
+                "Devices": c.devices.iter().map(|d| json!({
+                    "PathOnHost": d.host,
+                    "PathInContainer": d.container,
+                    "CgroupPermissions": d.access,
+                })).collect::<Vec<_>>(),
                 "StopSignal": t.stop_signal,
                 "StopGracePeriod": t.stop_grace_ms * 1_000_000,
             },
@@ -386,6 +473,7 @@ fn spec_json(s: &ServiceSpec) -> serde_json::Value {
             "Placement": {
                 "Constraints": t.placement.constraints.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
                 "MaxReplicas": t.placement.max_replicas,
+                "Preferences": t.placement.spread.iter().map(|l| json!({"Spread": {"SpreadDescriptor": l}})).collect::<Vec<_>>(),
             },
             "ForceUpdate": t.force_update,
         },
@@ -395,6 +483,149 @@ fn spec_json(s: &ServiceSpec) -> serde_json::Value {
     })
 }
 
+/// A duration as Go prints one (Docker's `--pretty` does): `0s`, `500ms`, `1.5s`,
+/// `1m30s`, `2h0m0s`.
+fn go_duration(ms: u64) -> String {
+    if ms == 0 {
+        return "0s".into();
+    }
+    if ms < 1_000 {
+        return format!("{ms}ms");
+    }
+    let secs = match ms % 1_000 {
+        0 => format!("{}s", ms / 1_000 % 60),
+        frac => {
+            let f = format!("{frac:03}");
+            format!("{}.{}s", ms / 1_000 % 60, f.trim_end_matches('0'))
+        }
+    };
+    match (ms / 3_600_000, ms / 60_000 % 60) {
+        (0, 0) => secs,
+        (0, m) => format!("{m}m{secs}"),
+        (h, m) => format!("{h}h{m}m{secs}"),
+    }
+}
+
+/// `service inspect --pretty`: Docker's layout, for the fields that exist.
+fn pretty(s: &ServiceView) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let spec = &s.spec;
+    let t = &spec.task;
+    let _ = writeln!(o, "\nID:\t\t{}\nName:\t\t{}", s.id, spec.name);
+    if !spec.labels.is_empty() {
+        let _ = writeln!(o, "Labels:");
+        for (k, v) in &spec.labels {
+            let _ = writeln!(o, " {k}={v}");
+        }
+    }
+    match spec.mode {
+        Mode::Replicated { replicas } => {
+            let _ = writeln!(o, "Service Mode:\tReplicated\n Replicas:\t{replicas}");
+        }
+        _ => {
+            let _ = writeln!(o, "Service Mode:\t{}", cap(spec.mode.name()));
+        }
+    }
+    if let Some(u) = &s.update {
+        let _ = writeln!(
+            o,
+            "UpdateStatus:\n State:\t\t{}\n Started:\t{}",
+            u.state.name(),
+            ago(u.started_ms)
+        );
+        if let Some(done) = u.completed_ms {
+            let _ = writeln!(o, " Completed:\t{}", ago(done));
+        }
+        let _ = writeln!(o, " Message:\t{}", u.message);
+    }
+    let p = &t.placement;
+    if !p.constraints.is_empty() || !p.spread.is_empty() || p.max_replicas > 0 {
+        let _ = writeln!(o, "Placement:");
+        if !p.constraints.is_empty() {
+            let cs: Vec<String> = p.constraints.iter().map(|k| k.to_string()).collect();
+            let _ = writeln!(o, " Constraints:\t[{}]", cs.join(" "));
+        }
+        if !p.spread.is_empty() {
+            let _ = writeln!(o, " Preferences:\t[spread={}]", p.spread.join(" spread="));
+        }
+        if p.max_replicas > 0 {
+            let _ = writeln!(o, " Max Replicas Per Node:\t{}", p.max_replicas);
+        }
+    }
+    for (title, u) in [
+        ("UpdateConfig", &spec.update),
+        ("RollbackConfig", &spec.rollback),
+    ] {
+        let _ = writeln!(o, "{title}:\n Parallelism:\t{}", u.parallelism);
+        if u.delay_ms > 0 {
+            let _ = writeln!(o, " Delay:\t\t{}", go_duration(u.delay_ms));
+        }
+        let _ = writeln!(
+            o,
+            " On failure:\t{}\n Monitoring Period: {}\n Max failure ratio: {}\n {} order:\t{}",
+            match u.failure_action {
+                FailureAction::Pause => "pause",
+                FailureAction::Continue => "continue",
+                FailureAction::Rollback => "rollback",
+            },
+            go_duration(u.monitor_ms),
+            f64::from(u.max_failure_ppm) / 1e6,
+            if title == "UpdateConfig" {
+                "Update"
+            } else {
+                "Rollback"
+            },
+            match u.order {
+                UpdateOrder::StopFirst => "stop-first",
+                UpdateOrder::StartFirst => "start-first",
+            }
+        );
+    }
+    let c = &t.container;
+    let _ = writeln!(o, "ContainerSpec:\n Image:\t\t{}", t.image);
+    if !c.cmd.is_empty() {
+        let _ = writeln!(o, " Args:\t\t{}", c.cmd.join(" "));
+    }
+    if !c.env.is_empty() {
+        let _ = writeln!(o, " Env:\t\t{}", c.env.join(" "));
+    }
+    if let Some(d) = &c.workdir {
+        let _ = writeln!(o, " Dir:\t\t{d}");
+    }
+    if let Some(u) = &c.user {
+        let _ = writeln!(o, " User:\t\t{u}");
+    }
+    let _ = writeln!(
+        o,
+        " Init:\t\tfalse\n Stop grace period:\t{}",
+        go_duration(t.stop_grace_ms)
+    );
+    if !c.mounts.is_empty() {
+        let _ = writeln!(o, "Mounts:");
+        for m in &c.mounts {
+            let _ = writeln!(
+                o,
+                " Target:\t{}\n  Source:\t{}\n  ReadOnly:\t{}",
+                m.target, m.source, m.readonly
+            );
+        }
+    }
+    let r = &t.restart;
+    let _ = writeln!(
+        o,
+        "RestartPolicy:\n Condition:\t{}\n Delay:\t\t{}\n Max attempts:\t{}",
+        match r.condition {
+            RestartCondition::None => "none",
+            RestartCondition::OnFailure => "on-failure",
+            RestartCondition::Any => "any",
+        },
+        go_duration(r.delay_ms),
+        r.max_attempts
+    );
+    o
+}
+
 pub fn inspect(global: &Global, c: ServiceInspect) -> anyhow::Result<ExitCode> {
     if c.services.is_empty() {
         return Err(UsageError("service inspect: name at least one service".into()).into());
@@ -402,37 +633,7 @@ pub fn inspect(global: &Global, c: ServiceInspect) -> anyhow::Result<ExitCode> {
     let v = services(global, Some(c.services))?;
     if c.pretty {
         for s in &v {
-            println!("ID:\t\t{}", s.id);
-            println!("Name:\t\t{}", s.spec.name);
-            match s.spec.mode {
-                Mode::Replicated { replicas } => {
-                    println!("Service Mode:\tReplicated\n Replicas:\t{replicas}")
-                }
-                _ => println!("Service Mode:\t{}", cap(s.spec.mode.name())),
-            }
-            if let Some(u) = &s.update {
-                println!(
-                    "UpdateStatus:\n State:\t\t{}\n Message:\t{}",
-                    u.state.name(),
-                    u.message
-                );
-            }
-            let cs = &s.spec.task.placement.constraints;
-            if !cs.is_empty() {
-                println!(
-                    "Placement:\n Constraints:\t[{}]",
-                    cs.iter()
-                        .map(|k| k.to_string())
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                );
-            }
-            let u = &s.spec.update;
-            println!("UpdateConfig:\n Parallelism:\t{}\n Delay:\t\t{}ms\n On failure:\t{:?}\n Monitor:\t{}ms", u.parallelism, u.delay_ms, u.failure_action, u.monitor_ms);
-            println!("ContainerSpec:\n Image:\t\t{}", s.spec.task.image);
-            if !s.spec.task.container.cmd.is_empty() {
-                println!(" Args:\t\t{}", s.spec.task.container.cmd.join(" "));
-            }
+            print!("{}", pretty(s));
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -491,6 +692,20 @@ mod tests {
             error: String::new(),
             created_ms,
             state_ms: created_ms,
+        }
+    }
+
+    #[test]
+    fn durations_print_as_go_does() {
+        for (ms, want) in [
+            (0, "0s"),
+            (500, "500ms"),
+            (1_500, "1.5s"),
+            (10_000, "10s"),
+            (90_000, "1m30s"),
+            (7_200_000, "2h0m0s"),
+        ] {
+            assert_eq!(go_duration(ms), want);
         }
     }
 

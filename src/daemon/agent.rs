@@ -54,6 +54,7 @@ impl Agent {
 pub fn spawn(
     engine: Arc<Engine>,
     node: NodeId,
+    hostname: String,
     labels: &[(String, String)],
 ) -> anyhow::Result<Agent> {
     let (tx, rx) = mpsc::channel();
@@ -66,6 +67,7 @@ pub fn spawn(
             let mut a = Loop {
                 engine,
                 node,
+                hostname,
                 desc,
                 book: Book::default(),
                 tx: worker_tx,
@@ -100,6 +102,8 @@ fn describe(labels: &[(String, String)]) -> NodeDescription {
 struct Loop {
     engine: Arc<Engine>,
     node: NodeId,
+    /// For `{{.Node.Hostname}}` in a task's hostname and environment.
+    hostname: String,
     desc: NodeDescription,
     book: Book,
     tx: mpsc::Sender<Msg>,
@@ -202,8 +206,9 @@ impl Loop {
                     return self.book.done(task);
                 };
                 let node = self.node;
+                let hostname = self.hostname.clone();
                 spawn_worker(move || {
-                    if let Err(e) = start(&engine, node, &asg) {
+                    if let Err(e) = start(&engine, node, &hostname, &asg) {
                         let _ = tx.send(Msg::Report(TaskReport {
                             task,
                             state: TaskState::Rejected,
@@ -280,13 +285,19 @@ fn pull_if_missing(engine: &Engine, image: &str) -> Result<(), String> {
 }
 
 /// Pulls (if needed), creates and starts a task's container.
-fn start(engine: &Engine, node: NodeId, a: &Assignment) -> Result<(), String> {
+fn start(engine: &Engine, node: NodeId, hostname: &str, a: &Assignment) -> Result<(), String> {
     let tpl = a
         .template
         .as_ref()
         .ok_or("the service no longer holds this task's spec")?;
     pull_if_missing(engine, &tpl.image)?;
     let mut spec = tpl.container.clone();
+    if let Some(h) = &spec.hostname {
+        spec.hostname = Some(a.expand(h, hostname)?);
+    }
+    for e in &mut spec.env {
+        *e = a.expand(e, hostname)?;
+    }
     spec.labels.insert(LABEL_TASK.into(), a.task.to_string());
     spec.labels
         .insert(LABEL_SERVICE.into(), a.service_name.clone());

@@ -50,6 +50,23 @@ impl Assignment {
             s => format!("{}.{}.{}", self.service_name, s, self.task),
         }
     }
+
+    /// A `--hostname` or `--env` of the task's spec with its `{{.Task.Slot}}`-style
+    /// placeholders filled in, for this task on this node.
+    pub fn expand(&self, s: &str, node_hostname: &str) -> Result<String, String> {
+        super::spec::expand(s, |key| {
+            Some(match key {
+                ".Service.ID" => self.service.to_string(),
+                ".Service.Name" => self.service_name.clone(),
+                ".Node.ID" => self.node.to_string(),
+                ".Node.Hostname" => node_hostname.to_string(),
+                ".Task.ID" => self.task.to_string(),
+                ".Task.Name" => self.container_name(),
+                ".Task.Slot" => self.slot.to_string(),
+                _ => return None,
+            })
+        })
+    }
 }
 
 /// The whole set for one node.
@@ -350,6 +367,28 @@ mod tests {
         assert_eq!(x.container_name(), "web.2.000000000000001f");
         let g = Assignment { slot: 0, ..x };
         assert_eq!(g.container_name(), "web.00000000000000ab.000000000000001f");
+    }
+
+    #[test]
+    fn placeholders_are_filled_in_for_the_task() {
+        let x = a(0x1f, TaskState::Running);
+        assert_eq!(
+            x.expand(
+                "{{.Service.Name}}-{{ .Task.Slot }}@{{.Node.Hostname}}",
+                "pi-3"
+            )
+            .as_deref(),
+            Ok("web-2@pi-3")
+        );
+        assert_eq!(
+            x.expand("T={{.Task.Name}} N={{.Node.ID}}", "pi").as_deref(),
+            Ok("T=web.2.000000000000001f N=00000000000000ab")
+        );
+        assert_eq!(x.expand("plain", "pi").as_deref(), Ok("plain"));
+        let e = x.expand("{{.Task.Nope}}", "pi").unwrap_err();
+        assert!(e.contains("unknown placeholder {{.Task.Nope}}"), "{e}");
+        let e = x.expand("a{{.Task.Slot", "pi").unwrap_err();
+        assert!(e.contains("without }}"), "{e}");
     }
 
     #[test]

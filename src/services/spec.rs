@@ -215,8 +215,53 @@ impl ServiceSpec {
                 return Err(SpecError::FailureRatio);
             }
         }
+        let c = &self.task.container;
+        for (flag, s) in c
+            .hostname
+            .iter()
+            .map(|h| ("--hostname", h))
+            .chain(c.env.iter().map(|e| ("--env", e)))
+        {
+            expand(s, |_| Some(String::new())).map_err(|e| SpecError::Template(flag, e))?;
+        }
         Ok(())
     }
+}
+
+/// What a task's `--hostname` and `--env` may name, Docker's way: `{{.Task.Slot}}`.
+pub const PLACEHOLDERS: [&str; 7] = [
+    ".Service.ID",
+    ".Service.Name",
+    ".Node.ID",
+    ".Node.Hostname",
+    ".Task.ID",
+    ".Task.Name",
+    ".Task.Slot",
+];
+
+/// `s` with each `{{ .Placeholder }}` replaced by `value(placeholder)`; an unknown one,
+/// or a `{{` left open, is an error naming it.
+pub fn expand(s: &str, value: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(open) = rest.find("{{") {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 2..];
+        let close = after
+            .find("}}")
+            .ok_or_else(|| format!("{{{{ without }}}} in {s:?}"))?;
+        let key = after[..close].trim();
+        if !PLACEHOLDERS.contains(&key) {
+            return Err(format!(
+                "unknown placeholder {{{{{key}}}}} in {s:?}: use {}",
+                PLACEHOLDERS.join(", ")
+            ));
+        }
+        out.push_str(&value(key).ok_or_else(|| format!("no value for {key}"))?);
+        rest = &after[close + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -235,6 +280,8 @@ pub enum SpecError {
     FailureRatio,
     #[error("{0}")]
     Constraint(#[from] super::constraint::ConstraintError),
+    #[error("{0}: {1}")]
+    Template(&'static str, String),
 }
 
 /// Docker's rule for service names: a DNS label.
