@@ -285,6 +285,21 @@ fn basic_auth_and_tls() {
     assert!(err.to_string().contains("refused the credentials"), "{err}");
     cfg.auths.get_mut(&reg.host()).unwrap().password = "s3cret".into();
     pull(&store, &r, &host, &cfg, &quiet).unwrap();
+    // The node's own credentials file (`daemon --registry-auth-file`), read at the
+    // pull: a missing file is no credentials, a malformed one is named.
+    reg.push_image("private/bb", Some("2"), &img);
+    let r2 = Reference::parse(&format!("{}/private/bb:2", reg.host())).unwrap();
+    let file = d.0.join("node-config.json");
+    let mut cfg = insecure(&reg);
+    cfg.auth_file = Some(file.clone());
+    let err = pull(&store, &r2, &host, &cfg, &quiet).unwrap_err();
+    assert!(err.to_string().contains("no credentials"), "{err}");
+    std::fs::write(&file, "{\"auths\": [").unwrap();
+    let err = pull(&store, &r2, &host, &cfg, &quiet).unwrap_err();
+    assert!(err.to_string().contains("node-config.json"), "{err}");
+    let entry = json!({"auths": {reg.host(): {"username": "ann", "password": "s3cret"}}});
+    std::fs::write(&file, entry.to_string()).unwrap();
+    pull(&store, &r2, &host, &cfg, &quiet).unwrap();
 
     let tls = Registry::start(
         "tls",

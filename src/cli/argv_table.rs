@@ -21,6 +21,7 @@ pub static COMMANDS: &[Cmd] = &[
             "--hostname",
             "--insecure-registry",
             "--certs-dir",
+            "--registry-auth-file",
         ],
         switches: &["--help"],
         greedy: false,

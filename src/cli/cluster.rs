@@ -46,6 +46,11 @@ pub struct DaemonCommand {
     /// directory of registry CAs, <dir>/<host[:port]>/*.crt (default /etc/swarmlet/certs.d)
     #[argh(option)]
     pub certs_dir: Option<PathBuf>,
+
+    /// the node's registry credentials, a Docker-format config.json read at each pull
+    /// (default /etc/swarmlet/config.json)
+    #[argh(option)]
+    pub registry_auth_file: Option<PathBuf>,
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
@@ -192,6 +197,10 @@ pub fn daemon(global: &Global, cmd: DaemonCommand) -> anyhow::Result<ExitCode> {
                     .unwrap_or_else(|| PathBuf::from("/etc/swarmlet/certs.d")),
             ),
             auths: Default::default(),
+            auth_file: Some(
+                cmd.registry_auth_file
+                    .unwrap_or_else(|| PathBuf::from("/etc/swarmlet/config.json")),
+            ),
         },
     };
     crate::daemon::node::run(cfg)?;

@@ -77,6 +77,12 @@ pub struct RegistryConfig {
     pub certs_dir: Option<PathBuf>,
     /// Credentials by registry host, as a Docker `config.json` holds them.
     pub auths: BTreeMap<String, Credentials>,
+    /// The node's own credentials: a Docker-format `config.json` read at each pull
+    /// that brought none for its registry (so a changed file needs no restart). A
+    /// missing file means none; an unreadable or malformed one fails the pull, naming
+    /// the file.
+    #[serde(default)]
+    pub auth_file: Option<PathBuf>,
 }
 
 /// Reads the `auths` of a Docker-compatible `config.json`: `{"auths": {"host":
@@ -207,6 +213,13 @@ pub fn base64_encode(b: &[u8]) -> String {
     out
 }
 
+/// `domain`'s credentials from the node's config file, if it has any.
+fn node_credentials(file: Option<&Path>, domain: &str) -> Result<Option<Credentials>, PullError> {
+    let Some(file) = file else { return Ok(None) };
+    let mut auths = read_docker_config(file).map_err(PullError::Invalid)?;
+    Ok(auths.remove(domain))
+}
+
 impl Client {
     fn new(cfg: &RegistryConfig, domain: &str, api_host: &str) -> Result<Client, PullError> {
         let insecure = cfg.insecure.iter().any(|h| h == domain || h == api_host);
@@ -247,7 +260,10 @@ impl Client {
             host: domain.to_string(),
             base: format!("{}://{api_host}", if insecure { "http" } else { "https" }),
             agent,
-            creds: cfg.auths.get(domain).cloned(),
+            creds: match cfg.auths.get(domain) {
+                Some(c) => Some(c.clone()),
+                None => node_credentials(cfg.auth_file.as_deref(), domain)?,
+            },
             auth: Arc::new(Mutex::new(None)),
         })
     }
