@@ -370,6 +370,72 @@ fn replicated_service_create_scale_update_and_remove() {
     let all = m.ok(&["service", "ps", "--no-trunc", "web"]);
     assert!(all.contains(&format!("No such image: {nope}")), "{all}");
 
+    // Failure action pause (the default) stops the update, and the waiting CLI says so.
+    let o = m.cli(&[
+        "service",
+        "update",
+        "--update-parallelism",
+        "1",
+        "--update-failure-action",
+        "pause",
+        "--image",
+        &nope,
+        "web",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("update paused due to failure"), "{err}");
+    let doc: serde_json::Value =
+        serde_json::from_str(&m.ok(&["service", "inspect", "web"])).unwrap();
+    assert_eq!(doc[0]["UpdateStatus"]["State"], "paused");
+    // One replica was tried and failed; the other still runs the old image.
+    assert!(
+        running_tasks(m, "web").iter().any(|r| r.contains(&img2)),
+        "{:#?}",
+        running_tasks(m, "web")
+    );
+
+    // A health check gates Running: Starting until the check passes.
+    m.ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "hc",
+        "--health-cmd",
+        "test -e /tmp/ok",
+        "--health-interval",
+        "1s",
+        &img,
+        "sleep",
+        "600",
+    ]);
+    let mut on = None;
+    wait_for(30, "hc's task to start", || {
+        let ps = m.ok(&["service", "ps", "hc"]);
+        on = lines(&ps).get(1).and_then(|r| {
+            r.contains("Starting")
+                .then(|| r.split_whitespace().nth(3).unwrap().to_string())
+        });
+        on.is_some()
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let ps = m.ok(&["service", "ps", "hc"]);
+    assert!(lines(&ps)[1].contains("Starting"), "{ps}");
+    let node = on.unwrap();
+    let d = &ds[node[1..].parse::<usize>().unwrap() - 1];
+    let ps = d.ok(&["ps"]);
+    let name = ps
+        .split_whitespace()
+        .find(|w| w.starts_with("hc."))
+        .unwrap_or_else(|| panic!("no hc container on {node}: {ps}"))
+        .to_string();
+    d.ok(&["exec", &name, "touch", "/tmp/ok"]);
+    wait_for(15, "hc to be Running once healthy", || {
+        lines(&m.ok(&["service", "ps", "hc"]))[1].contains("Running")
+    });
+    m.ok(&["service", "rm", "hc"]);
+
     // Removal takes every container away.
     let out = m.ok(&["service", "rm", "web"]);
     assert_eq!(out.trim(), "web");
