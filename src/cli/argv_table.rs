@@ -214,6 +214,7 @@ pub static COMMANDS: &[Cmd] = &[
             "--image",
             "--args",
             "--replicas",
+            "--max-concurrent",
             "--replicas-max-per-node",
             "--env-add",
             "--env-rm",

@@ -399,6 +399,10 @@ pub struct ServiceUpdate {
     #[argh(option)]
     pub replicas: Option<String>,
 
+    /// job tasks run at once (replicated-job mode)
+    #[argh(option)]
+    pub max_concurrent: Option<u64>,
+
     /// most tasks of this service on one node (0: no limit)
     #[argh(option)]
     pub replicas_max_per_node: Option<u64>,

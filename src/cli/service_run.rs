@@ -549,6 +549,59 @@ fn edit_map(
     Ok(())
 }
 
+/// A command line split as a POSIX shell splits words: whitespace separates them,
+/// single quotes keep everything, double quotes keep all but `\"`, `\\`, `\$` and
+/// `` \` ``, a backslash outside quotes keeps the next character. No expansion.
+fn shell_words(s: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = s.chars();
+    while let Some(ch) = chars.next() {
+        match ch {
+            c if c.is_whitespace() => {
+                if let Some(w) = word.take() {
+                    words.push(w);
+                }
+            }
+            '\'' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => w.push(c),
+                        None => return Err(format!("unterminated single quote in {s:?}")),
+                    }
+                }
+            }
+            '"' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\' | '$' | '`')) => w.push(c),
+                            Some(c) => {
+                                w.push('\\');
+                                w.push(c);
+                            }
+                            None => return Err(format!("unterminated double quote in {s:?}")),
+                        },
+                        Some(c) => w.push(c),
+                        None => return Err(format!("unterminated double quote in {s:?}")),
+                    }
+                }
+            }
+            '\\' => match chars.next() {
+                Some(c) => word.get_or_insert_with(String::new).push(c),
+                None => return Err(format!("a backslash ends {s:?}")),
+            },
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    Ok(words)
+}
+
 fn resolve_update(c: &ServiceUpdate, spec: &mut ServiceSpec) -> Result<(), UsageError> {
     if let Some(i) = &c.image {
         Reference::parse(i)
@@ -556,7 +609,17 @@ fn resolve_update(c: &ServiceUpdate, spec: &mut ServiceSpec) -> Result<(), Usage
         spec.task.image = i.clone();
     }
     if let Some(a) = &c.args {
-        spec.task.container.cmd = a.split_whitespace().map(str::to_string).collect();
+        spec.task.container.cmd = shell_words(a).map_err(|e| UsageError(format!("--args: {e}")))?;
+    }
+    if let Some(n) = c.max_concurrent {
+        match &mut spec.mode {
+            Mode::ReplicatedJob { max_concurrent, .. } => *max_concurrent = n,
+            _ => {
+                return Err(UsageError(
+                    "--max-concurrent: can only be used with replicated-job mode".into(),
+                ))
+            }
+        }
     }
     if let Some(r) = c.replicas.as_deref() {
         let n = replicas(r)?;
@@ -1138,5 +1201,24 @@ mod tests {
         );
         let e = create_of(&["-e", "A={{.Node.ID", "busybox"]).unwrap_err().0;
         assert!(e.starts_with("--env:"), "{e}");
+    }
+
+    #[test]
+    fn args_split_as_a_shell_would() {
+        assert_eq!(
+            shell_words(r#"sh -c 'echo "a  b"; exit 3' x\ y "q\"z" ''"#).unwrap(),
+            vec!["sh", "-c", r#"echo "a  b"; exit 3"#, "x y", "q\"z", ""]
+        );
+        assert!(shell_words("echo 'open")
+            .unwrap_err()
+            .contains("single quote"));
+        assert!(shell_words("echo \"open")
+            .unwrap_err()
+            .contains("double quote"));
+        let mut s = create_of(&["--name", "web", "busybox"]).unwrap();
+        let u = ServiceUpdate::from_args(&["service", "update"], &["--max-concurrent", "2", "web"])
+            .unwrap();
+        let e = resolve_update(&u, &mut s).unwrap_err().0;
+        assert!(e.starts_with("--max-concurrent:"), "{e}");
     }
 }
