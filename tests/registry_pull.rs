@@ -320,8 +320,13 @@ fn basic_auth_and_tls() {
         certs.join(tls.host()).join("ca.crt"),
     )
     .unwrap();
+    // A node credentials file that cannot be read does not stop a pull that needs
+    // none.
+    let bad = d.0.join("bad-config.json");
+    std::fs::write(&bad, "not json").unwrap();
     let cfg = RegistryConfig {
         certs_dir: Some(certs),
+        auth_file: Some(bad),
         ..Default::default()
     };
     pull(&store, &r, &host, &cfg, &quiet).unwrap();

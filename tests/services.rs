@@ -178,7 +178,18 @@ fn replicated_service_create_scale_update_and_remove() {
     assert!(ps.contains("web."), "{ps}");
 
     // Listings: JSON lines with Docker's keys, ids alone, ids for names.
-    let ls = m.ok(&["service", "ls", "--format", "json", "-f", "name=we"]);
+    let ls = m.ok(&[
+        "service",
+        "ls",
+        "--format",
+        "json",
+        "-f",
+        "name=we",
+        "-f",
+        "name=x",
+        "-f",
+        "mode=replicated",
+    ]);
     let row: serde_json::Value = serde_json::from_str(&lines(&ls)[0]).unwrap();
     assert_eq!(
         (&row["Name"], &row["Mode"], &row["Replicas"], &row["Image"]),
@@ -406,6 +417,8 @@ fn replicated_service_create_scale_update_and_remove() {
         "test -e /tmp/ok",
         "--health-interval",
         "1s",
+        "--health-retries",
+        "1000",
         &img,
         "sleep",
         "600",

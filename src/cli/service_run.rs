@@ -485,6 +485,8 @@ fn resolve_create(c: &ServiceCreate) -> Result<ServiceSpec, UsageError> {
     );
     apply(&mut spec, &common)?;
     spec.validate().map_err(|e| UsageError(e.to_string()))?;
+    spec.check_placeholders()
+        .map_err(|e| UsageError(e.to_string()))?;
     Ok(spec)
 }
 
@@ -671,18 +673,30 @@ fn resolve_update(c: &ServiceUpdate, spec: &mut ServiceSpec) -> Result<(), Usage
     for a in &c.placement_pref_add {
         p.spread.push(spread_label("--placement-pref-add", a)?);
     }
-    // Docker's: a capability added leaves the drop list, and the other way round.
+    // Docker's: a capability added leaves the drop list, and the other way round;
+    // named in both, it is added. Names compare as the runtime reads them (`net_raw`
+    // is `CAP_NET_RAW`).
+    let same = |a: &str, b: &str| {
+        let full = |x: &str| {
+            let up = x.to_ascii_uppercase();
+            match up.strip_prefix("CAP_") {
+                Some(rest) => rest.to_string(),
+                None => up,
+            }
+        };
+        full(a) == full(b)
+    };
     let caps = &mut spec.task.container;
-    for k in &c.cap_add {
-        caps.cap_drop.retain(|x| x != k);
-        if !caps.cap_add.contains(k) {
-            caps.cap_add.push(k.clone());
+    for k in &c.cap_drop {
+        caps.cap_add.retain(|x| !same(x, k));
+        if !caps.cap_drop.iter().any(|x| same(x, k)) {
+            caps.cap_drop.push(k.clone());
         }
     }
-    for k in &c.cap_drop {
-        caps.cap_add.retain(|x| x != k);
-        if !caps.cap_drop.contains(k) {
-            caps.cap_drop.push(k.clone());
+    for k in &c.cap_add {
+        caps.cap_drop.retain(|x| !same(x, k));
+        if !caps.cap_add.iter().any(|x| same(x, k)) {
+            caps.cap_add.push(k.clone());
         }
     }
     for m in &c.mount_rm {
@@ -703,7 +717,9 @@ fn resolve_update(c: &ServiceUpdate, spec: &mut ServiceSpec) -> Result<(), Usage
         &c.publish_add
     );
     apply(spec, &common)?;
-    spec.validate().map_err(|e| UsageError(e.to_string()))
+    spec.validate().map_err(|e| UsageError(e.to_string()))?;
+    spec.check_placeholders()
+        .map_err(|e| UsageError(e.to_string()))
 }
 
 pub fn update(global: &Global, c: ServiceUpdate) -> anyhow::Result<ExitCode> {
@@ -1143,9 +1159,13 @@ mod tests {
                 "--placement-pref-add",
                 "spread=engine.labels.rack",
                 "--cap-add",
-                "NET_RAW",
+                "net_raw",
                 "--cap-drop",
                 "CHOWN",
+                "--cap-drop",
+                "cap_kill",
+                "--cap-add",
+                "KILL",
                 "--label-add",
                 "b=2",
                 "--label-rm",
@@ -1158,7 +1178,7 @@ mod tests {
         .unwrap();
         resolve_update(&u, &mut s).unwrap();
         assert_eq!(s.task.placement.spread, vec!["engine.labels.rack"]);
-        assert_eq!(s.task.container.cap_add, vec!["NET_RAW"]);
+        assert_eq!(s.task.container.cap_add, vec!["net_raw", "KILL"]);
         assert_eq!(s.task.container.cap_drop, vec!["CHOWN"]);
         assert_eq!(
             s.labels,

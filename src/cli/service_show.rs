@@ -1,6 +1,7 @@
 //! `service ls`, `service ps`, `service inspect` and `node ps`: Docker's columns, JSON
 //! keys and inspect document for the fields that exist.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use serde_json::json;
@@ -79,29 +80,46 @@ fn services(global: &Global, names: Option<Vec<String>>) -> anyhow::Result<Vec<S
 }
 
 /// `service ls -f`: Docker's keys. `id` and `name` match a prefix, `label` a key or
-/// `key=value`, `mode` the mode's name; several filters must all hold.
+/// `key=value`, `mode` one of replicated, global, replicated-job, global-job. Filters
+/// with the same key are alternatives; different keys must all hold (Docker's).
 fn filter_services(
     mut v: Vec<ServiceView>,
     filters: &[String],
 ) -> Result<Vec<ServiceView>, UsageError> {
+    let mut by_key: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for f in filters {
         let (k, val) = f
             .split_once('=')
             .ok_or_else(|| UsageError(format!("--filter: {f:?} is not KEY=VALUE")))?;
         match k {
-            "id" => v.retain(|s| s.id.to_string().starts_with(val)),
-            "name" => v.retain(|s| s.spec.name.starts_with(val)),
-            "mode" => v.retain(|s| s.spec.mode.name() == val),
-            "label" => v.retain(|s| match val.split_once('=') {
-                Some((lk, lv)) => s.spec.labels.get(lk).is_some_and(|x| x == lv),
-                None => s.spec.labels.contains_key(val),
-            }),
+            "id" | "name" | "label" => {}
+            "mode" => {
+                if !["replicated", "global", "replicated-job", "global-job"].contains(&val) {
+                    return Err(UsageError(format!(
+                        "--filter: mode {val:?}: replicated, global, replicated-job or global-job"
+                    )));
+                }
+            }
             _ => {
                 return Err(UsageError(format!(
                     "--filter: unknown key {k:?} (id, name, label, mode)"
                 )))
             }
         }
+        by_key.entry(k).or_default().push(val);
+    }
+    for (k, vals) in by_key {
+        v.retain(|s| {
+            vals.iter().any(|val| match k {
+                "id" => s.id.to_string().starts_with(val),
+                "name" => s.spec.name.starts_with(val),
+                "mode" => s.spec.mode.name().replace(' ', "-") == *val,
+                _ => match val.split_once('=') {
+                    Some((lk, lv)) => s.spec.labels.get(lk).is_some_and(|x| x == lv),
+                    None => s.spec.labels.contains_key(*val),
+                },
+            })
+        });
     }
     Ok(v)
 }
@@ -693,6 +711,58 @@ mod tests {
             created_ms,
             state_ms: created_ms,
         }
+    }
+
+    #[test]
+    fn ls_filters_like_docker() {
+        let svc = |id: u64, name: &str, mode: Mode, label: Option<(&str, &str)>| {
+            let mut spec = ServiceSpec::new(name, "busybox");
+            spec.mode = mode;
+            if let Some((k, v)) = label {
+                spec.labels.insert(k.into(), v.into());
+            }
+            ServiceView {
+                id: ServiceId(id),
+                spec,
+                previous: None,
+                version: 1,
+                created_ms: 0,
+                updated_ms: 0,
+                update: None,
+                running: 0,
+                desired: 0,
+                completed: 0,
+            }
+        };
+        let all = vec![
+            svc(
+                1,
+                "web",
+                Mode::Replicated { replicas: 1 },
+                Some(("tier", "front")),
+            ),
+            svc(2, "db", Mode::Global, Some(("tier", "back"))),
+            svc(3, "batch", Mode::GlobalJob, None),
+        ];
+        let names = |f: &[&str]| -> Vec<String> {
+            let f: Vec<String> = f.iter().map(|x| x.to_string()).collect();
+            filter_services(all.clone(), &f)
+                .unwrap()
+                .into_iter()
+                .map(|s| s.spec.name)
+                .collect()
+        };
+        assert_eq!(names(&["name=w", "name=d"]), ["web", "db"]);
+        assert_eq!(names(&["name=w", "label=tier"]), ["web"]);
+        assert_eq!(names(&["label=tier=back"]), ["db"]);
+        assert_eq!(names(&["mode=global-job"]), ["batch"]);
+        let bad = |f: &str| {
+            filter_services(all.clone(), &[f.to_string()])
+                .unwrap_err()
+                .0
+        };
+        assert!(bad("mode=job").contains("mode \"job\""));
+        assert!(bad("colour=red").contains("unknown key"));
     }
 
     #[test]

@@ -293,10 +293,13 @@ fn start(engine: &Engine, node: NodeId, hostname: &str, a: &Assignment) -> Resul
     pull_if_missing(engine, &tpl.image)?;
     let mut spec = tpl.container.clone();
     if let Some(h) = &spec.hostname {
-        spec.hostname = Some(a.expand(h, hostname)?);
+        spec.hostname = Some(a.expand(h, hostname));
     }
+    // Values only, as Docker's: a variable's name is not a template.
     for e in &mut spec.env {
-        *e = a.expand(e, hostname)?;
+        if let Some((k, v)) = e.split_once('=') {
+            *e = format!("{k}={}", a.expand(v, hostname));
+        }
     }
     spec.labels.insert(LABEL_TASK.into(), a.task.to_string());
     spec.labels

@@ -164,6 +164,9 @@ struct Client {
     base: String,
     agent: ureq::Agent,
     creds: Option<Credentials>,
+    /// Why there are none, when it is more than that none were given (the node's
+    /// credentials file could not be read): said if the registry asks for them.
+    no_creds: String,
     auth: Arc<Mutex<Option<String>>>,
 }
 
@@ -213,11 +216,12 @@ pub fn base64_encode(b: &[u8]) -> String {
     out
 }
 
+const NO_CREDS: &str = "no credentials for this registry (add them to config.json)";
+
 /// `domain`'s credentials from the node's config file, if it has any.
-fn node_credentials(file: Option<&Path>, domain: &str) -> Result<Option<Credentials>, PullError> {
+fn node_credentials(file: Option<&Path>, domain: &str) -> Result<Option<Credentials>, String> {
     let Some(file) = file else { return Ok(None) };
-    let mut auths = read_docker_config(file).map_err(PullError::Invalid)?;
-    Ok(auths.remove(domain))
+    Ok(read_docker_config(file)?.remove(domain))
 }
 
 impl Client {
@@ -256,14 +260,24 @@ impl Client {
             .user_agent(concat!("swarmlet/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
+        // A node credentials file that cannot be read fails only a pull that needs
+        // credentials, and that pull names the file.
+        let (creds, no_creds) = match cfg.auths.get(domain) {
+            Some(c) => (Some(c.clone()), String::new()),
+            None => match node_credentials(cfg.auth_file.as_deref(), domain) {
+                Ok(c) => (c, NO_CREDS.to_string()),
+                Err(e) => (
+                    None,
+                    format!("{NO_CREDS}; the node's credentials file: {e}"),
+                ),
+            },
+        };
         Ok(Client {
             host: domain.to_string(),
             base: format!("{}://{api_host}", if insecure { "http" } else { "https" }),
             agent,
-            creds: match cfg.auths.get(domain) {
-                Some(c) => Some(c.clone()),
-                None => node_credentials(cfg.auth_file.as_deref(), domain)?,
-            },
+            creds,
+            no_creds,
             auth: Arc::new(Mutex::new(None)),
         })
     }
@@ -305,7 +319,7 @@ impl Client {
                         msg: if self.creds.is_some() {
                             "the registry refused the credentials".into()
                         } else {
-                            "no credentials for this registry (add them to config.json)".into()
+                            self.no_creds.clone()
                         },
                     });
                 }
@@ -337,9 +351,7 @@ impl Client {
         });
         let (scheme, params) = challenge.split_once(' ').unwrap_or((challenge, ""));
         if scheme.eq_ignore_ascii_case("basic") {
-            return basic.ok_or_else(|| {
-                auth_err("no credentials for this registry (add them to config.json)".into())
-            });
+            return basic.ok_or_else(|| auth_err(self.no_creds.clone()));
         }
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(auth_err(format!("unsupported challenge {challenge:?}")));

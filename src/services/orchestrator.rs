@@ -412,6 +412,14 @@ impl<'s, 'n> Planner<'s, 'n> {
                     )
             });
             if !unwanted && replacement_ended && order == UpdateOrder::StartFirst {
+                // A job's new task that completed is the slot's work done: the old one
+                // has no more to do.
+                if spec.mode.is_job() && ts.last().is_some_and(|l| l.state == TaskState::Complete) {
+                    for t in &live {
+                        self.desire(t, TaskState::Shutdown);
+                    }
+                    return SlotNeeds::Nothing;
+                }
                 return self.restart(svc, ts);
             }
             // A task still waiting for a node runs nothing: replaced for free.
@@ -669,18 +677,25 @@ impl<'s, 'n> Planner<'s, 'n> {
             })
             .map(|t| slot_of(t))
             .collect();
-        // With failure action continue, a slot whose new task failed is done with as
-        // far as the update goes (Swarm moves on and completes): its retries, under the
-        // restart policy, hold no worker and do not keep the update open, nor does the
-        // old task a start-first update kept running there.
+        // A new task that ended within `monitor` is a failure of the update. A slot
+        // with one is done with as far as the update goes when the failure is borne
+        // (failure action continue, or within --update-max-failure-ratio: Swarm moves
+        // on and completes): its retries, under the restart policy, hold no worker and
+        // do not keep the update open, nor does the old task a start-first update kept
+        // running there. Beyond the ratio the update pauses or rolls back instead.
+        let failed_early = |t: &Task| {
+            t.version == svc.version
+                && t.created_ms >= since
+                && matches!(
+                    t.state,
+                    TaskState::Complete | TaskState::Failed | TaskState::Rejected
+                )
+                && t.running_ms
+                    .is_none_or(|r| t.state_ms < r.saturating_add(cfg.monitor_ms))
+        };
         let gave_up: std::collections::BTreeSet<Slot> = tasks
             .iter()
-            .filter(|t| {
-                cfg.failure_action == FailureAction::Continue
-                    && t.version == svc.version
-                    && t.created_ms >= since
-                    && matches!(t.state, TaskState::Failed | TaskState::Rejected)
-            })
+            .filter(|t| failed_early(t))
             .map(|t| slot_of(t))
             .collect();
         for t in tasks {
@@ -734,19 +749,7 @@ impl<'s, 'n> Planner<'s, 'n> {
                 _ => {}
             }
         }
-        let failures = tasks
-            .iter()
-            .filter(|t| {
-                t.version == svc.version
-                    && t.created_ms >= since
-                    && matches!(
-                        t.state,
-                        TaskState::Complete | TaskState::Failed | TaskState::Rejected
-                    )
-                    && t.running_ms
-                        .is_none_or(|r| t.state_ms < r.saturating_add(cfg.monitor_ms))
-            })
-            .count() as u64;
+        let failures = tasks.iter().filter(|t| failed_early(t)).count() as u64;
         let total = (slots_seen.len() as u64).max(1);
         let over = failures > 0 && failures * 1_000_000 > u64::from(cfg.max_failure_ppm) * total;
         let parallelism = if cfg.parallelism == 0 {
@@ -880,7 +883,8 @@ struct UpdateView {
     /// more slots are to go, but do not keep a finished update open.
     unplaced: u64,
     failed: Option<TaskId>,
-    /// Slots a `continue` update moved on from after their new task failed.
+    /// Slots the update moved on from after their new task failed, the failure borne
+    /// (failure action continue, or within the failure ratio).
     gave_up: std::collections::BTreeSet<Slot>,
 }
 

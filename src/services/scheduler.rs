@@ -86,10 +86,17 @@ type Rank = Reverse<(u32, u32, NodeId, usize)>;
 /// preference, or the root when there is none) holds its nodes in a heap.
 #[derive(Default)]
 struct Branch<'a> {
+    /// Its label value, and the group it is in (the root: itself).
+    value: &'a str,
+    parent: usize,
     /// Active tasks of the service on the group's nodes.
     tasks: u32,
     /// The next preference's groups, by label value (arena indexes).
     children: BTreeMap<&'a str, usize>,
+    /// Those groups, fewest tasks first (then by value). An entry whose count is no
+    /// longer its group's is stale and skipped: a group's new count is pushed anew.
+    order: BinaryHeap<Reverse<(u32, &'a str, usize)>>,
+    /// At the last preference: its nodes, by rank.
     heap: BinaryHeap<Rank>,
     /// No node in it can take another task of the group.
     spent: bool,
@@ -238,10 +245,12 @@ impl<'a> Scheduler<'a> {
     /// Places `count` tasks of `g`, each counted on its node as it goes (so the next
     /// group sees them).
     pub fn place(&mut self, g: &Group<'_>, count: usize) -> Placement {
-        // The spread tree, in an arena; 0 is the root.
+        // The spread tree, in an arena; 0 is the root. Only nodes that take tasks and
+        // meet the constraints are in it, and only their tasks count (Docker's).
         let mut tree: Vec<Branch<'a>> = vec![Branch::default()];
         for i in 0..self.nodes.len() {
-            if matches!(self.fails(i, g), Some(Filter::Ready | Filter::Constraints)) {
+            let c = &self.nodes[i];
+            if !c.available || !g.constraints.iter().all(|k| k.matches(&c.facts)) {
                 continue;
             }
             let ours = self.service_tasks(g.service, i);
@@ -251,7 +260,11 @@ impl<'a> Scheduler<'a> {
                 b = match tree[b].children.get(value) {
                     Some(&c) => c,
                     None => {
-                        tree.push(Branch::default());
+                        tree.push(Branch {
+                            value,
+                            parent: b,
+                            ..Branch::default()
+                        });
                         let c = tree.len() - 1;
                         tree[b].children.insert(value, c);
                         c
@@ -262,6 +275,10 @@ impl<'a> Scheduler<'a> {
             let r = self.rank(g, i);
             tree[b].heap.push(r);
         }
+        for c in 1..tree.len() {
+            let (p, t, v) = (tree[c].parent, tree[c].tasks, tree[c].value);
+            tree[p].order.push(Reverse((t, v, c)));
+        }
         let mut nodes = Vec::new();
         let mut path = Vec::with_capacity(g.spread.len());
         while nodes.len() < count && !tree[0].spent {
@@ -270,12 +287,15 @@ impl<'a> Scheduler<'a> {
             path.clear();
             let mut b = 0;
             while !tree[b].children.is_empty() {
-                let next = tree[b]
-                    .children
-                    .values()
-                    .copied()
-                    .filter(|&c| !tree[c].spent)
-                    .min_by_key(|&c| tree[c].tasks);
+                let next = loop {
+                    match tree[b].order.peek() {
+                        None => break None,
+                        Some(&Reverse((t, _, c))) if tree[c].spent || t != tree[c].tasks => {
+                            tree[b].order.pop();
+                        }
+                        Some(&Reverse((_, _, c))) => break Some(c),
+                    }
+                };
                 match next {
                     Some(c) => {
                         path.push(c);
@@ -301,8 +321,10 @@ impl<'a> Scheduler<'a> {
             nodes.push(id);
             let r = self.rank(g, i);
             tree[b].heap.push(r);
-            for &p in &path {
-                tree[p].tasks = tree[p].tasks.saturating_add(1);
+            for &c in &path {
+                tree[c].tasks = tree[c].tasks.saturating_add(1);
+                let (p, t, v) = (tree[c].parent, tree[c].tasks, tree[c].value);
+                tree[p].order.push(Reverse((t, v, c)));
             }
         }
         let unplaced = (nodes.len() < count).then(|| self.explain(g));

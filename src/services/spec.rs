@@ -215,14 +215,26 @@ impl ServiceSpec {
                 return Err(SpecError::FailureRatio);
             }
         }
+        Ok(())
+    }
+
+    /// Whether the `{{.Task.Slot}}`-style placeholders in `--hostname` and `--env`
+    /// values are all known. The CLI asks, so a typo is a usage error; the leader does
+    /// not (a spec it once took must apply on every manager for good), and the agent
+    /// leaves what it does not know as written.
+    pub fn check_placeholders(&self) -> Result<(), SpecError> {
         let c = &self.task.container;
+        let env_values = c
+            .env
+            .iter()
+            .map(|e| e.split_once('=').map_or("", |(_, v)| v));
         for (flag, s) in c
             .hostname
             .iter()
-            .map(|h| ("--hostname", h))
-            .chain(c.env.iter().map(|e| ("--env", e)))
+            .map(|h| ("--hostname", h.as_str()))
+            .chain(env_values.map(|v| ("--env", v)))
         {
-            expand(s, |_| Some(String::new())).map_err(|e| SpecError::Template(flag, e))?;
+            check_template(s).map_err(|e| SpecError::Template(flag, e))?;
         }
         Ok(())
     }
@@ -239,29 +251,49 @@ pub const PLACEHOLDERS: [&str; 7] = [
     ".Task.Slot",
 ];
 
-/// `s` with each `{{ .Placeholder }}` replaced by `value(placeholder)`; an unknown one,
-/// or a `{{` left open, is an error naming it.
-pub fn expand(s: &str, value: impl Fn(&str) -> Option<String>) -> Result<String, String> {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(open) = rest.find("{{") {
-        out.push_str(&rest[..open]);
-        let after = &rest[open + 2..];
-        let close = after
-            .find("}}")
-            .ok_or_else(|| format!("{{{{ without }}}} in {s:?}"))?;
-        let key = after[..close].trim();
+/// The placeholders of `s`: each `{{ ... }}`, trimmed, with where it starts and ends.
+fn placeholders(s: &str) -> impl Iterator<Item = (usize, usize, &str)> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let open = at + s[at..].find("{{")?;
+        let close = open + 2 + s[open + 2..].find("}}")?;
+        at = close + 2;
+        Some((open, close + 2, s[open + 2..close].trim()))
+    })
+}
+
+/// Every `{{ ... }}` in `s` is one of [`PLACEHOLDERS`], and none is left open.
+pub fn check_template(s: &str) -> Result<(), String> {
+    let mut end = 0;
+    for (_, e, key) in placeholders(s) {
         if !PLACEHOLDERS.contains(&key) {
             return Err(format!(
                 "unknown placeholder {{{{{key}}}}} in {s:?}: use {}",
                 PLACEHOLDERS.join(", ")
             ));
         }
-        out.push_str(&value(key).ok_or_else(|| format!("no value for {key}"))?);
-        rest = &after[close + 2..];
+        end = e;
     }
-    out.push_str(rest);
-    Ok(out)
+    if s[end..].contains("{{") {
+        return Err(format!("{{{{ without }}}} in {s:?}"));
+    }
+    Ok(())
+}
+
+/// `s` with each known `{{ .Placeholder }}` replaced by `value(placeholder)`; anything
+/// else is left as written.
+pub fn expand(s: &str, value: impl Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut done = 0;
+    for (open, close, key) in placeholders(s) {
+        if let Some(v) = PLACEHOLDERS.contains(&key).then(|| value(key)).flatten() {
+            out.push_str(&s[done..open]);
+            out.push_str(&v);
+            done = close;
+        }
+    }
+    out.push_str(&s[done..]);
+    out
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

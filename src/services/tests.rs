@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::constraint::{Constraint, NodeFacts};
 use super::orchestrator::{reconcile, NodeInfo, Round, TASK_HISTORY};
 use super::scheduler::Resources;
-use super::spec::{FailureAction, Mode, ServiceSpec, UpdateOrder};
+use super::spec::{FailureAction, Mode, RestartCondition, ServiceSpec, UpdateOrder};
 use super::store::{ServiceCommand, Store, Task, TaskReport, UpdateState};
 use super::task::TaskState;
 use super::ServiceId;
@@ -575,6 +575,35 @@ fn a_failed_start_first_update_with_continue_keeps_the_old_tasks_and_completes()
                 "slot {slot} retried at {made:?}"
             );
         }
+    }
+}
+
+#[test]
+fn a_failure_within_the_ratio_is_borne_and_the_update_completes() {
+    // Every new task fails, but a ratio of 1 bears them all; no restarts, so each slot
+    // is tried once, and start-first keeps the old tasks running.
+    let mut w = World::new(3);
+    let mut spec = replicated("web", 4);
+    spec.update.max_failure_ppm = 1_000_000;
+    spec.update.order = UpdateOrder::StartFirst;
+    spec.task.restart.condition = RestartCondition::None;
+    let svc = w.create(spec);
+    w.settle();
+    w.broken.insert("busybox:nope".into());
+    w.update(svc, |s| s.task.image = "busybox:nope".into());
+    w.run_for(30_000);
+    let u = w.store.services[&svc].update.clone().unwrap();
+    assert_eq!(u.state, UpdateState::Completed, "{}", u.message);
+    let old = w.running(svc).iter().filter(|t| t.version == 1).count();
+    assert_eq!(old, 4);
+    for slot in 1..=4 {
+        let tries = w
+            .store
+            .tasks
+            .values()
+            .filter(|t| t.version == 2 && t.slot == slot)
+            .count();
+        assert_eq!(tries, 1, "slot {slot}");
     }
 }
 
