@@ -536,12 +536,13 @@ fn a_failed_update_with_continue_goes_on_and_completes() {
     assert_eq!(tried, BTreeSet::from([1, 2, 3]));
 }
 
-#[test]
-fn a_failed_start_first_update_with_continue_keeps_the_old_tasks_and_completes() {
+/// Four replicas, updated start-first (with `edit` to the spec) to an image that
+/// never runs; 30 s later, whether the update completed.
+fn start_first_update_to_a_broken_image(edit: impl FnOnce(&mut ServiceSpec)) -> (World, ServiceId) {
     let mut w = World::new(3);
     let mut spec = replicated("web", 4);
-    spec.update.failure_action = FailureAction::Continue;
     spec.update.order = UpdateOrder::StartFirst;
+    edit(&mut spec);
     let svc = w.create(spec);
     w.settle();
     w.broken.insert("busybox:nope".into());
@@ -549,6 +550,13 @@ fn a_failed_start_first_update_with_continue_keeps_the_old_tasks_and_completes()
     w.run_for(30_000);
     let u = w.store.services[&svc].update.clone().unwrap();
     assert_eq!(u.state, UpdateState::Completed, "{}", u.message);
+    (w, svc)
+}
+
+#[test]
+fn a_failed_start_first_update_with_continue_keeps_the_old_tasks_and_completes() {
+    let (w, svc) =
+        start_first_update_to_a_broken_image(|s| s.update.failure_action = FailureAction::Continue);
     // Start-first never took a replica down: the old task runs on in every slot.
     let old: BTreeSet<u64> = w
         .running(svc)
@@ -582,18 +590,10 @@ fn a_failed_start_first_update_with_continue_keeps_the_old_tasks_and_completes()
 fn a_failure_within_the_ratio_is_borne_and_the_update_completes() {
     // Every new task fails, but a ratio of 1 bears them all; no restarts, so each slot
     // is tried once, and start-first keeps the old tasks running.
-    let mut w = World::new(3);
-    let mut spec = replicated("web", 4);
-    spec.update.max_failure_ppm = 1_000_000;
-    spec.update.order = UpdateOrder::StartFirst;
-    spec.task.restart.condition = RestartCondition::None;
-    let svc = w.create(spec);
-    w.settle();
-    w.broken.insert("busybox:nope".into());
-    w.update(svc, |s| s.task.image = "busybox:nope".into());
-    w.run_for(30_000);
-    let u = w.store.services[&svc].update.clone().unwrap();
-    assert_eq!(u.state, UpdateState::Completed, "{}", u.message);
+    let (w, svc) = start_first_update_to_a_broken_image(|s| {
+        s.update.max_failure_ppm = 1_000_000;
+        s.task.restart.condition = RestartCondition::None;
+    });
     let old = w.running(svc).iter().filter(|t| t.version == 1).count();
     assert_eq!(old, 4);
     for slot in 1..=4 {
