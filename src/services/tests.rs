@@ -382,6 +382,36 @@ fn no_eligible_node_keeps_tasks_pending_with_the_reason() {
 }
 
 #[test]
+fn drain_of_a_start_first_service_starts_the_replacements_before_stopping() {
+    for order in [UpdateOrder::StopFirst, UpdateOrder::StartFirst] {
+        let mut w = World::new(3);
+        let mut spec = replicated("web", 3);
+        spec.update.order = order;
+        let svc = w.create(spec);
+        w.settle();
+        w.nodes[0].availability = Availability::Drain;
+        // Tasks whose containers run (whatever is desired of them), at every step.
+        let mut fewest = u64::MAX;
+        w.settle_watching(|w| {
+            let up = w
+                .store
+                .tasks
+                .values()
+                .filter(|t| t.service == svc && t.state == TaskState::Running)
+                .count() as u64;
+            fewest = fewest.min(up);
+        });
+        assert!(!w.nodes_of(svc).contains(&NodeId(1)), "{order:?}");
+        assert_eq!(w.running(svc).len(), 3, "{order:?}");
+        let want = match order {
+            UpdateOrder::StopFirst => 2,
+            UpdateOrder::StartFirst => 3,
+        };
+        assert_eq!(fewest, want, "{order:?}");
+    }
+}
+
+#[test]
 fn updates_while_no_node_has_room_keep_one_pending_task_per_slot() {
     // Found by the control-plane simulation: each update made a new pending task per
     // slot and kept the older ones, which run nothing, desired running.
