@@ -457,8 +457,13 @@ impl<'s, 'n> Planner<'s, 'n> {
             }
         }
         // Refilling a slot the update emptied takes its worker (never blocked: the
-        // replica is down).
+        // replica is down). A global slot whose node was away when its turn came gave
+        // its worker back and waits for a free one, so the update never has more than
+        // `parallelism` slots down.
         if ts.last().is_some_and(|t| t.version != svc.version) {
+            if global && *budget == 0 {
+                return SlotNeeds::Nothing;
+            }
             *budget = budget.saturating_sub(1);
         }
         self.restart(svc, ts)
@@ -789,6 +794,24 @@ impl<'s, 'n> Planner<'s, 'n> {
                 |verb: &str| format!("{verb} due to failure or early termination of task {t}");
             match (cfg.failure_action, rollback) {
                 (FailureAction::Continue, _) => {}
+                // Nothing to go back to (a spec from before previous specs were kept
+                // per version): the update pauses rather than failing for good.
+                (FailureAction::Rollback, false)
+                    if svc
+                        .previous
+                        .as_ref()
+                        .is_none_or(|(_, p)| p.task == svc.spec.task) =>
+                {
+                    self.ops.push(TaskOp::UpdateStatus {
+                        service: svc.id,
+                        status: UpdateStatus {
+                            state: UpdateState::Paused,
+                            started_ms: status.started_ms,
+                            completed_ms: None,
+                            message: message("update paused (no previous version to roll back to)"),
+                        },
+                    });
+                }
                 (FailureAction::Rollback, false) => self.ops.push(TaskOp::Rollback {
                     service: svc.id,
                     message: message("update rolled back"),

@@ -382,7 +382,13 @@ impl Store {
         };
         let changed = spec.task != s.spec.task;
         let old = std::mem::replace(&mut s.spec, spec);
-        s.previous = Some((s.version, old));
+        // The previous spec is that of the previous version: a change that leaves the
+        // tasks as they are (a scale, labels, update settings) keeps it, so a rollback,
+        // automatic or asked for, always has another version to go back to, and the
+        // tasks of that version keep their template.
+        if changed {
+            s.previous = Some((s.version, old));
+        }
         s.updated_ms = at_ms;
         if changed {
             s.version += 1;

@@ -524,6 +524,26 @@ fn a_failed_update_rolls_back_to_the_old_image() {
 }
 
 #[test]
+fn a_scale_during_a_failing_update_still_rolls_back_to_the_old_image() {
+    // Found by the orchestrator simulation: a scale replaced the previous spec with
+    // the new one, so the automatic rollback had nowhere to go and the update stayed
+    // in progress for good.
+    let (mut w, svc) = update_to_a_broken_image(FailureAction::Rollback);
+    w.update(svc, |s| s.mode = Mode::Replicated { replicas: 4 });
+    w.settle();
+    let s = &w.store.services[&svc];
+    assert_eq!(
+        s.update.as_ref().unwrap().state,
+        UpdateState::RollbackCompleted
+    );
+    assert_eq!(s.spec.task.image, "busybox");
+    assert!(w
+        .running(svc)
+        .iter()
+        .all(|t| s.template(t.version).unwrap().image == "busybox"));
+}
+
+#[test]
 fn a_failed_update_pauses_by_default() {
     assert_eq!(
         replicated("web", 3).update.failure_action,
