@@ -81,6 +81,11 @@ fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) -> Duration {
     start.elapsed()
 }
 
+/// `service inspect NAME`, parsed.
+fn inspect(d: &Daemon, svc: &str) -> serde_json::Value {
+    serde_json::from_str(&d.ok(&["service", "inspect", svc])).unwrap()
+}
+
 fn image(reg: &Registry, tag: &str) -> String {
     format!("{}/bb:{tag}", reg.host())
 }
@@ -241,8 +246,7 @@ fn replicated_service_create_scale_update_and_remove() {
     ]);
     let mut fewest = u64::MAX;
     wait_for(60, "the update to complete", || {
-        let doc: serde_json::Value =
-            serde_json::from_str(&m.ok(&["service", "inspect", "web"])).unwrap();
+        let doc = inspect(m, "web");
         let ls = m.ok(&["service", "ls", "--format", "json"]);
         let row: serde_json::Value = serde_json::from_str(&lines(&ls)[0]).unwrap();
         let running: u64 = row["Replicas"]
@@ -260,8 +264,7 @@ fn replicated_service_create_scale_update_and_remove() {
     let rows = running_tasks(m, "web");
     assert_eq!(rows.len(), 4);
     assert!(rows.iter().all(|r| r.contains(&img2)), "{rows:#?}");
-    let doc: serde_json::Value =
-        serde_json::from_str(&m.ok(&["service", "inspect", "web"])).unwrap();
+    let doc = inspect(m, "web");
     assert_eq!(
         doc[0]["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"],
         img2
@@ -301,8 +304,7 @@ fn replicated_service_create_scale_update_and_remove() {
         "--force",
         "web",
     ]);
-    let doc: serde_json::Value =
-        serde_json::from_str(&m.ok(&["service", "inspect", "web"])).unwrap();
+    let doc = inspect(m, "web");
     let spec = &doc[0]["Spec"];
     assert_eq!(spec["Labels"]["team"], "edge");
     assert_eq!(
@@ -338,8 +340,7 @@ fn replicated_service_create_scale_update_and_remove() {
     // Rolled back by hand: the spec before the edits, on every node again.
     let out = m.ok(&["service", "rollback", "web"]);
     assert!(out.contains("verify: Service converged"), "{out}");
-    let doc: serde_json::Value =
-        serde_json::from_str(&m.ok(&["service", "inspect", "web"])).unwrap();
+    let doc = inspect(m, "web");
     assert_eq!(doc[0]["UpdateStatus"]["State"], "rollback_completed");
     assert_eq!(
         doc[0]["Spec"]["TaskTemplate"]["Placement"]["Constraints"],
@@ -368,8 +369,7 @@ fn replicated_service_create_scale_update_and_remove() {
         err.contains("update rolled back due to failure or early termination of task"),
         "{err}"
     );
-    let doc: serde_json::Value =
-        serde_json::from_str(&m.ok(&["service", "inspect", "web"])).unwrap();
+    let doc = inspect(m, "web");
     assert_eq!(doc[0]["UpdateStatus"]["State"], "rollback_completed");
     assert_eq!(
         doc[0]["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"],
@@ -396,8 +396,7 @@ fn replicated_service_create_scale_update_and_remove() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("update paused due to failure"), "{err}");
-    let doc: serde_json::Value =
-        serde_json::from_str(&m.ok(&["service", "inspect", "web"])).unwrap();
+    let doc = inspect(m, "web");
     assert_eq!(doc[0]["UpdateStatus"]["State"], "paused");
     // One replica was tried and failed; the other still runs the old image.
     assert!(

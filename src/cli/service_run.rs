@@ -676,16 +676,8 @@ fn resolve_update(c: &ServiceUpdate, spec: &mut ServiceSpec) -> Result<(), Usage
     // Docker's: a capability added leaves the drop list, and the other way round;
     // named in both, it is added. Names compare as the runtime reads them (`net_raw`
     // is `CAP_NET_RAW`).
-    let same = |a: &str, b: &str| {
-        let full = |x: &str| {
-            let up = x.to_ascii_uppercase();
-            match up.strip_prefix("CAP_") {
-                Some(rest) => rest.to_string(),
-                None => up,
-            }
-        };
-        full(a) == full(b)
-    };
+    let same =
+        |a: &str, b: &str| crate::runtime::spec::cap_name(a) == crate::runtime::spec::cap_name(b);
     let caps = &mut spec.task.container;
     for k in &c.cap_drop {
         caps.cap_add.retain(|x| !same(x, k));

@@ -278,14 +278,19 @@ pub fn validate(spec: &ContainerSpec, host_cpus: usize) -> Result<(), String> {
 /// The capability set after `--privileged`, `--cap-add` and `--cap-drop`, within
 /// `bounding` (what the host lets us give: Docker's `--privileged` means every
 /// capability the daemon has). Asking for one outside it is an error naming it.
+/// A capability as the kernel names it: `net_raw` and `CAP_NET_RAW` are one.
+pub fn cap_name(c: &str) -> String {
+    let up = c.to_ascii_uppercase();
+    if up.starts_with("CAP_") {
+        up
+    } else {
+        format!("CAP_{up}")
+    }
+}
+
 pub fn capabilities(spec: &ContainerSpec, bounding: u64) -> Result<Vec<String>, String> {
     let norm = |c: &str| -> Result<String, String> {
-        let up = c.to_ascii_uppercase();
-        let full = if up.starts_with("CAP_") {
-            up
-        } else {
-            format!("CAP_{up}")
-        };
+        let full = cap_name(c);
         if full == "CAP_ALL" || ALL_CAPS.contains(&full.as_str()) {
             Ok(full)
         } else {
