@@ -411,6 +411,15 @@ impl Net {
         name
     }
 
+    /// A namespace of its own with nothing in it (a container's, say), removed with the
+    /// rest. Returns its path.
+    pub fn bare(&mut self, tag: &str) -> String {
+        let name = format!("{}-{tag}", self.prefix);
+        ip(&["netns", "add", &name]);
+        self.names.push(name.clone());
+        format!("/var/run/netns/{name}")
+    }
+
     /// A tap device `t<i>` on the bridge, for a virtual machine whose QEMU runs in the
     /// hub namespace. Returns (hub namespace, tap name).
     pub fn tap(&mut self, i: usize) -> (String, String) {
