@@ -3,5 +3,7 @@
 //! format (`dns`, pure). Nothing here decides what a node should have: callers hand in
 //! the desired state, these modules make the kernel match it.
 
+pub mod lb;
+pub mod nft;
 pub mod overlay;
 pub mod rtnl;

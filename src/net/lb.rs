@@ -1,0 +1,351 @@
+//! Service VIPs balanced by nf_tables, for kernels without IPVS (this development
+//! machine's has none) and as the one implementation tests can run anywhere.
+//!
+//! In the namespace where connections start (a task's), one table:
+//!
+//! ```text
+//! table ip swarmlet {
+//!   map vips { ipv4_addr : verdict }          VIP -> goto its service's chain
+//!   set empty { ipv4_addr }                    VIPs with no backend
+//!   chain out  { nat    hook output  -100: ip daddr vmap @vips }
+//!   chain deny { filter hook output     0: ip daddr @empty reject }
+//!   chain s-<vip> { dnat to numgen inc mod N map @b-<vip> }
+//!   map b-<vip> { u32 : ipv4_addr }            round-robin slot -> backend
+//! }
+//! ```
+//!
+//! The destination is rewritten in the client's own namespace, before routing, so the
+//! backend sees the client's address and conntrack undoes it on the way back: no
+//! source NAT, no hairpin (Swarm's VIPs work the same way, with IPVS). Round robin
+//! (`numgen inc`) matches IPVS's `rr`. A VIP with no backend refuses at once instead
+//! of leaving the client to time out.
+//!
+//! A change to one service is one batch (flush its chain and map, refill both), applied
+//! atomically, so its cost does not grow with the number of services.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use super::nft::{
+    index_key, ip_bytes, BaseChain, Batch, ChainType, Expr, Hook, KeyType, MapData, Nft, NftError,
+    Reg, Value, Verdict, NFPROTO_IPV4,
+};
+use super::rtnl::{in_netns, RtnlError};
+
+/// The table's name.
+pub const TABLE: &str = "swarmlet";
+
+/// Backends per VIP at most: a service's replicas are capped at 100,000 by its spec, but
+/// a balancer map that large would take a batch of megabytes; 4,096 is well past any
+/// service an edge cluster runs and keeps one update under 200 KiB.
+pub const MAX_BACKENDS: usize = 4096;
+
+/// NAT runs before the conntrack-confirmed filter, as `nft`'s `dstnat` priority does.
+const DSTNAT: i32 = -100;
+
+/// VIP -> its backends, in the order round robin takes them.
+pub type Services = BTreeMap<Ipv4Addr, Vec<Ipv4Addr>>;
+
+/// The balancer of one network namespace.
+pub struct Balancer {
+    nft: Nft,
+    /// What the kernel holds, as far as we know; `None` until the table was built (the
+    /// first sync rebuilds it from scratch, whatever an earlier run left).
+    programmed: Option<Services>,
+}
+
+impl Balancer {
+    /// The balancer of the calling thread's namespace.
+    pub fn open() -> Result<Balancer, NftError> {
+        Ok(Balancer {
+            nft: Nft::open()?,
+            programmed: None,
+        })
+    }
+
+    /// The balancer of the namespace at `path`.
+    pub fn open_in(path: &str) -> Result<Balancer, NftError> {
+        in_netns(path, Balancer::open).map_err(|e| match e {
+            RtnlError::Netns { path, source } => {
+                NftError::Protocol(format!("network namespace {path}: {source}"))
+            }
+            other => NftError::Protocol(other.to_string()),
+        })?
+    }
+
+    /// Makes the kernel hold `want`: the services that differ, in one batch. Returns
+    /// how many services changed.
+    pub fn sync(&mut self, want: &Services) -> Result<usize, NftError> {
+        for (vip, b) in want {
+            if b.len() > MAX_BACKENDS {
+                return Err(NftError::Protocol(format!(
+                    "{vip}: {} backends, more than {MAX_BACKENDS}",
+                    b.len()
+                )));
+            }
+        }
+        let (batch, changed) = match &self.programmed {
+            None => (rebuild(want), want.len()),
+            Some(have) => changes(have, want),
+        };
+        if changed == 0 && self.programmed.is_some() {
+            return Ok(0);
+        }
+        match self.nft.commit(batch) {
+            Ok(()) => {
+                self.programmed = Some(want.clone());
+                Ok(changed)
+            }
+            Err(e) => {
+                // Unsure what the kernel holds now: the next sync rebuilds.
+                self.programmed = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes the table (a task's namespace going away takes it anyway).
+    pub fn clear(&mut self) -> Result<(), NftError> {
+        let mut b = Batch::new(NFPROTO_IPV4);
+        // Adding first makes the delete succeed whether or not the table is there.
+        b.add_table(TABLE);
+        b.del_table(TABLE);
+        self.nft.commit(b)?;
+        self.programmed = Some(Services::new());
+        Ok(())
+    }
+}
+
+fn service_chain(vip: Ipv4Addr) -> String {
+    format!("s-{:08x}", u32::from(vip))
+}
+
+fn backend_map(vip: Ipv4Addr) -> String {
+    format!("b-{:08x}", u32::from(vip))
+}
+
+/// A batch that replaces whatever table is there with one holding `want`.
+pub fn rebuild(want: &Services) -> Batch {
+    let mut b = Batch::new(NFPROTO_IPV4);
+    b.add_table(TABLE);
+    b.del_table(TABLE);
+    b.add_table(TABLE);
+    b.add_map(TABLE, "vips", KeyType::Ipv4, MapData::Verdict);
+    b.add_set(TABLE, "empty", KeyType::Ipv4);
+    b.add_chain(
+        TABLE,
+        "out",
+        Some(BaseChain {
+            hook: Hook::Output,
+            priority: DSTNAT,
+            kind: ChainType::Nat,
+        }),
+    );
+    b.add_rule(
+        TABLE,
+        "out",
+        &[
+            Expr::NetworkHeader {
+                offset: 16,
+                len: 4,
+                dreg: Reg::R1,
+            },
+            Expr::Lookup {
+                set: "vips".into(),
+                sreg: Reg::R1,
+                dreg: Some(Reg::Verdict),
+            },
+        ],
+    );
+    b.add_chain(
+        TABLE,
+        "deny",
+        Some(BaseChain {
+            hook: Hook::Output,
+            priority: 0,
+            kind: ChainType::Filter,
+        }),
+    );
+    b.add_rule(
+        TABLE,
+        "deny",
+        &[
+            Expr::NetworkHeader {
+                offset: 16,
+                len: 4,
+                dreg: Reg::R1,
+            },
+            Expr::Lookup {
+                set: "empty".into(),
+                sreg: Reg::R1,
+                dreg: None,
+            },
+            Expr::Reject,
+        ],
+    );
+    for (vip, backends) in want {
+        add_service(&mut b, *vip, backends);
+    }
+    b
+}
+
+/// The batch that turns `have` into `want`, and how many services it touches.
+pub fn changes(have: &Services, want: &Services) -> (Batch, usize) {
+    let mut b = Batch::new(NFPROTO_IPV4);
+    let mut n = 0;
+    for (vip, backends) in have {
+        if !want.contains_key(vip) {
+            remove_service(&mut b, *vip, backends.is_empty());
+            n += 1;
+        }
+    }
+    for (vip, backends) in want {
+        match have.get(vip) {
+            Some(old) if old == backends => {}
+            Some(old) => {
+                update_service(&mut b, *vip, old.is_empty(), backends);
+                n += 1;
+            }
+            None => {
+                add_service(&mut b, *vip, backends);
+                n += 1;
+            }
+        }
+    }
+    (b, n)
+}
+
+fn add_service(b: &mut Batch, vip: Ipv4Addr, backends: &[Ipv4Addr]) {
+    let (chain, map) = (service_chain(vip), backend_map(vip));
+    b.add_map(TABLE, &map, KeyType::Integer, MapData::Ipv4);
+    b.add_chain(TABLE, &chain, None);
+    fill(b, vip, backends);
+    b.set_elems(
+        TABLE,
+        "vips",
+        &[(ip_bytes(vip), Value::Verdict(Verdict::Goto(chain)))],
+    );
+}
+
+fn update_service(b: &mut Batch, vip: Ipv4Addr, was_empty: bool, backends: &[Ipv4Addr]) {
+    b.flush_chain(TABLE, &service_chain(vip));
+    b.del_elems(TABLE, &backend_map(vip), &[]);
+    if was_empty {
+        b.del_elems(TABLE, "empty", &[ip_bytes(vip)]);
+    }
+    fill(b, vip, backends);
+}
+
+fn remove_service(b: &mut Batch, vip: Ipv4Addr, was_empty: bool) {
+    b.del_elems(TABLE, "vips", &[ip_bytes(vip)]);
+    if was_empty {
+        b.del_elems(TABLE, "empty", &[ip_bytes(vip)]);
+    }
+    b.flush_chain(TABLE, &service_chain(vip));
+    b.del_chain(TABLE, &service_chain(vip));
+    b.del_map(TABLE, &backend_map(vip));
+}
+
+/// The service chain's rule and map for `backends`; none: the VIP joins `empty`.
+fn fill(b: &mut Batch, vip: Ipv4Addr, backends: &[Ipv4Addr]) {
+    if backends.is_empty() {
+        b.set_elems(TABLE, "empty", &[(ip_bytes(vip), Value::None)]);
+        return;
+    }
+    let (chain, map) = (service_chain(vip), backend_map(vip));
+    let elems: Vec<(Vec<u8>, Value)> = (0u32..)
+        .zip(backends)
+        .map(|(i, ip)| (index_key(i), Value::Bytes(ip_bytes(*ip))))
+        .collect();
+    b.set_elems(TABLE, &map, &elems);
+    let n = u32::try_from(backends.len()).unwrap_or(u32::MAX);
+    b.add_rule(
+        TABLE,
+        &chain,
+        &[
+            Expr::Numgen {
+                modulus: n,
+                dreg: Reg::R1,
+            },
+            Expr::Lookup {
+                set: map,
+                sreg: Reg::R1,
+                dreg: Some(Reg::R1),
+            },
+            Expr::Dnat {
+                addr: Reg::R1,
+                port: None,
+            },
+        ],
+    );
+}
+
+/// The VIPs of `want` whose sets differ from `have`'s (for logs and tests).
+pub fn differing(have: &Services, want: &Services) -> BTreeSet<Ipv4Addr> {
+    have.keys()
+        .chain(want.keys())
+        .filter(|v| have.get(v) != want.get(v))
+        .copied()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(d: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 0, 9, d)
+    }
+
+    #[test]
+    fn names_are_per_vip() {
+        assert_eq!(service_chain(ip(100)), "s-0a000964");
+        assert_eq!(backend_map(ip(100)), "b-0a000964");
+    }
+
+    #[test]
+    fn an_unchanged_service_costs_nothing_and_a_change_touches_only_its_service() {
+        let mut have = Services::new();
+        for v in 100..200u8 {
+            have.insert(ip(v), vec![ip(2), ip(3)]);
+        }
+        let (b, n) = changes(&have, &have.clone());
+        assert_eq!(n, 0);
+        assert!(b.is_empty());
+        let mut want = have.clone();
+        want.insert(ip(150), vec![ip(2)]);
+        let (one, n) = changes(&have, &want);
+        assert_eq!(n, 1);
+        // Flush chain, flush map, one element, one rule.
+        assert_eq!(one.what().len(), 4, "{:?}", one.what());
+        assert!(one.what().iter().all(|w| w.contains("0a000996")));
+        assert_eq!(differing(&have, &want), BTreeSet::from([ip(150)]));
+    }
+
+    #[test]
+    fn a_service_emptied_moves_to_the_refusing_set_and_back() {
+        let have = Services::from([(ip(100), vec![ip(2)])]);
+        let empty = Services::from([(ip(100), vec![])]);
+        let (b, _) = changes(&have, &empty);
+        assert!(
+            b.what().iter().any(|w| w == "add to map swarmlet empty"),
+            "{:?}",
+            b.what()
+        );
+        let (b, _) = changes(&empty, &have);
+        assert!(b
+            .what()
+            .iter()
+            .any(|w| w == "remove from map swarmlet empty"));
+        let (b, n) = changes(&empty, &Services::new());
+        assert_eq!(n, 1);
+        assert!(b
+            .what()
+            .iter()
+            .any(|w| w == "remove from map swarmlet empty"));
+        assert!(b
+            .what()
+            .iter()
+            .any(|w| w == "delete chain swarmlet s-0a000964"));
+    }
+}

@@ -1,0 +1,145 @@
+//! The nf_tables balancer through the real kernel: a client and two backends wired to
+//! one overlay network; connections to a VIP from the client's namespace go round robin
+//! over the backends, follow changes at once, are refused when there is no backend, and
+//! a balancer opened afresh (a daemon restart) rebuilds over what an earlier one left.
+//!
+//! Needs root: marked ignored, so the runner reports it skipped unless run as root.
+
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)] // test code
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use support::Net;
+use swarmlet::net::lb::{Balancer, Services};
+use swarmlet::net::overlay::{attach, reconcile, Endpoint, OverlayNet};
+use swarmlet::net::rtnl::{in_netns, Rtnl};
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+/// Connects from inside `ns` and returns what the server says first.
+fn hello(ns: &str, to: &str) -> std::io::Result<String> {
+    let to: SocketAddr = to.parse().unwrap();
+    in_netns(ns, move || {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })
+    .unwrap()
+}
+
+/// A server inside `ns` that writes `name` to each connection and closes it.
+fn name_server(ns: &str, at: &str, name: &'static str) {
+    let at: SocketAddr = at.parse().unwrap();
+    let l: TcpListener = in_netns(ns, move || TcpListener::bind(at))
+        .unwrap()
+        .unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let _ = s.write_all(name.as_bytes());
+        }
+    });
+}
+
+fn nft_list(ns: &str) -> String {
+    let name = ns.trim_start_matches("/var/run/netns/");
+    let o = Command::new("ip")
+        .args(["netns", "exec", name, "nft", "list", "ruleset"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_vip_balances_round_robin_follows_changes_and_refuses_when_empty() {
+    let mut net = Net::new("lbt");
+    let h = format!("/var/run/netns/{}", net.host(1, "10.77.0.1"));
+    let mut r = Rtnl::open_in(&h).unwrap();
+    let ov = OverlayNet {
+        vni: 300,
+        mtu: 1450,
+        local: ip("10.77.0.1"),
+        remote: BTreeMap::new(),
+    };
+    reconcile(&mut r, std::slice::from_ref(&ov)).unwrap();
+    let mut ns = Vec::new();
+    for (tag, a) in [("c", "10.0.9.2"), ("b1", "10.0.9.3"), ("b2", "10.0.9.4")] {
+        let path = net.bare(tag);
+        let ep = Endpoint {
+            netns: path.clone(),
+            ifname: "eth0".into(),
+            ip: ip(a),
+            prefix: 24,
+        };
+        attach(&mut r, &ov, &ep).unwrap();
+        ns.push(path);
+    }
+    let (c, b1, b2) = (&ns[0], &ns[1], &ns[2]);
+    name_server(b1, "10.0.9.3:8080", "b1");
+    name_server(b2, "10.0.9.4:8080", "b2");
+    assert_eq!(hello(c, "10.0.9.3:8080").unwrap(), "b1", "the wiring works");
+
+    let vip = ip("10.0.9.100");
+    let mut lb = Balancer::open_in(c).unwrap();
+    let both = Services::from([(vip, vec![ip("10.0.9.3"), ip("10.0.9.4")])]);
+    assert_eq!(lb.sync(&both).unwrap(), 1);
+    let got: Vec<String> = (0..6)
+        .map(|_| hello(c, "10.0.9.100:8080").unwrap())
+        .collect();
+    for pair in got.windows(2) {
+        assert_ne!(pair[0], pair[1], "round robin: {got:?}");
+    }
+    let listed = nft_list(c);
+    assert!(listed.contains("numgen inc mod 2"), "{listed}");
+    assert!(listed.contains("10.0.9.100 : goto s-0a000964"), "{listed}");
+    assert_eq!(lb.sync(&both).unwrap(), 0, "nothing changed");
+
+    // One backend leaves: every connection goes to the other at once.
+    let one = Services::from([(vip, vec![ip("10.0.9.4")])]);
+    assert_eq!(lb.sync(&one).unwrap(), 1);
+    for _ in 0..4 {
+        assert_eq!(hello(c, "10.0.9.100:8080").unwrap(), "b2");
+    }
+
+    // None left: refused at once, not a timeout.
+    let none = Services::from([(vip, vec![])]);
+    lb.sync(&none).unwrap();
+    let t = std::time::Instant::now();
+    let err = hello(c, "10.0.9.100:8080").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}: {}", nft_list(c));
+    assert!(t.elapsed() < Duration::from_secs(1));
+
+    // A fresh balancer (the daemon restarted) rebuilds over the old table.
+    drop(lb);
+    let mut lb = Balancer::open_in(c).unwrap();
+    assert_eq!(lb.sync(&both).unwrap(), 1);
+    let got: Vec<String> = (0..4)
+        .map(|_| hello(c, "10.0.9.100:8080").unwrap())
+        .collect();
+    assert!(
+        got.contains(&"b1".to_string()) && got.contains(&"b2".to_string()),
+        "{got:?}"
+    );
+    assert_eq!(nft_list(c).matches("table ip swarmlet").count(), 1);
+
+    // Gone: its chain and map with it; then the whole table.
+    lb.sync(&Services::new()).unwrap();
+    let listed = nft_list(c);
+    assert!(
+        !listed.contains("s-0a000964") && !listed.contains("b-0a000964"),
+        "{listed}"
+    );
+    lb.clear().unwrap();
+    assert!(!nft_list(c).contains("swarmlet"));
+}
