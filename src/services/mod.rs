@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod constraint;
+pub mod ipam;
 pub mod orchestrator;
 pub mod scheduler;
 pub mod spec;
