@@ -4,6 +4,7 @@
 //! the desired state, these modules make the kernel match it.
 
 pub mod lb;
+pub mod mesh;
 pub mod nft;
 pub mod overlay;
 pub mod rtnl;

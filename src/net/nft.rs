@@ -82,8 +82,12 @@ pub struct BaseChain {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reg {
     Verdict = 0,
+    /// 16 bytes; its first 4 are also the 32-bit register 0 (NFT_REG32_00).
     R1 = 1,
     R2 = 2,
+    /// The 32-bit register after R1's first word (NFT_REG32_01): the second field of a
+    /// concatenation loaded into R1.
+    R1b = 9,
 }
 
 /// Verdicts.
@@ -102,6 +106,8 @@ pub enum KeyType {
     Ipv4,
     /// A 32-bit number (a round-robin slot).
     Integer,
+    /// Transport protocol . port, each field padded to 4 bytes.
+    ProtoPort,
 }
 
 /// A map's values.
@@ -109,6 +115,8 @@ pub enum KeyType {
 pub enum MapData {
     Verdict,
     Ipv4,
+    /// IPv4 address . port (8 bytes).
+    Ipv4Port,
 }
 
 /// A map element's value (`None` for an element of a plain set).
@@ -128,6 +136,11 @@ pub enum Expr {
     TransportHeader { offset: u32, len: u32, dreg: Reg },
     /// Loads the transport protocol number (one byte).
     L4Proto { dreg: Reg },
+    /// Loads the name of the interface the packet leaves by (16 bytes, NUL-padded).
+    OifName { dreg: Reg },
+    /// Loads the routing type of the destination address (`fib daddr type`): 2 is
+    /// local (RTN_LOCAL), as a host-order u32.
+    FibDaddrType { dreg: Reg },
     /// Stops the rule unless the register equals `data`.
     Eq { sreg: Reg, data: Vec<u8> },
     /// Puts `data` in a register.
@@ -283,6 +296,10 @@ impl Batch {
                 self.be32_attr(6, 7); // TYPE_IPADDR, for `nft list`
                 self.be32_attr(7, 4); // NFTA_SET_DATA_LEN
             }
+            MapData::Ipv4Port => {
+                self.be32_attr(6, 7 << 6 | 13); // ipv4_addr . inet_service
+                self.be32_attr(7, 8);
+            }
         }
         self.set_id();
         self.end(m);
@@ -308,6 +325,8 @@ impl Batch {
         let (ty, len) = match key {
             KeyType::Ipv4 => (7, 4),    // TYPE_IPADDR
             KeyType::Integer => (4, 4), // TYPE_INTEGER
+            // Concatenations: 6 bits per type, as nft numbers them.
+            KeyType::ProtoPort => (12 << 6 | 13, 8), // inet_proto . inet_service
         };
         self.be32_attr(4, ty); // NFTA_SET_KEY_TYPE
         self.be32_attr(5, len); // NFTA_SET_KEY_LEN
@@ -386,7 +405,8 @@ impl Batch {
     fn expr(&mut self, e: &Expr) {
         let name = match e {
             Expr::NetworkHeader { .. } | Expr::TransportHeader { .. } => "payload",
-            Expr::L4Proto { .. } => "meta",
+            Expr::L4Proto { .. } | Expr::OifName { .. } => "meta",
+            Expr::FibDaddrType { .. } => "fib",
             Expr::Eq { .. } => "cmp",
             Expr::Immediate { .. } | Expr::Verdict(_) => "immediate",
             Expr::Numgen { .. } => "numgen",
@@ -412,6 +432,15 @@ impl Batch {
             Expr::L4Proto { dreg } => {
                 self.be32_attr(1, *dreg as u32); // NFTA_META_DREG
                 self.be32_attr(2, 16); // NFTA_META_KEY: NFT_META_L4PROTO
+            }
+            Expr::OifName { dreg } => {
+                self.be32_attr(1, *dreg as u32);
+                self.be32_attr(2, 7); // NFT_META_OIFNAME
+            }
+            Expr::FibDaddrType { dreg } => {
+                self.be32_attr(1, *dreg as u32); // NFTA_FIB_DREG
+                self.be32_attr(2, 3); // NFTA_FIB_RESULT: NFT_FIB_RESULT_ADDRTYPE
+                self.be32_attr(3, 1 << 1); // NFTA_FIB_FLAGS: NFTA_FIB_F_DADDR
             }
             Expr::Eq { sreg, data } => {
                 self.be32_attr(1, *sreg as u32); // NFTA_CMP_SREG
@@ -673,6 +702,25 @@ impl Nft {
 /// An IPv4 address as nf_tables compares it (network order).
 pub fn ip_bytes(ip: Ipv4Addr) -> Vec<u8> {
     ip.octets().to_vec()
+}
+
+/// Protocol . port as a concatenated key: each field padded to 4 bytes.
+pub fn proto_port_key(proto: u8, port: u16) -> Vec<u8> {
+    let p = port.to_be_bytes();
+    vec![proto, 0, 0, 0, p[0], p[1], 0, 0]
+}
+
+/// Address . port as concatenated data.
+pub fn ip_port_bytes(ip: Ipv4Addr, port: u16) -> Vec<u8> {
+    let (o, p) = (ip.octets(), port.to_be_bytes());
+    vec![o[0], o[1], o[2], o[3], p[0], p[1], 0, 0]
+}
+
+/// An interface name as `meta oifname` loads it: 16 bytes, NUL-padded.
+pub fn ifname_bytes(name: &str) -> Vec<u8> {
+    let mut v = name.as_bytes().to_vec();
+    v.resize(16, 0);
+    v
 }
 
 /// A numgen result as a map key: a host-order u32, as the kernel's register holds it.

@@ -454,6 +454,34 @@ fn wire(
     )
 }
 
+/// Gives the node itself an address on a network (the ingress network's, where the
+/// routing mesh sends connections from): on the bridge, whose MAC becomes the one made
+/// from the address so the other nodes' entries for it hold.
+pub fn set_node_address(
+    rtnl: &mut Rtnl,
+    vni: u32,
+    ip: Ipv4Addr,
+    prefix: u8,
+) -> Result<(), RtnlError> {
+    let br = rtnl
+        .link(&bridge_name(vni))?
+        .ok_or_else(|| RtnlError::Protocol(format!("overlay network {vni} is not set up here")))?;
+    if br.mac != Some(mac_of(ip)) {
+        rtnl.set_link(
+            br.index,
+            &LinkSet {
+                mac: Some(mac_of(ip)),
+                ..LinkSet::default()
+            },
+        )?;
+    }
+    let have = rtnl.addrs(br.index)?;
+    if !have.contains(&(ip, prefix)) {
+        rtnl.add_addr(br.index, ip, prefix)?;
+    }
+    Ok(())
+}
+
 /// Disconnects a local task's endpoint (its namespace may be gone already, taking the
 /// pair with it: then there is nothing to do).
 pub fn detach(rtnl: &mut Rtnl, vni: u32, ip: Ipv4Addr) -> Result<(), RtnlError> {

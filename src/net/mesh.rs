@@ -1,0 +1,326 @@
+//! The routing mesh on one node: a published port answers on every local address and
+//! spreads connections round robin over the service's tasks on every node, through the
+//! ingress overlay network. nf_tables, in the host's namespace:
+//!
+//! ```text
+//! table ip swarmlet-mesh {
+//!   map ports { inet_proto . inet_service : verdict }
+//!   chain pre  { nat hook prerouting -100: fib daddr type local  l4proto . dport vmap @ports }
+//!   chain out  { nat hook output     -100: fib daddr type local  l4proto . dport vmap @ports }
+//!   chain post { nat hook postrouting 100: oifname <ingress bridge> masquerade }
+//!   chain p-<proto>-<port> { dnat to numgen inc mod N map @q-<proto>-<port> }
+//!   map q-<proto>-<port> { u32 : ipv4_addr . inet_service }
+//! }
+//! ```
+//!
+//! The masquerade gives forwarded connections the node's own address on the ingress
+//! network as their source, so a task on another node answers through the node that
+//! took the connection (the client's address is lost, as in Swarm's ingress mode;
+//! host-mode publishing keeps it). The node must forward IPv4 (`ip_forward`); the
+//! daemon turns it on, as Docker does.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use super::nft::{
+    ifname_bytes, index_key, ip_port_bytes, proto_port_key, BaseChain, Batch, ChainType, Expr,
+    Hook, KeyType, MapData, Nft, NftError, Reg, Value, Verdict, NFPROTO_IPV4,
+};
+
+pub const TABLE: &str = "swarmlet-mesh";
+
+/// Backends per published port at most (see `lb::MAX_BACKENDS`).
+pub const MAX_BACKENDS: usize = super::lb::MAX_BACKENDS;
+
+/// RTN_LOCAL: the destination is one of this node's own addresses.
+const RTN_LOCAL: u32 = 2;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+/// A published port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Port {
+    pub proto: Proto,
+    pub port: u16,
+}
+
+impl fmt::Display for Port {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.port, self.proto.name())
+    }
+}
+
+/// Published port -> the tasks' ingress addresses and target ports.
+pub type Published = BTreeMap<Port, Vec<(Ipv4Addr, u16)>>;
+
+/// The mesh of one node.
+pub struct Mesh {
+    nft: Nft,
+    /// The ingress network's bridge: what leaves by it is masqueraded.
+    bridge: String,
+    programmed: Option<Published>,
+}
+
+impl Mesh {
+    /// In the calling thread's namespace (the host's).
+    pub fn open(bridge: &str) -> Result<Mesh, NftError> {
+        Ok(Mesh {
+            nft: Nft::open()?,
+            bridge: bridge.to_string(),
+            programmed: None,
+        })
+    }
+
+    /// Makes the kernel hold `want`; returns how many ports changed.
+    pub fn sync(&mut self, want: &Published) -> Result<usize, NftError> {
+        for (p, b) in want {
+            if b.len() > MAX_BACKENDS {
+                return Err(NftError::Protocol(format!(
+                    "port {p}: {} backends, more than {MAX_BACKENDS}",
+                    b.len()
+                )));
+            }
+        }
+        let (batch, changed) = match &self.programmed {
+            None => (rebuild(&self.bridge, want), want.len()),
+            Some(have) => changes(have, want),
+        };
+        if changed == 0 && self.programmed.is_some() {
+            return Ok(0);
+        }
+        match self.nft.commit(batch) {
+            Ok(()) => {
+                self.programmed = Some(want.clone());
+                Ok(changed)
+            }
+            Err(e) => {
+                self.programmed = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes the table.
+    pub fn clear(&mut self) -> Result<(), NftError> {
+        let mut b = Batch::new(NFPROTO_IPV4);
+        b.add_table(TABLE);
+        b.del_table(TABLE);
+        self.nft.commit(b)?;
+        self.programmed = None;
+        Ok(())
+    }
+}
+
+fn port_chain(p: Port) -> String {
+    format!("p-{}-{}", p.proto.name(), p.port)
+}
+
+fn port_map(p: Port) -> String {
+    format!("q-{}-{}", p.proto.name(), p.port)
+}
+
+/// The rule that sends connections to a local address's published port to its chain.
+fn dispatch() -> Vec<Expr> {
+    vec![
+        Expr::FibDaddrType { dreg: Reg::R1 },
+        Expr::Eq {
+            sreg: Reg::R1,
+            data: RTN_LOCAL.to_ne_bytes().to_vec(),
+        },
+        Expr::L4Proto { dreg: Reg::R1 },
+        Expr::TransportHeader {
+            offset: 2,
+            len: 2,
+            dreg: Reg::R1b,
+        },
+        Expr::Lookup {
+            set: "ports".into(),
+            sreg: Reg::R1,
+            dreg: Some(Reg::Verdict),
+        },
+    ]
+}
+
+pub fn rebuild(bridge: &str, want: &Published) -> Batch {
+    let mut b = Batch::new(NFPROTO_IPV4);
+    b.add_table(TABLE);
+    b.del_table(TABLE);
+    b.add_table(TABLE);
+    b.add_map(TABLE, "ports", KeyType::ProtoPort, MapData::Verdict);
+    for (name, hook, priority) in [
+        ("pre", Hook::Prerouting, -100),
+        ("out", Hook::Output, -100),
+        ("post", Hook::Postrouting, 100),
+    ] {
+        let base = BaseChain {
+            hook,
+            priority,
+            kind: ChainType::Nat,
+        };
+        b.add_chain(TABLE, name, Some(base));
+    }
+    b.add_rule(TABLE, "pre", &dispatch());
+    b.add_rule(TABLE, "out", &dispatch());
+    b.add_rule(
+        TABLE,
+        "post",
+        &[
+            Expr::OifName { dreg: Reg::R1 },
+            Expr::Eq {
+                sreg: Reg::R1,
+                data: ifname_bytes(bridge),
+            },
+            Expr::Masquerade,
+        ],
+    );
+    for (p, backends) in want {
+        add_port(&mut b, *p, backends);
+    }
+    b
+}
+
+pub fn changes(have: &Published, want: &Published) -> (Batch, usize) {
+    let mut b = Batch::new(NFPROTO_IPV4);
+    let mut n = 0;
+    for p in have.keys() {
+        if !want.contains_key(p) {
+            b.del_elems(TABLE, "ports", &[proto_port_key(p.proto.number(), p.port)]);
+            b.flush_chain(TABLE, &port_chain(*p));
+            b.del_chain(TABLE, &port_chain(*p));
+            b.del_map(TABLE, &port_map(*p));
+            n += 1;
+        }
+    }
+    for (p, backends) in want {
+        match have.get(p) {
+            Some(old) if old == backends => {}
+            Some(_) => {
+                b.flush_chain(TABLE, &port_chain(*p));
+                b.del_elems(TABLE, &port_map(*p), &[]);
+                fill(&mut b, *p, backends);
+                n += 1;
+            }
+            None => {
+                add_port(&mut b, *p, backends);
+                n += 1;
+            }
+        }
+    }
+    (b, n)
+}
+
+fn add_port(b: &mut Batch, p: Port, backends: &[(Ipv4Addr, u16)]) {
+    b.add_map(TABLE, &port_map(p), KeyType::Integer, MapData::Ipv4Port);
+    b.add_chain(TABLE, &port_chain(p), None);
+    fill(b, p, backends);
+    b.set_elems(
+        TABLE,
+        "ports",
+        &[(
+            proto_port_key(p.proto.number(), p.port),
+            Value::Verdict(Verdict::Goto(port_chain(p))),
+        )],
+    );
+}
+
+/// The port chain's rule and map; with no backend, the chain refuses.
+fn fill(b: &mut Batch, p: Port, backends: &[(Ipv4Addr, u16)]) {
+    if backends.is_empty() {
+        // No task runs: drop, so the client sees what it would on a node without the
+        // port (a refusal needs a filter chain; nat chains cannot reject).
+        b.add_rule(TABLE, &port_chain(p), &[Expr::Verdict(Verdict::Drop)]);
+        return;
+    }
+    let elems: Vec<(Vec<u8>, Value)> = (0u32..)
+        .zip(backends)
+        .map(|(i, (ip, port))| (index_key(i), Value::Bytes(ip_port_bytes(*ip, *port))))
+        .collect();
+    b.set_elems(TABLE, &port_map(p), &elems);
+    let n = u32::try_from(backends.len()).unwrap_or(u32::MAX);
+    b.add_rule(
+        TABLE,
+        &port_chain(p),
+        &[
+            Expr::Numgen {
+                modulus: n,
+                dreg: Reg::R1,
+            },
+            Expr::Lookup {
+                set: port_map(p),
+                sreg: Reg::R1,
+                dreg: Some(Reg::R1),
+            },
+            Expr::Dnat {
+                addr: Reg::R1,
+                port: Some(Reg::R1b),
+            },
+        ],
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(n: u16) -> Port {
+        Port {
+            proto: Proto::Tcp,
+            port: n,
+        }
+    }
+
+    #[test]
+    fn a_change_to_one_port_touches_only_it() {
+        let b = |d: u8| (Ipv4Addr::new(10, 0, 0, d), 80);
+        let have = Published::from([(port(80), vec![b(3), b(4)]), (port(5000), vec![b(5)])]);
+        let (batch, n) = changes(&have, &have.clone());
+        assert_eq!((n, batch.is_empty()), (0, true));
+        let mut want = have.clone();
+        want.insert(port(5000), vec![b(5), b(6)]);
+        let (batch, n) = changes(&have, &want);
+        assert_eq!(n, 1);
+        assert!(
+            batch.what().iter().all(|w| w.contains("-tcp-5000")),
+            "{:?}",
+            batch.what()
+        );
+        want.remove(&port(80));
+        let (batch, n) = changes(&have, &want);
+        assert_eq!(n, 2);
+        assert!(batch
+            .what()
+            .iter()
+            .any(|w| w == "delete chain swarmlet-mesh p-tcp-80"));
+    }
+
+    #[test]
+    fn keys_and_data_are_padded_fields() {
+        assert_eq!(proto_port_key(6, 8080), [6, 0, 0, 0, 0x1f, 0x90, 0, 0]);
+        assert_eq!(
+            ip_port_bytes(Ipv4Addr::new(10, 0, 0, 3), 80),
+            [10, 0, 0, 3, 0, 80, 0, 0]
+        );
+        assert_eq!(ifname_bytes("sw-b4096").len(), 16);
+    }
+}
