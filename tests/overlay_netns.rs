@@ -15,6 +15,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use support::Net;
+use swarmlet::net::netns;
 use swarmlet::net::overlay::{
     self, attach, bridge_name, detach, host_veth, reconcile, vxlan_name, Endpoint, OverlayNet,
 };
@@ -161,4 +162,45 @@ fn two_hosts_reach_each_other_over_vxlan_and_reconcile_repairs() {
         .filter(|n| n.starts_with("sw"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_pinned_namespace_is_made_wired_kept_and_removed() {
+    let mut net = Net::new("pns");
+    let h = format!("/var/run/netns/{}", net.host(1, "10.77.0.1"));
+    let dir = std::env::temp_dir().join(format!("swarmlet-pns-{}", std::process::id()));
+    let path = dir.join("ns/task1");
+    netns::create(&path).unwrap();
+    assert!(netns::is_pinned(&path));
+    let p = path.to_str().unwrap().to_string();
+    // Its own namespace: only loopback, and not the host's.
+    let mut inner = Rtnl::open_in(&p).unwrap();
+    let names: Vec<String> = inner.links().unwrap().into_iter().map(|l| l.name).collect();
+    assert_eq!(names, ["lo"]);
+    let mut r = Rtnl::open_in(&h).unwrap();
+    let n = overlay("10.77.0.1", &[]);
+    reconcile(&mut r, std::slice::from_ref(&n)).unwrap();
+    let ep = Endpoint {
+        netns: p.clone(),
+        ifname: "eth0".into(),
+        ip: ip("10.0.9.2"),
+        prefix: 24,
+    };
+    attach(&mut r, &n, &ep).unwrap();
+    // Made again (a daemon restart): kept as it is, wiring and all.
+    netns::create(&path).unwrap();
+    assert!(inner.link("eth0").unwrap().is_some());
+    netns::remove(&path).unwrap();
+    assert!(!path.exists());
+    drop(inner);
+    // The namespace went with its last reference: so did the veth pair.
+    support::wait_until(5, "the pair is gone", || {
+        r.link(&host_veth(VNI, ip("10.0.9.2"))).unwrap().is_none()
+    });
+    netns::remove(&path).unwrap();
+    // A path that cannot be made names itself.
+    let e = netns::create(std::path::Path::new("/proc/no/such")).unwrap_err();
+    assert!(e.to_string().contains("/proc/no/such"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -5,6 +5,7 @@
 
 pub mod lb;
 pub mod mesh;
+pub mod netns;
 pub mod nft;
 pub mod overlay;
 pub mod rtnl;
