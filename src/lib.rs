@@ -19,6 +19,7 @@ pub mod frame;
 pub mod gossip;
 pub mod image;
 pub mod model;
+pub mod net;
 pub mod netio;
 pub mod raft;
 pub mod runtime;

@@ -1,0 +1,3 @@
+//! Container networking: what the daemon serves inside containers' network namespaces.
+
+pub mod dns;
