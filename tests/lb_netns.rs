@@ -117,7 +117,12 @@ fn a_vip_balances_round_robin_follows_changes_and_refuses_when_empty() {
     lb.sync(&none).unwrap();
     let t = std::time::Instant::now();
     let err = hello(c, "10.0.9.100:8080").unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}: {}", nft_list(c));
+    assert_eq!(
+        err.kind(),
+        ErrorKind::ConnectionRefused,
+        "{err}: {}",
+        nft_list(c)
+    );
     assert!(t.elapsed() < Duration::from_secs(1));
 
     // A fresh balancer (the daemon restarted) rebuilds over the old table.
