@@ -6,8 +6,10 @@
 //! in the desired state, these modules make the kernel match it.
 
 pub mod dns;
+pub mod dns_server;
 pub mod lb;
 pub mod mesh;
+pub mod names;
 pub mod netns;
 pub mod nft;
 pub mod overlay;
