@@ -9,7 +9,7 @@
 //! cluster's pure types, never `crate::daemon`.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -23,10 +23,12 @@ use crate::model::container::{ContainerSpec, ContainerView, LogCursor, LogLimits
 use crate::model::health::HealthFlags;
 use crate::model::image::{Credentials, Progress};
 use crate::raft::NodeId;
+use crate::services::ipam::Pools;
+use crate::services::network::NetworkSpec;
 use crate::services::spec::ServiceSpec;
 use crate::services::store::{TaskId, UpdateStatus};
 use crate::services::task::TaskState;
-use crate::services::ServiceId;
+use crate::services::{NetworkId, ServiceId};
 
 /// Format version of API frames. The CLI and the daemon are the same binary, so a
 /// mismatch means a CLI and a daemon of different builds: refused, naming both versions.
@@ -52,6 +54,8 @@ pub enum Request {
         advertise: Option<SocketAddr>,
         /// Committed entries between Raft snapshots (None: the default).
         snapshot_interval: Option<u64>,
+        /// `--default-addr-pool`, `--default-addr-pool-mask-length` (None: Docker's).
+        pools: Option<Pools>,
     },
     Join {
         token: String,
@@ -104,6 +108,12 @@ pub enum Request {
     ServiceRemove(Vec<String>),
     /// `service ls`; with names, `service inspect` (every name must resolve).
     ServiceList(Option<Vec<String>>),
+    /// `network create`: answered with the new network's id.
+    NetworkCreate(Box<NetworkSpec>),
+    /// `network ls`; with names, `network inspect` (every name must resolve).
+    NetworkList(Option<Vec<String>>),
+    /// `network rm`, all or nothing.
+    NetworkRemove(Vec<String>),
     /// `service ps` (of these services) and `node ps` (of that node).
     TaskList {
         services: Vec<String>,
@@ -349,6 +359,7 @@ pub enum Response {
     Exit(Option<i32>),
     Services(Vec<ServiceView>),
     Tasks(Vec<TaskView>),
+    Networks(Vec<NetworkView>),
     /// The answer to `NodeLogs`: a piece per read, in order.
     LogPieces(Vec<LogPiece>),
 }
@@ -369,6 +380,27 @@ pub struct ServiceView {
     pub desired: u64,
     /// Jobs: tasks that completed.
     pub completed: u64,
+    /// Its virtual IPs: network id, name, address and the subnet's prefix length.
+    pub vips: Vec<(NetworkId, String, Ipv4Addr, u8)>,
+    /// The published port each of `spec.endpoint.ports` got (0: host mode, any).
+    pub published: Vec<u16>,
+}
+
+/// A network as `network ls` and `network inspect` show it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NetworkView {
+    pub id: NetworkId,
+    pub spec: NetworkSpec,
+    pub vni: u32,
+    pub subnet: String,
+    pub gateway: Ipv4Addr,
+    pub ip_range: String,
+    pub created_ms: u64,
+    /// Services on it, by name.
+    pub services: Vec<String>,
+    /// Addresses in use (VIPs, tasks, nodes) and how many it can hand out in all.
+    pub used: u64,
+    pub capacity: u64,
 }
 
 /// A task as `service ps` and `node ps` show it.

@@ -114,7 +114,8 @@ fn replicated_service_create_scale_update_and_remove() {
             vec!["--hostname", "{{.Task.Colour}}"],
             "unknown placeholder",
         ),
-        (vec!["--endpoint-mode", "dnsrr"], "not supported yet"),
+        (vec!["-p", "0:80"], "--publish: invalid publish"),
+        (vec!["--endpoint-mode", "dnsrr", "-p", "80:80"], "dnsrr"),
     ] {
         let mut full = vec!["service", "create", "--name", "bad"];
         full.extend(args);

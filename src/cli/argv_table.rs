@@ -34,6 +34,8 @@ pub static COMMANDS: &[Cmd] = &[
             "--dispatcher-heartbeat",
             "--task-history-limit",
             "--snapshot-interval",
+            "--default-addr-pool",
+            "--default-addr-pool-mask-length",
         ],
         switches: &["--help", "--force-new-cluster"],
         greedy: false,

@@ -9,6 +9,7 @@ use super::{call, not_implemented, parse_addr, print_done, Global, UsageError};
 use crate::api::{Request, Response};
 use crate::cluster::token::{JoinToken, TokenRole as ClusterTokenRole};
 use crate::daemon::node::DaemonConfig;
+use crate::services::ipam::{Ipv4Net, Pools};
 
 #[derive(FromArgs, Debug, PartialEq)]
 #[cfg_attr(test, derive(argh::ArgsInfo))]
@@ -82,6 +83,15 @@ pub struct InitCommand {
     /// WAL are cut back at each (default 10000)
     #[argh(option)]
     pub snapshot_interval: Option<u64>,
+
+    /// address pool overlay network subnets are cut from, CIDR (repeatable; default
+    /// 10.0.0.0/8)
+    #[argh(option)]
+    pub default_addr_pool: Vec<String>,
+
+    /// prefix length of each subnet cut from the pools (default 24)
+    #[argh(option)]
+    pub default_addr_pool_mask_length: Option<u8>,
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
@@ -255,6 +265,19 @@ pub fn init(global: &Global, cmd: InitCommand) -> anyhow::Result<ExitCode> {
     if cmd.force_new_cluster {
         return not_implemented("init --force-new-cluster");
     }
+    // Parsed for Docker's grammar, and refused rather than ignored.
+    if cmd.dispatcher_heartbeat.is_some() {
+        return Err(UsageError(
+            "--dispatcher-heartbeat: not used here; nodes are watched by gossip, which finds a dead node in about a second".into(),
+        )
+        .into());
+    }
+    if cmd.task_history_limit.is_some() {
+        return Err(UsageError(
+            "--task-history-limit: not supported yet; 5 finished tasks are kept per slot".into(),
+        )
+        .into());
+    }
     if let Some(n) = cmd.snapshot_interval {
         let range = crate::cluster::MIN_SNAPSHOT_INTERVAL..=crate::cluster::MAX_SNAPSHOT_INTERVAL;
         if !range.contains(&n) {
@@ -276,14 +299,35 @@ pub fn init(global: &Global, cmd: InitCommand) -> anyhow::Result<ExitCode> {
         .as_deref()
         .map(|a| parse_addr("--advertise-addr", a))
         .transpose()?;
+    let pools = init_pools(&cmd)?;
     print_done(call(
         global,
         &Request::Init {
             listen,
             advertise,
             snapshot_interval: cmd.snapshot_interval,
+            pools,
         },
     )?)
+}
+
+/// `--default-addr-pool` and its mask length, checked; None when neither is given.
+fn init_pools(cmd: &InitCommand) -> Result<Option<Pools>, UsageError> {
+    if cmd.default_addr_pool.is_empty() && cmd.default_addr_pool_mask_length.is_none() {
+        return Ok(None);
+    }
+    let pools = match cmd.default_addr_pool.is_empty() {
+        true => Pools::default().pools,
+        false => cmd
+            .default_addr_pool
+            .iter()
+            .map(|p| Ipv4Net::parse(p).map_err(|e| UsageError(format!("--default-addr-pool: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    let mask = cmd
+        .default_addr_pool_mask_length
+        .unwrap_or(Pools::default().subnet_prefix);
+    Pools::new(pools, mask).map(Some).map_err(UsageError)
 }
 
 pub fn join(global: &Global, cmd: JoinCommand) -> anyhow::Result<ExitCode> {

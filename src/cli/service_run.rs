@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use super::container::{parse_bytes, parse_duration};
 use super::service::{
-    FailureAction as FlagAction, Mode as FlagMode, RestartCondition as FlagRestart, ServiceCreate,
-    ServiceRm, ServiceRollback, ServiceScale, ServiceUpdate, UpdateOrder as FlagOrder,
+    EndpointMode as FlagEndpointMode, FailureAction as FlagAction, Mode as FlagMode,
+    RestartCondition as FlagRestart, ServiceCreate, ServiceRm, ServiceRollback, ServiceScale,
+    ServiceUpdate, UpdateOrder as FlagOrder,
 };
 use super::{call, print_done, Global, UsageError};
 use crate::api::{Request, Response, ServiceView, TaskView};
@@ -17,8 +18,8 @@ use crate::image::reference::Reference;
 use crate::model::container::{MountKind, MountSpec};
 use crate::model::health::HealthFlags;
 use crate::services::spec::{
-    parse_constraints, FailureAction, Mode, RestartCondition, ServiceSpec, UpdateConfig,
-    UpdateOrder,
+    parse_constraints, parse_publish, EndpointMode, FailureAction, Mode, PortConfig, Protocol,
+    RestartCondition, ServiceSpec, UpdateConfig, UpdateOrder,
 };
 use crate::services::task::TaskState;
 
@@ -55,8 +56,7 @@ struct Common<'a> {
     cap_add: &'a [String],
     cap_drop: &'a [String],
     network: &'a [String],
-    /// `--endpoint-mode` given (taken with the networking issue).
-    endpoint_mode: bool,
+    endpoint_mode: Option<FlagEndpointMode>,
     publish: &'a [String],
 }
 
@@ -113,7 +113,7 @@ macro_rules! common {
             cap_drop: $cap_drop,
             network: $network,
             publish: $publish,
-            endpoint_mode: $c.endpoint_mode.is_some(),
+            endpoint_mode: $c.endpoint_mode,
         }
     };
 }
@@ -240,21 +240,36 @@ fn apply_update_flags(u: &mut UpdateConfig, f: &UpdateFlags<'_>) -> Result<(), U
 
 /// Applies the shared flags over `spec`.
 fn apply(spec: &mut ServiceSpec, f: &Common<'_>) -> Result<(), UsageError> {
-    if !f.network.is_empty() {
-        return Err(UsageError(
-            "--network: overlay networks come with the networking issue; not supported yet".into(),
-        ));
+    for n in f.network {
+        if n.is_empty() {
+            return Err(UsageError("--network: a network name is empty".into()));
+        }
+        if !spec.task.networks.contains(n) {
+            spec.task.networks.push(n.clone());
+        }
     }
-    if f.endpoint_mode {
-        return Err(UsageError(
-            "--endpoint-mode: service endpoints come with the networking issue; not supported yet"
-                .into(),
-        ));
+    if let Some(m) = f.endpoint_mode {
+        spec.endpoint.mode = match m {
+            FlagEndpointMode::Vip => EndpointMode::Vip,
+            FlagEndpointMode::Dnsrr => EndpointMode::Dnsrr,
+        };
     }
-    if !f.publish.is_empty() {
-        return Err(UsageError(
-            "--publish: published ports come with the networking issue; not supported yet".into(),
-        ));
+    let mut given: Vec<PortConfig> = Vec::new();
+    for p in f.publish {
+        let pc = parse_publish(p).map_err(|e| UsageError(format!("--publish: {e}")))?;
+        let same = |q: &PortConfig| {
+            pc.published != 0 && q.published == pc.published && q.protocol == pc.protocol
+        };
+        if given.iter().any(same) {
+            return Err(UsageError(format!(
+                "--publish: duplicate published ports provided ({})",
+                pc.published
+            )));
+        }
+        // A port already in the spec is replaced (Docker's `--publish-add`).
+        spec.endpoint.ports.retain(|q| !same(q));
+        spec.endpoint.ports.push(pc);
+        given.push(pc);
     }
     let t = &mut spec.task;
     let c = &mut t.container;
@@ -604,7 +619,12 @@ fn shell_words(s: &str) -> Result<Vec<String>, String> {
     Ok(words)
 }
 
-fn resolve_update(c: &ServiceUpdate, spec: &mut ServiceSpec) -> Result<(), UsageError> {
+/// `network_rm`: the networks `--network-rm` names, as the ids the spec holds.
+fn resolve_update(
+    c: &ServiceUpdate,
+    spec: &mut ServiceSpec,
+    network_rm: &[String],
+) -> Result<(), UsageError> {
     if let Some(i) = &c.image {
         Reference::parse(i)
             .map_err(|e| UsageError(format!("--image: invalid reference format: {e}")))?;
@@ -654,17 +674,27 @@ fn resolve_update(c: &ServiceUpdate, spec: &mut ServiceSpec) -> Result<(), Usage
         parse_constraints(&c.constraint_add)
             .map_err(|e| UsageError(format!("--constraint-add: {e}")))?,
     );
-    if !c.network_rm.is_empty() {
-        return Err(UsageError(
-            "--network-rm: overlay networks come with the networking issue; not supported yet"
-                .into(),
-        ));
+    for n in network_rm {
+        spec.task.networks.retain(|x| x != n);
     }
-    if !c.publish_rm.is_empty() {
-        return Err(UsageError(
-            "--publish-rm: published ports come with the networking issue; not supported yet"
-                .into(),
-        ));
+    for r in &c.publish_rm {
+        let (port, proto) = match r.split_once('/') {
+            Some((p, "tcp")) => (p, Some(Protocol::Tcp)),
+            Some((p, "udp")) => (p, Some(Protocol::Udp)),
+            Some(_) => {
+                return Err(UsageError(format!(
+                    "--publish-rm: {r:?} is not PORT[/tcp|/udp]"
+                )))
+            }
+            None => (r.as_str(), None),
+        };
+        let port: u16 = port
+            .parse()
+            .map_err(|_| UsageError(format!("--publish-rm: {r:?} is not PORT[/tcp|/udp]")))?;
+        spec.endpoint.ports.retain(|q| {
+            let hit = q.published == port || (q.published == 0 && q.target == port);
+            !(hit && proto.is_none_or(|p| p == q.protocol))
+        });
     }
     for r in &c.placement_pref_rm {
         let gone = spread_label("--placement-pref-rm", r)?;
@@ -720,7 +750,14 @@ pub fn update(global: &Global, c: ServiceUpdate) -> anyhow::Result<ExitCode> {
     }
     let view = current(global, &c.service)?;
     let mut spec = view.spec.clone();
-    resolve_update(&c, &mut spec)?;
+    let network_rm = match c.network_rm.is_empty() {
+        true => Vec::new(),
+        false => match call(global, &Request::NetworkList(Some(c.network_rm.clone())))? {
+            Response::Networks(v) => v.into_iter().map(|n| n.id.to_string()).collect(),
+            other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+        },
+    };
+    resolve_update(&c, &mut spec, &network_rm)?;
     let req = Request::ServiceUpdate {
         service: view.id.to_string(),
         spec: Box::new(spec),
@@ -987,6 +1024,7 @@ fn progress(svc: &ServiceView, tasks: &[TaskView]) -> Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::services::spec::PublishMode;
     use argh::FromArgs;
 
     fn create_of(args: &[&str]) -> Result<ServiceSpec, UsageError> {
@@ -1121,7 +1159,7 @@ mod tests {
             ],
         )
         .unwrap();
-        resolve_update(&u, &mut s).unwrap();
+        resolve_update(&u, &mut s, &[]).unwrap();
         assert_eq!(s.task.container.env, vec!["A=9"]);
         assert!(s.task.placement.constraints.is_empty());
         assert_eq!(s.task.image, "busybox:2");
@@ -1168,7 +1206,7 @@ mod tests {
             ],
         )
         .unwrap();
-        resolve_update(&u, &mut s).unwrap();
+        resolve_update(&u, &mut s, &[]).unwrap();
         assert_eq!(s.task.placement.spread, vec!["engine.labels.rack"]);
         assert_eq!(s.task.container.cap_add, vec!["net_raw", "KILL"]);
         assert_eq!(s.task.container.cap_drop, vec!["CHOWN"]);
@@ -1180,20 +1218,95 @@ mod tests {
     }
 
     #[test]
-    fn what_comes_with_networking_is_refused_not_ignored() {
-        let e = create_of(&["--endpoint-mode", "dnsrr", "busybox"])
+    fn networks_ports_and_endpoint_mode_go_into_the_spec() {
+        let s = create_of(&[
+            "--network",
+            "front",
+            "--network",
+            "back",
+            "-p",
+            "8080:80",
+            "--publish",
+            "published=53,target=5353,protocol=udp,mode=host",
+            "-p",
+            "9000/udp",
+            "--endpoint-mode",
+            "vip",
+            "busybox",
+        ])
+        .unwrap();
+        assert_eq!(s.task.networks, ["front", "back"]);
+        let p = &s.endpoint.ports;
+        assert_eq!(
+            (p[0].published, p[0].target, p[0].mode),
+            (8080, 80, PublishMode::Ingress)
+        );
+        assert_eq!(
+            (p[1].published, p[1].target, p[1].protocol),
+            (53, 5353, Protocol::Udp)
+        );
+        assert_eq!(p[1].mode, PublishMode::Host);
+        assert_eq!((p[2].published, p[2].target), (0, 9000));
+        for bad in [
+            "0:80",
+            "80:0",
+            "x:80",
+            "80:80/sctp",
+            "published=8080",
+            "target=80,mode=mesh",
+            "80:70000",
+        ] {
+            let e = create_of(&["-p", bad, "busybox"]).unwrap_err().0;
+            assert!(e.starts_with("--publish: invalid publish"), "{bad}: {e}");
+        }
+        let e = create_of(&["--endpoint-mode", "dnsrr", "-p", "80:80", "busybox"])
             .unwrap_err()
             .0;
-        assert!(e.starts_with("--endpoint-mode:"), "{e}");
-        let mut s = create_of(&["--name", "web", "busybox"]).unwrap();
-        for flag in ["--publish-rm", "--network-rm"] {
-            let u = ServiceUpdate::from_args(&["service", "update"], &[flag, "80", "web"]).unwrap();
-            let e = resolve_update(&u, &mut s).unwrap_err().0;
-            assert!(
-                e.starts_with(flag) && e.contains("not supported yet"),
-                "{e}"
-            );
-        }
+        assert!(e.contains("dnsrr"), "{e}");
+        let e = create_of(&["-p", "80:80", "-p", "80:81", "busybox"])
+            .unwrap_err()
+            .0;
+        assert!(e.contains("duplicate published ports"), "{e}");
+
+        // Update: ports added (the same published port replaced), removed; networks.
+        let mut s = s;
+        let u = ServiceUpdate::from_args(
+            &["service", "update"],
+            &[
+                "--publish-add",
+                "8080:81",
+                "--publish-rm",
+                "53/udp",
+                "--network-add",
+                "third",
+                "web",
+            ],
+        )
+        .unwrap();
+        resolve_update(&u, &mut s, &["back".to_string()]).unwrap();
+        let got: Vec<(u16, u16)> = s
+            .endpoint
+            .ports
+            .iter()
+            .map(|p| (p.published, p.target))
+            .collect();
+        assert_eq!(got, [(0, 9000), (8080, 81)]);
+        assert_eq!(s.task.networks, ["front", "third"]);
+        let u = ServiceUpdate::from_args(&["service", "update"], &["--publish-rm", "9000", "web"])
+            .unwrap();
+        resolve_update(&u, &mut s, &[]).unwrap();
+        assert_eq!(
+            s.endpoint.ports.len(),
+            1,
+            "an unpublished port goes by its target"
+        );
+        let u =
+            ServiceUpdate::from_args(&["service", "update"], &["--publish-rm", "80/sctp", "web"])
+                .unwrap();
+        assert!(resolve_update(&u, &mut s, &[])
+            .unwrap_err()
+            .0
+            .starts_with("--publish-rm"));
         let e = create_of(&["--placement-pref", "spread=node.labels.", "busybox"])
             .unwrap_err()
             .0;
@@ -1230,7 +1343,7 @@ mod tests {
         let mut s = create_of(&["--name", "web", "busybox"]).unwrap();
         let u = ServiceUpdate::from_args(&["service", "update"], &["--max-concurrent", "2", "web"])
             .unwrap();
-        let e = resolve_update(&u, &mut s).unwrap_err().0;
+        let e = resolve_update(&u, &mut s, &[]).unwrap_err().0;
         assert!(e.starts_with("--max-concurrent:"), "{e}");
     }
 }

@@ -12,11 +12,12 @@ use super::{call, Global, UsageError};
 use crate::api::{Request, Response, ServiceView, TaskView};
 use crate::model::container::MountKind;
 use crate::services::spec::{
-    FailureAction, Mode, RestartCondition, ServiceSpec, UpdateConfig, UpdateOrder,
+    EndpointMode, FailureAction, Mode, PortConfig, PublishMode, RestartCondition, ServiceSpec,
+    UpdateConfig, UpdateOrder,
 };
 use crate::services::task::TaskState;
 
-fn short(id: &str, no_trunc: bool) -> String {
+pub(super) fn short(id: &str, no_trunc: bool) -> String {
     if no_trunc {
         id.to_string()
     } else {
@@ -24,7 +25,7 @@ fn short(id: &str, no_trunc: bool) -> String {
     }
 }
 
-fn table(rows: &[Vec<String>]) {
+pub(super) fn table(rows: &[Vec<String>]) {
     let Some(first) = rows.first() else { return };
     let mut w = vec![0; first.len()];
     for r in rows {
@@ -51,6 +52,21 @@ fn json_format(format: Option<&str>) -> Result<bool, UsageError> {
         Some("json") | Some("{{json .}}") => Ok(true),
         Some(f) => Err(UsageError(format!("--format: {f:?}: table or json"))),
     }
+}
+
+/// Docker's PORTS column: `*:8080->80/tcp`, comma-separated (host mode too).
+fn ports_text(s: &ServiceView) -> String {
+    s.spec
+        .endpoint
+        .ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let published = s.published.get(i).copied().unwrap_or(p.published);
+            format!("*:{published}->{}/{}", p.target, p.protocol.name())
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn mode_text(s: &ServiceView) -> String {
@@ -142,7 +158,7 @@ pub fn ls(global: &Global, c: ServiceLs) -> anyhow::Result<ExitCode> {
                 "Mode": mode_text(s),
                 "Replicas": replicas_text(s),
                 "Image": s.spec.task.image,
-                "Ports": "",
+                "Ports": ports_text(s),
             });
             println!("{o}");
         }
@@ -158,7 +174,7 @@ pub fn ls(global: &Global, c: ServiceLs) -> anyhow::Result<ExitCode> {
             mode_text(s),
             replicas_text(s),
             s.spec.task.image.clone(),
-            String::new(),
+            ports_text(s),
         ]);
     }
     table(&rows);
@@ -374,7 +390,7 @@ pub fn node_ps(
     Ok(ExitCode::SUCCESS)
 }
 
-fn rfc3339(ms: u64) -> String {
+pub(super) fn rfc3339(ms: u64) -> String {
     crate::runtime::logs::rfc3339_nanos(
         std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
     )
@@ -422,6 +438,42 @@ fn health_json(h: &crate::model::health::HealthFlags) -> serde_json::Value {
         "Timeout": ns(h.timeout),
         "StartPeriod": ns(h.start_period),
         "Retries": h.retries,
+    })
+}
+
+/// Docker's endpoint spec; with `published`, the ports as the cluster published them.
+fn endpoint_json(
+    mode: &EndpointMode,
+    ports: &[PortConfig],
+    published: Option<&[u16]>,
+) -> serde_json::Value {
+    let ports: Vec<serde_json::Value> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let pub_port = published
+                .and_then(|v| v.get(i).copied())
+                .unwrap_or(p.published);
+            let mut o = json!({
+                "Protocol": p.protocol.name(),
+                "TargetPort": p.target,
+                "PublishMode": match p.mode {
+                    PublishMode::Ingress => "ingress",
+                    PublishMode::Host => "host",
+                },
+            });
+            if pub_port != 0 {
+                o["PublishedPort"] = json!(pub_port);
+            }
+            o
+        })
+        .collect();
+    json!({
+        "Mode": match mode {
+            EndpointMode::Vip => "vip",
+            EndpointMode::Dnsrr => "dnsrr",
+        },
+        "Ports": ports,
     })
 }
 
@@ -494,7 +546,9 @@ fn spec_json(s: &ServiceSpec) -> serde_json::Value {
                 "Preferences": t.placement.spread.iter().map(|l| json!({"Spread": {"SpreadDescriptor": l}})).collect::<Vec<_>>(),
             },
             "ForceUpdate": t.force_update,
+            "Networks": t.networks.iter().map(|n| json!({"Target": n})).collect::<Vec<_>>(),
         },
+        "EndpointSpec": endpoint_json(&s.endpoint.mode, &s.endpoint.ports, None),
         "Mode": mode,
         "UpdateConfig": update_json(&s.update),
         "RollbackConfig": update_json(&s.rollback),
@@ -668,6 +722,15 @@ pub fn inspect(global: &Global, c: ServiceInspect) -> anyhow::Result<ExitCode> {
             if let Some(p) = &s.previous {
                 d["PreviousSpec"] = spec_json(p);
             }
+            let mut ep = endpoint_json(&s.spec.endpoint.mode, &s.spec.endpoint.ports, Some(&s.published));
+            ep["Spec"] = endpoint_json(&s.spec.endpoint.mode, &s.spec.endpoint.ports, None);
+            ep["VirtualIPs"] = s
+                .vips
+                .iter()
+                .map(|(id, _, ip, prefix)| json!({"NetworkID": id.to_string(), "Addr": format!("{ip}/{prefix}")}))
+                .collect::<Vec<_>>()
+                .into();
+            d["Endpoint"] = ep;
             if let Some(u) = &s.update {
                 d["UpdateStatus"] = json!({
                     "State": u.state.name(),
@@ -732,6 +795,8 @@ mod tests {
                 running: 0,
                 desired: 0,
                 completed: 0,
+                vips: Vec::new(),
+                published: Vec::new(),
             }
         };
         let all = vec![

@@ -3,7 +3,9 @@
 //! manager that applies the same log ends in the same state. Anything random (token
 //! secrets) or time-dependent is decided by the proposer and carried in the command.
 //!
-//! Services, tasks and networks join this state in later issues.
+//! Services and tasks (`services::store`) and networks with their addresses
+//! (`services::network`) are parts of it; a service command goes through both, so a
+//! service's VIPs, ports and task addresses follow it.
 
 pub mod token;
 
@@ -13,7 +15,10 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::raft::NodeId;
+use crate::services::ipam::Pools;
+use crate::services::network::{NetworkCommand, NetworkError, Networks};
 use crate::services::store::{ServiceCommand, Store, StoreError};
+use crate::services::NetworkId;
 use crate::transport::crypto::hash;
 use crate::transport::PeerKey;
 use token::{TokenRole, TokenSecret};
@@ -103,6 +108,8 @@ pub struct ClusterState {
     pub tokens: Tokens,
     pub spec: ClusterSpec,
     pub services: Store,
+    /// Overlay networks and the addresses on them (appended last, in format 3).
+    pub networks: Networks,
 }
 
 /// The state as version 2 wrote it.
@@ -151,6 +158,8 @@ pub enum Command {
     },
     /// Services and tasks (appended last: older entries keep their encoding).
     Service(Box<ServiceCommand>),
+    /// Networks (appended last, likewise).
+    Network(Box<NetworkCommand>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -165,6 +174,8 @@ pub enum ApplyError {
     Invalid(String),
     #[error("{0}")]
     Service(#[from] StoreError),
+    #[error("{0}")]
+    Network(#[from] NetworkError),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -229,6 +240,14 @@ fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), ApplyError> {
     Ok(())
 }
 
+/// The ingress network's id: made from the cluster's, so every manager makes the same.
+pub fn ingress_id(cluster_id: &[u8; 16]) -> NetworkId {
+    let h = hash(&[b"swarmlet ingress network", &cluster_id[..]]);
+    NetworkId(u64::from_le_bytes(
+        h[..8].try_into().expect("invariant: a hash is 32 bytes"),
+    ))
+}
+
 impl ClusterState {
     pub fn new(cluster_id: [u8; 16], tokens: Tokens, spec: ClusterSpec) -> ClusterState {
         ClusterState {
@@ -237,7 +256,17 @@ impl ClusterState {
             tokens,
             spec,
             services: Store::default(),
+            networks: Networks::new(Pools::default(), ingress_id(&cluster_id)),
         }
+    }
+
+    /// Replaces the address pools (at `init`, before any network but ingress exists).
+    pub fn with_pools(mut self, pools: Pools) -> ClusterState {
+        self.networks = Networks::new(pools, ingress_id(&self.cluster_id));
+        for id in self.nodes.keys() {
+            self.networks.node_added(*id);
+        }
+        self
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -255,7 +284,9 @@ impl ClusterState {
                     tokens: v1.tokens,
                     spec: ClusterSpec::default(),
                     services: Store::default(),
-                })
+                    networks: Networks::default(),
+                }
+                .with_pools(Pools::default()))
             }
             (STATE_VERSION_2, rest) => {
                 let v2: ClusterStateV2 = body(rest)?;
@@ -265,7 +296,9 @@ impl ClusterState {
                     tokens: v2.tokens,
                     spec: v2.spec,
                     services: Store::default(),
-                })
+                    networks: Networks::default(),
+                }
+                .with_pools(Pools::default()))
             }
             (v, _) => Err(DecodeError::Version(v)),
         }
@@ -336,7 +369,12 @@ impl ClusterState {
                 check_labels(&labels)
             }
             Command::RotateToken { .. } => Ok(()),
-            Command::Service(c) => Ok(self.services.validate(c)?),
+            Command::Service(c) => {
+                self.services.validate(c)?;
+                self.networks.with_service(&self.services, c)?;
+                Ok(())
+            }
+            Command::Network(c) => Ok(self.networks.validate(&self.services, c)?),
         }
     }
 
@@ -348,10 +386,12 @@ impl ClusterState {
         match cmd {
             Command::AddNode(n) => {
                 self.nodes.insert(n.id, n.clone());
+                self.networks.node_added(n.id);
             }
             Command::RemoveNode(id) => {
                 self.nodes.remove(id);
                 self.services.nodes.remove(id);
+                self.networks.node_removed(*id);
             }
             Command::SetStatus { id, status } => {
                 self.nodes.get_mut(id).expect(missing).status = *status
@@ -379,11 +419,23 @@ impl ClusterState {
                 TokenRole::Worker => self.tokens.worker = *secret,
                 TokenRole::Manager => self.tokens.manager = *secret,
             },
-            Command::Service(c) => self.services.apply(c)?,
+            Command::Service(c) => {
+                // Checked by `validate`; the store checks again and may still refuse.
+                let next = self.networks.with_service(&self.services, c)?;
+                self.services.apply(c)?;
+                if let Some(next) = next {
+                    self.networks = next;
+                }
+                self.networks.after_tasks(&self.services, c);
+            }
+            Command::Network(c) => self.networks.apply(&self.services, c)?,
         }
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod network_tests;
 
 #[cfg(test)]
 mod tests {

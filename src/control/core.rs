@@ -269,6 +269,7 @@ pub enum NodeState {
 pub struct Initializing {
     request: RequestId,
     snapshot_interval: u64,
+    pools: crate::services::ipam::Pools,
 }
 
 #[derive(Debug)]
@@ -1038,7 +1039,7 @@ impl Control {
         let spec = cluster::ClusterSpec {
             snapshot_interval: init.snapshot_interval,
         };
-        let mut state = ClusterState::new(cluster_id, tokens, spec);
+        let mut state = ClusterState::new(cluster_id, tokens, spec).with_pools(init.pools);
         let record = self.own_record(b.advertise, NodeRole::Manager);
         if let Err(e) = state.apply(&Command::AddNode(record)) {
             self.emit(Effect::Unbind);
@@ -2333,10 +2334,16 @@ impl Control {
         }
     }
 
-    pub(super) fn start_init(&mut self, request: RequestId, snapshot_interval: u64) {
+    pub(super) fn start_init(
+        &mut self,
+        request: RequestId,
+        snapshot_interval: u64,
+        pools: crate::services::ipam::Pools,
+    ) {
         self.state = NodeState::Initializing(Initializing {
             request,
             snapshot_interval,
+            pools,
         });
     }
 
@@ -2583,6 +2590,8 @@ fn is_write(req: &Request) -> bool {
             | Request::ServiceUpdate { .. }
             | Request::ServiceScale(_)
             | Request::ServiceRemove(_)
+            | Request::NetworkCreate(_)
+            | Request::NetworkRemove(_)
     )
 }
 

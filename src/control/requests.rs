@@ -9,6 +9,7 @@ use crate::api::{NodeView, Request, Response};
 use crate::cluster::token::{JoinToken, TokenRole};
 use crate::cluster::{self, Availability, Command, NodeRole, NodeStatus};
 use crate::raft::{NodeId, ProposeError, Role};
+use crate::services::ipam::Pools;
 use crate::transport::PeerKey;
 
 /// A join as the leader sees it.
@@ -40,6 +41,9 @@ fn needs_leader(req: &Request) -> bool {
             | Request::ServiceRemove(_)
             | Request::ServiceList(_)
             | Request::TaskList { .. }
+            | Request::NetworkCreate(_)
+            | Request::NetworkList(_)
+            | Request::NetworkRemove(_)
     )
 }
 
@@ -57,7 +61,8 @@ impl Control {
                 listen,
                 advertise,
                 snapshot_interval,
-            } => self.init(id, listen, advertise, snapshot_interval),
+                pools,
+            } => self.init(id, listen, advertise, snapshot_interval, pools),
             Request::Join {
                 token,
                 manager,
@@ -118,8 +123,12 @@ impl Control {
         match req {
             Request::NodeList => self.start_read(None, reply, asker),
             Request::NodeInspect { nodes } => self.start_read(Some(nodes), reply, asker),
-            req @ (Request::ServiceList(_) | Request::TaskList { .. }) => {
+            req
+            @ (Request::ServiceList(_) | Request::TaskList { .. } | Request::NetworkList(_)) => {
                 self.start_service_read(req, reply, asker)
+            }
+            req @ (Request::NetworkCreate(_) | Request::NetworkRemove(_)) => {
+                self.serve_network(now, req, reply)
             }
             req @ (Request::ServiceCreate(_)
             | Request::ServiceUpdate { .. }
@@ -165,6 +174,7 @@ impl Control {
         listen: Option<SocketAddr>,
         advertise: Option<SocketAddr>,
         snapshot_interval: Option<u64>,
+        pools: Option<Pools>,
     ) {
         let error = |c: &mut Control, why: String| {
             c.emit(Effect::Answer {
@@ -189,7 +199,13 @@ impl Control {
                 ),
             );
         }
-        self.start_init(id, interval);
+        if let Some(p) = &pools {
+            // Any client can send anything: the pools are checked again here.
+            if let Err(e) = Pools::new(p.pools.clone(), p.subnet_prefix) {
+                return error(self, e);
+            }
+        }
+        self.start_init(id, interval, pools.unwrap_or_default());
         let listen = listen.or(self.me.listen).unwrap_or_else(default_listen);
         let advertise = advertise.or(self.me.advertise);
         self.emit(Effect::Bind {

@@ -11,17 +11,18 @@ use std::time::{Duration, Instant};
 
 use super::core::{Control, Effect, NodeState, Reply};
 use super::msg::PeerMsg;
-use crate::api::{Request, Response, ServiceView, TaskView};
+use crate::api::{NetworkView, Request, Response, ServiceView, TaskView};
 use crate::cluster::{ClusterState, Command, NodeRecord, NodeStatus};
 use crate::raft::NodeId;
 use crate::services::agent::{AgentStatus, Assignment, Assignments};
 use crate::services::constraint::NodeFacts;
+use crate::services::network::{Network, NetworkCommand};
 use crate::services::orchestrator::{reconcile, NodeInfo};
 use crate::services::scheduler::Resources;
 use crate::services::spec::{Mode, ServiceSpec};
 use crate::services::store::{Service, ServiceCommand, TaskId, TaskReport};
 use crate::services::task::TaskState;
-use crate::services::ServiceId;
+use crate::services::{NetworkId, ServiceId};
 use crate::transport::PeerKey;
 
 /// The leader's side of services.
@@ -318,7 +319,10 @@ impl Control {
             return self.answer(reply, Response::Error("no cluster state yet".into()));
         };
         let result: Result<(Vec<ServiceCommand>, String), String> = match req {
-            Request::ServiceCreate(spec) => {
+            Request::ServiceCreate(mut spec) => {
+                if let Err(e) = resolve_networks(c, &mut spec) {
+                    return self.answer(reply, Response::Error(e));
+                }
                 let id = ServiceId(u64::from_le_bytes(
                     self.random16()[..8]
                         .try_into()
@@ -336,17 +340,19 @@ impl Control {
             }
             Request::ServiceUpdate {
                 service,
-                spec,
+                mut spec,
                 rollback,
-            } => resolve(c, &service).map(|s| {
-                let cmd = ServiceCommand::Update {
-                    id: s.id,
-                    spec: *spec,
-                    at_ms,
-                    rollback,
-                };
-                (vec![cmd], s.spec.name.clone())
-            }),
+            } => resolve_networks(c, &mut spec)
+                .and_then(|()| resolve(c, &service))
+                .map(|s| {
+                    let cmd = ServiceCommand::Update {
+                        id: s.id,
+                        spec: *spec,
+                        at_ms,
+                        rollback,
+                    };
+                    (vec![cmd], s.spec.name.clone())
+                }),
             Request::ServiceScale(pairs) => scale(c, &pairs, at_ms),
             Request::ServiceRemove(names) => names
                 .iter()
@@ -367,6 +373,59 @@ impl Control {
                 let cmds = cmds
                     .into_iter()
                     .map(|c| Command::Service(Box::new(c)))
+                    .collect();
+                self.propose_checked(cmds, reply, ok);
+            }
+            Err(e) => self.answer(reply, Response::Error(e)),
+        }
+    }
+
+    /// Serves `network create` and `network rm` as the leader.
+    pub(super) fn serve_network(&mut self, now: Instant, req: Request, reply: Reply) {
+        let at_ms = self.wall_ms(now);
+        let Some(c) = self.cluster() else {
+            return self.answer(reply, Response::Error("no cluster state yet".into()));
+        };
+        let result: Result<(Vec<NetworkCommand>, String), String> = match req {
+            Request::NetworkCreate(spec) => {
+                let id = NetworkId(u64::from_le_bytes(
+                    self.random16()[..8]
+                        .try_into()
+                        .expect("invariant: 16 bytes"),
+                ));
+                Ok((
+                    vec![NetworkCommand::Create {
+                        id,
+                        spec: *spec,
+                        at_ms,
+                    }],
+                    id.to_string(),
+                ))
+            }
+            Request::NetworkRemove(names) => names
+                .iter()
+                .map(|n| {
+                    c.networks
+                        .resolve(n)
+                        .map(|x| (NetworkCommand::Remove(x.id), n.clone()))
+                        .map_err(|e| e.to_string())
+                })
+                .collect::<Result<Vec<_>, String>>()
+                .map(|v| {
+                    let ok = v
+                        .iter()
+                        .map(|(_, n)| n.clone())
+                        .collect::<Vec<_>>()
+                        .join("\n");
+                    (v.into_iter().map(|(c, _)| c).collect(), ok)
+                }),
+            _ => Err("not a network request".into()),
+        };
+        match result {
+            Ok((cmds, ok)) => {
+                let cmds = cmds
+                    .into_iter()
+                    .map(|c| Command::Network(Box::new(c)))
                     .collect();
                 self.propose_checked(cmds, reply, ok);
             }
@@ -419,8 +478,67 @@ impl Control {
                     .collect();
                 Response::Tasks(views)
             }
+            Request::NetworkList(names) => {
+                let nets: Vec<&Network> = match names {
+                    None => c.networks.nets.values().collect(),
+                    Some(names) => match names.iter().map(|n| c.networks.resolve(n)).collect() {
+                        Ok(v) => v,
+                        Err(e) => return Response::Error(e.to_string()),
+                    },
+                };
+                Response::Networks(nets.into_iter().map(|n| network_view(c, n)).collect())
+            }
             _ => Response::Error("not a service read".into()),
         }
+    }
+}
+
+/// Until nodes wire tasks into networks, a service that asks for them is refused
+/// rather than run without them.
+const NOT_WIRED: &str = "tasks cannot join overlay networks or publish ports yet: nodes do not wire them (networks can be created, listed and removed); run the service without --network and --publish";
+
+/// The networks a spec names, by id (a user gives names or id prefixes).
+fn resolve_networks(c: &ClusterState, spec: &mut ServiceSpec) -> Result<(), String> {
+    if !spec.task.networks.is_empty() || !spec.endpoint.ports.is_empty() {
+        return Err(NOT_WIRED.into());
+    }
+    for n in &mut spec.task.networks {
+        *n = c
+            .networks
+            .resolve(n)
+            .map_err(|e| e.to_string())?
+            .id
+            .to_string();
+    }
+    Ok(())
+}
+
+fn network_view(c: &ClusterState, n: &Network) -> NetworkView {
+    let key = n.id.to_string();
+    let services = c
+        .services
+        .services
+        .values()
+        .filter(|s| {
+            s.spec.task.networks.contains(&key)
+                || c.networks
+                    .vips
+                    .get(&s.id)
+                    .is_some_and(|v| v.contains_key(&n.id))
+        })
+        .map(|s| s.spec.name.clone())
+        .collect();
+    NetworkView {
+        id: n.id,
+        spec: n.spec.clone(),
+        vni: n.vni,
+        subnet: n.space.subnet.to_string(),
+        gateway: n.space.gateway,
+        ip_range: n.space.range.to_string(),
+        created_ms: n.created_ms,
+        services,
+        used: n.space.used.len() as u64,
+        capacity: n.space.capacity(),
     }
 }
 
@@ -513,8 +631,21 @@ fn service_view(c: &ClusterState, s: &Service) -> ServiceView {
         Mode::ReplicatedJob { total, .. } => total,
         Mode::Global | Mode::GlobalJob => live,
     };
+    let vips = c
+        .networks
+        .vips
+        .get(&s.id)
+        .into_iter()
+        .flatten()
+        .filter_map(|(net, ip)| {
+            let n = c.networks.nets.get(net)?;
+            Some((*net, n.spec.name.clone(), *ip, n.space.subnet.prefix))
+        })
+        .collect();
     ServiceView {
         id: s.id,
+        vips,
+        published: c.networks.published.get(&s.id).cloned().unwrap_or_default(),
         spec: s.spec.clone(),
         previous: s.previous.as_ref().map(|(_, p)| p.clone()),
         version: s.version,

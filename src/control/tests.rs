@@ -271,6 +271,7 @@ fn init_binds_then_bootstraps_raft_and_answers_with_a_token() {
                 listen: None,
                 advertise: None,
                 snapshot_interval: Some(500),
+                pools: None,
             },
         ),
     );
@@ -336,6 +337,7 @@ fn init_binds_then_bootstraps_raft_and_answers_with_a_token() {
                 listen: None,
                 advertise: None,
                 snapshot_interval: None,
+                pools: None,
             },
         ),
     );
@@ -349,6 +351,7 @@ fn init_binds_then_bootstraps_raft_and_answers_with_a_token() {
                 listen: None,
                 advertise: None,
                 snapshot_interval: Some(1),
+                pools: None,
             },
         ),
     );
@@ -367,6 +370,7 @@ fn a_failed_bind_answers_the_error_and_leaves_the_node_idle() {
                 listen: None,
                 advertise: None,
                 snapshot_interval: None,
+                pools: None,
             },
         ),
     );

@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod constraint;
 pub mod ipam;
+pub mod network;
 pub mod orchestrator;
 pub mod scheduler;
 pub mod spec;
@@ -23,6 +24,16 @@ use serde::{Deserialize, Serialize};
 pub struct ServiceId(pub u64);
 
 impl fmt::Display for ServiceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// A network's id, chosen by the leader when the network is created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NetworkId(pub u64);
+
+impl fmt::Display for NetworkId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:016x}", self.0)
     }

@@ -155,6 +155,9 @@ pub struct TaskTemplate {
     pub reserve: Resources,
     /// Raised by `service update --force`: every task counts as changed.
     pub force_update: u64,
+    /// The overlay networks each task joins (`--network`), by id once the leader took
+    /// the spec; the first is the task's `eth0`.
+    pub networks: Vec<String>,
 }
 
 impl TaskTemplate {
@@ -169,6 +172,7 @@ impl TaskTemplate {
             placement: Placement::default(),
             reserve: Resources::default(),
             force_update: 0,
+            networks: Vec::new(),
         }
     }
 }
@@ -183,6 +187,117 @@ pub struct ServiceSpec {
     pub task: TaskTemplate,
     pub update: UpdateConfig,
     pub rollback: UpdateConfig,
+    /// How the service is reached: VIP or DNS round robin, and its published ports.
+    pub endpoint: EndpointSpec,
+}
+
+/// `--endpoint-mode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EndpointMode {
+    /// One virtual IP, balanced over the tasks.
+    #[default]
+    Vip,
+    /// DNS answers with the tasks' addresses.
+    Dnsrr,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PublishMode {
+    /// The routing mesh: every node takes the port.
+    Ingress,
+    /// Only nodes running a task, straight into it.
+    Host,
+}
+
+/// One `--publish`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortConfig {
+    pub protocol: Protocol,
+    pub target: u16,
+    /// 0: the cluster picks one (ingress) or the node does (host).
+    pub published: u16,
+    pub mode: PublishMode,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointSpec {
+    pub mode: EndpointMode,
+    pub ports: Vec<PortConfig>,
+}
+
+/// Parses a `--publish` value: `P:T[/udp]`, `T[/udp]`, or Docker's long form
+/// `published=P,target=T[,protocol=tcp|udp][,mode=ingress|host]`.
+pub fn parse_publish(s: &str) -> Result<PortConfig, SpecError> {
+    let bad = |why: &str| SpecError::Publish(s.to_string(), why.to_string());
+    let port = |v: &str, what: &str| -> Result<u16, SpecError> {
+        match v.parse::<u16>() {
+            Ok(p) if p > 0 => Ok(p),
+            _ => Err(bad(&format!("{what} {v:?} is not a port from 1 to 65535"))),
+        }
+    };
+    let proto = |v: &str| match v {
+        "tcp" => Ok(Protocol::Tcp),
+        "udp" => Ok(Protocol::Udp),
+        _ => Err(bad(&format!("protocol {v:?} is not tcp or udp"))),
+    };
+    let mut pc = PortConfig {
+        protocol: Protocol::Tcp,
+        target: 0,
+        published: 0,
+        mode: PublishMode::Ingress,
+    };
+    if s.contains('=') {
+        for field in s.split(',') {
+            let (k, v) = field
+                .split_once('=')
+                .ok_or_else(|| bad(&format!("{field:?} is not KEY=VALUE")))?;
+            match k {
+                "published" | "p" => pc.published = port(v, "published port")?,
+                "target" | "t" => pc.target = port(v, "target port")?,
+                "protocol" => pc.protocol = proto(v)?,
+                "mode" => {
+                    pc.mode = match v {
+                        "ingress" => PublishMode::Ingress,
+                        "host" => PublishMode::Host,
+                        _ => return Err(bad(&format!("mode {v:?} is not ingress or host"))),
+                    }
+                }
+                _ => return Err(bad(&format!("unknown key {k:?}"))),
+            }
+        }
+    } else {
+        let (ports, p) = match s.split_once('/') {
+            Some((ports, p)) => (ports, proto(p)?),
+            None => (s, Protocol::Tcp),
+        };
+        pc.protocol = p;
+        match ports.split_once(':') {
+            Some((published, target)) => {
+                pc.published = port(published, "published port")?;
+                pc.target = port(target, "target port")?;
+            }
+            None => pc.target = port(ports, "target port")?,
+        }
+    }
+    if pc.target == 0 {
+        return Err(bad("no target port"));
+    }
+    Ok(pc)
 }
 
 impl ServiceSpec {
@@ -195,6 +310,7 @@ impl ServiceSpec {
             task: TaskTemplate::new(image),
             update: UpdateConfig::default(),
             rollback: UpdateConfig::default(),
+            endpoint: EndpointSpec::default(),
         }
     }
 
@@ -213,6 +329,38 @@ impl ServiceSpec {
         for u in [&self.update, &self.rollback] {
             if u.max_failure_ppm > 1_000_000 {
                 return Err(SpecError::FailureRatio);
+            }
+        }
+        self.check_endpoint()
+    }
+
+    /// Docker's rules for ports: dnsrr cannot publish through the mesh, and a port is
+    /// published once.
+    fn check_endpoint(&self) -> Result<(), SpecError> {
+        let ports = &self.endpoint.ports;
+        if self.endpoint.mode == EndpointMode::Dnsrr
+            && ports.iter().any(|p| p.mode == PublishMode::Ingress)
+        {
+            return Err(SpecError::DnsrrIngress);
+        }
+        for (i, p) in ports.iter().enumerate() {
+            if p.target == 0 {
+                return Err(SpecError::Publish(
+                    format!("{}", p.published),
+                    "no target port".into(),
+                ));
+            }
+            let dup = ports[..i].iter().any(|q| {
+                p.published != 0 && q.published == p.published && q.protocol == p.protocol
+            });
+            if dup {
+                return Err(SpecError::DuplicatePort(p.published));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for n in &self.task.networks {
+            if !seen.insert(n) {
+                return Err(SpecError::DuplicateNetwork(n.clone()));
             }
         }
         Ok(())
@@ -314,6 +462,14 @@ pub enum SpecError {
     Constraint(#[from] super::constraint::ConstraintError),
     #[error("{0}: {1}")]
     Template(&'static str, String),
+    #[error("invalid publish {0:?}: {1}")]
+    Publish(String, String),
+    #[error("EndpointSpec: port published with ingress mode can't be used with dnsrr mode")]
+    DnsrrIngress,
+    #[error("EndpointSpec: duplicate published ports provided ({0})")]
+    DuplicatePort(u16),
+    #[error("network {0} is named twice")]
+    DuplicateNetwork(String),
 }
 
 /// Docker's rule for service names: a DNS label.

@@ -1745,6 +1745,7 @@ impl Sim {
                     listen: None,
                     advertise: None,
                     snapshot_interval: Some(self.snapshot_interval),
+                    pools: None,
                 };
                 self.ask(0, req, Kind::Init);
             }

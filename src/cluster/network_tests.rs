@@ -1,0 +1,297 @@
+//! Networks in the cluster state: made and removed by users, addresses following
+//! services and tasks through the same commands that change them.
+
+use std::net::Ipv4Addr;
+
+use super::*;
+use crate::services::network::{NetworkError, NetworkSpec};
+use crate::services::spec::{parse_publish, ServiceSpec};
+use crate::services::store::{Task, TaskOp, TaskReport};
+use crate::services::task::TaskState;
+use crate::services::ServiceId;
+
+fn state() -> ClusterState {
+    let mut s = ClusterState::new(
+        [1; 16],
+        Tokens {
+            worker: [2; 16],
+            manager: [3; 16],
+        },
+        ClusterSpec::default(),
+    );
+    let key = PeerKey([1; 32]);
+    let rec = NodeRecord {
+        id: node_id(&key),
+        key,
+        addr: SocketAddr::from(([192, 168, 1, 1], 2377)),
+        hostname: "pi-1".into(),
+        role: NodeRole::Manager,
+        availability: Availability::Active,
+        labels: BTreeMap::new(),
+        status: NodeStatus::Ready,
+    };
+    s.apply(&Command::AddNode(rec)).unwrap();
+    s
+}
+
+fn net_cmd(id: u64, name: &str, subnet: Option<&str>) -> Command {
+    Command::Network(Box::new(NetworkCommand::Create {
+        id: NetworkId(id),
+        spec: NetworkSpec {
+            name: name.into(),
+            subnet: subnet.map(|s| crate::services::ipam::Ipv4Net::parse(s).unwrap()),
+            ..NetworkSpec::default()
+        },
+        at_ms: 1,
+    }))
+}
+
+fn svc(name: &str, nets: &[u64], ports: &[&str]) -> ServiceSpec {
+    let mut s = ServiceSpec::new(name, "img:1");
+    s.task.networks = nets.iter().map(|n| NetworkId(*n).to_string()).collect();
+    s.endpoint.ports = ports.iter().map(|p| parse_publish(p).unwrap()).collect();
+    s
+}
+
+fn create(s: &mut ClusterState, id: u64, spec: ServiceSpec) -> Result<(), ApplyError> {
+    s.apply(&Command::Service(Box::new(ServiceCommand::Create {
+        id: ServiceId(id),
+        spec,
+        at_ms: 1,
+    })))
+}
+
+fn make_task(s: &mut ClusterState, service: u64) -> crate::services::store::TaskId {
+    let id = s.services.next_task_id(0);
+    let t = Task {
+        id,
+        service: ServiceId(service),
+        slot: 1,
+        node: None,
+        version: 1,
+        image: "img:1".into(),
+        desired: TaskState::Running,
+        state: TaskState::New,
+        message: String::new(),
+        error: String::new(),
+        created_ms: 0,
+        state_ms: 0,
+        running_ms: None,
+        seq: 0,
+    };
+    let ops = vec![TaskOp::Create(t)];
+    s.apply(&Command::Service(Box::new(ServiceCommand::Tasks {
+        at_ms: 2,
+        ops,
+    })))
+    .unwrap();
+    id
+}
+
+#[test]
+fn init_makes_ingress_and_gives_each_node_an_address_on_it() {
+    let s = state();
+    let ing = s.networks.ingress().unwrap();
+    assert_eq!(ing.spec.name, "ingress");
+    assert_eq!(
+        (ing.space.subnet.to_string(), ing.vni),
+        ("10.0.0.0/24".into(), 4096)
+    );
+    assert_eq!(ing.id, ingress_id(&[1; 16]));
+    let me = node_id(&PeerKey([1; 32]));
+    assert_eq!(s.networks.nodes.get(&me), Some(&Ipv4Addr::new(10, 0, 0, 2)));
+    let mut s2 = s.clone();
+    s2.apply(&Command::RemoveNode(me)).unwrap_err(); // the last manager stays
+                                                     // Pools from init: ingress takes the first subnet of the user's pool.
+    let p = Pools::new(
+        vec![crate::services::ipam::Ipv4Net::parse("172.30.0.0/16").unwrap()],
+        26,
+    )
+    .unwrap();
+    let s3 = ClusterState::new([1; 16], s.tokens.clone(), ClusterSpec::default()).with_pools(p);
+    assert_eq!(
+        s3.networks.ingress().unwrap().space.subnet.to_string(),
+        "172.30.0.0/26"
+    );
+}
+
+#[test]
+fn networks_are_made_checked_and_removed() {
+    let mut s = state();
+    s.apply(&net_cmd(7, "front", None)).unwrap();
+    let front = &s.networks.nets[&NetworkId(7)];
+    assert_eq!(
+        (front.space.subnet.to_string(), front.vni),
+        ("10.0.1.0/24".into(), 4097)
+    );
+    let before = s.clone();
+    let e = s.apply(&net_cmd(8, "front", None)).unwrap_err();
+    assert_eq!(e.to_string(), "network with name front already exists");
+    let e = s
+        .apply(&net_cmd(8, "back", Some("10.0.0.0/25")))
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "subnet 10.0.0.0/25 overlaps network ingress's subnet 10.0.0.0/24"
+    );
+    let mut ingress_spec = NetworkSpec {
+        name: "ingress2".into(),
+        ingress: true,
+        ..NetworkSpec::default()
+    };
+    let cmd = |spec: NetworkSpec| {
+        Command::Network(Box::new(NetworkCommand::Create {
+            id: NetworkId(9),
+            spec,
+            at_ms: 1,
+        }))
+    };
+    assert!(matches!(
+        s.apply(&cmd(ingress_spec.clone())),
+        Err(ApplyError::Network(NetworkError::Ingress))
+    ));
+    ingress_spec.ingress = false;
+    ingress_spec.options.insert("foo".into(), "1".into());
+    assert!(s
+        .apply(&cmd(ingress_spec))
+        .unwrap_err()
+        .to_string()
+        .contains("\"foo\""));
+    assert_eq!(s, before, "refused commands change nothing");
+    let ing = s.networks.ingress().unwrap().id;
+    let rm = |id| Command::Network(Box::new(NetworkCommand::Remove(id)));
+    assert!(matches!(
+        s.apply(&rm(ing)),
+        Err(ApplyError::Network(NetworkError::Ingress))
+    ));
+    s.apply(&rm(NetworkId(7))).unwrap();
+    assert!(s.networks.by_name("front").is_none());
+    assert!(s
+        .apply(&rm(NetworkId(7)))
+        .unwrap_err()
+        .to_string()
+        .contains("not found"));
+    // The next network takes the lowest free subnet and VNI again.
+    s.apply(&net_cmd(10, "again", None)).unwrap();
+    let again = &s.networks.nets[&NetworkId(10)];
+    assert_eq!(
+        (again.space.subnet.to_string(), again.vni),
+        ("10.0.1.0/24".into(), 4097)
+    );
+}
+
+#[test]
+fn services_get_vips_and_ports_and_give_them_back() {
+    let mut s = state();
+    s.apply(&net_cmd(7, "front", None)).unwrap();
+    create(&mut s, 1, svc("web", &[7], &["8080:80", "9000"])).unwrap();
+    let vips = &s.networks.vips[&ServiceId(1)];
+    let ing = s.networks.ingress().unwrap().id;
+    assert_eq!(vips[&NetworkId(7)], Ipv4Addr::new(10, 0, 1, 2));
+    assert_eq!(vips[&ing], Ipv4Addr::new(10, 0, 0, 3));
+    assert_eq!(
+        s.networks.published[&ServiceId(1)],
+        vec![8080, 30000],
+        "the second port picked"
+    );
+
+    // Another service on the same port: refused, naming the holder; nothing changes.
+    let before = s.clone();
+    let e = create(&mut s, 2, svc("api", &[], &["8080:81"])).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "port '8080' is already in use by service 'web ({})' as an ingress port",
+            ServiceId(1)
+        )
+    );
+    assert_eq!(s, before);
+    // Unknown network, the ingress network named by hand.
+    let e = create(&mut s, 2, svc("api", &[99], &[])).unwrap_err();
+    assert!(e.to_string().contains("not found"), "{e}");
+    let mut named_ingress = svc("api", &[], &[]);
+    named_ingress.task.networks = vec![ing.to_string()];
+    assert!(create(&mut s, 2, named_ingress)
+        .unwrap_err()
+        .to_string()
+        .contains("ingress"));
+    // dnsrr: no VIP.
+    let mut rr = svc("rr", &[7], &[]);
+    rr.endpoint.mode = crate::services::spec::EndpointMode::Dnsrr;
+    create(&mut s, 3, rr).unwrap();
+    assert!(!s.networks.vips.contains_key(&ServiceId(3)));
+
+    // The network is in use; the service goes, its VIPs and ports with it.
+    let rm_net = Command::Network(Box::new(NetworkCommand::Remove(NetworkId(7))));
+    let e = s.apply(&rm_net).unwrap_err().to_string();
+    assert_eq!(e, "network front is in use by service rr, service web");
+    for id in [1, 3] {
+        s.apply(&Command::Service(Box::new(ServiceCommand::Remove(
+            ServiceId(id),
+        ))))
+        .unwrap();
+    }
+    assert!(s.networks.vips.is_empty() && s.networks.ports.is_empty());
+    assert_eq!(s.networks.nets[&NetworkId(7)].space.used.len(), 0);
+    s.apply(&rm_net).unwrap();
+}
+
+#[test]
+fn tasks_get_addresses_when_made_and_give_them_back_when_they_end() {
+    let mut s = state();
+    s.apply(&net_cmd(7, "front", Some("10.9.0.0/29"))).unwrap();
+    create(&mut s, 1, svc("web", &[7], &["80:80"])).unwrap();
+    let ing = s.networks.ingress().unwrap().id;
+    let t = make_task(&mut s, 1);
+    let a = s.networks.tasks[&t].clone();
+    assert_eq!(
+        a[&NetworkId(7)],
+        Ipv4Addr::new(10, 9, 0, 3),
+        ".1 gateway, .2 the VIP"
+    );
+    assert!(
+        a.contains_key(&ing),
+        "a publishing service's task is on ingress"
+    );
+    // The network fills: a task made then goes without an address on it.
+    let more: Vec<_> = (0..4).map(|_| make_task(&mut s, 1)).collect();
+    assert!(s.networks.tasks[&more[2]].contains_key(&NetworkId(7)));
+    assert!(
+        !s.networks.tasks[&more[3]].contains_key(&NetworkId(7)),
+        "10.9.0.0/29 has 5 addresses"
+    );
+    // A task that ends gives its addresses back.
+    let node = node_id(&PeerKey([1; 32]));
+    let assign = vec![TaskOp::Assign { task: t, node }];
+    s.apply(&Command::Service(Box::new(ServiceCommand::Tasks {
+        at_ms: 3,
+        ops: assign,
+    })))
+    .unwrap();
+    let report = ServiceCommand::Report {
+        node,
+        at_ms: 4,
+        reports: vec![TaskReport {
+            task: t,
+            state: TaskState::Failed,
+            message: "x".into(),
+            error: "x".into(),
+        }],
+    };
+    s.apply(&Command::Service(Box::new(report))).unwrap();
+    assert!(!s.networks.tasks.contains_key(&t));
+    assert!(!s.networks.nets[&NetworkId(7)]
+        .space
+        .used
+        .contains_key(&Ipv4Addr::new(10, 9, 0, 3)));
+    // A deleted task too.
+    let del = vec![TaskOp::Delete(more[0])];
+    s.apply(&Command::Service(Box::new(ServiceCommand::Tasks {
+        at_ms: 5,
+        ops: del,
+    })))
+    .unwrap();
+    assert!(!s.networks.tasks.contains_key(&more[0]));
+    // And the state with all this encodes and decodes whole.
+    assert_eq!(ClusterState::decode(&s.encode()).unwrap(), s);
+}
