@@ -27,12 +27,12 @@ fn version_prints_package_version() {
 
 #[test]
 fn unimplemented_command_exits_2_and_says_so() {
-    let out = swarmlet(&["network", "ls"]);
+    let out = swarmlet(&["init", "--force-new-cluster"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(out.stdout.is_empty(), "stdout: {}", text(&out.stdout));
     assert_eq!(
         text(&out.stderr),
-        "swarmlet: network ls: not implemented yet\n"
+        "swarmlet: init --force-new-cluster: not implemented yet\n"
     );
 }
 
