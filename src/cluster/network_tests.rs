@@ -295,3 +295,109 @@ fn tasks_get_addresses_when_made_and_give_them_back_when_they_end() {
     // And the state with all this encodes and decodes whole.
     assert_eq!(ClusterState::decode(&s.encode()).unwrap(), s);
 }
+
+#[test]
+fn each_node_sees_remote_endpoints_serving_tasks_and_the_mesh() {
+    use crate::services::network::NodeAt;
+    let mut s = state();
+    let n1 = node_id(&PeerKey([1; 32]));
+    let key2 = PeerKey([2; 32]);
+    let n2 = node_id(&key2);
+    let rec2 = NodeRecord {
+        id: n2,
+        key: key2,
+        addr: SocketAddr::from(([192, 168, 1, 2], 2377)),
+        hostname: "pi-2".into(),
+        role: NodeRole::Worker,
+        availability: Availability::Active,
+        labels: BTreeMap::new(),
+        status: NodeStatus::Ready,
+    };
+    s.apply(&Command::AddNode(rec2)).unwrap();
+    s.apply(&net_cmd(7, "front", None)).unwrap();
+    create(&mut s, 1, svc("web", &[7], &["8080:80"])).unwrap();
+    let (t1, t2, t3) = (
+        make_task(&mut s, 1),
+        make_task(&mut s, 1),
+        make_task(&mut s, 1),
+    );
+    let ops = vec![
+        TaskOp::Assign { task: t1, node: n1 },
+        TaskOp::Assign { task: t2, node: n2 },
+        TaskOp::Assign { task: t3, node: n2 },
+    ];
+    s.apply(&Command::Service(Box::new(ServiceCommand::Tasks {
+        at_ms: 3,
+        ops,
+    })))
+    .unwrap();
+    let report = |node, task, state| {
+        Command::Service(Box::new(ServiceCommand::Report {
+            node,
+            at_ms: 4,
+            reports: vec![TaskReport {
+                task,
+                state,
+                message: String::new(),
+                error: String::new(),
+            }],
+        }))
+    };
+    s.apply(&report(n1, t1, TaskState::Running)).unwrap();
+    s.apply(&report(n2, t2, TaskState::Running)).unwrap();
+    s.apply(&report(n2, t3, TaskState::Starting)).unwrap();
+    let at = |ip: [u8; 4], up| NodeAt {
+        addr: std::net::IpAddr::from(ip),
+        up,
+    };
+    let nodes = BTreeMap::from([
+        (n1, at([192, 168, 1, 1], true)),
+        (n2, at([192, 168, 1, 2], true)),
+    ]);
+    let views = s.networks.node_views(&s.services, &nodes);
+    let v1 = &views[&n1];
+    let front = v1.networks.iter().find(|n| n.name == "front").unwrap();
+    let addr = |t, net: u64| s.networks.tasks[&t][&NetworkId(net)];
+    // Node 1 reaches both of node 2's tasks (the starting one too: it is being wired).
+    let n2_addr: std::net::IpAddr = [192, 168, 1, 2].into();
+    let mut want = vec![(addr(t2, 7), n2_addr), (addr(t3, 7), n2_addr)];
+    want.sort();
+    assert_eq!(front.remote, want);
+    // Only running tasks serve; the VIP is there.
+    let web = &front.services[0];
+    assert_eq!(web.vip, Some(s.networks.vips[&ServiceId(1)][&NetworkId(7)]));
+    let mut serving: Vec<_> = web.tasks.iter().map(|(_, ip)| *ip).collect();
+    serving.sort();
+    let mut want = vec![addr(t1, 7), addr(t2, 7)];
+    want.sort();
+    assert_eq!(serving, want);
+    assert!(web.tasks.iter().all(|(n, _)| n.starts_with("web.1.")));
+    // Both nodes hold ingress; the mesh sends 8080 to the running tasks' ingress addresses.
+    let ing = s.networks.ingress().unwrap().id;
+    assert!(views[&n2].networks.iter().any(|n| n.id == ing));
+    assert_eq!(v1.published.len(), 1);
+    let mp = &v1.published[0];
+    let backends = &mp.backends;
+    assert_eq!(
+        (mp.protocol, mp.published),
+        (crate::services::spec::Protocol::Tcp, 8080)
+    );
+    let mut want = vec![(addr(t1, ing.0), 80), (addr(t2, ing.0), 80)];
+    want.sort();
+    assert_eq!(*backends, want);
+    assert_eq!(v1.ingress_addr, s.networks.nodes.get(&n1).copied());
+    // Node 2 goes down: its task leaves every balancer, its endpoints stay programmed.
+    let nodes = BTreeMap::from([
+        (n1, at([192, 168, 1, 1], true)),
+        (n2, at([192, 168, 1, 2], false)),
+    ]);
+    let views = s.networks.node_views(&s.services, &nodes);
+    let front = views[&n1]
+        .networks
+        .iter()
+        .find(|n| n.name == "front")
+        .unwrap();
+    assert_eq!(front.services[0].tasks.len(), 1);
+    assert_eq!(front.remote.len(), 2);
+    assert_eq!(views[&n1].published[0].backends.len(), 1);
+}

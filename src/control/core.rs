@@ -1719,12 +1719,23 @@ impl Control {
                         let tasks_changed = match &cmd {
                             // Reports and descriptions change no node's set (a set holds
                             // no observed state): the sets need not be recomputed.
-                            Command::Service(s) => !matches!(
-                                **s,
-                                crate::services::store::ServiceCommand::Describe { .. }
-                                    | crate::services::store::ServiceCommand::Report { .. }
-                            ),
-                            Command::RemoveNode(_) => true,
+                            // Except where tasks have addresses: a report moves a
+                            // task in or out of the balancers and DNS every node holds.
+                            Command::Service(s) => match **s {
+                                crate::services::store::ServiceCommand::Describe { .. } => false,
+                                crate::services::store::ServiceCommand::Report { .. } => {
+                                    !c.networks.tasks.is_empty()
+                                }
+                                _ => true,
+                            },
+                            Command::RemoveNode(_) | Command::Network(_) | Command::AddNode(_) => {
+                                true
+                            }
+                            // A node going down or up takes its tasks out of or back
+                            // into the balancers.
+                            Command::SetStatus { .. } | Command::SetAddr { .. } => {
+                                !c.networks.tasks.is_empty()
+                            }
                             _ => false,
                         };
                         m.orch.assign_due |= tasks_changed;

@@ -16,7 +16,7 @@ use crate::cluster::{ClusterState, Command, NodeRecord, NodeStatus};
 use crate::raft::NodeId;
 use crate::services::agent::{AgentStatus, Assignment, Assignments};
 use crate::services::constraint::NodeFacts;
-use crate::services::network::{Network, NetworkCommand};
+use crate::services::network::{Network, NetworkCommand, NodeAt};
 use crate::services::orchestrator::{reconcile, NodeInfo};
 use crate::services::scheduler::Resources;
 use crate::services::spec::{Mode, ServiceSpec};
@@ -251,36 +251,69 @@ impl Control {
             .filter(|n| only.is_none_or(|o| o == **n))
             .map(|n| (*n, Vec::new()))
             .collect();
+        let nodes: BTreeMap<NodeId, NodeAt> = c
+            .nodes
+            .values()
+            .filter(|n| only.is_none_or(|o| o == n.id))
+            .map(|n| {
+                let at = NodeAt {
+                    addr: n.addr.ip(),
+                    up: n.status == NodeStatus::Ready,
+                };
+                (n.id, at)
+            })
+            .collect();
+        let mut views = c.networks.node_views(&c.services, &nodes);
         for t in c.services.tasks.values() {
             let Some(set) = t.node.and_then(|n| sets.get_mut(&n)) else {
                 continue;
             };
             let svc = c.services.services.get(&t.service);
+            let template = svc.and_then(|s| s.template(t.version));
+            let mine = c.networks.tasks.get(&t.id);
+            // The template's networks in order, then ingress (not in any template).
+            let mut addrs: Vec<(NetworkId, std::net::Ipv4Addr)> = template
+                .into_iter()
+                .flat_map(|tm| tm.networks.iter())
+                .filter_map(|n| {
+                    let (id, ip) = mine?.iter().find(|(id, _)| id.to_string() == *n)?;
+                    Some((*id, *ip))
+                })
+                .collect();
+            if let Some(ing) = c
+                .networks
+                .ingress()
+                .and_then(|i| Some((i.id, *mine?.get(&i.id)?)))
+            {
+                addrs.push(ing);
+            }
             set.push(Assignment {
+                addrs,
                 task: t.id,
                 service: t.service,
                 service_name: svc.map_or_else(String::new, |s| s.spec.name.clone()),
                 slot: t.slot,
                 node: t.node.unwrap_or(me),
                 desired: t.desired,
-                template: svc.and_then(|s| s.template(t.version)).cloned(),
+                template: template.cloned(),
             });
         }
         let mut out = Vec::new();
         for (node, tasks) in sets {
-            let bytes = postcard::to_allocvec(&tasks).unwrap_or_default();
+            let net = views.remove(&node).unwrap_or_default();
+            let bytes = postcard::to_allocvec(&(&tasks, &net)).unwrap_or_default();
             let h = crate::transport::crypto::hash(&[&bytes]);
             match m.orch.sent.get(&node) {
                 // Unchanged: sent again only to repair a node that lost it.
                 Some((old, v)) if *old == h => {
                     if only.is_some() {
-                        out.push((node, h, *v, tasks));
+                        out.push((node, h, *v, tasks, net));
                     }
                 }
                 // Nothing for a node this leader never told anything: it asks (its
                 // status names the version it has) if it holds anything to drop.
                 None if tasks.is_empty() && only.is_none() => {}
-                _ => out.push((node, h, version, tasks)),
+                _ => out.push((node, h, version, tasks, net)),
             }
         }
         let Some(m) = self.manager_mut() else { return };
@@ -297,11 +330,15 @@ impl Control {
                 m.orch.sent.remove(&n);
             }
         }
-        for (node, h, version, tasks) in out {
+        for (node, h, version, tasks, net) in out {
             if let Some(m) = self.manager_mut() {
                 m.orch.sent.insert(node, (h, version));
             }
-            let a = Assignments { version, tasks };
+            let a = Assignments {
+                version,
+                tasks,
+                net,
+            };
             if node == me {
                 self.emit(Effect::Assign(Box::new(a)));
             } else {

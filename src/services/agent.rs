@@ -13,10 +13,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use super::network::NodeNet;
 use super::spec::TaskTemplate;
 use super::store::{TaskId, TaskReport};
 use super::task::TaskState;
-use super::ServiceId;
+use super::{NetworkId, ServiceId};
 use crate::model::health::HealthStatus;
 use crate::raft::NodeId;
 
@@ -39,6 +40,8 @@ pub struct Assignment {
     /// None when the service no longer holds the task's version (updated twice since):
     /// such a task is never started again.
     pub template: Option<TaskTemplate>,
+    /// Its addresses: one per network of its template, in order, then ingress.
+    pub addrs: Vec<(NetworkId, std::net::Ipv4Addr)>,
 }
 
 impl Assignment {
@@ -76,6 +79,8 @@ pub struct Assignments {
     /// same set at the same index, so a higher version is always newer.
     pub version: u64,
     pub tasks: Vec<Assignment>,
+    /// The networks as this node needs them.
+    pub net: NodeNet,
 }
 
 /// What a node tells the leader, each second and on every change.
@@ -358,6 +363,7 @@ mod tests {
             node: NodeId(0xab),
             desired,
             template: Some(TaskTemplate::new("busybox")),
+            addrs: Vec::new(),
         }
     }
 
@@ -483,6 +489,7 @@ mod tests {
         assert!(b.assign(Assignments {
             version: 500,
             tasks: vec![a(1, TaskState::Running)],
+            net: NodeNet::default(),
         }));
         let mut seen = BTreeMap::new();
         seen.insert(
@@ -506,6 +513,7 @@ mod tests {
         assert!(b.assign(Assignments {
             version: 3,
             tasks: vec![a(2, TaskState::Running)],
+            net: NodeNet::default(),
         }));
         assert_eq!(
             b.reconcile(&BTreeMap::new()).0,
@@ -514,6 +522,7 @@ mod tests {
         assert!(!b.assign(Assignments {
             version: 2,
             tasks: vec![],
+            net: NodeNet::default(),
         }));
     }
 }

@@ -611,6 +611,201 @@ impl Networks {
     }
 }
 
+/// What one node needs to know of the networks to wire its tasks and serve its part of
+/// the data plane; the leader sends it with the node's assignments.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeNet {
+    /// The networks it takes part in (its tasks', and ingress always), by id.
+    pub networks: Vec<NetView>,
+    /// Its own address on the ingress network.
+    pub ingress_addr: Option<Ipv4Addr>,
+    /// Ports published through the mesh.
+    pub published: Vec<MeshPort>,
+}
+
+/// A port published through the mesh: the running tasks' ingress addresses and target
+/// ports on every node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshPort {
+    pub protocol: Protocol,
+    pub published: u16,
+    pub backends: Vec<(Ipv4Addr, u16)>,
+}
+
+/// One network as a node needs it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetView {
+    pub id: NetworkId,
+    pub name: String,
+    pub vni: u32,
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub mtu: Option<u32>,
+    pub encrypted: bool,
+    pub ingress: bool,
+    /// Endpoints on other nodes (tasks, and on ingress the nodes themselves): overlay
+    /// address and the node's address.
+    pub remote: Vec<(Ipv4Addr, std::net::IpAddr)>,
+    /// Services on it, for the balancer and DNS: name, VIP (None for dnsrr), and its
+    /// tasks that serve (running, wanted running, on a node that is up): container
+    /// name and address.
+    pub services: Vec<ServiceEndpoints>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceEndpoints {
+    pub name: String,
+    pub vip: Option<Ipv4Addr>,
+    pub tasks: Vec<(String, Ipv4Addr)>,
+}
+
+/// A node as the network views need it: where it is and whether it is up.
+pub struct NodeAt {
+    pub addr: std::net::IpAddr,
+    pub up: bool,
+}
+
+impl Networks {
+    /// Every node's view, computed in one pass over the tasks (a round's cost grows
+    /// with tasks plus nodes times the endpoints of the networks each node is on).
+    pub fn node_views(
+        &self,
+        store: &Store,
+        nodes: &BTreeMap<NodeId, NodeAt>,
+    ) -> BTreeMap<NodeId, NodeNet> {
+        use super::task::TaskState;
+        // Per network: every endpoint with its node, and the services' serving tasks.
+        let mut endpoints: BTreeMap<NetworkId, Vec<(Ipv4Addr, NodeId)>> = BTreeMap::new();
+        let mut serving: BTreeMap<(NetworkId, ServiceId), Vec<(String, Ipv4Addr)>> =
+            BTreeMap::new();
+        let mut on_node: BTreeMap<NodeId, BTreeSet<NetworkId>> = BTreeMap::new();
+        let mut published: BTreeMap<PortKey, Vec<(Ipv4Addr, u16)>> = BTreeMap::new();
+        let ingress = self.ingress().map(|n| n.id);
+        for (tid, addrs) in &self.tasks {
+            let Some(t) = store.tasks.get(tid) else {
+                continue;
+            };
+            let Some(node) = t.node else { continue };
+            if t.state.is_terminal() {
+                continue;
+            }
+            let serves = t.state == TaskState::Running
+                && t.desired == TaskState::Running
+                && nodes.get(&node).is_some_and(|n| n.up);
+            let svc = store.services.get(&t.service);
+            let name = svc.map(|s| match t.slot {
+                0 => format!("{}.{}.{}", s.spec.name, node, t.id),
+                n => format!("{}.{}.{}", s.spec.name, n, t.id),
+            });
+            for (net, ip) in addrs {
+                endpoints.entry(*net).or_default().push((*ip, node));
+                on_node.entry(node).or_default().insert(*net);
+                if let (true, Some(name)) = (serves, &name) {
+                    serving
+                        .entry((*net, t.service))
+                        .or_default()
+                        .push((name.clone(), *ip));
+                }
+            }
+            // The mesh's backends: its ingress address, each ingress port's target.
+            let ing_ip = ingress.and_then(|i| addrs.get(&i));
+            if let (true, Some(ip), Some(s)) = (serves, ing_ip, svc) {
+                let got = self.published.get(&s.id);
+                for (i, p) in s.spec.endpoint.ports.iter().enumerate() {
+                    let pubd = got.and_then(|g| g.get(i)).copied().unwrap_or(0);
+                    if p.mode == PublishMode::Ingress && pubd != 0 {
+                        let key = PortKey {
+                            protocol: p.protocol,
+                            published: pubd,
+                        };
+                        published.entry(key).or_default().push((*ip, p.target));
+                    }
+                }
+            }
+        }
+        if let Some(i) = ingress {
+            for (node, ip) in &self.nodes {
+                endpoints.entry(i).or_default().push((*ip, *node));
+            }
+        }
+        // Ports with no serving task still get an (empty) entry: the mesh holds them.
+        for (key, sid) in &self.ports {
+            if store.services.contains_key(sid) {
+                published.entry(*key).or_default();
+            }
+        }
+        let published: Vec<MeshPort> = published
+            .into_iter()
+            .map(|(k, mut backends)| {
+                backends.sort_unstable();
+                MeshPort {
+                    protocol: k.protocol,
+                    published: k.published,
+                    backends,
+                }
+            })
+            .collect();
+        let mut views = BTreeMap::new();
+        for node in nodes.keys() {
+            let mut nets = on_node.get(node).cloned().unwrap_or_default();
+            nets.extend(ingress);
+            let mut networks = Vec::new();
+            for id in nets {
+                let Some(n) = self.nets.get(&id) else {
+                    continue;
+                };
+                let mut remote: Vec<(Ipv4Addr, std::net::IpAddr)> = endpoints
+                    .get(&id)
+                    .into_iter()
+                    .flatten()
+                    .filter(|(_, at)| at != node)
+                    .filter_map(|(ip, at)| Some((*ip, nodes.get(at)?.addr)))
+                    .collect();
+                remote.sort_unstable();
+                let mut services: Vec<ServiceEndpoints> = store
+                    .services
+                    .values()
+                    .filter(|s| {
+                        s.spec.task.networks.contains(&id.to_string())
+                            || self.vips.get(&s.id).is_some_and(|v| v.contains_key(&id))
+                    })
+                    .map(|s| {
+                        let mut tasks = serving.get(&(id, s.id)).cloned().unwrap_or_default();
+                        tasks.sort_unstable();
+                        ServiceEndpoints {
+                            name: s.spec.name.clone(),
+                            vip: self.vips.get(&s.id).and_then(|v| v.get(&id)).copied(),
+                            tasks,
+                        }
+                    })
+                    .collect();
+                services.sort_by(|a, b| a.name.cmp(&b.name));
+                networks.push(NetView {
+                    id,
+                    name: n.spec.name.clone(),
+                    vni: n.vni,
+                    subnet: n.space.subnet,
+                    gateway: n.space.gateway,
+                    mtu: n.spec.mtu(),
+                    encrypted: n.spec.encrypted(),
+                    ingress: n.spec.ingress,
+                    remote,
+                    services,
+                });
+            }
+            views.insert(
+                *node,
+                NodeNet {
+                    networks,
+                    ingress_addr: self.nodes.get(node).copied(),
+                    published: published.clone(),
+                },
+            );
+        }
+        views
+    }
+}
+
 /// A port conflict names the other service by its name, as Docker does.
 fn named(store: &Store, e: NetworkError) -> NetworkError {
     match e {
