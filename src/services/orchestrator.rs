@@ -381,6 +381,15 @@ impl<'s, 'n> Planner<'s, 'n> {
             };
         }
         if let Some(old) = live.first().copied() {
+            // A later task that must leave its node goes now, while `old` serves: a
+            // start-first replacement whose node was drained (or lost the constraints)
+            // before the old task stopped. Left alone it would run there for good, as
+            // the update's worker stays with this slot (seed 4087).
+            for t in live.iter().skip(1) {
+                if !self.may_stay(t, spec) {
+                    self.desire(t, TaskState::Shutdown);
+                }
+            }
             // Live, but outdated or on a node it may not stay on.
             let unwanted = !self.may_stay(old, spec);
             // A global task on a node that takes nothing new (paused, or Down) keeps

@@ -412,6 +412,70 @@ fn drain_of_a_start_first_service_starts_the_replacements_before_stopping() {
 }
 
 #[test]
+fn a_start_first_replacement_on_a_node_drained_under_it_leaves_while_the_update_waits() {
+    // Seed 4087: slot 1's old task on a paused node, its start-first replacement on a
+    // node drained before the old task stopped, and the update's one worker held by
+    // slot 2, whose replacement no node can take. The replacement ran on the drained
+    // node for good: only the slot's oldest task was looked at.
+    let mut w = World::new(3);
+    let mut spec = replicated("web", 2);
+    spec.update.order = UpdateOrder::StartFirst;
+    spec.task.placement.max_replicas = 1;
+    let svc = w.create(spec);
+    w.settle();
+    let slot_node = |w: &World, slot: u64| {
+        w.store
+            .tasks
+            .values()
+            .find(|t| t.service == svc && t.slot == slot && t.is_live())
+            .and_then(|t| t.node)
+            .unwrap()
+    };
+    let (a, b) = (slot_node(&w, 1), slot_node(&w, 2));
+    let c = w
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|n| *n != a && *n != b)
+        .unwrap();
+    let set = |w: &mut World, n: NodeId, av: Availability| {
+        w.nodes.iter_mut().find(|x| x.id == n).unwrap().availability = av;
+    };
+    set(&mut w, a, Availability::Pause);
+    w.update(svc, |s| s.task.image = "busybox:2".into());
+    w.round();
+    let new = w
+        .store
+        .tasks
+        .values()
+        .find(|t| t.service == svc && t.version == 2)
+        .unwrap();
+    assert_eq!(
+        (new.slot, new.node),
+        (1, Some(c)),
+        "slot 1's replacement went to the free node"
+    );
+    set(&mut w, b, Availability::Drain);
+    set(&mut w, c, Availability::Drain);
+    w.settle();
+    let on = |w: &World, n: NodeId| {
+        w.store
+            .tasks
+            .values()
+            .filter(|t| t.node == Some(n) && t.desired <= TaskState::Running)
+            .count()
+    };
+    assert_eq!((on(&w, b), on(&w, c)), (0, 0), "drained nodes keep nothing");
+    let running = w.running(svc);
+    assert_eq!(running.len(), 1);
+    assert_eq!(
+        (running[0].node, running[0].version),
+        (Some(a), 1),
+        "the old task serves"
+    );
+}
+
+#[test]
 fn updates_while_no_node_has_room_keep_one_pending_task_per_slot() {
     // Found by the control-plane simulation: each update made a new pending task per
     // slot and kept the older ones, which run nothing, desired running.
