@@ -329,11 +329,31 @@ fn assert_still_running(d: &support::Daemon, k: &OtherKeeper) {
     }
 }
 
+/// Waits (10 s at most: the machine may be loaded) for chatty to print three lines
+/// under the other keeper, before any daemon runs; returns how many it printed.
+fn lines_before_the_daemon(k: &OtherKeeper) -> usize {
+    let log = k.dir.join(&k.containers[0].1).join("log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut n = 0;
+    while n < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        n = read_all(&log, 2).map_or(0, |v| v.len());
+    }
+    assert!(n >= 3, "chatty printed before the daemon came: {n}");
+    n
+}
+
 /// The lines of `chatty` keep coming, none lost, and both stop with their exit code
 /// observed (137: killed), which only their parent, the keeper, can see.
 fn assert_logged_and_managed(d: &support::Daemon, before: usize) {
-    std::thread::sleep(Duration::from_millis(600));
-    let n = chatty_lines(d);
+    // Four more lines: 0.4 s of chatty's, given 10 s on a loaded machine (a fixed wait
+    // here once saw three, with CI and a simulation sharing two cores).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut n = chatty_lines(d);
+    while n.len() < before + 4 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        n = chatty_lines(d);
+    }
     assert!(
         n.len() >= before + 4,
         "output still logged: {} lines, {before} before",
@@ -361,14 +381,7 @@ fn assert_logged_and_managed(d: &support::Daemon, before: usize) {
 #[ignore = "needs root"]
 fn a_keeper_of_another_version_is_upgraded_in_place_with_its_containers() {
     let (k, mut d) = daemon_with_other_keeper("keeper-upgrade", "127.0.34.1", 3);
-    std::thread::sleep(Duration::from_millis(500));
-    let before = read_all(&k.dir.join(&k.containers[0].1).join("log"), 2)
-        .unwrap()
-        .len();
-    assert!(
-        before >= 3,
-        "chatty printed before the daemon came: {before}"
-    );
+    let before = lines_before_the_daemon(&k);
     d.start();
     assert_eq!(
         keeper::greet(&k.dir).unwrap(),
@@ -396,10 +409,7 @@ fn a_keeper_of_another_version_is_upgraded_in_place_with_its_containers() {
 #[ignore = "needs root"]
 fn a_legacy_keeper_is_kept_while_its_containers_run_then_replaced() {
     let (mut k, mut d) = daemon_with_other_keeper("keeper-legacy", "127.0.34.2", 1);
-    std::thread::sleep(Duration::from_millis(500));
-    let before = read_all(&k.dir.join(&k.containers[0].1).join("log"), 2)
-        .unwrap()
-        .len();
+    let before = lines_before_the_daemon(&k);
     d.start();
     assert_eq!(
         keeper::greet(&k.dir).unwrap(),
