@@ -10,55 +10,14 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::process::Command;
+use std::io::ErrorKind;
 use std::time::Duration;
 
+use support::netio::{hello, ip, name_server, netns_exec};
 use support::Net;
 use swarmlet::net::lb::{Balancer, Services};
 use swarmlet::net::overlay::{attach, reconcile, Endpoint, OverlayNet};
-use swarmlet::net::rtnl::{in_netns, Rtnl};
-
-fn ip(s: &str) -> Ipv4Addr {
-    s.parse().unwrap()
-}
-
-/// Connects from inside `ns` and returns what the server says first.
-fn hello(ns: &str, to: &str) -> std::io::Result<String> {
-    let to: SocketAddr = to.parse().unwrap();
-    in_netns(ns, move || {
-        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        Ok(out)
-    })
-    .unwrap()
-}
-
-/// A server inside `ns` that writes `name` to each connection and closes it.
-fn name_server(ns: &str, at: &str, name: &'static str) {
-    let at: SocketAddr = at.parse().unwrap();
-    let l: TcpListener = in_netns(ns, move || TcpListener::bind(at))
-        .unwrap()
-        .unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { return };
-            let _ = s.write_all(name.as_bytes());
-        }
-    });
-}
-
-fn nft_list(ns: &str) -> String {
-    let name = ns.trim_start_matches("/var/run/netns/");
-    let o = Command::new("ip")
-        .args(["netns", "exec", name, "nft", "list", "ruleset"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use swarmlet::net::rtnl::Rtnl;
 
 #[test]
 #[ignore = "needs root: network namespaces"]
@@ -100,7 +59,7 @@ fn a_vip_balances_round_robin_follows_changes_and_refuses_when_empty() {
     for pair in got.windows(2) {
         assert_ne!(pair[0], pair[1], "round robin: {got:?}");
     }
-    let listed = nft_list(c);
+    let listed = netns_exec(c, &["nft", "list", "ruleset"]);
     assert!(listed.contains("numgen inc mod 2"), "{listed}");
     assert!(listed.contains("10.0.9.100 : goto s-0a000964"), "{listed}");
     assert_eq!(lb.sync(&both).unwrap(), 0, "nothing changed");
@@ -121,7 +80,7 @@ fn a_vip_balances_round_robin_follows_changes_and_refuses_when_empty() {
         err.kind(),
         ErrorKind::ConnectionRefused,
         "{err}: {}",
-        nft_list(c)
+        netns_exec(c, &["nft", "list", "ruleset"])
     );
     assert!(t.elapsed() < Duration::from_secs(1));
 
@@ -136,15 +95,20 @@ fn a_vip_balances_round_robin_follows_changes_and_refuses_when_empty() {
         got.contains(&"b1".to_string()) && got.contains(&"b2".to_string()),
         "{got:?}"
     );
-    assert_eq!(nft_list(c).matches("table ip swarmlet").count(), 1);
+    assert_eq!(
+        netns_exec(c, &["nft", "list", "ruleset"])
+            .matches("table ip swarmlet")
+            .count(),
+        1
+    );
 
     // Gone: its chain and map with it; then the whole table.
     lb.sync(&Services::new()).unwrap();
-    let listed = nft_list(c);
+    let listed = netns_exec(c, &["nft", "list", "ruleset"]);
     assert!(
         !listed.contains("s-0a000964") && !listed.contains("b-0a000964"),
         "{listed}"
     );
     lb.clear().unwrap();
-    assert!(!nft_list(c).contains("swarmlet"));
+    assert!(!netns_exec(c, &["nft", "list", "ruleset"]).contains("swarmlet"));
 }

@@ -10,11 +10,8 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::process::Command;
-use std::time::Duration;
 
+use support::netio::{hello, ip, name_server, netns_exec};
 use support::Net;
 use swarmlet::net::mesh::{self, Mesh, Port, Proto, Published};
 use swarmlet::net::overlay::{
@@ -23,50 +20,6 @@ use swarmlet::net::overlay::{
 use swarmlet::net::rtnl::{in_netns, Rtnl};
 
 const VNI: u32 = 4096;
-
-fn ip(s: &str) -> Ipv4Addr {
-    s.parse().unwrap()
-}
-
-fn hello(ns: &str, to: &str) -> std::io::Result<String> {
-    let to: SocketAddr = to.parse().unwrap();
-    in_netns(ns, move || {
-        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        Ok(out)
-    })
-    .unwrap()
-}
-
-fn name_server(ns: &str, at: &str, name: &'static str) {
-    let at: SocketAddr = at.parse().unwrap();
-    let l: TcpListener = in_netns(ns, move || TcpListener::bind(at))
-        .unwrap()
-        .unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { return };
-            let _ = s.write_all(name.as_bytes());
-        }
-    });
-}
-
-fn sh(ns: &str, args: &[&str]) -> String {
-    let name = ns.trim_start_matches("/var/run/netns/");
-    let o = Command::new("ip")
-        .args(["netns", "exec", name])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 #[test]
 #[ignore = "needs root: network namespaces"]
@@ -104,7 +57,7 @@ fn a_published_port_answers_on_every_host_from_the_tasks_of_all() {
         };
         attach(&mut r, &ov, &ep).unwrap();
         name_server(&t, &format!("{}:80", task(i)), ["t0", "t1"][i]);
-        sh(&hosts[i], &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        netns_exec(&hosts[i], &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         let bridge = bridge_name(VNI);
         meshes.push(
             in_netns(&hosts[i], move || Mesh::open(&bridge))
@@ -129,7 +82,7 @@ fn a_published_port_answers_on_every_host_from_the_tasks_of_all() {
             );
         }
     }
-    let listed = sh(&hosts[0], &["nft", "list", "table", "ip", mesh::TABLE]);
+    let listed = netns_exec(&hosts[0], &["nft", "list", "table", "ip", mesh::TABLE]);
     assert!(listed.contains("tcp . 8080 : goto p-tcp-8080"), "{listed}");
     assert!(listed.contains("masquerade"), "{listed}");
 
@@ -145,8 +98,8 @@ fn a_published_port_answers_on_every_host_from_the_tasks_of_all() {
     assert!(hello(&hub, "10.77.0.2:8080").is_err());
     // Unpublished: the port's chain and map go.
     meshes[1].sync(&Published::new()).unwrap();
-    let listed = sh(&hosts[1], &["nft", "list", "table", "ip", mesh::TABLE]);
+    let listed = netns_exec(&hosts[1], &["nft", "list", "table", "ip", mesh::TABLE]);
     assert!(!listed.contains("8080"), "{listed}");
     meshes[1].clear().unwrap();
-    assert!(!sh(&hosts[1], &["nft", "list", "ruleset"]).contains(mesh::TABLE));
+    assert!(!netns_exec(&hosts[1], &["nft", "list", "ruleset"]).contains(mesh::TABLE));
 }

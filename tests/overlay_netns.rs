@@ -10,22 +10,15 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
-
+use support::netio::{echo_server, exchange, ip};
 use support::Net;
 use swarmlet::net::netns;
 use swarmlet::net::overlay::{
     self, attach, bridge_name, detach, host_veth, reconcile, vxlan_name, Endpoint, OverlayNet,
 };
-use swarmlet::net::rtnl::{in_netns, Rtnl};
+use swarmlet::net::rtnl::Rtnl;
 
 const VNI: u32 = 4097;
-
-fn ip(s: &str) -> Ipv4Addr {
-    s.parse().unwrap()
-}
 
 fn overlay(local: &str, remote: &[(&str, &str)]) -> OverlayNet {
     OverlayNet {
@@ -34,36 +27,6 @@ fn overlay(local: &str, remote: &[(&str, &str)]) -> OverlayNet {
         local: ip(local),
         remote: remote.iter().map(|(t, n)| (ip(t), ip(n))).collect(),
     }
-}
-
-/// Connects from inside `ns` to `to`, sends a line and reads the echo.
-fn exchange(ns: &str, to: &str) -> std::io::Result<String> {
-    let to: SocketAddr = to.parse().unwrap();
-    in_netns(ns, move || {
-        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.write_all(b"ping\n")?;
-        let mut buf = [0u8; 64];
-        let n = s.read(&mut buf)?;
-        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
-    })
-    .unwrap()
-}
-
-/// An echo server inside `ns` answering each connection once, on a thread of its own.
-fn echo_server(ns: &str, at: &str) {
-    let at: SocketAddr = at.parse().unwrap();
-    let l: TcpListener = in_netns(ns, move || TcpListener::bind(at))
-        .unwrap()
-        .unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { return };
-            let mut buf = [0u8; 64];
-            let n = s.read(&mut buf).unwrap_or(0);
-            let _ = s.write_all(&buf[..n]);
-        }
-    });
 }
 
 #[test]

@@ -391,28 +391,22 @@ impl Control {
                     (vec![cmd], s.spec.name.clone())
                 }),
             Request::ServiceScale(pairs) => scale(c, &pairs, at_ms),
-            Request::ServiceRemove(names) => names
-                .iter()
-                .map(|n| resolve(c, n).map(|s| (ServiceCommand::Remove(s.id), n.clone())))
-                .collect::<Result<Vec<_>, String>>()
-                .map(|v| {
-                    let ok = v
-                        .iter()
-                        .map(|(_, n)| n.clone())
-                        .collect::<Vec<_>>()
-                        .join("\n");
-                    (v.into_iter().map(|(c, _)| c).collect(), ok)
-                }),
+            Request::ServiceRemove(names) => each_named(&names, |n| {
+                resolve(c, n).map(|s| ServiceCommand::Remove(s.id))
+            }),
             _ => Err("not a service request".into()),
         };
+        let result = result.map(|(cmds, ok)| {
+            let cmds = cmds.into_iter().map(|c| Command::Service(Box::new(c)));
+            (cmds.collect(), ok)
+        });
+        self.propose_or_answer(result, reply);
+    }
+
+    /// Proposes a request's commands (answering `ok` once they apply), or answers why not.
+    fn propose_or_answer(&mut self, result: Result<(Vec<Command>, String), String>, reply: Reply) {
         match result {
-            Ok((cmds, ok)) => {
-                let cmds = cmds
-                    .into_iter()
-                    .map(|c| Command::Service(Box::new(c)))
-                    .collect();
-                self.propose_checked(cmds, reply, ok);
-            }
+            Ok((cmds, ok)) => self.propose_checked(cmds, reply, ok),
             Err(e) => self.answer(reply, Response::Error(e)),
         }
     }
@@ -439,35 +433,17 @@ impl Control {
                     id.to_string(),
                 ))
             }
-            Request::NetworkRemove(names) => names
-                .iter()
-                .map(|n| {
-                    c.networks
-                        .resolve(n)
-                        .map(|x| (NetworkCommand::Remove(x.id), n.clone()))
-                        .map_err(|e| e.to_string())
-                })
-                .collect::<Result<Vec<_>, String>>()
-                .map(|v| {
-                    let ok = v
-                        .iter()
-                        .map(|(_, n)| n.clone())
-                        .collect::<Vec<_>>()
-                        .join("\n");
-                    (v.into_iter().map(|(c, _)| c).collect(), ok)
-                }),
+            Request::NetworkRemove(names) => each_named(&names, |n| {
+                let net = c.networks.resolve(n).map_err(|e| e.to_string())?;
+                Ok(NetworkCommand::Remove(net.id))
+            }),
             _ => Err("not a network request".into()),
         };
-        match result {
-            Ok((cmds, ok)) => {
-                let cmds = cmds
-                    .into_iter()
-                    .map(|c| Command::Network(Box::new(c)))
-                    .collect();
-                self.propose_checked(cmds, reply, ok);
-            }
-            Err(e) => self.answer(reply, Response::Error(e)),
-        }
+        let result = result.map(|(cmds, ok)| {
+            let cmds = cmds.into_iter().map(|c| Command::Network(Box::new(c)));
+            (cmds.collect(), ok)
+        });
+        self.propose_or_answer(result, reply);
     }
 
     /// `service ls`, `service inspect`, `service ps`, `node ps` as of the applied state.
@@ -528,6 +504,19 @@ impl Control {
             _ => Response::Error("not a service read".into()),
         }
     }
+}
+
+/// One command per name, all or none, and the names as the answer (one a line, as
+/// Docker prints what it removed).
+fn each_named<C>(
+    names: &[String],
+    command: impl Fn(&str) -> Result<C, String>,
+) -> Result<(Vec<C>, String), String> {
+    let cmds = names
+        .iter()
+        .map(|n| command(n))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((cmds, names.join("\n")))
 }
 
 /// Until nodes wire tasks into networks, a service that asks for them is refused

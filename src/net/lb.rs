@@ -28,9 +28,9 @@ use std::net::Ipv4Addr;
 
 use super::nft::{
     index_key, ip_bytes, BaseChain, Batch, ChainType, Expr, Hook, KeyType, MapData, Nft, NftError,
-    Reg, Value, Verdict, NFPROTO_IPV4,
+    Reg, Synced, Value, Verdict, NFPROTO_IPV4,
 };
-use super::rtnl::{in_netns, RtnlError};
+use super::rtnl::in_netns;
 
 /// The table's name.
 pub const TABLE: &str = "swarmlet";
@@ -48,71 +48,40 @@ pub type Services = BTreeMap<Ipv4Addr, Vec<Ipv4Addr>>;
 
 /// The balancer of one network namespace.
 pub struct Balancer {
-    nft: Nft,
-    /// What the kernel holds, as far as we know; `None` until the table was built (the
-    /// first sync rebuilds it from scratch, whatever an earlier run left).
-    programmed: Option<Services>,
+    table: Synced<Services>,
 }
 
 impl Balancer {
     /// The balancer of the calling thread's namespace.
     pub fn open() -> Result<Balancer, NftError> {
         Ok(Balancer {
-            nft: Nft::open()?,
-            programmed: None,
+            table: Synced::new(Nft::open()?),
         })
     }
 
     /// The balancer of the namespace at `path`.
     pub fn open_in(path: &str) -> Result<Balancer, NftError> {
-        in_netns(path, Balancer::open).map_err(|e| match e {
-            RtnlError::Netns { path, source } => {
-                NftError::Protocol(format!("network namespace {path}: {source}"))
-            }
-            other => NftError::Protocol(other.to_string()),
-        })?
+        in_netns(path, Balancer::open).map_err(|e| NftError::Protocol(e.to_string()))?
     }
 
-    /// Makes the kernel hold `want`: the services that differ, in one batch. Returns
-    /// how many services changed.
+    /// Makes the kernel hold `want`: the services that differ, in one batch (the whole
+    /// table the first time). Returns how many services changed.
     pub fn sync(&mut self, want: &Services) -> Result<usize, NftError> {
-        for (vip, b) in want {
-            if b.len() > MAX_BACKENDS {
-                return Err(NftError::Protocol(format!(
-                    "{vip}: {} backends, more than {MAX_BACKENDS}",
-                    b.len()
-                )));
-            }
+        if let Some((vip, b)) = want.iter().find(|(_, b)| b.len() > MAX_BACKENDS) {
+            return Err(NftError::Protocol(format!(
+                "{vip}: {} backends, more than {MAX_BACKENDS}",
+                b.len()
+            )));
         }
-        let (batch, changed) = match &self.programmed {
+        self.table.sync(want, |held| match held {
             None => (rebuild(want), want.len()),
             Some(have) => changes(have, want),
-        };
-        if changed == 0 && self.programmed.is_some() {
-            return Ok(0);
-        }
-        match self.nft.commit(batch) {
-            Ok(()) => {
-                self.programmed = Some(want.clone());
-                Ok(changed)
-            }
-            Err(e) => {
-                // Unsure what the kernel holds now: the next sync rebuilds.
-                self.programmed = None;
-                Err(e)
-            }
-        }
+        })
     }
 
     /// Removes the table (a task's namespace going away takes it anyway).
     pub fn clear(&mut self) -> Result<(), NftError> {
-        let mut b = Batch::new(NFPROTO_IPV4);
-        // Adding first makes the delete succeed whether or not the table is there.
-        b.add_table(TABLE);
-        b.del_table(TABLE);
-        self.nft.commit(b)?;
-        self.programmed = Some(Services::new());
-        Ok(())
+        self.table.clear(TABLE)
     }
 }
 

@@ -25,7 +25,7 @@ use std::net::Ipv4Addr;
 
 use super::nft::{
     ifname_bytes, index_key, ip_port_bytes, proto_port_key, BaseChain, Batch, ChainType, Expr,
-    Hook, KeyType, MapData, Nft, NftError, Reg, Value, Verdict, NFPROTO_IPV4,
+    Hook, KeyType, MapData, Nft, NftError, Reg, Synced, Value, Verdict, NFPROTO_IPV4,
 };
 
 pub const TABLE: &str = "swarmlet-mesh";
@@ -76,59 +76,38 @@ pub type Published = BTreeMap<Port, Vec<(Ipv4Addr, u16)>>;
 
 /// The mesh of one node.
 pub struct Mesh {
-    nft: Nft,
+    table: Synced<Published>,
     /// The ingress network's bridge: what leaves by it is masqueraded.
     bridge: String,
-    programmed: Option<Published>,
 }
 
 impl Mesh {
     /// In the calling thread's namespace (the host's).
     pub fn open(bridge: &str) -> Result<Mesh, NftError> {
         Ok(Mesh {
-            nft: Nft::open()?,
+            table: Synced::new(Nft::open()?),
             bridge: bridge.to_string(),
-            programmed: None,
         })
     }
 
     /// Makes the kernel hold `want`; returns how many ports changed.
     pub fn sync(&mut self, want: &Published) -> Result<usize, NftError> {
-        for (p, b) in want {
-            if b.len() > MAX_BACKENDS {
-                return Err(NftError::Protocol(format!(
-                    "port {p}: {} backends, more than {MAX_BACKENDS}",
-                    b.len()
-                )));
-            }
+        if let Some((p, b)) = want.iter().find(|(_, b)| b.len() > MAX_BACKENDS) {
+            return Err(NftError::Protocol(format!(
+                "port {p}: {} backends, more than {MAX_BACKENDS}",
+                b.len()
+            )));
         }
-        let (batch, changed) = match &self.programmed {
-            None => (rebuild(&self.bridge, want), want.len()),
+        let bridge = &self.bridge;
+        self.table.sync(want, |held| match held {
+            None => (rebuild(bridge, want), want.len()),
             Some(have) => changes(have, want),
-        };
-        if changed == 0 && self.programmed.is_some() {
-            return Ok(0);
-        }
-        match self.nft.commit(batch) {
-            Ok(()) => {
-                self.programmed = Some(want.clone());
-                Ok(changed)
-            }
-            Err(e) => {
-                self.programmed = None;
-                Err(e)
-            }
-        }
+        })
     }
 
     /// Removes the table.
     pub fn clear(&mut self) -> Result<(), NftError> {
-        let mut b = Batch::new(NFPROTO_IPV4);
-        b.add_table(TABLE);
-        b.del_table(TABLE);
-        self.nft.commit(b)?;
-        self.programmed = None;
-        Ok(())
+        self.table.clear(TABLE)
     }
 }
 

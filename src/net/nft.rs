@@ -699,6 +699,54 @@ impl Nft {
     }
 }
 
+/// A table kept in step with a desired value by the one writer that owns it: what the
+/// kernel holds as far as the writer knows, `None` until built or after a failed commit
+/// (the next sync then rebuilds the table from scratch, whatever is there).
+pub struct Synced<T> {
+    nft: Nft,
+    held: Option<T>,
+}
+
+impl<T: Clone> Synced<T> {
+    pub fn new(nft: Nft) -> Synced<T> {
+        Synced { nft, held: None }
+    }
+
+    /// Makes the kernel hold `want`. `plan` gets what is held (`None`: build it all)
+    /// and returns the batch and how many entries it changes; returns that number.
+    pub fn sync(
+        &mut self,
+        want: &T,
+        plan: impl FnOnce(Option<&T>) -> (Batch, usize),
+    ) -> Result<usize, NftError> {
+        let (batch, changed) = plan(self.held.as_ref());
+        if changed == 0 && self.held.is_some() {
+            return Ok(0);
+        }
+        match self.nft.commit(batch) {
+            Ok(()) => {
+                self.held = Some(want.clone());
+                Ok(changed)
+            }
+            Err(e) => {
+                self.held = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes the table, there or not.
+    pub fn clear(&mut self, table: &str) -> Result<(), NftError> {
+        let mut b = Batch::new(NFPROTO_IPV4);
+        // Adding first makes the delete succeed whether or not the table is there.
+        b.add_table(table);
+        b.del_table(table);
+        self.nft.commit(b)?;
+        self.held = None;
+        Ok(())
+    }
+}
+
 /// An IPv4 address as nf_tables compares it (network order).
 pub fn ip_bytes(ip: Ipv4Addr) -> Vec<u8> {
     ip.octets().to_vec()

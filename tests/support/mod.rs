@@ -6,6 +6,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::cast_possible_truncation)] // test code
 
 pub mod image;
+pub mod netio;
 pub mod qemu;
 pub mod registry;
 
