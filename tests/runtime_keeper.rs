@@ -210,9 +210,19 @@ struct OtherKeeper {
 
 impl Drop for OtherKeeper {
     fn drop(&mut self) {
-        // The daemon's cleanup (dropped first) killed it; otherwise do it here.
+        // The daemon's cleanup (dropped first) killed it; otherwise do it here, and its
+        // containers with it: a test that fails half-way must not leave them running.
         let _ = self.child.kill();
         let _ = self.child.wait();
+        for (_, id, pid) in &self.containers {
+            // Only if the pid is still that container's (in its cgroup): a pid reused
+            // by another process is left alone.
+            let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+            if cg.contains(id.as_str()) {
+                // SAFETY: kill(2) has no memory effects; the pid was checked just above.
+                unsafe { libc::kill(*pid, libc::SIGKILL) };
+            }
+        }
     }
 }
 
