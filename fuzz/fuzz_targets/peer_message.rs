@@ -56,6 +56,7 @@ fn leader(now: Instant) -> Stack {
         listen: Some(addr(1)),
         advertise: Some(addr(1)),
         snapshot_interval: Some(16),
+        pools: None,
     };
     s.handle_api(now, 1, init);
     pump(&mut s, now);
