@@ -38,6 +38,10 @@ pub const MAX_NAME: usize = 63;
 /// that uses it, and an edge cluster needs a handful.
 pub const MAX_NETWORKS: usize = 1024;
 
+/// MTUs a network may set: IPv4's minimum datagram every host must take (576) up to
+/// the largest an IP packet can be.
+pub const MTU_RANGE: std::ops::RangeInclusive<u32> = 576..=65_535;
+
 /// Most networks one service may join (each is an interface in every task).
 pub const MAX_SERVICE_NETWORKS: usize = 16;
 
@@ -379,9 +383,8 @@ impl Networks {
         }
         for n in &spec.task.networks {
             let net = self
-                .nets
-                .values()
-                .find(|x| x.id.to_string() == *n)
+                .id_of(n)
+                .and_then(|id| self.nets.get(&id))
                 .ok_or_else(|| NetworkError::Unknown(n.clone()))?;
             if net.spec.ingress {
                 return Err(NetworkError::ExplicitIngress(net.spec.name.clone()));
