@@ -148,15 +148,31 @@ fn networks_are_made_listed_inspected_and_removed_like_docker() {
         "nothing was made"
     );
 
-    // Services cannot use them yet, and say so rather than run without them.
+    // What nodes do not wire yet is refused rather than run without it: an encrypted
+    // network (never in the clear) and host-mode publishing.
     let (c, e) = err(
         &d,
-        &["service", "create", "-d", "--network", "mynet", "busybox"],
+        &["service", "create", "-d", "--network", "secure", "busybox"],
     );
     assert_eq!(c, 1);
-    assert!(e.contains("cannot join overlay networks"), "{e}");
-    let (_, e) = err(&d, &["service", "create", "-d", "-p", "8080:80", "busybox"]);
-    assert!(e.contains("publish ports"), "{e}");
+    assert!(
+        e.contains("network secure: encrypted overlay networks are not built yet"),
+        "{e}"
+    );
+    let (c, e) = err(
+        &d,
+        &[
+            "service",
+            "create",
+            "-d",
+            "-p",
+            "mode=host,published=8080,target=80",
+            "busybox",
+        ],
+    );
+    assert_eq!(c, 1);
+    assert!(e.contains("host mode is not built yet"), "{e}");
+    assert_eq!(d.ok(&["service", "ls", "-q"]), "", "nothing was made");
 
     d.ok(&["network", "rm", "mynet", "secure"]);
     assert_eq!(d.ok(&["network", "ls", "-q"]).lines().count(), 1);

@@ -315,6 +315,16 @@ fn each_node_sees_remote_endpoints_serving_tasks_and_the_mesh() {
     };
     s.apply(&Command::AddNode(rec2)).unwrap();
     s.apply(&net_cmd(7, "front", None)).unwrap();
+    let at = |ip: [u8; 4], up| NodeAt {
+        addr: std::net::IpAddr::from(ip),
+        up,
+    };
+    // No port published: no node needs ingress (nor a tunnel for it).
+    let nodes = BTreeMap::from([(n1, at([192, 168, 1, 1], true))]);
+    let views = s.networks.node_views(&s.services, &nodes);
+    assert!(views[&n1].networks.is_empty(), "{views:?}");
+    assert_eq!(views[&n1].ingress_addr, None);
+    assert_eq!(views[&n1].addr, Some(nodes[&n1].addr));
     create(&mut s, 1, svc("web", &[7], &["8080:80"])).unwrap();
     let (t1, t2, t3) = (
         make_task(&mut s, 1),
@@ -346,10 +356,6 @@ fn each_node_sees_remote_endpoints_serving_tasks_and_the_mesh() {
     s.apply(&report(n1, t1, TaskState::Running)).unwrap();
     s.apply(&report(n2, t2, TaskState::Running)).unwrap();
     s.apply(&report(n2, t3, TaskState::Starting)).unwrap();
-    let at = |ip: [u8; 4], up| NodeAt {
-        addr: std::net::IpAddr::from(ip),
-        up,
-    };
     let nodes = BTreeMap::from([
         (n1, at([192, 168, 1, 1], true)),
         (n2, at([192, 168, 1, 2], true)),

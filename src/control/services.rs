@@ -519,14 +519,20 @@ fn each_named<C>(
     Ok((cmds, names.join("\n")))
 }
 
-/// Until nodes wire tasks into networks, a service that asks for them is refused
-/// rather than run without them.
-const NOT_WIRED: &str = "tasks cannot join overlay networks or publish ports yet: nodes do not wire them (networks can be created, listed and removed); run the service without --network and --publish";
-
-/// The networks a spec names, by id (a user gives names or id prefixes).
+/// The networks a spec names, by id (a user gives names or id prefixes). What nodes do
+/// not wire yet is refused rather than run without it: host-mode publishing, and
+/// encrypted networks (whose traffic must never go out in the clear).
 fn resolve_networks(c: &ClusterState, spec: &mut ServiceSpec) -> Result<(), String> {
-    if !spec.task.networks.is_empty() || !spec.endpoint.ports.is_empty() {
-        return Err(NOT_WIRED.into());
+    if let Some(p) = spec
+        .endpoint
+        .ports
+        .iter()
+        .find(|p| p.mode == crate::services::spec::PublishMode::Host)
+    {
+        return Err(format!(
+            "publishing port {} in host mode is not built yet; publish it in ingress mode (the routing mesh)",
+            p.target
+        ));
     }
     for n in &mut spec.task.networks {
         *n = c
@@ -535,6 +541,14 @@ fn resolve_networks(c: &ClusterState, spec: &mut ServiceSpec) -> Result<(), Stri
             .map_err(|e| e.to_string())?
             .id
             .to_string();
+    }
+    for n in &spec.task.networks {
+        if let Some(net) = c.networks.resolve(n).ok().filter(|n| n.spec.encrypted()) {
+            return Err(format!(
+                "network {}: encrypted overlay networks are not built yet, and a task is never put on one unencrypted",
+                net.spec.name
+            ));
+        }
     }
     Ok(())
 }

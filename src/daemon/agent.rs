@@ -10,8 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::engine::Engine;
+use super::netplane::{Plane, Wiring};
 use crate::api::RunRequest;
-use crate::model::container::{LogLimits, RestartPolicy, Status};
+use crate::model::container::{
+    LogLimits, MountKind, MountSpec, NetworkMode, RestartPolicy, Status,
+};
 use crate::raft::NodeId;
 use crate::services::agent::{
     Action, AgentStatus, Assignment, Assignments, Book, NodeDescription, Seen, LABEL_NODE,
@@ -56,11 +59,13 @@ pub fn spawn(
     node: NodeId,
     hostname: String,
     labels: &[(String, String)],
+    data_dir: &std::path::Path,
 ) -> anyhow::Result<Agent> {
     let (tx, rx) = mpsc::channel();
     let (status_tx, status) = smol::channel::bounded(4);
     let desc = describe(labels);
     let worker_tx = tx.clone();
+    let plane = Plane::new(super::netplane::netns_dir(data_dir));
     std::thread::Builder::new()
         .name("agent".into())
         .spawn(move || {
@@ -70,6 +75,7 @@ pub fn spawn(
                 hostname,
                 desc,
                 book: Book::default(),
+                plane,
                 tx: worker_tx,
             };
             a.run(rx, status_tx)
@@ -106,6 +112,7 @@ struct Loop {
     hostname: String,
     desc: NodeDescription,
     book: Book,
+    plane: Plane,
     tx: mpsc::Sender<Msg>,
 }
 
@@ -140,7 +147,14 @@ impl Loop {
     /// Takes a message in; says whether anything changed.
     fn take(&mut self, m: Msg) -> bool {
         match m {
-            Msg::Assign(a) => self.book.assign(*a),
+            Msg::Assign(a) => {
+                let net = a.net.clone();
+                let taken = self.book.assign(*a);
+                if taken {
+                    self.plane.set(net);
+                }
+                taken
+            }
             Msg::Leave => {
                 self.book.leave();
                 true
@@ -167,6 +181,9 @@ impl Loop {
             }
         };
         let (actions, changed) = self.book.reconcile(&seen);
+        let keep = self.book.wired(&seen);
+        let book = &self.book;
+        self.plane.tidy(&keep, |t| book.assignment(t));
         for a in actions {
             self.act(a, &seen);
         }
@@ -205,10 +222,25 @@ impl Loop {
                 let Some(asg) = self.book.assignment(task).cloned() else {
                     return self.book.done(task);
                 };
+                // Wired here, on the agent's thread (it owns the data plane), before
+                // the container exists: a process that connects at once finds its
+                // interfaces, balancer and DNS in place.
+                let wiring = match self.plane.prepare(&asg) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        self.book.note(TaskReport {
+                            task,
+                            state: TaskState::Rejected,
+                            message: "rejected".into(),
+                            error: format!("networks: {e}"),
+                        });
+                        return self.book.done(task);
+                    }
+                };
                 let node = self.node;
                 let hostname = self.hostname.clone();
                 spawn_worker(move || {
-                    if let Err(e) = start(&engine, node, &hostname, &asg) {
+                    if let Err(e) = start(&engine, node, &hostname, &asg, wiring) {
                         let _ = tx.send(Msg::Report(TaskReport {
                             task,
                             state: TaskState::Rejected,
@@ -284,8 +316,15 @@ fn pull_if_missing(engine: &Engine, image: &str) -> Result<(), String> {
     }
 }
 
-/// Pulls (if needed), creates and starts a task's container.
-fn start(engine: &Engine, node: NodeId, hostname: &str, a: &Assignment) -> Result<(), String> {
+/// Pulls (if needed), creates and starts a task's container, in its wired namespace if
+/// it has one.
+fn start(
+    engine: &Engine,
+    node: NodeId,
+    hostname: &str,
+    a: &Assignment,
+    wiring: Option<Wiring>,
+) -> Result<(), String> {
     let tpl = a
         .template
         .as_ref()
@@ -307,6 +346,21 @@ fn start(engine: &Engine, node: NodeId, hostname: &str, a: &Assignment) -> Resul
     spec.labels
         .insert(LABEL_SERVICE_ID.into(), a.service.to_string());
     spec.labels.insert(LABEL_NODE.into(), node.to_string());
+    if let Some(w) = wiring {
+        w.write_hosts(spec.hostname.as_deref())?;
+        spec.network = NetworkMode::Netns(w.netns);
+        // The embedded DNS server and the hosts file, unless the spec mounts its own.
+        for (source, target) in [(w.resolv_conf, "/etc/resolv.conf"), (w.hosts, "/etc/hosts")] {
+            if !spec.mounts.iter().any(|m| m.target == target) {
+                spec.mounts.push(MountSpec {
+                    kind: MountKind::Bind,
+                    source: source.display().to_string(),
+                    target: target.into(),
+                    readonly: true,
+                });
+            }
+        }
+    }
     let req = RunRequest {
         image: tpl.image.clone(),
         name: Some(a.container_name()),

@@ -18,7 +18,7 @@ use crate::image::pull::{pull, RegistryConfig};
 use crate::image::reference::Reference;
 use crate::image::store::{ImageRecord, Store};
 use crate::model::container::LogCursor;
-use crate::model::container::{ContainerView, Status};
+use crate::model::container::{ContainerView, NetworkMode, Status};
 use crate::model::image::Progress;
 use crate::model::Digest;
 use crate::runtime::logs::{self, Record, Stream};
@@ -524,7 +524,11 @@ fn inspect_doc(v: &ContainerView, restart_count: u32) -> serde_json::Value {
             "RestartPolicy": format!("{:?}", r.restart),
             "AutoRemove": r.auto_remove,
             "Privileged": r.spec.privileged,
-            "NetworkMode": format!("{:?}", r.spec.network).to_ascii_lowercase(),
+            "NetworkMode": match &r.spec.network {
+                NetworkMode::None => "none".to_string(),
+                NetworkMode::Host => "host".to_string(),
+                NetworkMode::Netns(path) => format!("netns:{path}"),
+            },
             "Memory": r.spec.memory.unwrap_or(0),
             "NanoCpus": r.spec.cpus.map_or(0.0, |c| (c * 1e9).round()),
             "PidsLimit": r.spec.pids_limit,

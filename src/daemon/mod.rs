@@ -7,6 +7,7 @@ pub mod agent;
 pub mod containers;
 pub mod engine;
 pub mod health;
+pub mod netplane;
 pub mod node;
 pub mod server;
 pub mod startup;

@@ -147,7 +147,13 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         listen: cfg.listen,
         advertise: cfg.advertise,
     };
-    let agent = super::agent::spawn(engine.clone(), me.id, cfg.hostname.clone(), &cfg.labels)?;
+    let agent = super::agent::spawn(
+        engine.clone(),
+        me.id,
+        cfg.hostname.clone(),
+        &cfg.labels,
+        &cfg.data_dir,
+    )?;
     let resume_at = membership.as_ref().map(|m| m.listen);
     let stack = Stack::new(me, membership, StackConfig::default(), os_random()?);
     let mut node = Node {

@@ -13,13 +13,16 @@ use super::Digest;
 /// Docker's default grace period between the stop signal and SIGKILL.
 pub const DEFAULT_STOP_TIMEOUT: i64 = 10;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NetworkMode {
-    /// Its own network namespace with only loopback (the networking issue wires more).
+    /// Its own network namespace with only loopback.
     #[default]
     None,
     /// The host's network namespace.
     Host,
+    /// A namespace the daemon made and pinned at this path before the container starts
+    /// (a task's, wired to its networks); the container joins it.
+    Netns(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

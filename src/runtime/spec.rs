@@ -399,8 +399,10 @@ pub fn runtime_spec(
         json!({"type": "uts"}),
         json!({"type": "mount"}),
     ];
-    if spec.network == NetworkMode::None {
-        namespaces.push(json!({"type": "network"}));
+    match &spec.network {
+        NetworkMode::None => namespaces.push(json!({"type": "network"})),
+        NetworkMode::Netns(path) => namespaces.push(json!({"type": "network", "path": path})),
+        NetworkMode::Host => {}
     }
     let mut resources = json!({
         "devices": if spec.privileged {

@@ -340,6 +340,18 @@ impl Book {
         (p.actions, changed)
     }
 
+    /// The tasks whose network namespaces stay: those with a live container (created or
+    /// running) and those an action works on (a start wires its task first). A task
+    /// whose container exited leaves its networks at once: its addresses go back to the
+    /// leader's pool and may soon name a task on another node.
+    pub fn wired(&self, seen: &BTreeMap<TaskId, (String, Seen)>) -> BTreeSet<TaskId> {
+        let live = seen
+            .iter()
+            .filter(|(_, (_, s))| !matches!(s, Seen::Exited { .. }))
+            .map(|(t, _)| *t);
+        self.busy.iter().copied().chain(live).collect()
+    }
+
     /// What goes to the leader.
     pub fn status(&self, desc: &NodeDescription) -> AgentStatus {
         AgentStatus {

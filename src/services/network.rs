@@ -618,9 +618,13 @@ impl Networks {
 /// the data plane; the leader sends it with the node's assignments.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeNet {
-    /// The networks it takes part in (its tasks', and ingress always), by id.
+    /// The node's own address as the cluster knows it: its VXLAN tunnels' source (the
+    /// other nodes send to it).
+    pub addr: Option<std::net::IpAddr>,
+    /// The networks it takes part in: its tasks', and ingress while any port is
+    /// published (every node serves the mesh then).
     pub networks: Vec<NetView>,
-    /// Its own address on the ingress network.
+    /// Its own address on the ingress network, while the mesh is in use.
     pub ingress_addr: Option<Ipv4Addr>,
     /// Ports published through the mesh.
     pub published: Vec<MeshPort>,
@@ -748,10 +752,15 @@ impl Networks {
                 }
             })
             .collect();
+        // Every node serves the mesh while any port is published, so every node needs
+        // ingress then; with none, a node has it only if its tasks do (and none do).
+        let mesh = !published.is_empty();
         let mut views = BTreeMap::new();
         for node in nodes.keys() {
             let mut nets = on_node.get(node).cloned().unwrap_or_default();
-            nets.extend(ingress);
+            if mesh {
+                nets.extend(ingress);
+            }
             let mut networks = Vec::new();
             for id in nets {
                 let Some(n) = self.nets.get(&id) else {
@@ -799,8 +808,9 @@ impl Networks {
             views.insert(
                 *node,
                 NodeNet {
+                    addr: nodes.get(node).map(|n| n.addr),
                     networks,
-                    ingress_addr: self.nodes.get(node).copied(),
+                    ingress_addr: self.nodes.get(node).copied().filter(|_| mesh),
                     published: published.clone(),
                 },
             );

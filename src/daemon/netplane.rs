@@ -1,0 +1,550 @@
+//! This node's part of the data plane, carried out from what the leader sends with its
+//! assignments (`NodeNet`): the overlay networks its tasks are on, a pinned network
+//! namespace per task wired to them, the VIP balancer and DNS server of each task's
+//! namespace, and the routing mesh while ports are published.
+//!
+//! Owned by the agent's thread, and called from it only: on every new set of
+//! assignments ([`Plane::set`]), before a task's container starts ([`Plane::prepare`]),
+//! and on each look at the containers ([`Plane::tidy`]), which frees the namespaces of
+//! tasks whose containers are gone and takes back, after a daemon restart, those whose
+//! containers still run. Every step is idempotent, so a failed one is simply done again
+//! on the next set or look; nothing here keeps a half-wired task: a task whose wiring
+//! fails is rejected and its namespace removed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use crate::net::dns_server::Dns;
+use crate::net::lb::{Balancer, Services};
+use crate::net::mesh::{Mesh, Port, Proto, Published};
+use crate::net::names::{NetworkNames, ServiceNames};
+use crate::net::netns;
+use crate::net::overlay::{self, Endpoint, OverlayNet, VXLAN_OVERHEAD};
+use crate::net::rtnl::Rtnl;
+use crate::services::agent::Assignment;
+use crate::services::network::{NetView, NodeNet};
+use crate::services::spec::Protocol;
+use crate::services::store::TaskId;
+
+/// What a task's container is given in place of the image's `/etc/resolv.conf`: the
+/// embedded server, and names with no dot never tried under a search domain.
+const RESOLV_CONF: &str = "nameserver 127.0.0.11\noptions ndots:0\n";
+
+/// The underlay's MTU when the interface holding the node's address cannot be found.
+const DEFAULT_UNDERLAY_MTU: u32 = 1500;
+
+/// A task's namespace as its container joins it.
+pub struct Wiring {
+    /// The pinned namespace.
+    pub netns: String,
+    /// The file to bind over `/etc/resolv.conf`.
+    pub resolv_conf: PathBuf,
+    /// The file to bind over `/etc/hosts`, written by [`Wiring::write_hosts`].
+    pub hosts: PathBuf,
+    /// The task's address on its first network.
+    pub addr: Ipv4Addr,
+}
+
+impl Wiring {
+    /// Writes `/etc/hosts` as Docker does: localhost, and the container's hostname at
+    /// its address when it has one of its own.
+    pub fn write_hosts(&self, hostname: Option<&str>) -> Result<(), String> {
+        let mut text =
+            String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+        if let Some(h) = hostname {
+            text.push_str(&format!("{}\t{h}\n", self.addr));
+        }
+        std::fs::write(&self.hosts, text).map_err(|e| format!("{}: {e}", self.hosts.display()))
+    }
+}
+
+pub struct Plane {
+    /// Where task namespaces are pinned (`<data>/netns/<task>`), with their resolv.conf.
+    dir: PathBuf,
+    rtnl: Option<Rtnl>,
+    mesh: Option<Mesh>,
+    dns: Dns,
+    net: NodeNet,
+    /// The networks whose names the DNS server holds, by VNI.
+    named: BTreeSet<u32>,
+    wired: BTreeMap<TaskId, Wired>,
+    /// The last failure [`Plane::set`] logged: said once, not on every set.
+    said: Option<String>,
+}
+
+struct Wired {
+    netns: String,
+    /// Per network of the task: its VNI and the task's address on it.
+    endpoints: Vec<(u32, Ipv4Addr)>,
+    balancer: Balancer,
+}
+
+impl Plane {
+    pub fn new(dir: PathBuf) -> Plane {
+        let upstreams = std::fs::read_to_string("/etc/resolv.conf")
+            .map(|t| crate::net::dns::parse_resolv_conf(&t))
+            .unwrap_or_default();
+        Plane {
+            dir,
+            rtnl: None,
+            mesh: None,
+            dns: Dns::new(upstreams),
+            net: NodeNet::default(),
+            named: BTreeSet::new(),
+            wired: BTreeMap::new(),
+            said: None,
+        }
+    }
+
+    fn rtnl(&mut self) -> Result<&mut Rtnl, String> {
+        if self.rtnl.is_none() {
+            self.rtnl = Some(Rtnl::open().map_err(|e| e.to_string())?);
+        }
+        self.rtnl
+            .as_mut()
+            .ok_or_else(|| "no netlink socket".to_string())
+    }
+
+    /// Takes the leader's latest view and makes the kernel and the DNS tables match it.
+    pub fn set(&mut self, net: NodeNet) {
+        if net == self.net && self.said.is_none() {
+            return;
+        }
+        self.net = net;
+        match self.apply() {
+            Ok(()) => {
+                if self.said.take().is_some() {
+                    info!("networks: in place again");
+                }
+            }
+            Err(e) => {
+                if self.said.as_deref() != Some(e.as_str()) {
+                    error!("networks: {e}");
+                }
+                self.said = Some(e);
+            }
+        }
+    }
+
+    fn apply(&mut self) -> Result<(), String> {
+        // Names first: they cost nothing and serve tasks already wired even if the
+        // kernel refuses something below.
+        let vnis: BTreeSet<u32> = self.net.networks.iter().map(|n| n.vni).collect();
+        for v in &self.net.networks {
+            self.dns.set_names(v.vni, Some(names_of(v)));
+        }
+        for gone in self.named.difference(&vnis) {
+            self.dns.set_names(*gone, None);
+        }
+        self.named = vnis;
+
+        if self.rtnl.is_none() {
+            // The first look: what an earlier run left (a network removed while the
+            // daemon was down, a mesh no longer published) goes too. A daemon that
+            // cannot open netlink (not root) has made nothing to remove.
+            match Rtnl::open() {
+                Ok(r) => self.rtnl = Some(r),
+                Err(_) if self.net.networks.is_empty() => return Ok(()),
+                Err(e) => return Err(format!("netlink: {e}")),
+            }
+            if self.net.published.is_empty() {
+                if let Ok(mut m) = Mesh::open("") {
+                    let _ = m.clear();
+                }
+            }
+        }
+        let want = self.overlays()?;
+        let ingress = self.net.networks.iter().find(|n| n.ingress).cloned();
+        let ingress_addr = self.net.ingress_addr;
+        let rtnl = self.rtnl()?;
+        overlay::reconcile(rtnl, &want).map_err(|e| format!("overlay: {e}"))?;
+        if let (Some(ing), Some(ip)) = (&ingress, ingress_addr) {
+            overlay::set_node_address(rtnl, ing.vni, ip, ing.subnet.prefix)
+                .map_err(|e| format!("ingress address {ip}: {e}"))?;
+        }
+        self.sync_mesh(ingress.as_ref())?;
+        let mut failed = Vec::new();
+        for (task, w) in &mut self.wired {
+            let want = balanced(&self.net, &w.endpoints);
+            if let Err(e) = w.balancer.sync(&want) {
+                failed.push(format!("task {task}: balancer: {e}"));
+            }
+            let vnis = w.endpoints.iter().map(|(v, _)| *v).collect();
+            if let Err(e) = self.dns.serve(&task.to_string(), &w.netns, vnis) {
+                failed.push(format!("task {task}: dns: {e}"));
+            }
+        }
+        match failed.is_empty() {
+            true => Ok(()),
+            false => Err(failed.join("; ")),
+        }
+    }
+
+    /// The overlay networks this node should have, as the kernel module takes them.
+    fn overlays(&mut self) -> Result<Vec<OverlayNet>, String> {
+        if self.net.networks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let local = match self.net.addr {
+            Some(IpAddr::V4(ip)) => ip,
+            Some(IpAddr::V6(ip)) => {
+                return Err(format!(
+                    "overlay networks need an IPv4 node address; this node is at {ip}"
+                ))
+            }
+            None => return Err("the leader sent no address for this node".into()),
+        };
+        let underlay = underlay_mtu(self.rtnl()?, local);
+        Ok(self
+            .net
+            .networks
+            .iter()
+            .map(|v| overlay_of(v, local, underlay))
+            .collect())
+    }
+
+    fn sync_mesh(&mut self, ingress: Option<&NetView>) -> Result<(), String> {
+        let want: Published = self
+            .net
+            .published
+            .iter()
+            .map(|p| {
+                let proto = match p.protocol {
+                    Protocol::Tcp => Proto::Tcp,
+                    Protocol::Udp => Proto::Udp,
+                };
+                (
+                    Port {
+                        proto,
+                        port: p.published,
+                    },
+                    p.backends.clone(),
+                )
+            })
+            .collect();
+        let Some(ing) = ingress.filter(|_| !want.is_empty()) else {
+            if let Some(mut m) = self.mesh.take() {
+                m.clear().map_err(|e| format!("routing mesh: {e}"))?;
+            }
+            return Ok(());
+        };
+        // Connections taken on one node go on to tasks on others.
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+            .map_err(|e| format!("routing mesh: turning on IPv4 forwarding: {e}"))?;
+        if self.mesh.is_none() {
+            let m = Mesh::open(&overlay::bridge_name(ing.vni))
+                .map_err(|e| format!("routing mesh: {e}"))?;
+            self.mesh = Some(m);
+        }
+        if let Some(m) = &mut self.mesh {
+            m.sync(&want).map_err(|e| format!("routing mesh: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn path_of(&self, task: TaskId) -> PathBuf {
+        self.dir.join(task.to_string())
+    }
+
+    fn resolv_of(&self, task: TaskId) -> PathBuf {
+        self.dir.join(format!("{task}.resolv.conf"))
+    }
+
+    fn hosts_of(&self, task: TaskId) -> PathBuf {
+        self.dir.join(format!("{task}.hosts"))
+    }
+
+    /// Wires a task's namespace to its networks before its container starts (again,
+    /// harmlessly, if it is wired). None for a task on no network. On failure nothing
+    /// of it is left.
+    pub fn prepare(&mut self, a: &Assignment) -> Result<Option<Wiring>, String> {
+        if a.addrs.is_empty() {
+            return Ok(None);
+        }
+        match self.wire(a) {
+            Ok(w) => Ok(Some(w)),
+            Err(e) => {
+                self.release(a.task);
+                Err(e)
+            }
+        }
+    }
+
+    fn wire(&mut self, a: &Assignment) -> Result<Wiring, String> {
+        let path = self.path_of(a.task);
+        let netns = path.display().to_string();
+        netns::create(&path).map_err(|e| e.to_string())?;
+        let local = match self.net.addr {
+            Some(IpAddr::V4(ip)) => ip,
+            _ => return Err("overlay networks need an IPv4 node address".into()),
+        };
+        let underlay = underlay_mtu(self.rtnl()?, local);
+        let mut endpoints = Vec::new();
+        for (i, (id, ip)) in a.addrs.iter().enumerate() {
+            let view = self
+                .net
+                .networks
+                .iter()
+                .find(|n| n.id == *id)
+                .ok_or_else(|| format!("network {id} is not among this node's networks"))?;
+            let ov = overlay_of(view, local, underlay);
+            let ep = Endpoint {
+                netns: netns.clone(),
+                ifname: format!("eth{i}"),
+                ip: *ip,
+                prefix: view.subnet.prefix,
+            };
+            let name = view.name.clone();
+            endpoints.push((view.vni, *ip));
+            overlay::attach(self.rtnl()?, &ov, &ep).map_err(|e| format!("network {name}: {e}"))?;
+        }
+        let mut balancer = Balancer::open_in(&netns).map_err(|e| format!("balancer: {e}"))?;
+        balancer
+            .sync(&balanced(&self.net, &endpoints))
+            .map_err(|e| format!("balancer: {e}"))?;
+        let vnis = endpoints.iter().map(|(v, _)| *v).collect();
+        self.dns
+            .serve(&a.task.to_string(), &netns, vnis)
+            .map_err(|e| format!("dns: {e}"))?;
+        let resolv_conf = self.resolv_of(a.task);
+        std::fs::write(&resolv_conf, RESOLV_CONF)
+            .map_err(|e| format!("{}: {e}", resolv_conf.display()))?;
+        let addr = endpoints
+            .first()
+            .map_or(Ipv4Addr::UNSPECIFIED, |(_, ip)| *ip);
+        self.wired.insert(
+            a.task,
+            Wired {
+                netns: netns.clone(),
+                endpoints,
+                balancer,
+            },
+        );
+        Ok(Wiring {
+            netns,
+            resolv_conf,
+            hosts: self.hosts_of(a.task),
+            addr,
+        })
+    }
+
+    /// Unwires a task: its DNS socket, its veths and its namespace. What is already
+    /// gone is not an error; what cannot be removed is logged and tried again by the
+    /// next [`Plane::tidy`].
+    fn release(&mut self, task: TaskId) {
+        let key = task.to_string();
+        self.dns.stop(&key);
+        let w = self.wired.remove(&task);
+        let path = self.path_of(task);
+        if let Some(w) = w {
+            if let Ok(rtnl) = self.rtnl() {
+                for (vni, ip) in &w.endpoints {
+                    if let Err(e) = overlay::detach(rtnl, *vni, *ip) {
+                        warning!("networks: task {task}: {e}");
+                    }
+                }
+            }
+        }
+        if let Err(e) = netns::remove(&path) {
+            warning!("networks: task {task}: {e}");
+        }
+        let _ = std::fs::remove_file(self.resolv_of(task));
+        let _ = std::fs::remove_file(self.hosts_of(task));
+    }
+
+    /// Keeps the namespaces of the tasks in `keep` (a live container, or a start under
+    /// way) and frees all others. A namespace found pinned but not wired by this
+    /// process (the daemon restarted under a running task) is wired again from its
+    /// assignment.
+    pub fn tidy<'a>(
+        &mut self,
+        keep: &BTreeSet<TaskId>,
+        assignment: impl Fn(TaskId) -> Option<&'a Assignment>,
+    ) {
+        let mut found: BTreeSet<TaskId> = self.wired.keys().copied().collect();
+        if let Ok(dir) = std::fs::read_dir(&self.dir) {
+            for e in dir.flatten() {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                // `<task>`, `<task>.resolv.conf`, `<task>.hosts`.
+                let id = name.split('.').next().unwrap_or_default();
+                if let Ok(t) = u64::from_str_radix(id, 16) {
+                    found.insert(TaskId(t));
+                }
+            }
+        }
+        for t in found {
+            if !keep.contains(&t) {
+                self.release(t);
+                continue;
+            }
+            if self.wired.contains_key(&t) || !netns::is_pinned(&self.path_of(t)) {
+                continue;
+            }
+            if let Some(a) = assignment(t) {
+                let a = a.clone();
+                if let Err(e) = self.prepare(&a) {
+                    warning!("networks: task {t}: wiring again after a restart: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// The overlay as the kernel module takes it.
+fn overlay_of(v: &NetView, local: Ipv4Addr, underlay: u32) -> OverlayNet {
+    OverlayNet {
+        vni: v.vni,
+        mtu: v.mtu.unwrap_or(underlay.saturating_sub(VXLAN_OVERHEAD)),
+        local,
+        remote: v
+            .remote
+            .iter()
+            .filter_map(|(ip, node)| match node {
+                IpAddr::V4(n) => Some((*ip, *n)),
+                IpAddr::V6(_) => None,
+            })
+            .collect(),
+    }
+}
+
+/// A network's names for the DNS server.
+fn names_of(v: &NetView) -> NetworkNames {
+    v.services
+        .iter()
+        .map(|s| {
+            (
+                s.name.to_ascii_lowercase(),
+                ServiceNames {
+                    vip: s.vip,
+                    tasks: s.tasks.clone(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// What a task's balancer holds: the VIPs of the services on its networks, each with
+/// its serving tasks' addresses.
+fn balanced(net: &NodeNet, endpoints: &[(u32, Ipv4Addr)]) -> Services {
+    let mut out = Services::new();
+    for (vni, _) in endpoints {
+        let Some(v) = net.networks.iter().find(|n| n.vni == *vni) else {
+            continue;
+        };
+        for s in &v.services {
+            if let Some(vip) = s.vip {
+                out.insert(vip, s.tasks.iter().map(|(_, ip)| *ip).collect());
+            }
+        }
+    }
+    out
+}
+
+/// The MTU of the interface that holds `local` (VXLAN's packets leave by it).
+fn underlay_mtu(rtnl: &mut Rtnl, local: Ipv4Addr) -> u32 {
+    let Ok(links) = rtnl.links() else {
+        return DEFAULT_UNDERLAY_MTU;
+    };
+    for l in links {
+        if rtnl
+            .addrs(l.index)
+            .is_ok_and(|a| a.iter().any(|(ip, _)| *ip == local))
+        {
+            return l.mtu;
+        }
+    }
+    DEFAULT_UNDERLAY_MTU
+}
+
+/// The directory of a data dir's task namespaces.
+pub fn netns_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("netns")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::services::network::ServiceEndpoints;
+    use crate::services::NetworkId;
+
+    fn view(vni: u32, services: Vec<ServiceEndpoints>) -> NetView {
+        NetView {
+            id: NetworkId(u64::from(vni)),
+            name: format!("n{vni}"),
+            vni,
+            subnet: crate::services::ipam::Ipv4Net::parse("10.0.1.0/24").unwrap(),
+            gateway: Ipv4Addr::new(10, 0, 1, 1),
+            mtu: None,
+            encrypted: false,
+            ingress: false,
+            remote: vec![
+                (Ipv4Addr::new(10, 0, 1, 9), IpAddr::from([192, 168, 1, 2])),
+                (Ipv4Addr::new(10, 0, 1, 8), "fd00::2".parse().unwrap()),
+            ],
+            services,
+        }
+    }
+
+    fn svc(name: &str, vip: Option<[u8; 4]>, tasks: &[[u8; 4]]) -> ServiceEndpoints {
+        ServiceEndpoints {
+            name: name.into(),
+            vip: vip.map(Ipv4Addr::from),
+            tasks: tasks
+                .iter()
+                .enumerate()
+                .map(|(i, ip)| (format!("{name}.{}.x", i + 1), Ipv4Addr::from(*ip)))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_task_balances_the_vips_of_its_own_networks_only() {
+        let net = NodeNet {
+            networks: vec![
+                view(
+                    4097,
+                    vec![
+                        svc("web", Some([10, 0, 1, 2]), &[[10, 0, 1, 5], [10, 0, 1, 6]]),
+                        svc("rr", None, &[[10, 0, 1, 7]]),
+                        svc("idle", Some([10, 0, 1, 3]), &[]),
+                    ],
+                ),
+                view(4098, vec![svc("db", Some([10, 0, 2, 2]), &[[10, 0, 2, 5]])]),
+            ],
+            ..NodeNet::default()
+        };
+        let b = balanced(&net, &[(4097, Ipv4Addr::new(10, 0, 1, 4))]);
+        assert_eq!(
+            b,
+            Services::from([
+                (
+                    Ipv4Addr::new(10, 0, 1, 2),
+                    vec![Ipv4Addr::new(10, 0, 1, 5), Ipv4Addr::new(10, 0, 1, 6)]
+                ),
+                // A VIP with no task stays, so it refuses at once.
+                (Ipv4Addr::new(10, 0, 1, 3), vec![]),
+            ])
+        );
+        let names = names_of(&net.networks[0]);
+        assert_eq!(names["rr"].vip, None);
+        assert_eq!(names["web"].tasks.len(), 2);
+    }
+
+    #[test]
+    fn overlays_take_the_underlay_mtu_and_skip_ipv6_nodes() {
+        let v = view(4097, vec![]);
+        let o = overlay_of(&v, Ipv4Addr::new(192, 168, 1, 1), 9000);
+        assert_eq!(o.mtu, 9000 - VXLAN_OVERHEAD);
+        assert_eq!(
+            o.remote.into_iter().collect::<Vec<_>>(),
+            vec![(Ipv4Addr::new(10, 0, 1, 9), Ipv4Addr::new(192, 168, 1, 2))]
+        );
+        let v = NetView {
+            mtu: Some(1400),
+            ..view(4097, vec![])
+        };
+        assert_eq!(overlay_of(&v, Ipv4Addr::LOCALHOST, 9000).mtu, 1400);
+    }
+}

@@ -1,0 +1,225 @@
+//! Services on an overlay network across three hosts (network namespaces on a bridge
+//! with no uplink, real daemons, real containers, VXLAN between the hosts, the
+//! nf_tables balancer since this kernel has no IPVS): a container on one host reaches
+//! the tasks on the others by service name (the VIP, round robin) and by `tasks.` name;
+//! a published port answers on every host and spreads over the tasks of all hosts; the
+//! balancer and DNS follow a scale within a second; a network in use cannot be removed.
+//!
+//! Needs root: network namespaces and containers.
+
+#![allow(clippy::unwrap_used)] // test code
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::image::TestImage;
+use support::netio::netns_exec;
+use support::registry::{Options, Registry};
+use support::{Daemon, Net};
+
+fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "timed out after {secs} s waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
+}
+
+/// The id of the running container of service `svc` on node `d`.
+fn container_of(d: &Daemon, svc: &str) -> Option<String> {
+    d.ok(&["ps", "--no-trunc"])
+        .lines()
+        .find(|l| l.contains(&format!(" {svc}.")) && l.contains("Up"))
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+}
+
+/// Runs a command in a container; (success, stdout + stderr).
+fn exec(d: &Daemon, c: &str, args: &[&str]) -> (bool, String) {
+    let mut a = vec!["exec", c];
+    a.extend_from_slice(args);
+    let o = d.cli(&a);
+    let mut out = String::from_utf8_lossy(&o.stdout).into_owned();
+    out.push_str(&String::from_utf8_lossy(&o.stderr));
+    (o.status.success(), out)
+}
+
+/// The addresses `nslookup` prints for a name, asked from inside a container.
+fn lookup(d: &Daemon, c: &str, name: &str) -> BTreeSet<String> {
+    let (_, out) = exec(d, c, &["busybox", "nslookup", name]);
+    // busybox prints the server first ("Address: 127.0.0.11:53"), then the answers.
+    out.lines()
+        .filter_map(|l| l.strip_prefix("Address:").map(str::trim))
+        .filter(|a| !a.starts_with("127.0.0.11"))
+        .map(|a| a.split_whitespace().next().unwrap_or(a).to_string())
+        .collect()
+}
+
+/// The hostnames that answer `url` in `n` tries from a container.
+fn answers(d: &Daemon, c: &str, url: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            // (busybox 1.35's wget crashes on -T; timeout bounds it instead)
+            let (ok, out) = exec(
+                d,
+                c,
+                &[
+                    "busybox", "timeout", "5", "busybox", "wget", "-q", "-O", "-", url,
+                ],
+            );
+            assert!(ok, "wget {url}: {out}");
+            out.trim().to_string()
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root: network namespaces and containers"]
+fn services_reach_each_other_by_name_and_through_the_mesh_across_hosts() {
+    let mut reg = Registry::start("ovl", Options::default());
+    let img = TestImage::busybox(json!({"Cmd": ["/bin/sh"]})).build();
+    reg.push_image("bb", Some("1"), &img);
+    let mut net = Net::new("ovl");
+    let hub = net.hub_addr("10.79.0.254");
+    reg.move_into(&hub, "10.79.0.254");
+    let insecure = reg.host();
+    let image = format!("{insecure}/bb:1");
+
+    let mut nodes = Vec::new();
+    for (i, name) in ["n1", "n2", "n3"].iter().enumerate() {
+        let addr = format!("10.79.0.{}", i + 1);
+        let ns = net.host(i + 1, &addr);
+        nodes.push(Daemon::in_netns_with_args(
+            "ovl",
+            &ns,
+            name,
+            &addr,
+            &["--insecure-registry", &insecure],
+        ));
+    }
+    let m = &nodes[0];
+    m.ok(&["init", "--listen-addr", &m.addr()]);
+    let wt = m.ok(&["join-token", "worker", "-q"]).trim().to_string();
+    for d in &nodes[1..] {
+        d.ok(&["join", &wt, &m.addr(), "--listen-addr", &d.addr()]);
+    }
+    wait_for(20, "3 ready nodes", || {
+        m.ok(&["node", "ls"]).matches("Ready").count() == 3
+    });
+
+    m.ok(&["network", "create", "-d", "overlay", "test"]);
+    // A web server per task answering with its task's hostname, one task per node.
+    let out = m.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--network",
+        "test",
+        "--replicas",
+        "3",
+        "-p",
+        "8080:80",
+        "--hostname",
+        "web-{{.Task.Slot}}",
+        &image,
+        "sh",
+        "-c",
+        "mkdir -p /www && hostname > /www/index.html && exec busybox httpd -f -p 80 -h /www",
+    ]);
+    assert!(out.contains("verify: Service converged"), "{out}");
+    let out = m.ok(&[
+        "service",
+        "create",
+        "--name",
+        "client",
+        "--network",
+        "test",
+        "--mode",
+        "global",
+        &image,
+        "sleep",
+        "600",
+    ]);
+    assert!(out.contains("verify: Service converged"), "{out}");
+    let all: BTreeSet<String> = ["web-1", "web-2", "web-3"].map(String::from).into();
+
+    // From a container on every host: the service name (VIP, round robin over the
+    // three tasks, two of them on other hosts) and `tasks.web` (their addresses).
+    let doc: serde_json::Value =
+        serde_json::from_str(&m.ok(&["service", "inspect", "web"])).unwrap();
+    let vips = doc[0]["Endpoint"]["VirtualIPs"].as_array().unwrap().clone();
+    let net_doc: serde_json::Value =
+        serde_json::from_str(&m.ok(&["network", "inspect", "test"])).unwrap();
+    let test_id = net_doc[0]["Id"].as_str().unwrap().to_string();
+    let vip = vips
+        .iter()
+        .find(|v| v["NetworkID"].as_str() == Some(test_id.as_str()))
+        .and_then(|v| v["Addr"].as_str())
+        .map(|a| a.split('/').next().unwrap().to_string())
+        .unwrap_or_else(|| panic!("no VIP on test: {vips:?}"));
+    for d in &nodes {
+        let c = container_of(d, "client").unwrap_or_else(|| panic!("no client on {}", d.name));
+        assert_eq!(
+            lookup(d, &c, "web"),
+            BTreeSet::from([vip.clone()]),
+            "on {}",
+            d.name
+        );
+        assert_eq!(lookup(d, &c, "tasks.web").len(), 3, "on {}", d.name);
+        let got: BTreeSet<String> = answers(d, &c, "http://web/", 6).into_iter().collect();
+        assert_eq!(got, all, "web by name from {}", d.name);
+        // A name nobody has is refused at once, not forwarded to a world out of reach;
+        // localhost is in the container's hosts file.
+        assert!(lookup(d, &c, "nosuch").is_empty());
+        let (ok, out) = exec(
+            d,
+            &c,
+            &["busybox", "ping", "-c", "1", "-W", "2", "localhost"],
+        );
+        assert!(ok, "{out}");
+    }
+
+    // The published port on every host, from outside the cluster (the hub), reaches the
+    // tasks of all hosts.
+    for i in 1..=3 {
+        let url = format!("http://10.79.0.{i}:8080/");
+        let got: BTreeSet<String> = (0..6)
+            .map(|_| {
+                netns_exec(
+                    &hub,
+                    &["timeout", "5", "busybox", "wget", "-q", "-O", "-", &url],
+                )
+            })
+            .map(|s| s.trim().to_string())
+            .collect();
+        assert_eq!(got, all, "through {url}");
+    }
+
+    // A network in use stays, and says who uses it.
+    let o = m.cli(&["network", "rm", "test"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("client") && e.contains("web"),
+        "{e}"
+    );
+
+    // Scaled down to one: DNS and the balancers follow within a second of the tasks'
+    // end being known.
+    m.ok(&["service", "scale", "web=1"]);
+    let c = container_of(&nodes[0], "client").unwrap();
+    let took = wait_for(30, "tasks.web down to one", || {
+        lookup(&nodes[0], &c, "tasks.web").len() == 1
+    });
+    eprintln!("scale 3 -> 1: tasks.web followed in {took:?}");
+    let got: BTreeSet<String> = answers(&nodes[0], &c, "http://web/", 4)
+        .into_iter()
+        .collect();
+    assert_eq!(got.len(), 1, "{got:?}");
+}
