@@ -85,11 +85,13 @@ fn services_reach_each_other_by_name_and_through_the_mesh_across_hosts() {
     let mut reg = Registry::start("ovl", Options::default());
     let img = TestImage::busybox(json!({"Cmd": ["/bin/sh"]})).build();
     reg.push_image("bb", Some("1"), &img);
+    reg.push_image("bb", Some("2"), &img);
     let mut net = Net::new("ovl");
     let hub = net.hub_addr("10.79.0.254");
     reg.move_into(&hub, "10.79.0.254");
     let insecure = reg.host();
     let image = format!("{insecure}/bb:1");
+    let image2 = format!("{insecure}/bb:2");
 
     let mut nodes = Vec::new();
     for (i, name) in ["n1", "n2", "n3"].iter().enumerate() {
@@ -128,10 +130,17 @@ fn services_reach_each_other_by_name_and_through_the_mesh_across_hosts() {
         "8080:80",
         "--hostname",
         "web-{{.Task.Slot}}",
+        // httpd as pid 1 ignores SIGTERM (and would sit out the grace period, hiding
+        // whether it left the balancers in time): it goes at once.
+        "--stop-signal",
+        "KILL",
         &image,
         "sh",
         "-c",
-        "mkdir -p /www && hostname > /www/index.html && exec busybox httpd -f -p 80 -h /www",
+        "mkdir -p /www/cgi-bin && hostname > /www/index.html \
+         && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\nsleep 0.3\\nhostname\\n' \
+            > /www/cgi-bin/slow && busybox chmod +x /www/cgi-bin/slow \
+         && exec busybox httpd -f -p 80 -h /www",
     ]);
     assert!(out.contains("verify: Service converged"), "{out}");
     let out = m.ok(&[
@@ -222,4 +231,83 @@ fn services_reach_each_other_by_name_and_through_the_mesh_across_hosts() {
         .into_iter()
         .collect();
     assert_eq!(got.len(), 1, "{got:?}");
+    m.ok(&["service", "scale", "web=3"]);
+    assert_eq!(lookup(&nodes[0], &c, "tasks.web").len(), 3);
+
+    // A rolling update while a client keeps asking through the VIP: tasks leave the
+    // balancers before they stop, so no request fails.
+    // Two clients, each with a request of 0.3 s always in flight: a task stopped under
+    // one of them would cut it.
+    let loop_sh = "ask() { f=0; i=0; while [ $i -lt 50 ]; do \
+        busybox timeout 3 busybox wget -q -O /dev/null http://web/cgi-bin/slow || f=$((f+1)); \
+        i=$((i+1)); done; echo $f; }; \
+        ask > /tmp/a & ask > /tmp/b; wait; echo failed=$(( $(cat /tmp/a) + $(cat /tmp/b) ))";
+    let asker = {
+        let (ns, dir) = (nodes[1].name.clone(), nodes[1].sock());
+        let c = container_of(&nodes[1], "client").unwrap();
+        std::thread::spawn(move || {
+            let o = std::process::Command::new(support::BIN)
+                .arg("--socket")
+                .arg(dir)
+                .args(["exec", &c, "sh", "-c", loop_sh])
+                .output()
+                .unwrap();
+            (ns, String::from_utf8_lossy(&o.stdout).into_owned())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let out = m.ok(&[
+        "service",
+        "update",
+        "--update-parallelism",
+        "1",
+        "--update-delay",
+        "500ms",
+        "--image",
+        &image2,
+        "web",
+    ]);
+    assert!(out.contains("verify: Service converged"), "{out}");
+    let (on, said) = asker.join().unwrap();
+    assert_eq!(
+        said.trim(),
+        "failed=0",
+        "requests from {on} during the update"
+    );
+    assert_eq!(lookup(&nodes[0], &c, "tasks.web").len(), 3);
+
+    // Host n3 cut off: its task runs again on the survivors, and DNS and the
+    // balancers name only tasks that answer.
+    net.set_link(3, false);
+    wait_for(30, "web on the survivors only", || {
+        let ps = m.ok(&["service", "ps", "-f", "desired-state=running", "web"]);
+        ps.lines().filter(|l| l.contains("Running")).count() == 3 && !ps.contains(" n3 ")
+    });
+    let took = wait_for(5, "tasks.web names 3 tasks that answer", || {
+        let addrs = lookup(&nodes[0], &c, "tasks.web");
+        addrs.len() == 3
+            && addrs.iter().all(|a| {
+                exec(
+                    &nodes[0],
+                    &c,
+                    &[
+                        "busybox",
+                        "timeout",
+                        "2",
+                        "busybox",
+                        "wget",
+                        "-q",
+                        "-O",
+                        "-",
+                        &format!("http://{a}/"),
+                    ],
+                )
+                .0
+            })
+    });
+    eprintln!("after the cut, DNS right within {took:?} of the tasks running");
+    let got: BTreeSet<String> = answers(&nodes[0], &c, "http://web/", 6)
+        .into_iter()
+        .collect();
+    assert_eq!(got, all, "web by name after the cut");
 }

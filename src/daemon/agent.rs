@@ -27,6 +27,11 @@ use crate::services::task::TaskState;
 /// are (also at once on every change).
 const TICK: Duration = Duration::from_secs(1);
 
+/// How long a task on a network keeps serving after it left the balancers and DNS,
+/// before its stop signal: the other nodes' tables are a dispatch away (milliseconds,
+/// or one status exchange when a message was lost).
+const DRAIN: Duration = Duration::from_secs(1);
+
 enum Msg {
     Assign(Box<Assignments>),
     /// The node left its cluster.
@@ -260,7 +265,14 @@ impl Loop {
                     .and_then(|t| t.template.as_ref())
                     .map_or(10, |tpl| tpl.stop_grace_ms.div_ceil(1000) as i64);
                 let desired = asg.map_or(TaskState::Shutdown, |t| t.desired);
+                // The same set that stops it took it out of every balancer and DNS
+                // table: let that reach the other nodes before the signal, so no new
+                // connection is sent to a task on its way out.
+                let drain = asg.is_some_and(|t| !t.addrs.is_empty());
                 spawn_worker(move || {
+                    if drain {
+                        std::thread::sleep(DRAIN);
+                    }
                     match engine.containers.stop(&container, Some(grace)) {
                         Ok(_) if desired > TaskState::Running => {
                             let _ = tx.send(Msg::Report(TaskReport {
