@@ -26,6 +26,10 @@ APT_PACKAGES=(clang lld llvm qemu-user-static busybox-static iproute2 nftables f
 # fetch with `apt-get download`: dpkg must know the architecture (nothing is installed).
 FOREIGN_ARCHES=(arm64)
 RUST_TARGETS=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl)
+# The demo's nginx image is made from Debian's nginx package (its binary and the host's
+# libraries), fetched here with `apt-get download` and never installed (an installed nginx
+# would start serving port 80 on this machine).
+DEMO_CACHE=/var/cache/swarmlet-demo
 
 log() { echo "bootstrap: $*" >&2; }
 
@@ -121,6 +125,15 @@ install_cargo_tool() {
     fi
 }
 
+fetch_demo_packages() {
+    if ! compgen -G "$DEMO_CACHE/nginx_*.deb" >/dev/null; then
+        log "fetching Debian's nginx package into $DEMO_CACHE (not installed)"
+        as_root mkdir -p "$DEMO_CACHE"
+        (cd "$DEMO_CACHE" && as_root apt-get download -q nginx) ||
+            die "apt-get download nginx failed"
+    fi
+}
+
 deps() {
     # rustup and cargo install put tools here; a non-login shell may not have it on PATH yet.
     export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
@@ -129,6 +142,7 @@ deps() {
     fi
     add_foreign_arches
     install_apt_packages
+    fetch_demo_packages
     install_rust_targets
     install_cargo_tool just just
     install_cargo_tool cargo-nextest cargo-nextest

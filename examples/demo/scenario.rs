@@ -58,6 +58,8 @@ impl Default for Options {
 #[derive(Debug, Default)]
 pub struct Transcript {
     pub text: String,
+    /// Requests through nginx that failed during the rolling update.
+    pub failed_during_update: Option<usize>,
 }
 
 impl Transcript {
@@ -92,6 +94,25 @@ impl Transcript {
         out
     }
 
+    /// Sends `n` requests to `addr` from the bridge and prints who answered; returns the
+    /// distinct answers. Panics if any fails.
+    fn show_requests(
+        &mut self,
+        hub: &str,
+        addr: &str,
+        n: usize,
+    ) -> std::collections::BTreeMap<String, usize> {
+        let (seen, failed) = ask(hub, addr, n);
+        self.say(&format!(
+            "({n} requests to http://{addr}/ from the bridge, answered by:)\n"
+        ));
+        for (a, k) in &seen {
+            self.say(&format!("  {k} x {a}\n"));
+        }
+        assert!(failed.is_empty(), "requests to {addr} failed: {failed:?}");
+        seen
+    }
+
     /// Runs `ip ARGS` on the host (the cable between a node and the bridge), printed with
     /// a `host#` prompt.
     fn ip(&mut self, args: &[&str]) {
@@ -124,14 +145,17 @@ fn shell_words(args: &[&str]) -> String {
         .join(" ")
 }
 
-/// The demo image at `version`: busybox, a layer naming the version, and a command
-/// that says where it runs, then sleeps until told to stop (a TERM trap, since a shell
-/// that is PID 1 would otherwise ignore the stop signal and wait for the kill).
+/// The demo image at `version`: busybox, a layer naming the version, and the seed's
+/// `env.py` as a shell: a web server on port 5000 whose page says which container
+/// (its hostname) and which version answered. It says when it starts and stops (a TERM
+/// trap, since a shell that is PID 1 would otherwise ignore the stop signal and wait
+/// for the kill).
 fn image(version: &str) -> TestImage {
     let script = "v=$(cat /etc/demo-release); \
         trap 'echo \"helloworld $v on $(hostname): stopping\"; exit 0' TERM; \
+        mkdir -p /www && echo \"helloworld $v on $(hostname)\" > /www/index.html; \
         echo \"helloworld $v on $(hostname): started\"; \
-        sleep 86400 & wait";
+        busybox httpd -f -p 5000 -h /www & wait";
     let mut img = TestImage::busybox(json!({ "Cmd": ["/bin/sh", "-c", script] }));
     img.layers.push(Layer {
         items: vec![
@@ -144,6 +168,192 @@ fn image(version: &str) -> TestImage {
         ],
     });
     img
+}
+
+/// Where the demo keeps Debian's nginx package (`bootstrap.sh` fetches it; the demo
+/// does if it is missing). Nothing is installed: the binary and its libraries go into
+/// an image.
+const NGINX_CACHE: &str = "/var/cache/swarmlet-demo";
+
+/// The seed's nginx `default.conf`: everything goes to the service `test` by its name.
+const NGINX_DEFAULT_CONF: &str = "server {
+    listen 80;
+    server_name localhost;
+    access_log /var/log/nginx/log/host.access.log main;
+    location / {
+        # root /usr/share/nginx/html;
+        # index index.html index.htm;
+        proxy_pass http://test:5000;
+    }
+    error_page 502 503 504 /50x.html;
+    location = /50x.html {
+        root /usr/share/nginx/html;
+    }
+}
+";
+
+const NGINX_CONF: &str = "user nobody nogroup;
+worker_processes 1;
+daemon off;
+error_log stderr notice;
+pid /run/nginx.pid;
+events { worker_connections 256; }
+http {
+    log_format main '$remote_addr - $remote_user [$time_local] \"$request\" '
+                    '$status $body_bytes_sent \"$http_referer\" '
+                    '\"$http_user_agent\" \"$http_x_forwarded_for\"';
+    include /etc/nginx/conf.d/*.conf;
+}
+";
+
+/// An nginx image made from Debian's package: the binary, the shared libraries it
+/// loads (as this machine has them), the seed's configuration and busybox.
+fn nginx_image() -> TestImage {
+    let cache = PathBuf::from(NGINX_CACHE);
+    let find = || {
+        std::fs::read_dir(&cache).ok().and_then(|rd| {
+            rd.filter_map(Result::ok).map(|e| e.path()).find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("nginx_"))
+            })
+        })
+    };
+    let deb = find().unwrap_or_else(|| {
+        std::fs::create_dir_all(&cache).unwrap();
+        let o = Command::new("apt-get")
+            .args(["download", "nginx"])
+            .current_dir(&cache)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "apt-get download nginx: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        find().expect("apt-get download left no nginx_*.deb")
+    });
+    let root = std::env::temp_dir().join(format!("swarmlet-{TAG}-{}-nginx", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let o = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "dpkg-deb -x {}: {}",
+        deb.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let bin = root.join("usr/sbin/nginx");
+    let ldd = Command::new("ldd").arg(&bin).output().unwrap();
+    assert!(ldd.status.success(), "ldd {}", bin.display());
+    let mut items = vec![
+        Item::Dir("usr"),
+        Item::Dir("usr/sbin"),
+        Item::File("usr/sbin/nginx".into(), std::fs::read(&bin).unwrap(), 0o755),
+    ];
+    let _ = std::fs::remove_dir_all(&root);
+    let mut dirs = std::collections::BTreeSet::new();
+    // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" and the loader's own line.
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        let Some(path) = line
+            .split_whitespace()
+            .find(|w| w.starts_with('/'))
+            .map(|w| w.trim_start_matches('/').to_string())
+        else {
+            continue;
+        };
+        let mut at = std::path::Path::new(&path).parent();
+        while let Some(d) = at.filter(|d| !d.as_os_str().is_empty()) {
+            dirs.insert(d.to_string_lossy().into_owned());
+            at = d.parent();
+        }
+        let data = std::fs::read(format!("/{path}")).unwrap();
+        items.push(Item::File(path, data, 0o755));
+    }
+    // Each put in front, the last first: parents come before their children.
+    for d in dirs.into_iter().rev() {
+        items.insert(0, Item::Dir(Box::leak(d.into_boxed_str())));
+    }
+    for d in [
+        "etc/nginx",
+        "etc/nginx/conf.d",
+        "var",
+        "var/log",
+        "var/log/nginx",
+        "var/log/nginx/log",
+        "var/lib",
+        "var/lib/nginx",
+        "run",
+        "usr/share",
+        "usr/share/nginx",
+        "usr/share/nginx/html",
+    ] {
+        items.push(Item::Dir(d));
+    }
+    items.push(Item::File(
+        "etc/nginx/nginx.conf".into(),
+        NGINX_CONF.into(),
+        0o644,
+    ));
+    items.push(Item::File(
+        "etc/nginx/conf.d/default.conf".into(),
+        NGINX_DEFAULT_CONF.into(),
+        0o644,
+    ));
+    items.push(Item::File(
+        "usr/share/nginx/html/50x.html".into(),
+        b"<html><body>50x: the service behind nginx did not answer</body></html>\n".to_vec(),
+        0o644,
+    ));
+    let mut img = TestImage::busybox(json!({ "Cmd": ["/usr/sbin/nginx"] }));
+    img.layers.push(Layer { items });
+    img
+}
+
+/// One HTTP GET from the bridge's namespace (outside the cluster, where a user's
+/// browser would be): the page, or why there is none.
+fn get(hub: &str, addr: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let to: std::net::SocketAddr = addr.parse().unwrap();
+    let hub = format!("/var/run/netns/{hub}");
+    swarmlet::net::rtnl::in_netns(&hub, move || -> Result<String, String> {
+        let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(3))
+            .map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        s.write_all(format!("GET / HTTP/1.0\r\nHost: {to}\r\n\r\n").as_bytes())
+            .map_err(|e| format!("send: {e}"))?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).map_err(|e| format!("read: {e}"))?;
+        let text = String::from_utf8_lossy(&out);
+        let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP answer")?;
+        match head.split_whitespace().nth(1) {
+            Some("200") => Ok(body.trim().to_string()),
+            code => Err(format!("HTTP {}", code.unwrap_or("?"))),
+        }
+    })
+    .map_err(|e| e.to_string())?
+}
+
+/// `n` requests to `addr`: each distinct answer with how many times it came, and the
+/// failures.
+fn ask(
+    hub: &str,
+    addr: &str,
+    n: usize,
+) -> (std::collections::BTreeMap<String, usize>, Vec<String>) {
+    let mut seen = std::collections::BTreeMap::new();
+    let mut failed = Vec::new();
+    for _ in 0..n {
+        match get(hub, addr) {
+            Ok(a) => *seen.entry(a).or_insert(0) += 1,
+            Err(e) => failed.push(e),
+        }
+    }
+    (seen, failed)
 }
 
 /// Nodes running a task of `svc` that is meant to run, and the images they run, from
@@ -159,9 +369,10 @@ fn settle(secs: u64, what: &str, nodes: &[Daemon], mut f: impl FnMut() -> bool) 
             for args in [
                 &["node", "ls"][..],
                 &["service", "ls"],
-                &["service", "ps", "helloworld"],
+                &["service", "ps", "test"],
+                &["service", "ps", "nginx"],
                 &["service", "ps", "extend-helloworld"],
-                &["service", "inspect", "helloworld"],
+                &["service", "inspect", "test"],
             ] {
                 seen += &format!("node1$ swarmlet {}\n{}\n", args.join(" "), m.run(args).1);
             }
@@ -237,12 +448,14 @@ pub fn run(opts: &Options) -> Transcript {
     let reg_host = format!("{REGISTRY_IP}:{REGISTRY_PORT}");
     let v1 = format!("{reg_host}/demo:1.0");
     let v2 = format!("{reg_host}/demo:2.0");
+    let nginx = format!("{reg_host}/nginx:seed");
 
     // The images are pushed over loopback, then the registry moves into the hub.
     let mut reg = Registry::start(TAG, registry::Options::default());
     for (tag, version) in [("1.0", "1.0"), ("2.0", "2.0")] {
         reg.push_image("demo", Some(tag), &image(version).build());
     }
+    reg.push_image("nginx", Some("seed"), &nginx_image().build());
     let mut net = Net::new(NET_TAG);
     let hub = net.hub_addr(REGISTRY_IP);
     reg.move_into_port(&hub, REGISTRY_IP, REGISTRY_PORT);
@@ -263,7 +476,8 @@ pub fn run(opts: &Options) -> Transcript {
          {n1} {a1}, {n2} {a2} and {n3} {a3},\n\
          each a `swarmlet daemon` in a network namespace of its own, on one bridge with no\n\
          uplink. A registry at {reg_host} on that bridge serves demo:1.0 and\n\
-         demo:2.0 (busybox, built just now). Each command runs against the daemon of the\n\
+         demo:2.0 (busybox with a web server on port 5000 saying which container answered)\n\
+         and nginx:seed (Debian's nginx), all built just now. Each command runs against the daemon of the\n\
          node its prompt names (its --socket left out); `host#` lines run on this machine.\n"
     ));
 
@@ -280,26 +494,39 @@ pub fn run(opts: &Options) -> Transcript {
     });
     t.swarmlet(m, &["node", "ls"]);
 
-    t.note("2. A service of three replicas; the CLI follows it until all three run");
+    t.note(
+        "2. An overlay network `test`, and the seed's service `test` on it, port 5000 published",
+    );
+    t.swarmlet(m, &["network", "create", "-d", "overlay", "test"]);
     t.swarmlet(
         m,
         &[
             "service",
             "create",
-            "--replicas",
-            "3",
             "--name",
-            "helloworld",
+            "test",
+            "-p",
+            "5000:5000",
+            "--network",
+            "test",
             &v1,
         ],
     );
     t.swarmlet(m, &["service", "ls"]);
-    t.swarmlet(m, &["service", "ps", "helloworld"]);
+    t.swarmlet(m, &["service", "ps", "test"]);
+    let port = |i: usize, p: u16| format!("{}:{p}", NODES[i].1);
+    t.show_requests(&hub, &port(0, 5000), 3);
 
-    t.note("3. Scaled to six");
-    t.swarmlet(m, &["service", "scale", "helloworld=6"]);
+    t.note("3. Scaled to six: one node's port 5000 answers with the tasks of all three nodes");
+    t.swarmlet(m, &["service", "scale", "test=6"]);
     t.swarmlet(m, &["service", "ls"]);
-    t.swarmlet(m, &["service", "ps", "helloworld"]);
+    t.swarmlet(m, &["service", "ps", "test"]);
+    let seen = t.show_requests(&hub, &port(1, 5000), 12);
+    assert_eq!(
+        seen.len(),
+        6,
+        "12 requests through node2 reach all six tasks: {seen:?}"
+    );
 
     t.note("4. A global service: one task on every node");
     t.swarmlet(
@@ -320,7 +547,7 @@ pub fn run(opts: &Options) -> Transcript {
     t.note(&format!(
         "5. {cut_name}'s cable is pulled: its link to the bridge goes down"
     ));
-    let on_cut = running(m, "helloworld")
+    let on_cut = running(m, "test")
         .iter()
         .filter(|(n, _)| n == cut_name)
         .count();
@@ -332,18 +559,24 @@ pub fn run(opts: &Options) -> Transcript {
         "the cut node Down and its replicas running elsewhere",
         &nodes,
         || {
-            let r = running(m, "helloworld");
+            let r = running(m, "test");
             node_state(m, cut_name).contains(" Down ")
                 && r.len() == 6
                 && r.iter().all(|(n, _)| n != cut_name)
         },
     );
     t.say(&format!(
-        "({cut_name} Down, and its {on_cut} helloworld task(s) running on the others, {:.1} s after the cut)\n",
+        "({cut_name} Down, and its {on_cut} test task(s) running on the others, {:.1} s after the cut)\n",
         cut_at.elapsed().as_secs_f64()
     ));
     t.swarmlet(m, &["node", "ls"]);
-    t.swarmlet(m, &["service", "ps", "helloworld"]);
+    t.swarmlet(m, &["service", "ps", "test"]);
+    let seen = t.show_requests(&hub, &port(0, 5000), 12);
+    assert_eq!(
+        seen.len(),
+        6,
+        "after the cut, node1 reaches all six tasks: {seen:?}"
+    );
 
     t.note(&format!(
         "6. The cable back: {cut_name} is Ready again and stops the replicas that were replaced"
@@ -353,59 +586,107 @@ pub fn run(opts: &Options) -> Transcript {
     settle(60, "the healed node Ready and settled", &nodes, || {
         node_state(m, cut_name).contains(" Ready ")
             && running(m, "extend-helloworld").len() == 3
-            && containers_of(cut_node, "helloworld") == 0
+            && containers_of(cut_node, "test") == 0
     });
     t.swarmlet(m, &["node", "ls"]);
     t.swarmlet(m, &["service", "ls"]);
 
-    t.note(&format!(
-        "7. A rolling update to demo:2.0, two tasks at a time, {} apart",
-        opts.update_delay
+    t.note("7. nginx in front, three replicas on port 80, sending everything to http://test:5000");
+    t.say(&format!(
+        "(the image: Debian's nginx package with the seed's default.conf)\n{NGINX_DEFAULT_CONF}"
     ));
     t.swarmlet(
         m,
         &[
             "service",
-            "update",
-            "--detach",
-            "--update-parallelism",
-            "2",
-            "--update-delay",
-            opts.update_delay,
-            "--image",
-            &v2,
-            "helloworld",
+            "create",
+            "--name",
+            "nginx",
+            "--replicas",
+            "3",
+            "--network",
+            "test",
+            "-p",
+            "80:80",
+            &nginx,
         ],
     );
-    settle(60, "the first two tasks on demo:2.0", &nodes, || {
-        running(m, "helloworld")
-            .iter()
-            .filter(|(_, i)| *i == v2)
-            .count()
-            >= 2
-    });
-    t.say("(the first two replaced; the others wait for the delay)\n");
+    t.swarmlet(m, &["service", "ps", "nginx"]);
+    let seen = t.show_requests(&hub, &port(1, 80), 12);
+    assert!(
+        seen.len() >= 2,
+        "nginx spreads over the test tasks: {seen:?}"
+    );
+
+    t.note(&format!(
+        "8. A rolling update of test to demo:2.0, two tasks at a time, {} apart, while requests keep coming through nginx",
+        opts.update_delay
+    ));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let asker = {
+        let (stop, hub, to) = (stop.clone(), hub.clone(), port(1, 80));
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, Vec::new());
+            let mut versions = std::collections::BTreeMap::<String, usize>::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match get(&hub, &to) {
+                    Ok(a) => {
+                        ok += 1;
+                        let v = a.split(" on ").next().unwrap_or_default().to_string();
+                        *versions.entry(v).or_insert(0) += 1;
+                    }
+                    Err(e) => failed.push(e),
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (ok, failed, versions)
+        })
+    };
+    let update_at = Instant::now();
     t.swarmlet(
         m,
-        &["service", "ps", "-f", "desired-state=running", "helloworld"],
+        &[
+            "service",
+            "update",
+            "--update-parallelism",
+            "2",
+            "--image",
+            &v2,
+            "--update-delay",
+            opts.update_delay,
+            "test",
+        ],
     );
-    let update_at = Instant::now();
-    settle(180, "the update completed", &nodes, || {
-        update_state(m, "helloworld") == "completed"
+    settle(60, "the update completed", &nodes, || {
+        update_state(m, "test") == "completed"
     });
     settle(60, "six tasks on demo:2.0", &nodes, || {
-        let r = running(m, "helloworld");
+        let r = running(m, "test");
         r.len() == 6 && r.iter().all(|(_, i)| *i == v2)
     });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed, versions) = asker.join().unwrap();
     t.say(&format!(
-        "(update completed {:.1} s later)\n",
-        update_at.elapsed().as_secs_f64()
+        "(update completed in {:.1} s; {} requests through {}:80 meanwhile: {}; failed requests: {})\n",
+        update_at.elapsed().as_secs_f64(),
+        ok + failed.len(),
+        NODES[1].0,
+        versions
+            .iter()
+            .map(|(v, n)| format!("{n} by {v}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        failed.len()
     ));
+    t.failed_during_update = Some(failed.len());
+    for f in failed.iter().take(5) {
+        t.say(&format!("  failed: {f}\n"));
+    }
     t.swarmlet(m, &["service", "ls"]);
-    t.swarmlet(m, &["service", "ps", "helloworld"]);
+    t.swarmlet(m, &["service", "ps", "test"]);
 
-    t.note("8. What every helloworld task printed, gathered from the nodes that ran it");
-    t.swarmlet(m, &["service", "logs", "helloworld"]);
+    t.note("9. What every test task printed, gathered from the nodes that ran it");
+    t.swarmlet(m, &["service", "logs", "test"]);
 
     t.say(&format!(
         "\n# Done in {:.0} s. Removing the nodes, their containers, the registry and the namespaces.\n",
