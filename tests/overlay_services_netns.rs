@@ -3,7 +3,8 @@
 //! nf_tables balancer since this kernel has no IPVS): a container on one host reaches
 //! the tasks on the others by service name (the VIP, round robin) and by `tasks.` name;
 //! a published port answers on every host and spreads over the tasks of all hosts; the
-//! balancer and DNS follow a scale within a second; a network in use cannot be removed.
+//! balancer and DNS follow a scale within a second; a network in use cannot be removed;
+//! every task, on a network or not, has a way out through its node's local bridge.
 //!
 //! Needs root: network namespaces and containers.
 
@@ -194,6 +195,42 @@ fn services_reach_each_other_by_name_and_through_the_mesh_across_hosts() {
         );
         assert!(ok, "{out}");
     }
+
+    // A way out for every task, through its node's local bridge and NAT: the registry
+    // in the hub (which has no route back to the bridge's subnet) answers a task on the
+    // overlay and a task on no network alike.
+    let registry = format!("http://{insecure}/v2/");
+    let out = m.ok(&[
+        "service",
+        "create",
+        "--name",
+        "lone",
+        "--replicas",
+        "1",
+        &image,
+        "sleep",
+        "600",
+    ]);
+    assert!(out.contains("verify: Service converged"), "{out}");
+    let lone = nodes
+        .iter()
+        .find_map(|d| container_of(d, "lone").map(|c| (d, c)))
+        .unwrap();
+    for (d, c) in [
+        (&nodes[0], container_of(&nodes[0], "client").unwrap()),
+        (lone.0, lone.1.clone()),
+    ] {
+        let (ok, out) = exec(
+            d,
+            &c,
+            &[
+                "busybox", "timeout", "5", "busybox", "wget", "-q", "-O", "-", &registry,
+            ],
+        );
+        assert!(ok && out.trim() == "{}", "{c} on {}: {out}", d.name);
+    }
+    let (_, route) = exec(lone.0, &lone.1, &["busybox", "ip", "route"]);
+    assert!(route.contains("default via 172.18.0.1"), "{route}");
 
     // The published port on every host, from outside the cluster (the hub), reaches the
     // tasks of all hosts.

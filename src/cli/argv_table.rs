@@ -22,6 +22,7 @@ pub static COMMANDS: &[Cmd] = &[
             "--insecure-registry",
             "--certs-dir",
             "--registry-auth-file",
+            "--bridge",
         ],
         switches: &["--help"],
         greedy: false,

@@ -52,6 +52,11 @@ pub struct DaemonCommand {
     /// (default /etc/swarmlet/config.json)
     #[argh(option)]
     pub registry_auth_file: Option<PathBuf>,
+
+    /// the local bridge that gives tasks a way out (NAT): "none" leaves tasks with
+    /// their overlay networks only (default: sw-gw, 172.18.0.1/16)
+    #[argh(option)]
+    pub bridge: Option<String>,
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
@@ -179,7 +184,18 @@ pub fn daemon(global: &Global, cmd: DaemonCommand) -> anyhow::Result<ExitCode> {
         .map(|l| parse_label("--label", l))
         .collect::<Result<_, _>>()?;
     check_labels(&labels)?;
+    let bridge = match cmd.bridge.as_deref() {
+        None | Some("sw-gw") => true,
+        Some("none") => false,
+        Some(other) => {
+            return Err(UsageError(format!(
+                "--bridge: \"none\" or \"sw-gw\" (the default), not {other:?}"
+            ))
+            .into())
+        }
+    };
     let cfg = DaemonConfig {
+        bridge,
         data_dir: cmd
             .data_dir
             .unwrap_or_else(|| PathBuf::from(super::DEFAULT_DATA_DIR)),

@@ -65,12 +65,13 @@ pub fn spawn(
     hostname: String,
     labels: &[(String, String)],
     data_dir: &std::path::Path,
+    bridge: bool,
 ) -> anyhow::Result<Agent> {
     let (tx, rx) = mpsc::channel();
     let (status_tx, status) = smol::channel::bounded(4);
     let desc = describe(labels);
     let worker_tx = tx.clone();
-    let plane = Plane::new(super::netplane::netns_dir(data_dir));
+    let plane = Plane::new(super::netplane::netns_dir(data_dir), bridge);
     std::thread::Builder::new()
         .name("agent".into())
         .spawn(move || {

@@ -1,7 +1,8 @@
 //! This node's part of the data plane, carried out from what the leader sends with its
 //! assignments (`NodeNet`): the overlay networks its tasks are on, a pinned network
-//! namespace per task wired to them, the VIP balancer and DNS server of each task's
-//! namespace, and the routing mesh while ports are published.
+//! namespace per task wired to them and to the node's local bridge (its way out), the
+//! VIP balancer and DNS server of each task's namespace, and the routing mesh while
+//! ports are published.
 //!
 //! Owned by the agent's thread, and called from it only: on every new set of
 //! assignments ([`Plane::set`]), before a task's container starts ([`Plane::prepare`]),
@@ -15,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
+use crate::net::bridge;
 use crate::net::dns_server::Dns;
 use crate::net::lb::{Balancer, Services};
 use crate::net::mesh::{Mesh, Port, Proto, Published};
@@ -71,17 +73,24 @@ pub struct Plane {
     wired: BTreeMap<TaskId, Wired>,
     /// The last failure [`Plane::set`] logged: said once, not on every set.
     said: Option<String>,
+    /// Tasks get a way out through the local bridge (`daemon --bridge none`: not).
+    bridge: bool,
+    /// The bridge's NAT table is in place (made once per process, whole).
+    nat: bool,
 }
 
 struct Wired {
     netns: String,
     /// Per network of the task: its VNI and the task's address on it.
     endpoints: Vec<(u32, Ipv4Addr)>,
-    balancer: Balancer,
+    /// None for a task on no network: it has no VIP to balance.
+    balancer: Option<Balancer>,
+    /// Its address on the local bridge.
+    gw: Option<Ipv4Addr>,
 }
 
 impl Plane {
-    pub fn new(dir: PathBuf) -> Plane {
+    pub fn new(dir: PathBuf, bridge: bool) -> Plane {
         let upstreams = std::fs::read_to_string("/etc/resolv.conf")
             .map(|t| crate::net::dns::parse_resolv_conf(&t))
             .unwrap_or_default();
@@ -94,6 +103,8 @@ impl Plane {
             named: BTreeSet::new(),
             wired: BTreeMap::new(),
             said: None,
+            bridge,
+            nat: false,
         }
     }
 
@@ -167,7 +178,7 @@ impl Plane {
         let mut failed = Vec::new();
         for (task, w) in &mut self.wired {
             let want = balanced(&self.net, &w.endpoints);
-            if let Err(e) = w.balancer.sync(&want) {
+            if let Some(Err(e)) = w.balancer.as_mut().map(|b| b.sync(&want)) {
                 failed.push(format!("task {task}: balancer: {e}"));
             }
             let vnis = w.endpoints.iter().map(|(v, _)| *v).collect();
@@ -230,8 +241,7 @@ impl Plane {
             return Ok(());
         };
         // Connections taken on one node go on to tasks on others.
-        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
-            .map_err(|e| format!("routing mesh: turning on IPv4 forwarding: {e}"))?;
+        forward().map_err(|e| format!("routing mesh: {e}"))?;
         if self.mesh.is_none() {
             let m = Mesh::open(&overlay::bridge_name(ing.vni))
                 .map_err(|e| format!("routing mesh: {e}"))?;
@@ -255,11 +265,55 @@ impl Plane {
         self.dir.join(format!("{task}.hosts"))
     }
 
+    /// Where a task's address on the local bridge is kept (the bridge's addresses are
+    /// this node's to give, and must outlive a daemon restart).
+    fn gw_of(&self, task: TaskId) -> PathBuf {
+        self.dir.join(format!("{task}.gw"))
+    }
+
+    /// The task's address on the local bridge: the one it has, or the lowest free.
+    fn gw_addr(&self, task: TaskId) -> Result<Ipv4Addr, String> {
+        let path = self.gw_of(task);
+        if let Some(ip) = read_addr(&path) {
+            return Ok(ip);
+        }
+        let mut used = std::collections::BTreeSet::new();
+        if let Ok(dir) = std::fs::read_dir(&self.dir) {
+            for e in dir.flatten() {
+                if e.file_name().to_string_lossy().ends_with(".gw") {
+                    used.extend(read_addr(&e.path()));
+                }
+            }
+        }
+        let ip = bridge::free_addr(&used).ok_or_else(|| {
+            format!(
+                "{}: no address left on {}",
+                self.dir.display(),
+                bridge::BRIDGE
+            )
+        })?;
+        std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
+        std::fs::write(&path, format!("{ip}\n")).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(ip)
+    }
+
+    /// The local bridge, its NAT and forwarding, in place.
+    fn ensure_bridge(&mut self) -> Result<(), String> {
+        bridge::ensure(self.rtnl()?).map_err(|e| format!("{}: {e}", bridge::BRIDGE))?;
+        if !self.nat {
+            let mut nft = crate::net::nft::Nft::open().map_err(|e| e.to_string())?;
+            bridge::nat(&mut nft).map_err(|e| format!("{}: {e}", bridge::BRIDGE))?;
+            forward().map_err(|e| format!("{}: {e}", bridge::BRIDGE))?;
+            self.nat = true;
+        }
+        Ok(())
+    }
+
     /// Wires a task's namespace to its networks before its container starts (again,
     /// harmlessly, if it is wired). None for a task on no network. On failure nothing
     /// of it is left.
     pub fn prepare(&mut self, a: &Assignment) -> Result<Option<Wiring>, String> {
-        if a.addrs.is_empty() {
+        if a.addrs.is_empty() && !self.bridge {
             return Ok(None);
         }
         match self.wire(a) {
@@ -275,13 +329,13 @@ impl Plane {
         let path = self.path_of(a.task);
         let netns = path.display().to_string();
         netns::create(&path).map_err(|e| e.to_string())?;
-        let local = match self.net.addr {
-            Some(IpAddr::V4(ip)) => ip,
-            _ => return Err("overlay networks need an IPv4 node address".into()),
-        };
-        let underlay = underlay_mtu(self.rtnl()?, local);
         let mut endpoints = Vec::new();
         for (i, (id, ip)) in a.addrs.iter().enumerate() {
+            let local = match self.net.addr {
+                Some(IpAddr::V4(ip)) => ip,
+                _ => return Err("overlay networks need an IPv4 node address".into()),
+            };
+            let underlay = underlay_mtu(self.rtnl()?, local);
             let view = self
                 .net
                 .networks
@@ -299,10 +353,28 @@ impl Plane {
             endpoints.push((view.vni, *ip));
             overlay::attach(self.rtnl()?, &ov, &ep).map_err(|e| format!("network {name}: {e}"))?;
         }
-        let mut balancer = Balancer::open_in(&netns).map_err(|e| format!("balancer: {e}"))?;
-        balancer
-            .sync(&balanced(&self.net, &endpoints))
-            .map_err(|e| format!("balancer: {e}"))?;
+        // The way out comes last, after the overlay interfaces (eth0 is the first
+        // network's, as in Swarm).
+        let gw = match self.bridge {
+            true => {
+                self.ensure_bridge()?;
+                let ip = self.gw_addr(a.task)?;
+                let ifname = format!("eth{}", endpoints.len());
+                bridge::attach(self.rtnl()?, &netns, &ifname, ip)
+                    .map_err(|e| format!("{}: {e}", bridge::BRIDGE))?;
+                Some(ip)
+            }
+            false => None,
+        };
+        let balancer = match endpoints.is_empty() {
+            true => None,
+            false => {
+                let mut b = Balancer::open_in(&netns).map_err(|e| format!("balancer: {e}"))?;
+                b.sync(&balanced(&self.net, &endpoints))
+                    .map_err(|e| format!("balancer: {e}"))?;
+                Some(b)
+            }
+        };
         let vnis = endpoints.iter().map(|(v, _)| *v).collect();
         self.dns
             .serve(&a.task.to_string(), &netns, vnis)
@@ -312,13 +384,16 @@ impl Plane {
             .map_err(|e| format!("{}: {e}", resolv_conf.display()))?;
         let addr = endpoints
             .first()
-            .map_or(Ipv4Addr::UNSPECIFIED, |(_, ip)| *ip);
+            .map(|(_, ip)| *ip)
+            .or(gw)
+            .unwrap_or(Ipv4Addr::UNSPECIFIED);
         self.wired.insert(
             a.task,
             Wired {
                 netns: netns.clone(),
                 endpoints,
                 balancer,
+                gw,
             },
         );
         Ok(Wiring {
@@ -337,13 +412,19 @@ impl Plane {
         self.dns.stop(&key);
         let w = self.wired.remove(&task);
         let path = self.path_of(task);
-        if let Some(w) = w {
-            if let Ok(rtnl) = self.rtnl() {
-                for (vni, ip) in &w.endpoints {
-                    if let Err(e) = overlay::detach(rtnl, *vni, *ip) {
-                        warning!("networks: task {task}: {e}");
-                    }
+        // After a restart the address on the bridge is known from its file only.
+        let gw = w
+            .as_ref()
+            .and_then(|w| w.gw)
+            .or_else(|| read_addr(&self.gw_of(task)));
+        if let Ok(rtnl) = self.rtnl() {
+            for (vni, ip) in w.iter().flat_map(|w| &w.endpoints) {
+                if let Err(e) = overlay::detach(rtnl, *vni, *ip) {
+                    warning!("networks: task {task}: {e}");
                 }
+            }
+            if let Some(Err(e)) = gw.map(|ip| bridge::detach(rtnl, ip)) {
+                warning!("networks: task {task}: {e}");
             }
         }
         if let Err(e) = netns::remove(&path) {
@@ -351,6 +432,7 @@ impl Plane {
         }
         let _ = std::fs::remove_file(self.resolv_of(task));
         let _ = std::fs::remove_file(self.hosts_of(task));
+        let _ = std::fs::remove_file(self.gw_of(task));
     }
 
     /// Keeps the namespaces of the tasks in `keep` (a live container, or a start under
@@ -367,7 +449,7 @@ impl Plane {
             for e in dir.flatten() {
                 let name = e.file_name();
                 let name = name.to_string_lossy();
-                // `<task>`, `<task>.resolv.conf`, `<task>.hosts`.
+                // `<task>`, `<task>.resolv.conf`, `<task>.hosts`, `<task>.gw`.
                 let id = name.split('.').next().unwrap_or_default();
                 if let Ok(t) = u64::from_str_radix(id, 16) {
                     found.insert(TaskId(t));
@@ -390,6 +472,17 @@ impl Plane {
             }
         }
     }
+}
+
+/// Turns on IPv4 forwarding in the daemon's namespace (as Docker does): the mesh sends
+/// connections on to other nodes, the local bridge sends tasks' traffic out.
+fn forward() -> Result<(), String> {
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+        .map_err(|e| format!("turning on IPv4 forwarding: {e}"))
+}
+
+fn read_addr(path: &Path) -> Option<Ipv4Addr> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 /// The overlay as the kernel module takes it.

@@ -47,6 +47,8 @@ pub struct DaemonConfig {
     pub labels: Vec<(String, String)>,
     /// Insecure registries, CA directory: how this node reaches registries.
     pub registry: crate::image::pull::RegistryConfig,
+    /// Tasks get a way out through the node's local bridge (`--bridge none`: not).
+    pub bridge: bool,
 }
 
 /// Counts of what the driver could not do and had nobody to tell (shown by `info`).
@@ -153,6 +155,7 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         cfg.hostname.clone(),
         &cfg.labels,
         &cfg.data_dir,
+        cfg.bridge,
     )?;
     let resume_at = membership.as_ref().map(|m| m.listen);
     let stack = Stack::new(me, membership, StackConfig::default(), os_random()?);

@@ -5,6 +5,7 @@
 //! wire format (`dns`, pure). Nothing here decides what a node should have: callers hand
 //! in the desired state, these modules make the kernel match it.
 
+pub mod bridge;
 pub mod dns;
 pub mod dns_server;
 pub mod lb;

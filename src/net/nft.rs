@@ -138,11 +138,16 @@ pub enum Expr {
     L4Proto { dreg: Reg },
     /// Loads the name of the interface the packet leaves by (16 bytes, NUL-padded).
     OifName { dreg: Reg },
+    /// Loads the name of the interface the packet came in by (empty for one this host
+    /// sent).
+    IifName { dreg: Reg },
     /// Loads the routing type of the destination address (`fib daddr type`): 2 is
     /// local (RTN_LOCAL), as a host-order u32.
     FibDaddrType { dreg: Reg },
     /// Stops the rule unless the register equals `data`.
     Eq { sreg: Reg, data: Vec<u8> },
+    /// Stops the rule if the register equals `data`.
+    Neq { sreg: Reg, data: Vec<u8> },
     /// Puts `data` in a register.
     Immediate { dreg: Reg, data: Vec<u8> },
     /// Ends the rule with a verdict.
@@ -405,9 +410,9 @@ impl Batch {
     fn expr(&mut self, e: &Expr) {
         let name = match e {
             Expr::NetworkHeader { .. } | Expr::TransportHeader { .. } => "payload",
-            Expr::L4Proto { .. } | Expr::OifName { .. } => "meta",
+            Expr::L4Proto { .. } | Expr::OifName { .. } | Expr::IifName { .. } => "meta",
             Expr::FibDaddrType { .. } => "fib",
-            Expr::Eq { .. } => "cmp",
+            Expr::Eq { .. } | Expr::Neq { .. } => "cmp",
             Expr::Immediate { .. } | Expr::Verdict(_) => "immediate",
             Expr::Numgen { .. } => "numgen",
             Expr::Lookup { .. } => "lookup",
@@ -437,14 +442,22 @@ impl Batch {
                 self.be32_attr(1, *dreg as u32);
                 self.be32_attr(2, 7); // NFT_META_OIFNAME
             }
+            Expr::IifName { dreg } => {
+                self.be32_attr(1, *dreg as u32);
+                self.be32_attr(2, 6); // NFT_META_IIFNAME
+            }
             Expr::FibDaddrType { dreg } => {
                 self.be32_attr(1, *dreg as u32); // NFTA_FIB_DREG
                 self.be32_attr(2, 3); // NFTA_FIB_RESULT: NFT_FIB_RESULT_ADDRTYPE
                 self.be32_attr(3, 1 << 1); // NFTA_FIB_FLAGS: NFTA_FIB_F_DADDR
             }
-            Expr::Eq { sreg, data } => {
+            Expr::Eq { sreg, data } | Expr::Neq { sreg, data } => {
+                let op = match e {
+                    Expr::Eq { .. } => 0, // NFT_CMP_EQ
+                    _ => 1,               // NFT_CMP_NEQ
+                };
                 self.be32_attr(1, *sreg as u32); // NFTA_CMP_SREG
-                self.be32_attr(2, 0); // NFTA_CMP_OP: NFT_CMP_EQ
+                self.be32_attr(2, op); // NFTA_CMP_OP
                 let d = self.nest(3); // NFTA_CMP_DATA
                 self.bytes_attr(1, data); // NFTA_DATA_VALUE
                 self.end_nest(d);

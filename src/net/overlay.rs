@@ -362,24 +362,39 @@ pub fn reconcile(rtnl: &mut Rtnl, want: &[OverlayNet]) -> Result<usize, RtnlErro
 /// the other in the task's namespace with its address. Does nothing if the pair is
 /// there; on any failure removes what it made, so no half-wired endpoint stays.
 pub fn attach(rtnl: &mut Rtnl, net: &OverlayNet, ep: &Endpoint) -> Result<(), RtnlError> {
-    let host = host_veth(net.vni, ep.ip);
     let bridge = rtnl.link(&bridge_name(net.vni))?.ok_or_else(|| {
         RtnlError::Protocol(format!("overlay network {} is not set up here", net.vni))
     })?;
+    attach_to(rtnl, &bridge, net.vni, net.mtu, ep, None)
+}
+
+/// [`attach`] to any bridge of ours: `key` tells the endpoint's veth names apart from
+/// those of the same address on other bridges (a network's VNI; 0, which no network
+/// has, for the node's local bridge), and `gateway`, when given, becomes the default
+/// route inside the namespace.
+pub fn attach_to(
+    rtnl: &mut Rtnl,
+    bridge: &Link,
+    key: u32,
+    mtu: u32,
+    ep: &Endpoint,
+    gateway: Option<Ipv4Addr>,
+) -> Result<(), RtnlError> {
+    let host = host_veth(key, ep.ip);
     if let Some(l) = rtnl.link(&host)? {
         if l.master == Some(bridge.index) && l.up {
             return Ok(());
         }
         rtnl.del_link(l.index)?;
     }
-    let peer = peer_veth(net.vni, ep.ip);
+    let peer = peer_veth(key, ep.ip);
     rtnl.add_link(&NewLink::Veth {
         name: host.clone(),
         peer: peer.clone(),
-        mtu: net.mtu,
+        mtu,
         peer_mac: Some(mac_of(ep.ip)),
     })?;
-    let wired = wire(rtnl, &bridge, &host, &peer, ep);
+    let wired = wire(rtnl, bridge, &host, &peer, ep, gateway);
     if wired.is_err() {
         if let Ok(Some(l)) = rtnl.link(&host) {
             let _ = rtnl.del_link(l.index);
@@ -394,6 +409,7 @@ fn wire(
     host: &str,
     peer: &str,
     ep: &Endpoint,
+    gateway: Option<Ipv4Addr>,
 ) -> Result<(), RtnlError> {
     let ns = File::open(&ep.netns).map_err(|source| RtnlError::Netns {
         path: ep.netns.clone(),
@@ -430,6 +446,9 @@ fn wire(
                 ..LinkSet::default()
             },
         )?;
+        if let Some(gw) = gateway {
+            inner.set_route(Ipv4Addr::UNSPECIFIED, 0, Some(gw), p.index)?;
+        }
         if let Some(lo) = inner.link("lo")? {
             inner.set_link(
                 lo.index,

@@ -138,6 +138,12 @@ impl Daemon {
             .arg(self.dir.join("data"))
             .args(["--hostname", &self.name])
             .args(&self.extra)
+            // On the host's own network the local bridge (with its NAT to the host's
+            // uplink) would give test containers a way off the machine: none there.
+            .args(match self.netns {
+                Some(_) => &[][..],
+                None => &["--bridge", "none"][..],
+            })
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
