@@ -248,6 +248,65 @@ fn services_reach_each_other_by_name_and_through_the_mesh_across_hosts() {
         assert_eq!(got, all, "through {url}");
     }
 
+    // Host mode: only the nodes running a task listen, straight into it, and the task
+    // sees the client's own address (the mesh's masquerade would hide it).
+    let out = m.ok(&[
+        "service",
+        "create",
+        "--name",
+        "direct",
+        "--replicas",
+        "2",
+        "-p",
+        "published=8081,target=80,mode=host",
+        &image,
+        "sh",
+        "-c",
+        "mkdir -p /www/cgi-bin \
+         && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $REMOTE_ADDR\\n' \
+            > /www/cgi-bin/who && busybox chmod +x /www/cgi-bin/who \
+         && exec busybox httpd -f -p 80 -h /www",
+    ]);
+    assert!(out.contains("verify: Service converged"), "{out}");
+    let ls = m.ok(&["service", "ls"]);
+    assert!(
+        ls.contains("*:8081->80/tcp") || ls.contains(":8081->80/tcp"),
+        "{ls}"
+    );
+    // (A task's port opens on its node once the node hears it runs: a moment after
+    // the CLI saw it.)
+    let ask = |i: usize| {
+        let url = format!("http://10.79.0.{i}:8081/cgi-bin/who");
+        let o = std::process::Command::new("ip")
+            .args([
+                "netns", "exec", &hub, "timeout", "5", "busybox", "wget", "-q", "-O", "-", &url,
+            ])
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        )
+    };
+    for (i, d) in nodes.iter().enumerate() {
+        match container_of(d, "direct") {
+            // busybox httpd names an IPv4 client as an IPv6-mapped address.
+            Some(_) => {
+                wait_for(5, &format!("port 8081 on {}", d.name), || ask(i + 1).0);
+                let (_, said) = ask(i + 1);
+                assert_eq!(
+                    said, "[::ffff:10.79.0.254]",
+                    "the client's own address on {}",
+                    d.name
+                );
+            }
+            None => {
+                let (ok, said) = ask(i + 1);
+                assert!(!ok, "port 8081: no task on {}, yet {said:?}", d.name);
+            }
+        }
+    }
+
     // A network in use stays, and says who uses it.
     let o = m.cli(&["network", "rm", "test"]);
     let e = String::from_utf8_lossy(&o.stderr);

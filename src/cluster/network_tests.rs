@@ -201,7 +201,7 @@ fn services_get_vips_and_ports_and_give_them_back() {
     assert_eq!(
         e.to_string(),
         format!(
-            "port '8080' is already in use by service 'web ({})' as an ingress port",
+            "port '8080' is already in use by service 'web ({})'",
             ServiceId(1)
         )
     );
@@ -406,4 +406,39 @@ fn each_node_sees_remote_endpoints_serving_tasks_and_the_mesh() {
     assert_eq!(front.services[0].tasks.len(), 1);
     assert_eq!(front.remote.len(), 2);
     assert_eq!(views[&n1].published[0].backends.len(), 1);
+
+    // Host mode: a running task's port on its own node only, and never in the mesh;
+    // its port is the cluster's like any other.
+    create(
+        &mut s,
+        2,
+        svc("direct", &[], &["mode=host,published=9000,target=90"]),
+    )
+    .unwrap();
+    let e = create(&mut s, 3, svc("again", &[], &["9000:91"])).unwrap_err();
+    assert!(
+        e.to_string().contains("port '9000' is already in use"),
+        "{e}"
+    );
+    let (d1, d2) = (make_task(&mut s, 2), make_task(&mut s, 2));
+    s.apply(&Command::Service(Box::new(ServiceCommand::Tasks {
+        at_ms: 5,
+        ops: vec![
+            TaskOp::Assign { task: d1, node: n1 },
+            TaskOp::Assign { task: d2, node: n2 },
+        ],
+    })))
+    .unwrap();
+    s.apply(&report(n1, d1, TaskState::Running)).unwrap();
+    s.apply(&report(n2, d2, TaskState::Starting)).unwrap();
+    let nodes = BTreeMap::from([
+        (n1, at([192, 168, 1, 1], true)),
+        (n2, at([192, 168, 1, 2], true)),
+    ]);
+    let views = s.networks.node_views(&s.services, &nodes);
+    let h = &views[&n1].host_published;
+    assert_eq!(h.len(), 1, "{h:?}");
+    assert_eq!((h[0].published, h[0].target, h[0].task), (9000, 90, d1));
+    assert!(views[&n2].host_published.is_empty(), "not running yet");
+    assert!(views[&n1].published.iter().all(|p| p.published != 9000));
 }

@@ -519,21 +519,10 @@ fn each_named<C>(
     Ok((cmds, names.join("\n")))
 }
 
-/// The networks a spec names, by id (a user gives names or id prefixes). What nodes do
-/// not wire yet is refused rather than run without it: host-mode publishing, and
-/// encrypted networks (whose traffic must never go out in the clear).
+/// The networks a spec names, by id (a user gives names or id prefixes). Encrypted
+/// networks are refused until nodes encrypt (their traffic must never go out in the
+/// clear).
 fn resolve_networks(c: &ClusterState, spec: &mut ServiceSpec) -> Result<(), String> {
-    if let Some(p) = spec
-        .endpoint
-        .ports
-        .iter()
-        .find(|p| p.mode == crate::services::spec::PublishMode::Host)
-    {
-        return Err(format!(
-            "publishing port {} in host mode is not built yet; publish it in ingress mode (the routing mesh)",
-            p.target
-        ));
-    }
     for n in &mut spec.task.networks {
         *n = c
             .networks

@@ -66,6 +66,8 @@ pub struct Plane {
     dir: PathBuf,
     rtnl: Option<Rtnl>,
     mesh: Option<Mesh>,
+    /// The table of ports this node's tasks publish in host mode.
+    host: Option<Mesh>,
     dns: Dns,
     net: NodeNet,
     /// The networks whose names the DNS server holds, by VNI.
@@ -98,6 +100,7 @@ impl Plane {
             dir,
             rtnl: None,
             mesh: None,
+            host: None,
             dns: Dns::new(upstreams),
             net: NodeNet::default(),
             named: BTreeSet::new(),
@@ -164,6 +167,11 @@ impl Plane {
                     let _ = m.clear();
                 }
             }
+            if self.net.host_published.is_empty() {
+                if let Ok(mut m) = Mesh::host() {
+                    let _ = m.clear();
+                }
+            }
         }
         let want = self.overlays()?;
         let ingress = self.net.networks.iter().find(|n| n.ingress).cloned();
@@ -175,6 +183,7 @@ impl Plane {
                 .map_err(|e| format!("ingress address {ip}: {e}"))?;
         }
         self.sync_mesh(ingress.as_ref())?;
+        self.sync_host()?;
         let mut failed = Vec::new();
         for (task, w) in &mut self.wired {
             let want = balanced(&self.net, &w.endpoints);
@@ -249,6 +258,42 @@ impl Plane {
         }
         if let Some(m) = &mut self.mesh {
             m.sync(&want).map_err(|e| format!("routing mesh: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Host-mode ports: straight to the local task's address on the local bridge (the
+    /// host reaches it there; the client's address is kept).
+    fn sync_host(&mut self) -> Result<(), String> {
+        let mut want = Published::new();
+        for h in &self.net.host_published {
+            let Some(gw) = self.wired.get(&h.task).and_then(|w| w.gw) else {
+                // Not wired yet (the next set repeats it), or no local bridge.
+                continue;
+            };
+            let proto = match h.protocol {
+                Protocol::Tcp => Proto::Tcp,
+                Protocol::Udp => Proto::Udp,
+            };
+            want.entry(Port {
+                proto,
+                port: h.published,
+            })
+            .or_default()
+            .push((gw, h.target));
+        }
+        if want.is_empty() {
+            if let Some(mut m) = self.host.take() {
+                m.clear().map_err(|e| format!("host ports: {e}"))?;
+            }
+            return Ok(());
+        }
+        forward().map_err(|e| format!("host ports: {e}"))?;
+        if self.host.is_none() {
+            self.host = Some(Mesh::host().map_err(|e| format!("host ports: {e}"))?);
+        }
+        if let Some(m) = &mut self.host {
+            m.sync(&want).map_err(|e| format!("host ports: {e}"))?;
         }
         Ok(())
     }

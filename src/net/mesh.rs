@@ -29,6 +29,8 @@ use super::nft::{
 };
 
 pub const TABLE: &str = "swarmlet-mesh";
+/// The table of host-mode ports.
+pub const HOST_TABLE: &str = "swarmlet-host";
 
 /// Backends per published port at most (see `lb::MAX_BACKENDS`).
 pub const MAX_BACKENDS: usize = super::lb::MAX_BACKENDS;
@@ -77,8 +79,11 @@ pub type Published = BTreeMap<Port, Vec<(Ipv4Addr, u16)>>;
 /// The mesh of one node.
 pub struct Mesh {
     table: Synced<Published>,
-    /// The ingress network's bridge: what leaves by it is masqueraded.
-    bridge: String,
+    /// The nf_tables table: [`TABLE`], or [`HOST_TABLE`] for host-mode ports.
+    name: &'static str,
+    /// The ingress network's bridge: what leaves by it is masqueraded (none for
+    /// host-mode ports, which go straight to a local task and keep the client's address).
+    bridge: Option<String>,
 }
 
 impl Mesh {
@@ -86,7 +91,18 @@ impl Mesh {
     pub fn open(bridge: &str) -> Result<Mesh, NftError> {
         Ok(Mesh {
             table: Synced::new(Nft::open()?),
-            bridge: bridge.to_string(),
+            name: TABLE,
+            bridge: Some(bridge.to_string()),
+        })
+    }
+
+    /// The table of the ports this node's tasks publish in host mode: the same
+    /// dispatch, to local tasks' addresses, with no masquerade.
+    pub fn host() -> Result<Mesh, NftError> {
+        Ok(Mesh {
+            table: Synced::new(Nft::open()?),
+            name: HOST_TABLE,
+            bridge: None,
         })
     }
 
@@ -98,16 +114,16 @@ impl Mesh {
                 b.len()
             )));
         }
-        let bridge = &self.bridge;
+        let (name, bridge) = (self.name, self.bridge.as_deref());
         self.table.sync(want, |held| match held {
-            None => (rebuild(bridge, want), want.len()),
-            Some(have) => changes(have, want),
+            None => (rebuild_table(name, bridge, want), want.len()),
+            Some(have) => changes_in(name, have, want),
         })
     }
 
     /// Removes the table.
     pub fn clear(&mut self) -> Result<(), NftError> {
-        self.table.clear(TABLE)
+        self.table.clear(self.name)
     }
 }
 
@@ -142,52 +158,62 @@ fn dispatch() -> Vec<Expr> {
 }
 
 pub fn rebuild(bridge: &str, want: &Published) -> Batch {
+    rebuild_table(TABLE, Some(bridge), want)
+}
+
+fn rebuild_table(table: &str, bridge: Option<&str>, want: &Published) -> Batch {
     let mut b = Batch::new(NFPROTO_IPV4);
-    b.add_table(TABLE);
-    b.del_table(TABLE);
-    b.add_table(TABLE);
-    b.add_map(TABLE, "ports", KeyType::ProtoPort, MapData::Verdict);
-    for (name, hook, priority) in [
-        ("pre", Hook::Prerouting, -100),
-        ("out", Hook::Output, -100),
-        ("post", Hook::Postrouting, 100),
-    ] {
+    b.add_table(table);
+    b.del_table(table);
+    b.add_table(table);
+    b.add_map(table, "ports", KeyType::ProtoPort, MapData::Verdict);
+    let mut chains = vec![("pre", Hook::Prerouting, -100), ("out", Hook::Output, -100)];
+    if bridge.is_some() {
+        chains.push(("post", Hook::Postrouting, 100));
+    }
+    for (name, hook, priority) in chains {
         let base = BaseChain {
             hook,
             priority,
             kind: ChainType::Nat,
         };
-        b.add_chain(TABLE, name, Some(base));
+        b.add_chain(table, name, Some(base));
     }
-    b.add_rule(TABLE, "pre", &dispatch());
-    b.add_rule(TABLE, "out", &dispatch());
-    b.add_rule(
-        TABLE,
-        "post",
-        &[
-            Expr::OifName { dreg: Reg::R1 },
-            Expr::Eq {
-                sreg: Reg::R1,
-                data: ifname_bytes(bridge),
-            },
-            Expr::Masquerade,
-        ],
-    );
+    b.add_rule(table, "pre", &dispatch());
+    b.add_rule(table, "out", &dispatch());
+    if let Some(bridge) = bridge {
+        b.add_rule(
+            table,
+            "post",
+            &[
+                Expr::OifName { dreg: Reg::R1 },
+                Expr::Eq {
+                    sreg: Reg::R1,
+                    data: ifname_bytes(bridge),
+                },
+                Expr::Masquerade,
+            ],
+        );
+    }
     for (p, backends) in want {
-        add_port(&mut b, *p, backends);
+        add_port(&mut b, table, *p, backends);
     }
     b
 }
 
 pub fn changes(have: &Published, want: &Published) -> (Batch, usize) {
+    changes_in(TABLE, have, want)
+}
+
+fn changes_in(table: &str, have: &Published, want: &Published) -> (Batch, usize) {
     let mut b = Batch::new(NFPROTO_IPV4);
     let mut n = 0;
     for p in have.keys() {
         if !want.contains_key(p) {
-            b.del_elems(TABLE, "ports", &[proto_port_key(p.proto.number(), p.port)]);
-            b.flush_chain(TABLE, &port_chain(*p));
-            b.del_chain(TABLE, &port_chain(*p));
-            b.del_map(TABLE, &port_map(*p));
+            b.del_elems(table, "ports", &[proto_port_key(p.proto.number(), p.port)]);
+            b.flush_chain(table, &port_chain(*p));
+            b.del_chain(table, &port_chain(*p));
+            b.del_map(table, &port_map(*p));
             n += 1;
         }
     }
@@ -195,13 +221,13 @@ pub fn changes(have: &Published, want: &Published) -> (Batch, usize) {
         match have.get(p) {
             Some(old) if old == backends => {}
             Some(_) => {
-                b.flush_chain(TABLE, &port_chain(*p));
-                b.del_elems(TABLE, &port_map(*p), &[]);
-                fill(&mut b, *p, backends);
+                b.flush_chain(table, &port_chain(*p));
+                b.del_elems(table, &port_map(*p), &[]);
+                fill(&mut b, table, *p, backends);
                 n += 1;
             }
             None => {
-                add_port(&mut b, *p, backends);
+                add_port(&mut b, table, *p, backends);
                 n += 1;
             }
         }
@@ -209,12 +235,12 @@ pub fn changes(have: &Published, want: &Published) -> (Batch, usize) {
     (b, n)
 }
 
-fn add_port(b: &mut Batch, p: Port, backends: &[(Ipv4Addr, u16)]) {
-    b.add_map(TABLE, &port_map(p), KeyType::Integer, MapData::Ipv4Port);
-    b.add_chain(TABLE, &port_chain(p), None);
-    fill(b, p, backends);
+fn add_port(b: &mut Batch, table: &str, p: Port, backends: &[(Ipv4Addr, u16)]) {
+    b.add_map(table, &port_map(p), KeyType::Integer, MapData::Ipv4Port);
+    b.add_chain(table, &port_chain(p), None);
+    fill(b, table, p, backends);
     b.set_elems(
-        TABLE,
+        table,
         "ports",
         &[(
             proto_port_key(p.proto.number(), p.port),
@@ -224,21 +250,21 @@ fn add_port(b: &mut Batch, p: Port, backends: &[(Ipv4Addr, u16)]) {
 }
 
 /// The port chain's rule and map; with no backend, the chain refuses.
-fn fill(b: &mut Batch, p: Port, backends: &[(Ipv4Addr, u16)]) {
+fn fill(b: &mut Batch, table: &str, p: Port, backends: &[(Ipv4Addr, u16)]) {
     if backends.is_empty() {
         // No task runs: drop, so the client sees what it would on a node without the
         // port (a refusal needs a filter chain; nat chains cannot reject).
-        b.add_rule(TABLE, &port_chain(p), &[Expr::Verdict(Verdict::Drop)]);
+        b.add_rule(table, &port_chain(p), &[Expr::Verdict(Verdict::Drop)]);
         return;
     }
     let elems: Vec<(Vec<u8>, Value)> = (0u32..)
         .zip(backends)
         .map(|(i, (ip, port))| (index_key(i), Value::Bytes(ip_port_bytes(*ip, *port))))
         .collect();
-    b.set_elems(TABLE, &port_map(p), &elems);
+    b.set_elems(table, &port_map(p), &elems);
     let n = u32::try_from(backends.len()).unwrap_or(u32::MAX);
     b.add_rule(
-        TABLE,
+        table,
         &port_chain(p),
         &[
             Expr::Numgen {

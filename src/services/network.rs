@@ -119,7 +119,7 @@ pub enum NetworkError {
     TooManyNetworks,
     #[error("a cluster holds {MAX_NETWORKS} networks at most")]
     TooMany,
-    #[error("port '{0}' is already in use by service '{1}' as an ingress port")]
+    #[error("port '{0}' is already in use by service '{1}'")]
     PortInUse(u16, String),
     #[error("no free port is left in {}-{} to publish", AUTO_PORTS.start(), AUTO_PORTS.end())]
     NoFreePort,
@@ -447,11 +447,9 @@ impl Networks {
         self.published.remove(&id);
         if let Some(spec) = spec {
             let mut got = Vec::new();
+            // Host-mode ports are the cluster's too: a node never has one port taken
+            // twice (by the mesh and a task, or by two services' tasks).
             for p in &spec.endpoint.ports {
-                if p.mode != PublishMode::Ingress {
-                    got.push(p.published);
-                    continue;
-                }
                 let published = match p.published {
                     0 => self.free_port(p.protocol)?,
                     n => n,
@@ -628,6 +626,17 @@ pub struct NodeNet {
     pub ingress_addr: Option<Ipv4Addr>,
     /// Ports published through the mesh.
     pub published: Vec<MeshPort>,
+    /// Ports its own serving tasks publish in host mode: they listen on this node only.
+    pub host_published: Vec<HostPort>,
+}
+
+/// A port a task publishes in host mode, on its own node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostPort {
+    pub protocol: Protocol,
+    pub published: u16,
+    pub task: TaskId,
+    pub target: u16,
 }
 
 /// A port published through the mesh: the running tasks' ingress addresses and target
@@ -687,6 +696,7 @@ impl Networks {
             BTreeMap::new();
         let mut on_node: BTreeMap<NodeId, BTreeSet<NetworkId>> = BTreeMap::new();
         let mut published: BTreeMap<PortKey, Vec<(Ipv4Addr, u16)>> = BTreeMap::new();
+        let mut host_ports: BTreeMap<NodeId, Vec<HostPort>> = BTreeMap::new();
         let ingress = self.ingress().map(|n| n.id);
         for (tid, addrs) in &self.tasks {
             let Some(t) = store.tasks.get(tid) else {
@@ -730,6 +740,42 @@ impl Networks {
                 }
             }
         }
+        // Host-mode ports, of tasks on a network or not.
+        let host_mode: BTreeMap<ServiceId, Vec<&super::spec::PortConfig>> = store
+            .services
+            .values()
+            .filter_map(|s| {
+                let ports: Vec<_> = s
+                    .spec
+                    .endpoint
+                    .ports
+                    .iter()
+                    .filter(|p| p.mode == PublishMode::Host)
+                    .collect();
+                (!ports.is_empty()).then_some((s.id, ports))
+            })
+            .collect();
+        if !host_mode.is_empty() {
+            for t in store.tasks.values() {
+                let (Some(ports), Some(node)) = (host_mode.get(&t.service), t.node) else {
+                    continue;
+                };
+                let serves = t.state == TaskState::Running
+                    && t.desired == TaskState::Running
+                    && nodes.get(&node).is_some_and(|n| n.up);
+                if !serves {
+                    continue;
+                }
+                for p in ports {
+                    host_ports.entry(node).or_default().push(HostPort {
+                        protocol: p.protocol,
+                        published: p.published,
+                        task: t.id,
+                        target: p.target,
+                    });
+                }
+            }
+        }
         if let Some(i) = ingress {
             for (node, ip) in &self.nodes {
                 endpoints.entry(i).or_default().push((*ip, *node));
@@ -737,7 +783,15 @@ impl Networks {
         }
         // Ports with no serving task still get an (empty) entry: the mesh holds them.
         for (key, sid) in &self.ports {
-            if store.services.contains_key(sid) {
+            let ingress_port = store.services.get(sid).is_some_and(|s| {
+                let got = self.published.get(sid);
+                s.spec.endpoint.ports.iter().enumerate().any(|(i, p)| {
+                    p.mode == PublishMode::Ingress
+                        && p.protocol == key.protocol
+                        && got.and_then(|g| g.get(i)) == Some(&key.published)
+                })
+            });
+            if ingress_port {
                 published.entry(*key).or_default();
             }
         }
@@ -812,6 +866,7 @@ impl Networks {
                     networks,
                     ingress_addr: self.nodes.get(node).copied().filter(|_| mesh),
                     published: published.clone(),
+                    host_published: host_ports.remove(node).unwrap_or_default(),
                 },
             );
         }

@@ -350,6 +350,12 @@ impl ServiceSpec {
                     "no target port".into(),
                 ));
             }
+            if p.mode == PublishMode::Host && p.published == 0 {
+                return Err(SpecError::Publish(
+                    format!("target={},mode=host", p.target),
+                    "host mode needs a published port".into(),
+                ));
+            }
             let dup = ports[..i].iter().any(|q| {
                 p.published != 0 && q.published == p.published && q.protocol == p.protocol
             });
