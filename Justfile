@@ -52,6 +52,7 @@ bench:
     cargo bench --bench cluster
     cargo bench --bench runtime
     cargo bench --bench services
+    cargo bench --bench network
     just cross-build
     cargo bench --bench vm
     cargo test --release --lib gossip::tests::bench_ -- --ignored --nocapture

@@ -53,6 +53,10 @@ const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// of this.
 pub const MAX_BATCH: usize = 4 * 1024 * 1024;
 
+/// What the kernel charges a socket's receive buffer for one acknowledgement (a small
+/// datagram's whole allocation), with room to spare.
+const ANSWER_TRUESIZE: usize = 2048;
+
 /// Netfilter hooks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
@@ -647,6 +651,27 @@ impl Nft {
         })
     }
 
+    /// Makes the socket's buffers hold a batch of `bytes` (the kernel takes a batch in
+    /// one datagram) and its `answers` acknowledgements (each a small datagram the
+    /// kernel charges about a kilobyte for), as `nft` does; the defaults (about 200
+    /// KiB) hold a few hundred services' worth. Needs CAP_NET_ADMIN, which changing
+    /// nf_tables needs anyway.
+    fn fit(&mut self, bytes: usize, answers: usize) -> Result<(), NftError> {
+        use rustix::net::sockopt;
+        let fd = self.sock.as_fd();
+        let send = bytes.saturating_mul(2);
+        if sockopt::socket_send_buffer_size(fd).is_ok_and(|have| have < send) {
+            sockopt::set_socket_send_buffer_size_force(fd, send)
+                .map_err(|e| NftError::Socket(e.into()))?;
+        }
+        let recv = answers.saturating_add(1).saturating_mul(ANSWER_TRUESIZE);
+        if sockopt::socket_recv_buffer_size(fd).is_ok_and(|have| have < recv) {
+            sockopt::set_socket_recv_buffer_size_force(fd, recv)
+                .map_err(|e| NftError::Socket(e.into()))?;
+        }
+        Ok(())
+    }
+
     /// Sends a batch and waits for the kernel's answer to every message in it. The
     /// kernel applies a batch whole or not at all; the first refusal is returned.
     pub fn commit(&mut self, batch: Batch) -> Result<(), NftError> {
@@ -660,6 +685,7 @@ impl Nft {
             )));
         }
         let (bytes, what) = batch.finish();
+        self.fit(bytes.len(), what.len())?;
         // Answers a timed-out earlier commit never read would be taken for this one's.
         while self
             .sock

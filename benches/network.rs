@@ -1,0 +1,307 @@
+//! Networking benchmarks, through the real kernel in network namespaces (needs root;
+//! without it each figure says it was skipped). Prints `BENCH <name> <value> <unit>`.
+//!
+//! - the routing mesh against straight to a task: two hosts joined by the ingress
+//!   overlay, a task on each. From host 1's own namespace, a request (connect, 64 bytes
+//!   each way, close) to the task's address, and the same through host 1's published
+//!   port, whose only backend is that task: the difference is what the mesh adds (its
+//!   DNAT, masquerade and conntrack). Once to the local task, once to the remote one
+//!   (over VXLAN both ways). Median of 2,000 requests each, and the ratio. Then bulk
+//!   throughput, 256 MiB one way, both paths, and the ratio. Goal: at most 10% latency
+//!   added.
+//! - the embedded DNS server: a task's A query for a service name, answered from the
+//!   tables, round trip from inside the task's namespace. Median of 5,000.
+//! - the VIP balancer: one service's backends changed with 10 and with 1,000 services
+//!   in the table. Median of 200 changes each; the goal is flat (about a millisecond,
+//!   whatever the number of services).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::cast_possible_truncation,
+    clippy::cast_precision_loss
+)] // bench code
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use support::netio::{ip, netns_exec};
+use support::Net;
+use swarmlet::net::dns_server::Dns;
+use swarmlet::net::lb::{Balancer, Services};
+use swarmlet::net::mesh::{Mesh, Port, Proto, Published};
+use swarmlet::net::names::{NetworkNames, ServiceNames};
+use swarmlet::net::overlay::{
+    attach, bridge_name, reconcile, set_node_address, Endpoint, OverlayNet,
+};
+use swarmlet::net::rtnl::{in_netns, Rtnl};
+
+const VNI: u32 = 4096;
+const REQUESTS: usize = 2_000;
+const BULK: usize = 256 << 20;
+
+fn main() {
+    // `cargo bench` passes --bench; nextest listing the target (--list) must not run it.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    if !support::is_root() {
+        for name in ["mesh", "dns", "lb"] {
+            println!("BENCH network_{name} skipped (needs root: network namespaces)");
+        }
+        return;
+    }
+    mesh_bench();
+    dns_bench();
+    lb_bench();
+}
+
+/// A server in a namespace: each connection gets its first 64 bytes echoed, or (when
+/// the client says "bulk") everything it sends read and counted.
+fn serve(ns: &str, at: SocketAddr) {
+    let l: TcpListener = in_netns(ns, move || TcpListener::bind(at))
+        .unwrap()
+        .unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 << 10];
+                let mut first = [0u8; 64];
+                if s.read_exact(&mut first).is_err() {
+                    return;
+                }
+                if first.starts_with(b"bulk") {
+                    let mut total = 0u64;
+                    while let Ok(n) = s.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        total += n as u64;
+                    }
+                    let _ = s.write_all(&total.to_be_bytes());
+                } else {
+                    let _ = s.write_all(&first);
+                }
+            });
+        }
+    });
+}
+
+/// Connect, 64 bytes each way, close: the time of each, from inside `ns`.
+fn requests(ns: &str, to: SocketAddr, n: usize) -> Vec<Duration> {
+    in_netns(ns, move || {
+        (0..n)
+            .map(|_| {
+                let t = Instant::now();
+                let mut s = TcpStream::connect(to).unwrap();
+                s.set_nodelay(true).unwrap();
+                s.write_all(&[7u8; 64]).unwrap();
+                let mut back = [0u8; 64];
+                s.read_exact(&mut back).unwrap();
+                drop(s);
+                t.elapsed()
+            })
+            .collect()
+    })
+    .unwrap()
+}
+
+/// Sends [`BULK`] bytes; MiB/s.
+fn bulk(ns: &str, to: SocketAddr) -> f64 {
+    in_netns(ns, move || {
+        let mut s = TcpStream::connect(to).unwrap();
+        let mut head = [0u8; 64];
+        head[..4].copy_from_slice(b"bulk");
+        s.write_all(&head).unwrap();
+        let chunk = vec![1u8; 64 << 10];
+        let t = Instant::now();
+        let mut sent = 0;
+        while sent < BULK {
+            s.write_all(&chunk).unwrap();
+            sent += chunk.len();
+        }
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut got = [0u8; 8];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(u64::from_be_bytes(got) as usize, sent);
+        sent as f64 / (1 << 20) as f64 / t.elapsed().as_secs_f64()
+    })
+    .unwrap()
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+fn mesh_bench() {
+    let mut net = Net::new("bnm");
+    let hosts = [
+        format!("/var/run/netns/{}", net.host(1, "10.76.0.1")),
+        format!("/var/run/netns/{}", net.host(2, "10.76.0.2")),
+    ];
+    let under = |i: usize| ip(&format!("10.76.0.{}", i + 1));
+    let node = |i: usize| ip(&format!("10.0.0.{}", i + 2));
+    let task = |i: usize| ip(&format!("10.0.0.{}", i + 4));
+    let mut meshes = Vec::new();
+    for (i, host) in hosts.iter().enumerate() {
+        let o = 1 - i;
+        let ov = OverlayNet {
+            vni: VNI,
+            mtu: 1450,
+            local: under(i),
+            remote: BTreeMap::from([(node(o), under(o)), (task(o), under(o))]),
+        };
+        let mut r = Rtnl::open_in(host).unwrap();
+        reconcile(&mut r, std::slice::from_ref(&ov)).unwrap();
+        set_node_address(&mut r, VNI, node(i), 24).unwrap();
+        let t = net.bare(&format!("t{i}"));
+        let ep = Endpoint {
+            netns: t.clone(),
+            ifname: "eth0".into(),
+            ip: task(i),
+            prefix: 24,
+        };
+        attach(&mut r, &ov, &ep).unwrap();
+        serve(&t, SocketAddr::from((task(i), 80)));
+        netns_exec(host, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        let bridge = bridge_name(VNI);
+        meshes.push(
+            in_netns(host, move || Mesh::open(&bridge))
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    let h1 = &hosts[0];
+    let port = Port {
+        proto: Proto::Tcp,
+        port: 8080,
+    };
+    let published = SocketAddr::from((under(0), 8080));
+    for (which, t) in [("local", 0), ("remote", 1)] {
+        meshes[0]
+            .sync(&Published::from([(port, vec![(task(t), 80)])]))
+            .unwrap();
+        let direct_at = SocketAddr::from((task(t), 80));
+        // Warm both paths (ARP, conntrack, caches) before measuring.
+        requests(h1, direct_at, 50);
+        requests(h1, published, 50);
+        let direct = median(&mut requests(h1, direct_at, REQUESTS));
+        let mesh = median(&mut requests(h1, published, REQUESTS));
+        println!(
+            "BENCH mesh_request_{which}_task_median {:.1} us",
+            mesh.as_secs_f64() * 1e6
+        );
+        println!(
+            "BENCH direct_request_{which}_task_median {:.1} us",
+            direct.as_secs_f64() * 1e6
+        );
+        println!(
+            "BENCH mesh_over_direct_latency_{which} {:.3} ratio",
+            mesh.as_secs_f64() / direct.as_secs_f64()
+        );
+        let d = bulk(h1, direct_at);
+        let m = bulk(h1, published);
+        println!("BENCH mesh_throughput_{which}_task {m:.0} MiB/s");
+        println!("BENCH direct_throughput_{which}_task {d:.0} MiB/s");
+        println!("BENCH mesh_over_direct_throughput_{which} {:.3} ratio", m / d);
+    }
+    drop(meshes);
+    drop(net);
+}
+
+/// A type-A query for `name`.
+fn query(name: &str, id: u16) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for l in name.split('.') {
+        q.push(l.len() as u8);
+        q.extend_from_slice(l.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+fn dns_bench() {
+    let mut net = Net::new("bnd");
+    let c = net.bare("c");
+    netns_exec(&c, &["ip", "link", "set", "lo", "up"]);
+    let mut dns = Dns::new(vec![]);
+    let mut names = NetworkNames::new();
+    for s in 0..100u8 {
+        names.insert(
+            format!("svc{s}"),
+            ServiceNames {
+                vip: Some(Ipv4Addr::new(10, 0, 1, s)),
+                tasks: (0..5u8)
+                    .map(|t| (format!("svc{s}.{t}.x"), Ipv4Addr::new(10, 0, 2, t)))
+                    .collect(),
+            },
+        );
+    }
+    dns.set_names(VNI, Some(names));
+    dns.serve("c", &c, vec![VNI]).unwrap();
+    let sock = in_netns(&c, || UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
+    sock.connect("127.0.0.11:53").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut times = Vec::new();
+    let mut buf = [0u8; 512];
+    for i in 0..5_050u16 {
+        let q = query("svc42", i);
+        let t = Instant::now();
+        sock.send(&q).unwrap();
+        let n = sock.recv(&mut buf).unwrap();
+        let took = t.elapsed();
+        assert!(n > q.len() && buf[..2] == i.to_be_bytes(), "an answer to {i}");
+        if i >= 50 {
+            times.push(took);
+        }
+    }
+    println!(
+        "BENCH dns_answer_median {:.1} us",
+        median(&mut times).as_secs_f64() * 1e6
+    );
+    dns.stop("c");
+    drop(net);
+}
+
+fn lb_bench() {
+    let mut net = Net::new("bnl");
+    let c = net.bare("c");
+    let mut lb = Balancer::open_in(&c).unwrap();
+    for n in [10u32, 1_000] {
+        let vip = |i: u32| Ipv4Addr::from(0x0a80_0000 + i);
+        let backend = |i: u32, k: u32| Ipv4Addr::from(0x0a40_0000 + i * 8 + k);
+        let mut want: Services = (0..n)
+            .map(|i| (vip(i), (0..3).map(|k| backend(i, k)).collect()))
+            .collect();
+        let t = Instant::now();
+        lb.sync(&want).unwrap();
+        let built = t.elapsed();
+        let mut times = Vec::new();
+        for round in 0..200u32 {
+            let i = round % n;
+            let b = want.get_mut(&vip(i)).unwrap();
+            // One backend swapped for another: what a task replaced does.
+            b[round as usize % 3] = backend(i, 3 + round % 4);
+            let t = Instant::now();
+            assert_eq!(lb.sync(&want).unwrap(), 1);
+            times.push(t.elapsed());
+        }
+        println!(
+            "BENCH lb_build_{n}_services {:.2} ms",
+            built.as_secs_f64() * 1e3
+        );
+        println!(
+            "BENCH lb_update_one_of_{n}_services_median {:.3} ms",
+            median(&mut times).as_secs_f64() * 1e3
+        );
+    }
+    lb.clear().unwrap();
+    drop(net);
+}
