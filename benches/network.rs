@@ -209,7 +209,10 @@ fn mesh_bench() {
         let m = bulk(h1, published);
         println!("BENCH mesh_throughput_{which}_task {m:.0} MiB/s");
         println!("BENCH direct_throughput_{which}_task {d:.0} MiB/s");
-        println!("BENCH mesh_over_direct_throughput_{which} {:.3} ratio", m / d);
+        println!(
+            "BENCH mesh_over_direct_throughput_{which} {:.3} ratio",
+            m / d
+        );
     }
     drop(meshes);
     drop(net);
@@ -257,7 +260,10 @@ fn dns_bench() {
         sock.send(&q).unwrap();
         let n = sock.recv(&mut buf).unwrap();
         let took = t.elapsed();
-        assert!(n > q.len() && buf[..2] == i.to_be_bytes(), "an answer to {i}");
+        assert!(
+            n > q.len() && buf[..2] == i.to_be_bytes(),
+            "an answer to {i}"
+        );
         if i >= 50 {
             times.push(took);
         }

@@ -1,7 +1,8 @@
 //! The nf_tables balancer through the real kernel: a client and two backends wired to
 //! one overlay network; connections to a VIP from the client's namespace go round robin
-//! over the backends, follow changes at once, are refused when there is no backend, and
-//! a balancer opened afresh (a daemon restart) rebuilds over what an earlier one left.
+//! over the backends, follow changes at once, are refused when there is no backend, a
+//! balancer opened afresh (a daemon restart) rebuilds over what an earlier one left, and
+//! a thousand services go in one batch.
 //!
 //! Needs root: marked ignored, so the runner reports it skipped unless run as root.
 
@@ -101,6 +102,17 @@ fn a_vip_balances_round_robin_follows_changes_and_refuses_when_empty() {
             .count(),
         1
     );
+
+    // A thousand services in one batch (a node's first sync in a big cluster): the
+    // socket takes it, and the service still balances among them.
+    let mut many = both.clone();
+    for i in 0..1_000u32 {
+        let b = std::net::Ipv4Addr::from(0x0a40_0000 + i * 4);
+        many.insert(std::net::Ipv4Addr::from(0x0a80_0000 + i), vec![b, b]);
+    }
+    assert_eq!(lb.sync(&many).unwrap(), 1_000);
+    assert!(["b1", "b2"].contains(&hello(c, "10.0.9.100:8080").unwrap().as_str()));
+    assert_eq!(lb.sync(&both).unwrap(), 1_000);
 
     // Gone: its chain and map with it; then the whole table.
     lb.sync(&Services::new()).unwrap();
