@@ -220,7 +220,7 @@ fn init_takes_its_address_pool_and_refuses_what_it_cannot_honour() {
         "--listen-addr",
         &d.addr(),
         "--default-addr-pool",
-        "172.30.0.0/16",
+        "172.30.0.0/24",
         "--default-addr-pool-mask-length",
         "26",
     ]);
@@ -233,4 +233,11 @@ fn init_takes_its_address_pool_and_refuses_what_it_cannot_honour() {
         inspect(&d, "n2")["IPAM"]["Config"][0]["Subnet"],
         "172.30.0.64/26"
     );
+    // Four /26 in the /24: two more networks, then the pool is spent, and says so.
+    d.ok(&["network", "create", "n3"]);
+    d.ok(&["network", "create", "n4"]);
+    let (c, e) = err(&d, &["network", "create", "n5"]);
+    assert_eq!(c, 1, "{e}");
+    assert!(e.contains("172.30.0.0/24"), "the spent pool is named: {e}");
+    assert!(!d.ok(&["network", "ls"]).contains("n5"), "nothing was made");
 }

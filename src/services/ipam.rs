@@ -59,8 +59,8 @@ pub enum IpamError {
     Gateway(Ipv4Addr, Ipv4Net),
     #[error("ip range {0} is not inside subnet {1}")]
     Range(Ipv4Net, Ipv4Net),
-    #[error("could not find an available, non-overlapping IPv4 address pool among the defaults to assign to the network")]
-    PoolExhausted,
+    #[error("could not find an available, non-overlapping IPv4 address pool among the defaults to assign to the network (pools {0})")]
+    PoolExhausted(String),
     #[error("no free VNI is left")]
     VniExhausted,
     #[error("no free address is left in network {0}'s subnet {1}")]
@@ -213,7 +213,12 @@ impl Pools {
                 }
             }
         }
-        Err(IpamError::PoolExhausted)
+        let pools: Vec<String> = self.pools.iter().map(ToString::to_string).collect();
+        Err(IpamError::PoolExhausted(format!(
+            "{} in /{}s",
+            pools.join(", "),
+            self.subnet_prefix
+        )))
     }
 }
 
@@ -386,7 +391,10 @@ mod tests {
         );
         let small = Pools::new(vec![net("192.168.0.0/23")], 24).unwrap();
         let taken = [net("192.168.0.0/24"), net("192.168.1.0/24")];
-        assert_eq!(small.next_subnet(&taken), Err(IpamError::PoolExhausted));
+        assert_eq!(
+            small.next_subnet(&taken),
+            Err(IpamError::PoolExhausted("192.168.0.0/23 in /24s".into()))
+        );
         // Two pools: the second is used when the first is full.
         let two = Pools::new(vec![net("192.168.0.0/24"), net("172.20.0.0/16")], 24).unwrap();
         assert_eq!(
