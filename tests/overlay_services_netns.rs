@@ -176,6 +176,10 @@ fn services_reach_each_other_by_name_and_through_the_mesh_across_hosts() {
         .unwrap_or_else(|| panic!("no VIP on test: {vips:?}"));
     for d in &nodes {
         let c = container_of(d, "client").unwrap_or_else(|| panic!("no client on {}", d.name));
+        // The CLI saw the tasks run; the nodes' tables follow a moment later.
+        wait_for(5, "tasks.web known to the client", || {
+            lookup(d, &c, "tasks.web").len() == 3
+        });
         assert_eq!(
             lookup(d, &c, "web"),
             BTreeSet::from([vip.clone()]),

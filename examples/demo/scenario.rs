@@ -96,12 +96,37 @@ impl Transcript {
 
     /// Sends `n` requests to `addr` from the bridge and prints who answered; returns the
     /// distinct answers. Panics if any fails.
+    /// Waits (10 s at most) until `addr` answers from `tasks` different tasks, then
+    /// sends `n` requests and prints who answered; returns the distinct answers. Panics
+    /// if any of the `n` fails. The CLI says a service converged when its tasks run;
+    /// the nodes' tables follow a moment later, and the wait, when there is one, is
+    /// printed.
     fn show_requests(
         &mut self,
         hub: &str,
         addr: &str,
         n: usize,
+        tasks: usize,
     ) -> std::collections::BTreeMap<String, usize> {
+        let start = Instant::now();
+        loop {
+            let (seen, failed) = ask(hub, addr, tasks * 2);
+            if failed.is_empty() && seen.len() >= tasks {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{addr} not answering from {tasks} tasks after 10 s: {seen:?} {failed:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let waited = start.elapsed();
+        if waited > Duration::from_millis(50) {
+            self.say(&format!(
+                "(http://{addr}/ answering from {tasks} task(s) {} ms after the command returned)\n",
+                waited.as_millis()
+            ));
+        }
         let (seen, failed) = ask(hub, addr, n);
         self.say(&format!(
             "({n} requests to http://{addr}/ from the bridge, answered by:)\n"
@@ -515,13 +540,13 @@ pub fn run(opts: &Options) -> Transcript {
     t.swarmlet(m, &["service", "ls"]);
     t.swarmlet(m, &["service", "ps", "test"]);
     let port = |i: usize, p: u16| format!("{}:{p}", NODES[i].1);
-    t.show_requests(&hub, &port(0, 5000), 3);
+    t.show_requests(&hub, &port(0, 5000), 3, 1);
 
     t.note("3. Scaled to six: one node's port 5000 answers with the tasks of all three nodes");
     t.swarmlet(m, &["service", "scale", "test=6"]);
     t.swarmlet(m, &["service", "ls"]);
     t.swarmlet(m, &["service", "ps", "test"]);
-    let seen = t.show_requests(&hub, &port(1, 5000), 12);
+    let seen = t.show_requests(&hub, &port(1, 5000), 12, 6);
     assert_eq!(
         seen.len(),
         6,
@@ -571,7 +596,7 @@ pub fn run(opts: &Options) -> Transcript {
     ));
     t.swarmlet(m, &["node", "ls"]);
     t.swarmlet(m, &["service", "ps", "test"]);
-    let seen = t.show_requests(&hub, &port(0, 5000), 12);
+    let seen = t.show_requests(&hub, &port(0, 5000), 12, 6);
     assert_eq!(
         seen.len(),
         6,
@@ -612,7 +637,7 @@ pub fn run(opts: &Options) -> Transcript {
         ],
     );
     t.swarmlet(m, &["service", "ps", "nginx"]);
-    let seen = t.show_requests(&hub, &port(1, 80), 12);
+    let seen = t.show_requests(&hub, &port(1, 80), 12, 2);
     assert!(
         seen.len() >= 2,
         "nginx spreads over the test tasks: {seen:?}"
