@@ -24,23 +24,17 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use support::netio::{ip, netns_exec};
+use support::netio::{netns_exec, MeshPair, MESH_VNI as VNI};
 use support::Net;
 use swarmlet::net::dns_server::Dns;
 use swarmlet::net::lb::{Balancer, Services};
-use swarmlet::net::mesh::{Mesh, Port, Proto, Published};
+use swarmlet::net::mesh::{Port, Proto, Published};
 use swarmlet::net::names::{NetworkNames, ServiceNames};
-use swarmlet::net::overlay::{
-    attach, bridge_name, reconcile, set_node_address, Endpoint, OverlayNet,
-};
-use swarmlet::net::rtnl::{in_netns, Rtnl};
-
-const VNI: u32 = 4096;
+use swarmlet::net::rtnl::in_netns;
 const REQUESTS: usize = 2_000;
 const BULK: usize = 256 << 20;
 
@@ -141,41 +135,14 @@ fn median(v: &mut [Duration]) -> Duration {
 
 fn mesh_bench() {
     let mut net = Net::new("bnm");
-    let hosts = [
-        format!("/var/run/netns/{}", net.host(1, "10.76.0.1")),
-        format!("/var/run/netns/{}", net.host(2, "10.76.0.2")),
-    ];
-    let under = |i: usize| ip(&format!("10.76.0.{}", i + 1));
-    let node = |i: usize| ip(&format!("10.0.0.{}", i + 2));
-    let task = |i: usize| ip(&format!("10.0.0.{}", i + 4));
-    let mut meshes = Vec::new();
-    for (i, host) in hosts.iter().enumerate() {
-        let o = 1 - i;
-        let ov = OverlayNet {
-            vni: VNI,
-            mtu: 1450,
-            local: under(i),
-            remote: BTreeMap::from([(node(o), under(o)), (task(o), under(o))]),
-        };
-        let mut r = Rtnl::open_in(host).unwrap();
-        reconcile(&mut r, std::slice::from_ref(&ov)).unwrap();
-        set_node_address(&mut r, VNI, node(i), 24).unwrap();
-        let t = net.bare(&format!("t{i}"));
-        let ep = Endpoint {
-            netns: t.clone(),
-            ifname: "eth0".into(),
-            ip: task(i),
-            prefix: 24,
-        };
-        attach(&mut r, &ov, &ep).unwrap();
-        serve(&t, SocketAddr::from((task(i), 80)));
-        netns_exec(host, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-        let bridge = bridge_name(VNI);
-        meshes.push(
-            in_netns(host, move || Mesh::open(&bridge))
-                .unwrap()
-                .unwrap(),
-        );
+    let MeshPair {
+        hosts,
+        tasks,
+        mut meshes,
+    } = MeshPair::new(&mut net, "10.76.0");
+    let (under, task) = (|i| MeshPair::under("10.76.0", i), MeshPair::task);
+    for (i, t) in tasks.iter().enumerate() {
+        serve(t, SocketAddr::from((task(i), 80)));
     }
     let h1 = &hosts[0];
     let port = Port {

@@ -9,62 +9,29 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-
-use support::netio::{hello, ip, name_server, netns_exec};
+use support::netio::{hello, name_server, netns_exec, MeshPair, MESH_VNI};
 use support::Net;
-use swarmlet::net::mesh::{self, Mesh, Port, Proto, Published};
-use swarmlet::net::overlay::{
-    attach, bridge_name, reconcile, set_node_address, Endpoint, OverlayNet,
-};
-use swarmlet::net::rtnl::{in_netns, Rtnl};
-
-const VNI: u32 = 4096;
+use swarmlet::net::mesh::{self, Port, Proto, Published};
+use swarmlet::net::overlay::set_node_address;
+use swarmlet::net::rtnl::Rtnl;
 
 #[test]
 #[ignore = "needs root: network namespaces"]
 fn a_published_port_answers_on_every_host_from_the_tasks_of_all() {
     let mut net = Net::new("msh");
     let hub = format!("/var/run/netns/{}", net.hub_addr("10.77.0.254"));
-    let hosts = [
-        format!("/var/run/netns/{}", net.host(1, "10.77.0.1")),
-        format!("/var/run/netns/{}", net.host(2, "10.77.0.2")),
-    ];
-    // Host i: underlay 10.77.0.i, its own ingress address 10.0.0.(1+i), its task's
-    // 10.0.0.(3+i).
-    let under = |i: usize| ip(&format!("10.77.0.{}", i + 1));
-    let node = |i: usize| ip(&format!("10.0.0.{}", i + 2));
-    let task = |i: usize| ip(&format!("10.0.0.{}", i + 4));
-    let mut meshes = Vec::new();
-    for i in 0..2 {
-        let o = 1 - i;
-        let ov = OverlayNet {
-            vni: VNI,
-            mtu: 1450,
-            local: under(i),
-            remote: BTreeMap::from([(node(o), under(o)), (task(o), under(o))]),
-        };
-        let mut r = Rtnl::open_in(&hosts[i]).unwrap();
-        reconcile(&mut r, std::slice::from_ref(&ov)).unwrap();
-        set_node_address(&mut r, VNI, node(i), 24).unwrap();
-        set_node_address(&mut r, VNI, node(i), 24).unwrap(); // again: nothing to do
-        let t = net.bare(&format!("t{i}"));
-        let ep = Endpoint {
-            netns: t.clone(),
-            ifname: "eth0".into(),
-            ip: task(i),
-            prefix: 24,
-        };
-        attach(&mut r, &ov, &ep).unwrap();
-        name_server(&t, &format!("{}:80", task(i)), ["t0", "t1"][i]);
-        netns_exec(&hosts[i], &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-        let bridge = bridge_name(VNI);
-        meshes.push(
-            in_netns(&hosts[i], move || Mesh::open(&bridge))
-                .unwrap()
-                .unwrap(),
-        );
+    let MeshPair {
+        hosts,
+        tasks,
+        mut meshes,
+    } = MeshPair::new(&mut net, "10.77.0");
+    let task = MeshPair::task;
+    for (i, t) in tasks.iter().enumerate() {
+        name_server(t, &format!("{}:80", task(i)), ["t0", "t1"][i]);
     }
+    // Again: nothing to do.
+    let mut r = Rtnl::open_in(&hosts[0]).unwrap();
+    set_node_address(&mut r, MESH_VNI, MeshPair::node(0), 24).unwrap();
     let p = Port {
         proto: Proto::Tcp,
         port: 8080,

@@ -13,25 +13,13 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 use support::image::TestImage;
 use support::netio::netns_exec;
 use support::registry::{Options, Registry};
 use support::{Daemon, Net};
-
-fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(secs),
-            "timed out after {secs} s waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    start.elapsed()
-}
 
 /// The id of the running container of service `svc` on node `d`.
 fn container_of(d: &Daemon, svc: &str) -> Option<String> {
@@ -94,27 +82,13 @@ fn services_reach_each_other_by_name_and_through_the_mesh_across_hosts() {
     let image = format!("{insecure}/bb:1");
     let image2 = format!("{insecure}/bb:2");
 
-    let mut nodes = Vec::new();
-    for (i, name) in ["n1", "n2", "n3"].iter().enumerate() {
-        let addr = format!("10.79.0.{}", i + 1);
-        let ns = net.host(i + 1, &addr);
-        nodes.push(Daemon::in_netns_with_args(
-            "ovl",
-            &ns,
-            name,
-            &addr,
-            &["--insecure-registry", &insecure],
-        ));
-    }
+    let nodes = support::three_nodes(
+        &mut net,
+        "ovl",
+        "10.79.0",
+        &["--insecure-registry", &insecure],
+    );
     let m = &nodes[0];
-    m.ok(&["init", "--listen-addr", &m.addr()]);
-    let wt = m.ok(&["join-token", "worker", "-q"]).trim().to_string();
-    for d in &nodes[1..] {
-        d.ok(&["join", &wt, &m.addr(), "--listen-addr", &d.addr()]);
-    }
-    wait_for(20, "3 ready nodes", || {
-        m.ok(&["node", "ls"]).matches("Ready").count() == 3
-    });
 
     m.ok(&["network", "create", "-d", "overlay", "test"]);
     // A web server per task answering with its task's hostname, one task per node.
@@ -177,7 +151,7 @@ fn services_reach_each_other_by_name_and_through_the_mesh_across_hosts() {
     for d in &nodes {
         let c = container_of(d, "client").unwrap_or_else(|| panic!("no client on {}", d.name));
         // The CLI saw the tasks run; the nodes' tables follow a moment later.
-        wait_for(5, "tasks.web known to the client", || {
+        support::wait_until(5, "tasks.web known to the client", || {
             lookup(d, &c, "tasks.web").len() == 3
         });
         assert_eq!(
@@ -296,7 +270,7 @@ fn services_reach_each_other_by_name_and_through_the_mesh_across_hosts() {
         match container_of(d, "direct") {
             // busybox httpd names an IPv4 client as an IPv6-mapped address.
             Some(_) => {
-                wait_for(5, &format!("port 8081 on {}", d.name), || ask(i + 1).0);
+                support::wait_until(5, &format!("port 8081 on {}", d.name), || ask(i + 1).0);
                 let (_, said) = ask(i + 1);
                 assert_eq!(
                     said, "[::ffff:10.79.0.254]",
@@ -323,7 +297,7 @@ fn services_reach_each_other_by_name_and_through_the_mesh_across_hosts() {
     // end being known.
     m.ok(&["service", "scale", "web=1"]);
     let c = container_of(&nodes[0], "client").unwrap();
-    let took = wait_for(30, "tasks.web down to one", || {
+    let took = support::wait_until(30, "tasks.web down to one", || {
         lookup(&nodes[0], &c, "tasks.web").len() == 1
     });
     eprintln!("scale 3 -> 1: tasks.web followed in {took:?}");
@@ -379,11 +353,11 @@ fn services_reach_each_other_by_name_and_through_the_mesh_across_hosts() {
     // Host n3 cut off: its task runs again on the survivors, and DNS and the
     // balancers name only tasks that answer.
     net.set_link(3, false);
-    wait_for(30, "web on the survivors only", || {
+    support::wait_until(30, "web on the survivors only", || {
         let ps = m.ok(&["service", "ps", "-f", "desired-state=running", "web"]);
         ps.lines().filter(|l| l.contains("Running")).count() == 3 && !ps.contains(" n3 ")
     });
-    let took = wait_for(5, "tasks.web names 3 tasks that answer", || {
+    let took = support::wait_until(5, "tasks.web names 3 tasks that answer", || {
         let addrs = lookup(&nodes[0], &c, "tasks.web");
         addrs.len() == 3
             && addrs.iter().all(|a| {

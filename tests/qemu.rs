@@ -183,8 +183,10 @@ fn running_on(tasks: &[serde_json::Value]) -> Vec<String> {
 }
 
 /// Issue 11's scenario on real kernels: three VMs (three managers), a 3-replica service
-/// from an image loaded on each node (no registry), one task per node; one VM's plug
-/// pulled, and its replica runs again on a survivor while `service ls` says 3/3.
+/// from an image loaded on each node (no registry), one task per node; then a web
+/// server per node on an overlay network, published through the routing mesh, reached
+/// through every node's port and from a task by name; then one VM's plug pulled, and
+/// its replica runs again on a survivor while `service ls` says 3/3.
 #[test]
 #[ignore = "needs root and QEMU"]
 fn a_dead_vms_replica_runs_again_on_the_survivors() {
@@ -217,6 +219,56 @@ fn a_dead_vms_replica_runs_again_on_the_survivors() {
         assert_eq!(ps.matches(" Up ").count(), 1, "{}: {ps}", vm.name);
         assert!(ps.contains("web."), "{}: {ps}", vm.name);
     }
+
+    // Networking on real kernels: an overlay network, one web server per node on it
+    // published on 8080. Every node's port answers from the tasks of all three; a task
+    // reaches the others by service name (the VIP) and knows them by `tasks.` name.
+    c.vms[0].ok("swarmlet network create -d overlay front");
+    let (code, out) = c.vms[0].exec(
+        "swarmlet service create --name www --mode global --network front -p 8080:80 \
+         --hostname 'www-{{.Node.Hostname}}' bb:1 \
+         sh -c 'mkdir -p /www && hostname > /www/index.html && exec busybox httpd -f -p 80 -h /www'",
+        Duration::from_secs(180),
+    );
+    assert_eq!(code, 0, "service create exited {code}: {out}");
+    let all_www: std::collections::BTreeSet<String> = ["www-node0", "www-node1", "www-node2"]
+        .map(String::from)
+        .into();
+    for i in 0..3 {
+        let url = format!("http://{}:8080/", support::qemu::node_addr((i + 1) % 3));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got: std::collections::BTreeSet<String> = (0..6)
+                .map(|_| {
+                    c.vms[i]
+                        .exec(&format!("wget -q -T 5 -O - {url}"), Duration::from_secs(20))
+                        .1
+                })
+                .map(|s| s.trim().to_string())
+                .collect();
+            if got == all_www {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node{i} asking {url}: {got:?}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    let ps = c.vms[0].ok("swarmlet ps -q -f label=com.docker.swarm.service.name=www");
+    let www0 = ps
+        .split_whitespace()
+        .next()
+        .unwrap_or_else(|| panic!("no www on node0: {ps}"));
+    let got: std::collections::BTreeSet<String> = (0..6)
+        .map(|_| {
+            c.vms[0].ok(&format!(
+                "swarmlet exec {www0} busybox wget -q -O - http://www/"
+            ))
+        })
+        .map(|s| s.trim().to_string())
+        .collect();
+    assert_eq!(got, all_www, "www by name from a task on node0");
+    let ns = c.vms[0].ok(&format!("swarmlet exec {www0} busybox nslookup tasks.www"));
+    assert_eq!(ns.matches("Address: 10.").count(), 3, "{ns}");
 
     // A non-leader goes, so two of the three managers (a quorum) stay to reschedule.
     let ls = c.vms[0].ok("swarmlet node ls");

@@ -10,24 +10,12 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 use support::image::TestImage;
 use support::registry::{Options, Registry};
 use support::{Daemon, Net};
-
-fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(secs),
-            "timed out after {secs} s waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    start.elapsed()
-}
 
 /// Nodes that run a task of `svc` desired running and reported running (per `ps`).
 fn running_on(m: &Daemon, svc: &str) -> Vec<String> {
@@ -75,27 +63,13 @@ fn services_across_namespaces_drain_cut_heal_and_restart() {
     let insecure = reg.host();
     let image = |tag: &str| format!("{insecure}/bb:{tag}");
 
-    let mut nodes = Vec::new();
-    for (i, name) in ["n1", "n2", "n3"].iter().enumerate() {
-        let addr = format!("10.78.0.{}", i + 1);
-        let ns = net.host(i + 1, &addr);
-        nodes.push(Daemon::in_netns_with_args(
-            "svn",
-            &ns,
-            name,
-            &addr,
-            &["--insecure-registry", &insecure],
-        ));
-    }
+    let mut nodes = support::three_nodes(
+        &mut net,
+        "svn",
+        "10.78.0",
+        &["--insecure-registry", &insecure],
+    );
     let m = &nodes[0];
-    m.ok(&["init", "--listen-addr", &m.addr()]);
-    let wt = m.ok(&["join-token", "worker", "-q"]).trim().to_string();
-    for d in &nodes[1..] {
-        d.ok(&["join", &wt, &m.addr(), "--listen-addr", &d.addr()]);
-    }
-    wait_for(20, "3 ready nodes", || {
-        m.ok(&["node", "ls"]).matches("Ready").count() == 3
-    });
 
     // A global service: one task on every node.
     let out = m.ok(&[
@@ -136,7 +110,7 @@ fn services_across_namespaces_drain_cut_heal_and_restart() {
         "{ps}"
     );
     m.ok(&["node", "update", "--label-add", "disk=ssd", "n3"]);
-    wait_for(20, "db placed on n3", || running_on(m, "db") == ["n3"]);
+    support::wait_until(20, "db placed on n3", || running_on(m, "db") == ["n3"]);
 
     // Three replicas, one per node.
     m.ok(&[
@@ -154,19 +128,19 @@ fn services_across_namespaces_drain_cut_heal_and_restart() {
 
     // Drain n2: its replica moves, its global task stops, `node ps` shows it.
     m.ok(&["node", "update", "--availability", "drain", "n2"]);
-    wait_for(30, "n2 empty", || {
+    support::wait_until(30, "n2 empty", || {
         let web = running_on(m, "web");
         web.len() == 3
             && !web.contains(&"n2".to_string())
             && !running_on(m, "agent").contains(&"n2".to_string())
     });
-    wait_for(30, "n2's containers stopped", || {
+    support::wait_until(30, "n2's containers stopped", || {
         containers_of(&nodes[1], "web") + containers_of(&nodes[1], "agent") == 0
     });
     let nps = m.ok(&["node", "ps", "n2"]);
     assert!(nps.contains("Shutdown"), "{nps}");
     m.ok(&["node", "update", "--availability", "active", "n2"]);
-    wait_for(30, "agent back on n2", || {
+    support::wait_until(30, "agent back on n2", || {
         running_on(m, "agent") == ["n1", "n2", "n3"]
     });
     m.ok(&["service", "scale", "web=3"]);
@@ -175,7 +149,7 @@ fn services_across_namespaces_drain_cut_heal_and_restart() {
     let before = m.ok(&["service", "ps", "-f", "desired-state=running", "web"]);
     let on_n3 = running_on(m, "web").iter().filter(|n| *n == "n3").count();
     net.set_link(3, false);
-    let took = wait_for(30, "web back to 3 on survivors", || {
+    let took = support::wait_until(30, "web back to 3 on survivors", || {
         let web = running_on(m, "web");
         web.len() == 3 && !web.contains(&"n3".to_string())
     });
@@ -190,10 +164,10 @@ fn services_across_namespaces_drain_cut_heal_and_restart() {
 
     // Heal: the replaced replica stops on n3, the global service is one per node again.
     net.set_link(3, true);
-    wait_for(30, "healed and settled", || {
+    support::wait_until(30, "healed and settled", || {
         running_on(m, "agent") == ["n1", "n2", "n3"] && running_on(m, "web").len() == 3
     });
-    wait_for(30, "nothing doubled on n3", || {
+    support::wait_until(30, "nothing doubled on n3", || {
         containers_of(&nodes[2], "web")
             == running_on(m, "web").iter().filter(|n| *n == "n3").count()
     });
@@ -220,13 +194,13 @@ fn services_across_namespaces_drain_cut_heal_and_restart() {
     nodes[0].start();
     nodes[1].start();
     let m = &nodes[0];
-    wait_for(60, "update completed", || {
+    support::wait_until(60, "update completed", || {
         let doc = m.cli(&["service", "inspect", "web"]);
         doc.status.success()
             && serde_json::from_slice::<serde_json::Value>(&doc.stdout)
                 .is_ok_and(|d| d[0]["UpdateStatus"]["State"] == "completed")
     });
-    wait_for(30, "three new replicas", || {
+    support::wait_until(30, "three new replicas", || {
         let out = m.ok(&[
             "service",
             "ps",
@@ -241,7 +215,7 @@ fn services_across_namespaces_drain_cut_heal_and_restart() {
             .count()
             == 3
     });
-    wait_for(30, "old containers gone", || {
+    support::wait_until(30, "old containers gone", || {
         nodes.iter().map(|d| containers_of(d, "web")).sum::<usize>() == 3
     });
 }

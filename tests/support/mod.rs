@@ -323,6 +323,28 @@ pub fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) -> Duratio
     start.elapsed()
 }
 
+/// Three daemons `n1`..`n3` in namespaces of `net` at `<subnet>.1`..`.3` (a /24 whose
+/// hub end the caller chose), started with `extra` flags and formed into a swarm: `n1`
+/// its manager, the others workers, all three Ready.
+pub fn three_nodes(net: &mut Net, tag: &str, subnet: &str, extra: &[&str]) -> Vec<Daemon> {
+    let mut nodes = Vec::new();
+    for (i, name) in ["n1", "n2", "n3"].iter().enumerate() {
+        let addr = format!("{subnet}.{}", i + 1);
+        let ns = net.host(i + 1, &addr);
+        nodes.push(Daemon::in_netns_with_args(tag, &ns, name, &addr, extra));
+    }
+    let m = &nodes[0];
+    m.ok(&["init", "--listen-addr", &m.addr()]);
+    let wt = m.ok(&["join-token", "worker", "-q"]).trim().to_string();
+    for d in &nodes[1..] {
+        d.ok(&["join", &wt, &m.addr(), "--listen-addr", &d.addr()]);
+    }
+    wait_until(20, "3 ready nodes", || {
+        m.ok(&["node", "ls"]).matches("Ready").count() == 3
+    });
+    nodes
+}
+
 /// A numeric field of `/proc/<pid>/<file>` (`VmRSS:` of status, `write_bytes:` of io).
 pub fn proc_field(pid: u32, file: &str, key: &str) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default();

@@ -1,12 +1,91 @@
-//! TCP through network namespaces for the data-plane tests: each call runs on a thread
-//! inside the namespace (`net::rtnl::in_netns`), so the test's own threads stay put.
+//! TCP through network namespaces for the data-plane tests and benches: each call runs
+//! on a thread inside the namespace (`net::rtnl::in_netns`), so the caller's own threads
+//! stay put. And the two-host routing-mesh setup they share.
+
+#![allow(dead_code)] // each test or bench uses its part
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
-use swarmlet::net::rtnl::in_netns;
+use swarmlet::net::mesh::Mesh;
+use swarmlet::net::overlay::{
+    attach, bridge_name, reconcile, set_node_address, Endpoint, OverlayNet,
+};
+use swarmlet::net::rtnl::{in_netns, Rtnl};
+
+/// The ingress network's VNI in [`MeshPair`].
+pub const MESH_VNI: u32 = 4096;
+
+/// Two hosts of `net` joined by the ingress overlay, as the routing mesh needs them:
+/// host `i` (0 or 1) at underlay `<subnet>.(i+1)`, its own ingress address
+/// 10.0.0.(2+i), a task namespace at 10.0.0.(4+i), forwarding on and a mesh opened.
+pub struct MeshPair {
+    pub hosts: Vec<String>,
+    pub tasks: Vec<String>,
+    pub meshes: Vec<Mesh>,
+}
+
+impl MeshPair {
+    pub fn under(subnet: &str, i: usize) -> Ipv4Addr {
+        ip(&format!("{subnet}.{}", i + 1))
+    }
+
+    pub fn node(i: usize) -> Ipv4Addr {
+        ip(&format!("10.0.0.{}", i + 2))
+    }
+
+    pub fn task(i: usize) -> Ipv4Addr {
+        ip(&format!("10.0.0.{}", i + 4))
+    }
+
+    pub fn new(net: &mut super::Net, subnet: &str) -> MeshPair {
+        let hosts: Vec<String> = (0..2)
+            .map(|i| {
+                let addr = format!("{subnet}.{}", i + 1);
+                format!("/var/run/netns/{}", net.host(i + 1, &addr))
+            })
+            .collect();
+        let (mut tasks, mut meshes) = (Vec::new(), Vec::new());
+        for (i, host) in hosts.iter().enumerate() {
+            let o = 1 - i;
+            let ov = OverlayNet {
+                vni: MESH_VNI,
+                mtu: 1450,
+                local: Self::under(subnet, i),
+                remote: std::collections::BTreeMap::from([
+                    (Self::node(o), Self::under(subnet, o)),
+                    (Self::task(o), Self::under(subnet, o)),
+                ]),
+            };
+            let mut r = Rtnl::open_in(host).unwrap();
+            reconcile(&mut r, std::slice::from_ref(&ov)).unwrap();
+            set_node_address(&mut r, MESH_VNI, Self::node(i), 24).unwrap();
+            let t = net.bare(&format!("t{i}"));
+            let ep = Endpoint {
+                netns: t.clone(),
+                ifname: "eth0".into(),
+                ip: Self::task(i),
+                prefix: 24,
+            };
+            attach(&mut r, &ov, &ep).unwrap();
+            netns_exec(host, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+            let bridge = bridge_name(MESH_VNI);
+            meshes.push(
+                in_netns(host, move || Mesh::open(&bridge))
+                    .unwrap()
+                    .unwrap(),
+            );
+            tasks.push(t);
+        }
+        MeshPair {
+            hosts,
+            tasks,
+            meshes,
+        }
+    }
+}
 
 pub fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
