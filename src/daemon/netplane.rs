@@ -79,6 +79,8 @@ pub struct Plane {
     bridge: bool,
     /// The bridge's NAT table is in place (made once per process, whole).
     nat: bool,
+    /// The underlay's MTU at the node's address, as last looked up.
+    underlay: Option<(Ipv4Addr, u32)>,
 }
 
 struct Wired {
@@ -108,6 +110,7 @@ impl Plane {
             said: None,
             bridge,
             nat: false,
+            underlay: None,
         }
     }
 
@@ -142,6 +145,7 @@ impl Plane {
     }
 
     fn apply(&mut self) -> Result<(), String> {
+        self.underlay = None;
         // Names first: they cost nothing and serve tasks already wired even if the
         // kernel refuses something below.
         let vnis: BTreeSet<u32> = self.net.networks.iter().map(|n| n.vni).collect();
@@ -215,7 +219,7 @@ impl Plane {
             }
             None => return Err("the leader sent no address for this node".into()),
         };
-        let underlay = underlay_mtu(self.rtnl()?, local);
+        let underlay = self.underlay(local)?;
         Ok(self
             .net
             .networks
@@ -342,6 +346,19 @@ impl Plane {
         Ok(ip)
     }
 
+    /// The underlay's MTU at `local`, looked up once per set of assignments (it takes a
+    /// dump of every link's addresses).
+    fn underlay(&mut self, local: Ipv4Addr) -> Result<u32, String> {
+        if let Some((at, mtu)) = self.underlay {
+            if at == local {
+                return Ok(mtu);
+            }
+        }
+        let mtu = underlay_mtu(self.rtnl()?, local);
+        self.underlay = Some((local, mtu));
+        Ok(mtu)
+    }
+
     /// The local bridge, its NAT and forwarding, in place.
     fn ensure_bridge(&mut self) -> Result<(), String> {
         bridge::ensure(self.rtnl()?).map_err(|e| format!("{}: {e}", bridge::BRIDGE))?;
@@ -380,7 +397,7 @@ impl Plane {
                 Some(IpAddr::V4(ip)) => ip,
                 _ => return Err("overlay networks need an IPv4 node address".into()),
             };
-            let underlay = underlay_mtu(self.rtnl()?, local);
+            let underlay = self.underlay(local)?;
             let view = self
                 .net
                 .networks

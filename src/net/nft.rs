@@ -717,11 +717,18 @@ impl Nft {
                     let code = i32::from_ne_bytes([h[16], h[17], h[18], h[19]]);
                     if code != 0 && failed.is_none() {
                         let i = usize::try_from(seq).unwrap_or(0).saturating_sub(1);
+                        let mut what = what
+                            .get(i)
+                            .cloned()
+                            .unwrap_or_else(|| format!("message {seq}"));
+                        // The kernel's word for an expression it has no module for.
+                        if code == -libc::ENOENT && what.starts_with("add rule") {
+                            what.push_str(
+                                " (an nf_tables expression module the kernel lacks gives this: nft_nat, nft_numgen, nft_fib_ipv4, nft_reject_ipv4, nft_masq)",
+                            );
+                        }
                         failed = Some(NftError::Kernel {
-                            what: what
-                                .get(i)
-                                .cloned()
-                                .unwrap_or_else(|| format!("message {seq}")),
+                            what,
                             source: io::Error::from_raw_os_error(code.saturating_neg()),
                         });
                     }

@@ -764,6 +764,12 @@ pub const NODE_MODULES: &[&str] = &[
     "nft_chain_nat",
     "nft_ct",
     "nft_masq",
+    // The expressions the VIP balancer and the routing mesh use (a system with modprobe
+    // loads them on first use; the guests' init loads only what it is given).
+    "nft_nat",
+    "nft_numgen",
+    "nft_fib_ipv4",
+    "nft_reject_ipv4",
 ];
 
 /// Guest `i`'s address on a cluster's bridge.
