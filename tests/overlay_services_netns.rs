@@ -161,6 +161,15 @@ fn services_reach_each_other_by_name_and_through_the_mesh_across_hosts() {
             d.name
         );
         assert_eq!(lookup(d, &c, "tasks.web").len(), 3, "on {}", d.name);
+        // A web task is on ingress too (it publishes): its names are test's only.
+        let w = container_of(d, "web").unwrap();
+        assert_eq!(
+            lookup(d, &w, "tasks.web").len(),
+            3,
+            "from web on {}",
+            d.name
+        );
+        assert_eq!(lookup(d, &w, "web"), BTreeSet::from([vip.clone()]));
         let got: BTreeSet<String> = answers(d, &c, "http://web/", 6).into_iter().collect();
         assert_eq!(got, all, "web by name from {}", d.name);
         // A name nobody has is refused at once, not forwarded to a world out of reach;

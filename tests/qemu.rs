@@ -241,7 +241,10 @@ fn a_dead_vms_replica_runs_again_on_the_survivors() {
             let got: std::collections::BTreeSet<String> = (0..6)
                 .map(|_| {
                     c.vms[i]
-                        .exec(&format!("wget -q -T 5 -O - {url}"), Duration::from_secs(20))
+                        .exec(
+                            &format!("timeout 5 wget -q -O - {url}"),
+                            Duration::from_secs(20),
+                        )
                         .1
                 })
                 .map(|s| s.trim().to_string())
@@ -253,11 +256,13 @@ fn a_dead_vms_replica_runs_again_on_the_survivors() {
             std::thread::sleep(Duration::from_millis(500));
         }
     }
-    let ps = c.vms[0].ok("swarmlet ps -q -f label=com.docker.swarm.service.name=www");
+    let ps = c.vms[0].ok("swarmlet ps");
     let www0 = ps
-        .split_whitespace()
-        .next()
-        .unwrap_or_else(|| panic!("no www on node0: {ps}"));
+        .lines()
+        .find(|l| l.contains(" www.") && l.contains(" Up "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no www on node0: {ps}"))
+        .to_string();
     let got: std::collections::BTreeSet<String> = (0..6)
         .map(|_| {
             c.vms[0].ok(&format!(

@@ -147,9 +147,11 @@ impl Plane {
     fn apply(&mut self) -> Result<(), String> {
         self.underlay = None;
         // Names first: they cost nothing and serve tasks already wired even if the
-        // kernel refuses something below.
-        let vnis: BTreeSet<u32> = self.net.networks.iter().map(|n| n.vni).collect();
-        for v in &self.net.networks {
+        // kernel refuses something below. The ingress network carries the mesh's
+        // connections only: no names, no VIPs (as in Swarm).
+        let named = || self.net.networks.iter().filter(|n| !n.ingress);
+        let vnis: BTreeSet<u32> = named().map(|n| n.vni).collect();
+        for v in named() {
             self.dns.set_names(v.vni, Some(names_of(v)));
         }
         for gone in self.named.difference(&vnis) {
@@ -194,7 +196,7 @@ impl Plane {
             if let Some(Err(e)) = w.balancer.as_mut().map(|b| b.sync(&want)) {
                 failed.push(format!("task {task}: balancer: {e}"));
             }
-            let vnis = w.endpoints.iter().map(|(v, _)| *v).collect();
+            let vnis = named_vnis(&self.net, &w.endpoints);
             if let Err(e) = self.dns.serve(&task.to_string(), &w.netns, vnis) {
                 failed.push(format!("task {task}: dns: {e}"));
             }
@@ -437,7 +439,7 @@ impl Plane {
                 Some(b)
             }
         };
-        let vnis = endpoints.iter().map(|(v, _)| *v).collect();
+        let vnis = named_vnis(&self.net, &endpoints);
         self.dns
             .serve(&a.task.to_string(), &netns, vnis)
             .map_err(|e| format!("dns: {e}"))?;
@@ -580,12 +582,22 @@ fn names_of(v: &NetView) -> NetworkNames {
         .collect()
 }
 
-/// What a task's balancer holds: the VIPs of the services on its networks, each with
-/// its serving tasks' addresses.
+/// The networks of a task whose names its DNS server answers: all but ingress.
+fn named_vnis(net: &NodeNet, endpoints: &[(u32, Ipv4Addr)]) -> Vec<u32> {
+    endpoints
+        .iter()
+        .map(|(v, _)| *v)
+        .filter(|v| net.networks.iter().any(|n| n.vni == *v && !n.ingress))
+        .collect()
+}
+
+/// What a task's balancer holds: the VIPs of the services on its networks (not
+/// ingress, whose connections come from the mesh), each with its serving tasks'
+/// addresses.
 fn balanced(net: &NodeNet, endpoints: &[(u32, Ipv4Addr)]) -> Services {
     let mut out = Services::new();
     for (vni, _) in endpoints {
-        let Some(v) = net.networks.iter().find(|n| n.vni == *vni) else {
+        let Some(v) = net.networks.iter().find(|n| n.vni == *vni && !n.ingress) else {
             continue;
         };
         for s in &v.services {
@@ -685,6 +697,15 @@ mod tests {
         let names = names_of(&net.networks[0]);
         assert_eq!(names["rr"].vip, None);
         assert_eq!(names["web"].tasks.len(), 2);
+        // The ingress network: neither balanced nor named.
+        let mut net = net;
+        net.networks[1].ingress = true;
+        let both = [
+            (4097, Ipv4Addr::new(10, 0, 1, 4)),
+            (4098, Ipv4Addr::new(10, 0, 2, 4)),
+        ];
+        assert_eq!(balanced(&net, &both).len(), 2, "only 4097's VIPs");
+        assert_eq!(named_vnis(&net, &both), vec![4097]);
     }
 
     #[test]
