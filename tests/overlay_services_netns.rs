@@ -91,6 +91,32 @@ fn services_reach_each_other_by_name_and_through_the_mesh_across_hosts() {
     let m = &nodes[0];
 
     m.ok(&["network", "create", "-d", "overlay", "test"]);
+    // One task published: every node's port answers at once, also those with no task
+    // of their own (a node with nothing assigned got no backends until this was fixed).
+    m.ok(&[
+        "service",
+        "create",
+        "--name",
+        "first",
+        "-p",
+        "7000:80",
+        &image,
+        "sh",
+        "-c",
+        "mkdir -p /www && echo first > /www/index.html && exec busybox httpd -f -p 80 -h /www",
+    ]);
+    for i in 1..=3 {
+        let url = format!("http://10.79.0.{i}:7000/");
+        support::wait_until(3, &format!("{url} answering"), || {
+            std::process::Command::new("ip")
+                .args([
+                    "netns", "exec", &hub, "timeout", "2", "busybox", "wget", "-q", "-O", "-", &url,
+                ])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    }
+    m.ok(&["service", "rm", "first"]);
     // A web server per task answering with its task's hostname, one task per node.
     let out = m.ok(&[
         "service",

@@ -251,10 +251,12 @@ impl Control {
             .filter(|n| only.is_none_or(|o| o == **n))
             .map(|n| (*n, Vec::new()))
             .collect();
+        // Every node, also when only one is sent its set: its view names the others'
+        // endpoints and serving tasks (a repair sent with only its own node in view
+        // left a node with no tasks without backends for good).
         let nodes: BTreeMap<NodeId, NodeAt> = c
             .nodes
             .values()
-            .filter(|n| only.is_none_or(|o| o == n.id))
             .map(|n| {
                 let at = NodeAt {
                     addr: n.addr.ip(),
@@ -312,7 +314,9 @@ impl Control {
                 }
                 // Nothing for a node this leader never told anything: it asks (its
                 // status names the version it has) if it holds anything to drop.
-                None if tasks.is_empty() && only.is_none() => {}
+                None if tasks.is_empty()
+                    && net == crate::services::network::NodeNet::default()
+                    && only.is_none() => {}
                 _ => out.push((node, h, version, tasks, net)),
             }
         }
