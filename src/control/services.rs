@@ -313,10 +313,9 @@ impl Control {
                     }
                 }
                 // Nothing for a node this leader never told anything: it asks (its
-                // status names the version it has) if it holds anything to drop.
-                None if tasks.is_empty()
-                    && net == crate::services::network::NodeNet::default()
-                    && only.is_none() => {}
+                // status names the version it has) if it holds anything to drop. A
+                // node with a view to act on (a port published) is told at once.
+                None if tasks.is_empty() && net.is_idle() && only.is_none() => {}
                 _ => out.push((node, h, version, tasks, net)),
             }
         }

@@ -630,6 +630,14 @@ pub struct NodeNet {
     pub host_published: Vec<HostPort>,
 }
 
+impl NodeNet {
+    /// Nothing for the node to set up: no network, no port (its address alone is no
+    /// reason to send it a set).
+    pub fn is_idle(&self) -> bool {
+        self.networks.is_empty() && self.published.is_empty() && self.host_published.is_empty()
+    }
+}
+
 /// A port a task publishes in host mode, on its own node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostPort {
