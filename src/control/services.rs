@@ -527,20 +527,14 @@ fn each_named<C>(
 /// clear).
 fn resolve_networks(c: &ClusterState, spec: &mut ServiceSpec) -> Result<(), String> {
     for n in &mut spec.task.networks {
-        *n = c
-            .networks
-            .resolve(n)
-            .map_err(|e| e.to_string())?
-            .id
-            .to_string();
-    }
-    for n in &spec.task.networks {
-        if let Some(net) = c.networks.resolve(n).ok().filter(|n| n.spec.encrypted()) {
+        let net = c.networks.resolve(n).map_err(|e| e.to_string())?;
+        if net.spec.encrypted() {
             return Err(format!(
                 "network {}: encrypted overlay networks are not built yet, and a task is never put on one unencrypted",
                 net.spec.name
             ));
         }
+        *n = net.id.to_string();
     }
     Ok(())
 }
