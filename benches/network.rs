@@ -49,9 +49,17 @@ fn main() {
         }
         return;
     }
-    mesh_bench();
-    dns_bench();
-    lb_bench();
+    // `cargo bench --bench network -- lb` runs only the benches named.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let benches: [(&str, fn()); 3] = [("mesh", mesh_bench), ("dns", dns_bench), ("lb", lb_bench)];
+    for (name, bench) in benches {
+        if only.is_empty() || only.iter().any(|o| name.contains(o.as_str())) {
+            bench();
+        }
+    }
 }
 
 /// A server in a namespace: each connection gets its first 64 bytes echoed, or (when
@@ -264,7 +272,7 @@ fn lb_bench() {
         let t = Instant::now();
         lb.sync(&want).unwrap();
         let built = t.elapsed();
-        let mut times = Vec::new();
+        let (mut swaps, mut scales) = (Vec::new(), Vec::new());
         for round in 0..200u32 {
             let i = round % n;
             let b = want.get_mut(&vip(i)).unwrap();
@@ -272,7 +280,20 @@ fn lb_bench() {
             b[round as usize % 3] = backend(i, 3 + round % 4);
             let t = Instant::now();
             assert_eq!(lb.sync(&want).unwrap(), 1);
-            times.push(t.elapsed());
+            swaps.push(t.elapsed());
+            // One backend more, then one fewer: a scale, or a task leaving before its
+            // replacement runs (the service's rule changes with the count).
+            for grow in [true, false] {
+                let b = want.get_mut(&vip(i)).unwrap();
+                if grow {
+                    b.push(backend(i, 7));
+                } else {
+                    b.pop();
+                }
+                let t = Instant::now();
+                assert_eq!(lb.sync(&want).unwrap(), 1);
+                scales.push(t.elapsed());
+            }
         }
         println!(
             "BENCH lb_build_{n}_services {:.2} ms",
@@ -280,7 +301,11 @@ fn lb_bench() {
         );
         println!(
             "BENCH lb_update_one_of_{n}_services_median {:.3} ms",
-            median(&mut times).as_secs_f64() * 1e3
+            median(&mut swaps).as_secs_f64() * 1e3
+        );
+        println!(
+            "BENCH lb_rescale_one_of_{n}_services_median {:.3} ms",
+            median(&mut scales).as_secs_f64() * 1e3
         );
     }
     lb.clear().unwrap();

@@ -72,6 +72,13 @@ fn a_vip_balances_round_robin_follows_changes_and_refuses_when_empty() {
         assert_eq!(hello(c, "10.0.9.100:8080").unwrap(), "b2");
     }
 
+    // Replaced by another (the same count: only the map's slot is swapped).
+    let other = Services::from([(vip, vec![ip("10.0.9.3")])]);
+    assert_eq!(lb.sync(&other).unwrap(), 1);
+    for _ in 0..4 {
+        assert_eq!(hello(c, "10.0.9.100:8080").unwrap(), "b1");
+    }
+
     // None left: refused at once, not a timeout.
     let none = Services::from([(vip, vec![])]);
     lb.sync(&none).unwrap();

@@ -59,6 +59,12 @@ fn a_published_port_answers_on_every_host_from_the_tasks_of_all() {
     for _ in 0..3 {
         assert_eq!(hello(&hub, "10.77.0.2:8080").unwrap(), "t0");
     }
+    // Replaced by the task on host 2 (the same count: only the map's slot is swapped).
+    let other = Published::from([(p, vec![(task(1), 80)])]);
+    assert_eq!(meshes[1].sync(&other).unwrap(), 1);
+    for _ in 0..3 {
+        assert_eq!(hello(&hub, "10.77.0.2:8080").unwrap(), "t1");
+    }
     // No task: nothing answers (and nothing else on the host is disturbed).
     let none = Published::from([(p, vec![])]);
     meshes[1].sync(&none).unwrap();

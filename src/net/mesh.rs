@@ -24,8 +24,8 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 use super::nft::{
-    ifname_bytes, index_key, ip_port_bytes, proto_port_key, BaseChain, Batch, ChainType, Expr,
-    Hook, KeyType, MapData, Nft, NftError, Reg, Synced, Value, Verdict, NFPROTO_IPV4,
+    diff, ifname_bytes, index_key, ip_port_bytes, proto_port_key, BaseChain, Batch, ChainType,
+    Expr, Hook, KeyType, MapData, Nft, NftError, Reg, Synced, Value, Verdict, NFPROTO_IPV4,
 };
 
 pub const TABLE: &str = "swarmlet-mesh";
@@ -208,18 +208,30 @@ pub fn changes(have: &Published, want: &Published) -> (Batch, usize) {
 fn changes_in(table: &str, have: &Published, want: &Published) -> (Batch, usize) {
     let mut b = Batch::new(NFPROTO_IPV4);
     let mut n = 0;
-    for p in have.keys() {
-        if !want.contains_key(p) {
-            b.del_elems(table, "ports", &[proto_port_key(p.proto.number(), p.port)]);
-            b.flush_chain(table, &port_chain(*p));
-            b.del_chain(table, &port_chain(*p));
-            b.del_map(table, &port_map(*p));
-            n += 1;
-        }
+    for (p, _, _) in diff(have, want).filter(|(_, _, now)| now.is_none()) {
+        b.del_elems(table, "ports", &[proto_port_key(p.proto.number(), p.port)]);
+        b.flush_chain(table, &port_chain(*p));
+        b.del_chain(table, &port_chain(*p));
+        b.del_map(table, &port_map(*p));
+        n += 1;
     }
-    for (p, backends) in want {
-        match have.get(p) {
-            Some(old) if old == backends => {}
+    for (p, old, now) in diff(have, want) {
+        let Some(backends) = now else { continue };
+        match old {
+            Some(old) if old.len() == backends.len() && !old.is_empty() => {
+                // A task replaced: its slot only, the rule stays (see `lb`).
+                let changed: Vec<(Vec<u8>, Value)> = (0u32..)
+                    .zip(old.iter().zip(backends))
+                    .filter(|(_, (was, now))| was != now)
+                    .map(|(i, (_, (ip, port)))| {
+                        (index_key(i), Value::Bytes(ip_port_bytes(*ip, *port)))
+                    })
+                    .collect();
+                let keys: Vec<Vec<u8>> = changed.iter().map(|(k, _)| k.clone()).collect();
+                b.del_elems(table, &port_map(*p), &keys);
+                b.set_elems(table, &port_map(*p), &changed);
+                n += 1;
+            }
             Some(_) => {
                 b.flush_chain(table, &port_chain(*p));
                 b.del_elems(table, &port_map(*p), &[]);
@@ -309,6 +321,16 @@ mod tests {
             batch.what().iter().all(|w| w.contains("-tcp-5000")),
             "{:?}",
             batch.what()
+        );
+        let mut swapped = have.clone();
+        swapped.insert(port(80), vec![b(3), b(7)]);
+        let (batch, _) = changes(&have, &swapped);
+        assert_eq!(
+            batch.what(),
+            [
+                "remove from map swarmlet-mesh q-tcp-80",
+                "add to map swarmlet-mesh q-tcp-80"
+            ]
         );
         want.remove(&port(80));
         let (batch, n) = changes(&have, &want);
