@@ -131,3 +131,67 @@ fn a_vip_balances_round_robin_follows_changes_and_refuses_when_empty() {
     lb.clear().unwrap();
     assert!(!netns_exec(c, &["nft", "list", "ruleset"]).contains("swarmlet"));
 }
+
+/// The nf_tables balancer's idle timeout is its namespace's conntrack one, set after the
+/// first sync (which loads conntrack); the default leaves the kernel's five days.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn the_idle_timeout_is_the_namespaces_conntrack_timeout() {
+    use swarmlet::net::lb::{Kernel, CONNTRACK_TCP_IDLE};
+    let mut net = Net::new("lbi");
+    let (a, b) = (net.bare("a"), net.bare("b"));
+    let vip = ip("10.0.9.100");
+    let one = Services::from([(vip, vec![ip("10.0.9.3")])]);
+    let mut lb = Balancer::open_with(&a, Kernel::Nft, 7_200).unwrap();
+    lb.sync(&one).unwrap();
+    assert_eq!(netns_exec(&a, &["cat", CONNTRACK_TCP_IDLE]).trim(), "7200");
+    let mut lb = Balancer::open_in(&b).unwrap();
+    lb.sync(&one).unwrap();
+    assert_eq!(
+        netns_exec(&b, &["cat", CONNTRACK_TCP_IDLE]).trim(),
+        "432000"
+    );
+}
+
+/// What the IPVS balancer leans on (IPVS itself runs in the QEMU guests only): a VIP
+/// made local by a route, not an address, takes connections in the namespace and they
+/// leave from the namespace's address on the VIP's network.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_vips_local_route_takes_its_connections_from_the_networks_address() {
+    let mut net = Net::new("lbr");
+    let h = format!("/var/run/netns/{}", net.host(1, "10.77.0.1"));
+    let mut r = Rtnl::open_in(&h).unwrap();
+    let ov = OverlayNet {
+        vni: 301,
+        mtu: 1450,
+        local: ip("10.77.0.1"),
+        remote: BTreeMap::new(),
+    };
+    reconcile(&mut r, std::slice::from_ref(&ov)).unwrap();
+    let c = net.bare("c");
+    let ep = Endpoint {
+        netns: c.clone(),
+        ifname: "eth0".into(),
+        ip: ip("10.0.9.2"),
+        prefix: 24,
+    };
+    attach(&mut r, &ov, &ep).unwrap();
+    let mut inside = Rtnl::open_in(&c).unwrap();
+    let lo = inside.link("lo").unwrap().unwrap().index;
+    inside
+        .set_local_route(ip("10.0.9.100"), ip("10.0.9.2"), lo)
+        .unwrap();
+    inside
+        .set_local_route(ip("10.0.9.100"), ip("10.0.9.2"), lo)
+        .unwrap();
+    let got = netns_exec(&c, &["ip", "route", "get", "10.0.9.100"]);
+    assert!(got.starts_with("local 10.0.9.100 dev lo"), "{got}");
+    assert!(got.contains("src 10.0.9.2"), "{got}");
+    name_server(&c, "0.0.0.0:8080", "here");
+    assert_eq!(hello(&c, "10.0.9.100:8080").unwrap(), "here");
+    inside.del_local_route(ip("10.0.9.100"), lo).unwrap();
+    inside.del_local_route(ip("10.0.9.100"), lo).unwrap();
+    let got = netns_exec(&c, &["ip", "route", "get", "10.0.9.100"]);
+    assert!(got.contains("dev eth0"), "{got}");
+}

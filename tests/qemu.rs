@@ -272,6 +272,16 @@ fn a_dead_vms_replica_runs_again_on_the_survivors() {
         .map(|s| s.trim().to_string())
         .collect();
     assert_eq!(got, all_www, "www by name from a task on node0");
+    // The guests' kernel has IPVS: the VIP is its service (a mark service, round robin,
+    // NAT to each of the three tasks), seen from inside the task's namespace.
+    let table = c.vms[0].ok(&format!("swarmlet exec {www0} cat /proc/net/ip_vs"));
+    assert!(table.contains("FWM") && table.contains(" rr"), "{table}");
+    assert_eq!(table.matches("Masq").count(), 3, "{table}");
+    let console = c.vms[0].console();
+    assert!(
+        console.contains("service VIPs: balanced by IPVS"),
+        "the daemon says which balancer it uses"
+    );
     let ns = c.vms[0].ok(&format!("swarmlet exec {www0} busybox nslookup tasks.www"));
     assert_eq!(ns.matches("Address: 10.").count(), 3, "{ns}");
 

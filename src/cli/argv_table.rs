@@ -23,6 +23,7 @@ pub static COMMANDS: &[Cmd] = &[
             "--certs-dir",
             "--registry-auth-file",
             "--bridge",
+            "--lb-idle-timeout",
         ],
         switches: &["--help"],
         greedy: false,

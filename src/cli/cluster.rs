@@ -57,6 +57,11 @@ pub struct DaemonCommand {
     /// their overlay networks only (default: sw-gw, 172.18.0.1/16)
     #[argh(option)]
     pub bridge: Option<String>,
+
+    /// how long a connection through a service VIP may sit idle before the balancer
+    /// forgets it, e.g. 2h (default 120h, conntrack's own; Swarm's IPVS cut them at 15m)
+    #[argh(option)]
+    pub lb_idle_timeout: Option<String>,
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
@@ -194,8 +199,25 @@ pub fn daemon(global: &Global, cmd: DaemonCommand) -> anyhow::Result<ExitCode> {
             .into())
         }
     };
+    let lb_tcp_idle = match cmd.lb_idle_timeout.as_deref() {
+        None => crate::net::ipvs::DEFAULT_TCP_IDLE,
+        Some(s) => {
+            let d = super::container::parse_duration("--lb-idle-timeout", s)?;
+            // IPVS takes at most INT_MAX jiffies (24 days at 1,000 Hz).
+            match u32::try_from(d.as_secs()) {
+                Ok(secs @ 1..=2_000_000) => secs,
+                _ => {
+                    return Err(UsageError(format!(
+                        "--lb-idle-timeout: {s:?} is out of range (1s to 23 days)"
+                    ))
+                    .into())
+                }
+            }
+        }
+    };
     let cfg = DaemonConfig {
         bridge,
+        lb_tcp_idle,
         data_dir: cmd
             .data_dir
             .unwrap_or_else(|| PathBuf::from(super::DEFAULT_DATA_DIR)),

@@ -65,13 +65,13 @@ pub fn spawn(
     hostname: String,
     labels: &[(String, String)],
     data_dir: &std::path::Path,
-    bridge: bool,
+    net: super::netplane::PlaneConfig,
 ) -> anyhow::Result<Agent> {
     let (tx, rx) = mpsc::channel();
     let (status_tx, status) = smol::channel::bounded(4);
     let desc = describe(labels);
     let worker_tx = tx.clone();
-    let plane = Plane::new(super::netplane::netns_dir(data_dir), bridge);
+    let plane = Plane::new(super::netplane::netns_dir(data_dir), net);
     std::thread::Builder::new()
         .name("agent".into())
         .spawn(move || {

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use crate::net::bridge;
 use crate::net::dns_server::Dns;
-use crate::net::lb::{Balancer, Services};
+use crate::net::lb::{Balancer, Kernel, Services};
 use crate::net::mesh::{Mesh, Port, Proto, Published};
 use crate::net::names::{NetworkNames, ServiceNames};
 use crate::net::netns;
@@ -61,6 +61,15 @@ impl Wiring {
     }
 }
 
+/// How a node wires its tasks (from the daemon's flags).
+#[derive(Clone, Copy, Debug)]
+pub struct PlaneConfig {
+    /// Tasks get a way out through the local bridge.
+    pub bridge: bool,
+    /// Seconds an idle TCP connection through a VIP is kept.
+    pub tcp_idle: u32,
+}
+
 pub struct Plane {
     /// Where task namespaces are pinned (`<data>/netns/<task>`), with their resolv.conf.
     dir: PathBuf,
@@ -77,6 +86,10 @@ pub struct Plane {
     said: Option<String>,
     /// Tasks get a way out through the local bridge (`daemon --bridge none`: not).
     bridge: bool,
+    /// What balances VIPs in tasks' namespaces: IPVS where the kernel has it.
+    lb: Kernel,
+    /// Seconds an idle TCP connection through a VIP is kept.
+    tcp_idle: u32,
     /// The bridge's NAT table is in place (made once per process, whole).
     nat: bool,
     /// The underlay's MTU at the node's address, as last looked up.
@@ -94,7 +107,20 @@ struct Wired {
 }
 
 impl Plane {
-    pub fn new(dir: PathBuf, bridge: bool) -> Plane {
+    pub fn new(dir: PathBuf, cfg: PlaneConfig) -> Plane {
+        let lb = Kernel::detect();
+        match lb {
+            Kernel::Ipvs => info!(
+                "service VIPs: balanced by IPVS ({} is there), TCP idle timeout {} s",
+                crate::net::ipvs::PROC,
+                cfg.tcp_idle
+            ),
+            Kernel::Nft => info!(
+                "service VIPs: balanced by nf_tables (this kernel has no IPVS: no {}), TCP idle timeout {} s",
+                crate::net::ipvs::PROC,
+                cfg.tcp_idle
+            ),
+        }
         let upstreams = std::fs::read_to_string("/etc/resolv.conf")
             .map(|t| crate::net::dns::parse_resolv_conf(&t))
             .unwrap_or_default();
@@ -108,7 +134,9 @@ impl Plane {
             named: BTreeSet::new(),
             wired: BTreeMap::new(),
             said: None,
-            bridge,
+            bridge: cfg.bridge,
+            lb,
+            tcp_idle: cfg.tcp_idle,
             nat: false,
             underlay: None,
         }
@@ -433,7 +461,8 @@ impl Plane {
         let balancer = match endpoints.is_empty() {
             true => None,
             false => {
-                let mut b = Balancer::open_in(&netns).map_err(|e| format!("balancer: {e}"))?;
+                let mut b = Balancer::open_with(&netns, self.lb, self.tcp_idle)
+                    .map_err(|e| format!("balancer: {e}"))?;
                 b.sync(&balanced(&self.net, &endpoints))
                     .map_err(|e| format!("balancer: {e}"))?;
                 Some(b)

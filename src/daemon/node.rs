@@ -49,6 +49,8 @@ pub struct DaemonConfig {
     pub registry: crate::image::pull::RegistryConfig,
     /// Tasks get a way out through the node's local bridge (`--bridge none`: not).
     pub bridge: bool,
+    /// Seconds an idle TCP connection through a VIP is kept (`--lb-idle-timeout`).
+    pub lb_tcp_idle: u32,
 }
 
 /// Counts of what the driver could not do and had nobody to tell (shown by `info`).
@@ -155,7 +157,10 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         cfg.hostname.clone(),
         &cfg.labels,
         &cfg.data_dir,
-        cfg.bridge,
+        super::netplane::PlaneConfig {
+            bridge: cfg.bridge,
+            tcp_idle: cfg.lb_tcp_idle,
+        },
     )?;
     let resume_at = membership.as_ref().map(|m| m.listen);
     let stack = Stack::new(me, membership, StackConfig::default(), os_random()?);

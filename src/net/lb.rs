@@ -28,6 +28,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
+use super::ipvs::{IpvsBalancer, IpvsError, DEFAULT_TCP_IDLE};
 use super::nft::{
     diff, index_key, ip_bytes, BaseChain, Batch, ChainType, Expr, Hook, KeyType, MapData, Nft,
     NftError, Reg, Synced, Value, Verdict, NFPROTO_IPV4,
@@ -48,43 +49,144 @@ const DSTNAT: i32 = -100;
 /// VIP -> its backends, in the order round robin takes them.
 pub type Services = BTreeMap<Ipv4Addr, Vec<Ipv4Addr>>;
 
+/// Which kernel machinery balances VIPs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// nf_tables DNAT round robin (this module).
+    Nft,
+    /// IPVS (`ipvs`), where the kernel has it.
+    Ipvs,
+}
+
+impl Kernel {
+    /// IPVS where this kernel has it, nf_tables otherwise.
+    pub fn detect() -> Kernel {
+        match super::ipvs::available() {
+            true => Kernel::Ipvs,
+            false => Kernel::Nft,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LbError {
+    #[error(transparent)]
+    Nft(#[from] NftError),
+    #[error(transparent)]
+    Ipvs(#[from] IpvsError),
+    #[error("{path}: {error}")]
+    Netns { path: String, error: String },
+    #[error("{0}")]
+    TooMany(String),
+}
+
 /// The balancer of one network namespace.
 pub struct Balancer {
-    table: Synced<Services>,
+    inner: Inner,
+}
+
+enum Inner {
+    Nft {
+        table: Synced<Services>,
+        /// The TCP idle timeout still to set in the namespace's conntrack (after the
+        /// first sync, which loads it), and where.
+        idle: Option<(String, u32)>,
+    },
+    Ipvs(IpvsBalancer),
 }
 
 impl Balancer {
-    /// The balancer of the calling thread's namespace.
-    pub fn open() -> Result<Balancer, NftError> {
+    /// The nf_tables balancer of the calling thread's namespace.
+    pub fn open() -> Result<Balancer, LbError> {
         Ok(Balancer {
-            table: Synced::new(Nft::open()?),
+            inner: Inner::Nft {
+                table: Synced::new(Nft::open()?),
+                idle: None,
+            },
         })
     }
 
-    /// The balancer of the namespace at `path`.
-    pub fn open_in(path: &str) -> Result<Balancer, NftError> {
-        in_netns(path, Balancer::open).map_err(|e| NftError::Protocol(e.to_string()))?
+    /// The nf_tables balancer of the namespace at `path`.
+    pub fn open_in(path: &str) -> Result<Balancer, LbError> {
+        Balancer::open_with(path, Kernel::Nft, DEFAULT_TCP_IDLE)
+    }
+
+    /// The balancer of the namespace at `path`, on `kernel`'s machinery, keeping idle
+    /// TCP connections `tcp_idle` seconds.
+    pub fn open_with(path: &str, kernel: Kernel, tcp_idle: u32) -> Result<Balancer, LbError> {
+        let netns = |e: super::rtnl::RtnlError| LbError::Netns {
+            path: path.to_string(),
+            error: e.to_string(),
+        };
+        let inner = match kernel {
+            Kernel::Nft => Inner::Nft {
+                table: Synced::new(in_netns(path, Nft::open).map_err(netns)??),
+                idle: (tcp_idle != DEFAULT_TCP_IDLE).then(|| (path.to_string(), tcp_idle)),
+            },
+            Kernel::Ipvs => {
+                Inner::Ipvs(in_netns(path, || IpvsBalancer::open(tcp_idle)).map_err(netns)??)
+            }
+        };
+        Ok(Balancer { inner })
+    }
+
+    pub fn kernel(&self) -> Kernel {
+        match self.inner {
+            Inner::Nft { .. } => Kernel::Nft,
+            Inner::Ipvs(_) => Kernel::Ipvs,
+        }
     }
 
     /// Makes the kernel hold `want`: the services that differ, in one batch (the whole
     /// table the first time). Returns how many services changed.
-    pub fn sync(&mut self, want: &Services) -> Result<usize, NftError> {
+    pub fn sync(&mut self, want: &Services) -> Result<usize, LbError> {
         if let Some((vip, b)) = want.iter().find(|(_, b)| b.len() > MAX_BACKENDS) {
-            return Err(NftError::Protocol(format!(
+            return Err(LbError::TooMany(format!(
                 "{vip}: {} backends, more than {MAX_BACKENDS}",
                 b.len()
             )));
         }
-        self.table.sync(want, |held| match held {
-            None => (rebuild(want), want.len()),
-            Some(have) => changes(have, want),
-        })
+        match &mut self.inner {
+            Inner::Ipvs(b) => Ok(b.sync(want)?),
+            Inner::Nft { table, idle } => {
+                let n = table.sync(want, |held| match held {
+                    None => (rebuild(want), want.len()),
+                    Some(have) => changes(have, want),
+                })?;
+                if let Some((path, seconds)) = idle.take() {
+                    set_conntrack_tcp_idle(&path, seconds)?;
+                }
+                Ok(n)
+            }
+        }
     }
 
     /// Removes the table (a task's namespace going away takes it anyway).
-    pub fn clear(&mut self) -> Result<(), NftError> {
-        self.table.clear(TABLE)
+    pub fn clear(&mut self) -> Result<(), LbError> {
+        match &mut self.inner {
+            Inner::Ipvs(b) => Ok(b.clear()?),
+            Inner::Nft { table, .. } => Ok(table.clear(TABLE)?),
+        }
     }
+}
+
+/// The conntrack sysctl that times out an idle established TCP connection, per
+/// network namespace.
+pub const CONNTRACK_TCP_IDLE: &str = "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established";
+
+/// Sets conntrack's idle timeout for established TCP connections in the namespace at
+/// `path` (a `/proc/sys/net` file shows the opening thread's namespace).
+fn set_conntrack_tcp_idle(path: &str, seconds: u32) -> Result<(), LbError> {
+    let write = || std::fs::write(CONNTRACK_TCP_IDLE, seconds.to_string());
+    in_netns(path, write)
+        .map_err(|e| LbError::Netns {
+            path: path.to_string(),
+            error: e.to_string(),
+        })?
+        .map_err(|e| LbError::Netns {
+            path: path.to_string(),
+            error: format!("{CONNTRACK_TCP_IDLE}: {e}"),
+        })
 }
 
 fn service_chain(vip: Ipv4Addr) -> String {

@@ -1,13 +1,14 @@
 //! The data plane's kernel seams and servers: links, addresses, routes, neighbour and
 //! forwarding entries over rtnetlink (`rtnl`), overlay networks reconciled on them
 //! (`overlay`), pinned network namespaces (`netns`), nf_tables (`nft`) with the VIP
-//! balancer (`lb`) and the routing mesh (`mesh`) on it, and the embedded DNS server's
+//! balancer (`lb`, or IPVS over generic netlink in `ipvs` where the kernel has it) and the routing mesh (`mesh`) on it, and the embedded DNS server's
 //! wire format (`dns`, pure). Nothing here decides what a node should have: callers hand
 //! in the desired state, these modules make the kernel match it.
 
 pub mod bridge;
 pub mod dns;
 pub mod dns_server;
+pub mod ipvs;
 pub mod lb;
 pub mod mesh;
 pub mod names;

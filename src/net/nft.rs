@@ -150,6 +150,8 @@ pub enum Expr {
     /// Loads the routing type of the destination address (`fib daddr type`): 2 is
     /// local (RTN_LOCAL), as a host-order u32.
     FibDaddrType { dreg: Reg },
+    /// `meta mark set` from a register.
+    MarkSet { sreg: Reg },
     /// Stops the rule unless the register equals `data`.
     Eq { sreg: Reg, data: Vec<u8> },
     /// Stops the rule if the register equals `data`.
@@ -416,7 +418,10 @@ impl Batch {
     fn expr(&mut self, e: &Expr) {
         let name = match e {
             Expr::NetworkHeader { .. } | Expr::TransportHeader { .. } => "payload",
-            Expr::L4Proto { .. } | Expr::OifName { .. } | Expr::IifName { .. } => "meta",
+            Expr::L4Proto { .. }
+            | Expr::OifName { .. }
+            | Expr::IifName { .. }
+            | Expr::MarkSet { .. } => "meta",
             Expr::FibDaddrType { .. } => "fib",
             Expr::Eq { .. } | Expr::Neq { .. } => "cmp",
             Expr::Immediate { .. } | Expr::Verdict(_) => "immediate",
@@ -451,6 +456,10 @@ impl Batch {
             Expr::IifName { dreg } => {
                 self.be32_attr(1, *dreg as u32);
                 self.be32_attr(2, 6); // NFT_META_IIFNAME
+            }
+            Expr::MarkSet { sreg } => {
+                self.be32_attr(2, 3); // NFTA_META_KEY: NFT_META_MARK
+                self.be32_attr(3, *sreg as u32); // NFTA_META_SREG
             }
             Expr::FibDaddrType { dreg } => {
                 self.be32_attr(1, *dreg as u32); // NFTA_FIB_DREG

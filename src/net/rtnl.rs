@@ -365,6 +365,38 @@ impl Rtnl {
         .map(drop)
     }
 
+    /// A local route to `dst/32` on the link at `index` (`ip route add local` in the
+    /// local table): the address is taken as this namespace's own, with `src` the source
+    /// of connections to it. Replaces one to the same address.
+    pub fn set_local_route(
+        &mut self,
+        dst: Ipv4Addr,
+        src: Ipv4Addr,
+        index: u32,
+    ) -> Result<(), RtnlError> {
+        let mut msg = local_route(dst, index);
+        msg.attributes
+            .push(RouteAttribute::PrefSource(RouteAddress::Inet(src)));
+        self.request(
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+            &format!("local route {dst} from {src}"),
+        )
+        .map(drop)
+    }
+
+    /// Removes what [`Rtnl::set_local_route`] made; gone already is fine.
+    pub fn del_local_route(&mut self, dst: Ipv4Addr, index: u32) -> Result<(), RtnlError> {
+        match self.request(
+            RouteNetlinkMessage::DelRoute(local_route(dst, index)),
+            0,
+            &format!("delete local route {dst}"),
+        ) {
+            Err(e) if e.errno() == Some(libc::ESRCH) => Ok(()),
+            r => r.map(drop),
+        }
+    }
+
     /// The permanent neighbour entries (`bridge: false`, ARP) or forwarding entries
     /// (`bridge: true`, FDB: MAC to remote `ip`) on a link.
     pub fn neighbours(&mut self, index: u32, bridge: bool) -> Result<Vec<Neighbour>, RtnlError> {
@@ -502,6 +534,20 @@ impl Rtnl {
             }
         }
     }
+}
+
+fn local_route(dst: Ipv4Addr, index: u32) -> RouteMessage {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = AddressFamily::Inet;
+    msg.header.destination_prefix_length = 32;
+    msg.header.table = 255; // RT_TABLE_LOCAL
+    msg.header.protocol = RouteProtocol::Static;
+    msg.header.kind = RouteType::Local;
+    msg.header.scope = RouteScope::Host;
+    msg.attributes
+        .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+    msg.attributes.push(RouteAttribute::Oif(index));
+    msg
 }
 
 /// Settings [`Rtnl::set_link`] changes; `None` leaves one as it is.
