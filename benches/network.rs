@@ -54,7 +54,12 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let benches: [(&str, fn()); 3] = [("mesh", mesh_bench), ("dns", dns_bench), ("lb", lb_bench)];
+    let benches: [(&str, fn()); 4] = [
+        ("mesh", mesh_bench),
+        ("dns", dns_bench),
+        ("lb", lb_bench),
+        ("vip", vip_bench),
+    ];
     for (name, bench) in benches {
         if only.is_empty() || only.iter().any(|o| name.contains(o.as_str())) {
             bench();
@@ -309,5 +314,115 @@ fn lb_bench() {
         );
     }
     lb.clear().unwrap();
+    drop(net);
+}
+
+/// The pinned namespace of the one task on a node (`<data>/netns/<task>`), if any.
+fn task_netns(d: &support::Daemon) -> Option<String> {
+    let dir = d.dir.join("data/netns");
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_none())
+        .map(|p| p.display().to_string())
+}
+
+/// What answers `GET /` at `to` from the calling thread's namespace, if anything does
+/// within 200 ms.
+fn get(to: SocketAddr) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_millis(200)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(200))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.rsplit("\r\n\r\n").next().map(|b| b.trim().to_string())
+}
+
+/// A new task's time to be reachable through its service's VIP, as a user meets it: from
+/// `service scale` on the CLI until a connection to the VIP from another task of the
+/// service (on another node's namespace) is answered by the new task. Three daemons in
+/// namespaces, real containers; each scale adds one task.
+fn vip_bench() {
+    use serde_json::json;
+    use support::image::TestImage;
+    use support::registry::{Options, Registry};
+
+    let mut reg = Registry::start("bnv", Options::default());
+    let img = TestImage::busybox(json!({"Cmd": ["/bin/sh"]})).build();
+    reg.push_image("bb", Some("1"), &img);
+    let mut net = Net::new("bnv");
+    let hub = net.hub_addr("10.79.0.254");
+    reg.move_into(&hub, "10.79.0.254");
+    let insecure = reg.host();
+    let image = format!("{insecure}/bb:1");
+    let nodes = support::three_nodes(
+        &mut net,
+        "bnv",
+        "10.79.0",
+        &["--insecure-registry", &insecure],
+    );
+    let m = &nodes[0];
+    m.ok(&["network", "create", "-d", "overlay", "test"]);
+    m.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--network",
+        "test",
+        "--hostname",
+        "web-{{.Task.Slot}}",
+        &image,
+        "sh",
+        "-c",
+        "mkdir -p /www && hostname > /www/index.html && exec busybox httpd -f -p 80 -h /www",
+    ]);
+    let inspect: serde_json::Value =
+        serde_json::from_str(&m.ok(&["service", "inspect", "web"])).unwrap();
+    let vip = inspect[0]["Endpoint"]["VirtualIPs"][0]["Addr"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse::<Ipv4Addr>().ok())
+        .expect("web's VIP");
+    let to = SocketAddr::from((vip, 80));
+    // The client: web.1's own namespace (the VIP balances there too).
+    let t = Instant::now();
+    let client = loop {
+        if let Some(ns) = nodes.iter().find_map(task_netns) {
+            if in_netns(&ns, || get(to)).ok().flatten().as_deref() == Some("web-1") {
+                break ns;
+            }
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "web.1 never answered");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut times = Vec::new();
+    for n in 2..=6 {
+        let want = format!("web-{n}");
+        let t = Instant::now();
+        m.ok(&["service", "scale", "-d", &format!("web={n}")]);
+        let reached = in_netns(&client, || loop {
+            if get(to).as_deref() == Some(want.as_str()) {
+                return Some(t.elapsed());
+            }
+            if t.elapsed() > Duration::from_secs(60) {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        })
+        .unwrap()
+        .unwrap_or_else(|| panic!("{want} never answered through {vip}"));
+        times.push(reached);
+    }
+    println!(
+        "BENCH vip_new_task_reachable_median {:.0} ms",
+        median(&mut times).as_secs_f64() * 1e3
+    );
+    println!(
+        "BENCH vip_new_task_reachable_max {:.0} ms",
+        times.iter().max().unwrap().as_secs_f64() * 1e3
+    );
+    drop(nodes);
     drop(net);
 }
