@@ -394,7 +394,10 @@ fn vip_bench() {
                 break ns;
             }
         }
-        assert!(t.elapsed() < Duration::from_secs(60), "web.1 never answered");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "web.1 never answered"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut times = Vec::new();

@@ -418,6 +418,18 @@ impl Plane {
     }
 
     fn wire(&mut self, a: &Assignment) -> Result<Wiring, String> {
+        // The node's networks as the last set left them: a task is never wired into an
+        // overlay the kernel refused to finish (a bridge with no way to other nodes).
+        // The attempt is repeated first, so a cause since removed does not hold it up.
+        if self.said.is_some() {
+            match self.apply() {
+                Ok(()) => {
+                    self.said = None;
+                    info!("networks: in place again");
+                }
+                Err(e) => return Err(format!("this node's networks are not in place: {e}")),
+            }
+        }
         let path = self.path_of(a.task);
         let netns = path.display().to_string();
         netns::create(&path).map_err(|e| e.to_string())?;

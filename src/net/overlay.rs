@@ -333,15 +333,18 @@ pub fn apply(rtnl: &mut Rtnl, ops: &[Op]) -> Result<(), RtnlError> {
                     up: Some(true),
                     ..LinkSet::default()
                 };
-                rtnl.set_link(idx(link)?, &set)?;
+                rtnl.set_link(idx(link)?, &set)
+                    .map_err(|e| up_error(link, e))?;
             }
-            Op::Up(name) => rtnl.set_link(
-                idx(name)?,
-                &LinkSet {
-                    up: Some(true),
-                    ..LinkSet::default()
-                },
-            )?,
+            Op::Up(name) => rtnl
+                .set_link(
+                    idx(name)?,
+                    &LinkSet {
+                        up: Some(true),
+                        ..LinkSet::default()
+                    },
+                )
+                .map_err(|e| up_error(name, e))?,
             Op::SetNeigh { dev, ip, mac } => rtnl.set_neighbour(idx(dev)?, false, *ip, *mac)?,
             Op::DelNeigh { dev, ip, mac } => rtnl.del_neighbour(idx(dev)?, false, *ip, *mac)?,
             Op::SetFdb { dev, mac, dst } => rtnl.set_neighbour(idx(dev)?, true, *dst, *mac)?,
@@ -349,6 +352,22 @@ pub fn apply(rtnl: &mut Rtnl, ops: &[Op]) -> Result<(), RtnlError> {
         }
     }
     Ok(())
+}
+
+/// A VXLAN device opens its UDP port when it comes up: the kernel's "address in use"
+/// then means another program holds the port, and the error says so.
+fn up_error(link: &str, e: RtnlError) -> RtnlError {
+    match e {
+        RtnlError::Kernel { source, .. } if source.raw_os_error() == Some(libc::EADDRINUSE) => {
+            RtnlError::Kernel {
+                what: format!(
+                    "bring up {link}: UDP port {VXLAN_PORT} (VXLAN) is taken by another program on this node"
+                ),
+                source,
+            }
+        }
+        e => e,
+    }
 }
 
 /// Observes, plans and applies; returns how many operations it took.
