@@ -16,3 +16,4 @@ pub mod netns;
 pub mod nft;
 pub mod overlay;
 pub mod rtnl;
+pub mod seal;
