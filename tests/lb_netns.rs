@@ -27,6 +27,7 @@ fn a_vip_balances_round_robin_follows_changes_and_refuses_when_empty() {
     let h = format!("/var/run/netns/{}", net.host(1, "10.77.0.1"));
     let mut r = Rtnl::open_in(&h).unwrap();
     let ov = OverlayNet {
+        sealed: false,
         vni: 300,
         mtu: 1450,
         local: ip("10.77.0.1"),
@@ -163,6 +164,7 @@ fn a_vips_local_route_takes_its_connections_from_the_networks_address() {
     let h = format!("/var/run/netns/{}", net.host(1, "10.77.0.1"));
     let mut r = Rtnl::open_in(&h).unwrap();
     let ov = OverlayNet {
+        sealed: false,
         vni: 301,
         mtu: 1450,
         local: ip("10.77.0.1"),

@@ -22,6 +22,7 @@ const VNI: u32 = 4097;
 
 fn overlay(local: &str, remote: &[(&str, &str)]) -> OverlayNet {
     OverlayNet {
+        sealed: false,
         vni: VNI,
         mtu: 1500 - overlay::VXLAN_OVERHEAD,
         local: ip(local),

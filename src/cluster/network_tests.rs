@@ -43,6 +43,7 @@ fn net_cmd(id: u64, name: &str, subnet: Option<&str>) -> Command {
             ..NetworkSpec::default()
         },
         at_ms: 1,
+        key: None,
     }))
 }
 
@@ -144,6 +145,7 @@ fn networks_are_made_checked_and_removed() {
             id: NetworkId(9),
             spec,
             at_ms: 1,
+            key: None,
         }))
     };
     assert!(matches!(

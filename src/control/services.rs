@@ -427,11 +427,21 @@ impl Control {
                         .try_into()
                         .expect("invariant: 16 bytes"),
                 ));
+                // An encrypted network's key, from the core's generator (ChaCha20 seeded
+                // from the OS); made here, not in apply, which must be deterministic.
+                let key = spec.encrypted().then(|| {
+                    let (a, b) = (self.random16(), self.random16());
+                    let mut k = [0u8; 32];
+                    k[..16].copy_from_slice(&a);
+                    k[16..].copy_from_slice(&b);
+                    crate::services::network::NetSecret(k)
+                });
                 Ok((
                     vec![NetworkCommand::Create {
                         id,
                         spec: *spec,
                         at_ms,
+                        key,
                     }],
                     id.to_string(),
                 ))
@@ -522,18 +532,10 @@ fn each_named<C>(
     Ok((cmds, names.join("\n")))
 }
 
-/// The networks a spec names, by id (a user gives names or id prefixes). Encrypted
-/// networks are refused until nodes encrypt (their traffic must never go out in the
-/// clear).
+/// The networks a spec names, by id (a user gives names or id prefixes).
 fn resolve_networks(c: &ClusterState, spec: &mut ServiceSpec) -> Result<(), String> {
     for n in &mut spec.task.networks {
         let net = c.networks.resolve(n).map_err(|e| e.to_string())?;
-        if net.spec.encrypted() {
-            return Err(format!(
-                "network {}: encrypted overlay networks are not built yet, and a task is never put on one unencrypted",
-                net.spec.name
-            ));
-        }
         *n = net.id.to_string();
     }
     Ok(())

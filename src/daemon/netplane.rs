@@ -13,8 +13,9 @@
 //! fails is rejected and its namespace removed.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::net::bridge;
 use crate::net::dns_server::Dns;
@@ -23,7 +24,10 @@ use crate::net::mesh::{Mesh, Port, Proto, Published};
 use crate::net::names::{NetworkNames, ServiceNames};
 use crate::net::netns;
 use crate::net::overlay::{self, Endpoint, OverlayNet, VXLAN_OVERHEAD};
-use crate::net::rtnl::Rtnl;
+use crate::net::rtnl::{LinkSet, Rtnl};
+use crate::net::seal::{self, NetKey};
+use crate::net::sealed::{Datapath, SealedNet};
+use crate::net::tap::Tap;
 use crate::services::agent::Assignment;
 use crate::services::network::{NetView, NodeNet};
 use crate::services::spec::Protocol;
@@ -94,6 +98,13 @@ pub struct Plane {
     nat: bool,
     /// The underlay's MTU at the node's address, as last looked up.
     underlay: Option<(Ipv4Addr, u32)>,
+    /// Encrypted networks' TAP devices, by VNI (each goes when dropped).
+    taps: BTreeMap<u32, Arc<Tap>>,
+    /// The encrypted networks' data path, once one is wanted.
+    datapath: Option<Datapath>,
+    /// Why the encrypted networks are not carried, if they are not: their tasks are
+    /// refused (never wired in the clear); other networks carry on.
+    sealed_broken: Option<String>,
 }
 
 struct Wired {
@@ -139,6 +150,9 @@ impl Plane {
             tcp_idle: cfg.tcp_idle,
             nat: false,
             underlay: None,
+            taps: BTreeMap::new(),
+            datapath: None,
+            sealed_broken: None,
         }
     }
 
@@ -216,6 +230,19 @@ impl Plane {
             overlay::set_node_address(rtnl, ing.vni, ip, ing.subnet.prefix)
                 .map_err(|e| format!("ingress address {ip}: {e}"))?;
         }
+        match self.sync_sealed(&want) {
+            Ok(()) => {
+                if self.sealed_broken.take().is_some() {
+                    info!("encrypted networks: carried again");
+                }
+            }
+            Err(e) => {
+                if self.sealed_broken.as_deref() != Some(e.as_str()) {
+                    error!("encrypted networks: {e}; their tasks are refused");
+                }
+                self.sealed_broken = Some(e);
+            }
+        }
         self.sync_mesh(ingress.as_ref())?;
         self.sync_host()?;
         let mut failed = Vec::new();
@@ -233,6 +260,104 @@ impl Plane {
             true => Ok(()),
             false => Err(failed.join("; ")),
         }
+    }
+
+    /// The encrypted networks' TAP devices on their bridges and the data path carrying
+    /// them, from the leader's keys. Fails closed: on any error the networks' tasks are
+    /// refused, and a TAP nobody reads sends nothing.
+    fn sync_sealed(&mut self, want: &[OverlayNet]) -> Result<(), String> {
+        let sealed: Vec<NetView> = self
+            .net
+            .networks
+            .iter()
+            .filter(|n| n.encrypted)
+            .cloned()
+            .collect();
+        let vnis: BTreeSet<u32> = sealed.iter().map(|n| n.vni).collect();
+        self.taps.retain(|v, _| vnis.contains(v));
+        if sealed.is_empty() {
+            if let Some(d) = &self.datapath {
+                d.set(Vec::new());
+            }
+            return Ok(());
+        }
+        let Some(IpAddr::V4(local)) = self.net.addr else {
+            return Err("encrypted networks need an IPv4 node address".into());
+        };
+        if self
+            .datapath
+            .as_ref()
+            .is_some_and(|d| *d.local().ip() != local)
+        {
+            self.datapath = None;
+        }
+        if self.datapath.is_none() {
+            let random =
+                crate::netio::transport::os_random().map_err(|e| format!("random session: {e}"))?;
+            let mut session = [0u8; 8];
+            session.copy_from_slice(&random[..8]);
+            let at = SocketAddrV4::new(local, seal::PORT);
+            let d = Datapath::start(at, u64::from(u32::from(local)), u64::from_le_bytes(session))
+                .map_err(|e| e.to_string())?;
+            self.datapath = Some(d);
+        }
+        let mut nets = Vec::new();
+        for v in &sealed {
+            let key = v
+                .key
+                .clone()
+                .ok_or_else(|| format!("network {}: the leader sent no key", v.name))?;
+            let ov = want
+                .iter()
+                .find(|o| o.vni == v.vni)
+                .ok_or_else(|| format!("network {}: not set up", v.name))?;
+            let name = overlay::tap_name(v.vni);
+            let tap = match self.taps.get(&v.vni) {
+                Some(t) => t.clone(),
+                None => {
+                    let t =
+                        Arc::new(Tap::open(&name).map_err(|e| format!("network {}: {e}", v.name))?);
+                    self.taps.insert(v.vni, t.clone());
+                    t
+                }
+            };
+            let rtnl = self.rtnl()?;
+            let found = |r: Result<Option<crate::net::rtnl::Link>, _>, what: &str| match r {
+                Ok(Some(l)) => Ok(l),
+                Ok(None) => Err(format!("{what} is missing")),
+                Err(e) => Err(format!("{what}: {e}")),
+            };
+            let br = found(
+                rtnl.link(&overlay::bridge_name(v.vni)),
+                "the network's bridge",
+            )?;
+            let t = found(rtnl.link(&name), &name)?;
+            if t.master != Some(br.index) || !t.up || t.mtu != ov.mtu {
+                rtnl.set_link(
+                    t.index,
+                    &LinkSet {
+                        master: Some(br.index),
+                        mtu: Some(ov.mtu),
+                        up: Some(true),
+                        ..LinkSet::default()
+                    },
+                )
+                .map_err(|e| format!("{name}: {e}"))?;
+            }
+            nets.push(SealedNet {
+                vni: v.vni,
+                tap,
+                key: NetKey {
+                    epoch: 1,
+                    key: key.0,
+                },
+                remote: ov.remote.clone(),
+            });
+        }
+        if let Some(d) = &self.datapath {
+            d.set(nets);
+        }
+        Ok(())
     }
 
     /// The overlay networks this node should have, as the kernel module takes them.
@@ -420,8 +545,13 @@ impl Plane {
     fn wire(&mut self, a: &Assignment) -> Result<Wiring, String> {
         // The node's networks as the last set left them: a task is never wired into an
         // overlay the kernel refused to finish (a bridge with no way to other nodes).
-        // The attempt is repeated first, so a cause since removed does not hold it up.
-        if self.said.is_some() {
+        // The attempt is repeated first, so a cause since removed does not hold it up;
+        // likewise for the encrypted networks' data path when the task is on one.
+        let encrypted = a
+            .addrs
+            .iter()
+            .any(|(id, _)| self.net.networks.iter().any(|n| n.id == *id && n.encrypted));
+        if self.said.is_some() || (encrypted && self.sealed_broken.is_some()) {
             match self.apply() {
                 Ok(()) => {
                     self.said = None;
@@ -446,6 +576,20 @@ impl Plane {
                 .iter()
                 .find(|n| n.id == *id)
                 .ok_or_else(|| format!("network {id} is not among this node's networks"))?;
+            if view.encrypted {
+                if let Some(e) = &self.sealed_broken {
+                    return Err(format!(
+                        "encrypted network {}: not carried on this node ({e})",
+                        view.name
+                    ));
+                }
+                if !self.taps.contains_key(&view.vni) {
+                    return Err(format!(
+                        "encrypted network {}: its data path is not in place on this node",
+                        view.name
+                    ));
+                }
+            }
             let ov = overlay_of(view, local, underlay);
             let ep = Endpoint {
                 netns: netns.clone(),
@@ -592,9 +736,14 @@ fn read_addr(path: &Path) -> Option<Ipv4Addr> {
 
 /// The overlay as the kernel module takes it.
 fn overlay_of(v: &NetView, local: Ipv4Addr, underlay: u32) -> OverlayNet {
+    let overhead = match v.encrypted {
+        true => u32::try_from(seal::OVERHEAD).unwrap_or(u32::MAX),
+        false => VXLAN_OVERHEAD,
+    };
     OverlayNet {
+        sealed: v.encrypted,
         vni: v.vni,
-        mtu: v.mtu.unwrap_or(underlay.saturating_sub(VXLAN_OVERHEAD)),
+        mtu: v.mtu.unwrap_or(underlay.saturating_sub(overhead)),
         local,
         remote: v
             .remote
@@ -686,6 +835,7 @@ mod tests {
             gateway: Ipv4Addr::new(10, 0, 1, 1),
             mtu: None,
             encrypted: false,
+            key: None,
             ingress: false,
             remote: vec![
                 (Ipv4Addr::new(10, 0, 1, 9), IpAddr::from([192, 168, 1, 2])),

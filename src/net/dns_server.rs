@@ -143,6 +143,11 @@ async fn serve(sock: Arc<Async<UdpSocket>>, key: String, shared: Arc<Shared>) {
             // A closed socket or a namespace gone: nothing more will come.
             return;
         };
+        // Stopped while this task was still running (a drop cancels it only when the
+        // executor next looks): a query that comes after `stop` gets no answer.
+        if !lock(&shared).endpoints.contains_key(&key) {
+            return;
+        }
         let packet = &buf[..n.min(buf.len())];
         let q = match dns::parse_query(packet) {
             Ok(q) => q,
@@ -155,11 +160,11 @@ async fn serve(sock: Arc<Async<UdpSocket>>, key: String, shared: Arc<Shared>) {
         };
         let answer = {
             let t = lock(&shared);
-            let nets: Vec<Arc<NetworkNames>> = t
-                .endpoints
-                .get(&key)
-                .map(|ns| ns.iter().filter_map(|n| t.names.get(n).cloned()).collect())
-                .unwrap_or_default();
+            let Some(ns) = t.endpoints.get(&key) else {
+                return;
+            };
+            let nets: Vec<Arc<NetworkNames>> =
+                ns.iter().filter_map(|n| t.names.get(n).cloned()).collect();
             resolve(nets.iter().map(|a| &**a), &q.name)
         };
         let reply = match answer {

@@ -17,3 +17,5 @@ pub mod nft;
 pub mod overlay;
 pub mod rtnl;
 pub mod seal;
+pub mod sealed;
+pub mod tap;

@@ -34,9 +34,17 @@ pub const VXLAN_OVERHEAD: u32 = 50;
 /// Names of the links this module owns start with this; anything else is left alone.
 const PREFIX: &str = "sw";
 
+/// An encrypted network's TAP device (made and held by the daemon, not by [`plan`]).
+pub fn tap_name(vni: u32) -> String {
+    format!("{PREFIX}-t{vni}")
+}
+
 /// One overlay network as one node should have it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OverlayNet {
+    /// An encrypted network: its bridge only, no VXLAN device and no entries. Its way
+    /// off the node is a TAP device the encrypted data path (`sealed`) holds open.
+    pub sealed: bool,
     pub vni: u32,
     /// The overlay's MTU (the underlay's minus [`VXLAN_OVERHEAD`]).
     pub mtu: u32,
@@ -143,7 +151,13 @@ pub fn plan(want: &[OverlayNet], have: &Observed) -> Vec<Op> {
     let by_name: BTreeMap<&str, &Link> = have.links.iter().map(|l| (l.name.as_str(), l)).collect();
     let wanted: BTreeSet<String> = want
         .iter()
-        .flat_map(|n| [bridge_name(n.vni), vxlan_name(n.vni)])
+        .flat_map(|n| {
+            let mut names = vec![bridge_name(n.vni)];
+            if !n.sealed {
+                names.push(vxlan_name(n.vni));
+            }
+            names
+        })
         .collect();
     let bridges: BTreeMap<u32, &str> = have
         .links
@@ -179,6 +193,9 @@ pub fn plan(want: &[OverlayNet], have: &Observed) -> Vec<Op> {
         }
         if !bridge_ok || !bridge.is_some_and(|b| b.up) {
             ops.push(Op::Up(br.clone()));
+        }
+        if n.sealed {
+            continue;
         }
         let vxlan = by_name.get(vx.as_str());
         let vxlan_ok = vxlan.is_some_and(|l| {
@@ -538,6 +555,7 @@ mod tests {
 
     fn net(vni: u32, remote: &[(u8, u8)]) -> OverlayNet {
         OverlayNet {
+            sealed: false,
             vni,
             mtu: 1450,
             local: LOCAL,
@@ -637,6 +655,19 @@ mod tests {
             mac: mac_of(Ipv4Addr::new(10, 0, 0, 3)),
             dst: Ipv4Addr::new(192, 168, 1, 3)
         }));
+    }
+
+    #[test]
+    fn an_encrypted_network_gets_its_bridge_only_and_loses_a_vxlan_device() {
+        let mut n = net(4097, &[(2, 2), (3, 3)]);
+        n.sealed = true;
+        let ops = plan(std::slice::from_ref(&n), &Observed::default());
+        assert_eq!(ops.len(), 2, "{ops:?}");
+        // Turned from a VXLAN network (the same VNI): its VXLAN device goes.
+        let clear = net(4097, &[(2, 2)]);
+        let ops = plan(std::slice::from_ref(&n), &settled(&clear));
+        assert_eq!(ops, vec![Op::DelLink("sw-x4097".into())]);
+        assert_eq!(tap_name(4097), "sw-t4097");
     }
 
     #[test]

@@ -30,9 +30,10 @@ const VERSION: u8 = 1;
 /// Bytes before the sealed frame.
 pub const HEADER_LEN: usize = 36;
 
-/// What sealing adds to a frame on the wire, outer IPv4 and UDP headers included: an
-/// encrypted network's MTU is the underlay's less this.
-pub const OVERHEAD: usize = 20 + 8 + HEADER_LEN + TAG_LEN;
+/// What carrying a packet costs on the wire: outer IPv4 and UDP headers, the seal's
+/// header and tag, and the inner Ethernet header (as VXLAN's 50 counts it). An encrypted
+/// network's MTU is the underlay's less this.
+pub const OVERHEAD: usize = 20 + 8 + HEADER_LEN + TAG_LEN + 14;
 
 /// Senders a receiver keeps keys and replay windows for, per network; past it the
 /// oldest session is forgotten (its frames then fail as replays of nothing, harmlessly:

@@ -83,6 +83,20 @@ pub struct Network {
     pub vni: u32,
     pub space: AddressSpace,
     pub created_ms: u64,
+    /// An encrypted network's data-plane key (made by the leader that proposed it).
+    #[serde(default)]
+    pub key: Option<NetSecret>,
+}
+
+/// A network's 32-byte data-plane key. Shown nowhere: its `Debug` hides it, and only
+/// the nodes on the network are sent it (over the encrypted control channel).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetSecret(pub [u8; 32]);
+
+impl std::fmt::Debug for NetSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NetSecret(..)")
+    }
 }
 
 /// A published port as the cluster holds it (the published number chosen when the
@@ -131,6 +145,9 @@ pub enum NetworkCommand {
         id: NetworkId,
         spec: NetworkSpec,
         at_ms: u64,
+        /// The data-plane key, for an encrypted network (required for one).
+        #[serde(default)]
+        key: Option<NetSecret>,
     },
     Remove(NetworkId),
 }
@@ -266,15 +283,27 @@ impl Networks {
             vni,
             space,
             created_ms: at_ms,
+            key: None,
         })
     }
 
     /// Whether a network command would apply; `store` tells who uses a network.
     pub fn validate(&self, store: &Store, cmd: &NetworkCommand) -> Result<(), NetworkError> {
         match cmd {
-            NetworkCommand::Create { id, spec, at_ms } => {
+            NetworkCommand::Create {
+                id,
+                spec,
+                at_ms,
+                key,
+            } => {
                 if spec.ingress {
                     return Err(NetworkError::Ingress);
+                }
+                if spec.encrypted() != key.is_some() {
+                    return Err(NetworkError::Option(
+                        "encrypted".into(),
+                        "an encrypted network needs its key, and only it has one".into(),
+                    ));
                 }
                 self.make(*id, spec.clone(), *at_ms).map(|_| ())
             }
@@ -298,8 +327,14 @@ impl Networks {
     pub fn apply(&mut self, store: &Store, cmd: &NetworkCommand) -> Result<(), NetworkError> {
         self.validate(store, cmd)?;
         match cmd {
-            NetworkCommand::Create { id, spec, at_ms } => {
-                let n = self.make(*id, spec.clone(), *at_ms)?;
+            NetworkCommand::Create {
+                id,
+                spec,
+                at_ms,
+                key,
+            } => {
+                let mut n = self.make(*id, spec.clone(), *at_ms)?;
+                n.key = key.clone();
                 self.nets.insert(*id, n);
             }
             NetworkCommand::Remove(id) => {
@@ -666,6 +701,8 @@ pub struct NetView {
     pub gateway: Ipv4Addr,
     pub mtu: Option<u32>,
     pub encrypted: bool,
+    /// An encrypted network's key (none for the others).
+    pub key: Option<NetSecret>,
     pub ingress: bool,
     /// Endpoints on other nodes (tasks, and on ingress the nodes themselves): overlay
     /// address and the node's address.
@@ -862,6 +899,7 @@ impl Networks {
                     gateway: n.space.gateway,
                     mtu: n.spec.mtu(),
                     encrypted: n.spec.encrypted(),
+                    key: n.key.clone(),
                     ingress: n.spec.ingress,
                     remote,
                     services,

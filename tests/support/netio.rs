@@ -51,6 +51,7 @@ impl MeshPair {
         for (i, host) in hosts.iter().enumerate() {
             let o = 1 - i;
             let ov = OverlayNet {
+                sealed: false,
                 vni: MESH_VNI,
                 mtu: 1450,
                 local: Self::under(subnet, i),
