@@ -38,15 +38,15 @@ use std::time::Duration;
 use netlink_sys::protocols::NETLINK_GENERIC;
 use netlink_sys::{Socket, SocketAddr};
 
-use super::lb::{Services, MAX_BACKENDS};
 use super::nft::{
     diff, ip_bytes, BaseChain, Batch, ChainType, Expr, Hook, KeyType, Mirror, Nft, NftError, Reg,
     Value, NFPROTO_IPV4,
 };
 use super::rtnl::Rtnl;
+use super::vips::{Services, MAX_BACKENDS};
 
 /// The table's name (the same as `lb`'s: a namespace has one balancer or the other).
-pub const TABLE: &str = super::lb::TABLE;
+pub const TABLE: &str = super::vips::TABLE;
 
 /// Where the kernel shows IPVS when it has it.
 pub const PROC: &str = "/proc/net/ip_vs";

@@ -25,7 +25,7 @@
 //! services; a change in count rewrites the service's rule, and the kernel then checks
 //! every chain the table reaches (a few hundred microseconds at 1,000 services).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use super::ipvs::{IpvsBalancer, IpvsError, DEFAULT_TCP_IDLE};
@@ -35,19 +35,10 @@ use super::nft::{
 };
 use super::rtnl::in_netns;
 
-/// The table's name.
-pub const TABLE: &str = "swarmlet";
-
-/// Backends per VIP at most: a service's replicas are capped at 100,000 by its spec, but
-/// a balancer map that large would take a batch of megabytes; 4,096 is well past any
-/// service an edge cluster runs and keeps one update under 200 KiB.
-pub const MAX_BACKENDS: usize = 4096;
+pub use super::vips::{Services, MAX_BACKENDS, TABLE};
 
 /// NAT runs before the conntrack-confirmed filter, as `nft`'s `dstnat` priority does.
 const DSTNAT: i32 = -100;
-
-/// VIP -> its backends, in the order round robin takes them.
-pub type Services = BTreeMap<Ipv4Addr, Vec<Ipv4Addr>>;
 
 /// Which kernel machinery balances VIPs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

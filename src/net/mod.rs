@@ -19,3 +19,4 @@ pub mod rtnl;
 pub mod seal;
 pub mod sealed;
 pub mod tap;
+pub mod vips;
