@@ -65,6 +65,11 @@ fn captured((mut child, mut out): (Child, BufReader<ChildStdout>)) -> Vec<Vec<u8
         .collect()
 }
 
+/// Whether an Ethernet frame carries IPv4 UDP (a 20-byte header) to `port`.
+fn is_udp_to(f: &[u8], port: [u8; 2]) -> bool {
+    f.len() > 38 && f[12..14] == [8, 0] && f[23] == 17 && f[36..38] == port
+}
+
 /// A host's network bridge with its TAP device and one task on it.
 struct Host {
     path: String,
@@ -174,10 +179,7 @@ fn frames_cross_sealed_and_nothing_crosses_in_the_clear() {
     }
     let frames = captured(cap);
     let port = PORT.to_be_bytes();
-    let sealed_udp = frames
-        .iter()
-        .filter(|f| f.len() > 38 && f[12..14] == [8, 0] && f[23] == 17 && f[36..38] == port)
-        .count();
+    let sealed_udp = frames.iter().filter(|f| is_udp_to(f, port)).count();
     assert!(
         sealed_udp >= 6,
         "sealed datagrams seen: {sealed_udp} of {} frames",
@@ -305,10 +307,7 @@ fn an_encrypted_network_across_three_daemons_is_sealed_and_fails_closed() {
     });
     let frames = captured(cap);
     let port = PORT.to_be_bytes();
-    let sealed_udp = frames
-        .iter()
-        .filter(|f| f.len() > 38 && f[12..14] == [8, 0] && f[23] == 17 && f[36..38] == port)
-        .count();
+    let sealed_udp = frames.iter().filter(|f| is_udp_to(f, port)).count();
     assert!(sealed_udp > 0, "sealed datagrams on the wire");
     for f in &frames {
         assert!(
@@ -316,7 +315,7 @@ fn an_encrypted_network_across_three_daemons_is_sealed_and_fails_closed() {
             "the payload crossed in the clear"
         );
         assert!(
-            !(f.len() > 38 && f[12..14] == [8, 0] && f[23] == 17 && f[36..38] == [0x12, 0xb5]),
+            !is_udp_to(f, 4789u16.to_be_bytes()),
             "a VXLAN datagram carried the encrypted network"
         );
     }

@@ -43,7 +43,7 @@ use super::nft::{
     Value, NFPROTO_IPV4,
 };
 use super::rtnl::Rtnl;
-use super::vips::{Services, MAX_BACKENDS};
+use super::vips::{add_deny_chain, Services};
 
 /// The table's name (the same as `lb`'s: a namespace has one balancer or the other).
 pub const TABLE: &str = super::vips::TABLE;
@@ -103,6 +103,10 @@ const IP_VS_CONN_F_MASQ: u32 = 0;
 
 /// Marking runs where iptables' mangle table does, before IPVS's local-out hook.
 const MANGLE: i32 = -150;
+
+/// The largest answer read: IPVS's replies to our requests are acknowledgements and one
+/// family description, far below this.
+const RECV_BUF: usize = 64 * 1024;
 
 /// How long an answer from the kernel may take before the request is an error.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -272,7 +276,7 @@ impl Genl {
             sock,
             family: GENL_ID_CTRL,
             seq: 0,
-            buf: vec![0; 64 * 1024],
+            buf: vec![0; RECV_BUF],
         };
         let mut a = Attrs::default();
         a.str(CTRL_ATTR_FAMILY_NAME, name);
@@ -420,14 +424,9 @@ impl IpvsBalancer {
         })
     }
 
-    /// Makes the kernel hold `want`. Returns how many services changed.
+    /// Makes the kernel hold `want` (its backends within `vips::MAX_BACKENDS`, as
+    /// `lb::Balancer` checks). Returns how many services changed.
     pub fn sync(&mut self, want: &Services) -> Result<usize, IpvsError> {
-        if let Some((vip, b)) = want.iter().find(|(_, b)| b.len() > MAX_BACKENDS) {
-            return Err(IpvsError::Protocol(format!(
-                "{vip}: {} backends, more than {MAX_BACKENDS}",
-                b.len()
-            )));
-        }
         match self.held.take() {
             None => {
                 self.rebuild(want)?;
@@ -630,7 +629,7 @@ pub fn table(want: &Services) -> Batch {
         TABLE,
         "mark",
         &[
-            daddr.clone(),
+            daddr,
             Expr::Lookup {
                 set: "marked".into(),
                 sreg: Reg::R1,
@@ -639,28 +638,7 @@ pub fn table(want: &Services) -> Batch {
             Expr::MarkSet { sreg: Reg::R1 },
         ],
     );
-    b.add_chain(
-        TABLE,
-        "deny",
-        Some(BaseChain {
-            hook: Hook::Output,
-            priority: 0,
-            kind: ChainType::Filter,
-        }),
-    );
-    b.add_rule(
-        TABLE,
-        "deny",
-        &[
-            daddr,
-            Expr::Lookup {
-                set: "empty".into(),
-                sreg: Reg::R1,
-                dreg: None,
-            },
-            Expr::Reject,
-        ],
-    );
+    add_deny_chain(&mut b);
     let (marked, empty): (Vec<_>, Vec<_>) = want.iter().partition(|(_, b)| !b.is_empty());
     let elems = |v: Vec<(&Ipv4Addr, &Vec<Ipv4Addr>)>| -> Vec<(Vec<u8>, Value)> {
         v.into_iter()

@@ -35,6 +35,7 @@ use super::nft::{
 };
 use super::rtnl::in_netns;
 
+use super::vips::add_deny_chain;
 pub use super::vips::{Services, MAX_BACKENDS, TABLE};
 
 /// NAT runs before the conntrack-confirmed filter, as `nft`'s `dstnat` priority does.
@@ -221,32 +222,7 @@ pub fn rebuild(want: &Services) -> Batch {
             },
         ],
     );
-    b.add_chain(
-        TABLE,
-        "deny",
-        Some(BaseChain {
-            hook: Hook::Output,
-            priority: 0,
-            kind: ChainType::Filter,
-        }),
-    );
-    b.add_rule(
-        TABLE,
-        "deny",
-        &[
-            Expr::NetworkHeader {
-                offset: 16,
-                len: 4,
-                dreg: Reg::R1,
-            },
-            Expr::Lookup {
-                set: "empty".into(),
-                sreg: Reg::R1,
-                dreg: None,
-            },
-            Expr::Reject,
-        ],
-    );
+    add_deny_chain(&mut b);
     for (vip, backends) in want {
         add_service(&mut b, *vip, backends);
     }

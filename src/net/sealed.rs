@@ -27,6 +27,10 @@ use super::tap::Tap;
 /// How long the thread sleeps in `poll` before it looks for a changed set of networks.
 const TICK: Duration = Duration::from_millis(50);
 
+/// The largest UDP datagram or TAP frame read in one go (an IPv4 datagram's limit):
+/// nothing the kernel hands over is cut short.
+const MAX_DATAGRAM: usize = 65_536;
+
 /// Frames handled per device per wake-up, so one busy network cannot starve the rest.
 const BURST: usize = 64;
 
@@ -155,8 +159,8 @@ struct Worker {
 
 impl Worker {
     fn run(&mut self) {
-        let mut buf = vec![0u8; 65_536];
-        let mut out = Vec::with_capacity(65_536);
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut out = Vec::with_capacity(MAX_DATAGRAM);
         while !self.stop.load(Ordering::Relaxed) {
             self.refresh();
             let taps: Vec<(u32, Arc<Tap>)> =

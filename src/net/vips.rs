@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
+use super::nft::{BaseChain, Batch, ChainType, Expr, Hook, Reg};
+
 /// The nf_tables table a balancer keeps in its namespace (both kinds have one).
 pub const TABLE: &str = "swarmlet";
 
@@ -14,3 +16,35 @@ pub const MAX_BACKENDS: usize = 4096;
 
 /// VIP -> its backends, in the order round robin takes them.
 pub type Services = BTreeMap<Ipv4Addr, Vec<Ipv4Addr>>;
+
+/// `chain deny { filter hook output 0: ip daddr @empty reject }`: a VIP with no backend
+/// refuses at once instead of leaving the client to time out (the set `empty` is the
+/// caller's, in [`TABLE`]).
+pub fn add_deny_chain(b: &mut Batch) {
+    b.add_chain(
+        TABLE,
+        "deny",
+        Some(BaseChain {
+            hook: Hook::Output,
+            priority: 0,
+            kind: ChainType::Filter,
+        }),
+    );
+    b.add_rule(
+        TABLE,
+        "deny",
+        &[
+            Expr::NetworkHeader {
+                offset: 16,
+                len: 4,
+                dreg: Reg::R1,
+            },
+            Expr::Lookup {
+                set: "empty".into(),
+                sreg: Reg::R1,
+                dreg: None,
+            },
+            Expr::Reject,
+        ],
+    );
+}
