@@ -92,6 +92,19 @@ fn bad_flag_values_are_usage_errors_before_any_daemon_is_asked() {
         ),
         (vec!["join", "SWLT-1-x-abc", "10.0.0.1:2377"], "TOKEN"),
         (vec!["daemon", "--log-level", "loud"], "--log-level"),
+        (vec!["daemon", "--bridge", "docker0"], "--bridge"),
+        (
+            vec!["daemon", "--lb-idle-timeout", "0s"],
+            "--lb-idle-timeout",
+        ),
+        (
+            vec!["daemon", "--lb-idle-timeout", "600h"],
+            "--lb-idle-timeout",
+        ),
+        (
+            vec!["daemon", "--lb-idle-timeout", "forever"],
+            "--lb-idle-timeout",
+        ),
         (vec!["run", "--name", "a b", "busybox"], "--name"),
         (vec!["run", "-w", "relative", "busybox"], "-w"),
         (vec!["run", "-v", "..:/x", "busybox"], "-v"),
