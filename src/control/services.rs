@@ -289,8 +289,16 @@ impl Control {
             {
                 addrs.push(ing);
             }
+            let mut ports: Vec<_> = svc
+                .into_iter()
+                .flat_map(|s| s.spec.endpoint.ports.iter())
+                .map(|p| (p.protocol, p.target))
+                .collect();
+            ports.sort();
+            ports.dedup();
             set.push(Assignment {
                 addrs,
+                ports,
                 task: t.id,
                 service: t.service,
                 service_name: svc.map_or_else(String::new, |s| s.spec.name.clone()),

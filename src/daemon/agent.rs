@@ -20,6 +20,7 @@ use crate::services::agent::{
     Action, AgentStatus, Assignment, Assignments, Book, NodeDescription, Seen, LABEL_NODE,
     LABEL_SERVICE, LABEL_SERVICE_ID, LABEL_TASK,
 };
+use crate::services::spec::Protocol;
 use crate::services::store::{TaskId, TaskReport};
 use crate::services::task::TaskState;
 
@@ -31,6 +32,12 @@ const TICK: Duration = Duration::from_secs(1);
 /// before its stop signal: the other nodes' tables are a dispatch away (milliseconds,
 /// or one status exchange when a message was lost).
 const DRAIN: Duration = Duration::from_secs(1);
+
+/// How long a new task's container is given to listen on its service's published
+/// target ports before it is reported running anyway (Docker never waits: a task
+/// joined the balancers while its server was still starting, and a rolling update
+/// lost the requests sent to it meanwhile).
+const LISTEN_WAIT: Duration = Duration::from_secs(10);
 
 enum Msg {
     Assign(Box<Assignments>),
@@ -246,13 +253,25 @@ impl Loop {
                 let node = self.node;
                 let hostname = self.hostname.clone();
                 spawn_worker(move || {
-                    if let Err(e) = start(&engine, node, &hostname, &asg, wiring) {
-                        let _ = tx.send(Msg::Report(TaskReport {
-                            task,
-                            state: TaskState::Rejected,
-                            message: "rejected".into(),
-                            error: e,
-                        }));
+                    match start(&engine, node, &hostname, &asg, wiring) {
+                        Ok(id) if !asg.ports.is_empty() => {
+                            let _ = tx.send(Msg::Report(TaskReport {
+                                task,
+                                state: TaskState::Starting,
+                                message: "starting".into(),
+                                error: String::new(),
+                            }));
+                            await_listening(&engine, &id, &asg.ports);
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            let _ = tx.send(Msg::Report(TaskReport {
+                                task,
+                                state: TaskState::Rejected,
+                                message: "rejected".into(),
+                                error: e,
+                            }));
+                        }
                     }
                     let _ = tx.send(Msg::Done(task));
                 });
@@ -330,14 +349,14 @@ fn pull_if_missing(engine: &Engine, image: &str) -> Result<(), String> {
 }
 
 /// Pulls (if needed), creates and starts a task's container, in its wired namespace if
-/// it has one.
+/// it has one. Returns the container's id.
 fn start(
     engine: &Engine,
     node: NodeId,
     hostname: &str,
     a: &Assignment,
     wiring: Option<Wiring>,
-) -> Result<(), String> {
+) -> Result<String, String> {
     let tpl = a
         .template
         .as_ref()
@@ -386,5 +405,94 @@ fn start(
         log: LogLimits::default(),
         restart: RestartPolicy::No,
     };
-    engine.run(req, &|_| {}).map(|_| ())
+    engine.run(req, &|_| {})
+}
+
+/// Waits (at most `LISTEN_WAIT`) until container `id` has a socket on each of `ports`
+/// in its network namespace: listening for TCP, bound for UDP. Read from the kernel's
+/// socket tables as its process sees them (`/proc/<pid>/net/*`), so nothing connects
+/// to the task and nothing enters its namespace. Returns early if the container stops.
+fn await_listening(engine: &Engine, id: &str, ports: &[(Protocol, u16)]) {
+    let Ok(Status::Running { pid, .. }) = engine.containers.find(id).map(|v| v.status) else {
+        return;
+    };
+    let until = Instant::now() + LISTEN_WAIT;
+    let proc = std::path::PathBuf::from(format!("/proc/{pid}/net"));
+    while Instant::now() < until {
+        let mut bound = std::collections::BTreeSet::new();
+        for (file, protocol) in [
+            ("tcp", Protocol::Tcp),
+            ("tcp6", Protocol::Tcp),
+            ("udp", Protocol::Udp),
+            ("udp6", Protocol::Udp),
+        ] {
+            match std::fs::read_to_string(proc.join(file)) {
+                Ok(table) => bound.extend(bound_ports(&table, protocol)),
+                // Its process is gone (or the kernel has no IPv6: no such table).
+                Err(_) if !proc.exists() => return,
+                Err(_) => {}
+            }
+        }
+        if ports.iter().all(|p| bound.contains(p)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    warning!(
+        "agent: container {} does not listen on {} after {} s; it joins its balancers anyway",
+        &id[..12.min(id.len())],
+        ports
+            .iter()
+            .map(|(p, n)| format!("{n}/{}", p.name()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        LISTEN_WAIT.as_secs()
+    );
+}
+
+/// The local ports of a `/proc/net/{tcp,tcp6,udp,udp6}` table's sockets that accept:
+/// TCP's listening ones (state 0A), UDP's unconnected ones (state 07).
+fn bound_ports(table: &str, protocol: Protocol) -> impl Iterator<Item = (Protocol, u16)> + '_ {
+    let open = match protocol {
+        Protocol::Tcp => "0A",
+        Protocol::Udp => "07",
+    };
+    table.lines().skip(1).filter_map(move |line| {
+        let mut f = line.split_whitespace();
+        let local = f.nth(1)?;
+        let state = f.nth(1)?;
+        let port = u16::from_str_radix(local.rsplit_once(':')?.1, 16).ok()?;
+        (state == open).then_some((protocol, port))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bound_ports_reads_the_kernels_socket_tables() {
+        // As the kernel writes them (trimmed after the state column's neighbours).
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:1388 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1
+   1: 0100007F:0050 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 2 1
+   2: 0A000005:0BB8 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 3 1
+";
+        let got: Vec<_> = bound_ports(tcp, Protocol::Tcp).collect();
+        assert_eq!(got, [(Protocol::Tcp, 5000), (Protocol::Tcp, 3000)]);
+        let tcp6 =
+            "  sl  local_address                         remote_address                        st
+   0: 00000000000000000000000000000000:1F90 00000000000000000000000000000000:0000 0A 0 0
+";
+        let got: Vec<_> = bound_ports(tcp6, Protocol::Tcp).collect();
+        assert_eq!(got, [(Protocol::Tcp, 8080)]);
+        let udp = "   sl  local_address rem_address   st
+  10: 00000000:0035 00000000:0000 07 0 0
+  11: 0A000005:A000 0A000009:0035 01 0 0
+";
+        let got: Vec<_> = bound_ports(udp, Protocol::Udp).collect();
+        assert_eq!(got, [(Protocol::Udp, 53)]);
+        // A short or garbled line is passed over.
+        assert_eq!(bound_ports("h\n 0: zz\n", Protocol::Tcp).count(), 0);
+    }
 }

@@ -42,6 +42,9 @@ pub struct Assignment {
     pub template: Option<TaskTemplate>,
     /// Its addresses: one per network of its template, in order, then ingress.
     pub addrs: Vec<(NetworkId, std::net::Ipv4Addr)>,
+    /// The target ports its service publishes: a new container is reported running
+    /// (and so joins balancers and DNS) once it listens on them.
+    pub ports: Vec<(super::spec::Protocol, u16)>,
 }
 
 impl Assignment {
@@ -376,6 +379,7 @@ mod tests {
             desired,
             template: Some(TaskTemplate::new("busybox")),
             addrs: Vec::new(),
+            ports: Vec::new(),
         }
     }
 
