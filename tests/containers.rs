@@ -91,7 +91,8 @@ fn what_a_container_sees() {
     let (_, out, _) = run(&d, &["-v", "keep:/keep", "bb:1", "cat", "/keep/f"]);
     assert_eq!(out, "kept\n");
 
-    // Network none: only loopback; host: the host's interfaces.
+    // No network named, on a daemon with no bridge: only loopback; host: the host's
+    // interfaces.
     let (_, out, _) = run(&d, &["bb:1", "sh", "-c", "ls /sys/class/net"]);
     assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["lo"]);
     let (_, out, _) = run(
@@ -113,13 +114,17 @@ fn what_a_container_sees() {
         (vec!["--cpus", "-1", "bb:1"], "--cpus"),
         (vec!["-v", "relative/path:/x", "bb:1"], "-v"),
         (vec!["--cap-add", "FLYING", "bb:1"], "FLYING"),
-        (vec!["--network", "bridge", "bb:1"], "--network"),
+        (vec!["--network", "elsewhere", "bb:1"], "--network"),
         (vec!["Bad/Ref"], "invalid reference"),
     ] {
         let (code, _, err) = run(&d, &args);
         assert_eq!(code, 2, "{args:?}: {err}");
         assert!(err.contains(needle), "{args:?}: {err}");
     }
+    // This daemon runs with --bridge none (it is on the host's own network).
+    let (code, _, err) = run(&d, &["--network", "bridge", "bb:1"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--bridge none"), "{err}");
     let (code, _, err) = run(&d, &["no-such-image:1"]);
     assert_eq!(code, 1, "{err}");
     let (code, _, err) = run(&d, &["-v", "/does/not/exist:/x", "bb:1", "true"]);

@@ -61,7 +61,7 @@ pub struct RunCommand {
     #[argh(option)]
     pub mount: Vec<String>,
 
-    /// attachable overlay network, host or none (default: an isolated netns with no links)
+    /// bridge (the default: the node's local bridge, NAT out), host or none
     #[argh(option)]
     pub network: Option<String>,
 
@@ -438,11 +438,13 @@ fn resolve_run(c: &RunCommand) -> Result<(ContainerSpec, Option<i64>), UsageErro
     }
     let stop_timeout = grace_period("--stop-timeout", c.stop_timeout)?;
     let network = match c.network.as_deref() {
-        None | Some("none") => NetworkMode::None,
+        None => NetworkMode::Default,
+        Some("bridge") => NetworkMode::Bridge,
+        Some("none") => NetworkMode::None,
         Some("host") => NetworkMode::Host,
         Some(n) => {
             return Err(UsageError(format!(
-                "--network: {n:?}: only none and host exist until the networking issue"
+                "--network: {n:?}: a container joins bridge, host or none; joining an attachable overlay network is not built yet"
             )))
         }
     };

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::image::store::{remove_any, write_atomic, ImageRecord, Store};
 use crate::model::container::{
-    signal_number, ContainerRecord, ContainerView, MountKind, RestartPolicy, Status,
-    DEFAULT_STOP_TIMEOUT,
+    signal_number, ContainerRecord, ContainerSpec, ContainerView, MountKind, MountSpec,
+    NetworkMode, RestartPolicy, Status, DEFAULT_STOP_TIMEOUT,
 };
 use crate::model::health::HealthState;
 use crate::model::Digest;
@@ -58,6 +58,10 @@ pub struct Containers {
     exe: PathBuf,
     /// The keeper and the protocol version it speaks (what `keeper::ensure` found).
     link: Mutex<KeeperLink>,
+    /// Where bridged containers' namespaces are pinned (with tasks').
+    netns: PathBuf,
+    /// The node's local bridge is `run`'s default (`daemon --bridge none`: not).
+    bridge: bool,
     /// Serialises creation and removal (names must stay unique).
     lock: Mutex<()>,
     /// The records as last read from disk; this daemon is their only writer, so the
@@ -95,12 +99,14 @@ fn random_name(id: &str) -> String {
 }
 
 impl Containers {
-    pub fn open(data_dir: &Path, exe: &Path) -> anyhow::Result<Containers> {
+    pub fn open(data_dir: &Path, exe: &Path, bridge: bool) -> anyhow::Result<Containers> {
         let dir = data_dir.join("containers");
         let link = keeper::ensure(&dir, exe)?;
         let c = Containers {
             dir,
             volumes: data_dir.join("volumes"),
+            netns: super::netplane::netns_dir(data_dir),
+            bridge,
             exe: exe.to_path_buf(),
             link: Mutex::new(link),
             lock: Mutex::new(()),
@@ -246,7 +252,7 @@ impl Containers {
         let crate::api::RunRequest {
             image: image_ref,
             name,
-            spec,
+            mut spec,
             stop_signal,
             stop_timeout,
             auto_remove,
@@ -256,6 +262,17 @@ impl Containers {
             restart,
         } = req;
         let health = super::health::resolve(image.config.config.healthcheck.as_ref(), &health)?;
+        spec.network = match spec.network {
+            NetworkMode::Default if self.bridge => NetworkMode::Bridge,
+            NetworkMode::Default => NetworkMode::None,
+            NetworkMode::Bridge if !self.bridge => {
+                return Err(
+                    "--network bridge: this daemon runs with --bridge none (no local bridge)"
+                        .into(),
+                )
+            }
+            other => other,
+        };
         // Whoever sent the request: a volume named `..` would be the data dir.
         crate::runtime::spec::validate(&spec, crate::runtime::spec::host_cpus())?;
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -304,6 +321,9 @@ impl Containers {
         if let Err(e) = res {
             let _ = unmount_overlay(&cdir.join("bundle/rootfs"));
             let _ = remove_any(&cdir);
+            if record.spec.network == NetworkMode::Bridge {
+                super::bridged::unwire(&self.netns, &id);
+            }
             self.invalidate();
             return Err(e);
         }
@@ -349,9 +369,10 @@ impl Containers {
             .hostname
             .clone()
             .unwrap_or_else(|| record.id[..12].to_string());
+        let wired = self.wire(record, &hostname)?;
         let spec = runtime_spec(
             &image.config.config,
-            &record.spec,
+            wired.as_ref().unwrap_or(&record.spec),
             &who,
             &rootfs,
             &hostname,
@@ -372,6 +393,38 @@ impl Containers {
             KeeperResponse::Started { .. } => Ok(()),
             other => Err(format!("unexpected keeper answer {other:?}")),
         }
+    }
+
+    /// A bridged container's namespace made (or found) and its spec as the runtime is
+    /// to see it: that namespace, and the resolv.conf and hosts files bound in unless
+    /// the container mounts its own. None for a container on no bridge.
+    fn wire(
+        &self,
+        record: &ContainerRecord,
+        hostname: &str,
+    ) -> Result<Option<ContainerSpec>, String> {
+        if record.spec.network != NetworkMode::Bridge {
+            return Ok(None);
+        }
+        let b = super::bridged::wire(&self.netns, &record.id, hostname)?;
+        let mut spec = record.spec.clone();
+        spec.network = NetworkMode::Netns(b.netns.display().to_string());
+        for (source, target) in [(b.resolv_conf, "/etc/resolv.conf"), (b.hosts, "/etc/hosts")] {
+            if !spec.mounts.iter().any(|m| m.target == target) {
+                spec.mounts.push(MountSpec {
+                    kind: MountKind::Bind,
+                    source: source.display().to_string(),
+                    target: target.into(),
+                    readonly: true,
+                });
+            }
+        }
+        Ok(Some(spec))
+    }
+
+    /// A container's address on the local bridge, if it is on it.
+    pub fn bridge_addr(&self, id: &str) -> Option<std::net::Ipv4Addr> {
+        super::bridged::addr(&self.netns, id)
     }
 
     pub fn kill(&self, what: &str, signal: &str) -> Result<String, String> {
@@ -481,6 +534,8 @@ impl Containers {
         let cdir = self.dir.join(id);
         unmount_overlay(&cdir.join("bundle/rootfs"))
             .map_err(|e| format!("unmounting the root filesystem of {id}: {e}"))?;
+        // Whatever its record says (it may be unreadable): nothing of it may outlive it.
+        super::bridged::unwire(&self.netns, id);
         let res = remove_any(&cdir).map_err(|e| format!("{}: {e}", cdir.display()));
         self.invalidate();
         res?;
@@ -634,6 +689,12 @@ impl Containers {
                     v.record.name
                 )
             })?;
+        }
+        // After a reboot its namespace is gone too (the keeper's spec names its path).
+        if v.record.spec.network == NetworkMode::Bridge {
+            let hostname = v.record.spec.hostname.clone();
+            let hostname = hostname.unwrap_or_else(|| v.record.id[..12].to_string());
+            super::bridged::wire(&self.netns, &v.record.id, &hostname)?;
         }
         match self.keeper(&KeeperRequest::Run {
             id: v.record.id.clone(),

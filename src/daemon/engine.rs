@@ -52,12 +52,18 @@ pub struct Engine {
 pub type Frames = smol::channel::Sender<Response>;
 
 impl Engine {
-    pub fn open(data_dir: &std::path::Path, registry: RegistryConfig) -> anyhow::Result<Engine> {
+    /// `bridge`: `run`'s containers get the node's local bridge unless they name
+    /// another network (`daemon --bridge none`: they get none).
+    pub fn open(
+        data_dir: &std::path::Path,
+        registry: RegistryConfig,
+        bridge: bool,
+    ) -> anyhow::Result<Engine> {
         let store = Store::open(&data_dir.join("images"))?;
         // Not the path the binary was started from: after an upgrade replaced the file,
         // that names another build (or nothing).
         let exe = std::path::Path::new(crate::runtime::SELF_EXE);
-        let containers = std::sync::Arc::new(Containers::open(data_dir, exe)?);
+        let containers = std::sync::Arc::new(Containers::open(data_dir, exe, bridge)?);
         let c = containers.clone();
         std::thread::Builder::new()
             .name("health".into())
@@ -153,7 +159,7 @@ impl Engine {
                 for x in &containers {
                     let v = c.find(x)?;
                     let n = c.restart_count(&v.record.id);
-                    docs.push(inspect_doc(&v, n));
+                    docs.push(inspect_doc(&v, n, c.bridge_addr(&v.record.id)));
                 }
                 Ok(Response::Json(
                     serde_json::to_string_pretty(&docs).expect("invariant: JSON serialises"),
@@ -459,7 +465,11 @@ fn ms_to_rfc3339(ms: u64) -> String {
     crate::runtime::logs::rfc3339_nanos(std::time::UNIX_EPOCH + Duration::from_millis(ms))
 }
 
-fn inspect_doc(v: &ContainerView, restart_count: u32) -> serde_json::Value {
+fn inspect_doc(
+    v: &ContainerView,
+    restart_count: u32,
+    bridge_addr: Option<std::net::Ipv4Addr>,
+) -> serde_json::Value {
     let r = &v.record;
     let (status, running, pid, exit, oom, started, finished) = match &v.status {
         Status::Created => ("created", false, 0, None, false, None, None),
@@ -520,6 +530,10 @@ fn inspect_doc(v: &ContainerView, restart_count: u32) -> serde_json::Value {
             "FinishedAt": finished.map(ms_to_rfc3339),
         },
         "RestartCount": restart_count,
+        "NetworkSettings": {
+            "IPAddress": bridge_addr.map(|a| a.to_string()).unwrap_or_default(),
+            "Gateway": bridge_addr.map(|_| crate::net::bridge::GATEWAY.to_string()).unwrap_or_default(),
+        },
         "HostConfig": {
             "RestartPolicy": format!("{:?}", r.restart),
             "AutoRemove": r.auto_remove,
@@ -528,6 +542,8 @@ fn inspect_doc(v: &ContainerView, restart_count: u32) -> serde_json::Value {
                 NetworkMode::None => "none".to_string(),
                 NetworkMode::Host => "host".to_string(),
                 NetworkMode::Netns(path) => format!("netns:{path}"),
+                NetworkMode::Bridge => "bridge".to_string(),
+                NetworkMode::Default => "default".to_string(),
             },
             "Memory": r.spec.memory.unwrap_or(0),
             "NanoCpus": r.spec.cpus.map_or(0.0, |c| (c * 1e9).round()),

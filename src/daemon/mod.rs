@@ -4,6 +4,7 @@
 
 pub mod addr;
 pub mod agent;
+pub mod bridged;
 pub mod containers;
 pub mod engine;
 pub mod health;

@@ -94,8 +94,6 @@ pub struct Plane {
     lb: Kernel,
     /// Seconds an idle TCP connection through a VIP is kept.
     tcp_idle: u32,
-    /// The bridge's NAT table is in place (made once per process, whole).
-    nat: bool,
     /// The underlay's MTU at the node's address, as last looked up.
     underlay: Option<(Ipv4Addr, u32)>,
     /// Encrypted networks' TAP devices, by VNI (each goes when dropped).
@@ -148,7 +146,6 @@ impl Plane {
             bridge: cfg.bridge,
             lb,
             tcp_idle: cfg.tcp_idle,
-            nat: false,
             underlay: None,
             taps: BTreeMap::new(),
             datapath: None,
@@ -477,28 +474,7 @@ impl Plane {
 
     /// The task's address on the local bridge: the one it has, or the lowest free.
     fn gw_addr(&self, task: TaskId) -> Result<Ipv4Addr, String> {
-        let path = self.gw_of(task);
-        if let Some(ip) = read_addr(&path) {
-            return Ok(ip);
-        }
-        let mut used = std::collections::BTreeSet::new();
-        if let Ok(dir) = std::fs::read_dir(&self.dir) {
-            for e in dir.flatten() {
-                if e.file_name().to_string_lossy().ends_with(".gw") {
-                    used.extend(read_addr(&e.path()));
-                }
-            }
-        }
-        let ip = bridge::free_addr(&used).ok_or_else(|| {
-            format!(
-                "{}: no address left on {}",
-                self.dir.display(),
-                bridge::BRIDGE
-            )
-        })?;
-        std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
-        std::fs::write(&path, format!("{ip}\n")).map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(ip)
+        bridge_addr(&self.dir, &task.to_string())
     }
 
     /// The underlay's MTU at `local`, looked up once per set of assignments (it takes a
@@ -516,14 +492,7 @@ impl Plane {
 
     /// The local bridge, its NAT and forwarding, in place.
     fn ensure_bridge(&mut self) -> Result<(), String> {
-        bridge::ensure(self.rtnl()?).map_err(|e| format!("{}: {e}", bridge::BRIDGE))?;
-        if !self.nat {
-            let mut nft = crate::net::nft::Nft::open().map_err(|e| e.to_string())?;
-            bridge::nat(&mut nft).map_err(|e| format!("{}: {e}", bridge::BRIDGE))?;
-            forward().map_err(|e| format!("{}: {e}", bridge::BRIDGE))?;
-            self.nat = true;
-        }
-        Ok(())
+        ensure_bridge(self.rtnl()?)
     }
 
     /// Wires a task's namespace to its networks before its container starts (again,
@@ -723,6 +692,47 @@ impl Plane {
     }
 }
 
+/// The node's local bridge up, with its NAT table (made once per process, whole) and
+/// forwarding on; for tasks (the agent's thread) and `run`'s containers alike.
+pub(super) fn ensure_bridge(rtnl: &mut Rtnl) -> Result<(), String> {
+    static NAT: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    bridge::ensure(rtnl).map_err(|e| format!("{}: {e}", bridge::BRIDGE))?;
+    let mut nat = NAT.lock().unwrap_or_else(|p| p.into_inner());
+    if !*nat {
+        let mut nft = crate::net::nft::Nft::open().map_err(|e| e.to_string())?;
+        bridge::nat(&mut nft).map_err(|e| format!("{}: {e}", bridge::BRIDGE))?;
+        forward().map_err(|e| format!("{}: {e}", bridge::BRIDGE))?;
+        *nat = true;
+    }
+    Ok(())
+}
+
+/// The address on the local bridge of `key` (a task, or `c-<id>` for a container): the
+/// one recorded in `<dir>/<key>.gw`, or the lowest free one, recorded. The bridge's
+/// addresses are this node's to give, and must outlive a daemon restart; tasks and
+/// containers draw them from one directory, under one lock.
+pub(super) fn bridge_addr(dir: &Path, key: &str) -> Result<Ipv4Addr, String> {
+    static ALLOC: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let path = dir.join(format!("{key}.gw"));
+    if let Some(ip) = read_addr(&path) {
+        return Ok(ip);
+    }
+    let _g = ALLOC.lock().unwrap_or_else(|p| p.into_inner());
+    let mut used = BTreeSet::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().ends_with(".gw") {
+                used.extend(read_addr(&e.path()));
+            }
+        }
+    }
+    let ip = bridge::free_addr(&used)
+        .ok_or_else(|| format!("{}: no address left on {}", dir.display(), bridge::BRIDGE))?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::write(&path, format!("{ip}\n")).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(ip)
+}
+
 /// Turns on IPv4 forwarding in the daemon's namespace (as Docker does): the mesh sends
 /// connections on to other nodes, the local bridge sends tasks' traffic out.
 fn forward() -> Result<(), String> {
@@ -730,7 +740,7 @@ fn forward() -> Result<(), String> {
         .map_err(|e| format!("turning on IPv4 forwarding: {e}"))
 }
 
-fn read_addr(path: &Path) -> Option<Ipv4Addr> {
+pub(super) fn read_addr(path: &Path) -> Option<Ipv4Addr> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 

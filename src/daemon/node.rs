@@ -141,6 +141,7 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let engine = std::sync::Arc::new(super::engine::Engine::open(
         &cfg.data_dir,
         cfg.registry.clone(),
+        cfg.bridge,
     )?);
     let listener = server::bind_api_socket(&cfg.socket)?;
     let me = Identity {

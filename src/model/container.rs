@@ -23,6 +23,12 @@ pub enum NetworkMode {
     /// A namespace the daemon made and pinned at this path before the container starts
     /// (a task's, wired to its networks); the container joins it.
     Netns(String),
+    /// `run`'s default: a namespace of its own with one interface on the node's local
+    /// bridge and a way out through it (Docker's `bridge` network).
+    Bridge,
+    /// Asked for by a client that named no network: the daemon's default (the bridge,
+    /// or `None` when it runs with `--bridge none`). Never stored.
+    Default,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

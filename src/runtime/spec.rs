@@ -403,6 +403,10 @@ pub fn runtime_spec(
         NetworkMode::None => namespaces.push(json!({"type": "network"})),
         NetworkMode::Netns(path) => namespaces.push(json!({"type": "network", "path": path})),
         NetworkMode::Host => {}
+        // The daemon turns these into the namespace it made before asking for a spec.
+        NetworkMode::Bridge | NetworkMode::Default => {
+            return Err("the container's network namespace was not made".into())
+        }
     }
     let mut resources = json!({
         "devices": if spec.privileged {
