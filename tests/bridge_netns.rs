@@ -10,11 +10,8 @@
 
 mod support;
 
-use serde_json::json;
-use support::image::TestImage;
 use support::netio::netns_exec;
-use support::registry::{Options, Registry};
-use support::{Daemon, Net};
+use support::Daemon;
 
 /// What the daemon holds for bridged containers in its netns directory.
 fn bridged_files(d: &Daemon) -> Vec<String> {
@@ -31,22 +28,8 @@ fn bridged_files(d: &Daemon) -> Vec<String> {
 #[test]
 #[ignore = "needs root: network namespaces and containers"]
 fn run_puts_a_container_on_the_local_bridge_with_a_way_out() {
-    let mut reg = Registry::start("brn", Options::default());
-    let img = TestImage::busybox(json!({"Cmd": ["/bin/sh"]})).build();
-    reg.push_image("bb", Some("1"), &img);
-    let mut net = Net::new("brn");
-    let hub = net.hub_addr("10.81.0.254");
-    reg.move_into(&hub, "10.81.0.254");
-    let insecure = reg.host();
-    let image = format!("{insecure}/bb:1");
-    let ns = net.host(1, "10.81.0.1");
-    let d = Daemon::in_netns_with_args(
-        "brn",
-        &ns,
-        "n1",
-        "10.81.0.1",
-        &["--insecure-registry", &insecure],
-    );
+    let one = support::one_node("brn", "10.81.0");
+    let (d, ns, image, insecure) = (&one.d, &one.ns, &one.image, &one.registry);
     let v2 = format!("http://{insecure}/v2/");
     // (busybox 1.35's wget crashes on -T; timeout bounds it instead)
     let wget = [
@@ -54,7 +37,7 @@ fn run_puts_a_container_on_the_local_bridge_with_a_way_out() {
     ];
 
     // No cluster needed: plain containers.
-    d.ok(&["run", "-d", "--name", "plain", &image, "sleep", "600"]);
+    d.ok(&["run", "-d", "--name", "plain", image, "sleep", "600"]);
     let doc: serde_json::Value = serde_json::from_str(&d.ok(&["inspect", "plain"])).unwrap();
     assert_eq!(doc[0]["HostConfig"]["NetworkMode"], "bridge", "{doc}");
     let addr = doc[0]["NetworkSettings"]["IPAddress"]
@@ -81,22 +64,22 @@ fn run_puts_a_container_on_the_local_bridge_with_a_way_out() {
     assert!(routes.contains("default via 172.18.0.1"), "{routes}");
 
     // A second one, attached and removed on exit: another address, the same way out.
-    let mut run = vec!["run", "--rm", &image];
+    let mut run = vec!["run", "--rm", image];
     run.extend(wget);
     assert_eq!(d.ok(&run).trim(), "{}");
     // --network none: only loopback, no way out.
-    let mut none = vec!["run", "--rm", "--network", "none", &image];
+    let mut none = vec!["run", "--rm", "--network", "none", image];
     none.extend(wget);
     let (ok, out) = d.run(&none);
     assert!(!ok, "no way out with --network none: {out}");
 
     // Removed: nothing of its wiring is left (the --rm ones went on exit).
-    assert_eq!(bridged_files(&d).len(), 4, "{:?}", bridged_files(&d));
+    assert_eq!(bridged_files(d).len(), 4, "{:?}", bridged_files(d));
     d.ok(&["rm", "-f", "plain"]);
     support::wait_until(10, "the --rm containers gone", || {
         d.ok(&["ps", "-a", "-q"]).trim().is_empty()
     });
-    assert_eq!(bridged_files(&d), Vec::<String>::new());
+    assert_eq!(bridged_files(d), Vec::<String>::new());
     let links = netns_exec(&format!("/var/run/netns/{ns}"), &["ip", "-o", "link"]);
     assert_eq!(
         links.lines().filter(|l| l.contains("master sw-gw")).count(),

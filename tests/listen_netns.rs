@@ -14,11 +14,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-use support::image::TestImage;
 use support::netio::exchange;
-use support::registry::{Options, Registry};
-use support::{Daemon, Net};
+use support::Daemon;
 
 /// The current state of a service's one task (`service ps`'s CURRENT STATE, first word).
 fn state(d: &Daemon, svc: &str) -> String {
@@ -54,22 +51,8 @@ fn until_running(d: &Daemon, svc: &str, secs: u64) -> (bool, Instant) {
 #[test]
 #[ignore = "needs root: network namespaces and containers"]
 fn a_task_joins_its_balancers_once_it_listens() {
-    let mut reg = Registry::start("lsn", Options::default());
-    let img = TestImage::busybox(json!({"Cmd": ["/bin/sh"]})).build();
-    reg.push_image("bb", Some("1"), &img);
-    let mut net = Net::new("lsn");
-    let hub = net.hub_addr("10.80.0.254");
-    reg.move_into(&hub, "10.80.0.254");
-    let insecure = reg.host();
-    let image = format!("{insecure}/bb:1");
-    let ns = net.host(1, "10.80.0.1");
-    let d = Daemon::in_netns_with_args(
-        "lsn",
-        &ns,
-        "n1",
-        "10.80.0.1",
-        &["--insecure-registry", &insecure],
-    );
+    let one = support::one_node("lsn", "10.80.0");
+    let (d, hub, image) = (&one.d, &one.hub, &one.image);
     d.ok(&["init", "--listen-addr", &d.addr()]);
     let hub_ns = format!("/var/run/netns/{hub}");
 
@@ -82,12 +65,12 @@ fn a_task_joins_its_balancers_once_it_listens() {
         "slow",
         "-p",
         "8080:80",
-        &image,
+        image,
         "sh",
         "-c",
         "sleep 3; exec busybox httpd -f -p 80 -h /etc",
     ]);
-    let (starting, at) = until_running(&d, "slow", 60);
+    let (starting, at) = until_running(d, "slow", 60);
     // At once, through the node's published port: answered (busybox httpd says 400 to
     // a request that is not HTTP; what matters is that it was there to say it).
     let got = exchange(&hub_ns, "10.80.0.1:8080");
@@ -103,10 +86,10 @@ fn a_task_joins_its_balancers_once_it_listens() {
 
     // A task that never listens on its published port is not held back for good.
     d.ok(&[
-        "service", "create", "-d", "--name", "deaf", "-p", "8081:81", &image, "sleep", "1000",
+        "service", "create", "-d", "--name", "deaf", "-p", "8081:81", image, "sleep", "1000",
     ]);
     let from = Instant::now();
-    let (starting, at) = until_running(&d, "deaf", 60);
+    let (starting, at) = until_running(d, "deaf", 60);
     assert!(starting, "deaf waited Starting for its port");
     assert!(
         at - from >= Duration::from_secs(9),

@@ -13,10 +13,7 @@ mod support;
 use std::net::UdpSocket;
 use std::os::unix::fs::MetadataExt;
 
-use serde_json::json;
-use support::image::TestImage;
-use support::registry::{Options, Registry};
-use support::{Daemon, Net};
+use support::Daemon;
 use swarmlet::net::rtnl::in_netns;
 
 /// States and errors of a service's tasks, one line each (`service ps --no-trunc`).
@@ -67,22 +64,8 @@ fn processes_in(path: &std::path::Path) -> Vec<i32> {
 #[test]
 #[ignore = "needs root: network namespaces and containers"]
 fn a_taken_vxlan_port_and_a_namespace_gone_under_a_task() {
-    let mut reg = Registry::start("nfl", Options::default());
-    let img = TestImage::busybox(json!({"Cmd": ["/bin/sh"]})).build();
-    reg.push_image("bb", Some("1"), &img);
-    let mut net = Net::new("nfl");
-    let hub = net.hub_addr("10.79.0.254");
-    reg.move_into(&hub, "10.79.0.254");
-    let insecure = reg.host();
-    let image = format!("{insecure}/bb:1");
-    let ns = net.host(1, "10.79.0.1");
-    let d = Daemon::in_netns_with_args(
-        "nfl",
-        &ns,
-        "n1",
-        "10.79.0.1",
-        &["--insecure-registry", &insecure],
-    );
+    let one = support::one_node("nfl", "10.79.0");
+    let (d, ns, image) = (&one.d, &one.ns, &one.image);
     d.ok(&["init", "--listen-addr", &d.addr()]);
     d.ok(&["network", "create", "-d", "overlay", "test"]);
 
@@ -101,28 +84,28 @@ fn a_taken_vxlan_port_and_a_namespace_gone_under_a_task() {
         "web",
         "--network",
         "test",
-        &image,
+        image,
         "sleep",
         "1000",
     ]);
     support::wait_until(30, "a task rejected naming the VXLAN port", || {
-        ps(&d, "web").contains("4789")
+        ps(d, "web").contains("4789")
     });
-    let out = ps(&d, "web");
+    let out = ps(d, "web");
     assert!(
         out.contains("Rejected") && out.contains("taken by another program"),
         "the refusal says what is taken: {out}"
     );
-    assert!(pinned(&d).is_empty(), "a rejected task leaves no namespace");
+    assert!(pinned(d).is_empty(), "a rejected task leaves no namespace");
     // Freed: the next attempt runs.
     drop(held);
     support::wait_until(60, "web running once the port is free", || {
-        running(&d, "web") == 1
+        running(d, "web") == 1
     });
 
     // The task's namespace unpinned under the daemon, then its container killed: the
     // daemon carries on, the task is replaced and wired afresh.
-    let first = pinned(&d);
+    let first = pinned(d);
     assert_eq!(first.len(), 1, "{first:?}");
     let procs = processes_in(&first[0]);
     assert!(!procs.is_empty(), "the container runs in its namespace");
@@ -135,12 +118,12 @@ fn a_taken_vxlan_port_and_a_namespace_gone_under_a_task() {
         );
     }
     support::wait_until(60, "a replacement running, wired afresh", || {
-        running(&d, "web") == 1
-            && ps(&d, "web").lines().count() >= 4
-            && pinned(&d).len() == 1
-            && pinned(&d) != first
+        running(d, "web") == 1
+            && ps(d, "web").lines().count() >= 4
+            && pinned(d).len() == 1
+            && pinned(d) != first
     });
     assert!(d.running(), "the daemon carries on");
     d.ok(&["service", "rm", "web"]);
-    support::wait_until(30, "namespaces freed", || pinned(&d).is_empty());
+    support::wait_until(30, "namespaces freed", || pinned(d).is_empty());
 }

@@ -5,6 +5,7 @@
 //! restarted daemon finds its tasks' containers by their labels.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,9 +13,7 @@ use std::time::{Duration, Instant};
 use super::engine::Engine;
 use super::netplane::{Plane, Wiring};
 use crate::api::RunRequest;
-use crate::model::container::{
-    LogLimits, MountKind, MountSpec, NetworkMode, RestartPolicy, Status,
-};
+use crate::model::container::{LogLimits, RestartPolicy, Status};
 use crate::raft::NodeId;
 use crate::services::agent::{
     Action, AgentStatus, Assignment, Assignments, Book, NodeDescription, Seen, LABEL_NODE,
@@ -380,18 +379,8 @@ fn start(
     spec.labels.insert(LABEL_NODE.into(), node.to_string());
     if let Some(w) = wiring {
         w.write_hosts(spec.hostname.as_deref())?;
-        spec.network = NetworkMode::Netns(w.netns);
         // The embedded DNS server and the hosts file, unless the spec mounts its own.
-        for (source, target) in [(w.resolv_conf, "/etc/resolv.conf"), (w.hosts, "/etc/hosts")] {
-            if !spec.mounts.iter().any(|m| m.target == target) {
-                spec.mounts.push(MountSpec {
-                    kind: MountKind::Bind,
-                    source: source.display().to_string(),
-                    target: target.into(),
-                    readonly: true,
-                });
-            }
-        }
+        spec.join_netns(Path::new(&w.netns), &w.resolv_conf, &w.hosts);
     }
     let req = RunRequest {
         image: tpl.image.clone(),

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::image::store::{remove_any, write_atomic, ImageRecord, Store};
 use crate::model::container::{
-    signal_number, ContainerRecord, ContainerSpec, ContainerView, MountKind, MountSpec,
-    NetworkMode, RestartPolicy, Status, DEFAULT_STOP_TIMEOUT,
+    signal_number, ContainerRecord, ContainerSpec, ContainerView, MountKind, NetworkMode,
+    RestartPolicy, Status, DEFAULT_STOP_TIMEOUT,
 };
 use crate::model::health::HealthState;
 use crate::model::Digest;
@@ -408,17 +408,7 @@ impl Containers {
         }
         let b = super::bridged::wire(&self.netns, &record.id, hostname)?;
         let mut spec = record.spec.clone();
-        spec.network = NetworkMode::Netns(b.netns.display().to_string());
-        for (source, target) in [(b.resolv_conf, "/etc/resolv.conf"), (b.hosts, "/etc/hosts")] {
-            if !spec.mounts.iter().any(|m| m.target == target) {
-                spec.mounts.push(MountSpec {
-                    kind: MountKind::Bind,
-                    source: source.display().to_string(),
-                    target: target.into(),
-                    readonly: true,
-                });
-            }
-        }
+        spec.join_netns(&b.netns, &b.resolv_conf, &b.hosts);
         Ok(Some(spec))
     }
 

@@ -80,6 +80,29 @@ pub struct ContainerSpec {
     pub labels: BTreeMap<String, String>,
 }
 
+impl ContainerSpec {
+    /// Joins the namespace the daemon pinned at `netns`, with its resolv.conf and hosts
+    /// files bound in read-only unless the spec mounts its own there.
+    pub fn join_netns(
+        &mut self,
+        netns: &std::path::Path,
+        resolv_conf: &std::path::Path,
+        hosts: &std::path::Path,
+    ) {
+        self.network = NetworkMode::Netns(netns.display().to_string());
+        for (source, target) in [(resolv_conf, "/etc/resolv.conf"), (hosts, "/etc/hosts")] {
+            if !self.mounts.iter().any(|m| m.target == target) {
+                self.mounts.push(MountSpec {
+                    kind: MountKind::Bind,
+                    source: source.display().to_string(),
+                    target: target.into(),
+                    readonly: true,
+                });
+            }
+        }
+    }
+}
+
 /// Size cap of each file and how many files are kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogLimits {

@@ -345,6 +345,46 @@ pub fn three_nodes(net: &mut Net, tag: &str, subnet: &str, extra: &[&str]) -> Ve
     nodes
 }
 
+/// One daemon `n1` in a namespace at `<subnet>.1`, off a hub at `<subnet>.254` that
+/// serves a registry holding a busybox image (Cmd `/bin/sh`) as `image`; the daemon
+/// trusts that registry over plain HTTP. Fields drop in order: the daemon first.
+pub struct OneNode {
+    pub d: Daemon,
+    /// The host namespace's name.
+    pub ns: String,
+    /// The hub namespace's name (where the registry listens).
+    pub hub: String,
+    /// `<registry>/bb:1`.
+    pub image: String,
+    /// The registry's `host:port`.
+    pub registry: String,
+    pub net: Net,
+    pub reg: registry::Registry,
+}
+
+pub fn one_node(tag: &str, subnet: &str) -> OneNode {
+    let mut reg = registry::Registry::start(tag, registry::Options::default());
+    let img = image::TestImage::busybox(serde_json::json!({"Cmd": ["/bin/sh"]})).build();
+    reg.push_image("bb", Some("1"), &img);
+    let mut net = Net::new(tag);
+    let hub_ip = format!("{subnet}.254");
+    let hub = net.hub_addr(&hub_ip);
+    reg.move_into(&hub, &hub_ip);
+    let registry = reg.host();
+    let ip = format!("{subnet}.1");
+    let ns = net.host(1, &ip);
+    let d = Daemon::in_netns_with_args(tag, &ns, "n1", &ip, &["--insecure-registry", &registry]);
+    OneNode {
+        d,
+        ns,
+        hub,
+        image: format!("{registry}/bb:1"),
+        registry,
+        net,
+        reg,
+    }
+}
+
 /// A numeric field of `/proc/<pid>/<file>` (`VmRSS:` of status, `write_bytes:` of io).
 pub fn proc_field(pid: u32, file: &str, key: &str) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default();
