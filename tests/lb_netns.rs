@@ -190,10 +190,13 @@ fn a_vips_local_route_takes_its_connections_from_the_networks_address() {
     let got = netns_exec(&c, &["ip", "route", "get", "10.0.9.100"]);
     assert!(got.starts_with("local 10.0.9.100 dev lo"), "{got}");
     assert!(got.contains("src 10.0.9.2"), "{got}");
+    // Listed as ours; the kernel's local routes (the namespace's own addresses) are not.
+    assert_eq!(inside.local_routes(lo).unwrap(), [ip("10.0.9.100")]);
     name_server(&c, "0.0.0.0:8080", "here");
     assert_eq!(hello(&c, "10.0.9.100:8080").unwrap(), "here");
     inside.del_local_route(ip("10.0.9.100"), lo).unwrap();
     inside.del_local_route(ip("10.0.9.100"), lo).unwrap();
+    assert!(inside.local_routes(lo).unwrap().is_empty());
     let got = netns_exec(&c, &["ip", "route", "get", "10.0.9.100"]);
     assert!(got.contains("dev eth0"), "{got}");
 }

@@ -472,6 +472,17 @@ impl IpvsBalancer {
                 true => self.unroute(*vip)?,
             }
         }
+        // A daemon restarted under the namespace left the routes of VIPs gone since:
+        // such an address may now be a task's, which the route would hide.
+        let stale = self
+            .rtnl
+            .local_routes(self.lo)
+            .map_err(|e| IpvsError::Protocol(e.to_string()))?;
+        for vip in stale {
+            if want.get(&vip).is_none_or(Vec::is_empty) {
+                self.unroute(vip)?;
+            }
+        }
         self.nft.commit(table(want))?;
         Ok(())
     }

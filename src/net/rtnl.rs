@@ -397,6 +397,44 @@ impl Rtnl {
         }
     }
 
+    /// The destinations of the local routes [`Rtnl::set_local_route`] made on link
+    /// `index` (the local table's host routes of protocol static: the kernel's own,
+    /// for the namespace's addresses, are of protocol kernel).
+    pub fn local_routes(&mut self, index: u32) -> Result<Vec<Ipv4Addr>, RtnlError> {
+        let mut q = RouteMessage::default();
+        q.header.address_family = AddressFamily::Inet;
+        let msgs = self.request(RouteNetlinkMessage::GetRoute(q), NLM_F_DUMP, "list routes")?;
+        let mut out = Vec::new();
+        for m in msgs {
+            let RouteNetlinkMessage::NewRoute(r) = m else {
+                continue;
+            };
+            let h = &r.header;
+            if h.table != 255
+                || h.kind != RouteType::Local
+                || h.protocol != RouteProtocol::Static
+                || h.destination_prefix_length != 32
+            {
+                continue;
+            }
+            let mut dst = None;
+            let mut oif = None;
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(v)) => dst = Some(*v),
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    _ => {}
+                }
+            }
+            if let (Some(dst), Some(i)) = (dst, oif) {
+                if i == index {
+                    out.push(dst);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The permanent neighbour entries (`bridge: false`, ARP) or forwarding entries
     /// (`bridge: true`, FDB: MAC to remote `ip`) on a link.
     pub fn neighbours(&mut self, index: u32, bridge: bool) -> Result<Vec<Neighbour>, RtnlError> {
