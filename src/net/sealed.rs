@@ -15,8 +15,8 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::os::fd::OwnedFd;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use rustix::event::{poll, PollFd, PollFlags};
 
@@ -24,8 +24,6 @@ use super::overlay::mac_of;
 use super::seal::{NetKey, Opener, Sealer};
 use super::tap::Tap;
 
-/// How long the thread sleeps in `poll` before it looks for a changed set of networks.
-const TICK: Duration = Duration::from_millis(50);
 
 /// The largest UDP datagram or TAP frame read in one go (an IPv4 datagram's limit):
 /// nothing the kernel hands over is cut short.
@@ -64,6 +62,8 @@ struct Wanted {
 pub struct Datapath {
     wanted: Arc<Mutex<Wanted>>,
     stop: Arc<AtomicBool>,
+    /// Written to wake the thread (a new set, or stop): it sleeps in `poll` otherwise.
+    wake: OwnedFd,
     thread: Option<JoinHandle<()>>,
     pub counters: Arc<Counters>,
     local: SocketAddrV4,
@@ -84,8 +84,12 @@ impl Datapath {
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(Counters::default());
+        let (woken, wake) = rustix::pipe::pipe_with(
+            rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
+        )?;
         let mut w = Worker {
             udp,
+            woken,
             port: local.port(),
             sender,
             session,
@@ -101,6 +105,7 @@ impl Datapath {
         Ok(Datapath {
             wanted,
             stop,
+            wake,
             thread: Some(thread),
             counters,
             local,
@@ -112,7 +117,7 @@ impl Datapath {
         self.local
     }
 
-    /// Carries exactly `nets` from now on (within one tick).
+    /// Carries exactly `nets` from now on (the thread takes them at once).
     pub fn set(&self, nets: Vec<SealedNet>) {
         let mut w = self
             .wanted
@@ -120,12 +125,20 @@ impl Datapath {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         w.generation = w.generation.wrapping_add(1);
         w.nets = nets.into_iter().map(|n| (n.vni, n)).collect();
+        drop(w);
+        self.wake();
+    }
+
+    fn wake(&self) {
+        // A full pipe (EAGAIN) already holds a wake-up.
+        let _ = rustix::io::write(&self.wake, &[1]);
     }
 }
 
 impl Drop for Datapath {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        self.wake();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -147,6 +160,8 @@ struct Live {
 
 struct Worker {
     udp: UdpSocket,
+    /// The read end of [`Datapath`]'s wake-up pipe.
+    woken: OwnedFd,
     port: u16,
     sender: u64,
     session: u64,
@@ -165,24 +180,26 @@ impl Worker {
             self.refresh();
             let taps: Vec<(u32, Arc<Tap>)> =
                 self.live.iter().map(|(v, l)| (*v, l.tap.clone())).collect();
-            let mut fds = Vec::with_capacity(taps.len() + 1);
+            let mut fds = Vec::with_capacity(taps.len() + 2);
+            fds.push(PollFd::new(&self.woken, PollFlags::IN));
             fds.push(PollFd::new(&self.udp, PollFlags::IN));
             for (_, t) in &taps {
                 fds.push(PollFd::new(t.as_ref(), PollFlags::IN));
             }
-            let tick = rustix::event::Timespec {
-                tv_sec: 0,
-                tv_nsec: i64::try_from(TICK.as_nanos()).unwrap_or(50_000_000),
-            };
-            if poll(&mut fds, Some(&tick)).is_err() {
+            // No timeout: a new set or a stop writes to the pipe.
+            if poll(&mut fds, None).is_err() {
                 continue;
             }
             let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
             drop(fds);
             if ready[0] {
+                let mut drain = [0u8; 64];
+                while matches!(rustix::io::read(&self.woken, &mut drain), Ok(n) if n > 0) {}
+            }
+            if ready[1] {
                 self.take_datagrams(&mut buf);
             }
-            for ((vni, tap), r) in taps.iter().zip(&ready[1..]) {
+            for ((vni, tap), r) in taps.iter().zip(&ready[2..]) {
                 if *r {
                     self.take_frames(*vni, tap, &mut buf, &mut out);
                 }
