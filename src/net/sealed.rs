@@ -13,9 +13,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::os::fd::OwnedFd;
 use std::thread::JoinHandle;
 
 use rustix::event::{poll, PollFd, PollFlags};
@@ -23,7 +23,6 @@ use rustix::event::{poll, PollFd, PollFlags};
 use super::overlay::mac_of;
 use super::seal::{NetKey, Opener, Sealer};
 use super::tap::Tap;
-
 
 /// The largest UDP datagram or TAP frame read in one go (an IPv4 datagram's limit):
 /// nothing the kernel hands over is cut short.
