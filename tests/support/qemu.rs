@@ -751,6 +751,7 @@ pub fn busybox_for(arch: Arch) -> PathBuf {
 /// overlay network, service load balancing and the routing mesh use.
 pub const NODE_MODULES: &[&str] = &[
     "overlay",
+    "tun",
     "bridge",
     "br_netfilter",
     "veth",
