@@ -11,6 +11,9 @@
 //!   in turn, and the ratio. Goal: at most 10% latency added.
 //! - the embedded DNS server: a task's A query for a service name, answered from the
 //!   tables, round trip from inside the task's namespace. Median of 5,000.
+//! - the encrypted overlay: the same two hosts' tasks, bulk throughput and requests
+//!   task to task over the sealed data path (TAP, ChaCha20-Poly1305, UDP 4790) against
+//!   over VXLAN, in turn, and the ratios.
 //! - the VIP balancer: one service's backends changed with 10 and with 1,000 services
 //!   in the table. Median of 200 changes each; the goal is flat (about a millisecond,
 //!   whatever the number of services).
@@ -24,8 +27,10 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::netio::{netns_exec, MeshPair, MESH_VNI as VNI};
@@ -34,7 +39,11 @@ use swarmlet::net::dns_server::Dns;
 use swarmlet::net::lb::{Balancer, Services};
 use swarmlet::net::mesh::{Port, Proto, Published};
 use swarmlet::net::names::{NetworkNames, ServiceNames};
-use swarmlet::net::rtnl::in_netns;
+use swarmlet::net::overlay::{attach, bridge_name, reconcile, tap_name, Endpoint, OverlayNet};
+use swarmlet::net::rtnl::{in_netns, LinkSet, Rtnl};
+use swarmlet::net::seal::{self, NetKey};
+use swarmlet::net::sealed::{Datapath, SealedNet};
+use swarmlet::net::tap::Tap;
 const REQUESTS: usize = 2_000;
 const BULK: usize = 256 << 20;
 
@@ -44,7 +53,7 @@ fn main() {
         return;
     }
     if !support::is_root() {
-        for name in ["mesh", "dns", "lb"] {
+        for name in ["mesh", "sealed", "dns", "lb"] {
             println!("BENCH network_{name} skipped (needs root: network namespaces)");
         }
         return;
@@ -54,8 +63,9 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let benches: [(&str, fn()); 4] = [
+    let benches: [(&str, fn()); 5] = [
         ("mesh", mesh_bench),
+        ("sealed", sealed_bench),
         ("dns", dns_bench),
         ("lb", lb_bench),
         ("vip", vip_bench),
@@ -203,6 +213,115 @@ fn mesh_bench() {
         );
     }
     drop(meshes);
+    drop(net);
+}
+
+/// Two hosts whose tasks (10.0.8.2 and .3) share an encrypted overlay: on each host the
+/// network's bridge (no VXLAN), a TAP on it and a data path sealing frames to the other.
+fn sealed_pair(net: &mut Net, subnet: &str) -> (Vec<String>, Vec<Datapath>) {
+    const SEALED_VNI: u32 = 300;
+    let mtu = 1500 - seal::OVERHEAD as u32;
+    let task = |i: usize| Ipv4Addr::new(10, 0, 8, 2 + i as u8);
+    let under = |i: usize| MeshPair::under(subnet, i);
+    let (mut tasks, mut paths) = (Vec::new(), Vec::new());
+    for i in 0..2 {
+        let host = format!("/var/run/netns/{}", net.host(i + 1, &under(i).to_string()));
+        let ov = OverlayNet {
+            sealed: true,
+            vni: SEALED_VNI,
+            mtu,
+            local: under(i),
+            remote: Default::default(),
+        };
+        let mut r = Rtnl::open_in(&host).unwrap();
+        reconcile(&mut r, std::slice::from_ref(&ov)).unwrap();
+        let tap = Arc::new(
+            in_netns(&host, || Tap::open(&tap_name(SEALED_VNI)))
+                .unwrap()
+                .unwrap(),
+        );
+        let bridge = r.link(&bridge_name(SEALED_VNI)).unwrap().unwrap();
+        let t = r.link(&tap_name(SEALED_VNI)).unwrap().unwrap();
+        let set = LinkSet {
+            master: Some(bridge.index),
+            mtu: Some(mtu),
+            up: Some(true),
+            ..LinkSet::default()
+        };
+        r.set_link(t.index, &set).unwrap();
+        let ns = net.bare(&format!("s{i}"));
+        let ep = Endpoint {
+            netns: ns.clone(),
+            ifname: "eth0".into(),
+            ip: task(i),
+            prefix: 24,
+        };
+        attach(&mut r, &ov, &ep).unwrap();
+        let at = SocketAddrV4::new(under(i), seal::PORT);
+        let d = in_netns(&host, move || Datapath::start(at, i as u64 + 1, 7))
+            .unwrap()
+            .unwrap();
+        d.set(vec![SealedNet {
+            vni: SEALED_VNI,
+            tap,
+            key: NetKey {
+                epoch: 1,
+                key: [9; 32],
+            },
+            remote: BTreeMap::from([(task(1 - i), under(1 - i))]),
+        }]);
+        tasks.push(ns);
+        paths.push(d);
+    }
+    (tasks, paths)
+}
+
+fn sealed_bench() {
+    let mut net = Net::new("bns");
+    let plain = MeshPair::new(&mut net, "10.74.0");
+    let mut net2 = Net::new("bnt");
+    let (sealed, paths) = sealed_pair(&mut net2, "10.73.0");
+    serve(&plain.tasks[1], SocketAddr::from((MeshPair::task(1), 80)));
+    let sealed_at = SocketAddr::from((Ipv4Addr::new(10, 0, 8, 3), 80));
+    serve(&sealed[1], sealed_at);
+    let plain_at = SocketAddr::from((MeshPair::task(1), 80));
+    requests(&plain.tasks[0], plain_at, 50);
+    requests(&sealed[0], sealed_at, 50);
+    let (mut p, mut s) = (Vec::new(), Vec::new());
+    for _ in 0..REQUESTS / 100 {
+        p.extend(requests(&plain.tasks[0], plain_at, 100));
+        s.extend(requests(&sealed[0], sealed_at, 100));
+    }
+    let (p, s) = (median(&mut p), median(&mut s));
+    println!(
+        "BENCH sealed_request_median {:.1} us",
+        s.as_secs_f64() * 1e6
+    );
+    println!("BENCH vxlan_request_median {:.1} us", p.as_secs_f64() * 1e6);
+    println!(
+        "BENCH sealed_over_vxlan_latency {:.3} ratio",
+        s.as_secs_f64() / p.as_secs_f64()
+    );
+    let (mut pt, mut st) = (0f64, 0f64);
+    for _ in 0..3 {
+        pt = pt.max(bulk(&plain.tasks[0], plain_at));
+        st = st.max(bulk(&sealed[0], sealed_at));
+    }
+    println!("BENCH sealed_throughput {st:.0} MiB/s");
+    println!("BENCH vxlan_throughput {pt:.0} MiB/s");
+    println!("BENCH sealed_over_vxlan_throughput {:.3} ratio", st / pt);
+    let refused: u64 = paths
+        .iter()
+        .map(|d| {
+            d.counters
+                .refused
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    println!("BENCH sealed_datagrams_refused {refused} count");
+    drop(paths);
+    drop(plain);
+    drop(net2);
     drop(net);
 }
 

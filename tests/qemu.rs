@@ -32,7 +32,9 @@ fn inspect(vm: &mut Vm, name: &str) -> serde_json::Value {
 #[test]
 #[ignore = "needs root and QEMU"]
 fn containers_on_cgroup_v2() {
-    let spec = VmSpec::new("cg2");
+    let mut spec = VmSpec::new("cg2");
+    // `run`'s containers are on the node's local bridge by default: its modules.
+    spec.modules.extend_from_slice(support::qemu::NODE_MODULES);
     let img = guest_image(spec.arch, json!({"Cmd": ["/bin/sh"], "WorkingDir": "/tmp"}));
     let spec = spec.file("/srv/bb.tar", docker_save_tar(&img, &["bb:1"]), 0o644);
     let arch = spec.arch;
@@ -46,6 +48,12 @@ fn containers_on_cgroup_v2() {
     vm.start_daemon();
     vm.ok("swarmlet image load -q -i /srv/bb.tar");
     assert_eq!(vm.ok("swarmlet run --rm bb:1 echo hello"), "hello\n");
+    // On the local bridge, with its address (eth0) and default route through it.
+    let routes = vm.ok("swarmlet run --rm bb:1 busybox ip route");
+    assert!(
+        routes.contains("default via 172.18.0.1 dev eth0"),
+        "{routes}"
+    );
 
     // Limits, as the kernel holds them for the running container.
     let id = vm.ok(

@@ -696,7 +696,14 @@ impl Plane {
 /// forwarding on; for tasks (the agent's thread) and `run`'s containers alike.
 pub(super) fn ensure_bridge(rtnl: &mut Rtnl) -> Result<(), String> {
     static NAT: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
-    bridge::ensure(rtnl).map_err(|e| format!("{}: {e}", bridge::BRIDGE))?;
+    bridge::ensure(rtnl).map_err(|e| match e.errno() {
+        Some(libc::EOPNOTSUPP) => format!(
+            "{}: this kernel cannot make a bridge (is the bridge module loaded?); \
+             `daemon --bridge none` runs without one",
+            bridge::BRIDGE
+        ),
+        _ => format!("{}: {e}", bridge::BRIDGE),
+    })?;
     let mut nat = NAT.lock().unwrap_or_else(|p| p.into_inner());
     if !*nat {
         let mut nft = crate::net::nft::Nft::open().map_err(|e| e.to_string())?;
