@@ -26,7 +26,8 @@ use token::{TokenRole, TokenSecret};
 /// Format version of the encoded state. Versions 1 (before the cluster spec) and 2
 /// (before services) are still read, so a node upgraded in place loads the snapshot its
 /// old version wrote.
-const STATE_VERSION: u8 = 3;
+const STATE_VERSION: u8 = 4;
+const STATE_VERSION_3: u8 = 3;
 const STATE_VERSION_2: u8 = 2;
 const STATE_VERSION_1: u8 = 1;
 /// Format version of encoded commands (Raft log entries, which outlive upgrades).
@@ -110,6 +111,17 @@ pub struct ClusterState {
     pub services: Store,
     /// Overlay networks and the addresses on them (appended last, in format 3).
     pub networks: Networks,
+}
+
+/// The state as version 3 wrote it: networks had no attached containers.
+#[derive(Deserialize)]
+struct ClusterStateV3 {
+    cluster_id: [u8; 16],
+    nodes: BTreeMap<NodeId, NodeRecord>,
+    tokens: Tokens,
+    spec: ClusterSpec,
+    services: Store,
+    networks: crate::services::network::NetworksV3,
 }
 
 /// The state as version 2 wrote it.
@@ -276,6 +288,17 @@ impl ClusterState {
     pub fn decode(b: &[u8]) -> Result<ClusterState, DecodeError> {
         match version_of(b)? {
             (STATE_VERSION, rest) => body(rest),
+            (STATE_VERSION_3, rest) => {
+                let v3: ClusterStateV3 = body(rest)?;
+                Ok(ClusterState {
+                    cluster_id: v3.cluster_id,
+                    nodes: v3.nodes,
+                    tokens: v3.tokens,
+                    spec: v3.spec,
+                    services: v3.services,
+                    networks: v3.networks.into(),
+                })
+            }
             (STATE_VERSION_1, rest) => {
                 let v1: ClusterStateV1 = body(rest)?;
                 Ok(ClusterState {
@@ -374,7 +397,12 @@ impl ClusterState {
                 self.networks.with_service(&self.services, c)?;
                 Ok(())
             }
-            Command::Network(c) => Ok(self.networks.validate(&self.services, c)?),
+            Command::Network(c) => {
+                if let NetworkCommand::Attach { node: n, .. } = c.as_ref() {
+                    node(n)?;
+                }
+                Ok(self.networks.validate(&self.services, c)?)
+            }
         }
     }
 
@@ -628,6 +656,59 @@ mod tests {
         let loaded = ClusterState::decode(&old).unwrap();
         assert_eq!(loaded, s);
         assert!(loaded.services.services.is_empty());
+    }
+
+    #[test]
+    fn state_of_version_three_still_loads() {
+        use crate::services::network::{Network, PortKey};
+        use crate::services::store::TaskId;
+        use crate::services::{NetworkId, ServiceId};
+        use std::net::Ipv4Addr;
+        type Addrs = BTreeMap<NetworkId, Ipv4Addr>;
+        #[derive(Serialize)]
+        struct N3<'a> {
+            pools: &'a crate::services::ipam::Pools,
+            nets: &'a BTreeMap<NetworkId, Network>,
+            vips: &'a BTreeMap<ServiceId, Addrs>,
+            tasks: &'a BTreeMap<TaskId, Addrs>,
+            nodes: &'a BTreeMap<NodeId, Ipv4Addr>,
+            ports: &'a BTreeMap<PortKey, ServiceId>,
+            published: &'a BTreeMap<ServiceId, Vec<u16>>,
+        }
+        #[derive(Serialize)]
+        struct V3<'a> {
+            cluster_id: [u8; 16],
+            nodes: &'a BTreeMap<NodeId, NodeRecord>,
+            tokens: &'a Tokens,
+            spec: &'a ClusterSpec,
+            services: &'a Store,
+            networks: N3<'a>,
+        }
+        let s = state();
+        let n = &s.networks;
+        assert!(!n.nets.is_empty(), "ingress is there to carry over");
+        let old = encode(
+            STATE_VERSION_3,
+            &V3 {
+                cluster_id: s.cluster_id,
+                nodes: &s.nodes,
+                tokens: &s.tokens,
+                spec: &s.spec,
+                services: &s.services,
+                networks: N3 {
+                    pools: &n.pools,
+                    nets: &n.nets,
+                    vips: &n.vips,
+                    tasks: &n.tasks,
+                    nodes: &n.nodes,
+                    ports: &n.ports,
+                    published: &n.published,
+                },
+            },
+        );
+        let loaded = ClusterState::decode(&old).unwrap();
+        assert_eq!(loaded, s);
+        assert!(loaded.networks.attachments.is_empty());
     }
 
     #[test]

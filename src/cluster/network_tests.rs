@@ -444,3 +444,105 @@ fn each_node_sees_remote_endpoints_serving_tasks_and_the_mesh() {
     assert!(views[&n2].host_published.is_empty(), "not running yet");
     assert!(views[&n1].published.iter().all(|p| p.published != 9000));
 }
+
+#[test]
+fn containers_attach_to_attachable_networks_and_hold_them() {
+    use crate::services::network::NodeAt;
+    let mut s = state();
+    let n1 = node_id(&PeerKey([1; 32]));
+    let attachable = |id: u64, name: &str, attachable: bool| {
+        Command::Network(Box::new(NetworkCommand::Create {
+            id: NetworkId(id),
+            spec: NetworkSpec {
+                name: name.into(),
+                attachable,
+                subnet: Some(
+                    crate::services::ipam::Ipv4Net::parse(&format!("10.{id}.0.0/29")).unwrap(),
+                ),
+                ..NetworkSpec::default()
+            },
+            at_ms: 1,
+            key: None,
+        }))
+    };
+    s.apply(&attachable(7, "shared", true)).unwrap();
+    s.apply(&attachable(8, "closed", false)).unwrap();
+    let cid = |i: u8| format!("{i:02x}").repeat(32);
+    let attach = |node, i: u8, net: u64| {
+        Command::Network(Box::new(NetworkCommand::Attach {
+            node,
+            container: cid(i),
+            name: format!("c{i}"),
+            network: NetworkId(net),
+        }))
+    };
+    s.apply(&attach(n1, 1, 7)).unwrap();
+    let a = s.networks.attachments[&(n1, cid(1))].clone();
+    assert_eq!(a.network, NetworkId(7));
+    // Again: nothing new (no second address).
+    s.apply(&attach(n1, 1, 7)).unwrap();
+    assert_eq!(s.networks.attachments.len(), 1);
+    assert_eq!(s.networks.nets[&NetworkId(7)].space.used.len(), 1);
+    // Refused: a network made without --attachable, ingress, an unknown network or
+    // node, a malformed id.
+    for (cmd, want) in [
+        (attach(n1, 2, 8), "not attachable"),
+        (
+            attach(n1, 2, s.networks.ingress().unwrap().id.0),
+            "not attachable",
+        ),
+        (attach(n1, 2, 99), "not found"),
+        (attach(NodeId(0xdead), 2, 7), "not in the cluster"),
+    ] {
+        let e = s.apply(&cmd).unwrap_err().to_string();
+        assert!(e.contains(want), "{e}");
+    }
+    let bad = Command::Network(Box::new(NetworkCommand::Attach {
+        node: n1,
+        container: "../x".into(),
+        name: "c".into(),
+        network: NetworkId(7),
+    }));
+    assert!(s.apply(&bad).unwrap_err().to_string().contains("64 hex"));
+    // Its node is told of it; the network is the node's, with the container an endpoint
+    // the other nodes reach.
+    let nodes = BTreeMap::from([(
+        n1,
+        NodeAt {
+            addr: [192, 168, 1, 1].into(),
+            up: true,
+        },
+    )]);
+    let views = s.networks.node_views(&s.services, &nodes);
+    assert_eq!(views[&n1].attachments.len(), 1);
+    assert_eq!(views[&n1].attachments[0].addr, a.addr);
+    assert!(views[&n1].networks.iter().any(|n| n.name == "shared"));
+    // The network cannot go while the container is on it, and says who holds it.
+    let rm = Command::Network(Box::new(NetworkCommand::Remove(NetworkId(7))));
+    let e = s.apply(&rm).unwrap_err().to_string();
+    assert!(e.contains("container c1 on node"), "{e}");
+    // A /29 holds five: the pool runs out with a clear error, and nothing half-made.
+    for i in 2..=5 {
+        s.apply(&attach(n1, i, 7)).unwrap();
+    }
+    let e = s.apply(&attach(n1, 6, 7)).unwrap_err().to_string();
+    assert!(e.contains("shared"), "{e}");
+    assert_eq!(s.networks.attachments.len(), 5);
+    // Detached (twice: the second is nothing), then the node goes with the rest.
+    let detach = |i: u8| {
+        Command::Network(Box::new(NetworkCommand::Detach {
+            node: n1,
+            container: cid(i),
+        }))
+    };
+    s.apply(&detach(1)).unwrap();
+    s.apply(&detach(1)).unwrap();
+    assert!(!s.networks.nets[&NetworkId(7)]
+        .space
+        .used
+        .contains_key(&a.addr));
+    s.networks.node_removed(n1);
+    assert!(s.networks.attachments.is_empty());
+    assert!(s.networks.nets[&NetworkId(7)].space.used.is_empty());
+    s.apply(&rm).unwrap();
+}

@@ -248,6 +248,8 @@ pub enum Owner {
     Task(TaskId),
     /// A node's own address on the network (its load balancer's source).
     Node(NodeId),
+    /// A container on that node attached to the network (`run --network`).
+    Attachment(NodeId),
 }
 
 /// One network's addresses.

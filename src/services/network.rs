@@ -137,6 +137,10 @@ pub enum NetworkError {
     PortInUse(u16, String),
     #[error("no free port is left in {}-{} to publish", AUTO_PORTS.start(), AUTO_PORTS.end())]
     NoFreePort,
+    #[error("network {0} is not attachable: containers join only networks made with --attachable")]
+    NotAttachable(String),
+    #[error("invalid container {0:?}: an id is 64 hex digits, a name 1 to 128 characters")]
+    Container(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,6 +154,37 @@ pub enum NetworkCommand {
         key: Option<NetSecret>,
     },
     Remove(NetworkId),
+    /// A standalone container on `node` joins an attachable network (`run --network`);
+    /// again for one attached already is nothing.
+    Attach {
+        node: NodeId,
+        /// Its id (64 hex digits), as the node knows it.
+        container: String,
+        /// Its name, for the messages that name it.
+        name: String,
+        network: NetworkId,
+    },
+    /// The container is gone (or its node says it no longer wants the network).
+    Detach {
+        node: NodeId,
+        container: String,
+    },
+}
+
+/// A standalone container attached to a network, and its address there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub name: String,
+    pub network: NetworkId,
+    pub addr: Ipv4Addr,
+}
+
+/// What a node is told of its own attached containers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAttachment {
+    pub container: String,
+    pub network: NetworkId,
+    pub addr: Ipv4Addr,
 }
 
 /// Networks and the addresses on them.
@@ -167,6 +202,35 @@ pub struct Networks {
     pub ports: BTreeMap<PortKey, ServiceId>,
     /// Per service: the published port each of its ports got (in its spec's order).
     pub published: BTreeMap<ServiceId, Vec<u16>>,
+    /// Standalone containers on attachable networks, by node and container id.
+    pub attachments: BTreeMap<(NodeId, String), Attachment>,
+}
+
+/// [`Networks`] as cluster state version 3 held them (no attached containers).
+#[derive(Deserialize)]
+pub struct NetworksV3 {
+    pools: Pools,
+    nets: BTreeMap<NetworkId, Network>,
+    vips: BTreeMap<ServiceId, BTreeMap<NetworkId, Ipv4Addr>>,
+    tasks: BTreeMap<TaskId, BTreeMap<NetworkId, Ipv4Addr>>,
+    nodes: BTreeMap<NodeId, Ipv4Addr>,
+    ports: BTreeMap<PortKey, ServiceId>,
+    published: BTreeMap<ServiceId, Vec<u16>>,
+}
+
+impl From<NetworksV3> for Networks {
+    fn from(v: NetworksV3) -> Networks {
+        Networks {
+            pools: v.pools,
+            nets: v.nets,
+            vips: v.vips,
+            tasks: v.tasks,
+            nodes: v.nodes,
+            ports: v.ports,
+            published: v.published,
+            attachments: BTreeMap::new(),
+        }
+    }
 }
 
 impl Default for Networks {
@@ -186,6 +250,7 @@ impl Networks {
             nodes: BTreeMap::new(),
             ports: BTreeMap::new(),
             published: BTreeMap::new(),
+            attachments: BTreeMap::new(),
         };
         let spec = NetworkSpec {
             name: INGRESS.to_string(),
@@ -321,6 +386,32 @@ impl Networks {
                 }
                 Ok(())
             }
+            NetworkCommand::Attach {
+                container,
+                name,
+                network,
+                ..
+            } => {
+                let id_ok = container.len() == 64
+                    && container
+                        .bytes()
+                        .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+                if !id_ok {
+                    return Err(NetworkError::Container(container.clone()));
+                }
+                if name.is_empty() || name.len() > 128 {
+                    return Err(NetworkError::Container(name.clone()));
+                }
+                let n = self
+                    .nets
+                    .get(network)
+                    .ok_or_else(|| NetworkError::Unknown(network.to_string()))?;
+                if n.spec.ingress || !n.spec.attachable {
+                    return Err(NetworkError::NotAttachable(n.spec.name.clone()));
+                }
+                Ok(())
+            }
+            NetworkCommand::Detach { .. } => Ok(()),
         }
     }
 
@@ -340,8 +431,44 @@ impl Networks {
             NetworkCommand::Remove(id) => {
                 self.nets.remove(id);
             }
+            NetworkCommand::Attach {
+                node,
+                container,
+                name,
+                network,
+            } => {
+                let key = (*node, container.clone());
+                if self.attachments.contains_key(&key) {
+                    return Ok(());
+                }
+                let n = self
+                    .nets
+                    .get_mut(network)
+                    .ok_or_else(|| NetworkError::Unknown(network.to_string()))?;
+                let net_name = n.spec.name.clone();
+                let addr = n.space.allocate(Owner::Attachment(*node), &net_name)?;
+                self.attachments.insert(
+                    key,
+                    Attachment {
+                        name: name.clone(),
+                        network: *network,
+                        addr,
+                    },
+                );
+            }
+            NetworkCommand::Detach { node, container } => {
+                self.detach(*node, container);
+            }
         }
         Ok(())
+    }
+
+    fn detach(&mut self, node: NodeId, container: &str) {
+        if let Some(a) = self.attachments.remove(&(node, container.to_string())) {
+            if let Some(n) = self.nets.get_mut(&a.network) {
+                n.space.release(a.addr, Owner::Attachment(node));
+            }
+        }
     }
 
     /// Services (by name) and tasks that use a network: it cannot go while they do.
@@ -361,6 +488,9 @@ impl Networks {
         let tasks = self.tasks.values().filter(|a| a.contains_key(&id)).count();
         if tasks > 0 && out.is_empty() {
             out.insert(format!("{tasks} task(s) still stopping"));
+        }
+        for ((node, _), a) in self.attachments.iter().filter(|(_, a)| a.network == id) {
+            out.insert(format!("container {} on node {node}", a.name));
         }
         out.into_iter().collect()
     }
@@ -635,6 +765,15 @@ impl Networks {
     }
 
     pub fn node_removed(&mut self, node: NodeId) {
+        let gone: Vec<String> = self
+            .attachments
+            .keys()
+            .filter(|(n, _)| *n == node)
+            .map(|(_, c)| c.clone())
+            .collect();
+        for c in gone {
+            self.detach(node, &c);
+        }
         let Some(ip) = self.nodes.remove(&node) else {
             return;
         };
@@ -663,13 +802,18 @@ pub struct NodeNet {
     pub published: Vec<MeshPort>,
     /// Ports its own serving tasks publish in host mode: they listen on this node only.
     pub host_published: Vec<HostPort>,
+    /// Its own standalone containers on attachable networks.
+    pub attachments: Vec<NodeAttachment>,
 }
 
 impl NodeNet {
     /// Nothing for the node to set up: no network, no port (its address alone is no
     /// reason to send it a set).
     pub fn is_idle(&self) -> bool {
-        self.networks.is_empty() && self.published.is_empty() && self.host_published.is_empty()
+        self.networks.is_empty()
+            && self.published.is_empty()
+            && self.host_published.is_empty()
+            && self.attachments.is_empty()
     }
 }
 
@@ -826,6 +970,20 @@ impl Networks {
                 endpoints.entry(i).or_default().push((*ip, *node));
             }
         }
+        // Attached containers: endpoints like tasks (serving nothing), on their nodes.
+        let mut attached: BTreeMap<NodeId, Vec<NodeAttachment>> = BTreeMap::new();
+        for ((node, container), a) in &self.attachments {
+            endpoints
+                .entry(a.network)
+                .or_default()
+                .push((a.addr, *node));
+            on_node.entry(*node).or_default().insert(a.network);
+            attached.entry(*node).or_default().push(NodeAttachment {
+                container: container.clone(),
+                network: a.network,
+                addr: a.addr,
+            });
+        }
         // Ports with no serving task still get an (empty) entry: the mesh holds them.
         for (key, sid) in &self.ports {
             let ingress_port = store.services.get(sid).is_some_and(|s| {
@@ -913,6 +1071,7 @@ impl Networks {
                     ingress_addr: self.nodes.get(node).copied().filter(|_| mesh),
                     published: published.clone(),
                     host_published: host_ports.remove(node).unwrap_or_default(),
+                    attachments: attached.remove(node).unwrap_or_default(),
                 },
             );
         }
