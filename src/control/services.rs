@@ -14,7 +14,7 @@ use super::msg::PeerMsg;
 use crate::api::{NetworkView, Request, Response, ServiceView, TaskView};
 use crate::cluster::{ClusterState, Command, NodeRecord, NodeStatus};
 use crate::raft::NodeId;
-use crate::services::agent::{AgentStatus, Assignment, Assignments};
+use crate::services::agent::{AgentStatus, Assignment, Assignments, AttachWant};
 use crate::services::constraint::NodeFacts;
 use crate::services::network::{Network, NetworkCommand, NodeAt};
 use crate::services::orchestrator::{reconcile, NodeInfo};
@@ -42,6 +42,9 @@ pub(super) struct Orchestration {
     /// until then rather than spin.
     pub refused: bool,
     pub hold_until: Option<Instant>,
+    /// Per node, its containers that could not be attached and why; sent back with its
+    /// set until it no longer asks.
+    pub attach_refused: BTreeMap<NodeId, BTreeMap<String, String>>,
 }
 
 /// How long a refused round waits before the next.
@@ -143,10 +146,80 @@ impl Control {
             };
             self.propose_quietly(Command::Service(Box::new(cmd)));
         }
-        if stale {
-            // Its set was lost on the way, or this leader never sent one.
+        let refusals_changed = match (current, st.attach) {
+            (true, Some(wants)) => self.attachments_from(node, wants),
+            _ => false,
+        };
+        if stale || refusals_changed {
+            // Its set was lost on the way, or this leader never sent one, or it has a
+            // refusal to hear.
             self.dispatch(Some(node));
         }
+    }
+
+    /// A node's wanted attachments against the state's: the missing ones proposed (or
+    /// refused, saying why), the unwanted ones detached. Says whether the node's
+    /// refusals changed.
+    fn attachments_from(&mut self, node: NodeId, wants: Vec<AttachWant>) -> bool {
+        let Some(c) = self.cluster() else {
+            return false;
+        };
+        let mut cmds = Vec::new();
+        let mut refused = BTreeMap::new();
+        for w in &wants {
+            if c.networks
+                .attachments
+                .contains_key(&(node, w.container.clone()))
+            {
+                continue;
+            }
+            let cmd = c.networks.resolve(&w.network).map(|n| {
+                Command::Network(Box::new(NetworkCommand::Attach {
+                    node,
+                    container: w.container.clone(),
+                    name: w.name.clone(),
+                    network: n.id,
+                }))
+            });
+            match cmd.map_err(|e| e.to_string()).and_then(|cmd| {
+                c.validate(&cmd).map_err(|e| e.to_string())?;
+                Ok(cmd)
+            }) {
+                Ok(cmd) => cmds.push(cmd),
+                Err(e) => {
+                    refused.insert(w.container.clone(), e);
+                }
+            }
+        }
+        for (n, container) in c.networks.attachments.keys() {
+            if *n == node && !wants.iter().any(|w| w.container == *container) {
+                cmds.push(Command::Network(Box::new(NetworkCommand::Detach {
+                    node,
+                    container: container.clone(),
+                })));
+            }
+        }
+        for cmd in cmds {
+            self.propose_quietly(cmd);
+        }
+        let Some(m) = self.manager_mut() else {
+            return false;
+        };
+        let before = m
+            .orch
+            .attach_refused
+            .get(&node)
+            .cloned()
+            .unwrap_or_default();
+        if before == refused {
+            return false;
+        }
+        if refused.is_empty() {
+            m.orch.attach_refused.remove(&node);
+        } else {
+            m.orch.attach_refused.insert(node, refused);
+        }
+        true
     }
 
     /// Assignments from a manager (the leader) for this node's agent.
@@ -310,7 +383,13 @@ impl Control {
         }
         let mut out = Vec::new();
         for (node, tasks) in sets {
-            let net = views.remove(&node).unwrap_or_default();
+            let mut net = views.remove(&node).unwrap_or_default();
+            net.attach_refused = m
+                .orch
+                .attach_refused
+                .get(&node)
+                .map(|r| r.iter().map(|(c, e)| (c.clone(), e.clone())).collect())
+                .unwrap_or_default();
             let bytes = postcard::to_allocvec(&(&tasks, &net)).unwrap_or_default();
             let h = crate::transport::crypto::hash(&[&bytes]);
             match m.orch.sent.get(&node) {

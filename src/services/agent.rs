@@ -93,6 +93,20 @@ pub struct AgentStatus {
     pub have: u64,
     pub reports: Vec<TaskReport>,
     pub desc: NodeDescription,
+    /// Every standalone container of the node that is to be on an attachable network
+    /// (the whole set, each time); None while the node does not know (it has not
+    /// looked at its containers yet): nothing is detached then.
+    pub attach: Option<Vec<AttachWant>>,
+}
+
+/// A standalone container that is to be on a network (`run --network <net>`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AttachWant {
+    /// Its id (64 hex digits).
+    pub container: String,
+    pub name: String,
+    /// The network as the user named it (name, id or id prefix).
+    pub network: String,
 }
 
 /// What a node has to offer, as its agent sees it.
@@ -264,6 +278,8 @@ pub struct Book {
     /// The node left its cluster (or was removed): its tasks' containers go, and the
     /// next cluster's first set is taken whatever its version.
     out: bool,
+    /// The node's standalone containers wanting attachable networks, once known.
+    pub attach: Option<Vec<AttachWant>>,
 }
 
 impl Book {
@@ -361,6 +377,7 @@ impl Book {
             have: self.set.version,
             reports: self.known.values().cloned().collect(),
             desc: desc.clone(),
+            attach: self.attach.clone(),
         }
     }
 }

@@ -804,6 +804,9 @@ pub struct NodeNet {
     pub host_published: Vec<HostPort>,
     /// Its own standalone containers on attachable networks.
     pub attachments: Vec<NodeAttachment>,
+    /// Its containers the leader would not attach, and why (not replicated: the
+    /// leader's answer to the node's last status).
+    pub attach_refused: Vec<(String, String)>,
 }
 
 impl NodeNet {
@@ -814,6 +817,7 @@ impl NodeNet {
             && self.published.is_empty()
             && self.host_published.is_empty()
             && self.attachments.is_empty()
+            && self.attach_refused.is_empty()
     }
 }
 
@@ -1072,6 +1076,7 @@ impl Networks {
                     published: published.clone(),
                     host_published: host_ports.remove(node).unwrap_or_default(),
                     attachments: attached.remove(node).unwrap_or_default(),
+                    attach_refused: Vec::new(),
                 },
             );
         }
