@@ -114,7 +114,7 @@ fn what_a_container_sees() {
         (vec!["--cpus", "-1", "bb:1"], "--cpus"),
         (vec!["-v", "relative/path:/x", "bb:1"], "-v"),
         (vec!["--cap-add", "FLYING", "bb:1"], "FLYING"),
-        (vec!["--network", "elsewhere", "bb:1"], "--network"),
+        (vec!["--network", "no/such", "bb:1"], "--network"),
         (vec!["Bad/Ref"], "invalid reference"),
     ] {
         let (code, _, err) = run(&d, &args);
@@ -125,6 +125,10 @@ fn what_a_container_sees() {
     let (code, _, err) = run(&d, &["--network", "bridge", "bb:1"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("--bridge none"), "{err}");
+    // An overlay network needs a swarm.
+    let (code, _, err) = run(&d, &["--network", "elsewhere", "bb:1", "true"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("in no swarm"), "{err}");
     let (code, _, err) = run(&d, &["no-such-image:1"]);
     assert_eq!(code, 1, "{err}");
     let (code, _, err) = run(&d, &["-v", "/does/not/exist:/x", "bb:1", "true"]);

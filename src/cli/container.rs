@@ -61,7 +61,8 @@ pub struct RunCommand {
     #[argh(option)]
     pub mount: Vec<String>,
 
-    /// bridge (the default: the node's local bridge, NAT out), host or none
+    /// bridge (the default: the node's local bridge, NAT out), host, none, or an
+    /// attachable overlay network of the node's cluster
     #[argh(option)]
     pub network: Option<String>,
 
@@ -442,9 +443,12 @@ fn resolve_run(c: &RunCommand) -> Result<(ContainerSpec, Option<i64>), UsageErro
         Some("bridge") => NetworkMode::Bridge,
         Some("none") => NetworkMode::None,
         Some("host") => NetworkMode::Host,
+        Some(n) if crate::services::network::check_network_name(n).is_ok() => {
+            NetworkMode::Attach(n.to_string())
+        }
         Some(n) => {
             return Err(UsageError(format!(
-                "--network: {n:?}: a container joins bridge, host or none; joining an attachable overlay network is not built yet"
+                "--network: {n:?} is neither bridge, host, none nor a network's name or id"
             )))
         }
     };

@@ -4,7 +4,7 @@
 //! must not hold up a stop), and report back when done. Nothing is kept on disk: a
 //! restarted daemon finds its tasks' containers by their labels.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use super::engine::Engine;
 use super::netplane::{Plane, Wiring};
 use crate::api::RunRequest;
-use crate::model::container::{LogLimits, RestartPolicy, Status};
+use crate::model::container::{LogLimits, NetworkMode, RestartPolicy, Status};
 use crate::raft::NodeId;
 use crate::services::agent::{
-    Action, AgentStatus, Assignment, Assignments, Book, NodeDescription, Seen, LABEL_NODE,
-    LABEL_SERVICE, LABEL_SERVICE_ID, LABEL_TASK,
+    Action, AgentStatus, Assignment, Assignments, AttachWant, Book, NodeDescription, Seen,
+    LABEL_NODE, LABEL_SERVICE, LABEL_SERVICE_ID, LABEL_TASK,
 };
 use crate::services::spec::Protocol;
 use crate::services::store::{TaskId, TaskReport};
@@ -46,6 +46,14 @@ enum Msg {
     Report(TaskReport),
     /// A worker thread finished with a task (or a container, by task id).
     Done(TaskId),
+    /// A standalone container is to join an attachable network: its wiring (or why
+    /// not) goes back on `reply` once the leader answered.
+    Attach {
+        want: AttachWant,
+        reply: mpsc::Sender<Result<Wiring, String>>,
+    },
+    /// A standalone container is gone: its attachment goes.
+    Detach(String),
 }
 
 /// The node loop's side: assignments in, statuses out.
@@ -54,7 +62,44 @@ pub struct Agent {
     pub status: smol::channel::Receiver<AgentStatus>,
 }
 
+/// How long `run --network <net>` waits for the leader to attach its container.
+const ATTACH_WAIT: Duration = Duration::from_secs(20);
+
+/// The engine's way to the agent for standalone containers on attachable networks.
+#[derive(Clone)]
+pub struct AttachHandle {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl AttachHandle {
+    /// Asks the leader to attach a container and wires its namespace; waits for both.
+    pub fn attach(&self, want: AttachWant) -> Result<Wiring, String> {
+        let network = want.network.clone();
+        let (reply, answer) = mpsc::channel();
+        self.tx
+            .send(Msg::Attach { want, reply })
+            .map_err(|_| "the node's agent is gone".to_string())?;
+        match answer.recv_timeout(ATTACH_WAIT) {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "network {network}: no answer from the managers in {} s",
+                ATTACH_WAIT.as_secs()
+            )),
+        }
+    }
+
+    pub fn detach(&self, container: &str) {
+        let _ = self.tx.send(Msg::Detach(container.to_string()));
+    }
+}
+
 impl Agent {
+    pub fn attach_handle(&self) -> AttachHandle {
+        AttachHandle {
+            tx: self.tx.clone(),
+        }
+    }
+
     pub fn assign(&self, a: Box<Assignments>) {
         let _ = self.tx.send(Msg::Assign(a));
     }
@@ -89,6 +134,8 @@ pub fn spawn(
                 book: Book::default(),
                 plane,
                 tx: worker_tx,
+                pending: BTreeMap::new(),
+                held: BTreeMap::new(),
             };
             a.run(rx, status_tx)
         })?;
@@ -126,6 +173,11 @@ struct Loop {
     book: Book,
     plane: Plane,
     tx: mpsc::Sender<Msg>,
+    /// `run --network` requests waiting for the leader's answer, by container id.
+    pending: BTreeMap<String, (AttachWant, mpsc::Sender<Result<Wiring, String>>)>,
+    /// Attachments answered, held until their container goes (its record may not be
+    /// written yet when the agent next looks).
+    held: BTreeMap<String, AttachWant>,
 }
 
 impl Loop {
@@ -160,12 +212,39 @@ impl Loop {
     fn take(&mut self, m: Msg) -> bool {
         match m {
             Msg::Assign(a) => {
+                // Refusals are answers, not state: heard even in a set of the same
+                // version as the one held (nothing was committed to refuse).
+                for (c, why) in &a.net.attach_refused {
+                    if let Some((_, reply)) = self.pending.remove(c) {
+                        let _ = reply.send(Err(why.clone()));
+                    }
+                }
                 let net = a.net.clone();
                 let taken = self.book.assign(*a);
                 if taken {
                     self.plane.set(net);
+                    self.answer_attachments();
                 }
                 taken
+            }
+            Msg::Attach { want, reply } => {
+                if self.book.waiting() {
+                    let _ = reply.send(Err(format!(
+                        "network {}: this node is in no swarm (attachable networks are the cluster's)",
+                        want.network
+                    )));
+                    return false;
+                }
+                self.pending.insert(want.container.clone(), (want, reply));
+                // Wired already (a restart of the container): answered at once.
+                self.answer_attachments();
+                true
+            }
+            Msg::Detach(container) => {
+                self.pending.remove(&container);
+                self.held.remove(&container);
+                self.plane.detach(&container);
+                true
             }
             Msg::Leave => {
                 self.book.leave();
@@ -179,32 +258,66 @@ impl Loop {
         }
     }
 
+    /// Answers the `run --network` requests the last set decides: wired, or refused.
+    fn answer_attachments(&mut self) {
+        let ids: Vec<String> = self.pending.keys().cloned().collect();
+        for id in ids {
+            if let Some(r) = self.plane.attach(&id) {
+                if let Some((want, reply)) = self.pending.remove(&id) {
+                    if r.is_ok() {
+                        self.held.insert(id, want);
+                    }
+                    let _ = reply.send(r);
+                }
+            }
+        }
+    }
+
     /// Looks at the containers and acts; says whether a task's state changed.
     fn reconcile(&mut self) -> bool {
         // Not a container list a second on a node in no swarm.
         if self.book.waiting() {
             return false;
         }
-        let seen = match self.seen() {
+        let (seen, mut wants) = match self.seen() {
             Ok(s) => s,
             Err(e) => {
                 warning!("agent: cannot list containers: {e}");
                 return false;
             }
         };
+        let asked = self.pending.values().map(|(w, _)| w);
+        for want in asked.chain(self.held.values()) {
+            if !wants.iter().any(|w| w.container == want.container) {
+                wants.push(want.clone());
+            }
+        }
+        wants.sort();
+        let containers: BTreeSet<String> = wants.iter().map(|w| w.container.clone()).collect();
+        self.book.attach = Some(wants);
         let (actions, changed) = self.book.reconcile(&seen);
         let keep = self.book.wired(&seen);
         let book = &self.book;
-        self.plane.tidy(&keep, |t| book.assignment(t));
+        self.plane.tidy(&keep, &containers, |t| book.assignment(t));
         for a in actions {
             self.act(a, &seen);
         }
         changed
     }
 
-    fn seen(&self) -> Result<BTreeMap<TaskId, (String, Seen)>, String> {
+    /// The tasks' containers, and the standalone containers on attachable networks.
+    #[allow(clippy::type_complexity)]
+    fn seen(&self) -> Result<(BTreeMap<TaskId, (String, Seen)>, Vec<AttachWant>), String> {
         let mut out = BTreeMap::new();
+        let mut wants = Vec::new();
         for v in self.engine.containers.list()? {
+            if let NetworkMode::Attach(network) = &v.record.spec.network {
+                wants.push(AttachWant {
+                    container: v.record.id.clone(),
+                    name: v.record.name.clone(),
+                    network: network.clone(),
+                });
+            }
             let Some(task) = v
                 .record
                 .spec
@@ -223,7 +336,7 @@ impl Loop {
             };
             out.insert(TaskId(task), (v.record.id.clone(), seen));
         }
-        Ok(out)
+        Ok((out, wants))
     }
 
     fn act(&mut self, a: Action, seen: &BTreeMap<TaskId, (String, Seen)>) {

@@ -62,11 +62,24 @@ pub struct Containers {
     netns: PathBuf,
     /// The node's local bridge is `run`'s default (`daemon --bridge none`: not).
     bridge: bool,
+    /// The agent's way to attachable networks, once the node runs one.
+    attacher: std::sync::OnceLock<Attacher>,
     /// Serialises creation and removal (names must stay unique).
     lock: Mutex<()>,
     /// The records as last read from disk; this daemon is their only writer, so the
     /// copy stays true until it writes (run, removal), which clears it.
     cache: Mutex<Option<Vec<ContainerRecord>>>,
+}
+
+/// The wiring of a container joining a network: what `attach` answers.
+pub type AttachFn =
+    dyn Fn(&str, &str, &str) -> Result<super::bridged::Bridged, String> + Send + Sync;
+
+/// How standalone containers join attachable networks: `attach` (container id, name,
+/// network) asks the leader and wires the namespace, `detach` lets it go.
+pub struct Attacher {
+    pub attach: Box<AttachFn>,
+    pub detach: Box<dyn Fn(&str) + Send + Sync>,
 }
 
 fn valid_id(id: &str) -> bool {
@@ -107,6 +120,7 @@ impl Containers {
             volumes: data_dir.join("volumes"),
             netns: super::netplane::netns_dir(data_dir),
             bridge,
+            attacher: std::sync::OnceLock::new(),
             exe: exe.to_path_buf(),
             link: Mutex::new(link),
             lock: Mutex::new(()),
@@ -321,8 +335,14 @@ impl Containers {
         if let Err(e) = res {
             let _ = unmount_overlay(&cdir.join("bundle/rootfs"));
             let _ = remove_any(&cdir);
-            if record.spec.network == NetworkMode::Bridge {
-                super::bridged::unwire(&self.netns, &id);
+            match &record.spec.network {
+                NetworkMode::Bridge => super::bridged::unwire(&self.netns, &id),
+                NetworkMode::Attach(_) => {
+                    if let Some(a) = self.attacher.get() {
+                        (a.detach)(&id);
+                    }
+                }
+                _ => {}
             }
             self.invalidate();
             return Err(e);
@@ -395,18 +415,38 @@ impl Containers {
         }
     }
 
-    /// A bridged container's namespace made (or found) and its spec as the runtime is
-    /// to see it: that namespace, and the resolv.conf and hosts files bound in unless
-    /// the container mounts its own. None for a container on no bridge.
+    /// Gives the engine the agent's way to attachable networks (once).
+    pub fn set_attacher(&self, a: Attacher) {
+        let _ = self.attacher.set(a);
+    }
+
+    /// A container's namespace on the bridge or an attachable network, made (or found),
+    /// and its spec as the runtime is to see it: that namespace, and the resolv.conf
+    /// and hosts files bound in unless the container mounts its own. None for a
+    /// container on neither.
     fn wire(
         &self,
         record: &ContainerRecord,
         hostname: &str,
     ) -> Result<Option<ContainerSpec>, String> {
-        if record.spec.network != NetworkMode::Bridge {
-            return Ok(None);
-        }
-        let b = super::bridged::wire(&self.netns, &record.id, hostname)?;
+        let b = match &record.spec.network {
+            NetworkMode::Bridge => super::bridged::wire(&self.netns, &record.id, hostname)?,
+            NetworkMode::Attach(net) => {
+                let a = self
+                    .attacher
+                    .get()
+                    .ok_or_else(|| format!("network {net}: this daemon has no agent to join it"))?;
+                let b = (a.attach)(&record.id, &record.name, net)?;
+                let text = format!(
+                    "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{hostname}\n",
+                    b.addr
+                );
+                std::fs::write(&b.hosts, text)
+                    .map_err(|e| format!("{}: {e}", b.hosts.display()))?;
+                b
+            }
+            _ => return Ok(None),
+        };
         let mut spec = record.spec.clone();
         spec.join_netns(&b.netns, &b.resolv_conf, &b.hosts);
         Ok(Some(spec))
@@ -526,6 +566,9 @@ impl Containers {
             .map_err(|e| format!("unmounting the root filesystem of {id}: {e}"))?;
         // Whatever its record says (it may be unreadable): nothing of it may outlive it.
         super::bridged::unwire(&self.netns, id);
+        if let Some(a) = self.attacher.get() {
+            (a.detach)(id);
+        }
         let res = remove_any(&cdir).map_err(|e| format!("{}: {e}", cdir.display()));
         self.invalidate();
         res?;
@@ -681,11 +724,9 @@ impl Containers {
             })?;
         }
         // After a reboot its namespace is gone too (the keeper's spec names its path).
-        if v.record.spec.network == NetworkMode::Bridge {
-            let hostname = v.record.spec.hostname.clone();
-            let hostname = hostname.unwrap_or_else(|| v.record.id[..12].to_string());
-            super::bridged::wire(&self.netns, &v.record.id, &hostname)?;
-        }
+        let hostname = v.record.spec.hostname.clone();
+        let hostname = hostname.unwrap_or_else(|| v.record.id[..12].to_string());
+        self.wire(&v.record, &hostname)?;
         match self.keeper(&KeeperRequest::Run {
             id: v.record.id.clone(),
             log: v.record.log,

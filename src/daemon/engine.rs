@@ -544,6 +544,7 @@ fn inspect_doc(
                 NetworkMode::Netns(path) => format!("netns:{path}"),
                 NetworkMode::Bridge => "bridge".to_string(),
                 NetworkMode::Default => "default".to_string(),
+                NetworkMode::Attach(net) => net.clone(),
             },
             "Memory": r.spec.memory.unwrap_or(0),
             "NanoCpus": r.spec.cpus.map_or(0.0, |c| (c * 1e9).round()),

@@ -32,6 +32,7 @@ use crate::services::agent::Assignment;
 use crate::services::network::{NetView, NodeNet};
 use crate::services::spec::Protocol;
 use crate::services::store::TaskId;
+use crate::services::NetworkId;
 
 /// What a task's container is given in place of the image's `/etc/resolv.conf`: the
 /// embedded server, and names with no dot never tried under a search domain.
@@ -39,6 +40,38 @@ const RESOLV_CONF: &str = "nameserver 127.0.0.11\noptions ndots:0\n";
 
 /// The underlay's MTU when the interface holding the node's address cannot be found.
 const DEFAULT_UNDERLAY_MTU: u32 = 1500;
+
+/// Who a wired namespace is for: a task, or a standalone container on an attachable
+/// network. Its name among the files of the netns directory: the task's id (16 hex
+/// digits), or `a-<container id>`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Holder {
+    Task(TaskId),
+    Container(String),
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Holder::Task(t) => write!(f, "{t}"),
+            Holder::Container(c) => write!(f, "a-{c}"),
+        }
+    }
+}
+
+impl Holder {
+    /// From a file name of the netns directory (`<holder>` or `<holder>.<ext>`).
+    fn parse(name: &str) -> Option<Holder> {
+        let stem = name.split('.').next().unwrap_or_default();
+        if let Some(c) = stem.strip_prefix("a-") {
+            let ok = c.len() == 64 && c.bytes().all(|b| b.is_ascii_hexdigit());
+            return ok.then(|| Holder::Container(c.to_string()));
+        }
+        u64::from_str_radix(stem, 16)
+            .ok()
+            .map(|t| Holder::Task(TaskId(t)))
+    }
+}
 
 /// A task's namespace as its container joins it.
 pub struct Wiring {
@@ -85,7 +118,7 @@ pub struct Plane {
     net: NodeNet,
     /// The networks whose names the DNS server holds, by VNI.
     named: BTreeSet<u32>,
-    wired: BTreeMap<TaskId, Wired>,
+    wired: BTreeMap<Holder, Wired>,
     /// The last failure [`Plane::set`] logged: said once, not on every set.
     said: Option<String>,
     /// Tasks get a way out through the local bridge (`daemon --bridge none`: not).
@@ -246,11 +279,11 @@ impl Plane {
         for (task, w) in &mut self.wired {
             let want = balanced(&self.net, &w.endpoints);
             if let Some(Err(e)) = w.balancer.as_mut().map(|b| b.sync(&want)) {
-                failed.push(format!("task {task}: balancer: {e}"));
+                failed.push(format!("{task}: balancer: {e}"));
             }
             let vnis = named_vnis(&self.net, &w.endpoints);
             if let Err(e) = self.dns.serve(&task.to_string(), &w.netns, vnis) {
-                failed.push(format!("task {task}: dns: {e}"));
+                failed.push(format!("{task}: dns: {e}"));
             }
         }
         match failed.is_empty() {
@@ -423,7 +456,7 @@ impl Plane {
     fn sync_host(&mut self) -> Result<(), String> {
         let mut want = Published::new();
         for h in &self.net.host_published {
-            let Some(gw) = self.wired.get(&h.task).and_then(|w| w.gw) else {
+            let Some(gw) = self.wired.get(&Holder::Task(h.task)).and_then(|w| w.gw) else {
                 // Not wired yet (the next set repeats it), or no local bridge.
                 continue;
             };
@@ -454,27 +487,22 @@ impl Plane {
         Ok(())
     }
 
-    fn path_of(&self, task: TaskId) -> PathBuf {
-        self.dir.join(task.to_string())
+    fn path_of(&self, h: &Holder) -> PathBuf {
+        self.dir.join(h.to_string())
     }
 
-    fn resolv_of(&self, task: TaskId) -> PathBuf {
-        self.dir.join(format!("{task}.resolv.conf"))
+    fn resolv_of(&self, h: &Holder) -> PathBuf {
+        self.dir.join(format!("{h}.resolv.conf"))
     }
 
-    fn hosts_of(&self, task: TaskId) -> PathBuf {
-        self.dir.join(format!("{task}.hosts"))
+    fn hosts_of(&self, h: &Holder) -> PathBuf {
+        self.dir.join(format!("{h}.hosts"))
     }
 
-    /// Where a task's address on the local bridge is kept (the bridge's addresses are
+    /// Where a holder's address on the local bridge is kept (the bridge's addresses are
     /// this node's to give, and must outlive a daemon restart).
-    fn gw_of(&self, task: TaskId) -> PathBuf {
-        self.dir.join(format!("{task}.gw"))
-    }
-
-    /// The task's address on the local bridge: the one it has, or the lowest free.
-    fn gw_addr(&self, task: TaskId) -> Result<Ipv4Addr, String> {
-        bridge_addr(&self.dir, &task.to_string())
+    fn gw_of(&self, h: &Holder) -> PathBuf {
+        self.dir.join(format!("{h}.gw"))
     }
 
     /// The underlay's MTU at `local`, looked up once per set of assignments (it takes a
@@ -502,22 +530,40 @@ impl Plane {
         if a.addrs.is_empty() && !self.bridge {
             return Ok(None);
         }
-        match self.wire(a) {
+        let h = Holder::Task(a.task);
+        match self.wire(&h, &a.addrs) {
             Ok(w) => Ok(Some(w)),
             Err(e) => {
-                self.release(a.task);
+                self.release(&h);
                 Err(e)
             }
         }
     }
 
-    fn wire(&mut self, a: &Assignment) -> Result<Wiring, String> {
+    /// Wires standalone container `id` to the network the leader attached it to (in
+    /// the last set). Err if the leader refused it, and names the reason; None if the
+    /// set says nothing of it yet.
+    pub fn attach(&mut self, id: &str) -> Option<Result<Wiring, String>> {
+        if let Some((_, why)) = self.net.attach_refused.iter().find(|(c, _)| c == id) {
+            return Some(Err(why.clone()));
+        }
+        let a = self.net.attachments.iter().find(|a| a.container == id)?;
+        let addrs = [(a.network, a.addr)];
+        let h = Holder::Container(id.to_string());
+        Some(self.wire(&h, &addrs).inspect_err(|_| self.release(&h)))
+    }
+
+    /// Unwires standalone container `id` (its container is gone).
+    pub fn detach(&mut self, id: &str) {
+        self.release(&Holder::Container(id.to_string()));
+    }
+
+    fn wire(&mut self, h: &Holder, addrs: &[(NetworkId, Ipv4Addr)]) -> Result<Wiring, String> {
         // The node's networks as the last set left them: a task is never wired into an
         // overlay the kernel refused to finish (a bridge with no way to other nodes).
         // The attempt is repeated first, so a cause since removed does not hold it up;
         // likewise for the encrypted networks' data path when the task is on one.
-        let encrypted = a
-            .addrs
+        let encrypted = addrs
             .iter()
             .any(|(id, _)| self.net.networks.iter().any(|n| n.id == *id && n.encrypted));
         if self.said.is_some() || (encrypted && self.sealed_broken.is_some()) {
@@ -529,11 +575,11 @@ impl Plane {
                 Err(e) => return Err(format!("this node's networks are not in place: {e}")),
             }
         }
-        let path = self.path_of(a.task);
+        let path = self.path_of(h);
         let netns = path.display().to_string();
         netns::create(&path).map_err(|e| e.to_string())?;
         let mut endpoints = Vec::new();
-        for (i, (id, ip)) in a.addrs.iter().enumerate() {
+        for (i, (id, ip)) in addrs.iter().enumerate() {
             let local = match self.net.addr {
                 Some(IpAddr::V4(ip)) => ip,
                 _ => return Err("overlay networks need an IPv4 node address".into()),
@@ -575,7 +621,7 @@ impl Plane {
         let gw = match self.bridge {
             true => {
                 self.ensure_bridge()?;
-                let ip = self.gw_addr(a.task)?;
+                let ip = bridge_addr(&self.dir, &h.to_string())?;
                 let ifname = format!("eth{}", endpoints.len());
                 bridge::attach(self.rtnl()?, &netns, &ifname, ip)
                     .map_err(|e| format!("{}: {e}", bridge::BRIDGE))?;
@@ -595,9 +641,9 @@ impl Plane {
         };
         let vnis = named_vnis(&self.net, &endpoints);
         self.dns
-            .serve(&a.task.to_string(), &netns, vnis)
+            .serve(&h.to_string(), &netns, vnis)
             .map_err(|e| format!("dns: {e}"))?;
-        let resolv_conf = self.resolv_of(a.task);
+        let resolv_conf = self.resolv_of(h);
         std::fs::write(&resolv_conf, RESOLV_CONF)
             .map_err(|e| format!("{}: {e}", resolv_conf.display()))?;
         let addr = endpoints
@@ -606,7 +652,7 @@ impl Plane {
             .or(gw)
             .unwrap_or(Ipv4Addr::UNSPECIFIED);
         self.wired.insert(
-            a.task,
+            h.clone(),
             Wired {
                 netns: netns.clone(),
                 endpoints,
@@ -617,76 +663,85 @@ impl Plane {
         Ok(Wiring {
             netns,
             resolv_conf,
-            hosts: self.hosts_of(a.task),
+            hosts: self.hosts_of(h),
             addr,
         })
     }
 
-    /// Unwires a task: its DNS socket, its veths and its namespace. What is already
+    /// Unwires a holder: its DNS socket, its veths and its namespace. What is already
     /// gone is not an error; what cannot be removed is logged and tried again by the
     /// next [`Plane::tidy`].
-    fn release(&mut self, task: TaskId) {
-        let key = task.to_string();
+    fn release(&mut self, h: &Holder) {
+        let key = h.to_string();
         self.dns.stop(&key);
-        let w = self.wired.remove(&task);
-        let path = self.path_of(task);
+        let w = self.wired.remove(h);
+        let path = self.path_of(h);
         // After a restart the address on the bridge is known from its file only.
         let gw = w
             .as_ref()
             .and_then(|w| w.gw)
-            .or_else(|| read_addr(&self.gw_of(task)));
+            .or_else(|| read_addr(&self.gw_of(h)));
         if let Ok(rtnl) = self.rtnl() {
             for (vni, ip) in w.iter().flat_map(|w| &w.endpoints) {
                 if let Err(e) = overlay::detach(rtnl, *vni, *ip) {
-                    warning!("networks: task {task}: {e}");
+                    warning!("networks: {h}: {e}");
                 }
             }
             if let Some(Err(e)) = gw.map(|ip| bridge::detach(rtnl, ip)) {
-                warning!("networks: task {task}: {e}");
+                warning!("networks: {h}: {e}");
             }
         }
         if let Err(e) = netns::remove(&path) {
-            warning!("networks: task {task}: {e}");
+            warning!("networks: {h}: {e}");
         }
-        let _ = std::fs::remove_file(self.resolv_of(task));
-        let _ = std::fs::remove_file(self.hosts_of(task));
-        let _ = std::fs::remove_file(self.gw_of(task));
+        let _ = std::fs::remove_file(self.resolv_of(h));
+        let _ = std::fs::remove_file(self.hosts_of(h));
+        let _ = std::fs::remove_file(self.gw_of(h));
     }
 
     /// Keeps the namespaces of the tasks in `keep` (a live container, or a start under
-    /// way) and frees all others. A namespace found pinned but not wired by this
-    /// process (the daemon restarted under a running task) is wired again from its
-    /// assignment.
+    /// way) and of the standalone containers in `containers` (those that exist), and
+    /// frees all others. A namespace found pinned but not wired by this process (the
+    /// daemon restarted under a running task) is wired again from its assignment, or
+    /// for a container from its attachment.
     pub fn tidy<'a>(
         &mut self,
         keep: &BTreeSet<TaskId>,
+        containers: &BTreeSet<String>,
         assignment: impl Fn(TaskId) -> Option<&'a Assignment>,
     ) {
-        let mut found: BTreeSet<TaskId> = self.wired.keys().copied().collect();
+        let mut found: BTreeSet<Holder> = self.wired.keys().cloned().collect();
         if let Ok(dir) = std::fs::read_dir(&self.dir) {
             for e in dir.flatten() {
-                let name = e.file_name();
-                let name = name.to_string_lossy();
-                // `<task>`, `<task>.resolv.conf`, `<task>.hosts`, `<task>.gw`.
-                let id = name.split('.').next().unwrap_or_default();
-                if let Ok(t) = u64::from_str_radix(id, 16) {
-                    found.insert(TaskId(t));
+                if let Some(h) = Holder::parse(&e.file_name().to_string_lossy()) {
+                    found.insert(h);
                 }
             }
         }
-        for t in found {
-            if !keep.contains(&t) {
-                self.release(t);
+        for h in found {
+            let kept = match &h {
+                Holder::Task(t) => keep.contains(t),
+                Holder::Container(c) => containers.contains(c),
+            };
+            if !kept {
+                self.release(&h);
                 continue;
             }
-            if self.wired.contains_key(&t) || !netns::is_pinned(&self.path_of(t)) {
+            if self.wired.contains_key(&h) || !netns::is_pinned(&self.path_of(&h)) {
                 continue;
             }
-            if let Some(a) = assignment(t) {
-                let a = a.clone();
-                if let Err(e) = self.prepare(&a) {
-                    warning!("networks: task {t}: wiring again after a restart: {e}");
-                }
+            let again = match &h {
+                Holder::Task(t) => match assignment(*t) {
+                    Some(a) => {
+                        let a = a.clone();
+                        self.prepare(&a).map(drop)
+                    }
+                    None => Ok(()),
+                },
+                Holder::Container(c) => self.attach(c).map_or(Ok(()), |r| r.map(drop)),
+            };
+            if let Err(e) = again {
+                warning!("networks: {h}: wiring again after a restart: {e}");
             }
         }
     }

@@ -163,6 +163,24 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             tcp_idle: cfg.lb_tcp_idle,
         },
     )?;
+    // `run --network <attachable>`: the engine asks the agent, which asks the leader.
+    let (a, d) = (agent.attach_handle(), agent.attach_handle());
+    engine.containers.set_attacher(super::containers::Attacher {
+        attach: Box::new(move |id: &str, name: &str, network: &str| {
+            let w = a.attach(crate::services::agent::AttachWant {
+                container: id.to_string(),
+                name: name.to_string(),
+                network: network.to_string(),
+            })?;
+            Ok(super::bridged::Bridged {
+                netns: w.netns.into(),
+                resolv_conf: w.resolv_conf,
+                hosts: w.hosts,
+                addr: w.addr,
+            })
+        }),
+        detach: Box::new(move |id: &str| d.detach(id)),
+    });
     let resume_at = membership.as_ref().map(|m| m.listen);
     let stack = Stack::new(me, membership, StackConfig::default(), os_random()?);
     let mut node = Node {

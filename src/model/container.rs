@@ -29,6 +29,9 @@ pub enum NetworkMode {
     /// Asked for by a client that named no network: the daemon's default (the bridge,
     /// or `None` when it runs with `--bridge none`). Never stored.
     Default,
+    /// An attachable overlay network of the node's cluster, as the user named it: the
+    /// leader gives the container an address on it, the node wires a namespace.
+    Attach(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

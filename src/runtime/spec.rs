@@ -404,7 +404,7 @@ pub fn runtime_spec(
         NetworkMode::Netns(path) => namespaces.push(json!({"type": "network", "path": path})),
         NetworkMode::Host => {}
         // The daemon turns these into the namespace it made before asking for a spec.
-        NetworkMode::Bridge | NetworkMode::Default => {
+        NetworkMode::Bridge | NetworkMode::Default | NetworkMode::Attach(_) => {
             return Err("the container's network namespace was not made".into())
         }
     }
