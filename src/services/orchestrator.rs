@@ -327,6 +327,22 @@ impl<'s, 'n> Planner<'s, 'n> {
                 live.push(t);
             }
         }
+        // Outdated tasks running side by side (a start-first replacement that came up
+        // just as the next update overtook it): the newest running one that may stay
+        // serves the slot, and the older ones go, whatever the update does next. Left
+        // alone both ran for good on a paused node while the next update waited on
+        // another slot (seed 9066).
+        let serving = live
+            .iter()
+            .filter(|t| t.state == TaskState::Running && self.may_stay(t, spec))
+            .map(|t| t.seq)
+            .max();
+        if let Some(newest) = serving {
+            for t in live.iter().filter(|t| t.seq < newest) {
+                self.desire(t, TaskState::Shutdown);
+            }
+            live.retain(|t| t.seq >= newest);
+        }
         // Stopping on a live node: a stop-first replacement waits for it.
         let stopping = ts.iter().any(|t| {
             t.desired > TaskState::Running && !t.state.is_terminal() && self.node_up(t.node)

@@ -773,3 +773,27 @@ fn a_job_runs_to_completion_within_its_concurrency() {
         .count();
     assert_eq!(complete, 5);
 }
+
+#[test]
+fn outdated_tasks_running_side_by_side_keep_only_the_newest() {
+    // Seed 9066: a start-first replacement came up just as the next update overtook
+    // it, on a node then paused: the slot's old and new outdated tasks both ran, for
+    // good, while the next update's replacement could find no node.
+    let mut w = World::new(1);
+    let mut spec = replicated("web", 1);
+    spec.update.order = UpdateOrder::StartFirst;
+    let svc = w.create(spec);
+    w.settle();
+    w.update(svc, |s| s.task.image = "busybox:2".into());
+    w.round();
+    w.agents();
+    assert_eq!(w.running(svc).len(), 2, "the start-first pair runs");
+    for n in &mut w.nodes {
+        n.availability = Availability::Pause;
+    }
+    w.update(svc, |s| s.task.image = "busybox:3".into());
+    w.settle();
+    let running = w.running(svc);
+    assert_eq!(running.len(), 1, "{running:#?}");
+    assert_eq!(running[0].version, 2, "the newer outdated task serves");
+}
