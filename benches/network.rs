@@ -463,24 +463,8 @@ fn get(to: SocketAddr) -> Option<String> {
 /// service (on another node's namespace) is answered by the new task. Three daemons in
 /// namespaces, real containers; each scale adds one task.
 fn vip_bench() {
-    use serde_json::json;
-    use support::image::TestImage;
-    use support::registry::{Options, Registry};
-
-    let mut reg = Registry::start("bnv", Options::default());
-    let img = TestImage::busybox(json!({"Cmd": ["/bin/sh"]})).build();
-    reg.push_image("bb", Some("1"), &img);
-    let mut net = Net::new("bnv");
-    let hub = net.hub_addr("10.79.0.254");
-    reg.move_into(&hub, "10.79.0.254");
-    let insecure = reg.host();
-    let image = format!("{insecure}/bb:1");
-    let nodes = support::three_nodes(
-        &mut net,
-        "bnv",
-        "10.79.0",
-        &["--insecure-registry", &insecure],
-    );
+    let three = support::three_with_registry("bnv", "10.79.0");
+    let (nodes, image) = (&three.nodes, &three.hub.image);
     let m = &nodes[0];
     m.ok(&["network", "create", "-d", "overlay", "test"]);
     m.ok(&[
@@ -492,7 +476,7 @@ fn vip_bench() {
         "test",
         "--hostname",
         "web-{{.Task.Slot}}",
-        &image,
+        image,
         "sh",
         "-c",
         "mkdir -p /www && hostname > /www/index.html && exec busybox httpd -f -p 80 -h /www",
@@ -545,6 +529,5 @@ fn vip_bench() {
         "BENCH vip_new_task_reachable_max {:.0} ms",
         times.iter().max().unwrap().as_secs_f64() * 1e3
     );
-    drop(nodes);
-    drop(net);
+    drop(three);
 }

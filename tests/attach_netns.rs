@@ -11,10 +11,7 @@
 
 mod support;
 
-use serde_json::json;
-use support::image::TestImage;
-use support::registry::{Options, Registry};
-use support::{Daemon, Net};
+use support::Daemon;
 
 /// Runs a command in a container; (success, stdout + stderr).
 fn exec(d: &Daemon, c: &str, args: &[&str]) -> (bool, String) {
@@ -29,20 +26,8 @@ fn exec(d: &Daemon, c: &str, args: &[&str]) -> (bool, String) {
 #[test]
 #[ignore = "needs root: network namespaces and containers"]
 fn a_run_container_joins_an_attachable_network_and_holds_it() {
-    let mut reg = Registry::start("atc", Options::default());
-    let img = TestImage::busybox(json!({"Cmd": ["/bin/sh"]})).build();
-    reg.push_image("bb", Some("1"), &img);
-    let mut net = Net::new("atc");
-    let hub = net.hub_addr("10.82.0.254");
-    reg.move_into(&hub, "10.82.0.254");
-    let insecure = reg.host();
-    let image = format!("{insecure}/bb:1");
-    let nodes = support::three_nodes(
-        &mut net,
-        "atc",
-        "10.82.0",
-        &["--insecure-registry", &insecure],
-    );
+    let three = support::three_with_registry("atc", "10.82.0");
+    let (nodes, image) = (&three.nodes, &three.hub.image);
     let (m, w) = (&nodes[0], &nodes[1]);
     m.ok(&[
         "network",
@@ -66,7 +51,7 @@ fn a_run_container_joins_an_attachable_network_and_holds_it() {
         "web-{{.Task.Slot}}",
         "-p",
         "8080:80",
-        &image,
+        image,
         "sh",
         "-c",
         "mkdir -p /www && hostname > /www/index.html && exec busybox httpd -f -p 80 -h /www",
@@ -81,7 +66,7 @@ fn a_run_container_joins_an_attachable_network_and_holds_it() {
         "client",
         "--network",
         "shared",
-        &image,
+        image,
         "sleep",
         "600",
     ]);
@@ -114,7 +99,7 @@ fn a_run_container_joins_an_attachable_network_and_holds_it() {
 
     // Refused, with the reason: a network made without --attachable, an unknown one.
     for (network, why) in [("closed", "not attachable"), ("nosuch", "not found")] {
-        let o = nodes[2].cli(&["run", "--rm", "--network", network, &image, "true"]);
+        let o = nodes[2].cli(&["run", "--rm", "--network", network, image, "true"]);
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{network}: {err}");
         assert!(err.contains(why), "{network}: {err}");

@@ -29,7 +29,7 @@ fn bridged_files(d: &Daemon) -> Vec<String> {
 #[ignore = "needs root: network namespaces and containers"]
 fn run_puts_a_container_on_the_local_bridge_with_a_way_out() {
     let one = support::one_node("brn", "10.81.0");
-    let (d, ns, image, insecure) = (&one.d, &one.ns, &one.image, &one.registry);
+    let (d, ns, image, insecure) = (&one.d, &one.ns, &one.hub.image, &one.hub.registry);
     let v2 = format!("http://{insecure}/v2/");
     // (busybox 1.35's wget crashes on -T; timeout bounds it instead)
     let wget = [

@@ -52,7 +52,7 @@ fn until_running(d: &Daemon, svc: &str, secs: u64) -> (bool, Instant) {
 #[ignore = "needs root: network namespaces and containers"]
 fn a_task_joins_its_balancers_once_it_listens() {
     let one = support::one_node("lsn", "10.80.0");
-    let (d, hub, image) = (&one.d, &one.hub, &one.image);
+    let (d, hub, image) = (&one.d, &one.hub.hub, &one.hub.image);
     d.ok(&["init", "--listen-addr", &d.addr()]);
     let hub_ns = format!("/var/run/netns/{hub}");
 

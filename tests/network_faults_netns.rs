@@ -65,7 +65,7 @@ fn processes_in(path: &std::path::Path) -> Vec<i32> {
 #[ignore = "needs root: network namespaces and containers"]
 fn a_taken_vxlan_port_and_a_namespace_gone_under_a_task() {
     let one = support::one_node("nfl", "10.79.0");
-    let (d, ns, image) = (&one.d, &one.ns, &one.image);
+    let (d, ns, image) = (&one.d, &one.ns, &one.hub.image);
     d.ok(&["init", "--listen-addr", &d.addr()]);
     d.ok(&["network", "create", "-d", "overlay", "test"]);
 

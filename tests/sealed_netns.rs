@@ -226,30 +226,14 @@ fn fetch(d: &support::Daemon, c: &str, url: &str) -> Option<String> {
 #[test]
 #[ignore = "needs root: network namespaces, TAP devices and containers"]
 fn an_encrypted_network_across_three_daemons_is_sealed_and_fails_closed() {
-    use serde_json::json;
-    use support::image::TestImage;
-    use support::registry::{Options, Registry};
-
-    let mut reg = Registry::start("sln", Options::default());
-    let img = TestImage::busybox(json!({"Cmd": ["/bin/sh"]})).build();
-    reg.push_image("bb", Some("1"), &img);
-    let mut net = Net::new("sln");
-    let hub = net.hub_addr("10.79.0.254");
-    reg.move_into(&hub, "10.79.0.254");
-    let insecure = reg.host();
-    let image = format!("{insecure}/bb:1");
-    let nodes = support::three_nodes(
-        &mut net,
-        "sln",
-        "10.79.0",
-        &["--insecure-registry", &insecure],
-    );
+    let three = support::three_with_registry("sln", "10.79.0");
+    let (nodes, image, hub) = (&three.nodes, &three.hub.image, &three.hub.hub);
     let m = &nodes[0];
     // Node 3 cannot open the encrypted overlay's port (another program holds it): its
     // task on the network is refused, saying why; the other nodes run theirs.
     let n3 = format!(
         "/var/run/netns/{}-n3",
-        net.hub().strip_suffix("-hub").unwrap()
+        three.hub.net.hub().strip_suffix("-hub").unwrap()
     );
     let held = in_netns(&n3, || std::net::UdpSocket::bind(("10.79.0.3", PORT)))
         .unwrap()
@@ -277,7 +261,7 @@ fn an_encrypted_network_across_three_daemons_is_sealed_and_fails_closed() {
         "global",
         "--hostname",
         "web-{{.Node.Hostname}}",
-        &image,
+        image,
         "sh",
         "-c",
         &format!("mkdir -p /www && echo {SECRET}-$(hostname) > /www/index.html && exec busybox httpd -f -p 80 -h /www"),
@@ -297,7 +281,7 @@ fn an_encrypted_network_across_three_daemons_is_sealed_and_fails_closed() {
         (0..3).all(|i| container_of(&nodes[i], "web").is_some())
     });
     let c = container_of(m, "web").unwrap();
-    let cap = capture(&hub);
+    let cap = capture(hub);
     let mut got = std::collections::BTreeSet::new();
     support::wait_until(20, "web by name from n1 reaching every host's task", || {
         if let Some(a) = fetch(m, &c, "http://web/") {

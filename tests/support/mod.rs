@@ -345,44 +345,73 @@ pub fn three_nodes(net: &mut Net, tag: &str, subnet: &str, extra: &[&str]) -> Ve
     nodes
 }
 
-/// One daemon `n1` in a namespace at `<subnet>.1`, off a hub at `<subnet>.254` that
-/// serves a registry holding a busybox image (Cmd `/bin/sh`) as `image`; the daemon
-/// trusts that registry over plain HTTP. Fields drop in order: the daemon first.
-pub struct OneNode {
-    pub d: Daemon,
-    /// The host namespace's name.
-    pub ns: String,
-    /// The hub namespace's name (where the registry listens).
-    pub hub: String,
-    /// `<registry>/bb:1`.
-    pub image: String,
-    /// The registry's `host:port`.
-    pub registry: String,
+/// A hub namespace (of `net`) at `<subnet>.254` serving a registry that holds a busybox
+/// image (Cmd `/bin/sh`) as `image`. Fields drop in order: the namespaces, then the
+/// registry.
+pub struct Hub {
     pub net: Net,
     pub reg: registry::Registry,
+    /// The hub namespace's name (where the registry listens).
+    pub hub: String,
+    /// The registry's `host:port`.
+    pub registry: String,
+    /// `<registry>/bb:1`.
+    pub image: String,
 }
 
-pub fn one_node(tag: &str, subnet: &str) -> OneNode {
+pub fn hub_with_registry(tag: &str, subnet: &str) -> Hub {
     let mut reg = registry::Registry::start(tag, registry::Options::default());
     let img = image::TestImage::busybox(serde_json::json!({"Cmd": ["/bin/sh"]})).build();
     reg.push_image("bb", Some("1"), &img);
-    let mut net = Net::new(tag);
+    let net = Net::new(tag);
     let hub_ip = format!("{subnet}.254");
     let hub = net.hub_addr(&hub_ip);
     reg.move_into(&hub, &hub_ip);
     let registry = reg.host();
-    let ip = format!("{subnet}.1");
-    let ns = net.host(1, &ip);
-    let d = Daemon::in_netns_with_args(tag, &ns, "n1", &ip, &["--insecure-registry", &registry]);
-    OneNode {
-        d,
-        ns,
+    Hub {
+        net,
+        reg,
         hub,
         image: format!("{registry}/bb:1"),
         registry,
-        net,
-        reg,
     }
+}
+
+/// One daemon `n1` in a namespace at `<subnet>.1` off a [`Hub`], trusting its registry
+/// over plain HTTP. Fields drop in order: the daemon first.
+pub struct OneNode {
+    pub d: Daemon,
+    /// The host namespace's name.
+    pub ns: String,
+    pub hub: Hub,
+}
+
+pub fn one_node(tag: &str, subnet: &str) -> OneNode {
+    let mut hub = hub_with_registry(tag, subnet);
+    let ip = format!("{subnet}.1");
+    let ns = hub.net.host(1, &ip);
+    let insecure = hub.registry.clone();
+    let d = Daemon::in_netns_with_args(tag, &ns, "n1", &ip, &["--insecure-registry", &insecure]);
+    OneNode { d, ns, hub }
+}
+
+/// [`three_nodes`] off a [`Hub`], trusting its registry. Fields drop in order: the
+/// daemons first.
+pub struct ThreeNodes {
+    pub nodes: Vec<Daemon>,
+    pub hub: Hub,
+}
+
+pub fn three_with_registry(tag: &str, subnet: &str) -> ThreeNodes {
+    let mut hub = hub_with_registry(tag, subnet);
+    let insecure = hub.registry.clone();
+    let nodes = three_nodes(
+        &mut hub.net,
+        tag,
+        subnet,
+        &["--insecure-registry", &insecure],
+    );
+    ThreeNodes { nodes, hub }
 }
 
 /// A numeric field of `/proc/<pid>/<file>` (`VmRSS:` of status, `write_bytes:` of io).
