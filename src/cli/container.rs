@@ -420,7 +420,7 @@ fn resolve_run(c: &RunCommand) -> Result<(ContainerSpec, Option<i64>), UsageErro
     }
     if !c.publish.is_empty() {
         return Err(UsageError(
-            "-p: published ports come with the networking issue; not supported yet".into(),
+            "-p: publishing a standalone container's ports is not built yet (a service publishes with service create -p)".into(),
         ));
     }
     if c.rm && c.restart.as_deref().is_some_and(|r| r != "no") {
