@@ -13,14 +13,8 @@ mod support;
 
 use support::Daemon;
 
-/// Runs a command in a container; (success, stdout + stderr).
 fn exec(d: &Daemon, c: &str, args: &[&str]) -> (bool, String) {
-    let mut a = vec!["exec", c];
-    a.extend_from_slice(args);
-    let o = d.cli(&a);
-    let mut out = String::from_utf8_lossy(&o.stdout).into_owned();
-    out.push_str(&String::from_utf8_lossy(&o.stderr));
-    (o.status.success(), out)
+    d.exec(c, args)
 }
 
 #[test]

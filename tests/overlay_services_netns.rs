@@ -29,14 +29,8 @@ fn container_of(d: &Daemon, svc: &str) -> Option<String> {
         .and_then(|l| l.split_whitespace().next().map(str::to_string))
 }
 
-/// Runs a command in a container; (success, stdout + stderr).
 fn exec(d: &Daemon, c: &str, args: &[&str]) -> (bool, String) {
-    let mut a = vec!["exec", c];
-    a.extend_from_slice(args);
-    let o = d.cli(&a);
-    let mut out = String::from_utf8_lossy(&o.stdout).into_owned();
-    out.push_str(&String::from_utf8_lossy(&o.stderr));
-    (o.status.success(), out)
+    d.exec(c, args)
 }
 
 /// The addresses `nslookup` prints for a name, asked from inside a container.

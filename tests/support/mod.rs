@@ -200,6 +200,16 @@ impl Daemon {
         )
     }
 
+    /// `exec` in container `c`: (success, stdout then stderr).
+    pub fn exec(&self, c: &str, args: &[&str]) -> (bool, String) {
+        let mut a = vec!["exec", c];
+        a.extend_from_slice(args);
+        let o = self.cli(&a);
+        let mut out = String::from_utf8_lossy(&o.stdout).into_owned();
+        out.push_str(&String::from_utf8_lossy(&o.stderr));
+        (o.status.success(), out)
+    }
+
     /// The CLI's stdout; panics (with stderr) if the command failed.
     pub fn ok(&self, args: &[&str]) -> String {
         let o = self.cli(args);
