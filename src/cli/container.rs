@@ -431,7 +431,7 @@ fn resolve_run(c: &RunCommand) -> Result<(ContainerSpec, Option<i64>), UsageErro
     }
     Reference::parse(&c.image).map_err(|e| UsageError(e.to_string()))?;
     if let Some(n) = &c.name {
-        if !crate::runtime::spec::valid_container_name(n) {
+        if !crate::model::container::valid_container_name(n) {
             return Err(UsageError(format!(
                 "--name: {n:?} is not a valid name: [a-zA-Z0-9][a-zA-Z0-9_.-]* (up to 128)"
             )));

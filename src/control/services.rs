@@ -173,18 +173,17 @@ impl Control {
             {
                 continue;
             }
-            let cmd = c.networks.resolve(&w.network).map(|n| {
-                Command::Network(Box::new(NetworkCommand::Attach {
+            let attach = c.networks.resolve(&w.network).map_err(|e| e.to_string());
+            let checked = attach.and_then(|n| {
+                let cmd = Command::Network(Box::new(NetworkCommand::Attach {
                     node,
                     container: w.container.clone(),
                     name: w.name.clone(),
                     network: n.id,
-                }))
+                }));
+                c.validate(&cmd).map(|()| cmd).map_err(|e| e.to_string())
             });
-            match cmd.map_err(|e| e.to_string()).and_then(|cmd| {
-                c.validate(&cmd).map_err(|e| e.to_string())?;
-                Ok(cmd)
-            }) {
+            match checked {
                 Ok(cmd) => cmds.push(cmd),
                 Err(e) => {
                     refused.insert(w.container.clone(), e);

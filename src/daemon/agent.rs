@@ -38,6 +38,10 @@ const DRAIN: Duration = Duration::from_secs(1);
 /// lost the requests sent to it meanwhile).
 const LISTEN_WAIT: Duration = Duration::from_secs(10);
 
+/// How often the socket tables are read meanwhile: a new task's start is measured in
+/// tens of milliseconds, and a read of four small files costs microseconds.
+const LISTEN_POLL: Duration = Duration::from_millis(10);
+
 enum Msg {
     Assign(Box<Assignments>),
     /// The node left its cluster.
@@ -538,7 +542,7 @@ fn await_listening(engine: &Engine, id: &str, ports: &[(Protocol, u16)]) {
         if ports.iter().all(|p| bound.contains(p)) {
             return;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(LISTEN_POLL);
     }
     warning!(
         "agent: container {} does not listen on {} after {} s; it joins its balancers anyway",

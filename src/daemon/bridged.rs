@@ -12,7 +12,7 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use super::netplane::{bridge_addr, ensure_bridge, read_addr};
+use super::netplane::{bridge_addr, ensure_bridge, read_addr, write_hosts};
 use crate::net::bridge;
 use crate::net::netns;
 use crate::net::rtnl::Rtnl;
@@ -49,13 +49,7 @@ pub fn wire(dir: &Path, id: &str, hostname: &str) -> Result<Bridged, String> {
     let files = || -> Result<(), String> {
         let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         write(&b.resolv_conf, &resolv_conf(&host))?;
-        write(
-            &b.hosts,
-            &format!(
-                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{hostname}\n",
-                b.addr
-            ),
-        )
+        write_hosts(&b.hosts, b.addr, Some(hostname))
     };
     if netns::is_pinned(&b.netns) {
         files()?;

@@ -71,6 +71,14 @@ pub struct Containers {
     cache: Mutex<Option<Vec<ContainerRecord>>>,
 }
 
+/// A container's hostname: its own, or Docker's default, its short id.
+fn hostname_of(r: &ContainerRecord) -> String {
+    r.spec
+        .hostname
+        .clone()
+        .unwrap_or_else(|| r.id[..12.min(r.id.len())].to_string())
+}
+
 /// The wiring of a container joining a network: what `attach` answers.
 pub type AttachFn =
     dyn Fn(&str, &str, &str) -> Result<super::bridged::Bridged, String> + Send + Sync;
@@ -80,10 +88,6 @@ pub type AttachFn =
 pub struct Attacher {
     pub attach: Box<AttachFn>,
     pub detach: Box<dyn Fn(&str) + Send + Sync>,
-}
-
-fn valid_id(id: &str) -> bool {
-    id.len() == 64 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 fn random_id() -> Result<String, String> {
@@ -180,7 +184,7 @@ impl Containers {
                     match serde_json::from_slice::<ContainerRecord>(&b) {
                         // Ids are shown shortened and used as paths: a record whose id
                         // is not what `run` writes (64 hex digits) is not trusted.
-                        Ok(r) if !valid_id(&r.id) => warning!(
+                        Ok(r) if !crate::model::container::is_container_id(&r.id) => warning!(
                             "ignoring {}: bad container id {:?}",
                             e.path().join(RECORD).display(),
                             r.id
@@ -292,7 +296,7 @@ impl Containers {
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let id = random_id()?;
         let name = match name {
-            Some(n) if !crate::runtime::spec::valid_container_name(&n) => {
+            Some(n) if !crate::model::container::valid_container_name(&n) => {
                 return Err(format!(
                     "--name: {n:?} is not a valid name: [a-zA-Z0-9][a-zA-Z0-9_.-]* (up to 128)"
                 ))
@@ -384,11 +388,7 @@ impl Containers {
             }
         }
         let who = identity(record.spec.user.as_deref(), &rootfs)?;
-        let hostname = record
-            .spec
-            .hostname
-            .clone()
-            .unwrap_or_else(|| record.id[..12].to_string());
+        let hostname = hostname_of(record);
         let wired = self.wire(record, &hostname)?;
         let spec = runtime_spec(
             &image.config.config,
@@ -437,12 +437,7 @@ impl Containers {
                     .get()
                     .ok_or_else(|| format!("network {net}: this daemon has no agent to join it"))?;
                 let b = (a.attach)(&record.id, &record.name, net)?;
-                let text = format!(
-                    "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{hostname}\n",
-                    b.addr
-                );
-                std::fs::write(&b.hosts, text)
-                    .map_err(|e| format!("{}: {e}", b.hosts.display()))?;
+                super::netplane::write_hosts(&b.hosts, b.addr, Some(hostname))?;
                 b
             }
             _ => return Ok(None),
@@ -724,9 +719,7 @@ impl Containers {
             })?;
         }
         // After a reboot its namespace is gone too (the keeper's spec names its path).
-        let hostname = v.record.spec.hostname.clone();
-        let hostname = hostname.unwrap_or_else(|| v.record.id[..12].to_string());
-        self.wire(&v.record, &hostname)?;
+        self.wire(&v.record, &hostname_of(&v.record))?;
         match self.keeper(&KeeperRequest::Run {
             id: v.record.id.clone(),
             log: v.record.log,
@@ -841,7 +834,7 @@ mod tests {
 
     #[test]
     fn names() {
-        let valid_name = crate::runtime::spec::valid_container_name;
+        let valid_name = crate::model::container::valid_container_name;
         assert!(valid_name("web-1.a_b"));
         assert!(!valid_name("-x") && !valid_name("a b") && !valid_name(""));
         let n = random_name("0123abcd");

@@ -64,7 +64,7 @@ impl Holder {
     fn parse(name: &str) -> Option<Holder> {
         let stem = name.split('.').next().unwrap_or_default();
         if let Some(c) = stem.strip_prefix("a-") {
-            let ok = c.len() == 64 && c.bytes().all(|b| b.is_ascii_hexdigit());
+            let ok = crate::model::container::is_container_id(c);
             return ok.then(|| Holder::Container(c.to_string()));
         }
         u64::from_str_radix(stem, 16)
@@ -89,13 +89,19 @@ impl Wiring {
     /// Writes `/etc/hosts` as Docker does: localhost, and the container's hostname at
     /// its address when it has one of its own.
     pub fn write_hosts(&self, hostname: Option<&str>) -> Result<(), String> {
-        let mut text =
-            String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
-        if let Some(h) = hostname {
-            text.push_str(&format!("{}\t{h}\n", self.addr));
-        }
-        std::fs::write(&self.hosts, text).map_err(|e| format!("{}: {e}", self.hosts.display()))
+        write_hosts(&self.hosts, self.addr, hostname)
     }
+}
+
+/// Writes `/etc/hosts` as Docker does for a container at `addr`: localhost, and its
+/// hostname at that address when it has one of its own.
+pub fn write_hosts(path: &Path, addr: Ipv4Addr, hostname: Option<&str>) -> Result<(), String> {
+    let mut text =
+        String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    if let Some(h) = hostname {
+        text.push_str(&format!("{addr}\t{h}\n"));
+    }
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// How a node wires its tasks (from the daemon's flags).
@@ -276,14 +282,14 @@ impl Plane {
         self.sync_mesh(ingress.as_ref())?;
         self.sync_host()?;
         let mut failed = Vec::new();
-        for (task, w) in &mut self.wired {
+        for (h, w) in &mut self.wired {
             let want = balanced(&self.net, &w.endpoints);
             if let Some(Err(e)) = w.balancer.as_mut().map(|b| b.sync(&want)) {
-                failed.push(format!("{task}: balancer: {e}"));
+                failed.push(format!("{h}: balancer: {e}"));
             }
             let vnis = named_vnis(&self.net, &w.endpoints);
-            if let Err(e) = self.dns.serve(&task.to_string(), &w.netns, vnis) {
-                failed.push(format!("{task}: dns: {e}"));
+            if let Err(e) = self.dns.serve(&h.to_string(), &w.netns, vnis) {
+                failed.push(format!("{h}: dns: {e}"));
             }
         }
         match failed.is_empty() {

@@ -13,6 +13,25 @@ use super::Digest;
 /// Docker's default grace period between the stop signal and SIGKILL.
 pub const DEFAULT_STOP_TIMEOUT: i64 = 10;
 
+/// Longest container name: it names a directory and shows in `ps`.
+pub const MAX_CONTAINER_NAME: usize = 128;
+
+/// Docker's rule for a container name: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, here up to
+/// [`MAX_CONTAINER_NAME`] characters.
+pub fn valid_container_name(n: &str) -> bool {
+    let b = n.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_CONTAINER_NAME
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+/// Whether `id` is a container id as the engine makes them: 64 lowercase hex digits.
+pub fn is_container_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NetworkMode {
     /// Its own network namespace with only loopback.

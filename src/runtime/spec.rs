@@ -188,17 +188,6 @@ pub fn valid_volume_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
-/// Docker's rule for a container name: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, here up to 128
-/// characters (it names a directory and shows in `ps`).
-pub fn valid_container_name(n: &str) -> bool {
-    let b = n.as_bytes();
-    !b.is_empty()
-        && b.len() <= 128
-        && b[0].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
-}
-
 /// How many CPUs this process may run on (its affinity mask, which is what Docker
 /// counts), at least 1.
 pub fn host_cpus() -> usize {

@@ -139,7 +139,7 @@ pub enum NetworkError {
     NoFreePort,
     #[error("network {0} is not attachable: containers join only networks made with --attachable")]
     NotAttachable(String),
-    #[error("invalid container {0:?}: an id is 64 hex digits, a name 1 to 128 characters")]
+    #[error("invalid container {0:?}: an id is 64 hex digits, a name as `run --name` takes")]
     Container(String),
 }
 
@@ -392,14 +392,11 @@ impl Networks {
                 network,
                 ..
             } => {
-                let id_ok = container.len() == 64
-                    && container
-                        .bytes()
-                        .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-                if !id_ok {
+                use crate::model::container::{is_container_id, valid_container_name};
+                if !is_container_id(container) {
                     return Err(NetworkError::Container(container.clone()));
                 }
-                if name.is_empty() || name.len() > 128 {
+                if !valid_container_name(name) {
                     return Err(NetworkError::Container(name.clone()));
                 }
                 let n = self
