@@ -12,9 +12,10 @@ use crate::api::{ContainerRequest, Request, Response, RunRequest};
 use crate::image::reference::Reference;
 use crate::model::container::{
     signal_number, ContainerSpec, DeviceSpec, LogLimits, MountKind, MountSpec, NetworkMode,
-    RestartPolicy, Status,
+    PortBinding, RestartPolicy, Status,
 };
 use crate::model::health::{HealthFlags, HealthStatus};
+use crate::model::Protocol;
 
 #[derive(FromArgs, Debug, Default, PartialEq)]
 #[cfg_attr(test, derive(argh::ArgsInfo))]
@@ -49,7 +50,8 @@ pub struct RunCommand {
     #[argh(option, short = 'l')]
     pub label: Vec<String>,
 
-    /// publish a port on this node, [IP:]HOST:CONTAINER[/tcp|/udp] (repeatable)
+    /// publish a port on all of this node's addresses, [HOST:]CONTAINER[/tcp|/udp]
+    /// (no HOST: a free one; repeatable)
     #[argh(option, short = 'p')]
     pub publish: Vec<String>,
 
@@ -411,16 +413,53 @@ pub(super) fn tail_lines(t: Option<&str>) -> Result<Option<u64>, UsageError> {
     }
 }
 
+/// Parses one `run -p`: `[0.0.0.0:][HOST:]CONTAINER[/tcp|/udp]` (no HOST: the daemon
+/// picks a free port, as Docker does).
+pub(crate) fn parse_port_binding(s: &str) -> Result<PortBinding, UsageError> {
+    let bad = |why: String| UsageError(format!("-p: {s:?}: {why}"));
+    let (ports, protocol) = match s.rsplit_once('/') {
+        None => (s, Protocol::Tcp),
+        Some((ports, "tcp")) => (ports, Protocol::Tcp),
+        Some((ports, "udp")) => (ports, Protocol::Udp),
+        Some((_, p)) => return Err(bad(format!("protocol {p:?} is not tcp or udp"))),
+    };
+    let port = |v: &str, what: &str| -> Result<u16, UsageError> {
+        if v.contains('-') {
+            return Err(bad(format!("port ranges ({what} {v}) are not supported")));
+        }
+        match v.parse::<u16>() {
+            Ok(p) if p > 0 => Ok(p),
+            _ => Err(bad(format!("{what} {v:?} is not a port from 1 to 65535"))),
+        }
+    };
+    let parts: Vec<&str> = ports.split(':').collect();
+    let (host, container) = match parts.as_slice() {
+        [c] => ("", *c),
+        [h, c] => (*h, *c),
+        [ip, h, c] if ip.is_empty() || *ip == "0.0.0.0" => (*h, *c),
+        [ip, _, _] => {
+            return Err(bad(format!(
+                "publishing on one address ({ip}) is not supported: ports are published on all of the node's addresses"
+            )))
+        }
+        _ => return Err(bad("not [HOST:]CONTAINER[/PROTOCOL]".into())),
+    };
+    Ok(PortBinding {
+        protocol,
+        host: if host.is_empty() {
+            0
+        } else {
+            port(host, "host port")?
+        },
+        container: port(container, "container port")?,
+    })
+}
+
 /// Turns the flags into the spec the daemon gets; every error names its flag.
 fn resolve_run(c: &RunCommand) -> Result<(ContainerSpec, Option<i64>), UsageError> {
     if c.interactive || c.tty {
         return Err(UsageError(
             "-i/-t: interactive containers are not supported yet".into(),
-        ));
-    }
-    if !c.publish.is_empty() {
-        return Err(UsageError(
-            "-p: publishing a standalone container's ports is not built yet (a service publishes with service create -p)".into(),
         ));
     }
     if c.rm && c.restart.as_deref().is_some_and(|r| r != "no") {
@@ -452,6 +491,17 @@ fn resolve_run(c: &RunCommand) -> Result<(ContainerSpec, Option<i64>), UsageErro
             )))
         }
     };
+    let ports = c
+        .publish
+        .iter()
+        .map(|p| parse_port_binding(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !ports.is_empty() && !matches!(network, NetworkMode::Default | NetworkMode::Bridge) {
+        return Err(UsageError(format!(
+            "-p: ports are published to containers on the bridge network, not --network {}",
+            c.network.as_deref().unwrap_or_default()
+        )));
+    }
     for e in &c.env {
         if e.is_empty() || e.starts_with('=') {
             return Err(UsageError(format!("-e: {e:?} is not KEY=VALUE")));
@@ -582,6 +632,7 @@ fn resolve_run(c: &RunCommand) -> Result<(ContainerSpec, Option<i64>), UsageErro
         cap_drop: c.cap_drop.clone(),
         devices,
         labels,
+        ports,
     };
     // What the daemon checks too (the host's CPUs, volume names): this is the same
     // host, so the user gets a usage error before anything is asked.
@@ -845,6 +896,7 @@ pub fn ps(global: &Global, c: PsCommand) -> anyhow::Result<ExitCode> {
         "COMMAND",
         "CREATED",
         "STATUS",
+        "PORTS",
         "NAMES",
     ]
     .iter()
@@ -892,6 +944,12 @@ pub fn ps(global: &Global, c: PsCommand) -> anyhow::Result<ExitCode> {
             format!("\"{cmd}\""),
             format!("{} ago", ago(r.created)),
             status,
+            r.spec
+                .ports
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
             r.name.clone(),
         ]);
     }
@@ -1014,6 +1072,40 @@ mod tests {
     fn refused(args: &[&str], flag: &str) {
         let err = resolve_run(&run_cmd(args)).expect_err("refused");
         assert!(err.0.starts_with(flag), "{args:?}: {}", err.0);
+    }
+
+    #[test]
+    fn published_ports_take_dockers_forms() {
+        let b = |protocol, host, container| PortBinding {
+            protocol,
+            host,
+            container,
+        };
+        for (arg, want) in [
+            ("8080:80", b(Protocol::Tcp, 8080, 80)),
+            ("53:5353/udp", b(Protocol::Udp, 53, 5353)),
+            ("80/tcp", b(Protocol::Tcp, 0, 80)),
+            ("0.0.0.0:8080:80", b(Protocol::Tcp, 8080, 80)),
+            (":8080:80", b(Protocol::Tcp, 8080, 80)),
+        ] {
+            assert_eq!(parse_port_binding(arg).map_err(|e| e.0), Ok(want), "{arg}");
+        }
+        for (arg, why) in [
+            ("8080:80/sctp", "protocol \"sctp\""),
+            ("0:80", "host port \"0\""),
+            ("8080:70000", "container port \"70000\""),
+            ("8080-8081:80-81", "port ranges"),
+            ("127.0.0.1:8080:80", "one address (127.0.0.1)"),
+            ("a:b:c:d", "not [HOST:]CONTAINER"),
+            ("", "container port \"\""),
+        ] {
+            let err = parse_port_binding(arg).expect_err(arg).0;
+            assert!(err.starts_with("-p: ") && err.contains(why), "{arg}: {err}");
+        }
+        refused(&["-p", "80:80", "--network", "host", "busybox"], "-p");
+        refused(&["-p", "80:80", "--network", "none", "busybox"], "-p");
+        let (spec, _) = resolve_run(&run_cmd(&["-p", "80:80", "busybox"])).unwrap();
+        assert_eq!(spec.ports, [b(Protocol::Tcp, 80, 80)]);
     }
 
     #[test]

@@ -525,20 +525,10 @@ fn await_listening(engine: &Engine, id: &str, ports: &[(Protocol, u16)]) {
     let until = Instant::now() + LISTEN_WAIT;
     let proc = std::path::PathBuf::from(format!("/proc/{pid}/net"));
     while Instant::now() < until {
-        let mut bound = std::collections::BTreeSet::new();
-        for (file, protocol) in [
-            ("tcp", Protocol::Tcp),
-            ("tcp6", Protocol::Tcp),
-            ("udp", Protocol::Udp),
-            ("udp6", Protocol::Udp),
-        ] {
-            match std::fs::read_to_string(proc.join(file)) {
-                Ok(table) => bound.extend(bound_ports(&table, protocol)),
-                // Its process is gone (or the kernel has no IPv6: no such table).
-                Err(_) if !proc.exists() => return,
-                Err(_) => {}
-            }
-        }
+        // Its process is gone: no tables.
+        let Some(bound) = super::sockets::bound(&proc) else {
+            return;
+        };
         if ports.iter().all(|p| bound.contains(p)) {
             return;
         }
@@ -554,51 +544,4 @@ fn await_listening(engine: &Engine, id: &str, ports: &[(Protocol, u16)]) {
             .join(", "),
         LISTEN_WAIT.as_secs()
     );
-}
-
-/// The local ports of a `/proc/net/{tcp,tcp6,udp,udp6}` table's sockets that accept:
-/// TCP's listening ones (state 0A), UDP's unconnected ones (state 07).
-fn bound_ports(table: &str, protocol: Protocol) -> impl Iterator<Item = (Protocol, u16)> + '_ {
-    let open = match protocol {
-        Protocol::Tcp => "0A",
-        Protocol::Udp => "07",
-    };
-    table.lines().skip(1).filter_map(move |line| {
-        let mut f = line.split_whitespace();
-        let local = f.nth(1)?;
-        let state = f.nth(1)?;
-        let port = u16::from_str_radix(local.rsplit_once(':')?.1, 16).ok()?;
-        (state == open).then_some((protocol, port))
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bound_ports_reads_the_kernels_socket_tables() {
-        // As the kernel writes them (trimmed after the state column's neighbours).
-        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000:1388 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1
-   1: 0100007F:0050 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 2 1
-   2: 0A000005:0BB8 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 3 1
-";
-        let got: Vec<_> = bound_ports(tcp, Protocol::Tcp).collect();
-        assert_eq!(got, [(Protocol::Tcp, 5000), (Protocol::Tcp, 3000)]);
-        let tcp6 =
-            "  sl  local_address                         remote_address                        st
-   0: 00000000000000000000000000000000:1F90 00000000000000000000000000000000:0000 0A 0 0
-";
-        let got: Vec<_> = bound_ports(tcp6, Protocol::Tcp).collect();
-        assert_eq!(got, [(Protocol::Tcp, 8080)]);
-        let udp = "   sl  local_address rem_address   st
-  10: 00000000:0035 00000000:0000 07 0 0
-  11: 0A000005:A000 0A000009:0035 01 0 0
-";
-        let got: Vec<_> = bound_ports(udp, Protocol::Udp).collect();
-        assert_eq!(got, [(Protocol::Udp, 53)]);
-        // A short or garbled line is passed over.
-        assert_eq!(bound_ports("h\n 0: zz\n", Protocol::Tcp).count(), 0);
-    }
 }

@@ -12,12 +12,14 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::image::store::{remove_any, write_atomic, ImageRecord, Store};
+use crate::model::container::PortBinding;
 use crate::model::container::{
     signal_number, ContainerRecord, ContainerSpec, ContainerView, MountKind, NetworkMode,
     RestartPolicy, Status, DEFAULT_STOP_TIMEOUT,
 };
 use crate::model::health::HealthState;
-use crate::model::Digest;
+use crate::model::{Digest, Protocol};
+use crate::net::mesh::{Mesh, Port, Published};
 use crate::runtime::keeper::{self, ContainerState, KeeperLink, KeeperRequest, KeeperResponse};
 use crate::runtime::rootfs::{mount_overlay, unmount_overlay};
 use crate::runtime::spec::{identity, runtime_spec};
@@ -69,7 +71,17 @@ pub struct Containers {
     /// The records as last read from disk; this daemon is their only writer, so the
     /// copy stays true until it writes (run, removal), which clears it.
     cache: Mutex<Option<Vec<ContainerRecord>>>,
+    /// The node's `run -p` table, once a container publishes a port.
+    published: Mutex<Option<Mesh>>,
+    /// Held by the supervisor from reading a container's restart state to its start
+    /// again, and by `stop` while it marks one stopped: a stop never loses to a
+    /// restart under way.
+    restarts: Mutex<()>,
 }
+
+/// Where `run -p` without a host port looks for a free one when the kernel's own
+/// ephemeral range cannot be read (Linux's default range).
+const EPHEMERAL: (u16, u16) = (32768, 60999);
 
 /// A container's hostname: its own, or Docker's default, its short id.
 fn hostname_of(r: &ContainerRecord) -> String {
@@ -129,7 +141,14 @@ impl Containers {
             link: Mutex::new(link),
             lock: Mutex::new(()),
             cache: Mutex::new(None),
+            published: Mutex::new(None),
+            restarts: Mutex::new(()),
         };
+        // The table as this node's containers want it (what an earlier run left, made
+        // again or removed).
+        if let Err(e) = c.sync_ports() {
+            warning!("published ports: {e}");
+        }
         Ok(c)
     }
 
@@ -291,9 +310,16 @@ impl Containers {
             }
             other => other,
         };
+        if !spec.ports.is_empty() && spec.network != NetworkMode::Bridge {
+            return Err(
+                "-p: ports are published to containers on the bridge network, which this daemon does not run (--bridge none)"
+                    .into(),
+            );
+        }
         // Whoever sent the request: a volume named `..` would be the data dir.
         crate::runtime::spec::validate(&spec, crate::runtime::spec::host_cpus())?;
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        spec.ports = self.claim_ports(&spec.ports)?;
         let id = random_id()?;
         let name = match name {
             Some(n) if !crate::model::container::valid_container_name(&n) => {
@@ -340,7 +366,14 @@ impl Containers {
             let _ = unmount_overlay(&cdir.join("bundle/rootfs"));
             let _ = remove_any(&cdir);
             match &record.spec.network {
-                NetworkMode::Bridge => super::bridged::unwire(&self.netns, &id),
+                NetworkMode::Bridge => {
+                    super::bridged::unwire(&self.netns, &id);
+                    if !record.spec.ports.is_empty() {
+                        if let Err(e) = self.sync_ports() {
+                            warning!("published ports: {e}");
+                        }
+                    }
+                }
                 NetworkMode::Attach(_) => {
                     if let Some(a) = self.attacher.get() {
                         (a.detach)(&id);
@@ -406,6 +439,10 @@ impl Containers {
         let rec = serde_json::to_vec_pretty(record).expect("invariant: record serialises");
         write_atomic(&cdir.join(RECORD), &tmp, &rec).map_err(|e| e.to_string())?;
         self.invalidate();
+        if !record.spec.ports.is_empty() {
+            self.sync_ports()
+                .map_err(|e| format!("publishing its ports: {e}"))?;
+        }
         match self.keeper(&KeeperRequest::Run {
             id: record.id.clone(),
             log: record.log,
@@ -468,14 +505,17 @@ impl Containers {
     /// The stop signal, then SIGKILL after the grace period. Waits for the exit.
     /// A negative `timeout` (Docker's -1) waits without a limit.
     pub fn stop(&self, what: &str, timeout: Option<i64>) -> Result<String, String> {
+        let restarts = self.restarts.lock().unwrap_or_else(|p| p.into_inner());
+        // Its state as of now: the supervisor may have started it again meanwhile.
         let v = self.find(what)?;
-        if !matches!(v.status, Status::Running { .. }) {
-            return Ok(v.record.name); // Docker: stopping a stopped container succeeds
-        }
         let id = v.record.id.clone();
+        // Also for one between two runs of its restart policy: it stays stopped.
         let mut rs = self.restart_state(&id);
         rs.stopped_by_user = true;
         self.save_restart_state(&id, &rs);
+        if !matches!(v.status, Status::Running { .. }) {
+            return Ok(v.record.name); // Docker: stopping a stopped container succeeds
+        }
         let grace = u64::try_from(timeout.unwrap_or(v.record.stop_timeout))
             .ok()
             .map(Duration::from_secs);
@@ -484,6 +524,7 @@ impl Containers {
             id: id.clone(),
             signal: sig,
         });
+        drop(restarts);
         let Some(grace) = grace else {
             while !self.wait_exit(&id, UNBOUNDED_WAIT_SLICE)? {}
             return Ok(v.record.name);
@@ -566,8 +607,110 @@ impl Containers {
         }
         let res = remove_any(&cdir).map_err(|e| format!("{}: {e}", cdir.display()));
         self.invalidate();
+        if self.publishes() {
+            if let Err(e) = self.sync_ports() {
+                warning!("published ports: {e}");
+            }
+        }
         res?;
         Ok(())
+    }
+
+    /// The host ports `run -p` asks for, checked against the other containers' and
+    /// the sockets of the node's own namespace (a port something listens on would be
+    /// taken from it), with a free one picked where none is named. Under `self.lock`.
+    fn claim_ports(&self, want: &[PortBinding]) -> Result<Vec<PortBinding>, String> {
+        if want.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut held: BTreeMap<(Protocol, u16), String> = BTreeMap::new();
+        for r in self.records() {
+            for b in &r.spec.ports {
+                held.insert((b.protocol, b.host), format!("container {}", r.name));
+            }
+        }
+        let listening = super::sockets::bound(Path::new("/proc/self/net")).unwrap_or_default();
+        let taken = |held: &BTreeMap<(Protocol, u16), String>, key: &(Protocol, u16)| {
+            held.get(key).cloned().or_else(|| {
+                listening
+                    .contains(key)
+                    .then(|| "a socket of this node".into())
+            })
+        };
+        let mut out = Vec::with_capacity(want.len());
+        // Named ports first: a free one picked for another binding must not take them.
+        for b in want.iter().filter(|b| b.host != 0) {
+            let key = (b.protocol, b.host);
+            if let Some(who) = taken(&held, &key) {
+                return Err(format!(
+                    "-p: port {}/{} of this node is already in use by {who}",
+                    b.host,
+                    b.protocol.name()
+                ));
+            }
+            held.insert(key, "this container".into());
+            out.push(*b);
+        }
+        let (low, high) = ephemeral_range();
+        for b in want.iter().filter(|b| b.host == 0) {
+            let host = (low..=high)
+                .find(|p| taken(&held, &(b.protocol, *p)).is_none())
+                .ok_or_else(|| {
+                    format!(
+                        "-p {}/{}: no free port of this node from {low} to {high}",
+                        b.container,
+                        b.protocol.name()
+                    )
+                })?;
+            held.insert((b.protocol, host), "this container".into());
+            out.push(PortBinding { host, ..*b });
+        }
+        Ok(out)
+    }
+
+    /// Whether the node's `run -p` table is in place.
+    fn publishes(&self) -> bool {
+        self.published
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Makes the node's `run -p` table hold the ports of every container that
+    /// publishes some, from its creation to its removal (a stopped container's port
+    /// leads to its namespace, where nothing listens: refused, as on a node without
+    /// it). An empty table is removed.
+    fn sync_ports(&self) -> Result<(), String> {
+        let mut want = Published::new();
+        for r in self.records() {
+            let Some(addr) = self.bridge_addr(&r.id).filter(|_| !r.spec.ports.is_empty()) else {
+                continue;
+            };
+            for b in &r.spec.ports {
+                let port = Port {
+                    proto: b.protocol,
+                    port: b.host,
+                };
+                want.entry(port).or_default().push((addr, b.container));
+            }
+        }
+        let mut table = self.published.lock().unwrap_or_else(|p| p.into_inner());
+        if want.is_empty() {
+            match table.take() {
+                Some(mut m) => m.clear().map_err(|e| e.to_string())?,
+                // What an earlier run may have left (a daemon that is not root made
+                // none, and cannot look).
+                None => {
+                    let _ = Mesh::remove_left(crate::net::mesh::RUN_TABLE);
+                }
+            }
+            return Ok(());
+        }
+        let m = match table.as_mut() {
+            Some(m) => m,
+            None => table.insert(Mesh::run().map_err(|e| e.to_string())?),
+        };
+        m.sync(&want).map(|_| ()).map_err(|e| e.to_string())
     }
 
     /// Removes exited containers that asked for it (`--rm`).
@@ -745,6 +888,8 @@ impl Containers {
             else {
                 continue;
             };
+            // Read under the lock `stop` holds while it marks a container stopped.
+            let _g = self.restarts.lock().unwrap_or_else(|p| p.into_inner());
             let mut rs = self.restart_state(&v.record.id);
             let wanted = match v.record.restart {
                 RestartPolicy::No => false,
@@ -826,6 +971,19 @@ fn status_of(s: Option<&ContainerState>) -> Status {
             },
         },
     }
+}
+
+/// The kernel's ephemeral port range (`ip_local_port_range`), where `run -p` picks a
+/// free host port as Docker does.
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut f = s.split_whitespace().map(|v| v.parse::<u16>().ok());
+            Some((f.next()??, f.next()??))
+        })
+        .filter(|(l, h)| 0 < *l && l <= h)
+        .unwrap_or(EPHEMERAL)
 }
 
 #[cfg(test)]

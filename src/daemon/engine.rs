@@ -18,7 +18,7 @@ use crate::image::pull::{pull, RegistryConfig};
 use crate::image::reference::Reference;
 use crate::image::store::{ImageRecord, Store};
 use crate::model::container::LogCursor;
-use crate::model::container::{ContainerView, NetworkMode, Status};
+use crate::model::container::{ContainerView, NetworkMode, PortBinding, Status};
 use crate::model::image::Progress;
 use crate::model::Digest;
 use crate::runtime::logs::{self, Record, Stream};
@@ -465,6 +465,20 @@ fn ms_to_rfc3339(ms: u64) -> String {
     crate::runtime::logs::rfc3339_nanos(std::time::UNIX_EPOCH + Duration::from_millis(ms))
 }
 
+/// Docker's shape of published ports: `{"80/tcp": [{"HostIp": ip, "HostPort": "8080"}]}`
+/// (`HostConfig.PortBindings` says "", `NetworkSettings.Ports` the address bound).
+fn port_map(ports: &[PortBinding], host_ip: &str) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for b in ports {
+        let key = format!("{}/{}", b.container, b.protocol.name());
+        let entry = m.entry(key).or_insert_with(|| serde_json::json!([]));
+        if let Some(list) = entry.as_array_mut() {
+            list.push(serde_json::json!({"HostIp": host_ip, "HostPort": b.host.to_string()}));
+        }
+    }
+    serde_json::Value::Object(m)
+}
+
 fn inspect_doc(
     v: &ContainerView,
     restart_count: u32,
@@ -533,6 +547,7 @@ fn inspect_doc(
         "NetworkSettings": {
             "IPAddress": bridge_addr.map(|a| a.to_string()).unwrap_or_default(),
             "Gateway": bridge_addr.map(|_| crate::net::bridge::GATEWAY.to_string()).unwrap_or_default(),
+            "Ports": port_map(&r.spec.ports, "0.0.0.0"),
         },
         "HostConfig": {
             "RestartPolicy": format!("{:?}", r.restart),
@@ -551,6 +566,7 @@ fn inspect_doc(
             "PidsLimit": r.spec.pids_limit,
             "CapAdd": r.spec.cap_add,
             "CapDrop": r.spec.cap_drop,
+            "PortBindings": port_map(&r.spec.ports, ""),
         },
         "Mounts": r.spec.mounts,
     })

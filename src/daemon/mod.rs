@@ -11,5 +11,6 @@ pub mod health;
 pub mod netplane;
 pub mod node;
 pub mod server;
+pub mod sockets;
 pub mod startup;
 pub mod wal;

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use crate::net::bridge;
 use crate::net::dns_server::Dns;
 use crate::net::lb::{Balancer, Kernel, Services};
-use crate::net::mesh::{Mesh, Port, Proto, Published};
+use crate::net::mesh::{Mesh, Port, Published};
 use crate::net::names::{NetworkNames, ServiceNames};
 use crate::net::netns;
 use crate::net::overlay::{self, Endpoint, OverlayNet, VXLAN_OVERHEAD};
@@ -30,7 +30,6 @@ use crate::net::sealed::{Datapath, SealedNet};
 use crate::net::tap::Tap;
 use crate::services::agent::Assignment;
 use crate::services::network::{NetView, NodeNet};
-use crate::services::spec::Protocol;
 use crate::services::store::TaskId;
 use crate::services::NetworkId;
 
@@ -247,14 +246,14 @@ impl Plane {
                 Err(e) => return Err(format!("netlink: {e}")),
             }
             if self.net.published.is_empty() {
-                if let Ok(mut m) = Mesh::open("") {
-                    let _ = m.clear();
+                // Its guard goes with it: so does the loopback routing it guarded.
+                if let Some(ing) = self.net.networks.iter().find(|n| n.ingress) {
+                    let _ = crate::net::route_localnet(&overlay::bridge_name(ing.vni), false);
                 }
+                let _ = Mesh::remove_left(crate::net::mesh::TABLE);
             }
             if self.net.host_published.is_empty() {
-                if let Ok(mut m) = Mesh::host() {
-                    let _ = m.clear();
-                }
+                let _ = Mesh::remove_left(crate::net::mesh::HOST_TABLE);
             }
         }
         let want = self.overlays()?;
@@ -425,13 +424,9 @@ impl Plane {
             .published
             .iter()
             .map(|p| {
-                let proto = match p.protocol {
-                    Protocol::Tcp => Proto::Tcp,
-                    Protocol::Udp => Proto::Udp,
-                };
                 (
                     Port {
-                        proto,
+                        proto: p.protocol,
                         port: p.published,
                     },
                     p.backends.clone(),
@@ -466,12 +461,8 @@ impl Plane {
                 // Not wired yet (the next set repeats it), or no local bridge.
                 continue;
             };
-            let proto = match h.protocol {
-                Protocol::Tcp => Proto::Tcp,
-                Protocol::Udp => Proto::Udp,
-            };
             want.entry(Port {
-                proto,
+                proto: h.protocol,
                 port: h.published,
             })
             .or_default()

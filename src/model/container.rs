@@ -100,6 +100,31 @@ pub struct ContainerSpec {
     pub cap_drop: Vec<String>,
     pub devices: Vec<DeviceSpec>,
     pub labels: BTreeMap<String, String>,
+    /// `-p`: ports of the node that lead to the container (on the local bridge).
+    #[serde(default)]
+    pub ports: Vec<PortBinding>,
+}
+
+/// One `run -p`: connections to `host` on any of the node's addresses go to the
+/// container's `container` port. `host` 0 asks the daemon to pick a free one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortBinding {
+    pub protocol: super::Protocol,
+    pub host: u16,
+    pub container: u16,
+}
+
+impl std::fmt::Display for PortBinding {
+    /// Docker's PORTS column: `0.0.0.0:8080->80/tcp`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "0.0.0.0:{}->{}/{}",
+            self.host,
+            self.container,
+            self.protocol.name()
+        )
+    }
 }
 
 impl ContainerSpec {

@@ -14,6 +14,24 @@ pub mod node;
 
 pub use digest::Digest;
 
+use serde::{Deserialize, Serialize};
+
+/// A published port's transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
 /// The cluster's UDP port (Swarm's 2377): what `init` and `join` use when the user
 /// names no port.
 pub const DEFAULT_PORT: u16 = 2377;

@@ -6,9 +6,15 @@
 //! ```text
 //! sw-gw: 172.18.0.1/16, up
 //! table ip swarmlet-gw {
-//!   chain post { nat hook postrouting 100: iifname "sw-gw" oifname != "sw-gw" masquerade }
+//!   chain post  { nat hook postrouting 100: iifname "sw-gw" oifname != "sw-gw" masquerade
+//!                                           ip saddr 127.0.0.0/8 oifname "sw-gw" masquerade }
+//!   chain guard { filter hook prerouting -300: iifname "sw-gw" ip daddr 127.0.0.0/8 drop }
 //! }
 //! ```
+//!
+//! The second rule and the guard are for ports published to containers on the bridge
+//! (host mode, `run -p`), reached from the node's own loopback: see `net::mesh`. The
+//! bridge has `route_localnet` on once its table is in place.
 //!
 //! The subnet is the node's alone: it is never routed between nodes (tasks reach each
 //! other over their overlay networks), so every node uses the same one and the cluster
@@ -17,7 +23,8 @@
 use std::net::Ipv4Addr;
 
 use super::nft::{
-    ifname_bytes, BaseChain, Batch, ChainType, Expr, Hook, Nft, NftError, Reg, NFPROTO_IPV4,
+    ifname_bytes, loopback_guard, loopback_masquerade, BaseChain, Batch, ChainType, Expr, Hook,
+    Nft, NftError, Reg, GUARD_HOOK, GUARD_PRIORITY, NFPROTO_IPV4,
 };
 use super::overlay::{self, Endpoint};
 use super::rtnl::{LinkSet, NewLink, Rtnl, RtnlError};
@@ -97,6 +104,12 @@ pub fn nat_batch() -> Batch {
         kind: ChainType::Nat,
     };
     b.add_chain(TABLE, "post", Some(base));
+    let guard = BaseChain {
+        hook: GUARD_HOOK,
+        priority: GUARD_PRIORITY,
+        kind: ChainType::Filter,
+    };
+    b.add_chain(TABLE, "guard", Some(guard));
     b.add_rule(
         TABLE,
         "post",
@@ -114,12 +127,16 @@ pub fn nat_batch() -> Batch {
             Expr::Masquerade,
         ],
     );
+    b.add_rule(TABLE, "post", &loopback_masquerade(BRIDGE));
+    b.add_rule(TABLE, "guard", &loopback_guard(BRIDGE));
     b
 }
 
-/// Puts the NAT table in place (replacing whatever table of that name is there).
+/// Puts the NAT table in place (replacing whatever table of that name is there), then
+/// turns `route_localnet` on for the bridge (its guard is in the table).
 pub fn nat(nft: &mut Nft) -> Result<(), NftError> {
-    nft.commit(nat_batch())
+    nft.commit(nat_batch())?;
+    super::route_localnet(BRIDGE, true).map_err(NftError::Protocol)
 }
 
 /// The lowest address of the subnet not in `used`.
@@ -146,7 +163,7 @@ mod tests {
     #[test]
     fn the_nat_batch_replaces_the_table_in_one_go() {
         let b = nat_batch();
-        assert_eq!(b.what().len(), 5, "{:?}", b.what());
+        assert_eq!(b.what().len(), 8, "{:?}", b.what());
         assert_eq!(b.what()[1], format!("delete table {TABLE}"));
     }
 }

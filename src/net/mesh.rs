@@ -8,6 +8,7 @@
 //!   chain pre  { nat hook prerouting -100: fib daddr type local  l4proto . dport vmap @ports }
 //!   chain out  { nat hook output     -100: fib daddr type local  l4proto . dport vmap @ports }
 //!   chain post { nat hook postrouting 100: oifname <ingress bridge> masquerade }
+//!   chain guard { filter hook prerouting -300: iifname <ingress bridge> ip daddr 127.0.0.0/8 drop }
 //!   chain p-<proto>-<port> { dnat to numgen inc mod N map @q-<proto>-<port> }
 //!   map q-<proto>-<port> { u32 : ipv4_addr . inet_service }
 //! }
@@ -18,19 +19,35 @@
 //! took the connection (the client's address is lost, as in Swarm's ingress mode;
 //! host-mode publishing keeps it). The node must forward IPv4 (`ip_forward`); the
 //! daemon turns it on, as Docker does.
+//!
+//! A published port answers on the node's loopback too (`curl localhost:8080` on the
+//! node, as under Docker): the output chain sends such a connection to the bridge with
+//! its loopback source, which the kernel routes only with `route_localnet` on the
+//! bridge, and the masquerade gives it the bridge's address. `route_localnet` would
+//! also let whatever is on the bridge reach the node's loopback services, so the guard
+//! chain drops anything arriving by the bridge for 127.0.0.0/8 before conntrack (the
+//! answers to the node's own connections arrive for the bridge's address and are
+//! turned back to loopback after it).
+//!
+//! Host-mode ports (and `run -p`'s) are tables of the same dispatch with no post or
+//! guard chain: their backends are on the local bridge, whose own table
+//! (`net::bridge`) masquerades what comes from loopback and guards it the same way.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 
 use super::nft::{
-    diff, ifname_bytes, index_key, ip_port_bytes, proto_port_key, BaseChain, Batch, ChainType,
-    Expr, Hook, KeyType, MapData, Nft, NftError, Reg, Synced, Value, Verdict, NFPROTO_IPV4,
+    diff, ifname_bytes, index_key, ip_port_bytes, loopback_guard, proto_port_key, BaseChain, Batch,
+    ChainType, Expr, Hook, KeyType, MapData, Nft, NftError, Reg, Synced, Value, Verdict,
+    GUARD_HOOK, GUARD_PRIORITY, NFPROTO_IPV4,
 };
 
 pub const TABLE: &str = "swarmlet-mesh";
 /// The table of host-mode ports.
 pub const HOST_TABLE: &str = "swarmlet-host";
+/// The table of the ports `run -p` publishes.
+pub const RUN_TABLE: &str = "swarmlet-run";
 
 /// Backends per published port at most (see `lb::MAX_BACKENDS`).
 pub const MAX_BACKENDS: usize = super::lb::MAX_BACKENDS;
@@ -38,25 +55,13 @@ pub const MAX_BACKENDS: usize = super::lb::MAX_BACKENDS;
 /// RTN_LOCAL: the destination is one of this node's own addresses.
 const RTN_LOCAL: u32 = 2;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Proto {
-    Tcp,
-    Udp,
-}
+pub use crate::model::Protocol as Proto;
 
-impl Proto {
-    fn number(self) -> u8 {
-        match self {
-            Proto::Tcp => 6,
-            Proto::Udp => 17,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-        }
+/// The IP protocol number.
+fn number(p: Proto) -> u8 {
+    match p {
+        Proto::Tcp => 6,
+        Proto::Udp => 17,
     }
 }
 
@@ -79,30 +84,41 @@ pub type Published = BTreeMap<Port, Vec<(Ipv4Addr, u16)>>;
 /// The mesh of one node.
 pub struct Mesh {
     table: Synced<Published>,
-    /// The nf_tables table: [`TABLE`], or [`HOST_TABLE`] for host-mode ports.
+    /// The nf_tables table: [`TABLE`], [`HOST_TABLE`] or [`RUN_TABLE`].
     name: &'static str,
     /// The ingress network's bridge: what leaves by it is masqueraded (none for
-    /// host-mode ports, which go straight to a local task and keep the client's address).
+    /// host-mode and `run -p` ports, which go straight to a local container on the
+    /// local bridge and keep the client's address).
     bridge: Option<String>,
 }
 
 impl Mesh {
-    /// In the calling thread's namespace (the host's).
+    /// The routing mesh, in the calling thread's namespace (the host's): its table
+    /// made at once with no port, so that its guard is in place before `bridge` gets
+    /// `route_localnet`.
     pub fn open(bridge: &str) -> Result<Mesh, NftError> {
-        Ok(Mesh {
-            table: Synced::new(Nft::open()?),
-            name: TABLE,
-            bridge: Some(bridge.to_string()),
-        })
+        let mut m = Mesh::with(TABLE, Some(bridge))?;
+        m.sync(&Published::new())?;
+        super::route_localnet(bridge, true).map_err(NftError::Protocol)?;
+        Ok(m)
     }
 
     /// The table of the ports this node's tasks publish in host mode: the same
-    /// dispatch, to local tasks' addresses, with no masquerade.
+    /// dispatch, to local tasks' addresses, keeping the client's address.
     pub fn host() -> Result<Mesh, NftError> {
+        Mesh::with(HOST_TABLE, None)
+    }
+
+    /// The table of the ports `run -p` publishes, to containers on the local bridge.
+    pub fn run() -> Result<Mesh, NftError> {
+        Mesh::with(RUN_TABLE, None)
+    }
+
+    fn with(name: &'static str, bridge: Option<&str>) -> Result<Mesh, NftError> {
         Ok(Mesh {
             table: Synced::new(Nft::open()?),
-            name: HOST_TABLE,
-            bridge: None,
+            name,
+            bridge: bridge.map(str::to_string),
         })
     }
 
@@ -121,9 +137,20 @@ impl Mesh {
         })
     }
 
-    /// Removes the table.
+    /// Removes the table (and, for the mesh, the bridge's loopback routing before its
+    /// guard goes). In the namespace it was opened in.
     pub fn clear(&mut self) -> Result<(), NftError> {
+        if let Some(bridge) = &self.bridge {
+            // A bridge already gone has nothing to turn off.
+            let _ = super::route_localnet(bridge, false);
+        }
         self.table.clear(self.name)
+    }
+
+    /// Removes table `name` ([`TABLE`], [`HOST_TABLE`], [`RUN_TABLE`]) if an earlier
+    /// run left it, in the calling thread's namespace.
+    pub fn remove_left(name: &'static str) -> Result<(), NftError> {
+        Synced::<Published>::new(Nft::open()?).clear(name)
     }
 }
 
@@ -167,15 +194,19 @@ fn rebuild_table(table: &str, bridge: Option<&str>, want: &Published) -> Batch {
     b.del_table(table);
     b.add_table(table);
     b.add_map(table, "ports", KeyType::ProtoPort, MapData::Verdict);
-    let mut chains = vec![("pre", Hook::Prerouting, -100), ("out", Hook::Output, -100)];
+    let mut chains = vec![
+        ("pre", Hook::Prerouting, -100, ChainType::Nat),
+        ("out", Hook::Output, -100, ChainType::Nat),
+    ];
     if bridge.is_some() {
-        chains.push(("post", Hook::Postrouting, 100));
+        chains.push(("post", Hook::Postrouting, 100, ChainType::Nat));
+        chains.push(("guard", GUARD_HOOK, GUARD_PRIORITY, ChainType::Filter));
     }
-    for (name, hook, priority) in chains {
+    for (name, hook, priority, kind) in chains {
         let base = BaseChain {
             hook,
             priority,
-            kind: ChainType::Nat,
+            kind,
         };
         b.add_chain(table, name, Some(base));
     }
@@ -194,6 +225,7 @@ fn rebuild_table(table: &str, bridge: Option<&str>, want: &Published) -> Batch {
                 Expr::Masquerade,
             ],
         );
+        b.add_rule(table, "guard", &loopback_guard(bridge));
     }
     for (p, backends) in want {
         add_port(&mut b, table, *p, backends);
@@ -209,7 +241,7 @@ fn changes_in(table: &str, have: &Published, want: &Published) -> (Batch, usize)
     let mut b = Batch::new(NFPROTO_IPV4);
     let mut n = 0;
     for (p, _, _) in diff(have, want).filter(|(_, _, now)| now.is_none()) {
-        b.del_elems(table, "ports", &[proto_port_key(p.proto.number(), p.port)]);
+        b.del_elems(table, "ports", &[proto_port_key(number(p.proto), p.port)]);
         b.flush_chain(table, &port_chain(*p));
         b.del_chain(table, &port_chain(*p));
         b.del_map(table, &port_map(*p));
@@ -255,7 +287,7 @@ fn add_port(b: &mut Batch, table: &str, p: Port, backends: &[(Ipv4Addr, u16)]) {
         table,
         "ports",
         &[(
-            proto_port_key(p.proto.number(), p.port),
+            proto_port_key(number(p.proto), p.port),
             Value::Verdict(Verdict::Goto(port_chain(p))),
         )],
     );

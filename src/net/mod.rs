@@ -20,3 +20,13 @@ pub mod seal;
 pub mod sealed;
 pub mod tap;
 pub mod vips;
+
+/// Turns `route_localnet` on or off for interface `ifname` in the calling thread's
+/// namespace: with it on, the kernel routes packets with a loopback source out by the
+/// interface (a published port reached at `localhost`, sent on to a container behind
+/// it) and accepts ones for a loopback destination coming in by it, which the tables
+/// that turn it on guard against (`nft::loopback_guard`).
+pub fn route_localnet(ifname: &str, on: bool) -> Result<(), String> {
+    let path = format!("/proc/sys/net/ipv4/conf/{ifname}/route_localnet");
+    std::fs::write(&path, if on { "1" } else { "0" }).map_err(|e| format!("{path}: {e}"))
+}

@@ -864,6 +864,57 @@ impl<T: Mirror> Synced<T> {
     }
 }
 
+/// Where a guard chain hangs: before conntrack (-200), so it sees a datagram's
+/// destination as sent, not as NAT turns it back.
+pub const GUARD_HOOK: Hook = Hook::Prerouting;
+pub const GUARD_PRIORITY: i32 = -300;
+
+/// Loads the first byte of the IPv4 source (`at` 12) or destination (`at` 16) address
+/// and stops the rule unless it is 127 (the loopback network).
+fn in_loopback_net(at: u32) -> [Expr; 2] {
+    [
+        Expr::NetworkHeader {
+            offset: at,
+            len: 1,
+            dreg: Reg::R1,
+        },
+        Expr::Eq {
+            sreg: Reg::R1,
+            data: vec![127],
+        },
+    ]
+}
+
+/// `iifname <ifname> ip daddr 127.0.0.0/8 drop`: what arrives by a bridge with
+/// `route_localnet` on may not reach the node's loopback services.
+pub fn loopback_guard(ifname: &str) -> Vec<Expr> {
+    let mut e = vec![
+        Expr::IifName { dreg: Reg::R1 },
+        Expr::Eq {
+            sreg: Reg::R1,
+            data: ifname_bytes(ifname),
+        },
+    ];
+    e.extend(in_loopback_net(16));
+    e.push(Expr::Verdict(Verdict::Drop));
+    e
+}
+
+/// `ip saddr 127.0.0.0/8 oifname <ifname> masquerade`: a connection from the node's
+/// loopback, sent on to a container on a bridge, gets the bridge's address.
+pub fn loopback_masquerade(ifname: &str) -> Vec<Expr> {
+    let mut e = in_loopback_net(12).to_vec();
+    e.extend([
+        Expr::OifName { dreg: Reg::R1 },
+        Expr::Eq {
+            sreg: Reg::R1,
+            data: ifname_bytes(ifname),
+        },
+        Expr::Masquerade,
+    ]);
+    e
+}
+
 /// An IPv4 address as nf_tables compares it (network order).
 pub fn ip_bytes(ip: Ipv4Addr) -> Vec<u8> {
     ip.octets().to_vec()

@@ -121,6 +121,26 @@ fn talk(ns: &str, to: &str, say: &'static [u8]) -> std::io::Result<String> {
     .unwrap()
 }
 
+/// An HTTP/1.0 GET of `/` from inside `ns` (2 s to connect, 5 to answer): the body
+/// of a 200 answer, an error otherwise.
+pub fn http_get(ns: &str, to: &str) -> std::io::Result<String> {
+    let to: SocketAddr = to.parse().unwrap();
+    in_netns(ns, move || {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        match out.split_once("\r\n\r\n") {
+            Some((head, body)) if head.starts_with("HTTP/1.") && head[8..].starts_with(" 200") => {
+                Ok(body.to_string())
+            }
+            _ => Err(std::io::Error::other(format!("answered {out:?}"))),
+        }
+    })
+    .unwrap()
+}
+
 /// A server inside `ns` that writes `name` to each connection and closes it.
 pub fn name_server(ns: &str, at: &str, name: &'static str) {
     serve(ns, at, move |mut s| {
