@@ -7,14 +7,18 @@
 //! sw-gw: 172.18.0.1/16, up
 //! table ip swarmlet-gw {
 //!   chain post  { nat hook postrouting 100: iifname "sw-gw" oifname != "sw-gw" masquerade
-//!                                           ip saddr 127.0.0.0/8 oifname "sw-gw" masquerade }
+//!                                           ip saddr 127.0.0.0/8 oifname "sw-gw" masquerade
+//!                                           iifname "sw-gw" oifname "sw-gw" ct status dnat masquerade }
 //!   chain guard { filter hook prerouting -300: iifname "sw-gw" ip daddr 127.0.0.0/8 drop }
 //! }
 //! ```
 //!
-//! The second rule and the guard are for ports published to containers on the bridge
-//! (host mode, `run -p`), reached from the node's own loopback: see `net::mesh`. The
-//! bridge has `route_localnet` on once its table is in place.
+//! The other rules and the guard are for ports published to containers on the bridge
+//! (host mode, `run -p`): reached from the node's own loopback (see `net::mesh`; the
+//! bridge has `route_localnet` on once its table is in place), and from a container on
+//! the same bridge through the node's address (hairpin: without the masquerade the
+//! answer would go straight back over the bridge, from an address the client never
+//! called; Docker relies on br_netfilter for this, which a node need not load).
 //!
 //! The subnet is the node's alone: it is never routed between nodes (tasks reach each
 //! other over their overlay networks), so every node uses the same one and the cluster
@@ -23,8 +27,8 @@
 use std::net::Ipv4Addr;
 
 use super::nft::{
-    ifname_bytes, loopback_guard, loopback_masquerade, BaseChain, Batch, ChainType, Expr, Hook,
-    Nft, NftError, Reg, GUARD_HOOK, GUARD_PRIORITY, NFPROTO_IPV4,
+    hairpin_masquerade, ifname_bytes, loopback_guard, loopback_masquerade, BaseChain, Batch,
+    ChainType, Expr, Hook, Nft, NftError, Reg, GUARD_HOOK, GUARD_PRIORITY, NFPROTO_IPV4,
 };
 use super::overlay::{self, Endpoint};
 use super::rtnl::{LinkSet, NewLink, Rtnl, RtnlError};
@@ -128,6 +132,7 @@ pub fn nat_batch() -> Batch {
         ],
     );
     b.add_rule(TABLE, "post", &loopback_masquerade(BRIDGE));
+    b.add_rule(TABLE, "post", &hairpin_masquerade(BRIDGE));
     b.add_rule(TABLE, "guard", &loopback_guard(BRIDGE));
     b
 }
@@ -163,7 +168,7 @@ mod tests {
     #[test]
     fn the_nat_batch_replaces_the_table_in_one_go() {
         let b = nat_batch();
-        assert_eq!(b.what().len(), 8, "{:?}", b.what());
+        assert_eq!(b.what().len(), 9, "{:?}", b.what());
         assert_eq!(b.what()[1], format!("delete table {TABLE}"));
     }
 }

@@ -152,6 +152,10 @@ pub enum Expr {
     FibDaddrType { dreg: Reg },
     /// `meta mark set` from a register.
     MarkSet { sreg: Reg },
+    /// Loads the connection's status bits (`ct status`, a host-order u32).
+    CtStatus { dreg: Reg },
+    /// `reg = reg & mask` (a bitwise expression with no xor).
+    And { reg: Reg, mask: Vec<u8> },
     /// Stops the rule unless the register equals `data`.
     Eq { sreg: Reg, data: Vec<u8> },
     /// Stops the rule if the register equals `data`.
@@ -423,6 +427,8 @@ impl Batch {
             | Expr::IifName { .. }
             | Expr::MarkSet { .. } => "meta",
             Expr::FibDaddrType { .. } => "fib",
+            Expr::CtStatus { .. } => "ct",
+            Expr::And { .. } => "bitwise",
             Expr::Eq { .. } | Expr::Neq { .. } => "cmp",
             Expr::Immediate { .. } | Expr::Verdict(_) => "immediate",
             Expr::Numgen { .. } => "numgen",
@@ -460,6 +466,21 @@ impl Batch {
             Expr::MarkSet { sreg } => {
                 self.be32_attr(2, 3); // NFTA_META_KEY: NFT_META_MARK
                 self.be32_attr(3, *sreg as u32); // NFTA_META_SREG
+            }
+            Expr::CtStatus { dreg } => {
+                self.be32_attr(1, *dreg as u32); // NFTA_CT_DREG
+                self.be32_attr(2, 2); // NFTA_CT_KEY: NFT_CT_STATUS
+            }
+            Expr::And { reg, mask } => {
+                self.be32_attr(1, *reg as u32); // NFTA_BITWISE_SREG
+                self.be32_attr(2, *reg as u32); // NFTA_BITWISE_DREG
+                self.be32_attr(3, u32::try_from(mask.len()).unwrap_or(u32::MAX)); // _LEN
+                let m = self.nest(4); // NFTA_BITWISE_MASK
+                self.bytes_attr(1, mask);
+                self.end_nest(m);
+                let x = self.nest(5); // NFTA_BITWISE_XOR
+                self.bytes_attr(1, &vec![0; mask.len()]);
+                self.end_nest(x);
             }
             Expr::FibDaddrType { dreg } => {
                 self.be32_attr(1, *dreg as u32); // NFTA_FIB_DREG
@@ -913,6 +934,36 @@ pub fn loopback_masquerade(ifname: &str) -> Vec<Expr> {
         Expr::Masquerade,
     ]);
     e
+}
+
+/// IPS_DST_NAT: the connection's destination was translated.
+const IPS_DST_NAT: u32 = 1 << 5;
+
+/// `iifname <ifname> oifname <ifname> ct status dnat masquerade`: a connection from a
+/// container on a bridge to a port the node publishes, sent back out by the same bridge
+/// to another container (hairpin), gets the bridge's address, so the answer comes back
+/// through the node rather than straight to the client, which would not know it.
+pub fn hairpin_masquerade(ifname: &str) -> Vec<Expr> {
+    let by = || Expr::Eq {
+        sreg: Reg::R1,
+        data: ifname_bytes(ifname),
+    };
+    vec![
+        Expr::IifName { dreg: Reg::R1 },
+        by(),
+        Expr::OifName { dreg: Reg::R1 },
+        by(),
+        Expr::CtStatus { dreg: Reg::R1 },
+        Expr::And {
+            reg: Reg::R1,
+            mask: IPS_DST_NAT.to_ne_bytes().to_vec(),
+        },
+        Expr::Neq {
+            sreg: Reg::R1,
+            data: 0u32.to_ne_bytes().to_vec(),
+        },
+        Expr::Masquerade,
+    ]
 }
 
 /// An IPv4 address as nf_tables compares it (network order).
