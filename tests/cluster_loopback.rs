@@ -182,10 +182,26 @@ fn three_managers_two_workers_failover_and_bad_input() {
     wait_ls(&m2, 20, "w1 a reachable manager", |l| {
         row(l, "w1").is_some_and(|r| r.contains("Reachable"))
     });
-    m2.ok(&["node", "demote", "w1"]);
+    // Docker's other way, with another change in the same command.
+    let o = m2.ok(&[
+        "node",
+        "update",
+        "--role",
+        "worker",
+        "--label-add",
+        "zone=b",
+        "w1",
+    ]);
+
     wait_ls(&m2, 20, "w1 a worker again", |l| {
         row(l, "w1").is_some_and(|r| !r.contains("Reachable") && !r.contains("Leader"))
     });
+    let doc = m2.ok(&["node", "inspect", "w1"]);
+    assert!(doc.contains(r#""zone":"b""#), "{doc}");
+    assert!(
+        doc.contains(&format!(r#""ID":"{}""#, o.trim())),
+        "{o} {doc}"
+    );
     let busy = m2.cli(&["node", "rm", "w1"]);
     assert_eq!(busy.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&busy.stderr).contains("not down"));

@@ -235,9 +235,6 @@ fn inspect(global: &Global, c: NodeInspect) -> anyhow::Result<ExitCode> {
 }
 
 fn update(global: &Global, c: NodeUpdate) -> anyhow::Result<ExitCode> {
-    if c.role.is_some() {
-        return not_implemented("node update --role");
-    }
     let label_add = c
         .label_add
         .iter()
@@ -248,6 +245,25 @@ fn update(global: &Global, c: NodeUpdate) -> anyhow::Result<ExitCode> {
         Availability::Pause => ClusterAvailability::Pause,
         Availability::Drain => ClusterAvailability::Drain,
     });
+    if let Some(role) = c.role {
+        // The role first: it is the change a cluster may refuse (its last manager, a
+        // quorum it would lose), and then nothing else has changed either.
+        let role = match role {
+            Role::Manager => NodeRole::Manager,
+            Role::Worker => NodeRole::Worker,
+        };
+        call(
+            global,
+            &Request::NodeSetRole {
+                nodes: vec![c.node.clone()],
+                role,
+            },
+        )?;
+        if availability.is_none() && label_add.is_empty() && c.label_rm.is_empty() {
+            println!("{}", c.node);
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
     match call(
         global,
         &Request::NodeUpdate {
