@@ -176,6 +176,15 @@ fn three_managers_two_workers_failover_and_bad_input() {
         })
     });
 
+    // node ls filters, as Docker's.
+    let count = |f: &str| m2.ok(&["node", "ls", "-q", "-f", f]).lines().count();
+    assert_eq!(count("role=manager"), 3);
+    assert_eq!(count("role=worker"), 2);
+    assert_eq!(count("name=w"), 2);
+    assert_eq!(count("membership=pending"), 0);
+    let o = m2.cli(&["node", "ls", "-f", "role=boss"]);
+    assert_eq!(o.status.code(), Some(2));
+
     // Promote a worker to manager and back; remove a worker that left.
     let o = m2.ok(&["node", "promote", "w1"]);
     assert!(o.contains("promoted"), "{o}");

@@ -657,3 +657,66 @@ fn a_stop_timeout_of_minus_one_waits_without_sigkill() {
     assert_eq!(code("cut").0, json!(137));
     d.ok(&["rm", "slow", "cut"]);
 }
+
+#[test]
+#[ignore = "needs root"]
+fn ps_filters_like_docker() {
+    let d = daemon("ctr-filter", "127.0.33.11");
+    let web = d.ok(&[
+        "run", "-d", "--name", "flt-web", "-l", "tier=web", "bb:1", "sleep", "600",
+    ]);
+    let job = d.ok(&[
+        "run", "-d", "--name", "flt-job", "bb:1", "sh", "-c", "exit 3",
+    ]);
+    let (web, job) = (&web.trim()[..12], &job.trim()[..12]);
+    support::wait_until(10, "the job exits", || {
+        d.ok(&["ps", "-q", "-f", "exited=3"]).trim() == job
+    });
+    let ids = |filters: &[&str]| {
+        let mut args = vec!["ps", "-q"];
+        for f in filters {
+            args.extend(["-f", f]);
+        }
+        let mut v: Vec<String> = d.ok(&args).lines().map(str::to_string).collect();
+        v.sort();
+        v.join(" ")
+    };
+    let both = {
+        let mut v = [web, job];
+        v.sort_unstable();
+        v.join(" ")
+    };
+    for (filters, want) in [
+        (vec![], web.to_string()),
+        (vec!["name=web"], web.to_string()),
+        (vec!["name=flt"], web.to_string()), // running ones only, without -a or a state
+        (vec!["status=exited"], job.to_string()),
+        (vec!["status=exited", "status=running"], both.clone()),
+        (vec!["status=running", "name=job"], String::new()),
+        (vec!["label=tier"], web.to_string()),
+        (vec!["label=tier=web"], web.to_string()),
+        (vec!["label=tier=db"], String::new()),
+        (vec!["ancestor=bb", "status=exited"], job.to_string()),
+        (vec!["ancestor=bb:1"], web.to_string()),
+        (vec!["ancestor=other"], String::new()),
+        (vec!["health=none"], web.to_string()),
+        (vec!["network=none"], web.to_string()),
+        (vec!["exited=0"], String::new()),
+    ] {
+        assert_eq!(ids(&filters), want, "{filters:?}");
+    }
+    assert_eq!(ids(&[&format!("id={}", &job[..6]), "status=exited"]), job);
+    // Bad filters are usage errors naming them.
+    for (f, why) in [
+        ("colour=red", "unknown key \"colour\""),
+        ("status=sleeping", "status \"sleeping\""),
+        ("exited=x", "exited \"x\""),
+        ("publish=1:2", "publish \"1:2\""),
+        ("name", "not KEY=VALUE"),
+    ] {
+        let o = d.cli(&["ps", "-f", f]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{f}: {err}");
+        assert!(err.contains(why), "{f}: {err}");
+    }
+}

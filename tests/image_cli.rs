@@ -49,6 +49,21 @@ fn pull_ls_inspect_load_rm_prune() {
         "{row}"
     );
     assert_eq!(d.ok(&["image", "ls", "-q"]).trim(), id12);
+    for (f, shown) in [
+        ("dangling=false", true),
+        ("dangling=true", false),
+        ("reference=*/test/bb", true),
+        ("reference=*/test/bb:1", true),
+        ("reference=*/test/b?:*", true),
+        ("reference=*/other/*", false),
+        ("reference=*bb", false), // * does not cross a /
+    ] {
+        let got = d.ok(&["image", "ls", "-q", "-f", f]);
+        assert_eq!(got.trim() == id12, shown, "{f}: {got}");
+    }
+    let o = d.cli(&["image", "ls", "-f", "label=x"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown key \"label\""));
     let inspect: serde_json::Value =
         serde_json::from_str(&d.ok(&["image", "inspect", &name])).unwrap();
     assert_eq!(inspect[0]["Id"], json!(sha(&img.config)));

@@ -6,13 +6,14 @@ use std::process::ExitCode;
 
 use argh::FromArgs;
 
+use super::filter::{label_matches, Filters};
 use super::image::{credentials_for, print_table, PullView, PULL_IDLE};
 use super::{call, not_implemented, print_done, print_json, Global, UsageError};
 use crate::api::{ContainerRequest, Request, Response, RunRequest};
 use crate::image::reference::Reference;
 use crate::model::container::{
-    signal_number, ContainerSpec, DeviceSpec, LogLimits, MountKind, MountSpec, NetworkMode,
-    PortBinding, RestartPolicy, Status,
+    signal_number, ContainerSpec, ContainerView, DeviceSpec, LogLimits, MountKind, MountSpec,
+    NetworkMode, PortBinding, RestartPolicy, Status,
 };
 use crate::model::health::{HealthFlags, HealthStatus};
 use crate::model::Protocol;
@@ -178,7 +179,8 @@ pub struct PsCommand {
     #[argh(switch, short = 'q')]
     pub quiet: bool,
 
-    /// filter, KEY=VALUE: id, name, label, status (repeatable)
+    /// filter, KEY=VALUE: id, name, label, status, exited, ancestor, health, network,
+    /// publish (repeatable)
     #[argh(option, short = 'f')]
     pub filter: Vec<String>,
 
@@ -863,17 +865,98 @@ pub fn ago(ms: u64) -> String {
     }
 }
 
-pub fn ps(global: &Global, c: PsCommand) -> anyhow::Result<ExitCode> {
-    if !c.filter.is_empty() {
-        return not_implemented("ps --filter");
+/// `ps --filter`'s keys.
+const PS_FILTERS: [&str; 9] = [
+    "id", "name", "label", "status", "exited", "ancestor", "health", "network", "publish",
+];
+
+/// Docker's `ps` filters over what this daemon has: `id` a prefix, `name` a part of the
+/// name, `label` a key or `key=value`, `status` created|running|exited (Docker's other
+/// states never hold here), `exited` the exit code, `ancestor` the image as named
+/// (with or without its tag) or its id, `health` starting|healthy|unhealthy|none,
+/// `network` bridge|host|none or a network's name, `publish` a host port
+/// (`8080` or `8080/udp`).
+fn filter_ps<'a>(filters: &'a [String]) -> Result<Filters<'a>, UsageError> {
+    Filters::parse(filters, &PS_FILTERS, |k, v| match k {
+        "status" if !STATUSES.contains(&v) => Err(format!("one of {}", STATUSES.join(", "))),
+        "exited" if v.parse::<i32>().is_err() => Err("not an exit code".into()),
+        "health" if !["starting", "healthy", "unhealthy", "none"].contains(&v) => {
+            Err("starting, healthy, unhealthy or none".into())
+        }
+        "publish" => publish_filter(v).map(|_| ()),
+        _ => Ok(()),
+    })
+}
+
+/// Docker's container states (`ps -f status=`); a container here is only ever created,
+/// running or exited.
+const STATUSES: [&str; 7] = [
+    "created",
+    "restarting",
+    "running",
+    "removing",
+    "paused",
+    "exited",
+    "dead",
+];
+
+fn ps_matches(v: &ContainerView, key: &str, val: &str) -> bool {
+    let r = &v.record;
+    match key {
+        "id" => r.id.starts_with(val),
+        "name" => r.name.contains(val),
+        "label" => label_matches(r.spec.labels.iter(), val),
+        "status" => val == status_word(&v.status),
+        "exited" => {
+            matches!(v.status, Status::Exited { code: Some(c), .. } if c.to_string() == val)
+        }
+        "ancestor" => {
+            r.image == val
+                || r.image.split_once(':').is_some_and(|(name, _)| name == val)
+                || r.image_id
+                    .to_string()
+                    .trim_start_matches("sha256:")
+                    .starts_with(val.trim_start_matches("sha256:"))
+        }
+        "health" => v.health.as_ref().map_or("none", |h| h.status.name()) == val,
+        "network" => r.spec.network.name() == val,
+        "publish" => publish_filter(val).is_ok_and(|(proto, port)| {
+            r.spec
+                .ports
+                .iter()
+                .any(|p| (p.protocol, p.host) == (proto, port))
+        }),
+        _ => false,
     }
+}
+
+/// `ps -f publish=PORT[/tcp|/udp]`: a host port.
+fn publish_filter(v: &str) -> Result<(Protocol, u16), String> {
+    match parse_port_binding(v) {
+        Ok(b) if b.host == 0 => Ok((b.protocol, b.container)),
+        _ => Err("not PORT[/tcp|/udp]".into()),
+    }
+}
+
+fn status_word(s: &Status) -> &'static str {
+    match s {
+        Status::Created => "created",
+        Status::Running { .. } => "running",
+        Status::Exited { .. } => "exited",
+    }
+}
+
+pub fn ps(global: &Global, c: PsCommand) -> anyhow::Result<ExitCode> {
+    let filters = filter_ps(&c.filter)?;
     let Response::Containers(mut all) = call(global, &Request::Container(ContainerRequest::List))?
     else {
         return Err(anyhow::anyhow!("unexpected answer from the daemon"));
     };
-    if !c.all {
+    // As Docker: asking for a state (or an exit code) looks past the running ones.
+    if !c.all && !filters.has("status") && !filters.has("exited") {
         all.retain(|v| matches!(v.status, Status::Running { .. }));
     }
+    filters.retain(&mut all, ps_matches);
     if let Some(n) = c.last {
         all.truncate(usize::try_from(n).unwrap_or(usize::MAX));
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
+use super::filter::Filters;
 use super::{call, not_implemented, print_done, print_json, Global, UsageError};
 use crate::api::{ImageRequest, Request, Response};
 use crate::image::oci::Platform;
@@ -76,7 +77,8 @@ pub struct ImageLs {
     #[argh(switch)]
     pub no_trunc: bool,
 
-    /// filter, KEY=VALUE: dangling, label, reference (repeatable)
+    /// filter, KEY=VALUE: dangling (true|false), reference (a REPO[:TAG] pattern, * and
+    /// ? as wildcards) (repeatable)
     #[argh(option, short = 'f')]
     pub filter: Vec<String>,
 
@@ -329,10 +331,26 @@ pub fn human(bytes: u64) -> String {
     }
 }
 
-fn ls(global: &Global, c: ImageLs) -> anyhow::Result<ExitCode> {
-    if !c.filter.is_empty() {
-        return not_implemented("image ls --filter");
+/// Whether `name` matches `pattern`, where `*` stands for any run of characters but
+/// `/` and `?` for one (Docker matches `reference` filters so).
+fn glob(pattern: &[u8], name: &[u8]) -> bool {
+    match (pattern.split_first(), name.split_first()) {
+        (None, None) => true,
+        (Some((b'*', rest)), _) => {
+            glob(rest, name)
+                || name.first().is_some_and(|c| *c != b'/') && glob(pattern, &name[1..])
+        }
+        (Some((b'?', rest)), Some((c, more))) => *c != b'/' && glob(rest, more),
+        (Some((p, rest)), Some((c, more))) => p == c && glob(rest, more),
+        _ => false,
     }
+}
+
+fn ls(global: &Global, c: ImageLs) -> anyhow::Result<ExitCode> {
+    let filters = Filters::parse(&c.filter, &["dangling", "reference"], |k, v| match k {
+        "dangling" if !["true", "false"].contains(&v) => Err("true or false".into()),
+        _ => Ok(()),
+    })?;
     let Response::Images(images) = call(global, &Request::Image(ImageRequest::List))? else {
         return Err(anyhow::anyhow!("unexpected answer from the daemon"));
     };
@@ -386,6 +404,13 @@ fn ls(global: &Global, c: ImageLs) -> anyhow::Result<ExitCode> {
             rows.push((repo, tag, digest.clone(), id.clone(), img));
         }
     }
+    filters.retain(&mut rows, |(repo, tag, ..), k, v| match k {
+        "dangling" => (repo == "<none>") == (v == "true"),
+        _ => {
+            glob(v.as_bytes(), repo.as_bytes())
+                || glob(v.as_bytes(), format!("{repo}:{tag}").as_bytes())
+        }
+    });
     if c.quiet {
         let mut seen = std::collections::BTreeSet::new();
         for r in &rows {

@@ -17,6 +17,7 @@ pub mod argv;
 pub mod cluster;
 pub mod container;
 pub mod debug;
+pub mod filter;
 pub mod host;
 pub mod image;
 pub mod info;

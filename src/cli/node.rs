@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use argh::{FromArgValue, FromArgs};
 
-use super::{call, not_implemented, print_done, Global, UsageError};
+use super::filter::{label_matches, Filters};
+use super::{call, print_done, Global, UsageError};
 use crate::api::{NodeView, Request, Response};
 use crate::cluster::{Availability as ClusterAvailability, NodeRole};
 
@@ -181,10 +182,36 @@ fn nodes(global: &Global, req: &Request) -> anyhow::Result<Vec<NodeView>> {
     }
 }
 
-fn ls(global: &Global, c: NodeLs) -> anyhow::Result<ExitCode> {
-    if !c.filter.is_empty() {
-        return not_implemented("node ls --filter");
+/// Docker's `node ls` filters: `id` and `name` (hostname) a prefix, `label` and
+/// `node.label` a node label's key or `key=value`, `role` manager|worker,
+/// `membership` accepted|pending (every node listed has been accepted: a join is
+/// admitted or refused at once).
+fn filter_nodes<'a>(filters: &'a [String]) -> Result<Filters<'a>, UsageError> {
+    Filters::parse(
+        filters,
+        &["id", "name", "label", "node.label", "role", "membership"],
+        |k, v| match k {
+            "role" if !["manager", "worker"].contains(&v) => Err("manager or worker".into()),
+            "membership" if !["accepted", "pending"].contains(&v) => {
+                Err("accepted or pending".into())
+            }
+            _ => Ok(()),
+        },
+    )
+}
+
+fn node_matches(n: &NodeView, key: &str, val: &str) -> bool {
+    match key {
+        "id" => n.id.to_string().starts_with(val),
+        "name" => n.hostname.starts_with(val),
+        "role" => role_str(n) == val,
+        "membership" => val == "accepted",
+        _ => label_matches(n.labels.iter().map(|(k, v)| (k, v)), val),
     }
+}
+
+fn ls(global: &Global, c: NodeLs) -> anyhow::Result<ExitCode> {
+    let filters = filter_nodes(&c.filter)?;
     let json = match c.format.as_deref() {
         None | Some("table") => false,
         Some("json") => true,
@@ -194,7 +221,8 @@ fn ls(global: &Global, c: NodeLs) -> anyhow::Result<ExitCode> {
             )
         }
     };
-    let list = nodes(global, &Request::NodeList)?;
+    let mut list = nodes(global, &Request::NodeList)?;
+    filters.retain(&mut list, node_matches);
     if c.quiet {
         for n in &list {
             println!("{}", n.id);

@@ -1,12 +1,12 @@
 //! `service ls`, `service ps`, `service inspect` and `node ps`: Docker's columns, JSON
 //! keys and inspect document for the fields that exist.
 
-use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use serde_json::json;
 
 use super::container::ago;
+use super::filter::{label_matches, Filters};
 use super::service::{ServiceInspect, ServiceLs, ServicePs};
 use super::{call, Global, UsageError};
 use crate::api::{Request, Response, ServiceView, TaskView};
@@ -102,41 +102,19 @@ fn filter_services(
     mut v: Vec<ServiceView>,
     filters: &[String],
 ) -> Result<Vec<ServiceView>, UsageError> {
-    let mut by_key: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for f in filters {
-        let (k, val) = f
-            .split_once('=')
-            .ok_or_else(|| UsageError(format!("--filter: {f:?} is not KEY=VALUE")))?;
-        match k {
-            "id" | "name" | "label" => {}
-            "mode" => {
-                if !["replicated", "global", "replicated-job", "global-job"].contains(&val) {
-                    return Err(UsageError(format!(
-                        "--filter: mode {val:?}: replicated, global, replicated-job or global-job"
-                    )));
-                }
-            }
-            _ => {
-                return Err(UsageError(format!(
-                    "--filter: unknown key {k:?} (id, name, label, mode)"
-                )))
-            }
+    const MODES: [&str; 4] = ["replicated", "global", "replicated-job", "global-job"];
+    let f = Filters::parse(filters, &["id", "name", "label", "mode"], |k, val| {
+        if k == "mode" && !MODES.contains(&val) {
+            return Err("replicated, global, replicated-job or global-job".into());
         }
-        by_key.entry(k).or_default().push(val);
-    }
-    for (k, vals) in by_key {
-        v.retain(|s| {
-            vals.iter().any(|val| match k {
-                "id" => s.id.to_string().starts_with(val),
-                "name" => s.spec.name.starts_with(val),
-                "mode" => s.spec.mode.name().replace(' ', "-") == *val,
-                _ => match val.split_once('=') {
-                    Some((lk, lv)) => s.spec.labels.get(lk).is_some_and(|x| x == lv),
-                    None => s.spec.labels.contains_key(*val),
-                },
-            })
-        });
-    }
+        Ok(())
+    })?;
+    f.retain(&mut v, |s, k, val| match k {
+        "id" => s.id.to_string().starts_with(val),
+        "name" => s.spec.name.starts_with(val),
+        "mode" => s.spec.mode.name().replace(' ', "-") == val,
+        _ => label_matches(s.spec.labels.iter(), val),
+    });
     Ok(v)
 }
 

@@ -18,7 +18,7 @@ use crate::image::pull::{pull, RegistryConfig};
 use crate::image::reference::Reference;
 use crate::image::store::{ImageRecord, Store};
 use crate::model::container::LogCursor;
-use crate::model::container::{ContainerView, NetworkMode, PortBinding, Status};
+use crate::model::container::{ContainerView, PortBinding, Status};
 use crate::model::image::Progress;
 use crate::model::Digest;
 use crate::runtime::logs::{self, Record, Stream};
@@ -553,14 +553,7 @@ fn inspect_doc(
             "RestartPolicy": format!("{:?}", r.restart),
             "AutoRemove": r.auto_remove,
             "Privileged": r.spec.privileged,
-            "NetworkMode": match &r.spec.network {
-                NetworkMode::None => "none".to_string(),
-                NetworkMode::Host => "host".to_string(),
-                NetworkMode::Netns(path) => format!("netns:{path}"),
-                NetworkMode::Bridge => "bridge".to_string(),
-                NetworkMode::Default => "default".to_string(),
-                NetworkMode::Attach(net) => net.clone(),
-            },
+            "NetworkMode": r.spec.network.name(),
             "Memory": r.spec.memory.unwrap_or(0),
             "NanoCpus": r.spec.cpus.map_or(0.0, |c| (c * 1e9).round()),
             "PidsLimit": r.spec.pids_limit,

@@ -53,6 +53,20 @@ pub enum NetworkMode {
     Attach(String),
 }
 
+impl NetworkMode {
+    /// As `inspect`'s `HostConfig.NetworkMode` and `ps -f network=` name it.
+    pub fn name(&self) -> String {
+        match self {
+            NetworkMode::None => "none".to_string(),
+            NetworkMode::Host => "host".to_string(),
+            NetworkMode::Netns(path) => format!("netns:{path}"),
+            NetworkMode::Bridge => "bridge".to_string(),
+            NetworkMode::Default => "default".to_string(),
+            NetworkMode::Attach(net) => net.clone(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MountKind {
     /// A host path.
