@@ -90,6 +90,24 @@ fn what_a_container_sees() {
     assert_eq!(out, "from the host\nro\n1\n");
     let (_, out, _) = run(&d, &["-v", "keep:/keep", "bb:1", "cat", "/keep/f"]);
     assert_eq!(out, "kept\n");
+    // The same with --mount, as Docker spells it; `rm -v` leaves named volumes.
+    let mount = format!("type=bind,source={},target=/data,readonly", host.display());
+    let id = d.ok(&[
+        "run", "-d", "--mount", &mount, "--mount", "type=volume,source=keep,target=/keep",
+        "--mount", "type=tmpfs,target=/scratch", "bb:1", "sh", "-c",
+        "cat /data/hello /keep/f; touch /data/x 2>/dev/null || echo ro; grep -c ' /scratch tmpfs' /proc/mounts",
+    ]);
+    support::wait_until(10, "the --mount container exits", || {
+        d.ok(&["ps", "-q", "-f", "exited=0"])
+            .contains(&id.trim()[..12])
+    });
+    assert_eq!(d.ok(&["logs", id.trim()]), "from the host\nkept\nro\n1\n");
+    d.ok(&["rm", "-v", id.trim()]);
+    let (_, out, _) = run(&d, &["-v", "keep:/keep", "bb:1", "cat", "/keep/f"]);
+    assert_eq!(out, "kept\n", "a named volume outlives rm -v");
+    let (code, _, err) = run(&d, &["--mount", "type=bind,target=/x", "bb:1", "true"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--mount"), "{err}");
 
     // No network named, on a daemon with no bridge: only loopback; host: the host's
     // interfaces.

@@ -457,6 +457,43 @@ pub(crate) fn parse_port_binding(s: &str) -> Result<PortBinding, UsageError> {
     })
 }
 
+/// Docker's `--mount type=bind,source=/a,target=/b[,readonly]`.
+pub(super) fn parse_mount(s: &str) -> Result<MountSpec, UsageError> {
+    let bad = |why: &str| UsageError(format!("--mount: {s:?}: {why}"));
+    let (mut kind, mut source, mut target, mut readonly) =
+        (MountKind::Volume, String::new(), None, false);
+    for part in s.split(',') {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        match k.trim() {
+            "type" => {
+                kind = match v {
+                    "bind" => MountKind::Bind,
+                    "volume" => MountKind::Volume,
+                    "tmpfs" => MountKind::Tmpfs,
+                    _ => return Err(bad("type is bind, volume or tmpfs")),
+                }
+            }
+            "source" | "src" => source = v.to_string(),
+            "target" | "destination" | "dst" => target = Some(v.to_string()),
+            "readonly" | "ro" => readonly = matches!(v, "" | "true" | "1"),
+            _ => return Err(bad(&format!("unknown key {k:?}"))),
+        }
+    }
+    let target = target.ok_or_else(|| bad("target is required"))?;
+    if !target.starts_with('/') {
+        return Err(bad("target must be an absolute path"));
+    }
+    if kind == MountKind::Bind && !source.starts_with('/') {
+        return Err(bad("a bind mount's source must be an absolute path"));
+    }
+    Ok(MountSpec {
+        kind,
+        source,
+        target,
+        readonly,
+    })
+}
+
 /// Turns the flags into the spec the daemon gets; every error names its flag.
 fn resolve_run(c: &RunCommand) -> Result<(ContainerSpec, Option<i64>), UsageError> {
     if c.interactive || c.tty {
@@ -549,10 +586,8 @@ fn resolve_run(c: &RunCommand) -> Result<(ContainerSpec, Option<i64>), UsageErro
             readonly: false,
         });
     }
-    if !c.mount.is_empty() {
-        return Err(UsageError(
-            "--mount: not supported yet; use -v or --tmpfs".into(),
-        ));
+    for m in &c.mount {
+        mounts.push(parse_mount(m)?);
     }
     let mut devices = Vec::new();
     for d in &c.device {
@@ -1080,9 +1115,10 @@ pub fn kill(global: &Global, c: KillCommand) -> anyhow::Result<ExitCode> {
 
 pub fn rm(global: &Global, c: RmCommand) -> anyhow::Result<ExitCode> {
     need(&c.containers, "rm")?;
-    if c.volumes {
-        return not_implemented("rm -v");
-    }
+    // `-v` removes a container's anonymous volumes: here every volume is named (`-v`
+    // and `--mount` want a source), so there are none, and named ones stay, as under
+    // Docker.
+    let _ = c.volumes;
     print_stream_done(
         global,
         &Request::Container(ContainerRequest::Remove {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use super::container::{parse_bytes, parse_duration};
+use super::container::{parse_bytes, parse_duration, parse_mount};
 use super::service::{
     EndpointMode as FlagEndpointMode, FailureAction as FlagAction, Mode as FlagMode,
     RestartCondition as FlagRestart, ServiceCreate, ServiceRm, ServiceRollback, ServiceScale,
@@ -15,7 +15,6 @@ use super::service::{
 use super::{call, print_done, Global, UsageError};
 use crate::api::{Request, Response, ServiceView, TaskView};
 use crate::image::reference::Reference;
-use crate::model::container::{MountKind, MountSpec};
 use crate::model::health::HealthFlags;
 use crate::services::spec::{
     parse_constraints, parse_publish, EndpointMode, FailureAction, Mode, PortConfig, Protocol,
@@ -151,43 +150,6 @@ fn key_value(flag: &str, s: &str) -> Result<(String, String), UsageError> {
         return Err(UsageError(format!("{flag}: {s:?} is not KEY=VALUE")));
     }
     Ok((k.to_string(), v.to_string()))
-}
-
-/// Docker's `--mount type=bind,source=/a,target=/b[,readonly]`.
-fn parse_mount(s: &str) -> Result<MountSpec, UsageError> {
-    let bad = |why: &str| UsageError(format!("--mount: {s:?}: {why}"));
-    let (mut kind, mut source, mut target, mut readonly) =
-        (MountKind::Volume, String::new(), None, false);
-    for part in s.split(',') {
-        let (k, v) = part.split_once('=').unwrap_or((part, ""));
-        match k.trim() {
-            "type" => {
-                kind = match v {
-                    "bind" => MountKind::Bind,
-                    "volume" => MountKind::Volume,
-                    "tmpfs" => MountKind::Tmpfs,
-                    _ => return Err(bad("type is bind, volume or tmpfs")),
-                }
-            }
-            "source" | "src" => source = v.to_string(),
-            "target" | "destination" | "dst" => target = Some(v.to_string()),
-            "readonly" | "ro" => readonly = matches!(v, "" | "true" | "1"),
-            _ => return Err(bad(&format!("unknown key {k:?}"))),
-        }
-    }
-    let target = target.ok_or_else(|| bad("target is required"))?;
-    if !target.starts_with('/') {
-        return Err(bad("target must be an absolute path"));
-    }
-    if kind == MountKind::Bind && !source.starts_with('/') {
-        return Err(bad("a bind mount's source must be an absolute path"));
-    }
-    Ok(MountSpec {
-        kind,
-        source,
-        target,
-        readonly,
-    })
 }
 
 fn apply_update_flags(u: &mut UpdateConfig, f: &UpdateFlags<'_>) -> Result<(), UsageError> {
@@ -1024,6 +986,7 @@ fn progress(svc: &ServiceView, tasks: &[TaskView]) -> Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::container::MountKind;
     use crate::services::spec::PublishMode;
     use argh::FromArgs;
 
