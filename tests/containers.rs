@@ -454,6 +454,18 @@ fn logs_rotate_at_the_cap() {
         lines[1].ends_with(" line 2000") && lines[1].starts_with("20"),
         "{tail}"
     );
+    // --since: from the last line's own time on, only lines that late; a day back, all
+    // that is kept; a bad time is a usage error.
+    let last = lines[1].split_whitespace().next().unwrap();
+    let late = d.ok(&["logs", "--since", last, id]);
+    assert!(
+        late.ends_with("line 2000\n") && late.lines().count() < n.len(),
+        "{late}"
+    );
+    assert_eq!(d.ok(&["logs", "--since", "24h", id]), logs);
+    assert_eq!(d.ok(&["logs", "--since", "2999-01-01", id]), "");
+    let o = d.cli(&["logs", "--since", "soon", id]);
+    assert_eq!(o.status.code(), Some(2));
     let o = d.cli(&["run", "--log-opt", "max-size=lots", "bb:1"]);
     assert_eq!(o.status.code(), Some(2));
 }

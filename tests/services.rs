@@ -564,6 +564,11 @@ fn service_logs_gathers_every_node_and_names_the_ones_it_cannot_reach() {
         );
         assert_eq!(split_line(rest).1, "line 3", "{l}");
     }
+    // --since: a day back shows all nine lines, a time to come none.
+    let (code, out, err) = logs(&["--since", "24h", "talk"]);
+    assert_eq!((code, out.lines().count()), (Some(0), 9), "{out}{err}");
+    let (code, out, _) = logs(&["--since", "2999-01-01T00:00:00Z", "talk"]);
+    assert_eq!((code, out.as_str()), (Some(0), ""));
     // --raw: the text alone; --no-task-ids, --no-trunc: the prefix as Docker's.
     let (_, out, _) = logs(&["--raw", "talk"]);
     let mut raw: Vec<&str> = out.lines().collect();

@@ -797,7 +797,7 @@ pub fn run(global: &Global, c: RunCommand) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     // Attached: print its output as it comes, then exit with its status, as docker run.
-    follow_logs(global, &id, None, false)?;
+    follow_logs(global, &id, None, false, None)?;
     match call(
         global,
         &Request::Container(ContainerRequest::Wait { container: id }),
@@ -820,14 +820,16 @@ fn follow_logs(
     id: &str,
     tail: Option<u64>,
     timestamps: bool,
+    since: Option<&str>,
 ) -> anyhow::Result<()> {
     let req = Request::Container(ContainerRequest::Logs {
         container: id.to_string(),
         follow: true,
         tail,
     });
-    let resp =
-        crate::api::call_streaming(&global.socket, &req, None, |f| print_chunk(f, timestamps))?;
+    let resp = crate::api::call_streaming(&global.socket, &req, None, |f| {
+        print_chunk(f, timestamps, since);
+    })?;
     match resp {
         Response::Done(_) => Ok(()),
         Response::Error(e) => Err(anyhow::anyhow!(e)),
@@ -837,11 +839,70 @@ fn follow_logs(
     }
 }
 
-fn print_chunk(f: Response, timestamps: bool) {
+/// `logs --since`: the first log time to show, in the logs' own form
+/// (`2026-12-02T01:02:03.000000000Z`, which orders as text). Docker's forms: a
+/// duration back from now (`10m`, `1h30m`), Unix seconds (`1764637323[.5]`), an
+/// RFC 3339 time in UTC (`2026-12-02T01:02:03[.123]Z`) or a date (`2026-12-02`).
+pub(super) fn log_since(s: &str) -> Result<String, UsageError> {
+    let bad = || {
+        UsageError(format!(
+            "--since: {s:?} is not a duration (10m), Unix seconds or a UTC time (2026-12-02T01:02:03Z)"
+        ))
+    };
+    let at =
+        |d: std::time::Duration| crate::runtime::logs::rfc3339_nanos(std::time::UNIX_EPOCH + d);
+    let duration = s.starts_with(|c: char| c.is_ascii_digit())
+        && s.ends_with(|c: char| c.is_ascii_alphabetic())
+        && !s.contains('-');
+    if duration {
+        let back = parse_duration("--since", s)?;
+        let now = std::time::SystemTime::now();
+        let then = now.checked_sub(back).unwrap_or(std::time::UNIX_EPOCH);
+        return Ok(crate::runtime::logs::rfc3339_nanos(then));
+    }
+    if let Some((secs, frac)) = s.split_once('.').or(Some((s, ""))).filter(|(a, b)| {
+        !a.is_empty()
+            && a.bytes().all(|c| c.is_ascii_digit())
+            && b.len() <= 9
+            && b.bytes().all(|c| c.is_ascii_digit())
+    }) {
+        let secs: u64 = secs.parse().map_err(|_| bad())?;
+        let nanos: u32 = format!("{frac:0<9}").parse().map_err(|_| bad())?;
+        return Ok(at(std::time::Duration::new(secs, nanos)));
+    }
+    // A date, or a date and time in UTC: checked digit by digit, then made whole.
+    let shape = |t: &str, form: &str| {
+        t.len() == form.len()
+            && t.bytes().zip(form.bytes()).all(|(c, f)| {
+                if f == b'9' {
+                    c.is_ascii_digit()
+                } else {
+                    c == f
+                }
+            })
+    };
+    if shape(s, "9999-99-99") {
+        return Ok(format!("{s}T00:00:00.000000000Z"));
+    }
+    let body = s.strip_suffix('Z').ok_or_else(bad)?;
+    let (whole, frac) = body.split_once('.').unwrap_or((body, ""));
+    if !shape(whole, "9999-99-99T99:99:99")
+        || frac.len() > 9
+        || !frac.bytes().all(|c| c.is_ascii_digit())
+    {
+        return Err(bad());
+    }
+    Ok(format!("{whole}.{frac:0<9}Z"))
+}
+
+fn print_chunk(f: Response, timestamps: bool, since: Option<&str>) {
     let Response::LogChunk(lines) = f else { return };
     let mut out = std::io::stdout().lock();
     let mut err = std::io::stderr().lock();
     for l in lines {
+        if since.is_some_and(|s| l.time.as_str() < s) {
+            continue;
+        }
         let w: &mut dyn Write = if l.stderr { &mut err } else { &mut out };
         if timestamps {
             let _ = write!(w, "{} ", l.time);
@@ -856,12 +917,11 @@ fn print_chunk(f: Response, timestamps: bool) {
 }
 
 pub fn logs(global: &Global, c: LogsCommand) -> anyhow::Result<ExitCode> {
-    if c.since.is_some() {
-        return not_implemented("logs --since");
-    }
+    let since = c.since.as_deref().map(log_since).transpose()?;
+    let since = since.as_deref();
     let tail = tail_lines(c.tail.as_deref())?;
     if c.follow {
-        follow_logs(global, &c.container, tail, c.timestamps)?;
+        follow_logs(global, &c.container, tail, c.timestamps, since)?;
         return Ok(ExitCode::SUCCESS);
     }
     let req = Request::Container(ContainerRequest::Logs {
@@ -874,7 +934,7 @@ pub fn logs(global: &Global, c: LogsCommand) -> anyhow::Result<ExitCode> {
         &req,
         Some(crate::api::CLIENT_TIMEOUT),
         |f| {
-            print_chunk(f, c.timestamps);
+            print_chunk(f, c.timestamps, since);
         },
     )?;
     match resp {
@@ -1167,7 +1227,8 @@ pub fn exec(global: &Global, c: ExecCommand) -> anyhow::Result<ExitCode> {
         user: c.user,
         workdir: c.workdir,
     });
-    let resp = crate::api::call_streaming(&global.socket, &req, None, |f| print_chunk(f, false))?;
+    let resp =
+        crate::api::call_streaming(&global.socket, &req, None, |f| print_chunk(f, false, None))?;
     match resp {
         Response::Exit(Some(code)) => Ok(ExitCode::from(
             u8::try_from(code.clamp(0, 255)).unwrap_or(255),
@@ -1191,6 +1252,40 @@ mod tests {
     fn refused(args: &[&str], flag: &str) {
         let err = resolve_run(&run_cmd(args)).expect_err("refused");
         assert!(err.0.starts_with(flag), "{args:?}: {}", err.0);
+    }
+
+    #[test]
+    fn since_takes_dockers_forms_in_the_logs_own() {
+        for (arg, want) in [
+            ("2026-12-02", "2026-12-02T00:00:00.000000000Z"),
+            ("2026-12-02T01:02:03Z", "2026-12-02T01:02:03.000000000Z"),
+            ("2026-12-02T01:02:03.5Z", "2026-12-02T01:02:03.500000000Z"),
+            ("1764637323", "2025-12-02T01:02:03.000000000Z"),
+            ("1764637323.25", "2025-12-02T01:02:03.250000000Z"),
+        ] {
+            assert_eq!(
+                log_since(arg).map_err(|e| e.0),
+                Ok(want.to_string()),
+                "{arg}"
+            );
+        }
+        // A duration counts back from now.
+        let ten = log_since("10m").unwrap();
+        let now = crate::runtime::logs::rfc3339_nanos(std::time::SystemTime::now());
+        assert!(ten < now && ten.len() == now.len(), "{ten} {now}");
+        for bad in [
+            "",
+            "yesterday",
+            "2026-12-02T01:02:03",
+            "2026-12-02T01:02:03+01:00",
+            "2026-1-2",
+            "10x",
+            "1.2.3",
+            "2026-12-02T01:02:03.1234567890Z",
+        ] {
+            let err = log_since(bad).expect_err(bad).0;
+            assert!(err.starts_with("--since: "), "{bad}: {err}");
+        }
     }
 
     #[test]

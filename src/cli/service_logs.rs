@@ -14,9 +14,10 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::container::log_since;
 use super::container::tail_lines;
 use super::service::ServiceLogs;
-use super::{not_implemented, Global};
+use super::Global;
 use crate::api::{self, LogFrom, LogLine, LogPiece, LogRead, Request, Response, TaskView};
 use crate::raft::NodeId;
 use crate::services::store::TaskId;
@@ -30,6 +31,8 @@ const PREFIX_GAP: usize = 4;
 
 /// What the flags mean.
 struct Plan {
+    /// The first log time shown (`--since`), in the logs' own form.
+    since: Option<String>,
     tail: Option<u64>,
     follow: bool,
     timestamps: bool,
@@ -54,10 +57,8 @@ struct Source {
 type Missing = Arc<Mutex<BTreeSet<String>>>;
 
 pub fn logs(global: &Global, c: ServiceLogs) -> anyhow::Result<ExitCode> {
-    if c.since.is_some() {
-        return not_implemented("service logs --since");
-    }
     let plan = Plan {
+        since: c.since.as_deref().map(log_since).transpose()?,
         tail: tail_lines(c.tail.as_deref())?,
         follow: c.follow,
         timestamps: c.timestamps,
@@ -318,6 +319,9 @@ fn follow_node(
 fn print_lines(src: &mut Source, lines: &[LogLine], p: &Plan) {
     let (mut out, mut err) = (Vec::new(), Vec::new());
     for l in lines {
+        if p.since.as_deref().is_some_and(|s| l.time.as_str() < s) {
+            continue;
+        }
         let w = if l.stderr { &mut err } else { &mut out };
         if !src.mid_line {
             if p.timestamps {
@@ -371,6 +375,7 @@ mod tests {
 
     fn plan() -> Plan {
         Plan {
+            since: None,
             tail: None,
             follow: false,
             timestamps: false,
