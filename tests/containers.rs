@@ -726,8 +726,12 @@ fn ps_filters_like_docker() {
         (vec!["label=tier"], web.to_string()),
         (vec!["label=tier=web"], web.to_string()),
         (vec!["label=tier=db"], String::new()),
-        (vec!["ancestor=bb", "status=exited"], job.to_string()),
+        (vec!["ancestor=bb:1", "status=exited"], job.to_string()),
         (vec!["ancestor=bb:1"], web.to_string()),
+        (
+            vec!["ancestor=bb", "status=exited", "status=running"],
+            String::new(),
+        ), // bb:latest
         (vec!["ancestor=other"], String::new()),
         (vec!["health=none"], web.to_string()),
         (vec!["network=none"], web.to_string()),

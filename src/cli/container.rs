@@ -530,11 +530,14 @@ fn resolve_run(c: &RunCommand) -> Result<(ContainerSpec, Option<i64>), UsageErro
             )))
         }
     };
-    let ports = c
-        .publish
-        .iter()
-        .map(|p| parse_port_binding(p))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut ports: Vec<PortBinding> = Vec::new();
+    for p in &c.publish {
+        let b = parse_port_binding(p)?;
+        // The same binding twice is one, as under Docker.
+        if !ports.contains(&b) {
+            ports.push(b);
+        }
+    }
     if !ports.is_empty() && !matches!(network, NetworkMode::Default | NetworkMode::Bridge) {
         return Err(UsageError(format!(
             "-p: ports are published to containers on the bridge network, not --network {}",
@@ -1005,14 +1008,7 @@ fn ps_matches(v: &ContainerView, key: &str, val: &str) -> bool {
         "exited" => {
             matches!(v.status, Status::Exited { code: Some(c), .. } if c.to_string() == val)
         }
-        "ancestor" => {
-            r.image == val
-                || r.image.split_once(':').is_some_and(|(name, _)| name == val)
-                || r.image_id
-                    .to_string()
-                    .trim_start_matches("sha256:")
-                    .starts_with(val.trim_start_matches("sha256:"))
-        }
+        "ancestor" => ancestor_matches(r, val),
         "health" => v.health.as_ref().map_or("none", |h| h.status.name()) == val,
         "network" => r.spec.network.name() == val,
         "publish" => publish_filter(val).is_ok_and(|(proto, port)| {
@@ -1023,6 +1019,24 @@ fn ps_matches(v: &ContainerView, key: &str, val: &str) -> bool {
         }),
         _ => false,
     }
+}
+
+/// `ps -f ancestor=`: the container's image, by reference (`busybox` is
+/// `busybox:latest`, as Docker resolves it) or by id (`sha256:...`, or 12 hex digits or
+/// more).
+fn ancestor_matches(r: &crate::model::container::ContainerRecord, val: &str) -> bool {
+    let id = r.image_id.to_string();
+    let hex = val.strip_prefix("sha256:").unwrap_or(val);
+    let by_id = (val.starts_with("sha256:") || hex.len() >= 12)
+        && hex.bytes().all(|c| c.is_ascii_hexdigit())
+        && id.trim_start_matches("sha256:").starts_with(hex);
+    let by_ref = match (Reference::parse(val), Reference::parse(&r.image)) {
+        (Ok(want), Ok(have)) => {
+            want.name() == have.name() && want.tag == have.tag && want.digest == have.digest
+        }
+        _ => false,
+    };
+    by_id || by_ref
 }
 
 /// `ps -f publish=PORT[/tcp|/udp]`: a host port.
@@ -1122,12 +1136,17 @@ pub fn ps(global: &Global, c: PsCommand) -> anyhow::Result<ExitCode> {
             format!("\"{cmd}\""),
             format!("{} ago", ago(r.created)),
             status,
-            r.spec
-                .ports
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", "),
+            // As Docker: a container's ports while it runs.
+            if matches!(v.status, Status::Running { .. }) {
+                r.spec
+                    .ports
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            } else {
+                String::new()
+            },
             r.name.clone(),
         ]);
     }

@@ -273,41 +273,43 @@ fn update(global: &Global, c: NodeUpdate) -> anyhow::Result<ExitCode> {
         Availability::Pause => ClusterAvailability::Pause,
         Availability::Drain => ClusterAvailability::Drain,
     });
+    let others = availability.is_some() || !label_add.is_empty() || !c.label_rm.is_empty();
+    // What Docker prints: the node as named, or as this cluster answers for it.
+    let mut shown = c.node.clone();
+    if others {
+        match call(
+            global,
+            &Request::NodeUpdate {
+                node: c.node.clone(),
+                availability,
+                label_add,
+                label_rm: c.label_rm,
+            },
+        )? {
+            Response::Done(id) => shown = id,
+            other => {
+                return Err(anyhow::anyhow!(
+                    "unexpected answer from the daemon: {other:?}"
+                ))
+            }
+        }
+    }
     if let Some(role) = c.role {
-        // The role first: it is the change a cluster may refuse (its last manager, a
-        // quorum it would lose), and then nothing else has changed either.
+        // Last: a node demoted first could no longer be asked for the rest, were it the
+        // one answering. Two steps, so a refusal says what was made.
         let role = match role {
             Role::Manager => NodeRole::Manager,
             Role::Worker => NodeRole::Worker,
         };
-        call(
-            global,
-            &Request::NodeSetRole {
-                nodes: vec![c.node.clone()],
-                role,
-            },
-        )?;
-        if availability.is_none() && label_add.is_empty() && c.label_rm.is_empty() {
-            println!("{}", c.node);
-            return Ok(ExitCode::SUCCESS);
+        let nodes = vec![c.node];
+        if let Err(e) = call(global, &Request::NodeSetRole { nodes, role }) {
+            if others {
+                return Err(e.context("the other changes were made; the role change was not"));
+            }
+            return Err(e);
         }
     }
-    match call(
-        global,
-        &Request::NodeUpdate {
-            node: c.node,
-            availability,
-            label_add,
-            label_rm: c.label_rm,
-        },
-    )? {
-        Response::Done(id) => println!("{id}"),
-        other => {
-            return Err(anyhow::anyhow!(
-                "unexpected answer from the daemon: {other:?}"
-            ))
-        }
-    }
+    println!("{shown}");
     Ok(ExitCode::SUCCESS)
 }
 

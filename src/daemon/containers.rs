@@ -73,6 +73,9 @@ pub struct Containers {
     cache: Mutex<Option<Vec<ContainerRecord>>>,
     /// The node's `run -p` table, once a container publishes a port.
     published: Mutex<Option<Mesh>>,
+    /// The kernel is known to hold no `run -p` table (none is made, and whatever an
+    /// earlier run left is removed). Taken after `published`.
+    ports_clear: Mutex<bool>,
     /// Held by the supervisor from reading a container's restart state to its start
     /// again, and by `stop` while it marks one stopped: a stop never loses to a
     /// restart under way.
@@ -142,6 +145,7 @@ impl Containers {
             lock: Mutex::new(()),
             cache: Mutex::new(None),
             published: Mutex::new(None),
+            ports_clear: Mutex::new(false),
             restarts: Mutex::new(()),
         };
         // The table as this node's containers want it (what an earlier run left, made
@@ -607,10 +611,9 @@ impl Containers {
         }
         let res = remove_any(&cdir).map_err(|e| format!("{}: {e}", cdir.display()));
         self.invalidate();
-        if self.publishes() {
-            if let Err(e) = self.sync_ports() {
-                warning!("published ports: {e}");
-            }
+        // Whatever its record said: no port may lead to the address it leaves free.
+        if let Err(e) = self.sync_ports() {
+            warning!("published ports: {e}");
         }
         res?;
         Ok(())
@@ -668,14 +671,6 @@ impl Containers {
         Ok(out)
     }
 
-    /// Whether the node's `run -p` table is in place.
-    fn publishes(&self) -> bool {
-        self.published
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
-    }
-
     /// Makes the node's `run -p` table hold the ports of every container that
     /// publishes some, from its creation to its removal (a stopped container's port
     /// leads to its namespace, where nothing listens: refused, as on a node without
@@ -695,17 +690,23 @@ impl Containers {
             }
         }
         let mut table = self.published.lock().unwrap_or_else(|p| p.into_inner());
+        let mut clear = self.ports_clear.lock().unwrap_or_else(|p| p.into_inner());
         if want.is_empty() {
             match table.take() {
-                Some(mut m) => m.clear().map_err(|e| e.to_string())?,
-                // What an earlier run may have left (a daemon that is not root made
-                // none, and cannot look).
-                None => {
-                    let _ = Mesh::remove_left(crate::net::mesh::RUN_TABLE);
+                Some(mut m) => {
+                    m.clear().map_err(|e| e.to_string())?;
+                    *clear = true;
                 }
+                // What an earlier run may have left (a daemon that is not root made
+                // none, and cannot look: it tries again next time).
+                None if !*clear => {
+                    *clear = Mesh::remove_left(crate::net::mesh::RUN_TABLE).is_ok();
+                }
+                None => {}
             }
             return Ok(());
         }
+        *clear = false;
         let m = match table.as_mut() {
             Some(m) => m,
             None => table.insert(Mesh::run().map_err(|e| e.to_string())?),

@@ -547,7 +547,8 @@ fn inspect_doc(
         "NetworkSettings": {
             "IPAddress": bridge_addr.map(|a| a.to_string()).unwrap_or_default(),
             "Gateway": bridge_addr.map(|_| crate::net::bridge::GATEWAY.to_string()).unwrap_or_default(),
-            "Ports": port_map(&r.spec.ports, "0.0.0.0"),
+            // As Docker: published while it runs (the bindings stay in HostConfig).
+            "Ports": port_map(if running { &r.spec.ports } else { &[] }, "0.0.0.0"),
         },
         "HostConfig": {
             "RestartPolicy": format!("{:?}", r.restart),

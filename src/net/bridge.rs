@@ -9,7 +9,8 @@
 //!   chain post  { nat hook postrouting 100: iifname "sw-gw" oifname != "sw-gw" masquerade
 //!                                           ip saddr 127.0.0.0/8 oifname "sw-gw" masquerade
 //!                                           iifname "sw-gw" oifname "sw-gw" ct status dnat masquerade }
-//!   chain guard { filter hook prerouting -300: iifname "sw-gw" ip daddr 127.0.0.0/8 drop }
+//!   chain guard { filter hook prerouting -300: iifname "sw-gw" ip daddr 127.0.0.0/8 drop
+//!                                              iifname "sw-gw" ip saddr 127.0.0.0/8 drop }
 //! }
 //! ```
 //!
@@ -133,7 +134,9 @@ pub fn nat_batch() -> Batch {
     );
     b.add_rule(TABLE, "post", &loopback_masquerade(BRIDGE));
     b.add_rule(TABLE, "post", &hairpin_masquerade(BRIDGE));
-    b.add_rule(TABLE, "guard", &loopback_guard(BRIDGE));
+    for rule in loopback_guard(BRIDGE) {
+        b.add_rule(TABLE, "guard", &rule);
+    }
     b
 }
 
@@ -168,7 +171,7 @@ mod tests {
     #[test]
     fn the_nat_batch_replaces_the_table_in_one_go() {
         let b = nat_batch();
-        assert_eq!(b.what().len(), 9, "{:?}", b.what());
+        assert_eq!(b.what().len(), 10, "{:?}", b.what());
         assert_eq!(b.what()[1], format!("delete table {TABLE}"));
     }
 }

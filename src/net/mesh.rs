@@ -8,7 +8,8 @@
 //!   chain pre  { nat hook prerouting -100: fib daddr type local  l4proto . dport vmap @ports }
 //!   chain out  { nat hook output     -100: fib daddr type local  l4proto . dport vmap @ports }
 //!   chain post { nat hook postrouting 100: oifname <ingress bridge> masquerade }
-//!   chain guard { filter hook prerouting -300: iifname <ingress bridge> ip daddr 127.0.0.0/8 drop }
+//!   chain guard { filter hook prerouting -300: iifname <ingress bridge> ip daddr 127.0.0.0/8 drop
+//!                                              iifname <ingress bridge> ip saddr 127.0.0.0/8 drop }
 //!   chain p-<proto>-<port> { dnat to numgen inc mod N map @q-<proto>-<port> }
 //!   map q-<proto>-<port> { u32 : ipv4_addr . inet_service }
 //! }
@@ -225,7 +226,9 @@ fn rebuild_table(table: &str, bridge: Option<&str>, want: &Published) -> Batch {
                 Expr::Masquerade,
             ],
         );
-        b.add_rule(table, "guard", &loopback_guard(bridge));
+        for rule in loopback_guard(bridge) {
+            b.add_rule(table, "guard", &rule);
+        }
     }
     for (p, backends) in want {
         add_port(&mut b, table, *p, backends);

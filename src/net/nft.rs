@@ -906,19 +906,23 @@ fn in_loopback_net(at: u32) -> [Expr; 2] {
     ]
 }
 
-/// `iifname <ifname> ip daddr 127.0.0.0/8 drop`: what arrives by a bridge with
-/// `route_localnet` on may not reach the node's loopback services.
-pub fn loopback_guard(ifname: &str) -> Vec<Expr> {
-    let mut e = vec![
-        Expr::IifName { dreg: Reg::R1 },
-        Expr::Eq {
-            sreg: Reg::R1,
-            data: ifname_bytes(ifname),
-        },
-    ];
-    e.extend(in_loopback_net(16));
-    e.push(Expr::Verdict(Verdict::Drop));
-    e
+/// `iifname <ifname> ip daddr 127.0.0.0/8 drop` and the same for `ip saddr`: what
+/// arrives by a bridge with `route_localnet` on may neither reach the node's loopback
+/// services nor pass for one of the node's own loopback clients (a forged source). Two
+/// rules.
+pub fn loopback_guard(ifname: &str) -> [Vec<Expr>; 2] {
+    [16, 12].map(|at| {
+        let mut e = vec![
+            Expr::IifName { dreg: Reg::R1 },
+            Expr::Eq {
+                sreg: Reg::R1,
+                data: ifname_bytes(ifname),
+            },
+        ];
+        e.extend(in_loopback_net(at));
+        e.push(Expr::Verdict(Verdict::Drop));
+        e
+    })
 }
 
 /// `ip saddr 127.0.0.0/8 oifname <ifname> masquerade`: a connection from the node's
