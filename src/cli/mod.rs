@@ -298,16 +298,11 @@ mod tests {
 
     #[test]
     fn unbuilt_commands_exit_2() {
-        let global = Global::from_args(&parse(&[]).expect("no args parse"));
-        let logs = container::LogsCommand {
-            follow: false,
-            tail: None,
-            since: Some("1h".into()),
-            timestamps: false,
-            container: "c".into(),
-        };
-        let err = run(&global, Command::Logs(logs)).expect_err("--since is not built yet");
-        assert_eq!(err.to_string(), "logs --since: not implemented yet");
+        let parsed = parse(&["init", "--force-new-cluster"]).expect("parses");
+        let global = Global::from_args(&parsed);
+        let init = parsed.command.expect("a command");
+        let err = run(&global, init).expect_err("--force-new-cluster is not built yet");
+        assert_eq!(err.to_string(), "init --force-new-cluster: not implemented yet");
         assert_eq!(exit_code(&err), ExitCode::from(EXIT_USAGE));
         assert_eq!(
             exit_code(&anyhow::anyhow!("boom")),
