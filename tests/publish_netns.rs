@@ -233,6 +233,8 @@ fn published_ports_answer_from_other_hosts_and_from_the_node_itself() {
     support::wait_until(10, "web2 through 8090", || {
         get(&hub, "10.83.0.1:8090").is_ok_and(|b| b == "web2")
     });
+    let bound = in_netns(&node, || std::net::TcpListener::bind("0.0.0.0:8090")).unwrap();
+    assert!(bound.is_err(), "8090 held by the daemon");
     let ps = d.ok(&["ps", "-a"]);
     d.ok(&["stop", "web2"]);
     let stopped = d.ok(&["ps", "-a"]);
@@ -288,5 +290,16 @@ fn published_ports_answer_from_other_hosts_and_from_the_node_itself() {
             );
         }
         assert_eq!(get(&hub, &format!("10.83.0.1:{port}")).unwrap(), name);
+        // The daemon holds the port, as Docker's proxy does: a process of the node
+        // cannot bind it (to be shadowed), nor can a container publish it.
+        let bound = in_netns(&node, move || {
+            std::net::TcpListener::bind(("0.0.0.0", port))
+        })
+        .unwrap();
+        assert!(bound.is_err(), "{port} held by the daemon");
+        let p = format!("{port}:80");
+        let o = d.cli(&["run", "-d", "-p", &p, image, "true"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("socket of this node"), "{port}: {err}");
     }
 }

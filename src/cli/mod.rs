@@ -302,7 +302,10 @@ mod tests {
         let global = Global::from_args(&parsed);
         let init = parsed.command.expect("a command");
         let err = run(&global, init).expect_err("--force-new-cluster is not built yet");
-        assert_eq!(err.to_string(), "init --force-new-cluster: not implemented yet");
+        assert_eq!(
+            err.to_string(),
+            "init --force-new-cluster: not implemented yet"
+        );
         assert_eq!(exit_code(&err), ExitCode::from(EXIT_USAGE));
         assert_eq!(
             exit_code(&anyhow::anyhow!("boom")),

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::sockets::PortHolds;
 use crate::image::store::{remove_any, write_atomic, ImageRecord, Store};
 use crate::model::container::PortBinding;
 use crate::model::container::{
@@ -73,6 +74,8 @@ pub struct Containers {
     cache: Mutex<Option<Vec<ContainerRecord>>>,
     /// The node's `run -p` table, once a container publishes a port.
     published: Mutex<Option<Mesh>>,
+    /// Sockets holding `run -p`'s ports. Taken after `ports_clear`.
+    holds: Mutex<PortHolds>,
     /// The kernel is known to hold no `run -p` table (none is made, and whatever an
     /// earlier run left is removed). Taken after `published`.
     ports_clear: Mutex<bool>,
@@ -146,6 +149,7 @@ impl Containers {
             cache: Mutex::new(None),
             published: Mutex::new(None),
             ports_clear: Mutex::new(false),
+            holds: Mutex::new(PortHolds::default()),
             restarts: Mutex::new(()),
         };
         // The table as this node's containers want it (what an earlier run left, made
@@ -691,6 +695,15 @@ impl Containers {
         }
         let mut table = self.published.lock().unwrap_or_else(|p| p.into_inner());
         let mut clear = self.ports_clear.lock().unwrap_or_else(|p| p.into_inner());
+        let mut holds = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+        let ports = want.keys().map(|p| (p.proto, p.port)).collect();
+        for ((proto, port), e) in holds.sync(&ports) {
+            // Checked at creation: only something that bound it since gets here.
+            warning!(
+                "published port {port}/{}: a process of this node holds it too ({e}); its connections go to the container",
+                proto.name()
+            );
+        }
         if want.is_empty() {
             match table.take() {
                 Some(mut m) => {

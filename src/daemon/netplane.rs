@@ -17,6 +17,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::sockets::PortHolds;
 use crate::net::bridge;
 use crate::net::dns_server::Dns;
 use crate::net::lb::{Balancer, Kernel, Services};
@@ -119,6 +120,8 @@ pub struct Plane {
     mesh: Option<Mesh>,
     /// The table of ports this node's tasks publish in host mode.
     host: Option<Mesh>,
+    /// Sockets holding the ports the mesh and host mode publish on this node.
+    holds: PortHolds,
     dns: Dns,
     net: NodeNet,
     /// The networks whose names the DNS server holds, by VNI.
@@ -176,6 +179,7 @@ impl Plane {
             rtnl: None,
             mesh: None,
             host: None,
+            holds: PortHolds::default(),
             dns: Dns::new(upstreams),
             net: NodeNet::default(),
             named: BTreeSet::new(),
@@ -280,6 +284,7 @@ impl Plane {
         }
         self.sync_mesh(ingress.as_ref())?;
         self.sync_host()?;
+        self.hold_ports();
         let mut failed = Vec::new();
         for (h, w) in &mut self.wired {
             let want = balanced(&self.net, &w.endpoints);
@@ -450,6 +455,27 @@ impl Plane {
             m.sync(&want).map_err(|e| format!("routing mesh: {e}"))?;
         }
         Ok(())
+    }
+
+    /// Holds the ports this node publishes (the mesh's, and host mode's of its tasks)
+    /// with sockets of its own, as Docker's proxy does.
+    fn hold_ports(&mut self) {
+        let mesh = self.net.published.iter().filter(|_| self.mesh.is_some());
+        let ports = mesh
+            .map(|p| (p.protocol, p.published))
+            .chain(
+                self.net
+                    .host_published
+                    .iter()
+                    .map(|h| (h.protocol, h.published)),
+            )
+            .collect();
+        for ((proto, port), e) in self.holds.sync(&ports) {
+            warning!(
+                "published port {port}/{}: a process of this node holds it too ({e}); the service takes its connections",
+                proto.name()
+            );
+        }
     }
 
     /// Host-mode ports: straight to the local task's address on the local bridge (the

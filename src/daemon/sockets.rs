@@ -2,10 +2,60 @@
 //! (`/proc/<pid>/net/{tcp,tcp6,udp,udp6}`): which ports something accepts on. Read, not
 //! probed: nothing connects and nothing enters the namespace.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::path::Path;
 
 use crate::model::Protocol;
+
+/// Sockets the daemon keeps bound on the node's published ports (all addresses), as
+/// Docker's proxy does: nf_tables sends the port's connections on before they reach
+/// them, but a process of the node that binds the port later is refused (rather than
+/// silently shadowed), and the ports show in the node's socket tables, where `run -p`
+/// looks for taken ones. In the namespace of the thread that binds them.
+#[derive(Default)]
+pub struct PortHolds(BTreeMap<(Protocol, u16), Held>);
+
+enum Held {
+    // Never accepted from: held only.
+    Tcp(#[allow(dead_code)] TcpListener),
+    Udp(#[allow(dead_code)] UdpSocket),
+    /// Something else had it: not tried again while the port stays published.
+    Taken,
+}
+
+impl PortHolds {
+    /// Holds each of `want` not held yet and lets the others go. Returns the ports
+    /// something else already holds, with why, once each while it stays wanted (the
+    /// caller says so; the port is published all the same).
+    pub fn sync(
+        &mut self,
+        want: &BTreeSet<(Protocol, u16)>,
+    ) -> Vec<((Protocol, u16), std::io::Error)> {
+        self.0.retain(|k, _| want.contains(k));
+        let mut failed = Vec::new();
+        for &(proto, port) in want {
+            if self.0.contains_key(&(proto, port)) {
+                continue;
+            }
+            let at = (Ipv4Addr::UNSPECIFIED, port);
+            let held = match proto {
+                Protocol::Tcp => TcpListener::bind(at).map(Held::Tcp),
+                Protocol::Udp => UdpSocket::bind(at).map(Held::Udp),
+            };
+            match held {
+                Ok(h) => {
+                    self.0.insert((proto, port), h);
+                }
+                Err(e) => {
+                    self.0.insert((proto, port), Held::Taken);
+                    failed.push(((proto, port), e));
+                }
+            }
+        }
+        failed
+    }
+}
 
 /// The ports with a listening TCP or a bound UDP socket in the namespace whose
 /// `/proc/.../net` directory is `net`; None if it is gone (a process that ended). A
@@ -46,6 +96,28 @@ fn bound_ports(table: &str, protocol: Protocol) -> impl Iterator<Item = (Protoco
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn held_ports_refuse_other_binds_until_let_go() {
+        // A free port of loopback's, then held on all addresses.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut h = PortHolds::default();
+        let want = BTreeSet::from([(Protocol::Tcp, port)]);
+        assert!(h.sync(&want).is_empty());
+        assert!(TcpListener::bind(("0.0.0.0", port)).is_err(), "held");
+        assert!(h.sync(&want).is_empty(), "held already");
+        h.sync(&BTreeSet::new());
+        assert!(TcpListener::bind(("0.0.0.0", port)).is_ok(), "let go");
+        // Taken by someone else: said once.
+        let other = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let taken = BTreeSet::from([(Protocol::Udp, other.local_addr().unwrap().port())]);
+        assert_eq!(h.sync(&taken).len(), 1);
+        assert!(h.sync(&taken).is_empty(), "once");
+    }
 
     #[test]
     fn bound_ports_reads_the_kernels_socket_tables() {
