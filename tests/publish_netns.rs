@@ -18,17 +18,27 @@
 mod support;
 
 use std::net::UdpSocket;
-use std::process::Command;
 use std::time::Duration;
 
 use swarmlet::net::rtnl::in_netns;
 
-use support::netio::{http_get, name_server};
+use support::netio::{http_get, name_server, netns_exec};
 use support::Daemon;
 
 /// A web server answering its container's hostname.
 const HTTPD: &str =
     "mkdir -p /www && hostname > /www/index.html && exec busybox httpd -f -p 80 -h /www";
+
+/// Runs container `name` (its hostname too) serving its name over HTTP on port 80,
+/// publishing `ports`.
+fn web(d: &Daemon, image: &str, name: &str, ports: &[&str]) {
+    let mut args = vec!["run", "-d", "--name", name, "--hostname", name];
+    for p in ports {
+        args.extend(["-p", p]);
+    }
+    args.extend([image, "sh", "-c", HTTPD]);
+    d.ok(&args);
+}
 
 fn inspect(d: &Daemon, c: &str) -> serde_json::Value {
     serde_json::from_str::<serde_json::Value>(&d.ok(&["inspect", c])).unwrap()[0].clone()
@@ -43,19 +53,6 @@ fn netns_of(d: &Daemon, c: &str) -> String {
         .to_string()
 }
 
-fn nsenter(ns: &str, args: &[&str]) {
-    let o = Command::new("nsenter")
-        .arg(format!("--net={ns}"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
 #[test]
 #[ignore = "needs root: network namespaces and containers"]
 fn published_ports_answer_from_other_hosts_and_from_the_node_itself() {
@@ -66,26 +63,13 @@ fn published_ports_answer_from_other_hosts_and_from_the_node_itself() {
     let get = |ns: &str, to: &str| http_get(ns, to).map(|b| b.trim().to_string());
     // As on a kernel without br_netfilter (Docker loads it; this node must not need it):
     // frames between containers on a bridge skip the IP hooks.
-    nsenter(
+    netns_exec(
         &node,
         &["sh", "-c", "! test -e /proc/sys/net/bridge/bridge-nf-call-iptables || echo 0 > /proc/sys/net/bridge/bridge-nf-call-iptables"],
     );
 
     // run -p: from another host and from the node's loopback.
-    d.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "web",
-        "--hostname",
-        "web",
-        "-p",
-        "8090:80",
-        image,
-        "sh",
-        "-c",
-        HTTPD,
-    ]);
+    web(d, image, "web", &["8090:80"]);
     support::wait_until(10, "web through the node's port from the hub", || {
         get(&hub, "10.83.0.1:8090").is_ok_and(|b| b == "web")
     });
@@ -104,20 +88,7 @@ fn published_ports_answer_from_other_hosts_and_from_the_node_itself() {
     );
 
     // No host port: the daemon picks a free one of the ephemeral range.
-    d.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "any",
-        "--hostname",
-        "any",
-        "-p",
-        "80",
-        image,
-        "sh",
-        "-c",
-        HTTPD,
-    ]);
+    web(d, image, "any", &["80"]);
     let doc = inspect(d, "any");
     let port: u16 = doc["HostConfig"]["PortBindings"]["80/tcp"][0]["HostPort"]
         .as_str()
@@ -151,8 +122,8 @@ fn published_ports_answer_from_other_hosts_and_from_the_node_itself() {
     // bridge (its own loopback address gone); a datagram to the node's loopback-only
     // socket does not arrive (and does without the guard, so the check can fail).
     let cns = netns_of(d, "web");
-    nsenter(&cns, &["ip", "addr", "del", "127.0.0.1/8", "dev", "lo"]);
-    nsenter(
+    netns_exec(&cns, &["ip", "addr", "del", "127.0.0.1/8", "dev", "lo"]);
+    netns_exec(
         &cns,
         &[
             "ip",
@@ -184,7 +155,7 @@ fn published_ports_answer_from_other_hosts_and_from_the_node_itself() {
         inbox.recv_from(&mut buf).is_err(),
         "the node's loopback reached from a container"
     );
-    nsenter(
+    netns_exec(
         &node,
         &["nft", "flush", "chain", "ip", "swarmlet-gw", "guard"],
     );
@@ -195,18 +166,7 @@ fn published_ports_answer_from_other_hosts_and_from_the_node_itself() {
     // serves on the same port, unpublished, and is not reached through 8090. A new
     // container may publish 8090 again.
     d.ok(&["rm", "-f", "web"]);
-    d.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "plain",
-        "--hostname",
-        "plain",
-        image,
-        "sh",
-        "-c",
-        HTTPD,
-    ]);
+    web(d, image, "plain", &[]);
     assert_eq!(
         inspect(d, "plain")["NetworkSettings"]["IPAddress"],
         "172.18.0.2",
@@ -216,20 +176,7 @@ fn published_ports_answer_from_other_hosts_and_from_the_node_itself() {
         get(&node, "172.18.0.2:80").is_ok_and(|b| b == "plain")
     });
     assert!(get(&hub, "10.83.0.1:8090").is_err(), "8090 left to nobody");
-    d.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "web2",
-        "--hostname",
-        "web2",
-        "-p",
-        "8090:80",
-        image,
-        "sh",
-        "-c",
-        HTTPD,
-    ]);
+    web(d, image, "web2", &["8090:80"]);
     support::wait_until(10, "web2 through 8090", || {
         get(&hub, "10.83.0.1:8090").is_ok_and(|b| b == "web2")
     });

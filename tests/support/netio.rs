@@ -170,11 +170,16 @@ fn serve(ns: &str, at: &str, each: impl Fn(TcpStream) + Send + 'static) {
     });
 }
 
-/// A command inside the namespace at `ns` (a `/var/run/netns/` path); its stdout.
+/// A command inside the network namespace `ns` (a name under `/var/run/netns/`, or the
+/// path of any pin); its stdout. Panics, with its stderr, if it fails.
 pub fn netns_exec(ns: &str, args: &[&str]) -> String {
-    let name = ns.trim_start_matches("/var/run/netns/");
-    let o = Command::new("ip")
-        .args(["netns", "exec", name])
+    let path = if ns.contains('/') {
+        ns.to_string()
+    } else {
+        format!("/var/run/netns/{ns}")
+    };
+    let o = Command::new("nsenter")
+        .arg(format!("--net={path}"))
         .args(args)
         .output()
         .unwrap();
