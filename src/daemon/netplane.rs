@@ -460,8 +460,14 @@ impl Plane {
     /// Holds the ports this node publishes (the mesh's, and host mode's of its tasks)
     /// with sockets of its own, as Docker's proxy does.
     fn hold_ports(&mut self) {
-        let mesh = self.net.published.iter().filter(|_| self.mesh.is_some());
+        // The mesh's once it is in place (a node without ingress has none).
+        let mesh = if self.mesh.is_some() {
+            self.net.published.as_slice()
+        } else {
+            &[]
+        };
         let ports = mesh
+            .iter()
             .map(|p| (p.protocol, p.published))
             .chain(
                 self.net
