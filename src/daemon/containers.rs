@@ -682,7 +682,11 @@ impl Containers {
     fn sync_ports(&self) -> Result<(), String> {
         let mut want = Published::new();
         for r in self.records() {
-            let Some(addr) = self.bridge_addr(&r.id).filter(|_| !r.spec.ports.is_empty()) else {
+            // Only a container that publishes: its address is a file read.
+            if r.spec.ports.is_empty() {
+                continue;
+            }
+            let Some(addr) = self.bridge_addr(&r.id) else {
                 continue;
             };
             for b in &r.spec.ports {
